@@ -1,0 +1,1 @@
+//! Guest kernel and KVM test host images.

@@ -1,0 +1,1 @@
+//! Versioned, length-prefixed frames between the silo host and its guest agent.

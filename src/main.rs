@@ -1,0 +1,2 @@
+//! `silo`: the host daemon and CLI.
+fn main() {}

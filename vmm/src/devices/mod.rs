@@ -1,0 +1,2 @@
+//! Emulated devices and the buses the vCPU exits are dispatched on.
+pub mod bus;

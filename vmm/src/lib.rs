@@ -1,0 +1,7 @@
+//! silo-vmm: a minimal virtual machine monitor on the rust-vmm crates.
+//!
+//! One process runs one microVM: KVM VM and vCPUs, guest memory, a Linux
+//! kernel loaded per the x86 boot protocol, an 8250 serial console, an i8042
+//! for guest reset, and virtio-mmio devices (vsock) driven by an event loop.
+
+pub mod devices;
