@@ -1,2 +1,36 @@
 //! `silo`: the host daemon and CLI.
-fn main() {}
+//!
+//! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
+//! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
+
+mod cmd_vmm;
+
+use clap::{Parser, Subcommand};
+
+/// Tenant-isolated functions on microVMs.
+#[derive(Parser)]
+#[command(name = "silo", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one microVM (one process per VM; normally spawned by the daemon).
+    Vmm(cmd_vmm::VmmArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SILO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Vmm(args) => cmd_vmm::run(args),
+    }
+}

@@ -4,4 +4,6 @@
 //! kernel loaded per the x86 boot protocol, an 8250 serial console, an i8042
 //! for guest reset, and virtio-mmio devices (vsock) driven by an event loop.
 
+pub mod device_manager;
 pub mod devices;
+pub mod memory;
