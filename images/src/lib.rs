@@ -1,1 +1,2 @@
 //! Guest kernel and KVM test host images.
+pub mod artifacts;
