@@ -7,3 +7,5 @@
 pub mod device_manager;
 pub mod devices;
 pub mod memory;
+pub mod boot;
+pub mod kvm;
