@@ -22,6 +22,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    silo_vmm::timeline::mark_process_start();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

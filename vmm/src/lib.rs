@@ -4,8 +4,14 @@
 //! kernel loaded per the x86 boot protocol, an 8250 serial console, an i8042
 //! for guest reset, and virtio-mmio devices (vsock) driven by an event loop.
 
+pub mod boot;
 pub mod device_manager;
 pub mod devices;
-pub mod memory;
-pub mod boot;
 pub mod kvm;
+pub mod memory;
+pub mod timeline;
+pub mod vcpu;
+pub mod vm;
+
+pub use device_manager::VsockConfig;
+pub use vm::{run, SerialOutput, VmConfig, VmExit, VmReport, VmmError};

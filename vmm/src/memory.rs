@@ -72,7 +72,10 @@ pub fn ram_ranges(mem_mib: u32) -> Result<Vec<(u64, u64)>, MemoryError> {
     if size <= MMIO_GAP_START {
         Ok(vec![(0, size)])
     } else {
-        Ok(vec![(0, MMIO_GAP_START), (MMIO_GAP_END, size - MMIO_GAP_START)])
+        Ok(vec![
+            (0, MMIO_GAP_START),
+            (MMIO_GAP_END, size - MMIO_GAP_START),
+        ])
     }
 }
 
@@ -107,7 +110,9 @@ mod tests {
     fn large_memory_skips_the_mmio_gap() {
         let r = ram_ranges(4096).unwrap();
         assert_eq!(r, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, 1 << 30)]);
-        assert!(r.iter().all(|&(s, l)| s + l <= MMIO_GAP_START || s >= MMIO_GAP_END));
+        assert!(r
+            .iter()
+            .all(|&(s, l)| s + l <= MMIO_GAP_START || s >= MMIO_GAP_END));
     }
 
     #[test]
@@ -122,7 +127,11 @@ mod tests {
         let mem = create_guest_memory(64).unwrap();
         assert_eq!(mem.num_regions(), 1);
         assert_eq!(mem.iter().next().unwrap().len(), 64 * MIB);
-        mem.write_obj(0xdead_beef_u32, GuestAddress(HIMEM_START)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(HIMEM_START)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(HIMEM_START))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(HIMEM_START)).unwrap(),
+            0xdead_beef
+        );
     }
 }

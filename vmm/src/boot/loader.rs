@@ -107,7 +107,9 @@ pub fn detect_format(header: &[u8]) -> Option<KernelFormat> {
         return Some(KernelFormat::Elf);
     }
     // bzImage: "HdrS" magic at 0x202 and the 0xAA55 boot flag at 0x1fe.
-    if header.len() >= 0x206 && header[0x202..0x206] == *b"HdrS" && header[0x1fe..0x200] == [0x55, 0xaa]
+    if header.len() >= 0x206
+        && header[0x202..0x206] == *b"HdrS"
+        && header[0x1fe..0x200] == [0x55, 0xaa]
     {
         return Some(KernelFormat::BzImage);
     }

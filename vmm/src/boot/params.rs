@@ -119,14 +119,23 @@ mod tests {
         let mem = create_guest_memory(128).unwrap();
         let e = e820_entries(&mem);
         assert_eq!(e.len(), 2);
-        assert_eq!((e[0].addr, e[0].size, e[0].r#type), (0, EBDA_START, E820_RAM));
-        assert_eq!((e[1].addr, e[1].size), (HIMEM_START, 128 * MIB - HIMEM_START));
+        assert_eq!(
+            (e[0].addr, e[0].size, e[0].r#type),
+            (0, EBDA_START, E820_RAM)
+        );
+        assert_eq!(
+            (e[1].addr, e[1].size),
+            (HIMEM_START, 128 * MIB - HIMEM_START)
+        );
 
         let big = create_guest_memory(4096).unwrap();
         let e = e820_entries(&big);
         assert_eq!(e.len(), 3);
         assert_eq!(e[1].addr + e[1].size, MMIO_GAP_START);
-        assert_eq!((e[2].addr, e[2].size), (MMIO_GAP_END, 4096 * MIB - MMIO_GAP_START));
+        assert_eq!(
+            (e[2].addr, e[2].size),
+            (MMIO_GAP_END, 4096 * MIB - MMIO_GAP_START)
+        );
     }
 
     #[test]

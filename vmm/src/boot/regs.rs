@@ -212,8 +212,10 @@ pub fn setup_vcpu(vcpu: &VcpuFd, entry: GuestAddress, boot_cpu: bool) -> Result<
     setup_lapic(vcpu)?;
     if boot_cpu {
         let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&long_mode_sregs(sregs)).map_err(kvm("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&boot_regs(entry)).map_err(kvm("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&long_mode_sregs(sregs))
+            .map_err(kvm("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&boot_regs(entry))
+            .map_err(kvm("KVM_SET_REGS"))?;
     }
     Ok(())
 }

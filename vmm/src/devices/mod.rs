@@ -1,2 +1,4 @@
 //! Emulated devices and the buses the vCPU exits are dispatched on.
 pub mod bus;
+pub mod i8042;
+pub mod serial;
