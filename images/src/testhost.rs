@@ -1,0 +1,431 @@
+//! The KVM test host: a QEMU TCG machine whose emulated AMD CPU has SVM with
+//! nested paging, so it gets a real, hardware-style `/dev/kvm` even where the
+//! build machine's own KVM cannot boot standard guests (PVM hosts).
+//!
+//! A [`TestHost`] packs busybox, Debian's cloud kernel modules for KVM and
+//! the caller's files into an initramfs, boots it, runs one shell command,
+//! and returns the command's console output and exit code. QEMU is killed and
+//! every temporary file removed on every path out, including timeouts.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use silo_initramfs::newc::NewcWriter;
+
+use crate::{cache_dir, run_script, ImageError};
+
+const BEGIN: &str = "SILO_TESTHOST_BEGIN";
+const EXIT: &str = "SILO_TESTHOST_EXIT=";
+
+/// True when this host's `/dev/kvm` is hardware virtualization (Intel VMX or
+/// AMD SVM) that this process can open: then real guests run directly.
+/// False on PVM hosts and hosts without KVM: use a [`TestHost`].
+pub fn hardware_kvm_usable() -> bool {
+    let m = |n: &str| Path::new("/sys/module").join(n).exists();
+    let hw = m("kvm_intel") || m("kvm_amd");
+    hw && !m("kvm_pvm")
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+}
+
+/// What a command run in the test host produced.
+#[derive(Debug, Clone)]
+pub struct TestHostOutput {
+    /// Console output of the command (its stdout and stderr, `\r` removed).
+    pub output: String,
+    /// The command's exit code.
+    pub exit_code: i32,
+    /// Everything the test host printed, for diagnostics.
+    pub console: String,
+    /// Wall time from QEMU start to the command starting.
+    pub boot_time: Duration,
+    /// Wall time of the whole run.
+    pub total_time: Duration,
+}
+
+/// Errors running the test host.
+#[derive(Debug, thiserror::Error)]
+pub enum TestHostError {
+    /// Preparing the image failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// QEMU could not be started.
+    #[error("cannot start qemu-system-x86_64: {0}")]
+    Spawn(std::io::Error),
+    /// The run took longer than its timeout; QEMU was killed.
+    #[error("the test host did not finish within {timeout:?}; last console lines:\n{tail}")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+        /// The end of the console output.
+        tail: String,
+    },
+    /// QEMU ended without the command's exit marker.
+    #[error("the test host ended without running the command to completion; last console lines:\n{tail}")]
+    NoExitMarker {
+        /// The end of the console output.
+        tail: String,
+    },
+    /// `ldd` failed on a binary to include.
+    #[error("cannot list the shared libraries of {path}: {reason}")]
+    Ldd {
+        /// The binary.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+enum Source {
+    Host(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// A test host run being assembled: files to include, resources, timeout.
+pub struct TestHost {
+    files: Vec<(String, Source, u32)>,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+}
+
+impl Default for TestHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes a directory when dropped.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills and reaps QEMU when dropped.
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl TestHost {
+    /// A test host with 2 GiB, 1 CPU and a 10-minute timeout.
+    pub fn new() -> Self {
+        Self {
+            files: Vec::new(),
+            memory_mib: 2048,
+            cpus: 1,
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Includes the host file `host` at `guest` with permission bits `mode`.
+    pub fn file(mut self, host: impl Into<PathBuf>, guest: &str, mode: u32) -> Self {
+        self.files
+            .push((guest.to_string(), Source::Host(host.into()), mode));
+        self
+    }
+
+    /// Includes `data` at `guest`.
+    pub fn bytes(mut self, guest: &str, data: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.files
+            .push((guest.to_string(), Source::Bytes(data.into()), mode));
+        self
+    }
+
+    /// Includes a dynamically linked binary at `guest` plus every shared
+    /// library `ldd` lists, at the same absolute paths.
+    pub fn binary_with_libs(
+        mut self,
+        host: impl AsRef<Path>,
+        guest: &str,
+    ) -> Result<Self, TestHostError> {
+        let host = host.as_ref();
+        for lib in shared_libraries(host)? {
+            let g = lib.to_string_lossy().to_string();
+            if !self.files.iter().any(|(p, _, _)| *p == g) {
+                self.files.push((g, Source::Host(lib), 0o755));
+            }
+        }
+        self.files
+            .push((guest.to_string(), Source::Host(host.to_path_buf()), 0o755));
+        Ok(self)
+    }
+
+    /// Sets the test host's memory.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the test host's CPU count.
+    pub fn cpus(mut self, n: u32) -> Self {
+        self.cpus = n.max(1);
+        self
+    }
+
+    /// Sets the limit for the whole run.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    fn initramfs(&self, image: &Path, command: &str) -> Result<Vec<u8>, ImageError> {
+        let io = |what: String| {
+            move |e| ImageError::Io {
+                context: what,
+                source: e,
+            }
+        };
+        let mut w = NewcWriter::new(Vec::with_capacity(64 << 20));
+        for d in [
+            "/dev",
+            "/proc",
+            "/sys",
+            "/tmp",
+            "/run",
+            "/bin",
+            "/sbin",
+            "/usr/bin",
+            "/usr/sbin",
+            "/work",
+        ] {
+            w.dir(d, 0o755).map_err(io(format!("adding {d}")))?;
+        }
+        w.char_device("/dev/console", 0o600, 5, 1)
+            .map_err(io("adding /dev/console".into()))?;
+        let busybox = std::fs::read(crate::guest::BUSYBOX).map_err(ImageError::io(
+            "reading /bin/busybox (apt-get install busybox-static)",
+        ))?;
+        w.file("/bin/busybox", 0o755, &busybox)
+            .map_err(io("adding busybox".into()))?;
+        for m in ["irqbypass", "kvm", "kvm-amd"] {
+            let p = image.join("modules").join(format!("{m}.ko"));
+            let data =
+                std::fs::read(&p).map_err(ImageError::io(format!("reading {}", p.display())))?;
+            w.file(&format!("/modules/{m}.ko"), 0o644, &data)
+                .map_err(io(format!("adding module {m}")))?;
+        }
+        for (guest, src, mode) in &self.files {
+            let data = match src {
+                Source::Host(p) => {
+                    std::fs::read(p).map_err(ImageError::io(format!("reading {}", p.display())))?
+                }
+                Source::Bytes(b) => b.clone(),
+            };
+            w.file(guest, *mode, &data)
+                .map_err(io(format!("adding {guest}")))?;
+        }
+        w.file("/command.sh", 0o755, command.as_bytes())
+            .map_err(io("adding the command".into()))?;
+        w.file("/init", 0o755, INIT.as_bytes())
+            .map_err(io("adding /init".into()))?;
+        w.finish()
+            .map_err(io("finishing the test host initramfs".into()))
+    }
+
+    /// Boots the test host and runs `command` (a `sh` script) in `/work`.
+    pub fn run(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
+        let image = run_script("testhost/fetch.sh", "KVM test host image")?;
+        let run_dir = cache_dir().join(format!(
+            "run-{}-{}",
+            std::process::id(),
+            RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&run_dir)
+            .map_err(ImageError::io(format!("creating {}", run_dir.display())))?;
+        let _cleanup = TempDir(run_dir.clone());
+        let cpio_path = run_dir.join("testhost.cpio");
+        let cpio = self.initramfs(&image, command)?;
+        std::fs::write(&cpio_path, &cpio)
+            .map_err(ImageError::io(format!("writing {}", cpio_path.display())))?;
+        drop(cpio);
+
+        let started = Instant::now();
+        eprintln!(
+            "[testhost] booting QEMU TCG test host (nested SVM, {} MiB, {} CPU); timeout {:?}",
+            self.memory_mib, self.cpus, self.timeout
+        );
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg,thread=multi",
+                "-M",
+                "q35",
+                "-cpu",
+                "EPYC,+svm,+npt",
+            ])
+            .args([
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                &self.cpus.to_string(),
+            ])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-kernel")
+            .arg(image.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(&cpio_path)
+            .args([
+                "-append",
+                "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(TestHostError::Spawn)?;
+        let mut child = KillOnDrop(child);
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let mut stderr = child.0.stderr.take().expect("piped stderr");
+        let verbose = std::env::var_os("SILO_TESTHOST_VERBOSE").is_some();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).replace('\r', "");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+
+        let deadline = started + self.timeout;
+        let mut console = Vec::new();
+        let mut begun_at = None;
+        let mut exit_code = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+                Ok(line) => {
+                    if line.starts_with(BEGIN) && begun_at.is_none() {
+                        begun_at = Some(started.elapsed());
+                        eprintln!(
+                            "[testhost] up after {:.1?}; running the command",
+                            started.elapsed()
+                        );
+                    } else if let Some(rc) = line.strip_prefix(EXIT) {
+                        exit_code = rc.trim().parse::<i32>().ok();
+                    } else if verbose || begun_at.is_some() {
+                        eprintln!("[testhost] {line}");
+                    }
+                    console.push(line);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() >= deadline {
+                        drop(child);
+                        return Err(TestHostError::Timeout {
+                            timeout: self.timeout,
+                            tail: tail(&console),
+                        });
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = child.0.wait();
+        let _ = reader.join();
+        let qemu_err = err_reader.join().unwrap_or_default();
+        let total_time = started.elapsed();
+        let Some(exit_code) = exit_code else {
+            let mut t = tail(&console);
+            if !qemu_err.trim().is_empty() {
+                t.push_str("\nqemu stderr: ");
+                t.push_str(qemu_err.trim());
+            }
+            return Err(TestHostError::NoExitMarker { tail: t });
+        };
+        let begin = console
+            .iter()
+            .position(|l| l.starts_with(BEGIN))
+            .map_or(0, |i| i + 1);
+        let end = console
+            .iter()
+            .rposition(|l| l.starts_with(EXIT))
+            .unwrap_or(console.len());
+        let output = console[begin..end.max(begin)].join("\n");
+        eprintln!("[testhost] command exited {exit_code} after {total_time:.1?}");
+        Ok(TestHostOutput {
+            output,
+            exit_code,
+            console: console.join("\n"),
+            boot_time: begun_at.unwrap_or_default(),
+            total_time,
+        })
+    }
+}
+
+fn tail(lines: &[String]) -> String {
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Shared libraries (and the loader) a dynamic binary needs, from `ldd`.
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, TestHostError> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|e| TestHostError::Ldd {
+            path: bin.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // Static binaries make ldd fail with "not a dynamic executable".
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// The test host's `/init`.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+for m in irqbypass kvm kvm-amd; do
+  insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
+done
+[ -c /dev/kvm ] || echo "[testhost] no /dev/kvm after loading kvm-amd"
+echo SILO_TESTHOST_BEGIN
+cd /work
+sh /command.sh
+echo "SILO_TESTHOST_EXIT=$?"
+poweroff -f
+"#;

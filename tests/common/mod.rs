@@ -1,0 +1,96 @@
+//! Runs a shell script that needs real KVM: directly when this host has
+//! hardware KVM, otherwise inside the KVM test host (QEMU TCG, nested SVM).
+//! Either way the script runs in a work directory holding the given files,
+//! with the `silo` binary under test on its PATH.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use silo_images::testhost::{hardware_kvm_usable, TestHost};
+
+/// A file for the script's work directory.
+pub enum WorkFile {
+    /// Copied from the host.
+    Host(PathBuf),
+    /// Written from memory.
+    Bytes(Vec<u8>),
+}
+
+/// What the script printed and how it exited.
+pub struct ScriptRun {
+    /// stdout and stderr of the script.
+    pub output: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// Where it ran.
+    pub in_test_host: bool,
+}
+
+/// Runs `script` with `files` in its working directory and `silo` on PATH.
+pub fn run_with_kvm(files: Vec<(&str, WorkFile)>, script: &str, timeout: Duration) -> ScriptRun {
+    let silo = PathBuf::from(env!("CARGO_BIN_EXE_silo"));
+    if hardware_kvm_usable() {
+        let dir = std::env::temp_dir().join(format!(
+            "silo-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, f) in &files {
+            let dst = dir.join(name);
+            match f {
+                WorkFile::Host(p) => std::fs::copy(p, &dst).map(|_| ()),
+                WorkFile::Bytes(b) => std::fs::write(&dst, b),
+            }
+            .unwrap();
+        }
+        let path = format!(
+            "{}:{}",
+            silo.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("timeout")
+            .arg(timeout.as_secs().to_string())
+            .args(["sh", "-c", script])
+            .current_dir(&dir)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut output = String::from_utf8_lossy(&out.stdout).to_string();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        eprintln!("{output}");
+        return ScriptRun {
+            output,
+            exit_code: out.status.code().unwrap_or(-1),
+            in_test_host: false,
+        };
+    }
+    eprintln!("no hardware KVM here: running in the KVM test host");
+    let mut host = TestHost::new()
+        .timeout(timeout)
+        .binary_with_libs(&silo, "/bin/silo")
+        .expect("include silo");
+    for (name, f) in files {
+        let guest = format!("/work/{name}");
+        host = match f {
+            WorkFile::Host(p) => host.file(p, &guest, 0o755),
+            WorkFile::Bytes(b) => host.bytes(&guest, b, 0o755),
+        };
+    }
+    let out = host.run(script).expect("test host run");
+    ScriptRun {
+        output: out.output,
+        exit_code: out.exit_code,
+        in_test_host: true,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
