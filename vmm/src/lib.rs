@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
 pub mod kvm;
 pub mod memory;
 pub mod timeline;

@@ -111,10 +111,12 @@ fn handle_exit(exit: VcpuExit<'_>, index: u8, pio: &Bus, mmio: &Bus) -> Option<V
                     index
                 )))
             }
-            VcpuExit::InternalError => return Some(VcpuStop::Error(format!(
+            VcpuExit::InternalError => {
+                return Some(VcpuStop::Error(format!(
                 "vCPU {}: KVM internal error (on a PVM host, an instruction PVM cannot emulate)",
                 index
-            ))),
+            )))
+            }
             VcpuExit::Intr | VcpuExit::IrqWindowOpen => {}
             other => {
                 return Some(VcpuStop::Error(format!(

@@ -31,8 +31,8 @@ pub const MAX_VCPUS: u8 = 8;
 /// First IRQ handed to virtio-mmio devices.
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// Kernel command line used when none is given.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule \
-     i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable no_timer_check";
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off nomodule tsc=reliable no_timer_check";
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

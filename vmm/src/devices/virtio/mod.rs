@@ -1,0 +1,91 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x).
+
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+
+/// VIRTIO_F_VERSION_1: the device speaks virtio 1.x (modern) only.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Interrupt status bit: a used buffer was added.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+
+/// Raises the device's interrupt: sets the status bit the driver reads and
+/// kicks the irqfd KVM injects.
+#[derive(Clone)]
+pub struct Interrupt {
+    status: Arc<AtomicU32>,
+    irqfd: Arc<EventFd>,
+}
+
+impl Interrupt {
+    /// An interrupt that signals `irqfd`.
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            irqfd: Arc::new(irqfd),
+        }
+    }
+
+    /// Tells the driver a queue has new used buffers.
+    pub fn signal_used_queue(&self) {
+        self.status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!(error = %e, "virtio interrupt lost");
+        }
+    }
+
+    /// The pending interrupt bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// Clears acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd (for registration with KVM and for tests).
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a queue the device cannot use.
+    #[error("virtio queue {0} is not valid")]
+    BadQueue(usize),
+    /// Any other problem.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (19 for vsock).
+    fn device_type(&self) -> u32;
+    /// Feature bits offered.
+    fn avail_features(&self) -> u64;
+    /// Maximum size of each queue; the length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads device configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Starts the device with the driver's queues and negotiated features.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        queues: Vec<Queue>,
+        features: u64,
+    ) -> Result<(), ActivateError>;
+    /// Returns the device to its initial state (driver wrote status 0).
+    fn reset(&mut self);
+}
