@@ -417,3 +417,46 @@ mod tests {
         }
     }
 }
+
+/// The agent's settings, written by the host into the guest initramfs as
+/// `/silo/agent.json` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Function name.
+    pub function_name: String,
+    /// Function ARN.
+    pub function_arn: String,
+    /// `_HANDLER` for the runtime.
+    pub handler: String,
+    /// Memory size in MiB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mib: u32,
+    /// Function timeout in seconds.
+    pub timeout_s: u32,
+    /// Extra environment variables for the runtime.
+    pub environment: std::collections::BTreeMap<String, String>,
+    /// Region reported to the function.
+    pub region: String,
+    /// Host vsock port to connect to.
+    pub host_port: u32,
+    /// Size limit of `/tmp` in MiB.
+    pub tmp_mib: u32,
+    /// Directory holding the function code (`/var/task` in a VM).
+    pub task_root: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            function_name: "function".into(),
+            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:function".into(),
+            handler: "handler".into(),
+            memory_mib: 128,
+            timeout_s: 3,
+            environment: Default::default(),
+            region: "us-east-1".into(),
+            host_port: AGENT_PORT,
+            tmp_mib: 512,
+            task_root: "/var/task".into(),
+        }
+    }
+}

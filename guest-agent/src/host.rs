@@ -1,0 +1,291 @@
+//! The agent's side of the host connection: hello, then invocations one at a
+//! time, each result tagged with its request id; runtime output forwarded as
+//! log frames tagged with the request and tenant in flight.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+use silo_proto::{
+    read_message, write_message, AgentConfig, BootTiming, ErrorInfo, LogStream, Message, Outcome,
+};
+
+use crate::runtime::{Context, OutputLine, Reaper, Runtime, LOG_QUEUE};
+use crate::runtime_api::{ApiEvent, Invocation, RuntimeApi};
+
+/// The host's vsock CID.
+const HOST_CID: u32 = 2;
+
+/// Connects to the host over vsock.
+pub fn connect_vsock(port: u32) -> Result<File, String> {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("vsock socket: {e}"))?;
+        match connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &VsockAddr::new(HOST_CID, port),
+        ) {
+            Ok(()) => return Ok(File::from(fd)),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("vsock connect to host port {port}: {last}"))
+}
+
+/// Connects to the host over a Unix socket (host mode).
+pub fn connect_unix(path: &Path) -> Result<File, String> {
+    let s = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(File::from(std::os::fd::OwnedFd::from(s)))
+}
+
+/// The agent serving one host connection.
+pub struct Agent {
+    reader: File,
+    writer: Arc<Mutex<File>>,
+    config: AgentConfig,
+    api: RuntimeApi,
+    api_addr: String,
+    reaper: Reaper,
+    runtime: Option<Runtime>,
+    bound_tenant: Option<Option<String>>,
+    context: Context,
+    logs_tx: std::sync::mpsc::SyncSender<OutputLine>,
+    dropped: Arc<Mutex<u64>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Agent {
+    /// An agent on `stream`.
+    pub fn new(
+        stream: File,
+        config: AgentConfig,
+        api: RuntimeApi,
+        reaper: Reaper,
+        api_addr: String,
+    ) -> Self {
+        let writer = Arc::new(Mutex::new(stream.try_clone().expect("dup host stream")));
+        let context: Context = Arc::new(Mutex::new((None, None)));
+        let (logs_tx, logs_rx) = sync_channel(LOG_QUEUE);
+        let dropped = Arc::new(Mutex::new(0u64));
+        forward_logs(logs_rx, writer.clone(), context.clone(), dropped.clone());
+        Self {
+            reader: stream,
+            writer,
+            config,
+            api,
+            api_addr,
+            reaper,
+            runtime: None,
+            bound_tenant: None,
+            context,
+            logs_tx,
+            dropped,
+        }
+    }
+
+    fn send(&self, msg: &Message) -> Result<(), String> {
+        let mut w = self.writer.lock().expect("writer lock");
+        write_message(&mut *w, msg).map_err(|e| format!("sending to host: {e}"))
+    }
+
+    /// Says hello, then serves until the host says Shutdown or goes away.
+    pub fn serve(&mut self, started_ns: u64) -> Result<(), String> {
+        // Start the runtime ahead of the first invoke, as Lambda's init phase.
+        self.ensure_runtime();
+        self.send(&Message::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot: BootTiming {
+                kernel_uptime_at_agent_start_ns: started_ns,
+                kernel_uptime_at_ready_ns: crate::pid1::uptime_ns(),
+            },
+        })?;
+        loop {
+            let msg =
+                read_message(&mut self.reader).map_err(|e| format!("reading from host: {e}"))?;
+            match msg {
+                Message::Invoke {
+                    request_id,
+                    tenant_id,
+                    deadline_unix_ms,
+                    function_arn,
+                    trace_id,
+                    payload,
+                } => {
+                    let inv = Invocation {
+                        request_id: request_id.clone(),
+                        tenant_id,
+                        deadline_ms: deadline_unix_ms,
+                        function_arn,
+                        trace_id,
+                        payload,
+                    };
+                    let outcome = self.invoke(inv);
+                    self.send(&Message::Result {
+                        request_id,
+                        outcome,
+                    })?;
+                }
+                Message::Shutdown => {
+                    if let Some(rt) = self.runtime.take() {
+                        rt.kill();
+                    }
+                    return Ok(());
+                }
+                other => return Err(format!("unexpected message from host: {other:?}")),
+            }
+        }
+    }
+
+    fn ensure_runtime(&mut self) -> Option<String> {
+        if let Some(rt) = &self.runtime {
+            match self.reaper.take_exit(rt.pid) {
+                None => return None,
+                Some(_) => self.runtime = None,
+            }
+        }
+        match Runtime::spawn(
+            &self.config,
+            &self.api_addr,
+            self.logs_tx.clone(),
+            self.dropped.clone(),
+            self.context.clone(),
+        ) {
+            Ok(rt) => {
+                self.runtime = Some(rt);
+                None
+            }
+            Err(e) => Some(e),
+        }
+    }
+
+    fn invoke(&mut self, inv: Invocation) -> Outcome {
+        // One VM, one tenant, for life.
+        match &self.bound_tenant {
+            None => self.bound_tenant = Some(inv.tenant_id.clone()),
+            Some(bound) if *bound != inv.tenant_id => {
+                return Outcome::Err(ErrorInfo {
+                    error_type: "Silo.TenantMismatch".into(),
+                    error_message: "this execution environment is bound to another tenant".into(),
+                })
+            }
+            Some(_) => {}
+        }
+        if let Some(e) = self.ensure_runtime() {
+            return Outcome::Err(ErrorInfo {
+                error_type: "Runtime.InvalidEntrypoint".into(),
+                error_message: e,
+            });
+        }
+        *self.context.lock().expect("ctx lock") =
+            (Some(inv.request_id.clone()), inv.tenant_id.clone());
+        let id = inv.request_id.clone();
+        let deadline = inv.deadline_ms;
+        self.api.submit(inv);
+        let outcome = loop {
+            let left = deadline.saturating_sub(now_ms());
+            match self.api.wait_event(Duration::from_millis(left.min(20))) {
+                Some(ApiEvent::Response(rid, body)) if rid == id => break Outcome::Ok(body),
+                Some(ApiEvent::Error(rid, info)) if rid == id => break Outcome::Err(info),
+                Some(ApiEvent::InitError(info)) => {
+                    self.kill_runtime();
+                    break Outcome::Err(info);
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            let pid = self.runtime.as_ref().map(|r| r.pid);
+            if let Some(status) = pid.and_then(|p| self.reaper.take_exit(p)) {
+                self.runtime = None;
+                break Outcome::Err(ErrorInfo {
+                    error_type: "Runtime.ExitError".into(),
+                    error_message: format!(
+                        "RequestId: {id} Error: Runtime exited with error: {status}"
+                    ),
+                });
+            }
+            if now_ms() >= deadline {
+                self.kill_runtime();
+                break Outcome::Err(ErrorInfo {
+                    error_type: "Sandbox.Timedout".into(),
+                    error_message: format!(
+                        "RequestId: {id} Error: Task timed out after {} seconds",
+                        self.config.timeout_s
+                    ),
+                });
+            }
+        };
+        if matches!(outcome, Outcome::Err(_)) {
+            self.api.clear();
+        }
+        // The context stays until the next invocation: output the runtime
+        // printed just before responding is still read and tagged after it.
+        outcome
+    }
+
+    fn kill_runtime(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.kill();
+        }
+    }
+}
+
+/// Forwards runtime output to the host as Log frames.
+fn forward_logs(
+    rx: Receiver<OutputLine>,
+    writer: Arc<Mutex<File>>,
+    ctx: Context,
+    dropped: Arc<Mutex<u64>>,
+) {
+    let _ = std::thread::Builder::new()
+        .name("log-forward".into())
+        .spawn(move || loop {
+            let line = match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => Some(l),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let (request_id, tenant_id) = ctx.lock().expect("ctx lock").clone();
+            let mut msgs = Vec::new();
+            let n = std::mem::take(&mut *dropped.lock().expect("dropped lock"));
+            if n > 0 {
+                msgs.push(Message::Log {
+                    request_id: request_id.clone(),
+                    tenant_id: tenant_id.clone(),
+                    stream: LogStream::Agent,
+                    line: format!(
+                        "[silo] {n} log lines dropped: function output over the forwarding limit"
+                    ),
+                });
+            }
+            if let Some(l) = line {
+                msgs.push(Message::Log {
+                    request_id: l.request_id,
+                    tenant_id: l.tenant_id,
+                    stream: l.stream,
+                    line: l.line,
+                });
+            }
+            let mut w = writer.lock().expect("writer lock");
+            for m in &msgs {
+                if write_message(&mut *w, m).is_err() {
+                    return;
+                }
+            }
+        });
+}

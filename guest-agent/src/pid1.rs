@@ -1,0 +1,97 @@
+//! PID 1 duties: filesystems, loopback, the guest clock, and ending the VM.
+
+use std::os::fd::AsRawFd;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::time::{clock_gettime, ClockId};
+
+/// Kernel uptime (CLOCK_BOOTTIME) in nanoseconds.
+pub fn uptime_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    match mount(Some(source), target, Some(fstype), flags, data) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(format!("mount {fstype} on {target}: {e}")),
+    }
+}
+
+/// Mounts /proc, /sys and /dev and brings up loopback.
+pub fn setup() -> Result<(), String> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nosuid, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    loopback_up().map_err(|e| format!("bringing up lo: {e}"))
+}
+
+/// Mounts a size-limited tmpfs on /tmp.
+pub fn mount_tmp(mib: u32) -> Result<(), String> {
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("size={mib}m,mode=1777")),
+    )
+}
+
+/// Sets IFF_UP on `lo`; Linux then assigns 127.0.0.1 to it.
+fn loopback_up() -> Result<(), String> {
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut req: libc::ifreq = unsafe_zeroed_ifreq();
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` we own and
+    // pass by pointer; the socket fd is valid for the duration of the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn unsafe_zeroed_ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is a plain C struct of integers, arrays and a union of
+    // them, for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Ends the VM: sync and reboot (the VMM turns the reset into the VM's end).
+pub fn reboot() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Should not be reached; if it is, do not return to a dead init.
+    loop {
+        std::thread::park();
+    }
+}
