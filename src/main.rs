@@ -3,7 +3,9 @@
 //! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
 //! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
 
+mod cmd_run;
 mod cmd_vmm;
+mod vm_env;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Boot one microVM (one process per VM; normally spawned by the daemon).
     Vmm(cmd_vmm::VmmArgs),
+    /// Boot one function VM and send it invocations (JSON lines out).
+    Run(cmd_run::RunArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,5 +38,6 @@ fn main() -> std::process::ExitCode {
         .init();
     match cli.command {
         Command::Vmm(args) => cmd_vmm::run(args),
+        Command::Run(args) => cmd_run::run(args),
     }
 }

@@ -28,13 +28,20 @@ struct Args {
     api_addr: String,
 }
 
+impl Args {
+    /// The settings of the agent as a guest's PID 1.
+    fn guest() -> Self {
+        Self {
+            host_mode: false,
+            config: PathBuf::from(CONFIG_PATH),
+            connect_unix: None,
+            api_addr: "127.0.0.1:9001".into(),
+        }
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        host_mode: false,
-        config: PathBuf::from(CONFIG_PATH),
-        connect_unix: None,
-        api_addr: "127.0.0.1:9001".into(),
-    };
+    let mut a = Args::guest();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -56,7 +63,14 @@ fn parse_args() -> Result<Args, String> {
 fn main() -> ExitCode {
     let started_ns = pid1::uptime_ns();
     let pid1 = std::process::id() == 1;
-    let args = match parse_args() {
+    // As PID 1 the kernel hands init any boot parameters it did not know:
+    // there are no flags to read, only the settings file.
+    let parsed = if pid1 {
+        Ok(Args::guest())
+    } else {
+        parse_args()
+    };
+    let args = match parsed {
         Ok(a) => a,
         Err(e) => {
             eprintln!("silo-guest-agent: {e}");

@@ -46,8 +46,13 @@ make -C "$srcdir" -s olddefconfig >&2
 # dropped option is a guest that cannot boot or cannot talk to the host.
 missing=0
 while IFS= read -r line; do
-  [[ "$line" =~ ^CONFIG_([A-Z0-9_]+)=(.*)$ ]] || continue
-  opt="CONFIG_${BASH_REMATCH[1]}"; val="${BASH_REMATCH[2]}"
+  if [[ "$line" =~ ^#\ CONFIG_([A-Z0-9_]+)\ is\ not\ set$ ]]; then
+    opt="CONFIG_${BASH_REMATCH[1]}"; val=n
+  elif [[ "$line" =~ ^CONFIG_([A-Z0-9_]+)=(.*)$ ]]; then
+    opt="CONFIG_${BASH_REMATCH[1]}"; val="${BASH_REMATCH[2]}"
+  else
+    continue
+  fi
   if [[ "$val" == "n" ]]; then
     if grep -q "^$opt=y" "$srcdir/.config"; then log "WARNING: $opt forced on"; fi
   elif ! grep -qx "$opt=$val" "$srcdir/.config"; then

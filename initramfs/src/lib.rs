@@ -1,4 +1,6 @@
-//! Guest initramfs assembly: a newc cpio writer, and the builder that packs
-//! the guest agent and a function package into the image a VM boots from.
+//! Guest initramfs assembly: a newc cpio writer, Lambda-style function
+//! packages (zip), and the image a function's VM boots from.
 
+pub mod image;
 pub mod newc;
+pub mod package;

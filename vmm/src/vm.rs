@@ -32,7 +32,7 @@ pub const MAX_VCPUS: u8 = 8;
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off nomodule tsc=reliable no_timer_check";
+    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check";
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,272 @@
+//! Execution environments backed by microVMs: each one is a `silo vmm` child
+//! process with a vsock device whose host side is a Unix socket in a private
+//! directory. The guest agent connects to host port 1024, says hello, and
+//! then serves invocations over silo-proto frames.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use silo_proto::asynchronous::{read_message, write_message};
+use silo_proto::{BootTiming, LogStream, Message, Outcome, AGENT_PORT};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+
+/// Bytes of log kept per invocation (Lambda's `LogType: Tail` returns 4 KB).
+pub const LOG_TAIL: usize = 4096;
+
+/// What a VM is booted from.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Initramfs with the agent and the function.
+    pub initrd: PathBuf,
+    /// Guest memory.
+    pub mem_mib: u32,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// How long to wait for the agent's hello.
+    pub boot_timeout: Duration,
+}
+
+/// Errors of a VM environment; any of them means the VM is gone or unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// Setting up the VM's directory or socket failed.
+    #[error("preparing the VM: {0}")]
+    Setup(String),
+    /// The VMM process failed or the agent never said hello.
+    #[error("the VM did not start: {0}")]
+    Boot(String),
+    /// The agent broke the protocol or the connection.
+    #[error("the guest agent failed: {0}")]
+    Protocol(String),
+    /// No result before the deadline (plus grace).
+    #[error("the invocation did not return before its deadline")]
+    TimedOut,
+}
+
+/// Phases of one VM's start, measured by the host.
+#[derive(Debug, Clone, Copy)]
+pub struct BootReport {
+    /// From spawning the VMM to the agent's hello.
+    pub spawn_to_ready: Duration,
+    /// The guest's own clock.
+    pub guest: BootTiming,
+}
+
+/// The result of one invocation.
+#[derive(Debug, Clone)]
+pub struct InvokeResult {
+    /// Response payload or function error.
+    pub outcome: Outcome,
+    /// The last [`LOG_TAIL`] bytes of the invocation's output.
+    pub log_tail: Vec<u8>,
+    /// Round trip from sending the invoke to the result.
+    pub duration: Duration,
+}
+
+/// A running VM with its agent connected.
+pub struct VmEnv {
+    child: Child,
+    conn: UnixStream,
+    dir: PathBuf,
+    /// Boot measurements.
+    pub boot: BootReport,
+}
+
+static NEXT_VM: AtomicU64 = AtomicU64::new(0);
+
+/// Where `silo vmm` is: this very binary.
+fn vmm_binary() -> Result<PathBuf, EnvError> {
+    std::env::current_exe()
+        .map_err(|e| EnvError::Setup(format!("cannot find the silo binary: {e}")))
+}
+
+impl VmEnv {
+    /// Boots a VM from `spec` under `run_dir` and waits for its agent.
+    pub async fn boot(spec: &VmSpec, run_dir: &Path) -> Result<Self, EnvError> {
+        let n = NEXT_VM.fetch_add(1, Ordering::Relaxed);
+        let dir = run_dir.join(format!("vm-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
+        let uds = dir.join("vsock");
+        let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", uds.display()))
+            .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
+        let started = Instant::now();
+        let child = Command::new(vmm_binary()?)
+            .arg("vmm")
+            .arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initrd")
+            .arg(&spec.initrd)
+            .arg("--mem-mib")
+            .arg(spec.mem_mib.to_string())
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--vsock-cid")
+            .arg("3")
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .env("SILO_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("vmm.log"))
+                    .map_err(|e| EnvError::Setup(e.to_string()))?,
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;
+        let mut env_guard = Guard {
+            child: Some(child),
+            dir: Some(dir.clone()),
+        };
+        let accept = tokio::time::timeout(spec.boot_timeout, listener.accept());
+        let mut conn = match accept.await {
+            Ok(Ok((c, _))) => c,
+            Ok(Err(e)) => return Err(EnvError::Boot(format!("agent socket accept: {e}"))),
+            Err(_) => {
+                let tail = console_tail(&dir);
+                return Err(EnvError::Boot(format!(
+                    "the guest agent did not connect within {:?}; console tail:\n{tail}",
+                    spec.boot_timeout
+                )));
+            }
+        };
+        let hello = tokio::time::timeout(spec.boot_timeout, read_message(&mut conn))
+            .await
+            .map_err(|_| EnvError::Boot("no hello from the agent".into()))?
+            .map_err(|e| EnvError::Boot(format!("agent hello: {e}")))?;
+        let Message::Hello { boot, .. } = hello else {
+            return Err(EnvError::Boot(format!("expected hello, got {hello:?}")));
+        };
+        let spawn_to_ready = started.elapsed();
+        let (child, dir) = env_guard.disarm();
+        Ok(Self {
+            child,
+            conn,
+            dir,
+            boot: BootReport {
+                spawn_to_ready,
+                guest: boot,
+            },
+        })
+    }
+
+    /// Runs one invocation; waits until `deadline_unix_ms` plus a grace period.
+    pub async fn invoke(
+        &mut self,
+        msg: Message,
+        deadline: Duration,
+    ) -> Result<InvokeResult, EnvError> {
+        let Message::Invoke { request_id, .. } = &msg else {
+            return Err(EnvError::Protocol(
+                "invoke() takes an Invoke message".into(),
+            ));
+        };
+        let id = request_id.clone();
+        let started = Instant::now();
+        write_message(&mut self.conn, &msg)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
+        let mut tail: Vec<u8> = Vec::new();
+        let wait = async {
+            loop {
+                match read_message(&mut self.conn).await {
+                    Ok(Message::Result {
+                        request_id,
+                        outcome,
+                    }) if request_id == id => return Ok(outcome),
+                    Ok(Message::Result { request_id, .. }) => {
+                        return Err(EnvError::Protocol(format!(
+                            "result for unknown request {request_id}"
+                        )))
+                    }
+                    Ok(Message::Log { line, stream, .. }) => {
+                        if stream != LogStream::Agent || line.starts_with("[silo]") {
+                            tail.extend_from_slice(line.as_bytes());
+                            tail.push(b'\n');
+                            if tail.len() > 2 * LOG_TAIL {
+                                tail.drain(..tail.len() - LOG_TAIL);
+                            }
+                        }
+                    }
+                    Ok(other) => {
+                        return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
+                    }
+                    Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+                }
+            }
+        };
+        // The agent enforces the deadline itself; the grace covers its report.
+        let outcome = tokio::time::timeout(deadline + Duration::from_secs(5), wait)
+            .await
+            .map_err(|_| EnvError::TimedOut)??;
+        if tail.len() > LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+        Ok(InvokeResult {
+            outcome,
+            log_tail: tail,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Asks the agent to end the VM, then makes sure the VMM is gone and its
+    /// directory removed.
+    pub async fn shutdown(mut self) {
+        let _ = write_message(&mut self.conn, &Message::Shutdown).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for VmEnv {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills the VMM and removes its directory unless disarmed.
+struct Guard {
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl Guard {
+    fn disarm(&mut self) -> (Child, PathBuf) {
+        (
+            self.child.take().expect("child"),
+            self.dir.take().expect("dir"),
+        )
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.start_kill();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
+        + &std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
