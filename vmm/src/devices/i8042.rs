@@ -47,10 +47,11 @@ impl<E: Clone + Send> BusDevice for I8042<E> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 1 && (offset == 0 || offset == 4) {
-            if self.dev.write(offset as u8, data[0]).is_err() {
-                tracing::warn!("i8042 reset signal lost: the VMM is already stopping");
-            }
+        if data.len() == 1
+            && (offset == 0 || offset == 4)
+            && self.dev.write(offset as u8, data[0]).is_err()
+        {
+            tracing::warn!("i8042 reset signal lost: the VMM is already stopping");
         }
     }
 }

@@ -261,7 +261,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         tracing::trace!(offset, len = data.len(), "virtio-mmio read");
         if offset >= 0x100 {
             self.device.read_config(offset - 0x100, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
         } else {
             data.fill(0);
@@ -270,7 +270,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         tracing::trace!(offset, ?data, "virtio-mmio write");
-        if offset < 0x100 && data.len() == 4 && offset % 4 == 0 {
+        if offset < 0x100 && data.len() == 4 && offset.is_multiple_of(4) {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_u32(offset, v);
         }
