@@ -1,0 +1,114 @@
+//! An in-memory backend for testing the scheduler's rules: environments are
+//! plain values that record which binding they were created for and every
+//! request they served, so tests can check isolation after the fact.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::{Backend, Binding, Environment};
+
+/// A test request: which binding the caller meant, and how the environment
+/// should behave.
+#[derive(Debug, Clone)]
+pub struct MemRequest {
+    /// The binding the invocation was scheduled for.
+    pub binding: Binding,
+    /// Simulated work.
+    pub delay: Duration,
+    /// Make the environment fail (crash) on this request.
+    pub crash: bool,
+}
+
+/// What happened, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct Journal {
+    /// (environment id, binding) at creation.
+    pub created: Vec<(u64, Binding)>,
+    /// (environment id, binding of the request) per invocation served.
+    pub served: Vec<(u64, Binding)>,
+    /// Environment ids destroyed, in order.
+    pub destroyed: Vec<u64>,
+}
+
+/// The in-memory backend.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    /// Shared journal.
+    pub journal: Arc<Mutex<Journal>>,
+    next: Arc<AtomicU64>,
+    /// When set, creations fail.
+    pub fail_creates: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An in-memory environment.
+pub struct MemEnv {
+    id: u64,
+    binding: Binding,
+    served: u64,
+    journal: Arc<Mutex<Journal>>,
+}
+
+/// Errors of the in-memory backend.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// Creation was set to fail.
+    #[error("creation failed (test)")]
+    CreateFailed,
+    /// The environment crashed.
+    #[error("environment {0} crashed (test)")]
+    Crashed(u64),
+}
+
+impl Backend for MemoryBackend {
+    type Env = MemEnv;
+    type Error = MemError;
+    type Request = MemRequest;
+    type Response = (u64, u64);
+
+    async fn create(&self, binding: &Binding) -> Result<MemEnv, MemError> {
+        tokio::task::yield_now().await;
+        if self.fail_creates.load(Ordering::SeqCst) {
+            return Err(MemError::CreateFailed);
+        }
+        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.journal
+            .lock()
+            .unwrap()
+            .created
+            .push((id, binding.clone()));
+        Ok(MemEnv {
+            id,
+            binding: binding.clone(),
+            served: 0,
+            journal: self.journal.clone(),
+        })
+    }
+}
+
+impl Environment for MemEnv {
+    type Error = MemError;
+    type Request = MemRequest;
+    type Response = (u64, u64);
+
+    async fn invoke(&mut self, req: MemRequest) -> Result<(u64, u64), MemError> {
+        self.journal
+            .lock()
+            .unwrap()
+            .served
+            .push((self.id, req.binding.clone()));
+        if !req.delay.is_zero() {
+            tokio::time::sleep(req.delay).await;
+        }
+        if req.crash {
+            return Err(MemError::Crashed(self.id));
+        }
+        self.served += 1;
+        let _ = &self.binding;
+        Ok((self.id, self.served))
+    }
+
+    async fn destroy(self) {
+        self.journal.lock().unwrap().destroyed.push(self.id);
+    }
+}

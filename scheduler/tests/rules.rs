@@ -1,0 +1,306 @@
+//! The scheduler's rules, with the in-memory backend: targeted cases and
+//! property tests over random concurrent workloads.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use silo_scheduler::memory_backend::{MemRequest, MemoryBackend};
+use silo_scheduler::{
+    Binding, FunctionKey, Limits, ScheduleError, Scheduler, TenantId, ThrottleReason,
+};
+
+fn binding(f: &str, t: &str) -> Binding {
+    Binding {
+        function: FunctionKey {
+            name: f.into(),
+            version: "v1".into(),
+        },
+        tenant: Some(TenantId::parse(t).unwrap()),
+    }
+}
+
+fn req(b: &Binding, ms: u64, crash: bool) -> MemRequest {
+    MemRequest {
+        binding: b.clone(),
+        delay: Duration::from_millis(ms),
+        crash,
+    }
+}
+
+fn limits(concurrency: u32, per_tenant: u32) -> Limits {
+    Limits {
+        concurrency,
+        per_tenant,
+        ..Limits::default()
+    }
+}
+
+#[tokio::test]
+async fn same_tenant_reuses_warm_other_tenant_gets_its_own() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::new(backend.clone());
+    let a = binding("f", "tenant-A");
+    let b = binding("f", "tenant-B");
+    let r1 = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
+    let r2 = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
+    let r3 = s
+        .invoke(b.clone(), Limits::default(), req(&b, 0, false))
+        .await
+        .unwrap();
+    assert!(r1.cold_start && !r2.cold_start && r3.cold_start);
+    assert_eq!(r1.env_id, r2.env_id);
+    assert_ne!(r1.env_id, r3.env_id);
+    assert_eq!(
+        (r1.response.1, r2.response.1, r3.response.1),
+        (1, 2, 1),
+        "counters 1, 2, 1"
+    );
+}
+
+#[tokio::test]
+async fn parallel_invokes_of_one_tenant_scale_out() {
+    let s = Scheduler::new(MemoryBackend::default());
+    let a = binding("f", "t");
+    let calls = (0..4).map(|_| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            s.invoke(a.clone(), Limits::default(), req(&a, 50, false))
+                .await
+        }
+    });
+    let reports = futures_join(calls).await;
+    let ids: HashSet<u64> = reports.iter().map(|r| r.as_ref().unwrap().env_id).collect();
+    assert_eq!(ids.len(), 4, "one invocation per environment at a time");
+}
+
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn tenant_ceiling_and_function_concurrency_throttle() {
+    let s = Scheduler::new(MemoryBackend::default());
+    let a = binding("f", "noisy");
+    let l = limits(3, 2);
+    let slow = |b: &Binding| {
+        let (s, b) = (s.clone(), b.clone());
+        tokio::spawn(async move { s.invoke(b.clone(), l, req(&b, 300, false)).await })
+    };
+    let h1 = slow(&a);
+    let h2 = slow(&a);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = s.invoke(a.clone(), l, req(&a, 0, false)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ScheduleError::Throttled(ThrottleReason::TenantConcurrency)
+        ),
+        "{e}"
+    );
+    let b = binding("f", "quiet");
+    let h3 = slow(&b);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = s.invoke(b.clone(), l, req(&b, 0, false)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ScheduleError::Throttled(ThrottleReason::FunctionConcurrency)
+        ),
+        "{e}"
+    );
+    for h in [h1, h2, h3] {
+        h.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn at_the_cap_the_lru_idle_environment_of_any_tenant_is_evicted() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::new(backend.clone());
+    let l = Limits {
+        concurrency: 1,
+        per_tenant: 1,
+        env_cap_factor: 2.0,
+        ..Limits::default()
+    };
+    let (a, b, c) = (binding("f", "a"), binding("f", "b"), binding("f", "c"));
+    let ra = s.invoke(a.clone(), l, req(&a, 0, false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.invoke(b.clone(), l, req(&b, 0, false)).await.unwrap();
+    // Cap is 2: tenant c evicts a's environment (least recently used).
+    s.invoke(c.clone(), l, req(&c, 0, false)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(backend.journal.lock().unwrap().destroyed, vec![ra.env_id]);
+    assert_eq!(s.stats().counters.evictions, 1);
+}
+
+#[tokio::test]
+async fn a_crash_destroys_only_that_environment() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::new(backend.clone());
+    let (a, b) = (binding("f", "a"), binding("f", "b"));
+    let rb = s
+        .invoke(b.clone(), Limits::default(), req(&b, 0, false))
+        .await
+        .unwrap();
+    let ra = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
+    assert!(s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, true))
+        .await
+        .is_err());
+    assert_eq!(backend.journal.lock().unwrap().destroyed, vec![ra.env_id]);
+    let again = s
+        .invoke(b.clone(), Limits::default(), req(&b, 0, false))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.env_id, rb.env_id,
+        "the other tenant keeps its warm environment"
+    );
+    assert!(
+        s.invoke(a.clone(), Limits::default(), req(&a, 0, false))
+            .await
+            .unwrap()
+            .cold_start
+    );
+}
+
+#[tokio::test]
+async fn failed_creation_releases_its_reservation() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::new(backend.clone());
+    let a = binding("f", "a");
+    backend
+        .fail_creates
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let l = limits(1, 1);
+    assert!(matches!(
+        s.invoke(a.clone(), l, req(&a, 0, false)).await,
+        Err(ScheduleError::Create(_))
+    ));
+    backend
+        .fail_creates
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        s.invoke(a.clone(), l, req(&a, 0, false)).await.is_ok(),
+        "no slot leaked"
+    );
+}
+
+#[tokio::test]
+async fn reaping_retiring_and_new_code_destroy_idle_environments() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::new(backend.clone());
+    let (a, g) = (binding("f", "a"), binding("g", "a"));
+    s.invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
+    s.invoke(g.clone(), Limits::default(), req(&g, 0, false))
+        .await
+        .unwrap();
+    assert_eq!(s.reap_idle(Duration::from_secs(3600)).await, 0);
+    let mut a2 = a.clone();
+    a2.function.version = "v2".into();
+    assert_eq!(
+        s.set_current_version(&a2.function).await,
+        1,
+        "old code drains"
+    );
+    assert!(
+        s.invoke(a2.clone(), Limits::default(), req(&a2, 0, false))
+            .await
+            .unwrap()
+            .cold_start
+    );
+    assert_eq!(s.retire_function("f").await, 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(s.reap_idle(Duration::ZERO).await, 1, "g reaped");
+    let j = backend.journal.lock().unwrap().clone();
+    assert_eq!(j.created.len(), j.destroyed.len(), "nothing leaked");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Invoke { f: u8, t: u8, ms: u8, crash: bool },
+    Reap,
+    Retire(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..2, 0u8..4, 0u8..20, proptest::bool::weighted(0.1))
+            .prop_map(|(f, t, ms, crash)| Op::Invoke { f, t, ms, crash }),
+        1 => Just(Op::Reap),
+        1 => (0u8..2).prop_map(Op::Retire),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn isolation_caps_and_no_leaks_under_random_load(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let backend = MemoryBackend::default();
+            let s = Scheduler::new(backend.clone());
+            let l = Limits { concurrency: 3, per_tenant: 2, env_cap_factor: 1.5, idle_timeout: Duration::ZERO };
+            let mut handles = Vec::new();
+            for o in ops {
+                match o {
+                    Op::Invoke { f, t, ms, crash } => {
+                        let b = binding(&format!("f{f}"), &format!("t{t}"));
+                        let s2 = s.clone();
+                        handles.push(tokio::spawn(async move {
+                            s2.invoke(b.clone(), l, req(&b, u64::from(ms), crash)).await.map(|_| ())
+                        }));
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Op::Reap => { s.reap_idle(Duration::ZERO).await; }
+                    Op::Retire(f) => { s.retire_function(&format!("f{f}")).await; }
+                }
+                let st = s.stats();
+                for (name, n) in &st.environments {
+                    assert!(*n <= l.env_cap(), "{name}: {n} environments over the cap");
+                }
+                for (name, n) in &st.in_flight {
+                    assert!(*n <= l.concurrency, "{name}: {n} in flight over concurrency");
+                }
+            }
+            for h in handles {
+                let _ = h.await.unwrap();
+            }
+            s.shutdown().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let j = backend.journal.lock().unwrap().clone();
+            // Isolation: every request an environment served was for its own binding.
+            let bound: HashMap<u64, Binding> = j.created.iter().cloned().collect();
+            for (env, b) in &j.served {
+                assert_eq!(&bound[env], b, "environment {env} served another binding");
+            }
+            // No leaks, no double destroys.
+            let destroyed: HashSet<u64> = j.destroyed.iter().copied().collect();
+            assert_eq!(destroyed.len(), j.destroyed.len(), "an environment was destroyed twice");
+            assert_eq!(destroyed, bound.keys().copied().collect::<HashSet<_>>(), "leaked environments");
+        });
+    }
+}
