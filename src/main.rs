@@ -3,8 +3,10 @@
 //! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
 //! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
 
+mod cmd_demo;
 mod cmd_run;
 mod cmd_vmm;
+mod vm_backend;
 mod vm_env;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ struct Cli {
 enum Command {
     /// Boot one microVM (one process per VM; normally spawned by the daemon).
     Vmm(cmd_vmm::VmmArgs),
+    /// Show the mission: one function, two tenants, isolated microVMs.
+    Demo(cmd_demo::DemoArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
 }
@@ -39,5 +43,6 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Vmm(args) => cmd_vmm::run(args),
         Command::Run(args) => cmd_run::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
     }
 }

@@ -1,0 +1,124 @@
+//! The scheduler's backend for real microVMs: one function version's
+//! initramfs is built once; each environment is a [`VmEnv`] bound to one
+//! (function, tenant) binding for its life.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use silo_proto::{AgentConfig, Message};
+use silo_scheduler::{Backend, Binding, Environment};
+
+use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmSpec};
+
+/// A function the backend can boot.
+#[derive(Debug, Clone)]
+pub struct FunctionImage {
+    /// Agent settings (name, ARN, handler, memory, timeout, environment).
+    pub config: AgentConfig,
+    /// The initramfs built from the agent and the function package.
+    pub initrd: PathBuf,
+}
+
+/// Boots microVMs for the scheduler.
+pub struct VmBackend {
+    kernel: PathBuf,
+    run_dir: PathBuf,
+    boot_timeout: Duration,
+    functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
+}
+
+/// One invocation for a VM environment.
+pub struct VmRequest {
+    /// The Invoke message (request id, tenant, deadline, payload...).
+    pub message: Message,
+    /// How long the function may run.
+    pub timeout: Duration,
+}
+
+impl VmBackend {
+    /// A backend booting `kernel`, keeping per-VM sockets under `run_dir`.
+    pub fn new(kernel: PathBuf, run_dir: PathBuf, boot_timeout: Duration) -> Self {
+        Self {
+            kernel,
+            run_dir,
+            boot_timeout,
+            functions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds and registers the image of a function version.
+    pub fn register(
+        &self,
+        version_key: &str,
+        agent: &std::path::Path,
+        config: AgentConfig,
+        package: &[u8],
+    ) -> Result<(), String> {
+        let image =
+            silo_initramfs::image::build(agent, &config, package).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.run_dir)
+            .map_err(|e| format!("{}: {e}", self.run_dir.display()))?;
+        let initrd = self
+            .run_dir
+            .join(format!("{}-{version_key}.cpio", config.function_name));
+        std::fs::write(&initrd, image).map_err(|e| format!("{}: {e}", initrd.display()))?;
+        self.functions.lock().expect("functions lock").insert(
+            version_key.to_string(),
+            Arc::new(FunctionImage { config, initrd }),
+        );
+        Ok(())
+    }
+}
+
+/// A VM bound to one binding.
+pub struct VmEnvironment {
+    env: VmEnv,
+}
+
+impl Backend for VmBackend {
+    type Env = VmEnvironment;
+    type Error = EnvError;
+    type Request = VmRequest;
+    type Response = InvokeResult;
+
+    async fn create(&self, binding: &Binding) -> Result<VmEnvironment, EnvError> {
+        let image = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(&binding.function.version)
+            .cloned()
+            .ok_or_else(|| EnvError::Setup(format!("no image for {:?}", binding.function)))?;
+        let spec = VmSpec {
+            kernel: self.kernel.clone(),
+            initrd: image.initrd.clone(),
+            mem_mib: image.config.memory_mib,
+            vcpus: 1,
+            boot_timeout: self.boot_timeout,
+        };
+        let env = VmEnv::boot(&spec, &self.run_dir).await?;
+        tracing::info!(
+            function = %binding.function.name,
+            tenant_id = ?binding.tenant.as_ref().map(|t| t.as_str()),
+            spawn_to_ready_ms = env.boot.spawn_to_ready.as_millis() as u64,
+            "microVM ready"
+        );
+        Ok(VmEnvironment { env })
+    }
+}
+
+impl Environment for VmEnvironment {
+    type Error = EnvError;
+    type Request = VmRequest;
+    type Response = InvokeResult;
+
+    async fn invoke(&mut self, req: VmRequest) -> Result<InvokeResult, EnvError> {
+        self.env.invoke(req.message, req.timeout).await
+    }
+
+    async fn destroy(self) {
+        self.env.shutdown().await;
+    }
+}
