@@ -3,6 +3,7 @@
 //! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
 //! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
 
+mod cmd_bench;
 mod cmd_demo;
 mod cmd_run;
 mod cmd_vmm;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Boot one microVM (one process per VM; normally spawned by the daemon).
     Vmm(cmd_vmm::VmmArgs),
+    /// Measure cold boots against a peer VMM and warm invokes against host mode.
+    Bench(cmd_bench::BenchArgs),
     /// Show the mission: one function, two tenants, isolated microVMs.
     Demo(cmd_demo::DemoArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
@@ -44,5 +47,6 @@ fn main() -> std::process::ExitCode {
         Command::Vmm(args) => cmd_vmm::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
     }
 }

@@ -217,6 +217,30 @@ impl VmEnv {
         })
     }
 
+    /// The VMM's resident memory minus the guest RAM pages it has touched,
+    /// in KiB (the way Firecracker states its overhead), from /proc smaps.
+    pub fn vmm_memory_overhead_kib(&self, mem_mib: u32) -> Option<u64> {
+        let pid = self.child.id()?;
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+        let (mut total, mut guest) = (0u64, 0u64);
+        let mut in_guest = false;
+        for line in smaps.lines() {
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some("Size:"), Some(kb)) => in_guest = kb.parse::<u64>().ok() == Some(u64::from(mem_mib) * 1024),
+                (Some("Rss:"), Some(kb)) => {
+                    let kb: u64 = kb.parse().ok()?;
+                    total += kb;
+                    if in_guest {
+                        guest += kb;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(total - guest)
+    }
+
     /// Asks the agent to end the VM, then makes sure the VMM is gone and its
     /// directory removed.
     pub async fn shutdown(mut self) {

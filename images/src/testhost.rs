@@ -419,6 +419,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+ifconfig lo 127.0.0.1 up
 for m in irqbypass kvm kvm-amd; do
   insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
 done

@@ -5,6 +5,9 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: x2APIC. KVM's in-kernel LAPIC emulates it even when the host
+/// CPU lacks it; MSR-based APIC access avoids an MMIO exit per access.
+const ECX_X2APIC: u32 = 1 << 21;
 /// Leaf 1 ECX: MONITOR/MWAIT (not offered: idle must exit via HLT).
 const ECX_MONITOR: u32 = 1 << 3;
 /// Leaf 1 ECX: DTES64, DS-CPL, VMX, SMX, EST, TM2 (debug store, nested
@@ -29,7 +32,7 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
         0x1 => {
             // EBX[31:24] initial APIC id, [23:16] logical processors, [15:8] CLFLUSH size.
             entry.ebx = (u32::from(cpu_index) << 24) | (u32::from(cpu_count) << 16) | (8 << 8);
-            entry.ecx |= ECX_HYPERVISOR;
+            entry.ecx |= ECX_HYPERVISOR | ECX_X2APIC;
             entry.ecx &= !(ECX_MONITOR | ECX_UNEMULATED | ECX_PDCM);
             entry.edx &= !EDX_UNEMULATED;
             // HTT: more than one logical processor in the package.
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(l1.ebx >> 24, 2);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_X2APIC, 0);
         assert_eq!(l1.ecx & (ECX_MONITOR | ECX_UNEMULATED | ECX_PDCM), 0);
         assert_eq!(l1.edx & EDX_UNEMULATED, 0);
         assert_ne!(l1.edx & (1 << 28), 0);

@@ -1,0 +1,366 @@
+//! `silo bench`: cold boots of silo's VMM side by side with a peer VMM (QEMU
+//! `-M microvm` by default) on the same kernel and initramfs, interleaved;
+//! warm invoke round trips through a VM against the same agent in host mode
+//! over a Unix socket; the VMM's memory overhead. Results as JSON and an SVG
+//! plot. Without hardware KVM it runs inside the KVM test host, where times
+//! are emulated: read the ratios.
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use silo_proto::{AgentConfig, Message, Outcome};
+
+/// Flags for `silo bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Cold boots per VMM.
+    #[arg(long, default_value_t = 5)]
+    boots: usize,
+    /// Warm invocations per environment.
+    #[arg(long, default_value_t = 200)]
+    invokes: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Where to write the SVG plot.
+    #[arg(long, default_value = "bench-results.svg")]
+    plot: PathBuf,
+    /// Peer VMM binary (QEMU-compatible command line).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    peer: String,
+    /// Run here even without hardware KVM.
+    #[arg(long)]
+    here: bool,
+    /// Guest kernel (default: silo's bzImage, which both VMMs can boot).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Busybox guest initramfs that prints its uptime and reboots.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Static guest agent.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Counter function binary.
+    #[arg(long)]
+    function: Option<PathBuf>,
+    /// Directory holding the peer's firmware (qboot as bios-microvm.bin).
+    #[arg(long)]
+    peer_firmware: Option<PathBuf>,
+}
+
+const GUEST_INIT: &str = r#"
+/bin/busybox mount -t proc proc /proc
+echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
+/bin/busybox reboot -f
+"#;
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off tsc=reliable no_timer_check";
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("silo bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(args: BenchArgs) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => silo_images::kernel::guest_kernel().map_err(|x| e(&x))?.bz_image,
+    };
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => silo_images::artifacts::guest_agent().map_err(|x| e(&x))?,
+    };
+    let function = match &args.function {
+        Some(f) => f.clone(),
+        None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
+    };
+    let abs = |p: PathBuf| std::fs::canonicalize(&p).map_err(|x| format!("{}: {x}", p.display()));
+    let (kernel, agent, function) = (abs(kernel)?, abs(agent)?, abs(function)?);
+    if !args.here && !silo_images::testhost::hardware_kvm_usable() {
+        return in_test_host(&args, &kernel, &agent, &function);
+    }
+    let initrd = match &args.initrd {
+        Some(i) => i.clone(),
+        None => {
+            let p = std::env::temp_dir().join(format!("silo-bench-guest-{}.cpio", std::process::id()));
+            let img = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|x| e(&x))?;
+            std::fs::write(&p, img).map_err(|x| e(&x))?;
+            p
+        }
+    };
+    let mut results = json!({
+        "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },
+        "boots": args.boots, "invokes": args.invokes, "peer": args.peer,
+    });
+    eprintln!("[bench] {} interleaved cold boots each: silo vs {}", args.boots, args.peer);
+    let (silo, peer) = cold_boots(&args, &kernel, &initrd)?;
+    results["cold_boot"] = json!({ "silo": silo, "peer": peer });
+    eprintln!("[bench] warm invokes: VM over vsock vs host-mode agent over a Unix socket");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|x| e(&x))?;
+    results["warm_invoke"] = rt.block_on(warm_invokes(&args, &kernel, &agent, &function))?;
+    let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
+    std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
+    std::fs::write(&args.plot, svg(&results)).map_err(|x| format!("{}: {x}", args.plot.display()))?;
+    println!("{text}");
+    println!("BENCH_RESULTS_WRITTEN {} {}", args.out.display(), args.plot.display());
+    Ok(())
+}
+
+fn in_test_host(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) -> Result<(), String> {
+    eprintln!("[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)");
+    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
+    let peer = which(&args.peer).ok_or_else(|| format!("peer VMM {} not found (apt-get install qemu-system-x86)", args.peer))?;
+    let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|e| e.to_string())?;
+    let host = silo_images::testhost::TestHost::new()
+        .timeout(Duration::from_secs(1800))
+        .binary_with_libs(&silo, "/bin/silo")
+        .map_err(|e| e.to_string())?
+        .binary_with_libs(&peer, "/bin/peer-vmm")
+        .map_err(|e| e.to_string())?
+        .file("/usr/share/qemu/qboot.rom", "/work/fw/bios-microvm.bin", 0o644)
+        .file(kernel, "/work/bzImage", 0o644)
+        .file(agent, "/work/agent", 0o755)
+        .file(function, "/work/counter", 0o755)
+        .bytes("/work/guest.cpio", initrd, 0o644);
+    let cmd = format!(
+        "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
+         --kernel bzImage --initrd guest.cpio --agent agent --function counter --out r.json --plot r.svg \
+         && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END && echo BENCH_SVG_BEGIN && cat r.svg && echo BENCH_SVG_END",
+        args.boots, args.invokes
+    );
+    let out = host.run(&cmd).map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!("the benchmark failed in the test host (exit {})", out.exit_code));
+    }
+    let section = |a: &str, b: &str| -> Option<String> {
+        let s = out.output.split_once(a)?.1;
+        Some(s.split_once(b)?.0.trim().to_string())
+    };
+    let json_text = section("BENCH_JSON_BEGIN", "BENCH_JSON_END").ok_or("no results in the test host output")?;
+    let svg_text = section("BENCH_SVG_BEGIN", "BENCH_SVG_END").unwrap_or_default();
+    std::fs::write(&args.out, &json_text).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::write(&args.plot, svg_text).map_err(|e| format!("{}: {e}", args.plot.display()))?;
+    println!("results: {} and {}", args.out.display(), args.plot.display());
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn parse_uptime_ms(out: &str) -> Option<f64> {
+    let v = out.split("SILO_GUEST_INIT uptime=").nth(1)?;
+    v.split_whitespace().next()?.parse::<f64>().ok().map(|s| s * 1000.0)
+}
+
+fn stats(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    json!({"n": v.len(), "min": v[0], "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": v[v.len() - 1]})
+}
+
+fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, Value), String> {
+    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
+    let (mut p_wall, mut p_guest) = (vec![], vec![]);
+    for i in 0..args.boots {
+        // silo
+        let t = Instant::now();
+        let out = Command::new(&silo)
+            .args(["vmm", "--timeline", "--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .env("SILO_LOG", "warn")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let uptime = parse_uptime_ms(&text).ok_or_else(|| format!("silo boot {i} printed no marker:\n{text}"))?;
+        s_wall.push(wall);
+        s_guest.push(uptime);
+        if let Some(tl) = text.split("SILO_TIMELINE ").nth(1).and_then(|l| l.lines().next()) {
+            if let Ok(v) = serde_json::from_str::<Value>(tl) {
+                if let Some(x) = v["first_kvm_run_us"].as_f64() {
+                    s_first_run.push(x / 1e3);
+                }
+                if let Some(x) = v["kernel_loaded_us"].as_f64() {
+                    s_loaded.push(x / 1e3);
+                }
+            }
+        }
+        // peer
+        let t = Instant::now();
+        let mut cmd = Command::new(&args.peer);
+        cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", CMDLINE])
+            .stdin(Stdio::null());
+        if let Some(fw) = &args.peer_firmware {
+            cmd.arg("-L").arg(fw);
+        }
+        let out = cmd.output().map_err(|e| format!("peer {}: {e}", args.peer))?;
+        let wall = t.elapsed().as_secs_f64() * 1e3;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let uptime = parse_uptime_ms(&text).ok_or_else(|| format!("peer boot {i} printed no marker:\n{text}"))?;
+        p_wall.push(wall);
+        p_guest.push(uptime);
+        eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);
+    }
+    let ratio = |a: &[f64], b: &[f64]| {
+        let (a, b) = (median(a), median(b));
+        if b > 0.0 { a / b } else { f64::NAN }
+    };
+    let silo = json!({
+        "process_to_exit_ms": stats(s_wall.clone()),
+        "guest_uptime_at_init_ms": stats(s_guest.clone()),
+        "vmm_process_start_to_kernel_loaded_ms": stats(s_loaded),
+        "vmm_process_start_to_first_kvm_run_ms": stats(s_first_run),
+        "ratio_to_peer": {
+            "process_to_exit": ratio(&s_wall, &p_wall),
+            "guest_uptime_at_init": ratio(&s_guest, &p_guest),
+        }
+    });
+    let peer = json!({
+        "process_to_exit_ms": stats(p_wall),
+        "guest_uptime_at_init_ms": stats(p_guest),
+    });
+    Ok((silo, peer))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn invoke_msg(n: usize) -> Message {
+    Message::Invoke {
+        request_id: format!("bench-{n}"),
+        tenant_id: Some("bench".into()),
+        deadline_unix_ms: now_ms() + 10_000,
+        function_arn: "arn:aws:lambda:us-east-1:000000000000:function:counter".into(),
+        trace_id: "Root=1-0-0".into(),
+        payload: b"{}".to_vec(),
+    }
+}
+
+async fn warm_invokes(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) -> Result<Value, String> {
+    let dir = std::env::temp_dir().join(format!("silo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("task")).map_err(|e| e.to_string())?;
+    std::fs::copy(function, dir.join("task/bootstrap")).map_err(|e| e.to_string())?;
+    let code = std::fs::read(function).map_err(|e| e.to_string())?;
+    let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let config = AgentConfig { timeout_s: 10, ..AgentConfig::default() };
+
+    // The VM.
+    let image = silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
+    let initrd = dir.join("function.cpio");
+    std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
+    let spec = crate::vm_env::VmSpec { kernel: kernel.to_path_buf(), initrd, mem_mib: 128, vcpus: 1, boot_timeout: Duration::from_secs(120) };
+    let mut env = crate::vm_env::VmEnv::boot(&spec, &dir).await.map_err(|e| e.to_string())?;
+    let boot = env.boot;
+    let overhead = env.vmm_memory_overhead_kib(128);
+    let mut vm = Vec::with_capacity(args.invokes);
+    for n in 0..args.invokes {
+        let r = env.invoke(invoke_msg(n), Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        if !matches!(r.outcome, Outcome::Ok(_)) {
+            return Err(format!("VM invoke {n} failed: {:?}", r.outcome));
+        }
+        vm.push(r.duration.as_secs_f64() * 1e3);
+    }
+    env.shutdown().await;
+
+    // The same agent and function on the host, over a Unix socket.
+    let mut host_cfg = config.clone();
+    host_cfg.task_root = dir.join("task").display().to_string();
+    host_cfg.environment.insert("TMPDIR".into(), dir.display().to_string());
+    std::fs::write(dir.join("agent.json"), serde_json::to_vec(&host_cfg).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let sock = dir.join("host-agent.sock");
+    let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
+    let mut child = Command::new(agent)
+        .args(["--host-mode", "--api-addr", "127.0.0.1:9109", "--config"])
+        .arg(dir.join("agent.json"))
+        .arg("--connect-unix")
+        .arg(&sock)
+        .spawn()
+        .map_err(|e| format!("host-mode agent: {e}"))?;
+    let (mut conn, _): (UnixStream, _) = listener.accept().map_err(|e| e.to_string())?;
+    silo_proto::read_message(&mut conn).map_err(|e| e.to_string())?;
+    let mut host = Vec::with_capacity(args.invokes);
+    for n in 0..args.invokes {
+        let t = Instant::now();
+        silo_proto::write_message(&mut conn, &invoke_msg(n)).map_err(|e| e.to_string())?;
+        loop {
+            match silo_proto::read_message(&mut conn).map_err(|e| e.to_string())? {
+                Message::Result { outcome: Outcome::Ok(_), .. } => break,
+                Message::Result { outcome, .. } => return Err(format!("host-mode invoke failed: {outcome:?}")),
+                _ => {}
+            }
+        }
+        host.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = silo_proto::write_message(&mut conn, &Message::Shutdown);
+    let _ = child.wait();
+    conn.flush().ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "vm_over_vsock_ms": stats(vm.clone()),
+        "host_mode_unix_socket_ms": stats(host.clone()),
+        "ratio_p50": median(&vm) / median(&host),
+        "vm_spawn_to_agent_ready_ms": boot.spawn_to_ready.as_secs_f64() * 1e3,
+        "guest_uptime_at_agent_start_ms": boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
+        "guest_uptime_at_agent_ready_ms": boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
+        "vmm_memory_overhead_kib": overhead,
+    }))
+}
+
+/// A small SVG: p50 bars for each compared pair.
+fn svg(r: &Value) -> String {
+    let rows = [
+        ("cold boot: process start to exit (ms)", &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"], &r["cold_boot"]["peer"]["process_to_exit_ms"]["p50"]),
+        ("cold boot: guest uptime at init (ms)", &r["cold_boot"]["silo"]["guest_uptime_at_init_ms"]["p50"], &r["cold_boot"]["peer"]["guest_uptime_at_init_ms"]["p50"]),
+        ("warm invoke round trip p50 (ms)", &r["warm_invoke"]["vm_over_vsock_ms"]["p50"], &r["warm_invoke"]["host_mode_unix_socket_ms"]["p50"]),
+    ];
+    let mut s = String::from(r##"<svg xmlns="http://www.w3.org/2000/svg" width="720" height="330" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##);
+    for (i, (label, a, b)) in rows.iter().enumerate() {
+        let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+        let max = a.max(b).max(1e-9);
+        let y = 50 + i as i32 * 90;
+        let w = |v: f64| (v / max * 480.0) as i32;
+        s.push_str(&format!(
+            r##"<text x="10" y="{}">{label}</text><rect x="10" y="{}" width="{}" height="22" fill="#3b6fb6"/><text x="{}" y="{}">{a:.1}</text><rect x="10" y="{}" width="{}" height="22" fill="#999"/><text x="{}" y="{}">{b:.1}</text>"##,
+            y, y + 8, w(a), w(a) + 16, y + 24, y + 34, w(b), w(b) + 16, y + 50
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
