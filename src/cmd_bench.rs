@@ -57,7 +57,7 @@ const GUEST_INIT: &str = r#"
 echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox reboot -f
 "#;
-const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off tsc=reliable no_timer_check";
+const CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off tsc=reliable no_timer_check quiet";
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> ExitCode {

@@ -19,7 +19,8 @@ fn boot(kernel_name: &str) {
     let kernel = silo_images::kernel::guest_kernel().expect("guest kernel build");
     let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).expect("guest initramfs");
     let script = format!(
-        "silo vmm --kernel {kernel_name} --initrd guest.cpio --mem-mib 128 --timeline; echo VMM_EXIT=$?"
+        "silo vmm --kernel {kernel_name} --initrd guest.cpio --mem-mib 128 --vcpus 2 --timeline \
+         --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off'; echo VMM_EXIT=$?"
     );
     let run = run_with_kvm(
         vec![
@@ -49,6 +50,8 @@ fn boot(kernel_name: &str) {
         "VMM did not exit cleanly:\n{out}"
     );
     assert!(out.contains("SILO_TIMELINE {"), "no timeline:\n{out}");
+    assert!(out.contains("Brought up 1 node, 2 CPUs"), "both vCPUs came up (MP table):\n{out}");
+    assert!(out.contains("x2apic enabled"), "x2APIC in use:\n{out}");
     assert_eq!(run.exit_code, 0);
 }
 

@@ -16,7 +16,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::{cpuid, loader, params, regs};
+use crate::boot::{cpuid, loader, mptable, params, regs};
 use crate::device_manager::{MmioDeviceManager, VsockConfig};
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{IgnoredPorts, I8042, I8042_LEN, I8042_PORT};
@@ -32,7 +32,7 @@ pub const MAX_VCPUS: u8 = 8;
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check";
+    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet";
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +268,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     )?;
     params::write_boot_params(&mem, &boot_params)?;
     regs::write_boot_tables(&mem)?;
+    mptable::write(&mem, cfg.vcpus).map_err(|e| VmmError::Device(e.to_string()))?;
     timeline.kernel_loaded = Some(Timeline::now());
 
     // vCPUs.

@@ -3,5 +3,6 @@
 
 pub mod cpuid;
 pub mod loader;
+pub mod mptable;
 pub mod params;
 pub mod regs;
