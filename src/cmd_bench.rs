@@ -74,7 +74,11 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
-        None => silo_images::kernel::guest_kernel().map_err(|x| e(&x))?.bz_image,
+        None => {
+            silo_images::kernel::guest_kernel()
+                .map_err(|x| e(&x))?
+                .bz_image
+        }
     };
     let agent = match &args.agent {
         Some(a) => a.clone(),
@@ -92,7 +96,8 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     let initrd = match &args.initrd {
         Some(i) => i.clone(),
         None => {
-            let p = std::env::temp_dir().join(format!("silo-bench-guest-{}.cpio", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("silo-bench-guest-{}.cpio", std::process::id()));
             let img = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|x| e(&x))?;
             std::fs::write(&p, img).map_err(|x| e(&x))?;
             p
@@ -102,24 +107,47 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
         "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },
         "boots": args.boots, "invokes": args.invokes, "peer": args.peer,
     });
-    eprintln!("[bench] {} interleaved cold boots each: silo vs {}", args.boots, args.peer);
+    eprintln!(
+        "[bench] {} interleaved cold boots each: silo vs {}",
+        args.boots, args.peer
+    );
     let (silo, peer) = cold_boots(&args, &kernel, &initrd)?;
     results["cold_boot"] = json!({ "silo": silo, "peer": peer });
     eprintln!("[bench] warm invokes: VM over vsock vs host-mode agent over a Unix socket");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|x| e(&x))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|x| e(&x))?;
     results["warm_invoke"] = rt.block_on(warm_invokes(&args, &kernel, &agent, &function))?;
     let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
     std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
-    std::fs::write(&args.plot, svg(&results)).map_err(|x| format!("{}: {x}", args.plot.display()))?;
+    std::fs::write(&args.plot, svg(&results))
+        .map_err(|x| format!("{}: {x}", args.plot.display()))?;
     println!("{text}");
-    println!("BENCH_RESULTS_WRITTEN {} {}", args.out.display(), args.plot.display());
+    println!(
+        "BENCH_RESULTS_WRITTEN {} {}",
+        args.out.display(),
+        args.plot.display()
+    );
     Ok(())
 }
 
-fn in_test_host(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) -> Result<(), String> {
-    eprintln!("[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)");
+fn in_test_host(
+    args: &BenchArgs,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<(), String> {
+    eprintln!(
+        "[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)"
+    );
     let silo = std::env::current_exe().map_err(|e| e.to_string())?;
-    let peer = which(&args.peer).ok_or_else(|| format!("peer VMM {} not found (apt-get install qemu-system-x86)", args.peer))?;
+    let peer = which(&args.peer).ok_or_else(|| {
+        format!(
+            "peer VMM {} not found (apt-get install qemu-system-x86)",
+            args.peer
+        )
+    })?;
     let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|e| e.to_string())?;
     let host = silo_images::testhost::TestHost::new()
         .timeout(Duration::from_secs(1800))
@@ -127,7 +155,11 @@ fn in_test_host(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) 
         .map_err(|e| e.to_string())?
         .binary_with_libs(&peer, "/bin/peer-vmm")
         .map_err(|e| e.to_string())?
-        .file("/usr/share/qemu/qboot.rom", "/work/fw/bios-microvm.bin", 0o644)
+        .file(
+            "/usr/share/qemu/qboot.rom",
+            "/work/fw/bios-microvm.bin",
+            0o644,
+        )
         .file(kernel, "/work/bzImage", 0o644)
         .file(agent, "/work/agent", 0o755)
         .file(function, "/work/counter", 0o755)
@@ -140,17 +172,25 @@ fn in_test_host(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) 
     );
     let out = host.run(&cmd).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
-        return Err(format!("the benchmark failed in the test host (exit {})", out.exit_code));
+        return Err(format!(
+            "the benchmark failed in the test host (exit {})",
+            out.exit_code
+        ));
     }
     let section = |a: &str, b: &str| -> Option<String> {
         let s = out.output.split_once(a)?.1;
         Some(s.split_once(b)?.0.trim().to_string())
     };
-    let json_text = section("BENCH_JSON_BEGIN", "BENCH_JSON_END").ok_or("no results in the test host output")?;
+    let json_text = section("BENCH_JSON_BEGIN", "BENCH_JSON_END")
+        .ok_or("no results in the test host output")?;
     let svg_text = section("BENCH_SVG_BEGIN", "BENCH_SVG_END").unwrap_or_default();
     std::fs::write(&args.out, &json_text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     std::fs::write(&args.plot, svg_text).map_err(|e| format!("{}: {e}", args.plot.display()))?;
-    println!("results: {} and {}", args.out.display(), args.plot.display());
+    println!(
+        "results: {} and {}",
+        args.out.display(),
+        args.plot.display()
+    );
     Ok(())
 }
 
@@ -167,7 +207,11 @@ fn which(name: &str) -> Option<PathBuf> {
 
 fn parse_uptime_ms(out: &str) -> Option<f64> {
     let v = out.split("SILO_GUEST_INIT uptime=").nth(1)?;
-    v.split_whitespace().next()?.parse::<f64>().ok().map(|s| s * 1000.0)
+    v.split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()
+        .map(|s| s * 1000.0)
 }
 
 fn stats(mut v: Vec<f64>) -> Value {
@@ -187,7 +231,15 @@ fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, 
         // silo
         let t = Instant::now();
         let out = Command::new(&silo)
-            .args(["vmm", "--timeline", "--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
+            .args([
+                "vmm",
+                "--timeline",
+                "--mem-mib",
+                "128",
+                "--cmdline",
+                CMDLINE,
+                "--kernel",
+            ])
             .arg(kernel)
             .arg("--initrd")
             .arg(initrd)
@@ -195,11 +247,17 @@ fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, 
             .output()
             .map_err(|e| e.to_string())?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        let uptime = parse_uptime_ms(&text).ok_or_else(|| format!("silo boot {i} printed no marker:\n{text}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let uptime = parse_uptime_ms(&text)
+            .ok_or_else(|| format!("silo boot {i} printed no marker:\n{text}"))?;
         s_wall.push(wall);
         s_guest.push(uptime);
-        if let Some(tl) = text.split("SILO_TIMELINE ").nth(1).and_then(|l| l.lines().next()) {
+        if let Some(tl) = text
+            .split("SILO_TIMELINE ")
+            .nth(1)
+            .and_then(|l| l.lines().next())
+        {
             if let Ok(v) = serde_json::from_str::<Value>(tl) {
                 if let Some(x) = v["first_kvm_run_us"].as_f64() {
                     s_first_run.push(x / 1e3);
@@ -212,28 +270,54 @@ fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, 
         // peer
         let t = Instant::now();
         let mut cmd = Command::new(&args.peer);
-        cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host", "-m", "128", "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", CMDLINE])
-            .stdin(Stdio::null());
+        cmd.args([
+            "-M",
+            "microvm",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE])
+        .stdin(Stdio::null());
         if let Some(fw) = &args.peer_firmware {
             cmd.arg("-L").arg(fw);
         }
-        let out = cmd.output().map_err(|e| format!("peer {}: {e}", args.peer))?;
+        let out = cmd
+            .output()
+            .map_err(|e| format!("peer {}: {e}", args.peer))?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        let uptime = parse_uptime_ms(&text).ok_or_else(|| format!("peer boot {i} printed no marker:\n{text}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let uptime = parse_uptime_ms(&text)
+            .ok_or_else(|| format!("peer boot {i} printed no marker:\n{text}"))?;
         p_wall.push(wall);
         p_guest.push(uptime);
         eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);
     }
     let ratio = |a: &[f64], b: &[f64]| {
         let (a, b) = (median(a), median(b));
-        if b > 0.0 { a / b } else { f64::NAN }
+        if b > 0.0 {
+            a / b
+        } else {
+            f64::NAN
+        }
     };
     let silo = json!({
         "process_to_exit_ms": stats(s_wall.clone()),
@@ -259,7 +343,9 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn invoke_msg(n: usize) -> Message {
@@ -273,25 +359,45 @@ fn invoke_msg(n: usize) -> Message {
     }
 }
 
-async fn warm_invokes(args: &BenchArgs, kernel: &Path, agent: &Path, function: &Path) -> Result<Value, String> {
+async fn warm_invokes(
+    args: &BenchArgs,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
     let dir = std::env::temp_dir().join(format!("silo-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("task")).map_err(|e| e.to_string())?;
     std::fs::copy(function, dir.join("task/bootstrap")).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let config = AgentConfig { timeout_s: 10, ..AgentConfig::default() };
+    let config = AgentConfig {
+        timeout_s: 10,
+        ..AgentConfig::default()
+    };
 
     // The VM.
-    let image = silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
+    let image =
+        silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    let spec = crate::vm_env::VmSpec { kernel: kernel.to_path_buf(), initrd, mem_mib: 128, vcpus: 1, boot_timeout: Duration::from_secs(120) };
-    let mut env = crate::vm_env::VmEnv::boot(&spec, &dir).await.map_err(|e| e.to_string())?;
+    let spec = crate::vm_env::VmSpec {
+        kernel: kernel.to_path_buf(),
+        initrd,
+        mem_mib: 128,
+        vcpus: 1,
+        boot_timeout: Duration::from_secs(120),
+    };
+    let mut env = crate::vm_env::VmEnv::boot(&spec, &dir)
+        .await
+        .map_err(|e| e.to_string())?;
     let boot = env.boot;
     let overhead = env.vmm_memory_overhead_kib(128);
     let mut vm = Vec::with_capacity(args.invokes);
     for n in 0..args.invokes {
-        let r = env.invoke(invoke_msg(n), Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        let r = env
+            .invoke(invoke_msg(n), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
         if !matches!(r.outcome, Outcome::Ok(_)) {
             return Err(format!("VM invoke {n} failed: {:?}", r.outcome));
         }
@@ -302,8 +408,14 @@ async fn warm_invokes(args: &BenchArgs, kernel: &Path, agent: &Path, function: &
     // The same agent and function on the host, over a Unix socket.
     let mut host_cfg = config.clone();
     host_cfg.task_root = dir.join("task").display().to_string();
-    host_cfg.environment.insert("TMPDIR".into(), dir.display().to_string());
-    std::fs::write(dir.join("agent.json"), serde_json::to_vec(&host_cfg).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    host_cfg
+        .environment
+        .insert("TMPDIR".into(), dir.display().to_string());
+    std::fs::write(
+        dir.join("agent.json"),
+        serde_json::to_vec(&host_cfg).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let sock = dir.join("host-agent.sock");
     let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
     let mut child = Command::new(agent)
@@ -321,8 +433,13 @@ async fn warm_invokes(args: &BenchArgs, kernel: &Path, agent: &Path, function: &
         silo_proto::write_message(&mut conn, &invoke_msg(n)).map_err(|e| e.to_string())?;
         loop {
             match silo_proto::read_message(&mut conn).map_err(|e| e.to_string())? {
-                Message::Result { outcome: Outcome::Ok(_), .. } => break,
-                Message::Result { outcome, .. } => return Err(format!("host-mode invoke failed: {outcome:?}")),
+                Message::Result {
+                    outcome: Outcome::Ok(_),
+                    ..
+                } => break,
+                Message::Result { outcome, .. } => {
+                    return Err(format!("host-mode invoke failed: {outcome:?}"))
+                }
                 _ => {}
             }
         }
@@ -346,11 +463,25 @@ async fn warm_invokes(args: &BenchArgs, kernel: &Path, agent: &Path, function: &
 /// A small SVG: p50 bars for each compared pair.
 fn svg(r: &Value) -> String {
     let rows = [
-        ("cold boot: process start to exit (ms)", &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"], &r["cold_boot"]["peer"]["process_to_exit_ms"]["p50"]),
-        ("cold boot: guest uptime at init (ms)", &r["cold_boot"]["silo"]["guest_uptime_at_init_ms"]["p50"], &r["cold_boot"]["peer"]["guest_uptime_at_init_ms"]["p50"]),
-        ("warm invoke round trip p50 (ms)", &r["warm_invoke"]["vm_over_vsock_ms"]["p50"], &r["warm_invoke"]["host_mode_unix_socket_ms"]["p50"]),
+        (
+            "cold boot: process start to exit (ms)",
+            &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"],
+            &r["cold_boot"]["peer"]["process_to_exit_ms"]["p50"],
+        ),
+        (
+            "cold boot: guest uptime at init (ms)",
+            &r["cold_boot"]["silo"]["guest_uptime_at_init_ms"]["p50"],
+            &r["cold_boot"]["peer"]["guest_uptime_at_init_ms"]["p50"],
+        ),
+        (
+            "warm invoke round trip p50 (ms)",
+            &r["warm_invoke"]["vm_over_vsock_ms"]["p50"],
+            &r["warm_invoke"]["host_mode_unix_socket_ms"]["p50"],
+        ),
     ];
-    let mut s = String::from(r##"<svg xmlns="http://www.w3.org/2000/svg" width="720" height="330" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##);
+    let mut s = String::from(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="720" height="330" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##,
+    );
     for (i, (label, a, b)) in rows.iter().enumerate() {
         let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
         let max = a.max(b).max(1e-9);

@@ -227,7 +227,9 @@ impl VmEnv {
         for line in smaps.lines() {
             let mut parts = line.split_whitespace();
             match (parts.next(), parts.next()) {
-                (Some("Size:"), Some(kb)) => in_guest = kb.parse::<u64>().ok() == Some(u64::from(mem_mib) * 1024),
+                (Some("Size:"), Some(kb)) => {
+                    in_guest = kb.parse::<u64>().ok() == Some(u64::from(mem_mib) * 1024)
+                }
                 (Some("Rss:"), Some(kb)) => {
                     let kb: u64 = kb.parse().ok()?;
                     total += kb;

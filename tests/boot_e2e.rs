@@ -50,7 +50,10 @@ fn boot(kernel_name: &str) {
         "VMM did not exit cleanly:\n{out}"
     );
     assert!(out.contains("SILO_TIMELINE {"), "no timeline:\n{out}");
-    assert!(out.contains("Brought up 1 node, 2 CPUs"), "both vCPUs came up (MP table):\n{out}");
+    assert!(
+        out.contains("Brought up 1 node, 2 CPUs"),
+        "both vCPUs came up (MP table):\n{out}"
+    );
     assert!(out.contains("x2apic enabled"), "x2APIC in use:\n{out}");
     assert_eq!(run.exit_code, 0);
 }
