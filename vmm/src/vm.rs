@@ -275,6 +275,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let stop = Arc::new(AtomicBool::new(false));
     let first_run = Arc::new(OnceLock::new());
     let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
@@ -284,6 +285,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
             .map_err(ioctl("KVM_CREATE_VCPU"))?;
         let mut cpuid = supported.clone();
         cpuid::filter_cpuid(&mut cpuid, index, cfg.vcpus);
+        if tsc_deadline {
+            cpuid::enable_tsc_deadline(&mut cpuid);
+        }
         fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         regs::setup_vcpu(&fd, kernel.entry, index == 0)?;
         vcpus.push(Vcpu::new(

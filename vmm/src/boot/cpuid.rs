@@ -8,6 +8,10 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 ECX: x2APIC. KVM's in-kernel LAPIC emulates it even when the host
 /// CPU lacks it; MSR-based APIC access avoids an MMIO exit per access.
 const ECX_X2APIC: u32 = 1 << 21;
+/// Leaf 1 ECX: TSC-deadline timer mode of the LAPIC (emulated by KVM when
+/// it has KVM_CAP_TSC_DEADLINE_TIMER); spares the guest a LAPIC timer
+/// calibration against the PIT.
+pub const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX: MONITOR/MWAIT (not offered: idle must exit via HLT).
 const ECX_MONITOR: u32 = 1 << 3;
 /// Leaf 1 ECX: DTES64, DS-CPL, VMX, SMX, EST, TM2 (debug store, nested
@@ -24,6 +28,13 @@ const EXT_ECX_SVM: u32 = 1 << 2;
 pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
     for entry in cpuid.as_mut_slice().iter_mut() {
         filter_entry(entry, cpu_index, cpu_count);
+    }
+}
+
+/// Advertises the TSC-deadline timer (call only when KVM has the capability).
+pub fn enable_tsc_deadline(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 1) {
+        entry.ecx |= ECX_TSC_DEADLINE;
     }
 }
 
