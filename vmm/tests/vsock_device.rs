@@ -232,6 +232,12 @@ impl Rig {
     }
 
     fn send(&mut self, p: Pkt) {
+        self.queue_pkt(p);
+        self.kick(TX);
+    }
+
+    /// Makes a packet available on TX without kicking.
+    fn queue_pkt(&mut self, p: Pkt) {
         let i = self.next_desc[TX];
         let hdr_at = buf_addr(TX, i);
         let data_at = hdr_at + 0x100;
@@ -252,7 +258,25 @@ impl Rig {
                 ],
             );
         }
-        self.kick(TX);
+    }
+
+    /// The driver resets the device (status 0) and sets it up again from scratch.
+    fn restart_driver(&mut self) {
+        self.w(0x70, 0);
+        for q in 0..3 {
+            self.mem
+                .write_slice(&[0u8; 0x3000], GuestAddress(qbase(q)))
+                .unwrap();
+        }
+        self.avail_idx = [0; 3];
+        self.used_seen = [0; 3];
+        self.next_desc = [0; 3];
+        self.pump();
+        self.driver_init();
+    }
+
+    fn tx_used(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(used_addr(TX) + 2)).unwrap()
     }
 
     /// Packets the device put in the RX used ring since last call.
@@ -435,4 +459,142 @@ fn transport_refuses_legacy_drivers_and_resets_on_status_zero() {
     // Accept no features (no VERSION_1): FEATURES_OK must not stick.
     rig.w(0x70, 11);
     assert_eq!(rig.r(0x70) & 8, 0);
+}
+
+/// Connects guest port `gport` to a fresh host listener at `<path>_<hport>`.
+fn guest_connect(rig: &mut Rig, gport: u32, hport: u32) -> UnixStream {
+    let listener = UnixListener::bind(format!("{}_{hport}", rig.path.display())).unwrap();
+    rig.send(rig.guest_pkt(gport, hport, op::REQUEST, b""));
+    let (host, _) = listener.accept().unwrap();
+    let got = rig.received();
+    assert_eq!(
+        got.iter().map(|p| p.op).collect::<Vec<_>>(),
+        [op::RESPONSE],
+        "{got:?}"
+    );
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    host
+}
+
+#[test]
+fn guest_data_written_before_close_reaches_a_slow_host_in_full() {
+    let mut rig = Rig::new("linger");
+    rig.add_rx_buffers(8);
+    let host = guest_connect(&mut rig, 50_001, 2000);
+    // More than a Unix socket buffer holds (wmem_default is 208 KiB), within
+    // the 256 KiB the device advertised: the host is not reading yet.
+    let total = 250 * 1024;
+    let chunk = 0x1e00;
+    let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    for part in payload.chunks(chunk) {
+        rig.send(rig.guest_pkt(50_001, 2000, op::RW, part));
+    }
+    rig.send(Pkt {
+        flags: 3,
+        ..rig.guest_pkt(50_001, 2000, op::SHUTDOWN, b"")
+    });
+    assert!(
+        !rig.received().iter().any(|p| p.op == op::RST),
+        "no reset while guest data is still buffered for the host"
+    );
+    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 1);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        (&host).read_to_end(&mut got).map(|_| got)
+    });
+    for _ in 0..500 {
+        if reader.is_finished() {
+            break;
+        }
+        rig.pump();
+    }
+    let got = reader.join().unwrap().expect("host reads to end of stream");
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "host received the guest's bytes in order");
+    assert!(rig.received().iter().any(|p| p.op == op::RST));
+    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+}
+
+#[test]
+fn host_half_close_still_lets_the_guest_answer() {
+    let mut rig = Rig::new("halfclose");
+    rig.add_rx_buffers(8);
+    let mut host = guest_connect(&mut rig, 50_002, 2001);
+    host.write_all(b"request").unwrap();
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    rig.pump();
+    let got = rig.received();
+    let ops: Vec<u16> = got.iter().map(|p| p.op).collect();
+    assert_eq!(ops, [op::RW, op::SHUTDOWN], "{got:?}");
+    assert_eq!(&got[0].data[..], b"request");
+    assert_eq!(
+        got[1].flags, 2,
+        "the host sends no more, but still receives"
+    );
+    rig.send(rig.guest_pkt(50_002, 2001, op::RW, b"response"));
+    let mut buf = [0u8; 8];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"response");
+    rig.send(Pkt {
+        flags: 3,
+        ..rig.guest_pkt(50_002, 2001, op::SHUTDOWN, b"")
+    });
+    assert!(rig.received().iter().any(|p| p.op == op::RST));
+    assert_eq!(host.read(&mut buf).unwrap(), 0);
+    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+}
+
+#[test]
+fn device_reset_closes_host_streams_and_later_connections_work() {
+    let mut rig = Rig::new("reset");
+    rig.add_rx_buffers(8);
+    let mut first = guest_connect(&mut rig, 50_003, 2002);
+    rig.restart_driver();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        first.read(&mut buf).unwrap(),
+        0,
+        "reset closed the host stream"
+    );
+    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+    // New connections (whose fds reuse the numbers just freed) register fine.
+    rig.add_rx_buffers(8);
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        let mut host = guest_connect(&mut rig, 50_010 + i, 2010 + i);
+        rig.send(rig.guest_pkt(50_010 + i, 2010 + i, op::RW, b"k"));
+        host.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"k");
+        hosts.push(host);
+    }
+    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 3);
+}
+
+#[test]
+fn replies_waiting_for_rx_buffers_hold_back_the_tx_queue() {
+    use silo_vmm::devices::virtio::vsock::MAX_PENDING_CONTROL;
+    let mut rig = Rig::new("backpressure");
+    // No RX buffers: every refused REQUEST owes the guest an RST.
+    let mut sent = 0u32;
+    while (sent as usize) < MAX_PENDING_CONTROL + usize::from(QSIZE) {
+        for _ in 0..QSIZE {
+            rig.queue_pkt(rig.guest_pkt(1000 + sent, 9, op::REQUEST, b""));
+            sent += 1;
+        }
+        rig.kick(TX);
+    }
+    assert_eq!(
+        usize::from(rig.tx_used()),
+        MAX_PENDING_CONTROL,
+        "TX stops at the bound on owed replies"
+    );
+    rig.add_rx_buffers(QSIZE);
+    let got = rig.received();
+    assert_eq!(got.len(), usize::from(QSIZE));
+    assert!(got.iter().all(|p| p.op == op::RST));
+    assert_eq!(
+        usize::from(rig.tx_used()),
+        MAX_PENDING_CONTROL + usize::from(QSIZE),
+        "delivered replies let held-back TX packets through"
+    );
 }

@@ -20,7 +20,8 @@ pub enum ConnState {
     Connecting,
     /// Data flows both ways.
     Established,
-    /// SHUTDOWN sent to the guest after the host stream ended; waiting for RST.
+    /// The host stream ended and the guest was told (SHUTDOWN, SEND flag);
+    /// guest data still flows to the host until the guest shuts down too.
     Closing,
 }
 
@@ -54,6 +55,8 @@ pub struct Connection {
     pub host_eof: bool,
     /// The guest said it will send no more.
     pub guest_shut_send: bool,
+    /// The guest said it will receive no more.
+    pub guest_shut_rcv: bool,
 }
 
 impl Connection {
@@ -80,14 +83,25 @@ impl Connection {
             readable: true,
             host_eof: false,
             guest_shut_send: false,
+            guest_shut_rcv: false,
         })
     }
 
     /// Bytes the guest can still take from us.
+    /// Zero when the guest shrank its buffer below what is in flight, or
+    /// reports a `fwd_cnt` ahead of what we sent.
     pub fn peer_credit(&self) -> u32 {
-        self.peer_buf_alloc
-            .wrapping_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
-            .min(self.peer_buf_alloc)
+        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Both directions are done: the guest sends no more and all its data
+    /// reached the host, and either the guest receives no more or the host
+    /// stream ended. The connection can be reset and dropped.
+    pub fn finished(&self) -> bool {
+        self.guest_shut_send
+            && self.to_host.is_empty()
+            && (self.guest_shut_rcv || self.state == ConnState::Closing)
     }
 
     /// Records the guest's view of its buffer from any packet header.
@@ -136,6 +150,7 @@ impl Connection {
         if !self.to_guest.is_empty()
             || !self.readable
             || self.host_eof
+            || self.guest_shut_rcv
             || self.state != ConnState::Established
         {
             return;
@@ -188,6 +203,12 @@ mod tests {
         c.tx_cnt = 5u32.wrapping_sub(10);
         c.update_peer_credit(1000, 10u32.wrapping_sub(20));
         assert_eq!(c.peer_credit(), 995);
+        // The guest shrank its buffer below what is in flight: no credit.
+        c.update_peer_credit(2, 10u32.wrapping_sub(20));
+        assert_eq!(c.peer_credit(), 0);
+        // A fwd_cnt ahead of what we sent is nonsense: no credit either.
+        c.update_peer_credit(1000, 10);
+        assert_eq!(c.peer_credit(), 0);
     }
 
     #[test]

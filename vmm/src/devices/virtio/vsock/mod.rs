@@ -37,6 +37,9 @@ pub const MAX_PKT_DATA: u32 = 64 * 1024;
 pub const MAX_PENDING_CONNECTS: usize = 64;
 /// Most live connections per VM.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most control packets (RESPONSE, RST, CREDIT_UPDATE, ...) owed to the guest;
+/// past this the TX queue is left alone until the guest posts RX buffers.
+pub const MAX_PENDING_CONTROL: usize = 2 * QUEUE_SIZE as usize;
 
 const TYPE_STREAM: u16 = 1;
 /// vsock packet operations.
@@ -98,6 +101,8 @@ pub struct Vsock {
     conns: HashMap<(u32, u32), Connection>,
     pending: HashMap<i32, PendingConnect>,
     control: VecDeque<Control>,
+    /// Connections dropped by a reset, still registered with the event loop.
+    stale: Vec<Connection>,
     next_local_port: u32,
 }
 
@@ -151,6 +156,7 @@ impl Vsock {
             conns: HashMap::new(),
             pending: HashMap::new(),
             control: VecDeque::new(),
+            stale: Vec::new(),
             next_local_port: 1 << 30,
         })
     }
@@ -169,11 +175,16 @@ impl Vsock {
         self.mem.clone()
     }
 
-    /// Handles the guest's TX queue: every packet the guest sent.
+    /// Handles the guest's TX queue: every packet the guest sent, as long as
+    /// fewer than [`MAX_PENDING_CONTROL`] replies are waiting for RX buffers
+    /// (the rest stays queued until the guest's next RX kick).
     pub fn process_tx(&mut self, ops: &mut EventOps) {
         let Some(mem) = self.mem() else { return };
         let mut used_any = false;
-        while let Some(mut chain) = self.queues[TXQ].pop_descriptor_chain(&mem) {
+        while self.control.len() < MAX_PENDING_CONTROL {
+            let Some(mut chain) = self.queues[TXQ].pop_descriptor_chain(&mem) else {
+                break;
+            };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
@@ -209,7 +220,7 @@ impl Vsock {
         if used_any {
             self.interrupt.signal_used_queue();
         }
-        self.process_rx();
+        self.process_rx(ops);
     }
 
     fn handle_guest_packet(&mut self, h: Header, data: &[u8], ops: &mut EventOps) {
@@ -241,13 +252,15 @@ impl Vsock {
                         self.close(key, ops, true);
                     }
                 }
-                _ => self.send_control(key, op::RST, 0),
+                _ => self.close(key, ops, true),
             },
             op::RW => {
                 let ok = match self.conns.get_mut(&key) {
-                    Some(c) if c.state != ConnState::Connecting => c.push_to_host(data),
+                    Some(c) if c.state != ConnState::Connecting && !c.guest_shut_send => {
+                        c.push_to_host(data)
+                    }
                     _ => {
-                        self.send_control(key, op::RST, 0);
+                        self.close(key, ops, true);
                         return;
                     }
                 };
@@ -284,11 +297,13 @@ impl Vsock {
                         let _ = c.stream.shutdown(std::net::Shutdown::Write);
                     }
                 }
-                if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV
-                    || c.state == ConnState::Closing
-                {
-                    self.close(key, ops, true);
+                if h.flags & SHUTDOWN_RCV != 0 {
+                    c.guest_shut_rcv = true;
+                    c.to_guest.clear();
                 }
+                // Guest data still buffered for the host is delivered first:
+                // the reset then follows from the flush in `conn_event`.
+                self.close_if_finished(key, ops);
             }
             op::RST => self.close(key, ops, false),
             other => {
@@ -341,6 +356,24 @@ impl Vsock {
         }
     }
 
+    /// Resets and drops the connection once both directions are done.
+    fn close_if_finished(&mut self, key: (u32, u32), ops: &mut EventOps) {
+        if self.conns.get(&key).is_some_and(Connection::finished) {
+            self.close(key, ops, true);
+        }
+    }
+
+    /// Deregisters and drops connections a device reset left behind.
+    fn drop_stale(&mut self, ops: &mut EventOps) {
+        for c in self.stale.drain(..) {
+            let _ = ops.remove(Events::with_data_raw(
+                c.stream.as_raw_fd(),
+                TOKEN_CONN,
+                EventSet::IN,
+            ));
+        }
+    }
+
     fn close(&mut self, key: (u32, u32), ops: &mut EventOps, send_rst: bool) {
         if let Some(c) = self.conns.remove(&key) {
             let _ = ops.remove(Events::with_data_raw(
@@ -355,55 +388,41 @@ impl Vsock {
     }
 
     fn send_control(&mut self, key: (u32, u32), op: u16, flags: u32) {
-        self.control.push_back(Control {
+        let ctl = Control {
             local_port: key.0,
             peer_port: key.1,
             op,
             flags,
-        });
+        };
+        // A queued credit update carries the current fwd_cnt when sent: one is enough.
+        if op == op::CREDIT_UPDATE && self.control.contains(&ctl) {
+            return;
+        }
+        self.control.push_back(ctl);
     }
 
     /// Fills the guest's RX queue: owed control packets first, then data from
     /// host streams as far as each connection's credit allows.
-    pub fn process_rx(&mut self) {
+    pub fn process_rx(&mut self, ops: &mut EventOps) {
         let Some(mem) = self.mem() else { return };
-        // Host streams that ended: tell the guest once.
-        let ended: Vec<(u32, u32)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.state == ConnState::Established && c.host_eof && c.to_guest.is_empty()
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in ended {
-            if let Some(c) = self.conns.get_mut(&key) {
-                c.state = ConnState::Closing;
-            }
-            self.send_control(key, op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
-        }
+        self.announce_host_eof(ops);
         let mut used_any = false;
         loop {
             let next = if let Some(ctl) = self.control.front().copied() {
                 Some((ctl, Vec::new()))
             } else {
-                self.next_data()
+                // Reading may just have met a host end of stream.
+                match self.next_data() {
+                    None if self.announce_host_eof(ops) => continue,
+                    next => next,
+                }
             };
             let Some((ctl, data)) = next else { break };
             let Some(mut chain) = self.queues[RXQ].pop_descriptor_chain(&mem) else {
                 // No buffers: put data back and wait for the guest's kick.
-                if ctl.op == op::RW {
-                    if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
-                        let mut d = data;
-                        d.extend_from_slice(&c.to_guest);
-                        c.to_guest = d;
-                    }
-                }
+                self.unsend(ctl, data);
                 break;
             };
-            if ctl.op != op::RW {
-                self.control.pop_front();
-            }
             let head = chain.head_index();
             let used = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
                 Ok(mut pkt) => {
@@ -432,6 +451,9 @@ impl Vsock {
                     if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
                         c.tx_cnt = c.tx_cnt.wrapping_add(sent as u32);
                     }
+                    if ctl.op != op::RW {
+                        self.control.pop_front();
+                    }
                     pkt.set_src_cid(HOST_CID)
                         .set_dst_cid(self.cid)
                         .set_src_port(ctl.local_port)
@@ -445,7 +467,9 @@ impl Vsock {
                     (PKT_HEADER_SIZE + sent) as u32
                 }
                 Err(e) => {
+                    // The packet waits for the next (valid) buffer.
                     tracing::warn!(error = ?e, "malformed vsock RX descriptor chain");
+                    self.unsend(ctl, data);
                     0
                 }
             };
@@ -456,6 +480,45 @@ impl Vsock {
         }
         if used_any {
             self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Host streams that ended with everything delivered: tells the guest
+    /// once that the host sends no more (it may still write: half-close), or
+    /// resets if the guest is done too. Returns whether anything was queued.
+    fn announce_host_eof(&mut self, ops: &mut EventOps) -> bool {
+        let ended: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.state == ConnState::Established && c.host_eof && c.to_guest.is_empty()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let any = !ended.is_empty();
+        for key in ended {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.state = ConnState::Closing;
+                if c.finished() {
+                    self.close(key, ops, true);
+                } else {
+                    self.send_control(key, op::SHUTDOWN, SHUTDOWN_SEND);
+                }
+            }
+        }
+        any
+    }
+
+    /// Returns host data that could not be delivered to the front of its
+    /// connection's buffer (control packets stay queued until delivered).
+    fn unsend(&mut self, ctl: Control, data: Vec<u8>) {
+        if ctl.op != op::RW {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&(ctl.local_port, ctl.peer_port)) {
+            let mut d = data;
+            d.extend_from_slice(&c.to_guest);
+            c.to_guest = d;
         }
     }
 
@@ -568,7 +631,7 @@ impl Vsock {
         }
         self.conns.insert(key, c);
         self.send_control(key, op::REQUEST, 0);
-        self.process_rx();
+        self.process_rx(ops);
     }
 
     fn conn_event(&mut self, fd: i32, set: EventSet, ops: &mut EventOps) {
@@ -590,19 +653,20 @@ impl Vsock {
         if set.contains(EventSet::OUT) {
             if !c.flush_to_host() {
                 self.close(key, ops, true);
-                self.process_rx();
+                self.process_rx(ops);
                 return;
             }
             if c.to_host.is_empty() && c.guest_shut_send {
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
             }
-            let update = c.needs_credit_update();
+            let update = c.needs_credit_update() && !c.guest_shut_send;
             self.update_write_interest(key, ops);
             if update {
                 self.send_control(key, op::CREDIT_UPDATE, 0);
             }
+            self.close_if_finished(key, ops);
         }
-        self.process_rx();
+        self.process_rx(ops);
     }
 }
 
@@ -691,8 +755,13 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.mem = None;
         self.queues.clear();
-        self.conns.clear();
         self.control.clear();
+        // Runs on a vCPU thread without the event loop's ops: park the
+        // connections and wake the loop to deregister their fds.
+        self.stale.extend(self.conns.drain().map(|(_, c)| c));
+        if !self.stale.is_empty() {
+            let _ = self.queue_evts[EVQ].write(1);
+        }
     }
 }
 
@@ -718,6 +787,7 @@ impl super::mmio::MmioTransport<Vsock> {
     pub fn handle_event(&mut self, events: Events, ops: &mut EventOps) {
         let activated = self.is_activated();
         let dev = self.device_mut();
+        dev.drop_stale(ops);
         match events.data() {
             TOKEN_RX | TOKEN_TX | TOKEN_EV => {
                 let q = events.data() as usize;
@@ -727,7 +797,12 @@ impl super::mmio::MmioTransport<Vsock> {
                 }
                 match events.data() {
                     TOKEN_TX => dev.process_tx(ops),
-                    TOKEN_RX => dev.process_rx(),
+                    TOKEN_RX => {
+                        // New buffers take owed replies first, which may let
+                        // TX packets held back by MAX_PENDING_CONTROL through.
+                        dev.process_rx(ops);
+                        dev.process_tx(ops);
+                    }
                     _ => {}
                 }
             }
