@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// Warm invocations per environment.
     #[arg(long, default_value_t = 200)]
     invokes: usize,
+    /// VMs booted at once to measure environment creations per second.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -119,6 +122,8 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
         .build()
         .map_err(|x| e(&x))?;
     results["warm_invoke"] = rt.block_on(warm_invokes(&args, &kernel, &agent, &function))?;
+    eprintln!("[bench] {} function VMs created at once", args.parallel);
+    results["creations"] = rt.block_on(creations(args.parallel, &kernel, &agent, &function))?;
     let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
     std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
     std::fs::write(&args.plot, svg(&results))
@@ -166,9 +171,9 @@ fn in_test_host(
         .bytes("/work/guest.cpio", initrd, 0o644);
     let cmd = format!(
         "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
-         --kernel bzImage --initrd guest.cpio --agent agent --function counter --out r.json --plot r.svg \
+         --parallel {} --kernel bzImage --initrd guest.cpio --agent agent --function counter --out r.json --plot r.svg \
          && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END && echo BENCH_SVG_BEGIN && cat r.svg && echo BENCH_SVG_END",
-        args.boots, args.invokes
+        args.boots, args.invokes, args.parallel
     );
     let out = host.run(&cmd).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -458,6 +463,75 @@ async fn warm_invokes(
         "guest_uptime_at_agent_ready_ms": boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
         "vmm_memory_overhead_kib": overhead,
     }))
+}
+
+/// Boots `n` function VMs concurrently (to agent hello) and reports
+/// environment creations per second, then shuts them all down.
+async fn creations(
+    n: usize,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
+    let dir = std::env::temp_dir().join(format!("silo-bench-create-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let code = std::fs::read(function).map_err(|e| e.to_string())?;
+    let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let image = silo_initramfs::image::build(agent, &AgentConfig::default(), &package)
+        .map_err(|e| e.to_string())?;
+    let initrd = dir.join("function.cpio");
+    std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
+    let spec = crate::vm_env::VmSpec {
+        kernel: kernel.to_path_buf(),
+        initrd,
+        mem_mib: 128,
+        vcpus: 1,
+        boot_timeout: Duration::from_secs(300),
+    };
+    let started = Instant::now();
+    let boots = (0..n.max(1)).map(|_| crate::vm_env::VmEnv::boot(&spec, &dir));
+    let mut envs = Vec::new();
+    let mut ready_ms = Vec::new();
+    for r in futures_join(boots).await {
+        let env = r.map_err(|e| e.to_string())?;
+        ready_ms.push(env.boot.spawn_to_ready.as_secs_f64() * 1e3);
+        envs.push(env);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    for env in envs {
+        env.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "parallel": n.max(1),
+        "wall_s": wall,
+        "creations_per_second": n.max(1) as f64 / wall,
+        "spawn_to_ready_ms": stats(ready_ms),
+    }))
+}
+
+/// Polls all futures to completion concurrently on the current task.
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("completed")).collect()
 }
 
 /// A small SVG: p50 bars for each compared pair.

@@ -9,7 +9,16 @@ fn short_bench_writes_complete_json_and_a_plot() {
     std::fs::create_dir_all(&dir).unwrap();
     let (json, svg) = (dir.join("r.json"), dir.join("r.svg"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(["bench", "--boots", "2", "--invokes", "10", "--out"])
+        .args([
+            "bench",
+            "--boots",
+            "2",
+            "--invokes",
+            "10",
+            "--parallel",
+            "2",
+            "--out",
+        ])
         .arg(&json)
         .arg("--plot")
         .arg(&svg)
@@ -59,6 +68,10 @@ fn short_bench_writes_complete_json_and_a_plot() {
     let ready = w["guest_uptime_at_agent_ready_ms"].as_f64().unwrap();
     assert!(0.0 < start && start <= ready, "agent phases ordered: {w}");
     assert!(w["vmm_memory_overhead_kib"].as_u64().unwrap() > 0);
+    let c = &r["creations"];
+    assert_eq!(c["parallel"], 2);
+    assert!(c["creations_per_second"].as_f64().unwrap() > 0.0, "{c}");
+    check(&c["spawn_to_ready_ms"], "creation spawn_to_ready_ms");
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("rect"), "{plot}");
     let _ = std::fs::remove_dir_all(&dir);
