@@ -7,7 +7,7 @@
 //! and returns the command's console output and exit code. QEMU is killed and
 //! every temporary file removed on every path out, including timeouts.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,19 @@ use crate::{cache_dir, run_script, ImageError};
 
 const BEGIN: &str = "SILO_TESTHOST_BEGIN";
 const EXIT: &str = "SILO_TESTHOST_EXIT=";
+
+/// Where [`TestHost::with_qemu`] puts QEMU inside the test host (on `PATH`).
+pub const QEMU_IN_TEST_HOST: &str = "/usr/bin/qemu-system-x86_64";
+/// QEMU on this host (Debian's `qemu-system-x86`).
+const QEMU_HOST_PATH: &str = "/usr/bin/qemu-system-x86_64";
+/// Firmware `-M microvm -kernel` loads from `/usr/share/qemu`: qboot and the
+/// option ROM that boots the kernel over fw_cfg DMA.
+const QEMU_MICROVM_FIRMWARE: [&str; 2] = ["bios-microvm.bin", "linuxboot_dma.bin"];
+
+/// Set to keep the run directory (initramfs and `console.log`) for debugging.
+pub const KEEP_ENV: &str = "SILO_TESTHOST_KEEP";
+/// Set to echo the test host's whole console, boot included, to stderr.
+pub const VERBOSE_ENV: &str = "SILO_TESTHOST_VERBOSE";
 
 /// True when this host's `/dev/kvm` is hardware virtualization (Intel VMX or
 /// AMD SVM) that this process can open: then real guests run directly.
@@ -72,6 +85,14 @@ pub enum TestHostError {
         /// The end of the console output.
         tail: String,
     },
+    /// A file the test host needs is not on this host.
+    #[error("{} is missing ({hint})", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
     /// `ldd` failed on a binary to include.
     #[error("cannot list the shared libraries of {path}: {reason}")]
     Ldd {
@@ -93,6 +114,7 @@ pub struct TestHost {
     memory_mib: u32,
     cpus: u32,
     timeout: Duration,
+    port_forwards: Vec<(u16, u16)>,
 }
 
 impl Default for TestHost {
@@ -103,11 +125,18 @@ impl Default for TestHost {
 
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Removes a directory when dropped.
-struct TempDir(PathBuf);
-impl Drop for TempDir {
+/// Removes a run directory when dropped, unless asked to keep it.
+struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.keep {
+            eprintln!("[testhost] kept {} ({KEEP_ENV})", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -128,6 +157,7 @@ impl TestHost {
             memory_mib: 2048,
             cpus: 1,
             timeout: Duration::from_secs(600),
+            port_forwards: Vec::new(),
         }
     }
 
@@ -153,6 +183,12 @@ impl TestHost {
         guest: &str,
     ) -> Result<Self, TestHostError> {
         let host = host.as_ref();
+        if !host.is_file() {
+            return Err(TestHostError::Missing {
+                path: host.to_path_buf(),
+                hint: "build or install it first",
+            });
+        }
         for lib in shared_libraries(host)? {
             let g = lib.to_string_lossy().to_string();
             if !self.files.iter().any(|(p, _, _)| *p == g) {
@@ -179,6 +215,38 @@ impl TestHost {
     /// Sets the limit for the whole run.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Includes Debian's QEMU (`qemu-system-x86_64` with its shared
+    /// libraries, at [`QEMU_IN_TEST_HOST`]) and the firmware `-M microvm`
+    /// with `-kernel` loads, so a peer VMM runs inside the test host:
+    /// `qemu-system-x86_64 -M microvm -enable-kvm -cpu host -nodefaults
+    /// -no-user-config -display none -serial stdio -kernel K -initrd I`.
+    pub fn with_qemu(self) -> Result<Self, TestHostError> {
+        let mut host = self.binary_with_libs(QEMU_HOST_PATH, QEMU_IN_TEST_HOST)?;
+        // QEMU finds its data directory relative to its own binary
+        // (`../share/qemu`), so the binary sits in /usr/bin as on the host.
+        for fw in QEMU_MICROVM_FIRMWARE {
+            let path = Path::new("/usr/share/qemu").join(fw);
+            if !path.exists() {
+                return Err(TestHostError::Missing {
+                    path,
+                    hint: "apt-get install qemu-system-data",
+                });
+            }
+            host = host.file(&path, &path.to_string_lossy(), 0o644);
+        }
+        Ok(host)
+    }
+
+    /// Forwards `127.0.0.1:host_port` on this host to `guest_port` in the
+    /// test host (QEMU user-mode networking on a virtio-net NIC; the test
+    /// host is `10.0.2.15/24`, gateway `10.0.2.2`). Until a server listens in
+    /// the test host, connections are accepted and then closed at once, so
+    /// clients should retry. [`TestHost::run`] blocks: call it on a thread.
+    pub fn port_forward(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.port_forwards.push((host_port, guest_port));
         self
     }
 
@@ -211,7 +279,16 @@ impl TestHost {
         ))?;
         w.file("/bin/busybox", 0o755, &busybox)
             .map_err(io("adding busybox".into()))?;
-        for m in ["irqbypass", "kvm", "kvm-amd"] {
+        let mut modules = vec!["irqbypass".to_string(), "kvm".into(), "kvm-amd".into()];
+        if !self.port_forwards.is_empty() {
+            let order = image.join("modules").join("net.order");
+            let text = std::fs::read_to_string(&order)
+                .map_err(ImageError::io(format!("reading {}", order.display())))?;
+            modules.extend(text.split_whitespace().map(str::to_string));
+            w.file("/modules/net.order", 0o644, text.as_bytes())
+                .map_err(io("adding net.order".into()))?;
+        }
+        for m in &modules {
             let p = image.join("modules").join(format!("{m}.ko"));
             let data =
                 std::fs::read(&p).map_err(ImageError::io(format!("reading {}", p.display())))?;
@@ -237,8 +314,14 @@ impl TestHost {
     }
 
     /// Boots the test host and runs `command` (a `sh` script) in `/work`.
+    ///
+    /// Progress lines and the command's output go to stderr as they arrive,
+    /// prefixed `[testhost]`. QEMU is killed and the run directory removed on
+    /// every path out, including errors and timeouts (kept when
+    /// `SILO_TESTHOST_KEEP` is set).
     pub fn run(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
         let image = run_script("testhost/fetch.sh", "KVM test host image")?;
+        remove_stale_run_dirs();
         let run_dir = cache_dir().join(format!(
             "run-{}-{}",
             std::process::id(),
@@ -246,58 +329,80 @@ impl TestHost {
         ));
         std::fs::create_dir_all(&run_dir)
             .map_err(ImageError::io(format!("creating {}", run_dir.display())))?;
-        let _cleanup = TempDir(run_dir.clone());
+        let _cleanup = RunDir {
+            path: run_dir.clone(),
+            keep: std::env::var_os(KEEP_ENV).is_some(),
+        };
         let cpio_path = run_dir.join("testhost.cpio");
         let cpio = self.initramfs(&image, command)?;
         std::fs::write(&cpio_path, &cpio)
             .map_err(ImageError::io(format!("writing {}", cpio_path.display())))?;
         drop(cpio);
+        let log_path = run_dir.join("console.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(ImageError::io(format!("creating {}", log_path.display())))?;
+        self.boot(&image, &cpio_path, log)
+    }
 
-        let started = Instant::now();
-        eprintln!(
-            "[testhost] booting QEMU TCG test host (nested SVM, {} MiB, {} CPU); timeout {:?}",
-            self.memory_mib, self.cpus, self.timeout
-        );
-        let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg,thread=multi",
-                "-M",
-                "q35",
-                "-cpu",
-                "EPYC,+svm,+npt",
-            ])
-            .args([
-                "-m",
-                &self.memory_mib.to_string(),
-                "-smp",
-                &self.cpus.to_string(),
-            ])
-            .args([
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-            ])
+    /// The QEMU command line for one run.
+    fn qemu_command(&self, image: &Path, cpio: &Path) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg,thread=multi", "-M", "q35"])
+            .args(["-cpu", "EPYC,+svm,+npt"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
-            .arg(&cpio_path)
+            .arg(cpio)
             .args([
                 "-append",
                 "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init",
-            ])
-            .stdin(Stdio::null())
+            ]);
+        if !self.port_forwards.is_empty() {
+            let mut netdev = String::from("user,id=net0");
+            for (h, g) in &self.port_forwards {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+            }
+            // No option ROM: the test host boots its kernel directly.
+            cmd.args(["-netdev", &netdev])
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs QEMU to the end of the command, streaming and logging its console.
+    fn boot(
+        &self,
+        image: &Path,
+        cpio: &Path,
+        mut log: std::fs::File,
+    ) -> Result<TestHostOutput, TestHostError> {
+        let started = Instant::now();
+        eprintln!(
+            "[testhost] booting QEMU TCG test host (nested SVM, {} MiB, {} CPU{}); timeout {:?}",
+            self.memory_mib,
+            self.cpus,
+            if self.port_forwards.is_empty() {
+                ""
+            } else {
+                ", port forwarding"
+            },
+            self.timeout
+        );
+        let child = self
+            .qemu_command(image, cpio)
             .spawn()
             .map_err(TestHostError::Spawn)?;
         let mut child = KillOnDrop(child);
         let stdout = child.0.stdout.take().expect("piped stdout");
         let mut stderr = child.0.stderr.take().expect("piped stderr");
-        let verbose = std::env::var_os("SILO_TESTHOST_VERBOSE").is_some();
+        let verbose = std::env::var_os(VERBOSE_ENV).is_some();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n') {
@@ -322,6 +427,7 @@ impl TestHost {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(500))) {
                 Ok(line) => {
+                    let _ = writeln!(log, "{line}");
                     if line.starts_with(BEGIN) && begun_at.is_none() {
                         begun_at = Some(started.elapsed());
                         eprintln!(
@@ -338,6 +444,7 @@ impl TestHost {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if Instant::now() >= deadline {
                         drop(child);
+                        eprintln!("[testhost] timed out after {:?}; QEMU killed", self.timeout);
                         return Err(TestHostError::Timeout {
                             timeout: self.timeout,
                             tail: tail(&console),
@@ -350,6 +457,7 @@ impl TestHost {
         let _ = child.0.wait();
         let _ = reader.join();
         let qemu_err = err_reader.join().unwrap_or_default();
+        let _ = writeln!(log, "--- qemu stderr ---\n{qemu_err}");
         let total_time = started.elapsed();
         let Some(exit_code) = exit_code else {
             let mut t = tail(&console);
@@ -376,6 +484,28 @@ impl TestHost {
             boot_time: begun_at.unwrap_or_default(),
             total_time,
         })
+    }
+}
+
+/// Removes run directories left by test processes that were killed before
+/// they could clean up (`run-<pid>-<n>` whose process is gone).
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(cache_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("run-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            tracing::debug!(dir = %e.path().display(), "removing a stale test host run directory");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -423,6 +553,13 @@ ifconfig lo 127.0.0.1 up
 for m in irqbypass kvm kvm-amd; do
   insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
 done
+if [ -f /modules/net.order ]; then
+  for m in $(cat /modules/net.order); do
+    insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
+  done
+  ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up || echo "[testhost] no eth0"
+  route add default gw 10.0.2.2
+fi
 [ -c /dev/kvm ] || echo "[testhost] no /dev/kvm after loading kvm-amd"
 echo SILO_TESTHOST_BEGIN
 cd /work

@@ -2,7 +2,8 @@
 # Fetch the KVM test host's kernel and KVM modules from Debian's packages.
 #
 # Usage: images/testhost/fetch.sh [CACHE_DIR]
-# Prints the directory holding `vmlinuz` and `modules/*.ko` on its last line.
+# Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM and virtio-net)
+# and `modules/net.order` (networking modules in load order) on its last line.
 # Installs qemu-system-x86, busybox-static and cpio when missing. Cached by
 # the hash of this script.
 set -euo pipefail
@@ -25,7 +26,7 @@ if ((${#need[@]})); then
   $sudo_cmd apt-get install -y -q "${need[@]}" >&2
 fi
 
-if [[ -f "$out/vmlinuz" && -f "$out/modules/kvm-amd.ko" ]]; then
+if [[ -f "$out/vmlinuz" && -f "$out/modules/kvm-amd.ko" && -f "$out/modules/net.order" ]]; then
   echo "$out"
   exit 0
 fi
@@ -43,14 +44,34 @@ dpkg-deb -x "$versioned"_*.deb root
 stage="$work/out"
 mkdir -p "$stage/modules"
 cp root/boot/vmlinuz-* "$stage/vmlinuz"
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
-  f="$(find root/lib/modules -path "*/kernel/$m.ko*" | head -1)"
-  [[ -n "$f" ]] || { log "module $m not found in $versioned"; exit 1; }
+# Extracts module $1 (path under kernel/, no suffix) as modules/<name>.ko,
+# decompressing it if needed. Returns 1 when the package has no such module.
+extract() {
+  local f name
+  f="$(find root/lib/modules -path "*/kernel/$1.ko*" | head -1)"
+  [[ -n "$f" ]] || return 1
+  name="$(basename "$1")"
   case "$f" in
-    *.xz) xz -dc "$f" > "$stage/modules/$(basename "$m").ko" ;;
-    *.zst) zstd -dc "$f" > "$stage/modules/$(basename "$m").ko" ;;
-    *) cp "$f" "$stage/modules/$(basename "$m").ko" ;;
+    *.xz) xz -dc "$f" > "$stage/modules/$name.ko" ;;
+    *.zst) zstd -dc "$f" > "$stage/modules/$name.ko" ;;
+    *) cp "$f" "$stage/modules/$name.ko" ;;
   esac
+}
+# KVM: always loaded, in this order.
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+  extract "$m" || { log "module $m not found in $versioned"; exit 1; }
+done
+# virtio-net over PCI for user-mode networking (port forwarding), in load
+# order; a driver built into this kernel is simply not listed.
+: > "$stage/modules/net.order"
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
+         drivers/net/net_failover drivers/net/virtio_net; do
+  if extract "$m"; then
+    basename "$m" >> "$stage/modules/net.order"
+  elif ! grep -q "/$m.ko" root/lib/modules/*/modules.builtin 2>/dev/null; then
+    log "module $m is neither in $versioned nor built in"; exit 1
+  fi
 done
 echo "$versioned" > "$stage/PACKAGE"
 rm -rf "$out"
