@@ -3,14 +3,8 @@
 //! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
 //! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
 
-mod cmd_bench;
-mod cmd_demo;
-mod cmd_run;
-mod cmd_vmm;
-mod vm_backend;
-mod vm_env;
-
 use clap::{Parser, Subcommand};
+use silo::{cmd_bench, cmd_client, cmd_demo, cmd_run, cmd_serve, cmd_vmm};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -22,12 +16,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: the Lambda-compatible HTTP API over tenant-bound microVMs.
+    Serve(cmd_serve::ServeArgs),
+    /// Show the mission: one function, two tenants, isolated microVMs.
+    Demo(cmd_demo::DemoArgs),
+    /// Create a function on a running daemon.
+    CreateFunction(cmd_client::CreateArgs),
+    /// Invoke a function on a running daemon.
+    Invoke(cmd_client::InvokeArgs),
     /// Boot one microVM (one process per VM; normally spawned by the daemon).
     Vmm(cmd_vmm::VmmArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
     Bench(cmd_bench::BenchArgs),
-    /// Show the mission: one function, two tenants, isolated microVMs.
-    Demo(cmd_demo::DemoArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
 }
@@ -44,9 +44,12 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Vmm(args) => cmd_vmm::run(args),
-        Command::Run(args) => cmd_run::run(args),
+        Command::Serve(args) => cmd_serve::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::CreateFunction(args) => cmd_client::create(args),
+        Command::Invoke(args) => cmd_client::invoke(args),
+        Command::Vmm(args) => cmd_vmm::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Run(args) => cmd_run::run(args),
     }
 }

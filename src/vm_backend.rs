@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use silo_proto::{AgentConfig, Message};
+use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{Backend, Binding, Environment};
 
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmSpec};
@@ -70,6 +70,19 @@ impl VmBackend {
         );
         Ok(())
     }
+
+    /// Forgets a function version's image and removes its initramfs
+    /// (running VMs have theirs in guest memory already).
+    pub fn unregister(&self, version_key: &str) {
+        let image = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .remove(version_key);
+        if let Some(image) = image {
+            let _ = std::fs::remove_file(&image.initrd);
+        }
+    }
 }
 
 /// A VM bound to one binding.
@@ -114,8 +127,16 @@ impl Environment for VmEnvironment {
     type Request = VmRequest;
     type Response = InvokeResult;
 
+    /// A runtime that crashed or timed out ends the VM: the scheduler
+    /// destroys it, and the next invocation of that tenant boots a fresh one.
     async fn invoke(&mut self, req: VmRequest) -> Result<InvokeResult, EnvError> {
-        self.env.invoke(req.message, req.timeout).await
+        let result = self.env.invoke(req.message, req.timeout).await?;
+        match &result.outcome {
+            Outcome::Err(e) if e.error_type == "Runtime.ExitError" || e.error_type == "Sandbox.Timedout" => {
+                Err(EnvError::FunctionCrashed(Box::new(result)))
+            }
+            _ => Ok(result),
+        }
     }
 
     async fn destroy(self) {

@@ -43,6 +43,9 @@ pub enum EnvError {
     /// The agent broke the protocol or the connection.
     #[error("the guest agent failed: {0}")]
     Protocol(String),
+    /// The function's runtime exited or timed out; the VM is discarded.
+    #[error("the function's runtime exited or timed out; its microVM is discarded")]
+    FunctionCrashed(Box<InvokeResult>),
     /// No result before the deadline (plus grace).
     #[error("the invocation did not return before its deadline")]
     TimedOut,

@@ -243,6 +243,11 @@ where
         }
     }
 
+    /// The backend environments are created with.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State<B::Env>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,0 +1,136 @@
+//! Who may call the API. Each request carries an AWS SigV4 signature made
+//! with an access key from the daemon's configuration; the key decides what
+//! the caller may do:
+//!
+//! - a key without `tenants` is an administrator: every operation, any tenant;
+//! - a key with `tenants` may read functions and invoke them only as one of
+//!   its tenants: it cannot act for a tenant it does not own, nor change
+//!   functions.
+//!
+//! With `--allow-unauthenticated`, a request without a signature (or signed
+//! with a key the daemon does not know) is an administrator; a request signed
+//! with a known key is still verified and restricted.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use super::sigv4;
+use crate::daemon::Daemon;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Any operation, any tenant.
+    Admin {
+        /// The access key, if one signed the request.
+        access_key: Option<String>,
+    },
+    /// Invoke as these tenants only; read-only otherwise.
+    Tenants {
+        /// The access key.
+        access_key: String,
+        /// Tenants it may act for.
+        tenants: HashSet<String>,
+    },
+}
+
+impl Principal {
+    /// Refuses callers that may not change functions.
+    pub fn require_admin(&self, operation: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Admin { .. } => Ok(()),
+            Principal::Tenants { access_key, .. } => Err(ApiError::forbidden(
+                "AccessDeniedException",
+                format!("access key {access_key} is restricted to tenants and may not call {operation}"),
+            )),
+        }
+    }
+
+    /// Refuses callers that may not act for `tenant` (`None`: no tenant).
+    pub fn require_tenant(&self, tenant: Option<&str>) -> Result<(), ApiError> {
+        match (self, tenant) {
+            (Principal::Admin { .. }, _) => Ok(()),
+            (Principal::Tenants { tenants, .. }, Some(t)) if tenants.contains(t) => Ok(()),
+            (Principal::Tenants { access_key, .. }, Some(t)) => Err(ApiError::forbidden(
+                "AccessDeniedException",
+                format!("access key {access_key} may not invoke as tenant {t:?}"),
+            )),
+            (Principal::Tenants { access_key, .. }, None) => Err(ApiError::forbidden(
+                "AccessDeniedException",
+                format!("access key {access_key} is restricted to tenants and may only invoke with one of them"),
+            )),
+        }
+    }
+}
+
+/// Verifies the request's signature and names its principal.
+pub fn authenticate(daemon: &Daemon, parts: &Parts, body: &[u8]) -> Result<Principal, ApiError> {
+    let header = parts
+        .headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or(""));
+    let allow_anonymous = daemon.config.allow_unauthenticated;
+    let Some(header) = header else {
+        return if allow_anonymous {
+            Ok(Principal::Admin { access_key: None })
+        } else {
+            Err(ApiError::forbidden(
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token: sign requests with AWS SigV4 using a key from the daemon's configuration",
+            ))
+        };
+    };
+    let auth = sigv4::parse_authorization(header)
+        .map_err(|e| ApiError::forbidden("IncompleteSignatureException", e.to_string()))?;
+    let Some(cred) = daemon
+        .config
+        .credentials
+        .iter()
+        .find(|c| c.access_key_id == auth.access_key)
+    else {
+        return if allow_anonymous {
+            Ok(Principal::Admin { access_key: None })
+        } else {
+            Err(ApiError::forbidden(
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            ))
+        };
+    };
+    if auth.service != "lambda" {
+        return Err(ApiError::forbidden(
+            "InvalidSignatureException",
+            format!("Credential should be scoped to correct service: 'lambda', not {:?}", auth.service),
+        ));
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let signed = sigv4::SignedParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    sigv4::verify(&signed, &auth, &cred.secret_access_key, now)
+        .map_err(|e| ApiError::forbidden("InvalidSignatureException", e.to_string()))?;
+    Ok(match &cred.tenants {
+        None => Principal::Admin {
+            access_key: Some(cred.access_key_id.clone()),
+        },
+        Some(t) => Principal::Tenants {
+            access_key: cred.access_key_id.clone(),
+            tenants: t.iter().cloned().collect(),
+        },
+    })
+}

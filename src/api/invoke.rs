@@ -1,0 +1,258 @@
+//! `Invoke`: `POST /2015-03-31/functions/{name}/invocations`.
+//!
+//! Checks, in order: signature, function, qualifier, tenant id (required for
+//! `PER_TENANT` functions, refused on others, validated), the caller's right
+//! to act for that tenant, payload size and JSON, invocation type. Then
+//! RequestResponse runs through the scheduler and answers with the result;
+//! Event is queued (202); DryRun answers 204.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use silo_proto::{ErrorInfo, Outcome};
+use silo_scheduler::{ScheduleError, TenantId, ThrottleReason};
+use tracing::Instrument;
+
+use super::error::{ApiError, MISSING_TENANT};
+use super::{function_name, read_authed};
+use crate::daemon::{random_uuid, Daemon};
+use crate::vm_env::{EnvError, InvokeResult, LOG_TAIL};
+
+/// Largest synchronous payload, as Lambda (6 MB).
+pub const MAX_SYNC_PAYLOAD: usize = silo_proto::MAX_PAYLOAD;
+/// Largest asynchronous (Event) payload, as Lambda (1 MB).
+pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InvocationType {
+    RequestResponse,
+    Event,
+    DryRun,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
+/// Handles one Invoke.
+pub async fn invoke(
+    State(d): State<Arc<Daemon>>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = read_authed(&d, req, MAX_SYNC_PAYLOAD, "Invoke").await?;
+    let name = function_name(&raw)?;
+    let rec = d
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("Function not found: {}", d.arn(&name))))?;
+    if let Some(q) = a
+        .parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("Qualifier=")))
+    {
+        if q != "$LATEST" && q != "%24LATEST" {
+            return Err(ApiError::not_found(format!(
+                "Function not found: {}:{q} (silo serves $LATEST only)",
+                d.arn(&name)
+            )));
+        }
+    }
+    let tenant = match (header(&a.parts.headers, "x-amz-tenant-id"), rec.per_tenant) {
+        (None, true) => return Err(ApiError::invalid_parameter(MISSING_TENANT)),
+        (Some(_), false) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "The function {name} does not use tenant isolation (TenancyConfig PER_TENANT); \
+                 remove the tenant ID (X-Amz-Tenant-Id) from the request"
+            )))
+        }
+        (None, false) => None,
+        (Some(t), true) => Some(TenantId::parse(t).map_err(|e| {
+            ApiError::invalid_parameter(format!("Invalid tenant ID (X-Amz-Tenant-Id): {e}"))
+        })?),
+    };
+    a.principal.require_tenant(tenant.as_ref().map(|t| t.as_str()))?;
+    let kind = match header(&a.parts.headers, "x-amz-invocation-type") {
+        None | Some("RequestResponse") => InvocationType::RequestResponse,
+        Some("Event") => InvocationType::Event,
+        Some("DryRun") => InvocationType::DryRun,
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "X-Amz-Invocation-Type {other:?} is not valid: RequestResponse, Event or DryRun"
+            )))
+        }
+    };
+    let tail = match header(&a.parts.headers, "x-amz-log-type") {
+        None | Some("None") => false,
+        Some("Tail") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "X-Amz-Log-Type {other:?} is not valid: None or Tail"
+            )))
+        }
+    };
+    let payload = if a.body.is_empty() {
+        b"{}".to_vec()
+    } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&a.body).map_err(|e| {
+            ApiError::invalid_content(format!("Could not parse request body into json: {e}"))
+        })?;
+        a.body.to_vec()
+    };
+    let request_id = random_uuid();
+    let tenant_id = tenant.as_ref().map(|t| t.as_str().to_string());
+    let span = tracing::info_span!("invoke", function = %name, tenant_id = ?tenant_id, request_id = %request_id);
+    match kind {
+        InvocationType::DryRun => Ok(with_request_id(StatusCode::NO_CONTENT.into_response(), &request_id)),
+        InvocationType::Event => {
+            if payload.len() > MAX_EVENT_PAYLOAD {
+                return Err(ApiError::too_large(format!(
+                    "Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for an asynchronous (Event) invocation"
+                )));
+            }
+            if !d.enqueue(&name, tenant, payload, request_id.clone()) {
+                return Err(ApiError::throttled(
+                    "The asynchronous invocation queue is full; try again later",
+                    "AsyncQueueFull",
+                ));
+            }
+            span.in_scope(|| tracing::info!("event invocation queued"));
+            Ok(with_request_id(StatusCode::ACCEPTED.into_response(), &request_id))
+        }
+        InvocationType::RequestResponse => {
+            async move {
+                let result = d.invoke(&rec, tenant, payload, &request_id).await;
+                let resp = respond(result, &request_id, tail, rec.memory_mib);
+                if let Ok(r) = &resp {
+                    tracing::info!(status = r.status().as_u16(), "invocation answered");
+                }
+                resp.map(|r| with_request_id(r, &request_id))
+            }
+            .instrument(span)
+            .await
+        }
+    }
+}
+
+fn with_request_id(mut r: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    r
+}
+
+/// Lambda's log tail: START, the function's output, END and REPORT, last 4 KB.
+fn log_tail(id: &str, r: &InvokeResult, init: Option<Duration>, memory_mib: u32) -> String {
+    let mut text = format!("START RequestId: {id} Version: $LATEST\n");
+    text.push_str(&String::from_utf8_lossy(&r.log_tail));
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let ms = r.duration.as_secs_f64() * 1000.0;
+    text.push_str(&format!(
+        "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {memory_mib} MB",
+        ms.ceil() as u64
+    ));
+    if let Some(init) = init {
+        text.push_str(&format!(
+            "\tInit Duration: {:.2} ms",
+            init.as_secs_f64() * 1000.0
+        ));
+    }
+    text.push('\n');
+    let start = text.len().saturating_sub(LOG_TAIL);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+fn function_error(
+    info: &ErrorInfo,
+    result: Option<&InvokeResult>,
+    id: &str,
+    tail: bool,
+    memory_mib: u32,
+    cold: Option<(bool, u64)>,
+) -> Response {
+    let body = serde_json::json!({ "errorType": info.error_type, "errorMessage": info.error_message });
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
+    h.insert("X-Amz-Executed-Version", HeaderValue::from_static("$LATEST"));
+    if let (true, Some(r)) = (tail, result) {
+        let t = base64::engine::general_purpose::STANDARD.encode(log_tail(id, r, None, memory_mib));
+        if let Ok(v) = HeaderValue::from_str(&t) {
+            h.insert("X-Amz-Log-Result", v);
+        }
+    }
+    if let Some((c, env)) = cold {
+        h.insert("X-Silo-Cold-Start", HeaderValue::from_static(if c { "true" } else { "false" }));
+        h.insert("X-Silo-Environment-Id", HeaderValue::from(env));
+    }
+    resp
+}
+
+fn respond(
+    result: crate::daemon::InvokeOutcome,
+    id: &str,
+    tail: bool,
+    memory_mib: u32,
+) -> Result<Response, ApiError> {
+    match result {
+        Ok(report) => {
+            let r = &report.response;
+            let cold = Some((report.cold_start, report.env_id));
+            match &r.outcome {
+                Outcome::Ok(body) => {
+                    let mut resp = (StatusCode::OK, body.clone()).into_response();
+                    let h = resp.headers_mut();
+                    h.insert("content-type", HeaderValue::from_static("application/json"));
+                    h.insert("X-Amz-Executed-Version", HeaderValue::from_static("$LATEST"));
+                    h.insert("X-Silo-Cold-Start", HeaderValue::from_static(if report.cold_start { "true" } else { "false" }));
+                    h.insert("X-Silo-Environment-Id", HeaderValue::from(report.env_id));
+                    if tail {
+                        let t = base64::engine::general_purpose::STANDARD.encode(log_tail(id, r, report.init_duration, memory_mib));
+                        if let Ok(v) = HeaderValue::from_str(&t) {
+                            h.insert("X-Amz-Log-Result", v);
+                        }
+                    }
+                    Ok(resp)
+                }
+                Outcome::Err(info) => Ok(function_error(info, Some(r), id, tail, memory_mib, cold)),
+            }
+        }
+        Err(ScheduleError::Throttled(reason)) => {
+            let (msg, code) = match reason {
+                ThrottleReason::FunctionConcurrency => ("Rate Exceeded: the function's concurrency is in use", "ReservedFunctionConcurrentInvocationLimitExceeded"),
+                ThrottleReason::TenantConcurrency => ("Rate Exceeded: this tenant's concurrency ceiling is reached", "TenantConcurrentInvocationLimitExceeded"),
+                ThrottleReason::EnvironmentCap => ("Rate Exceeded: the function's execution environment cap is reached and none is idle", "ConcurrentInvocationLimitExceeded"),
+            };
+            Err(ApiError::throttled(msg, code))
+        }
+        Err(ScheduleError::Environment(EnvError::FunctionCrashed(r))) => {
+            let info = match &r.outcome {
+                Outcome::Err(i) => i.clone(),
+                Outcome::Ok(_) => ErrorInfo { error_type: "Runtime.ExitError".into(), error_message: "the runtime exited".into() },
+            };
+            Ok(function_error(&info, Some(&r), id, tail, memory_mib, None))
+        }
+        Err(ScheduleError::Environment(EnvError::TimedOut)) => Ok(function_error(
+            &ErrorInfo { error_type: "Sandbox.Timedout".into(), error_message: format!("RequestId: {id} Error: Task timed out") },
+            None, id, tail, memory_mib, None,
+        )),
+        Err(ScheduleError::Environment(e)) => Ok(function_error(
+            &ErrorInfo { error_type: "Runtime.ExitError".into(), error_message: format!("RequestId: {id} Error: {e}") },
+            None, id, tail, memory_mib, None,
+        )),
+        Err(ScheduleError::Create(e)) => {
+            tracing::error!(error = %e, "could not create an execution environment");
+            Err(ApiError::service(format!("could not start an execution environment: {e}")))
+        }
+        Err(ScheduleError::Internal(e)) => Err(ApiError::service(e)),
+    }
+}

@@ -1,0 +1,238 @@
+//! A small blocking client of the daemon's Lambda API, signing with SigV4
+//! when credentials are given: used by `silo create-function`, `silo invoke`,
+//! `silo demo` and the tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::api::sigv4;
+
+/// Access key and secret.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret: String,
+}
+
+/// A raw HTTP answer.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `x-amzn-ErrorType`, if this is an API error.
+    pub fn error_type(&self) -> Option<&str> {
+        self.header("x-amzn-errortype")
+    }
+}
+
+/// Options of one invoke.
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOptions {
+    /// `X-Amz-Tenant-Id`.
+    pub tenant: Option<String>,
+    /// `X-Amz-Invocation-Type` (RequestResponse when `None`).
+    pub invocation_type: Option<String>,
+    /// `X-Amz-Log-Type: Tail`.
+    pub log_tail: bool,
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct LambdaClient {
+    endpoint: String,
+    credentials: Option<Credentials>,
+    region: String,
+    agent: ureq::Agent,
+}
+
+/// Transport failures (no HTTP answer at all).
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {url}: {reason}")]
+pub struct ClientError {
+    method: String,
+    url: String,
+    reason: String,
+}
+
+impl LambdaClient {
+    /// A client of `endpoint` (e.g. `http://127.0.0.1:9000`).
+    pub fn new(endpoint: &str, credentials: Option<Credentials>) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            credentials,
+            region: "us-east-1".into(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(10))
+                .timeout(Duration::from_secs(900))
+                .build(),
+        }
+    }
+
+    /// Sends one request, signed if the client has credentials.
+    pub fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse, ClientError> {
+        let url = format!("{}{}", self.endpoint, path_and_query);
+        let err = |reason: String| ClientError {
+            method: method.into(),
+            url: url.clone(),
+            reason,
+        };
+        let host = self
+            .endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.endpoint)
+            .to_string();
+        let mut req = self.agent.request(method, &url);
+        for (n, v) in headers {
+            req = req.set(n, v);
+        }
+        if let Some(c) = &self.credentials {
+            let (path, query) = path_and_query
+                .split_once('?')
+                .unwrap_or((path_and_query, ""));
+            let mut signed: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect();
+            signed.push(("host".into(), host));
+            let parts = sigv4::SignedParts {
+                method,
+                path,
+                query,
+                headers: &signed,
+                body,
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64;
+            let (date, auth) =
+                sigv4::sign(&parts, &c.access_key, &c.secret, &self.region, "lambda", now);
+            req = req.set("x-amz-date", &date).set("authorization", &auth);
+        }
+        let result = if body.is_empty() && method != "POST" && method != "PUT" {
+            req.call()
+        } else {
+            req.send_bytes(body)
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                let v = resp.header(&n)?.to_string();
+                Some((n.to_ascii_lowercase(), v))
+            })
+            .collect();
+        let mut body = Vec::new();
+        use std::io::Read;
+        resp.into_reader()
+            .take(64 << 20)
+            .read_to_end(&mut body)
+            .map_err(|e| err(e.to_string()))?;
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// CreateFunction with a zip package; `per_tenant` sets
+    /// `TenancyConfig.TenantIsolationMode = PER_TENANT`.
+    pub fn create_function(
+        &self,
+        name: &str,
+        zip: &[u8],
+        per_tenant: bool,
+        extra: Value,
+    ) -> Result<HttpResponse, ClientError> {
+        let mut body = json!({
+            "FunctionName": name,
+            "Runtime": "provided.al2023",
+            "Role": "arn:aws:iam::000000000000:role/silo-function",
+            "Handler": "bootstrap",
+            "Code": { "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip) },
+        });
+        if per_tenant {
+            body["TenancyConfig"] = json!({ "TenantIsolationMode": "PER_TENANT" });
+        }
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let bytes = serde_json::to_vec(&body).expect("JSON");
+        self.request(
+            "POST",
+            "/2015-03-31/functions",
+            &[("content-type", "application/json")],
+            &bytes,
+        )
+    }
+
+    /// Invoke.
+    pub fn invoke(
+        &self,
+        name: &str,
+        payload: &[u8],
+        opts: &InvokeOptions,
+    ) -> Result<HttpResponse, ClientError> {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(t) = &opts.tenant {
+            headers.push(("x-amz-tenant-id", t));
+        }
+        if let Some(t) = &opts.invocation_type {
+            headers.push(("x-amz-invocation-type", t));
+        }
+        if opts.log_tail {
+            headers.push(("x-amz-log-type", "Tail"));
+        }
+        self.request(
+            "POST",
+            &format!("/2015-03-31/functions/{name}/invocations"),
+            &headers,
+            payload,
+        )
+    }
+}

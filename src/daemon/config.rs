@@ -1,0 +1,187 @@
+//! The daemon's configuration file (TOML). Every field has a default, so an
+//! empty file is valid; unknown fields are refused, naming the field.
+//!
+//! ```toml
+//! listen = "127.0.0.1:9000"
+//! data_dir = "/var/lib/silo"
+//! region = "us-east-1"
+//! account_id = "000000000000"
+//!
+//! [limits]
+//! concurrency = 10        # per function, unless reserved concurrency is set
+//! per_tenant = 4          # in-flight invocations of one tenant
+//! idle_timeout_s = 300
+//! event_queue = 1000      # queued asynchronous (Event) invocations
+//!
+//! [[credentials]]         # an admin key: any tenant, any operation
+//! access_key_id = "AKIDADMIN"
+//! secret_access_key = "..."
+//!
+//! [[credentials]]         # a key that may only invoke as tenant-A
+//! access_key_id = "AKIDTENANTA"
+//! secret_access_key = "..."
+//! tenants = ["tenant-A"]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Where functions and code are kept.
+    pub data_dir: PathBuf,
+    /// Region in ARNs.
+    pub region: String,
+    /// Account id in ARNs.
+    pub account_id: String,
+    /// Scheduling limits.
+    pub limits: LimitsConfig,
+    /// Access keys allowed to call the API.
+    pub credentials: Vec<Credential>,
+    /// Accept unsigned requests as an administrator (`--allow-unauthenticated`;
+    /// a flag, never read from the file).
+    #[serde(skip)]
+    pub allow_unauthenticated: bool,
+}
+
+/// Scheduling limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// In-flight invocations per function without reserved concurrency.
+    pub concurrency: u32,
+    /// In-flight invocations of one tenant of one function.
+    pub per_tenant: u32,
+    /// Seconds an idle environment is kept.
+    pub idle_timeout_s: u64,
+    /// Asynchronous invocations queued at most.
+    pub event_queue: usize,
+}
+
+/// One access key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// Access key id (as in `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: String,
+    /// Secret (as in `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: String,
+    /// If set, the key may only invoke as these tenants and may not change
+    /// functions.
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 10,
+            per_tenant: 4,
+            idle_timeout_s: 300,
+            event_queue: 1000,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            data_dir: default_data_dir(),
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            limits: LimitsConfig::default(),
+            credentials: Vec::new(),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/silo`, else `~/.local/share/silo`.
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("silo");
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".local/share/silo")
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable.
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// Not valid TOML or not the expected fields.
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    /// Valid syntax, invalid values.
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, String),
+}
+
+impl DaemonConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
+        cfg.check().map_err(|m| ConfigError::Invalid(path.into(), m))?;
+        Ok(cfg)
+    }
+
+    /// Checks values the types cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.limits.concurrency == 0 {
+            return Err("limits.concurrency must be at least 1".into());
+        }
+        if self.limits.per_tenant == 0 {
+            return Err("limits.per_tenant must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.credentials {
+            if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+                return Err("credentials: access_key_id and secret_access_key must not be empty".into());
+            }
+            if !seen.insert(&c.access_key_id) {
+                return Err(format!(
+                    "credentials: access key {} is listed twice",
+                    c.access_key_id
+                ));
+            }
+            for t in c.tenants.iter().flatten() {
+                silo_scheduler::TenantId::parse(t).map_err(|e| {
+                    format!("credentials: key {}: tenant {t:?}: {e}", c.access_key_id)
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults_and_mistakes_are_named() {
+        let cfg: DaemonConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.limits.concurrency, 10);
+        let e = toml::from_str::<DaemonConfig>("listn = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let cfg: DaemonConfig = toml::from_str(
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad tenant\"]",
+        )
+        .unwrap();
+        let e = cfg.check().unwrap_err();
+        assert!(e.contains("bad tenant"), "{e}");
+    }
+}

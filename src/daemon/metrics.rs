@@ -1,0 +1,165 @@
+//! Per-tenant invocation metrics, rendered in the Prometheus text format for
+//! `GET /metrics` together with the scheduler's live view.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use silo_scheduler::Stats;
+
+/// Upper bounds (seconds) of the duration histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default, Clone)]
+struct Series {
+    invocations: u64,
+    errors: u64,
+    throttles: u64,
+    cold_starts: u64,
+    buckets: [u64; BUCKETS.len()],
+    duration_sum: f64,
+    duration_count: u64,
+}
+
+/// How one invocation ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The function returned a response.
+    Ok,
+    /// The function (or its environment) failed.
+    Error,
+    /// Refused by a concurrency limit.
+    Throttled,
+}
+
+/// Counters keyed by (function, tenant); tenant `""` for functions without
+/// tenant isolation.
+#[derive(Default)]
+pub struct Metrics {
+    series: Mutex<BTreeMap<(String, String), Series>>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Records one invocation.
+    pub fn record(
+        &self,
+        function: &str,
+        tenant: Option<&str>,
+        ending: Ending,
+        cold_start: bool,
+        duration: Duration,
+    ) {
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = m
+            .entry((function.to_string(), tenant.unwrap_or("").to_string()))
+            .or_default();
+        s.invocations += 1;
+        match ending {
+            Ending::Ok => {}
+            Ending::Error => s.errors += 1,
+            Ending::Throttled => {
+                s.throttles += 1;
+                return;
+            }
+        }
+        if cold_start {
+            s.cold_starts += 1;
+        }
+        let secs = duration.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                s.buckets[i] += 1;
+            }
+        }
+        s.duration_sum += secs;
+        s.duration_count += 1;
+    }
+
+    /// The Prometheus text exposition of these counters and `stats`.
+    pub fn render(&self, stats: &Stats) -> String {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = String::new();
+        let label = |f: &str, t: &str| format!("function=\"{}\",tenant_id=\"{}\"", escape(f), escape(t));
+        let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&Series) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((f, t), s) in &m {
+                let _ = writeln!(out, "{name}{{{}}} {}", label(f, t), get(s));
+            }
+        };
+        counter(&mut out, "silo_invocations_total", "Invocations received, by tenant.", &|s| s.invocations);
+        counter(&mut out, "silo_invocation_errors_total", "Invocations that ended in a function or environment error.", &|s| s.errors);
+        counter(&mut out, "silo_throttles_total", "Invocations refused by a concurrency limit.", &|s| s.throttles);
+        counter(&mut out, "silo_cold_starts_total", "Execution environments (microVMs) created.", &|s| s.cold_starts);
+        let name = "silo_invocation_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Invocation time through the scheduler, cold starts included.\n# TYPE {name} histogram");
+        for ((f, t), s) in &m {
+            let l = label(f, t);
+            for (i, le) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {}", s.buckets[i]);
+            }
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", s.duration_count);
+            let _ = writeln!(out, "{name}_sum{{{l}}} {}", s.duration_sum);
+            let _ = writeln!(out, "{name}_count{{{l}}} {}", s.duration_count);
+        }
+        let _ = writeln!(out, "# HELP silo_environments Execution environments alive (busy, idle or booting).\n# TYPE silo_environments gauge");
+        for (f, n) in sorted(&stats.environments) {
+            let _ = writeln!(out, "silo_environments{{function=\"{}\"}} {n}", escape(f));
+        }
+        let _ = writeln!(out, "# HELP silo_in_flight Invocations running now.\n# TYPE silo_in_flight gauge");
+        for (f, n) in sorted(&stats.in_flight) {
+            let _ = writeln!(out, "silo_in_flight{{function=\"{}\"}} {n}", escape(f));
+        }
+        let _ = writeln!(out, "# HELP silo_idle_environments Idle execution environments, by tenant.\n# TYPE silo_idle_environments gauge");
+        let mut idle: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for (b, n) in &stats.idle {
+            let t = b.tenant.as_ref().map(|t| t.as_str()).unwrap_or("");
+            *idle.entry((b.function.name.clone(), t.to_string())).or_default() += n;
+        }
+        for ((f, t), n) in idle {
+            let _ = writeln!(out, "silo_idle_environments{{{}}} {n}", label(&f, &t));
+        }
+        let c = &stats.counters;
+        for (name, help, v) in [
+            ("silo_environments_destroyed_total", "Environments destroyed for any reason.", c.destroyed),
+            ("silo_environment_failures_total", "Environments destroyed because they failed.", c.env_failures),
+            ("silo_environments_evicted_total", "Idle environments evicted at the environment cap.", c.evictions),
+            ("silo_environments_reaped_total", "Idle environments reaped after the idle timeout.", c.reaped),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        out
+    }
+}
+
+fn sorted<V: Copy>(m: &std::collections::HashMap<String, V>) -> Vec<(&String, V)> {
+    let mut v: Vec<_> = m.iter().map(|(k, v)| (k, *v)).collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_tenant_series() {
+        let m = Metrics::default();
+        m.record("f", Some("tenant-A"), Ending::Ok, true, Duration::from_millis(30));
+        m.record("f", Some("tenant-A"), Ending::Error, false, Duration::from_millis(3));
+        m.record("f", Some("tenant-\"B"), Ending::Throttled, false, Duration::ZERO);
+        let text = m.render(&Stats::default());
+        assert!(text.contains("silo_invocations_total{function=\"f\",tenant_id=\"tenant-A\"} 2"), "{text}");
+        assert!(text.contains("silo_invocation_errors_total{function=\"f\",tenant_id=\"tenant-A\"} 1"));
+        assert!(text.contains("silo_cold_starts_total{function=\"f\",tenant_id=\"tenant-A\"} 1"));
+        assert!(text.contains("silo_throttles_total{function=\"f\",tenant_id=\"tenant-\\\"B\"} 1"));
+        assert!(text.contains("silo_invocation_duration_seconds_bucket{function=\"f\",tenant_id=\"tenant-A\",le=\"0.005\"} 1"));
+        assert!(text.contains("silo_invocation_duration_seconds_count{function=\"f\",tenant_id=\"tenant-A\"} 2"));
+    }
+}

@@ -1,0 +1,413 @@
+//! The host daemon's state: functions (persisted in the [`store`]), the
+//! tenant scheduler over microVMs, per-tenant [`metrics`], the queue of
+//! asynchronous invocations and the idle reaper. The HTTP layer in
+//! `crate::api` translates Lambda requests into calls on [`Daemon`].
+
+pub mod config;
+pub mod metrics;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use silo_proto::{AgentConfig, Message, Outcome};
+use silo_scheduler::{Binding, FunctionKey, InvokeReport, Limits, ScheduleError, Scheduler, TenantId};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::vm_backend::{VmBackend, VmRequest};
+use crate::vm_env::{EnvError, InvokeResult};
+use config::DaemonConfig;
+use metrics::{Ending, Metrics};
+use store::{FunctionRecord, Store, StoreError};
+
+/// What the daemon boots VMs from.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Static guest agent binary.
+    pub agent: PathBuf,
+}
+
+/// The result of a synchronous invocation through the scheduler.
+pub type InvokeOutcome = Result<InvokeReport<InvokeResult>, ScheduleError<EnvError>>;
+
+/// One queued asynchronous invocation.
+struct EventJob {
+    function: String,
+    tenant: Option<TenantId>,
+    payload: Vec<u8>,
+    request_id: String,
+}
+
+/// Function errors of an Event invocation are retried this many times, as
+/// Lambda's default `MaximumRetryAttempts`.
+const EVENT_RETRIES: u32 = 2;
+/// Throttled Event invocations are retried for about this long.
+const EVENT_THROTTLE_RETRY: Duration = Duration::from_secs(120);
+
+/// The daemon.
+pub struct Daemon {
+    /// Configuration in force.
+    pub config: DaemonConfig,
+    images: Images,
+    store: Store,
+    functions: Mutex<BTreeMap<String, FunctionRecord>>,
+    scheduler: Scheduler<VmBackend>,
+    /// Invocation counters.
+    pub metrics: Metrics,
+    events: mpsc::Sender<EventJob>,
+    run_dir: PathBuf,
+}
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be used.
+    #[error("data directory: {0}")]
+    Store(#[from] StoreError),
+    /// A stored function's image could not be built.
+    #[error("function {0}: {1}")]
+    Image(String, String),
+}
+
+/// A fresh random id in the UUID text form (v4 layout).
+pub fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Lambda's `LastModified` format of now.
+pub fn now_iso8601() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let d = crate::api::sigv4::format_amz_date(now.as_secs() as i64);
+    format!(
+        "{}-{}-{}T{}:{}:{}.{:03}+0000",
+        &d[0..4],
+        &d[4..6],
+        &d[6..8],
+        &d[9..11],
+        &d[11..13],
+        &d[13..15],
+        now.subsec_millis()
+    )
+}
+
+impl Daemon {
+    /// Opens the data directory, registers every stored function's image
+    /// and starts the event workers and the idle reaper. Must run inside a
+    /// tokio runtime.
+    pub fn start(config: DaemonConfig, images: Images) -> Result<Arc<Self>, StartError> {
+        let store = Store::open(&config.data_dir)?;
+        let run_dir = config.data_dir.join("run");
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let backend = VmBackend::new(images.kernel.clone(), run_dir.clone(), Duration::from_secs(120));
+        let (tx, rx) = mpsc::channel(config.limits.event_queue.max(1));
+        let (records, bad) = store.load();
+        for b in bad {
+            tracing::error!(file = %b, "skipping an unreadable function record");
+        }
+        let daemon = Arc::new(Self {
+            scheduler: Scheduler::new(backend),
+            store,
+            functions: Mutex::new(BTreeMap::new()),
+            metrics: Metrics::default(),
+            events: tx,
+            images,
+            run_dir,
+            config,
+        });
+        for rec in records {
+            let name = rec.name.clone();
+            match daemon.store.code(&rec.code_sha256) {
+                Ok(code) => daemon
+                    .register(&rec, &code)
+                    .map_err(|e| StartError::Image(name.clone(), e))?,
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "skipping a function whose code is missing");
+                    continue;
+                }
+            }
+            daemon.lock().insert(name, rec);
+        }
+        tokio::spawn(event_worker(daemon.clone(), rx));
+        tokio::spawn(reaper(daemon.clone()));
+        Ok(daemon)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FunctionRecord>> {
+        self.functions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ARN of function `name`.
+    pub fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:lambda:{}:{}:function:{name}",
+            self.config.region, self.config.account_id
+        )
+    }
+
+    fn key(rec: &FunctionRecord) -> FunctionKey {
+        FunctionKey {
+            name: rec.name.clone(),
+            version: format!("{}@{}", rec.name, rec.revision_id),
+        }
+    }
+
+    fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), String> {
+        let cfg = AgentConfig {
+            function_name: rec.name.clone(),
+            function_arn: self.arn(&rec.name),
+            handler: rec.handler.clone(),
+            memory_mib: rec.memory_mib,
+            timeout_s: rec.timeout_s,
+            environment: rec.environment.clone(),
+            region: self.config.region.clone(),
+            ..AgentConfig::default()
+        };
+        self.scheduler
+            .backend()
+            .register(&Self::key(rec).version, &self.images.agent, cfg, code)
+    }
+
+    /// A function's record.
+    pub fn get(&self, name: &str) -> Option<FunctionRecord> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Every function, by name.
+    pub fn list(&self) -> Vec<FunctionRecord> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Adds a function (the caller checked the package). `Ok(false)` if the
+    /// name is taken.
+    pub fn create(&self, rec: FunctionRecord, code: &[u8]) -> Result<bool, String> {
+        if self.lock().contains_key(&rec.name) {
+            return Ok(false);
+        }
+        self.register(&rec, code)?;
+        self.store.put_code(&rec.code_sha256, code).map_err(|e| e.to_string())?;
+        let mut fns = self.lock();
+        if fns.contains_key(&rec.name) {
+            return Ok(false);
+        }
+        self.store.put(&rec).map_err(|e| e.to_string())?;
+        tracing::info!(function = %rec.name, per_tenant = rec.per_tenant, code_sha256 = %rec.code_sha256, "function created");
+        fns.insert(rec.name.clone(), rec);
+        Ok(true)
+    }
+
+    /// Replaces a function's record: new code or configuration means a new
+    /// revision; environments of the old one finish their work and go.
+    pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), String> {
+        self.register(&rec, code)?;
+        self.store.put_code(&rec.code_sha256, code).map_err(|e| e.to_string())?;
+        let old = {
+            let mut fns = self.lock();
+            self.store.put(&rec).map_err(|e| e.to_string())?;
+            fns.insert(rec.name.clone(), rec.clone())
+        };
+        let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
+        self.store.collect_code();
+        if let Some(old) = old {
+            self.scheduler.backend().unregister(&Self::key(&old).version);
+        }
+        tracing::info!(function = %rec.name, revision_id = %rec.revision_id, idle_environments_destroyed = drained, "function updated");
+        Ok(())
+    }
+
+    /// A stored package.
+    pub fn code(&self, sha256_hex: &str) -> Result<Vec<u8>, StoreError> {
+        self.store.code(sha256_hex)
+    }
+
+    /// Stores a changed reserved concurrency (no new revision: environments
+    /// stay; the new limit applies to the next invocation).
+    pub fn set_concurrency(&self, rec: &FunctionRecord) -> Result<(), String> {
+        let mut fns = self.lock();
+        if !fns.contains_key(&rec.name) {
+            return Err("the function was deleted meanwhile".into());
+        }
+        self.store.put(rec).map_err(|e| e.to_string())?;
+        fns.insert(rec.name.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// Deletes a function and destroys its environments (busy ones when
+    /// their invocation ends). `Ok(false)` if there was no such function.
+    pub async fn delete(&self, name: &str) -> Result<bool, String> {
+        let old = {
+            let mut fns = self.lock();
+            if !fns.contains_key(name) {
+                return Ok(false);
+            }
+            self.store.delete(name).map_err(|e| e.to_string())?;
+            fns.remove(name)
+        };
+        let destroyed = self.scheduler.retire_function(name).await;
+        if let Some(old) = old {
+            self.scheduler.backend().unregister(&Self::key(&old).version);
+        }
+        tracing::info!(function = %name, environments_destroyed = destroyed, "function deleted");
+        Ok(true)
+    }
+
+    fn limits(&self, rec: &FunctionRecord) -> Limits {
+        let l = &self.config.limits;
+        let concurrency = rec.reserved_concurrency.unwrap_or(l.concurrency);
+        Limits {
+            concurrency,
+            per_tenant: l.per_tenant.min(concurrency.max(1)),
+            env_cap_factor: 2.5,
+            idle_timeout: Duration::from_secs(l.idle_timeout_s),
+        }
+    }
+
+    /// Runs one invocation now (RequestResponse) and records its metrics.
+    pub async fn invoke(
+        &self,
+        rec: &FunctionRecord,
+        tenant: Option<TenantId>,
+        payload: Vec<u8>,
+        request_id: &str,
+    ) -> InvokeOutcome {
+        let started = Instant::now();
+        let deadline = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + Duration::from_secs(u64::from(rec.timeout_s));
+        let timeout = Duration::from_secs(u64::from(rec.timeout_s));
+        let message = Message::Invoke {
+            request_id: request_id.to_string(),
+            tenant_id: tenant.as_ref().map(|t| t.as_str().to_string()),
+            deadline_unix_ms: deadline.as_millis() as u64,
+            function_arn: self.arn(&rec.name),
+            trace_id: format!("Root=1-{:08x}-{}", deadline.as_secs(), &request_id.replace('-', "")[..24]),
+            payload,
+        };
+        let binding = Binding {
+            function: Self::key(rec),
+            tenant: tenant.clone(),
+        };
+        let result = self
+            .scheduler
+            .invoke(binding, self.limits(rec), VmRequest { message, timeout })
+            .await;
+        let t = tenant.as_ref().map(|t| t.as_str());
+        let (ending, cold) = match &result {
+            Ok(r) => (
+                if matches!(r.response.outcome, Outcome::Ok(_)) { Ending::Ok } else { Ending::Error },
+                r.cold_start,
+            ),
+            Err(ScheduleError::Throttled(_)) => (Ending::Throttled, false),
+            Err(ScheduleError::Environment(_)) => (Ending::Error, false),
+            Err(_) => (Ending::Error, true),
+        };
+        self.metrics.record(&rec.name, t, ending, cold, started.elapsed());
+        result
+    }
+
+    /// Queues an asynchronous invocation; `false` if the queue is full.
+    pub fn enqueue(&self, function: &str, tenant: Option<TenantId>, payload: Vec<u8>, request_id: String) -> bool {
+        self.events
+            .try_send(EventJob {
+                function: function.to_string(),
+                tenant,
+                payload,
+                request_id,
+            })
+            .is_ok()
+    }
+
+    /// The Prometheus text of the metrics.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.scheduler.stats())
+    }
+
+    /// Destroys every idle environment (daemon shutdown).
+    pub async fn shutdown(&self) -> usize {
+        let n = self.scheduler.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        n
+    }
+}
+
+/// Runs queued Event invocations, each in its own task, with Lambda-style
+/// retries: function errors twice more, throttles with backoff for a while.
+async fn event_worker(daemon: Arc<Daemon>, mut rx: mpsc::Receiver<EventJob>) {
+    while let Some(job) = rx.recv().await {
+        let d = daemon.clone();
+        let job_function = job.function.clone();
+        let job_tenant = job.tenant.as_ref().map(|t| t.as_str().to_string());
+        let job_request_id = job.request_id.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut errors = 0;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let Some(rec) = d.get(&job.function) else {
+                    tracing::warn!("function deleted before its queued event ran; dropping the event");
+                    return;
+                };
+                match d.invoke(&rec, job.tenant.clone(), job.payload.clone(), &job.request_id).await {
+                    Ok(r) if matches!(r.response.outcome, Outcome::Ok(_)) => {
+                        tracing::info!(cold_start = r.cold_start, "event invocation succeeded");
+                        return;
+                    }
+                    Err(ScheduleError::Throttled(reason)) if started.elapsed() < EVENT_THROTTLE_RETRY => {
+                        tracing::info!(?reason, retry_in_ms = backoff.as_millis() as u64, "event invocation throttled; will retry");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                    other => {
+                        let why = match &other {
+                            Ok(r) => format!("{:?}", r.response.outcome),
+                            Err(e) => e.to_string(),
+                        };
+                        if errors >= EVENT_RETRIES {
+                            tracing::warn!(error = %why, attempts = errors + 1, "event invocation failed; giving up");
+                            return;
+                        }
+                        errors += 1;
+                        tracing::info!(error = %why, attempt = errors, "event invocation failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(u64::from(errors))).await;
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("event", function = %job_function, tenant_id = ?job_tenant, request_id = %job_request_id)));
+    }
+}
+
+/// Reaps idle environments past the idle timeout.
+async fn reaper(daemon: Arc<Daemon>) {
+    let timeout = Duration::from_secs(daemon.config.limits.idle_timeout_s);
+    let period = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(period).await;
+        let n = daemon.scheduler.reap_idle(timeout).await;
+        if n > 0 {
+            tracing::info!(reaped = n, "idle environments reaped");
+        }
+    }
+}

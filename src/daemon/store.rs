@@ -1,0 +1,255 @@
+//! Durable function state under the data directory:
+//!
+//! ```text
+//! <data>/functions/<name>.json   one record per function
+//! <data>/code/<sha256-hex>.zip   packages, content-addressed
+//! ```
+//!
+//! Every file is written to a temporary name, flushed with fsync, renamed
+//! over the final name, and the directory is fsynced: a crash at any point
+//! leaves either the old or the new file, never a torn one. Code is written
+//! before the record that names it, so an acknowledged record always has its
+//! code. Records that fail to parse at start are reported and skipped, not
+//! fatal: one bad file never takes the other functions down.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A function as stored and served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionRecord {
+    /// Function name.
+    pub name: String,
+    /// Custom runtime id (`provided.al2023`, `provided.al2`, `provided`).
+    pub runtime: String,
+    /// IAM role ARN, stored as given.
+    pub role: String,
+    /// Handler (passed to the runtime as `_HANDLER`).
+    pub handler: String,
+    /// Description.
+    pub description: String,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Invocation timeout.
+    pub timeout_s: u32,
+    /// Environment variables.
+    pub environment: BTreeMap<String, String>,
+    /// Whether each tenant gets its own environments (`PER_TENANT`).
+    pub per_tenant: bool,
+    /// SHA-256 of the package, hex.
+    pub code_sha256: String,
+    /// Package size in bytes.
+    pub code_size: u64,
+    /// Changes with every update; names the scheduler's function version.
+    pub revision_id: String,
+    /// ISO 8601 time of the last change.
+    pub last_modified: String,
+    /// Reserved concurrency, if set.
+    pub reserved_concurrency: Option<u32>,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encoding the record of {0}: {1}")]
+    Encode(String, serde_json::Error),
+}
+
+/// The data directory.
+pub struct Store {
+    root: PathBuf,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `data` to `path` atomically and durably.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("store paths have a parent");
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
+    f.write_all(data).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("renaming into", path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing directory", dir))
+}
+
+impl Store {
+    /// Opens (creating) the data directory.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for sub in ["functions", "code"] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root.join("functions").join(format!("{name}.json"))
+    }
+
+    fn code_path(&self, sha256_hex: &str) -> PathBuf {
+        self.root.join("code").join(format!("{sha256_hex}.zip"))
+    }
+
+    /// Stores a package under its hash (a no-op if already there).
+    pub fn put_code(&self, sha256_hex: &str, zip: &[u8]) -> Result<(), StoreError> {
+        let p = self.code_path(sha256_hex);
+        if p.exists() {
+            return Ok(());
+        }
+        write_atomic(&p, zip)
+    }
+
+    /// Reads a package.
+    pub fn code(&self, sha256_hex: &str) -> Result<Vec<u8>, StoreError> {
+        let p = self.code_path(sha256_hex);
+        std::fs::read(&p).map_err(io("reading", &p))
+    }
+
+    /// Writes a function's record (create or replace).
+    pub fn put(&self, rec: &FunctionRecord) -> Result<(), StoreError> {
+        let data = serde_json::to_vec_pretty(rec)
+            .map_err(|e| StoreError::Encode(rec.name.clone(), e))?;
+        write_atomic(&self.record_path(&rec.name), &data)
+    }
+
+    /// Removes a function's record; its code goes if no other record uses it.
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let p = self.record_path(name);
+        std::fs::remove_file(&p).map_err(io("removing", &p))?;
+        let dir = self.root.join("functions");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing directory", &dir))?;
+        self.collect_code();
+        Ok(())
+    }
+
+    /// Removes packages no record names.
+    pub fn collect_code(&self) {
+        let (records, _) = self.load();
+        let used: std::collections::HashSet<String> =
+            records.into_iter().map(|r| r.code_sha256).collect();
+        let Ok(entries) = std::fs::read_dir(self.root.join("code")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hash) = name.strip_suffix(".zip") {
+                if !used.contains(hash) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Every readable record, and a message for each file that is not.
+    pub fn load(&self) -> (Vec<FunctionRecord>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        let dir = self.root.join("functions");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                bad.push(format!("{}: {e}", dir.display()));
+                return (out, bad);
+            }
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
+            {
+                Ok(r) => out.push(r),
+                Err(e) => bad.push(format!("{}: {e}", p.display())),
+            }
+        }
+        out.sort_by(|a: &FunctionRecord, b| a.name.cmp(&b.name));
+        (out, bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, sha: &str) -> FunctionRecord {
+        FunctionRecord {
+            name: name.into(),
+            runtime: "provided.al2023".into(),
+            role: "arn:aws:iam::000000000000:role/r".into(),
+            handler: "bootstrap".into(),
+            description: String::new(),
+            memory_mib: 128,
+            timeout_s: 3,
+            environment: BTreeMap::new(),
+            per_tenant: true,
+            code_sha256: sha.into(),
+            code_size: 3,
+            revision_id: "r1".into(),
+            last_modified: "2026-11-24T00:00:00.000+0000".into(),
+            reserved_concurrency: None,
+        }
+    }
+
+    #[test]
+    fn records_and_code_survive_reopen_and_bad_files_are_reported() {
+        let dir = std::env::temp_dir().join(format!("silo-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        s.put_code("aa", b"zip").unwrap();
+        s.put(&record("f1", "aa")).unwrap();
+        s.put(&record("f2", "aa")).unwrap();
+        std::fs::write(dir.join("functions/broken.json"), b"{not json").unwrap();
+        // A leftover temporary file from a crash mid-write is ignored.
+        std::fs::write(dir.join("functions/.f3.json.tmp-1"), b"{").unwrap();
+        let s = Store::open(&dir).unwrap();
+        let (recs, bad) = s.load();
+        assert_eq!(
+            recs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["f1", "f2"]
+        );
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("broken.json"), "{bad:?}");
+        assert_eq!(s.code("aa").unwrap(), b"zip");
+        s.delete("f1").unwrap();
+        assert_eq!(s.code("aa").unwrap(), b"zip", "still used by f2");
+        s.delete("f2").unwrap();
+        assert!(s.code("aa").is_err(), "unused code is collected");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,20 @@
+//! `silo`: the host daemon and CLI, as a library so the binary and the
+//! end-to-end tests share one implementation.
+//!
+//! - [`daemon`] and [`api`]: `silo serve`, the Lambda-compatible HTTP API
+//!   over the tenant scheduler and microVMs;
+//! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment;
+//! - [`client`]: a small signed client of the API;
+//! - `cmd_*`: the subcommands.
+
+pub mod api;
+pub mod client;
+pub mod cmd_bench;
+pub mod cmd_client;
+pub mod cmd_demo;
+pub mod cmd_run;
+pub mod cmd_serve;
+pub mod cmd_vmm;
+pub mod daemon;
+pub mod vm_backend;
+pub mod vm_env;
