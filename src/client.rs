@@ -142,8 +142,14 @@ impl LambdaClient {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs() as i64;
-            let (date, auth) =
-                sigv4::sign(&parts, &c.access_key, &c.secret, &self.region, "lambda", now);
+            let (date, auth) = sigv4::sign(
+                &parts,
+                &c.access_key,
+                &c.secret,
+                &self.region,
+                "lambda",
+                now,
+            );
             req = req.set("x-amz-date", &date).set("authorization", &auth);
         }
         let result = if body.is_empty() && method != "POST" && method != "PUT" {

@@ -44,7 +44,11 @@ pub struct CreateArgs {
     #[arg(long)]
     name: String,
     /// A zip package with a `bootstrap` at its root.
-    #[arg(long, conflicts_with = "bootstrap", required_unless_present = "bootstrap")]
+    #[arg(
+        long,
+        conflicts_with = "bootstrap",
+        required_unless_present = "bootstrap"
+    )]
     zip: Option<PathBuf>,
     /// A single executable to package as `bootstrap`.
     #[arg(long)]

@@ -66,9 +66,11 @@ impl ServeArgs {
         cfg.allow_unauthenticated = self.allow_unauthenticated;
         cfg.check()?;
         if cfg.credentials.is_empty() && !cfg.allow_unauthenticated {
-            return Err("no credentials are configured: add [[credentials]] to the configuration file \
+            return Err(
+                "no credentials are configured: add [[credentials]] to the configuration file \
                  (--config), or pass --allow-unauthenticated for local use"
-                .into());
+                    .into(),
+            );
         }
         Ok(cfg)
     }

@@ -132,7 +132,9 @@ impl Environment for VmEnvironment {
     async fn invoke(&mut self, req: VmRequest) -> Result<InvokeResult, EnvError> {
         let result = self.env.invoke(req.message, req.timeout).await?;
         match &result.outcome {
-            Outcome::Err(e) if e.error_type == "Runtime.ExitError" || e.error_type == "Sandbox.Timedout" => {
+            Outcome::Err(e)
+                if e.error_type == "Runtime.ExitError" || e.error_type == "Sandbox.Timedout" =>
+            {
                 Err(EnvError::FunctionCrashed(Box::new(result)))
             }
             _ => Ok(result),

@@ -44,7 +44,9 @@ impl Principal {
             Principal::Admin { .. } => Ok(()),
             Principal::Tenants { access_key, .. } => Err(ApiError::forbidden(
                 "AccessDeniedException",
-                format!("access key {access_key} is restricted to tenants and may not call {operation}"),
+                format!(
+                    "access key {access_key} is restricted to tenants and may not call {operation}"
+                ),
             )),
         }
     }
@@ -103,13 +105,21 @@ pub fn authenticate(daemon: &Daemon, parts: &Parts, body: &[u8]) -> Result<Princ
     if auth.service != "lambda" {
         return Err(ApiError::forbidden(
             "InvalidSignatureException",
-            format!("Credential should be scoped to correct service: 'lambda', not {:?}", auth.service),
+            format!(
+                "Credential should be scoped to correct service: 'lambda', not {:?}",
+                auth.service
+            ),
         ));
     }
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let signed = sigv4::SignedParts {
         method: parts.method.as_str(),

@@ -435,7 +435,9 @@ pub async fn put_concurrency(
         .reserved_concurrent_executions
         .filter(|n| (0..=10_000).contains(n))
         .ok_or_else(|| {
-            ApiError::invalid_parameter("ReservedConcurrentExecutions must be a number from 0 to 10000")
+            ApiError::invalid_parameter(
+                "ReservedConcurrentExecutions must be a number from 0 to 10000",
+            )
         })? as u32;
     let mut rec = lookup(&d, &raw)?;
     rec.reserved_concurrency = Some(n);

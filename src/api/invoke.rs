@@ -75,7 +75,8 @@ pub async fn invoke(
             ApiError::invalid_parameter(format!("Invalid tenant ID (X-Amz-Tenant-Id): {e}"))
         })?),
     };
-    a.principal.require_tenant(tenant.as_ref().map(|t| t.as_str()))?;
+    a.principal
+        .require_tenant(tenant.as_ref().map(|t| t.as_str()))?;
     let kind = match header(&a.parts.headers, "x-amz-invocation-type") {
         None | Some("RequestResponse") => InvocationType::RequestResponse,
         Some("Event") => InvocationType::Event,
@@ -107,7 +108,10 @@ pub async fn invoke(
     let tenant_id = tenant.as_ref().map(|t| t.as_str().to_string());
     let span = tracing::info_span!("invoke", function = %name, tenant_id = ?tenant_id, request_id = %request_id);
     match kind {
-        InvocationType::DryRun => Ok(with_request_id(StatusCode::NO_CONTENT.into_response(), &request_id)),
+        InvocationType::DryRun => Ok(with_request_id(
+            StatusCode::NO_CONTENT.into_response(),
+            &request_id,
+        )),
         InvocationType::Event => {
             if payload.len() > MAX_EVENT_PAYLOAD {
                 return Err(ApiError::too_large(format!(
@@ -121,7 +125,10 @@ pub async fn invoke(
                 ));
             }
             span.in_scope(|| tracing::info!("event invocation queued"));
-            Ok(with_request_id(StatusCode::ACCEPTED.into_response(), &request_id))
+            Ok(with_request_id(
+                StatusCode::ACCEPTED.into_response(),
+                &request_id,
+            ))
         }
         InvocationType::RequestResponse => {
             async move {
@@ -179,11 +186,18 @@ fn function_error(
     memory_mib: u32,
     cold: Option<(bool, u64)>,
 ) -> Response {
-    let body = serde_json::json!({ "errorType": info.error_type, "errorMessage": info.error_message });
+    let body =
+        serde_json::json!({ "errorType": info.error_type, "errorMessage": info.error_message });
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     let h = resp.headers_mut();
-    h.insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
-    h.insert("X-Amz-Executed-Version", HeaderValue::from_static("$LATEST"));
+    h.insert(
+        "X-Amz-Function-Error",
+        HeaderValue::from_static("Unhandled"),
+    );
+    h.insert(
+        "X-Amz-Executed-Version",
+        HeaderValue::from_static("$LATEST"),
+    );
     if let (true, Some(r)) = (tail, result) {
         let t = base64::engine::general_purpose::STANDARD.encode(log_tail(id, r, None, memory_mib));
         if let Ok(v) = HeaderValue::from_str(&t) {
@@ -191,7 +205,10 @@ fn function_error(
         }
     }
     if let Some((c, env)) = cold {
-        h.insert("X-Silo-Cold-Start", HeaderValue::from_static(if c { "true" } else { "false" }));
+        h.insert(
+            "X-Silo-Cold-Start",
+            HeaderValue::from_static(if c { "true" } else { "false" }),
+        );
         h.insert("X-Silo-Environment-Id", HeaderValue::from(env));
     }
     resp
@@ -212,11 +229,22 @@ fn respond(
                     let mut resp = (StatusCode::OK, body.clone()).into_response();
                     let h = resp.headers_mut();
                     h.insert("content-type", HeaderValue::from_static("application/json"));
-                    h.insert("X-Amz-Executed-Version", HeaderValue::from_static("$LATEST"));
-                    h.insert("X-Silo-Cold-Start", HeaderValue::from_static(if report.cold_start { "true" } else { "false" }));
+                    h.insert(
+                        "X-Amz-Executed-Version",
+                        HeaderValue::from_static("$LATEST"),
+                    );
+                    h.insert(
+                        "X-Silo-Cold-Start",
+                        HeaderValue::from_static(if report.cold_start { "true" } else { "false" }),
+                    );
                     h.insert("X-Silo-Environment-Id", HeaderValue::from(report.env_id));
                     if tail {
-                        let t = base64::engine::general_purpose::STANDARD.encode(log_tail(id, r, report.init_duration, memory_mib));
+                        let t = base64::engine::general_purpose::STANDARD.encode(log_tail(
+                            id,
+                            r,
+                            report.init_duration,
+                            memory_mib,
+                        ));
                         if let Ok(v) = HeaderValue::from_str(&t) {
                             h.insert("X-Amz-Log-Result", v);
                         }
@@ -237,21 +265,40 @@ fn respond(
         Err(ScheduleError::Environment(EnvError::FunctionCrashed(r))) => {
             let info = match &r.outcome {
                 Outcome::Err(i) => i.clone(),
-                Outcome::Ok(_) => ErrorInfo { error_type: "Runtime.ExitError".into(), error_message: "the runtime exited".into() },
+                Outcome::Ok(_) => ErrorInfo {
+                    error_type: "Runtime.ExitError".into(),
+                    error_message: "the runtime exited".into(),
+                },
             };
             Ok(function_error(&info, Some(&r), id, tail, memory_mib, None))
         }
         Err(ScheduleError::Environment(EnvError::TimedOut)) => Ok(function_error(
-            &ErrorInfo { error_type: "Sandbox.Timedout".into(), error_message: format!("RequestId: {id} Error: Task timed out") },
-            None, id, tail, memory_mib, None,
+            &ErrorInfo {
+                error_type: "Sandbox.Timedout".into(),
+                error_message: format!("RequestId: {id} Error: Task timed out"),
+            },
+            None,
+            id,
+            tail,
+            memory_mib,
+            None,
         )),
         Err(ScheduleError::Environment(e)) => Ok(function_error(
-            &ErrorInfo { error_type: "Runtime.ExitError".into(), error_message: format!("RequestId: {id} Error: {e}") },
-            None, id, tail, memory_mib, None,
+            &ErrorInfo {
+                error_type: "Runtime.ExitError".into(),
+                error_message: format!("RequestId: {id} Error: {e}"),
+            },
+            None,
+            id,
+            tail,
+            memory_mib,
+            None,
         )),
         Err(ScheduleError::Create(e)) => {
             tracing::error!(error = %e, "could not create an execution environment");
-            Err(ApiError::service(format!("could not start an execution environment: {e}")))
+            Err(ApiError::service(format!(
+                "could not start an execution environment: {e}"
+            )))
         }
         Err(ScheduleError::Internal(e)) => Err(ApiError::service(e)),
     }

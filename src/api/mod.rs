@@ -44,12 +44,18 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/2015-03-31/functions/{name}/configuration",
             get(functions::get_configuration).put(functions::update_configuration),
         )
-        .route("/2015-03-31/functions/{name}/code", put(functions::update_code))
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            put(functions::update_code),
+        )
         .route(
             "/2017-10-31/functions/{name}/concurrency",
             put(functions::put_concurrency).delete(functions::delete_concurrency),
         )
-        .route("/2015-03-31/functions/{name}/invocations", post(invoke::invoke))
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(invoke::invoke),
+        )
         .route("/metrics", get(metrics))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -97,12 +103,18 @@ pub(crate) async fn read_authed(
             "Request must be smaller than {limit} bytes for the {what} operation"
         ))
     };
+    // Oversized bodies are read (up to the largest request the API takes)
+    // before answering, so the client sees the 413 rather than a reset.
     if declared.is_some_and(|n| n > limit) {
+        let _ = axum::body::to_bytes(body, MAX_CODE_REQUEST).await;
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit)
+    let body = axum::body::to_bytes(body, limit.max(MAX_CODE_REQUEST))
         .await
         .map_err(|_| too_large())?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
     let principal = auth::authenticate(daemon, &parts, &body)?;
     Ok(Authed {
         parts,

@@ -443,10 +443,7 @@ mod tests {
             ..parts
         };
         assert_eq!(verify(&ok, &auth, "secret", now + 60), Ok(()));
-        assert_eq!(
-            verify(&ok, &auth, "other", now),
-            Err(SigV4Error::Mismatch)
-        );
+        assert_eq!(verify(&ok, &auth, "other", now), Err(SigV4Error::Mismatch));
         assert!(matches!(
             verify(&ok, &auth, "secret", now + 3600),
             Err(SigV4Error::Expired(_))
@@ -478,14 +475,21 @@ mod tests {
             Err(SigV4Error::Malformed(_))
         ));
         assert!(matches!(
-            parse_authorization("AWS4-HMAC-SHA256 Credential=a/b, SignedHeaders=host, Signature=00"),
+            parse_authorization(
+                "AWS4-HMAC-SHA256 Credential=a/b, SignedHeaders=host, Signature=00"
+            ),
             Err(SigV4Error::Malformed(_))
         ));
     }
 
     #[test]
     fn dates_round_trip() {
-        for s in ["19700101T000000Z", "20150830T123600Z", "20261124T235959Z", "20000229T120000Z"] {
+        for s in [
+            "19700101T000000Z",
+            "20150830T123600Z",
+            "20261124T235959Z",
+            "20000229T120000Z",
+        ] {
             assert_eq!(format_amz_date(parse_amz_date(s).unwrap()), s);
         }
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));

@@ -130,10 +130,10 @@ pub enum ConfigError {
 impl DaemonConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
         let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))?;
-        cfg.check().map_err(|m| ConfigError::Invalid(path.into(), m))?;
+        cfg.check()
+            .map_err(|m| ConfigError::Invalid(path.into(), m))?;
         Ok(cfg)
     }
 
@@ -148,7 +148,9 @@ impl DaemonConfig {
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {
             if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
-                return Err("credentials: access_key_id and secret_access_key must not be empty".into());
+                return Err(
+                    "credentials: access_key_id and secret_access_key must not be empty".into(),
+                );
             }
             if !seen.insert(&c.access_key_id) {
                 return Err(format!(

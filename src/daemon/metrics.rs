@@ -43,7 +43,9 @@ pub struct Metrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -84,19 +86,44 @@ impl Metrics {
 
     /// The Prometheus text exposition of these counters and `stats`.
     pub fn render(&self, stats: &Stats) -> String {
-        let m = self.series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let m = self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = String::new();
-        let label = |f: &str, t: &str| format!("function=\"{}\",tenant_id=\"{}\"", escape(f), escape(t));
+        let label =
+            |f: &str, t: &str| format!("function=\"{}\",tenant_id=\"{}\"", escape(f), escape(t));
         let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&Series) -> u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((f, t), s) in &m {
                 let _ = writeln!(out, "{name}{{{}}} {}", label(f, t), get(s));
             }
         };
-        counter(&mut out, "silo_invocations_total", "Invocations received, by tenant.", &|s| s.invocations);
-        counter(&mut out, "silo_invocation_errors_total", "Invocations that ended in a function or environment error.", &|s| s.errors);
-        counter(&mut out, "silo_throttles_total", "Invocations refused by a concurrency limit.", &|s| s.throttles);
-        counter(&mut out, "silo_cold_starts_total", "Execution environments (microVMs) created.", &|s| s.cold_starts);
+        counter(
+            &mut out,
+            "silo_invocations_total",
+            "Invocations received, by tenant.",
+            &|s| s.invocations,
+        );
+        counter(
+            &mut out,
+            "silo_invocation_errors_total",
+            "Invocations that ended in a function or environment error.",
+            &|s| s.errors,
+        );
+        counter(
+            &mut out,
+            "silo_throttles_total",
+            "Invocations refused by a concurrency limit.",
+            &|s| s.throttles,
+        );
+        counter(
+            &mut out,
+            "silo_cold_starts_total",
+            "Execution environments (microVMs) created.",
+            &|s| s.cold_starts,
+        );
         let name = "silo_invocation_duration_seconds";
         let _ = writeln!(out, "# HELP {name} Invocation time through the scheduler, cold starts included.\n# TYPE {name} histogram");
         for ((f, t), s) in &m {
@@ -112,7 +139,10 @@ impl Metrics {
         for (f, n) in sorted(&stats.environments) {
             let _ = writeln!(out, "silo_environments{{function=\"{}\"}} {n}", escape(f));
         }
-        let _ = writeln!(out, "# HELP silo_in_flight Invocations running now.\n# TYPE silo_in_flight gauge");
+        let _ = writeln!(
+            out,
+            "# HELP silo_in_flight Invocations running now.\n# TYPE silo_in_flight gauge"
+        );
         for (f, n) in sorted(&stats.in_flight) {
             let _ = writeln!(out, "silo_in_flight{{function=\"{}\"}} {n}", escape(f));
         }
@@ -120,19 +150,40 @@ impl Metrics {
         let mut idle: BTreeMap<(String, String), usize> = BTreeMap::new();
         for (b, n) in &stats.idle {
             let t = b.tenant.as_ref().map(|t| t.as_str()).unwrap_or("");
-            *idle.entry((b.function.name.clone(), t.to_string())).or_default() += n;
+            *idle
+                .entry((b.function.name.clone(), t.to_string()))
+                .or_default() += n;
         }
         for ((f, t), n) in idle {
             let _ = writeln!(out, "silo_idle_environments{{{}}} {n}", label(&f, &t));
         }
         let c = &stats.counters;
         for (name, help, v) in [
-            ("silo_environments_destroyed_total", "Environments destroyed for any reason.", c.destroyed),
-            ("silo_environment_failures_total", "Environments destroyed because they failed.", c.env_failures),
-            ("silo_environments_evicted_total", "Idle environments evicted at the environment cap.", c.evictions),
-            ("silo_environments_reaped_total", "Idle environments reaped after the idle timeout.", c.reaped),
+            (
+                "silo_environments_destroyed_total",
+                "Environments destroyed for any reason.",
+                c.destroyed,
+            ),
+            (
+                "silo_environment_failures_total",
+                "Environments destroyed because they failed.",
+                c.env_failures,
+            ),
+            (
+                "silo_environments_evicted_total",
+                "Idle environments evicted at the environment cap.",
+                c.evictions,
+            ),
+            (
+                "silo_environments_reaped_total",
+                "Idle environments reaped after the idle timeout.",
+                c.reaped,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         out
     }
@@ -151,15 +202,40 @@ mod tests {
     #[test]
     fn renders_per_tenant_series() {
         let m = Metrics::default();
-        m.record("f", Some("tenant-A"), Ending::Ok, true, Duration::from_millis(30));
-        m.record("f", Some("tenant-A"), Ending::Error, false, Duration::from_millis(3));
-        m.record("f", Some("tenant-\"B"), Ending::Throttled, false, Duration::ZERO);
+        m.record(
+            "f",
+            Some("tenant-A"),
+            Ending::Ok,
+            true,
+            Duration::from_millis(30),
+        );
+        m.record(
+            "f",
+            Some("tenant-A"),
+            Ending::Error,
+            false,
+            Duration::from_millis(3),
+        );
+        m.record(
+            "f",
+            Some("tenant-\"B"),
+            Ending::Throttled,
+            false,
+            Duration::ZERO,
+        );
         let text = m.render(&Stats::default());
-        assert!(text.contains("silo_invocations_total{function=\"f\",tenant_id=\"tenant-A\"} 2"), "{text}");
-        assert!(text.contains("silo_invocation_errors_total{function=\"f\",tenant_id=\"tenant-A\"} 1"));
+        assert!(
+            text.contains("silo_invocations_total{function=\"f\",tenant_id=\"tenant-A\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("silo_invocation_errors_total{function=\"f\",tenant_id=\"tenant-A\"} 1")
+        );
         assert!(text.contains("silo_cold_starts_total{function=\"f\",tenant_id=\"tenant-A\"} 1"));
         assert!(text.contains("silo_throttles_total{function=\"f\",tenant_id=\"tenant-\\\"B\"} 1"));
         assert!(text.contains("silo_invocation_duration_seconds_bucket{function=\"f\",tenant_id=\"tenant-A\",le=\"0.005\"} 1"));
-        assert!(text.contains("silo_invocation_duration_seconds_count{function=\"f\",tenant_id=\"tenant-A\"} 2"));
+        assert!(text.contains(
+            "silo_invocation_duration_seconds_count{function=\"f\",tenant_id=\"tenant-A\"} 2"
+        ));
     }
 }

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use silo_proto::{AgentConfig, Message, Outcome};
-use silo_scheduler::{Binding, FunctionKey, InvokeReport, Limits, ScheduleError, Scheduler, TenantId};
+use silo_scheduler::{
+    Binding, FunctionKey, InvokeReport, Limits, ScheduleError, Scheduler, TenantId,
+};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -91,7 +93,14 @@ pub fn random_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Lambda's `LastModified` format of now.
@@ -120,7 +129,11 @@ impl Daemon {
         let store = Store::open(&config.data_dir)?;
         let run_dir = config.data_dir.join("run");
         let _ = std::fs::remove_dir_all(&run_dir);
-        let backend = VmBackend::new(images.kernel.clone(), run_dir.clone(), Duration::from_secs(120));
+        let backend = VmBackend::new(
+            images.kernel.clone(),
+            run_dir.clone(),
+            Duration::from_secs(120),
+        );
         let (tx, rx) = mpsc::channel(config.limits.event_queue.max(1));
         let (records, bad) = store.load();
         for b in bad {
@@ -206,7 +219,9 @@ impl Daemon {
             return Ok(false);
         }
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code).map_err(|e| e.to_string())?;
+        self.store
+            .put_code(&rec.code_sha256, code)
+            .map_err(|e| e.to_string())?;
         let mut fns = self.lock();
         if fns.contains_key(&rec.name) {
             return Ok(false);
@@ -221,7 +236,9 @@ impl Daemon {
     /// revision; environments of the old one finish their work and go.
     pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), String> {
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code).map_err(|e| e.to_string())?;
+        self.store
+            .put_code(&rec.code_sha256, code)
+            .map_err(|e| e.to_string())?;
         let old = {
             let mut fns = self.lock();
             self.store.put(&rec).map_err(|e| e.to_string())?;
@@ -230,7 +247,9 @@ impl Daemon {
         let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
         self.store.collect_code();
         if let Some(old) = old {
-            self.scheduler.backend().unregister(&Self::key(&old).version);
+            self.scheduler
+                .backend()
+                .unregister(&Self::key(&old).version);
         }
         tracing::info!(function = %rec.name, revision_id = %rec.revision_id, idle_environments_destroyed = drained, "function updated");
         Ok(())
@@ -266,7 +285,9 @@ impl Daemon {
         };
         let destroyed = self.scheduler.retire_function(name).await;
         if let Some(old) = old {
-            self.scheduler.backend().unregister(&Self::key(&old).version);
+            self.scheduler
+                .backend()
+                .unregister(&Self::key(&old).version);
         }
         tracing::info!(function = %name, environments_destroyed = destroyed, "function deleted");
         Ok(true)
@@ -302,7 +323,11 @@ impl Daemon {
             tenant_id: tenant.as_ref().map(|t| t.as_str().to_string()),
             deadline_unix_ms: deadline.as_millis() as u64,
             function_arn: self.arn(&rec.name),
-            trace_id: format!("Root=1-{:08x}-{}", deadline.as_secs(), &request_id.replace('-', "")[..24]),
+            trace_id: format!(
+                "Root=1-{:08x}-{}",
+                deadline.as_secs(),
+                &request_id.replace('-', "")[..24]
+            ),
             payload,
         };
         let binding = Binding {
@@ -316,19 +341,30 @@ impl Daemon {
         let t = tenant.as_ref().map(|t| t.as_str());
         let (ending, cold) = match &result {
             Ok(r) => (
-                if matches!(r.response.outcome, Outcome::Ok(_)) { Ending::Ok } else { Ending::Error },
+                if matches!(r.response.outcome, Outcome::Ok(_)) {
+                    Ending::Ok
+                } else {
+                    Ending::Error
+                },
                 r.cold_start,
             ),
             Err(ScheduleError::Throttled(_)) => (Ending::Throttled, false),
             Err(ScheduleError::Environment(_)) => (Ending::Error, false),
             Err(_) => (Ending::Error, true),
         };
-        self.metrics.record(&rec.name, t, ending, cold, started.elapsed());
+        self.metrics
+            .record(&rec.name, t, ending, cold, started.elapsed());
         result
     }
 
     /// Queues an asynchronous invocation; `false` if the queue is full.
-    pub fn enqueue(&self, function: &str, tenant: Option<TenantId>, payload: Vec<u8>, request_id: String) -> bool {
+    pub fn enqueue(
+        &self,
+        function: &str,
+        tenant: Option<TenantId>,
+        payload: Vec<u8>,
+        request_id: String,
+    ) -> bool {
         self.events
             .try_send(EventJob {
                 function: function.to_string(),

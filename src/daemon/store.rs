@@ -138,8 +138,8 @@ impl Store {
 
     /// Writes a function's record (create or replace).
     pub fn put(&self, rec: &FunctionRecord) -> Result<(), StoreError> {
-        let data = serde_json::to_vec_pretty(rec)
-            .map_err(|e| StoreError::Encode(rec.name.clone(), e))?;
+        let data =
+            serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Encode(rec.name.clone(), e))?;
         write_atomic(&self.record_path(&rec.name), &data)
     }
 

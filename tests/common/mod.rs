@@ -94,3 +94,4 @@ fn rand_suffix() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+pub mod daemon;

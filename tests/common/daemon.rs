@@ -1,0 +1,242 @@
+//! A `silo serve` under test, reached over real HTTP.
+//!
+//! [`TestDaemon::on_host`] runs the daemon as a child process of the test
+//! (for everything that needs no VM). [`TestDaemon::with_vms`] runs it where
+//! microVMs can boot: directly with hardware KVM, else inside the KVM test
+//! host with its port forwarded to this host, so clients here (the Rust
+//! client, boto3) talk to it the same way.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use silo::client::{Credentials, LambdaClient};
+use silo_images::testhost::{hardware_kvm_usable, TestHost, TestHostError, TestHostOutput};
+
+/// An admin key every test daemon knows.
+pub const ADMIN: (&str, &str) = ("AKIDSILOADMIN", "admin-secret-for-tests");
+/// A key restricted to tenant-A.
+pub const TENANT_A: (&str, &str) = ("AKIDSILOTENANTA", "tenant-a-secret-for-tests");
+
+/// The configuration every test daemon uses (plus what a test adds).
+pub fn config(extra: &str) -> String {
+    format!(
+        "[[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
+         [[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\ntenants = [\"tenant-A\"]\n\n{extra}",
+        ADMIN.0, ADMIN.1, TENANT_A.0, TENANT_A.1
+    )
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A unique scratch directory.
+pub fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "silo-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The guest kernel and agent (built once, cached).
+pub fn images() -> (PathBuf, PathBuf) {
+    let kernel = silo_images::kernel::guest_kernel()
+        .expect("guest kernel")
+        .vmlinux;
+    let agent = silo_images::artifacts::guest_agent().expect("guest agent");
+    (kernel, agent)
+}
+
+enum Where {
+    Host(Child),
+    TestHost {
+        run: JoinHandle<Result<TestHostOutput, TestHostError>>,
+        stop_port: u16,
+    },
+}
+
+/// A running daemon.
+pub struct TestDaemon {
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// Where its data lives (host mode only).
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    place: Option<Where>,
+}
+
+fn wait_ready(endpoint: &str, deadline: Duration, alive: impl Fn() -> bool) -> bool {
+    let c = LambdaClient::new(endpoint, None);
+    let until = Instant::now() + deadline;
+    while Instant::now() < until && alive() {
+        if let Ok(r) = c.request("GET", "/metrics", &[], b"") {
+            if r.status == 200 {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+impl TestDaemon {
+    /// `silo serve` as a child of this test, with `config` and `data_dir`.
+    pub fn on_host(config_toml: &str, data_dir: &Path, extra_args: &[&str]) -> Self {
+        let (kernel, agent) = images();
+        let dir = scratch("daemon");
+        std::fs::write(dir.join("silo.toml"), config_toml).unwrap();
+        let port = free_port();
+        let log = dir.join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_silo"))
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("silo.toml"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--agent")
+            .arg(&agent)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn silo serve");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut d = Self {
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            place: Some(Where::Host(child)),
+        };
+        let ok = wait_ready(&d.endpoint, Duration::from_secs(60), || true);
+        if !ok {
+            let logs = d.stop();
+            panic!("the daemon did not come up:\n{logs}");
+        }
+        d
+    }
+
+    /// `silo serve` where VMs boot: here with hardware KVM, else in the
+    /// KVM test host with its API port forwarded here.
+    pub fn with_vms(config_toml: &str) -> Self {
+        if hardware_kvm_usable() {
+            let data = scratch("daemon-data");
+            return Self::on_host(config_toml, &data, &[]);
+        }
+        eprintln!("no hardware KVM here: the daemon runs in the KVM test host");
+        let (kernel, agent) = images();
+        let (api_port, stop_port) = (free_port(), free_port());
+        let script = "mkdir -p /srv/cgi-bin\n\
+             printf '#!/bin/sh\\ntouch /tmp/stop\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nstopping\\\\n\"\\n' > /srv/cgi-bin/stop\n\
+             chmod 755 /srv/cgi-bin/stop\n\
+             httpd -p 8081 -h /srv\n\
+             SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
+             --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
+             pid=$!\n\
+             i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done\n\
+             kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
+             echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n"
+            .to_string();
+        let host = TestHost::new()
+            .timeout(Duration::from_secs(1000))
+            .memory_mib(3072)
+            .binary_with_libs(env!("CARGO_BIN_EXE_silo"), "/bin/silo")
+            .expect("include silo")
+            .file(&kernel, "/work/vmlinux", 0o644)
+            .file(&agent, "/work/agent", 0o755)
+            .bytes("/work/silo.toml", config_toml.as_bytes().to_vec(), 0o644)
+            .port_forward(api_port, 9000)
+            .port_forward(stop_port, 8081);
+        let run = std::thread::spawn(move || host.run(&script));
+        let endpoint = format!("http://127.0.0.1:{api_port}");
+        let ok = wait_ready(&endpoint, Duration::from_secs(300), || !run.is_finished());
+        let mut d = Self {
+            endpoint,
+            data_dir: PathBuf::new(),
+            log: PathBuf::new(),
+            place: Some(Where::TestHost { run, stop_port }),
+        };
+        if !ok {
+            let logs = d.stop();
+            panic!("the daemon in the test host did not come up:\n{logs}");
+        }
+        d
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> LambdaClient {
+        self.client(ADMIN)
+    }
+
+    /// A client signing with `key`.
+    pub fn client(&self, key: (&str, &str)) -> LambdaClient {
+        LambdaClient::new(
+            &self.endpoint,
+            Some(Credentials {
+                access_key: key.0.into(),
+                secret: key.1.into(),
+            }),
+        )
+    }
+
+    /// Stops the daemon (SIGTERM) and returns its log.
+    pub fn stop(&mut self) -> String {
+        match self.place.take() {
+            Some(Where::Host(mut child)) => {
+                // SAFETY: plain kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
+                let until = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < until {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            }
+            Some(Where::TestHost { run, stop_port }) => {
+                let stopper = LambdaClient::new(&format!("http://127.0.0.1:{stop_port}"), None);
+                let _ = stopper.request("GET", "/cgi-bin/stop", &[], b"");
+                match run.join() {
+                    Ok(Ok(out)) => format!("{}\n{}", out.output, out.console),
+                    Ok(Err(e)) => format!("test host failed: {e}"),
+                    Err(_) => "test host thread panicked".into(),
+                }
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Kills the daemon at once (no graceful shutdown), host mode only.
+    pub fn kill_hard(&mut self) {
+        if let Some(Where::Host(mut child)) = self.place.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
