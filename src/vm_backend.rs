@@ -114,7 +114,7 @@ impl Backend for VmBackend {
         let env = VmEnv::boot(&spec, &self.run_dir).await?;
         tracing::info!(
             function = %binding.function.name,
-            tenant_id = ?binding.tenant.as_ref().map(|t| t.as_str()),
+            tenant_id = %binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
             spawn_to_ready_ms = env.boot.spawn_to_ready.as_millis() as u64,
             "microVM ready"
         );

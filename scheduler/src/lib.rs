@@ -283,11 +283,11 @@ where
                     self.destroy_later(old);
                 }
                 let started = Instant::now();
-                tracing::info!(function = %binding.function.name, tenant_id = ?tenant, env_id = id, "creating environment (cold start)");
+                tracing::info!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, "creating environment (cold start)");
                 match self.backend.create(&binding).await {
                     Ok(env) => (env, id, true, Some(started.elapsed())),
                     Err(e) => {
-                        tracing::warn!(function = %binding.function.name, tenant_id = ?tenant, env_id = id, error = %e, "environment creation failed");
+                        tracing::warn!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, error = %e, "environment creation failed");
                         self.release(&binding, None, true);
                         return Err(ScheduleError::Create(e));
                     }
@@ -306,7 +306,7 @@ where
                 })
             }
             Err(e) => {
-                tracing::warn!(function = %binding.function.name, tenant_id = ?tenant, env_id = id, error = %e, "environment failed; destroying it");
+                tracing::warn!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, error = %e, "environment failed; destroying it");
                 self.lock().counters.env_failures += 1;
                 self.release(&binding, None, true);
                 env.destroy().await;
@@ -373,7 +373,7 @@ where
             match victim {
                 Some((_, b, i)) => {
                     let e = st.idle.get_mut(&b).expect("victim binding").remove(i);
-                    tracing::info!(function = %b.function.name, tenant_id = ?b.tenant.as_ref().map(TenantId::as_str), env_id = e.id, "evicting least recently used idle environment");
+                    tracing::info!(function = %b.function.name, tenant_id = %b.tenant.as_ref().map(TenantId::as_str).unwrap_or("-"), env_id = e.id, "evicting least recently used idle environment");
                     evicted = Some(e.env);
                     f.environments -= 1;
                     st.counters.evictions += 1;

@@ -106,7 +106,7 @@ pub async fn invoke(
     };
     let request_id = random_uuid();
     let tenant_id = tenant.as_ref().map(|t| t.as_str().to_string());
-    let span = tracing::info_span!("invoke", function = %name, tenant_id = ?tenant_id, request_id = %request_id);
+    let span = tracing::info_span!("invoke", function = %name, tenant_id = %tenant_id.as_deref().unwrap_or("-"), request_id = %request_id);
     match kind {
         InvocationType::DryRun => Ok(with_request_id(
             StatusCode::NO_CONTENT.into_response(),
