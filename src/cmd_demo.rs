@@ -1,17 +1,19 @@
-//! `silo demo`: the mission in one command. A `PER_TENANT` function that
-//! counts its invocations in `/tmp` (the launch post's example) is invoked as
-//! tenant-A twice and tenant-B once through the tenant scheduler and real
-//! microVMs: the counters read 1, 2, 1, because tenant-B never shares
-//! tenant-A's environment.
+//! `silo demo`: the mission in one command. It starts the daemon (`silo
+//! serve`) on the embedded defaults, creates a `PER_TENANT` function that
+//! counts its invocations in `/tmp` (the launch post's example) through the
+//! Lambda API, and invokes it as tenant-A twice and tenant-B once over HTTP:
+//! the counters read 1, 2, 1, because tenant-B never shares tenant-A's
+//! microVM.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use silo_proto::{AgentConfig, Message, Outcome};
-use silo_scheduler::{Binding, FunctionKey, Limits, Scheduler, TenantId};
-
-use crate::vm_backend::{VmBackend, VmRequest};
+use crate::client::{InvokeOptions, LambdaClient};
+use crate::cmd_serve;
+use crate::daemon::config::DaemonConfig;
+use crate::daemon::Images;
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
@@ -92,24 +94,44 @@ fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result
 }
 
 async fn demo(kernel: PathBuf, agent: PathBuf, function: PathBuf) -> Result<(), String> {
-    let run_dir = std::env::temp_dir().join(format!("silo-demo-{}", std::process::id()));
-    let backend = VmBackend::new(kernel, run_dir.clone(), Duration::from_secs(120));
-    let code = std::fs::read(&function).map_err(|e| format!("{}: {e}", function.display()))?;
+    let data_dir = std::env::temp_dir().join(format!("silo-demo-{}", std::process::id()));
+    let config = DaemonConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.clone(),
+        allow_unauthenticated: true,
+        ..DaemonConfig::default()
+    };
+    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let endpoint = format!("http://{}", running.addr);
+    println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
+    let result = tokio::task::spawn_blocking(move || calls(&endpoint, &function))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    let destroyed = running.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    println!("\n{destroyed} microVMs shut down.");
+    let counts = result?;
+    if counts != [1, 2, 1] {
+        return Err(format!("expected counters 1, 2, 1, got {counts:?}"));
+    }
+    println!("Counters 1, 2, 1: tenant-B got its own environment; tenant-A's was reused warm.");
+    Ok(())
+}
+
+/// The demo's API calls, as any Lambda client would make them.
+fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
+    let client = LambdaClient::new(endpoint, None);
+    let code = std::fs::read(function).map_err(|e| format!("{}: {e}", function.display()))?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let config = AgentConfig {
-        function_name: "counter".into(),
-        function_arn: "arn:aws:lambda:us-east-1:000000000000:function:counter".into(),
-        timeout_s: 10,
-        ..AgentConfig::default()
-    };
-    let key = FunctionKey {
-        name: "counter".into(),
-        version: "demo-v1".into(),
-    };
-    backend.register(&key.version, &agent, config.clone(), &package)?;
-    let scheduler = Scheduler::new(backend);
+    let r = client
+        .create_function("counter", &package, true, serde_json::json!({"Timeout": 10}))
+        .map_err(|e| e.to_string())?;
+    if r.status != 201 {
+        return Err(format!("CreateFunction: HTTP {}: {}", r.status, r.text()));
+    }
     println!(
-        "\nfunction `counter` (TenantIsolationMode PER_TENANT): counts its invocations in /tmp\n"
+        "CreateFunction counter (TenancyConfig PER_TENANT): counts its invocations in /tmp\n"
     );
     println!(
         "{:<6} {:<10} {:<5} {:<6} {:>5} {:>10}",
@@ -117,63 +139,32 @@ async fn demo(kernel: PathBuf, agent: PathBuf, function: PathBuf) -> Result<(), 
     );
     let mut counts = Vec::new();
     for (n, tenant) in ["tenant-A", "tenant-A", "tenant-B"].iter().enumerate() {
-        let tid = TenantId::parse(tenant).map_err(|e| e.to_string())?;
-        let binding = Binding {
-            function: key.clone(),
-            tenant: Some(tid),
-        };
-        let deadline = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            + Duration::from_secs(10);
-        let message = Message::Invoke {
-            request_id: format!("demo-{n}"),
-            tenant_id: Some(tenant.to_string()),
-            deadline_unix_ms: deadline.as_millis() as u64,
-            function_arn: config.function_arn.clone(),
-            trace_id: format!("Root=1-00000000-{n:024x}"),
-            payload: b"{}".to_vec(),
-        };
         let started = Instant::now();
-        let report = scheduler
-            .invoke(
-                binding,
-                Limits::default(),
-                VmRequest {
-                    message,
-                    timeout: Duration::from_secs(10),
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = match &report.response.outcome {
-            Outcome::Ok(b) => b.clone(),
-            Outcome::Err(e) => {
-                return Err(format!(
-                    "function error {}: {}",
-                    e.error_type, e.error_message
-                ))
-            }
+        let opts = InvokeOptions {
+            tenant: Some(tenant.to_string()),
+            ..InvokeOptions::default()
         };
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let count = v["count"].as_u64().unwrap_or(0);
+        let r = client
+            .invoke("counter", b"{}", &opts)
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 || r.header("x-amz-function-error").is_some() {
+            return Err(format!("Invoke as {tenant}: HTTP {}: {}", r.status, r.text()));
+        }
+        let count = r.json()["count"].as_u64().unwrap_or(0);
         counts.push(count);
         println!(
             "{:<6} {:<10} #{:<4} {:<6} {:>5} {:>10}",
             n + 1,
             tenant,
-            report.env_id,
-            if report.cold_start { "cold" } else { "warm" },
+            r.header("x-silo-environment-id").unwrap_or("?"),
+            if r.header("x-silo-cold-start") == Some("true") {
+                "cold"
+            } else {
+                "warm"
+            },
             count,
             format!("{:.1?}", started.elapsed())
         );
     }
-    let destroyed = scheduler.shutdown().await;
-    let _ = std::fs::remove_dir_all(&run_dir);
-    println!("\n{destroyed} microVMs shut down.");
-    if counts != [1, 2, 1] {
-        return Err(format!("expected counters 1, 2, 1, got {counts:?}"));
-    }
-    println!("Counters 1, 2, 1: tenant-B got its own environment; tenant-A's was reused warm.");
-    Ok(())
+    Ok(counts)
 }

@@ -264,3 +264,34 @@ fn scenario(d: &TestDaemon) {
     let r = admin.invoke("counter", b"{}", &tenant("tenant-A")).unwrap();
     assert_eq!(r.status, 404);
 }
+
+/// The README's main command: `silo demo` prints the counters 1, 2, 1 with
+/// each call's cold/warm status (moving into the test host where needed).
+#[test]
+fn demo_command_shows_tenant_isolation() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.trim_start_matches("[testhost] ").split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() == 6 && w[1].starts_with("tenant-"))
+        .collect();
+    let summary: Vec<(&str, &str, &str)> = rows.iter().map(|w| (w[1], w[3], w[4])).collect();
+    assert_eq!(
+        summary,
+        [
+            ("tenant-A", "cold", "1"),
+            ("tenant-A", "warm", "2"),
+            ("tenant-B", "cold", "1")
+        ],
+        "{text}"
+    );
+}
