@@ -194,6 +194,8 @@ pub struct Stats {
     pub environments: HashMap<String, u32>,
     /// In-flight invocations per function name.
     pub in_flight: HashMap<String, u32>,
+    /// In-flight invocations per (function name, tenant).
+    pub tenant_in_flight: HashMap<(String, Option<TenantId>), u32>,
     /// Counters.
     pub counters: Counters,
 }
@@ -527,6 +529,15 @@ where
                 .functions
                 .iter()
                 .map(|(n, f)| (n.clone(), f.in_flight))
+                .collect(),
+            tenant_in_flight: st
+                .functions
+                .iter()
+                .flat_map(|(n, f)| {
+                    f.tenant_in_flight
+                        .iter()
+                        .map(move |(t, c)| ((n.clone(), t.clone()), *c))
+                })
                 .collect(),
             counters: st.counters.clone(),
         }

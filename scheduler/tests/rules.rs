@@ -285,6 +285,9 @@ proptest! {
                 for (name, n) in &st.in_flight {
                     assert!(*n <= l.concurrency, "{name}: {n} in flight over concurrency");
                 }
+                for ((name, tenant), n) in &st.tenant_in_flight {
+                    assert!(*n <= l.per_tenant, "{name}/{tenant:?}: {n} in flight over the tenant ceiling");
+                }
             }
             for h in handles {
                 let _ = h.await.unwrap();
