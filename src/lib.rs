@@ -10,6 +10,7 @@
 pub mod api;
 pub mod client;
 pub mod cmd_bench;
+pub mod cmd_bench_api;
 pub mod cmd_client;
 pub mod cmd_demo;
 pub mod cmd_run;

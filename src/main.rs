@@ -4,7 +4,7 @@
 //! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_bench, cmd_client, cmd_demo, cmd_run, cmd_serve, cmd_vmm};
+use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_run, cmd_serve, cmd_vmm};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -28,6 +28,8 @@ enum Command {
     Vmm(cmd_vmm::VmmArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
     Bench(cmd_bench::BenchArgs),
+    /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
+    BenchApi(cmd_bench_api::BenchApiArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
 }
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Invoke(args) => cmd_client::invoke(args),
         Command::Vmm(args) => cmd_vmm::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::BenchApi(args) => cmd_bench_api::run(args),
         Command::Run(args) => cmd_run::run(args),
     }
 }

@@ -1,0 +1,341 @@
+//! `silo bench-api`: the daemon measured the way users see it, through the
+//! Lambda HTTP API, in one run: cold invokes (each a new tenant, so each
+//! boots a microVM), warm invokes (one tenant, its VM reused), and
+//! environments created per second with several new tenants at once.
+//!
+//! The peer, measured interleaved in the same run, is the same invocation
+//! made directly on the daemon's scheduler (no HTTP, no SigV4, no JSON
+//! checks): the ratio is what the API layer costs. Where hardware KVM is not
+//! usable the whole run moves into the KVM test host, where absolute times
+//! are emulated and only the ratios mean something.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use silo_scheduler::TenantId;
+
+use crate::client::{InvokeOptions, LambdaClient};
+use crate::cmd_serve;
+use crate::daemon::config::DaemonConfig;
+use crate::daemon::{random_uuid, Daemon, Images};
+
+/// Flags for `silo bench-api`.
+#[derive(clap::Args, Debug)]
+pub struct BenchApiArgs {
+    /// Cold invokes (new tenants), each for the API and for the peer.
+    #[arg(long, default_value_t = 8)]
+    cold: usize,
+    /// Warm invokes, each for the API and for the peer.
+    #[arg(long, default_value_t = 100)]
+    warm: usize,
+    /// New tenants invoked at once to measure environments created per second.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// JSON results file.
+    #[arg(long, default_value = "bench-api.json")]
+    out: PathBuf,
+    /// Run here even without hardware KVM.
+    #[arg(long)]
+    here: bool,
+    /// Guest kernel [default: build silo's guest kernel].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Static guest agent [default: build it].
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// The counter function [default: build functions/counter].
+    #[arg(long)]
+    function: Option<PathBuf>,
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchApiArgs) -> ExitCode {
+    match run_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("silo bench-api: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(args: BenchApiArgs) -> Result<(), String> {
+    if args.cold == 0 || args.warm == 0 || args.parallel == 0 {
+        return Err("--cold, --warm and --parallel must be at least 1".into());
+    }
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => {
+            silo_images::kernel::guest_kernel()
+                .map_err(|e| e.to_string())?
+                .vmlinux
+        }
+    };
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
+    };
+    let function = match &args.function {
+        Some(f) => f.clone(),
+        None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
+    };
+    if !args.here && !silo_images::testhost::hardware_kvm_usable() {
+        return in_test_host(&args, &kernel, &agent, &function);
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let results = rt.block_on(bench(&args, kernel, agent, function))?;
+    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    print_table(&results);
+    Ok(())
+}
+
+fn in_test_host(
+    args: &BenchApiArgs,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<(), String> {
+    eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
+    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = silo_images::testhost::TestHost::new()
+        .timeout(Duration::from_secs(1800))
+        .memory_mib(4096)
+        .binary_with_libs(&silo, "/bin/silo")
+        .map_err(|e| e.to_string())?
+        .file(kernel, "/work/vmlinux", 0o644)
+        .file(agent, "/work/agent", 0o755)
+        .file(function, "/work/counter", 0o755)
+        .run(&format!(
+            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} --kernel vmlinux --agent agent \
+             --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
+            args.cold, args.warm, args.parallel
+        ))
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "the benchmark failed in the test host (exit {})",
+            out.exit_code
+        ));
+    }
+    let json = out
+        .output
+        .split("BENCH_JSON_BEGIN")
+        .nth(1)
+        .and_then(|s| s.split("BENCH_JSON_END").next())
+        .ok_or("no JSON in the test host's output")?
+        .lines()
+        .map(|l| l.trim_start_matches("[testhost] "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut results: Value =
+        serde_json::from_str(json.trim()).map_err(|e| format!("results: {e}"))?;
+    results["where"] =
+        json!("KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios");
+    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    print_table(&results);
+    Ok(())
+}
+
+/// min/p50/p95/p99/max in milliseconds.
+fn summary(mut ms: Vec<f64>) -> Value {
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    json!({ "n": ms.len(), "min": ms[0], "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": ms[ms.len() - 1] })
+}
+
+fn ratio(a: &Value, b: &Value, k: &str) -> Value {
+    match (a[k].as_f64(), b[k].as_f64()) {
+        (Some(x), Some(y)) if y > 0.0 => json!((x / y * 100.0).round() / 100.0),
+        _ => Value::Null,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One invoke over HTTP; its latency.
+fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
+    let opts = InvokeOptions {
+        tenant: Some(tenant.into()),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let r = c
+        .invoke("counter", b"{}", &opts)
+        .map_err(|e| e.to_string())?;
+    let took = ms(t.elapsed());
+    if r.status != 200 || r.header("x-amz-function-error").is_some() {
+        return Err(format!(
+            "invoke as {tenant}: HTTP {} {}",
+            r.status,
+            r.text()
+        ));
+    }
+    Ok((took, r.header("x-silo-cold-start") == Some("true")))
+}
+
+/// One invoke straight on the scheduler (the peer); its latency.
+async fn direct_invoke(d: &Daemon, tenant: &str) -> Result<(f64, bool), String> {
+    let rec = d.get("counter").ok_or("the function is gone")?;
+    let t = Instant::now();
+    let r = d
+        .invoke(
+            &rec,
+            Some(TenantId::parse(tenant).map_err(|e| e.to_string())?),
+            b"{}".to_vec(),
+            &random_uuid(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((ms(t.elapsed()), r.cold_start))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn bench(
+    args: &BenchApiArgs,
+    kernel: PathBuf,
+    agent: PathBuf,
+    function: PathBuf,
+) -> Result<Value, String> {
+    let data_dir = std::env::temp_dir().join(format!("silo-bench-api-{}", std::process::id()));
+    let mut config = DaemonConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.clone(),
+        allow_unauthenticated: true,
+        ..DaemonConfig::default()
+    };
+    let n_envs = (args.cold * 2 + args.parallel * 2 + 4) as u32;
+    config.limits.concurrency = n_envs;
+    config.limits.per_tenant = n_envs;
+    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let result = measure(
+        args,
+        &running.daemon,
+        &format!("http://{}", running.addr),
+        &function,
+    )
+    .await;
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+async fn measure(
+    args: &BenchApiArgs,
+    d: &Arc<Daemon>,
+    endpoint: &str,
+    function: &Path,
+) -> Result<Value, String> {
+    let client = LambdaClient::new(endpoint, None);
+    let code = std::fs::read(function).map_err(|e| format!("{}: {e}", function.display()))?;
+    let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let c = client.clone();
+    let r = blocking(move || c.create_function("counter", &zip, true, json!({"Timeout": 30})))
+        .await?
+        .map_err(|e| e.to_string())?;
+    if r.status != 201 {
+        return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
+    }
+    // Cold: every invoke a new tenant; API and peer interleaved.
+    let (mut cold_api, mut cold_peer) = (Vec::new(), Vec::new());
+    for i in 0..args.cold {
+        let c = client.clone();
+        let (t, cold) = blocking(move || http_invoke(&c, &format!("cold-api-{i}"))).await??;
+        if !cold {
+            return Err("a new tenant's invoke was not a cold start".into());
+        }
+        cold_api.push(t);
+        let (t, _) = direct_invoke(d, &format!("cold-peer-{i}")).await?;
+        cold_peer.push(t);
+        eprintln!(
+            "[bench-api] cold {}/{}: API {:.0} ms, direct {:.0} ms",
+            i + 1,
+            args.cold,
+            cold_api[i],
+            t
+        );
+    }
+    // Warm: one tenant each, after its cold start.
+    let c = client.clone();
+    blocking(move || http_invoke(&c, "warm-api")).await??;
+    direct_invoke(d, "warm-peer").await?;
+    let (mut warm_api, mut warm_peer) = (Vec::new(), Vec::new());
+    for _ in 0..args.warm {
+        let c = client.clone();
+        let (t, cold) = blocking(move || http_invoke(&c, "warm-api")).await??;
+        if cold {
+            return Err("a warm tenant's invoke was a cold start".into());
+        }
+        warm_api.push(t);
+        warm_peer.push(direct_invoke(d, "warm-peer").await?.0);
+    }
+    // Creations per second: `parallel` new tenants at once, twice.
+    let started = Instant::now();
+    let mut created = 0;
+    for round in 0..2 {
+        let mut handles = Vec::new();
+        for i in 0..args.parallel {
+            let c = client.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                http_invoke(&c, &format!("burst-{round}-{i}"))
+            }));
+        }
+        for h in handles {
+            let (_, cold) = h.await.map_err(|e| e.to_string())??;
+            created += usize::from(cold);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (ca, cp, wa, wp) = (
+        summary(cold_api),
+        summary(cold_peer),
+        summary(warm_api),
+        summary(warm_peer),
+    );
+    Ok(json!({
+        "where": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "this host's /dev/kvm (run with --here)" },
+        "cold_invoke_ms": { "api": ca, "direct_peer": cp, "ratio_api_to_peer": { "p50": ratio(&ca, &cp, "p50"), "p99": ratio(&ca, &cp, "p99") } },
+        "warm_invoke_ms": { "api": wa, "direct_peer": wp, "ratio_api_to_peer": { "p50": ratio(&wa, &wp, "p50"), "p99": ratio(&wa, &wp, "p99") } },
+        "cold_to_warm_p50": ratio(&ca, &wa, "p50"),
+        "creations": { "environments": created, "parallel": args.parallel, "seconds": wall, "per_second": created as f64 / wall },
+    }))
+}
+
+fn print_table(r: &Value) {
+    println!("silo bench-api ({})", r["where"].as_str().unwrap_or(""));
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50 ms", "p99 ms", "peer p50", "ratio p50"
+    );
+    for (label, k) in [
+        ("cold invoke (new tenant)", "cold_invoke_ms"),
+        ("warm invoke", "warm_invoke_ms"),
+    ] {
+        let v = &r[k];
+        println!(
+            "{:<22} {:>10.1} {:>10.1} {:>10.1} {:>10}",
+            label,
+            v["api"]["p50"].as_f64().unwrap_or(0.0),
+            v["api"]["p99"].as_f64().unwrap_or(0.0),
+            v["direct_peer"]["p50"].as_f64().unwrap_or(0.0),
+            v["ratio_api_to_peer"]["p50"]
+        );
+    }
+    println!(
+        "environments created per second: {:.2} ({} at a time)",
+        r["creations"]["per_second"].as_f64().unwrap_or(0.0),
+        r["creations"]["parallel"]
+    );
+}

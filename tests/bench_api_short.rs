@@ -1,0 +1,55 @@
+//! `silo bench-api` in short mode: its JSON has cold and warm latencies for
+//! the API and its peer, ordered, with ratios and creations per second. No
+//! timing assertions.
+
+use serde_json::Value;
+
+#[test]
+fn short_api_bench_writes_complete_json() {
+    let out_file = std::env::temp_dir().join(format!("silo-bench-api-{}.json", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args([
+            "bench-api",
+            "--cold",
+            "2",
+            "--warm",
+            "5",
+            "--parallel",
+            "2",
+            "--out",
+        ])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out_file);
+    for kind in ["cold_invoke_ms", "warm_invoke_ms"] {
+        for side in ["api", "direct_peer"] {
+            let v = &r[kind][side];
+            let q: Vec<f64> = ["min", "p50", "p95", "p99", "max"]
+                .iter()
+                .map(|k| {
+                    v[k].as_f64()
+                        .unwrap_or_else(|| panic!("{kind}.{side}.{k} missing: {r}"))
+                })
+                .collect();
+            assert!(
+                q[0] > 0.0 && q.windows(2).all(|w| w[0] <= w[1]),
+                "{kind}.{side}: {v}"
+            );
+        }
+        assert!(
+            r[kind]["ratio_api_to_peer"]["p50"].as_f64().is_some(),
+            "{r}"
+        );
+    }
+    assert_eq!(r["cold_invoke_ms"]["api"]["n"], 2);
+    assert_eq!(r["warm_invoke_ms"]["api"]["n"], 5);
+    assert_eq!(r["creations"]["environments"], 4, "{r}");
+    assert!(r["creations"]["per_second"].as_f64().unwrap() > 0.0);
+}
