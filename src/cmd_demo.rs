@@ -125,14 +125,17 @@ fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
     let code = std::fs::read(function).map_err(|e| format!("{}: {e}", function.display()))?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
     let r = client
-        .create_function("counter", &package, true, serde_json::json!({"Timeout": 10}))
+        .create_function(
+            "counter",
+            &package,
+            true,
+            serde_json::json!({"Timeout": 10}),
+        )
         .map_err(|e| e.to_string())?;
     if r.status != 201 {
         return Err(format!("CreateFunction: HTTP {}: {}", r.status, r.text()));
     }
-    println!(
-        "CreateFunction counter (TenancyConfig PER_TENANT): counts its invocations in /tmp\n"
-    );
+    println!("CreateFunction counter (TenancyConfig PER_TENANT): counts its invocations in /tmp\n");
     println!(
         "{:<6} {:<10} {:<5} {:<6} {:>5} {:>10}",
         "call", "tenant", "env", "start", "count", "latency"
@@ -148,7 +151,11 @@ fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
             .invoke("counter", b"{}", &opts)
             .map_err(|e| e.to_string())?;
         if r.status != 200 || r.header("x-amz-function-error").is_some() {
-            return Err(format!("Invoke as {tenant}: HTTP {}: {}", r.status, r.text()));
+            return Err(format!(
+                "Invoke as {tenant}: HTTP {}: {}",
+                r.status,
+                r.text()
+            ));
         }
         let count = r.json()["count"].as_u64().unwrap_or(0);
         counts.push(count);

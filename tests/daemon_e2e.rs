@@ -281,7 +281,11 @@ fn demo_command_shows_tenant_isolation() {
     assert!(out.status.success(), "{text}");
     let rows: Vec<Vec<&str>> = text
         .lines()
-        .map(|l| l.trim_start_matches("[testhost] ").split_whitespace().collect())
+        .map(|l| {
+            l.trim_start_matches("[testhost] ")
+                .split_whitespace()
+                .collect()
+        })
         .filter(|w: &Vec<&str>| w.len() == 6 && w[1].starts_with("tenant-"))
         .collect();
     let summary: Vec<(&str, &str, &str)> = rows.iter().map(|w| (w[1], w[3], w[4])).collect();
