@@ -129,7 +129,18 @@ impl Environment for VmEnvironment {
 
     /// A runtime that crashed or timed out ends the VM: the scheduler
     /// destroys it, and the next invocation of that tenant boots a fresh one.
-    async fn invoke(&mut self, req: VmRequest) -> Result<InvokeResult, EnvError> {
+    /// The deadline starts now, when the environment is ready: as in Lambda,
+    /// a cold start does not eat into the function's timeout.
+    async fn invoke(&mut self, mut req: VmRequest) -> Result<InvokeResult, EnvError> {
+        if let Message::Invoke {
+            deadline_unix_ms, ..
+        } = &mut req.message
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            *deadline_unix_ms = (now + req.timeout).as_millis() as u64;
+        }
         let result = self.env.invoke(req.message, req.timeout).await?;
         match &result.outcome {
             Outcome::Err(e)

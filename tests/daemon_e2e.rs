@@ -2,7 +2,8 @@
 //! machines): the demo flow through the HTTP API, concurrent invokes of
 //! several tenants, a crashing function that takes only its own VM down, a
 //! log tail, an Event invocation, throttling at the reserved concurrency,
-//! a tenant-restricted key, metrics, and DeleteFunction destroying VMs.
+//! a tenant-restricted key, metrics, new code, a timeout in a function
+//! without tenant isolation, and DeleteFunction destroying VMs.
 
 mod common;
 
@@ -249,6 +250,54 @@ fn scenario(d: &TestDaemon) {
     let live = metric(&m, r#"silo_environments{function="counter"}"#).unwrap();
     let tenants: HashSet<&str> = ["A", "B", "C", "D", "E", "F"].into_iter().collect();
     assert!(live >= tenants.len() as f64, "{m}");
+
+    // UpdateFunctionCode: new code means new VMs; tenant-A's next invoke is
+    // cold in a fresh VM, and its counter starts again.
+    let zip2 = silo_initramfs::package::make_zip(&[
+        ("bootstrap", 0o755, &counter),
+        ("VERSION", 0o644, b"2"),
+    ]);
+    let body = json!({ "ZipFile": base64::engine::general_purpose::STANDARD.encode(&zip2) });
+    let r = admin
+        .request(
+            "PUT",
+            "/2015-03-31/functions/counter/code",
+            &[],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (n, cold, env, _) = count(&admin, "tenant-A", json!({}));
+    assert_eq!((n, cold), (1, true));
+    assert_ne!(env, a_env);
+
+    // A function without tenant isolation, and a timeout: the runtime is
+    // killed, reported as Sandbox.Timedout, and its VM replaced.
+    let r = admin
+        .create_function("short", &zip, false, json!({"Timeout": 1}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let none = InvokeOptions::default();
+    let r = admin.invoke("short", b"{}", &none).unwrap();
+    assert_eq!(
+        (r.status, r.json()["count"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.text()
+    );
+    let r = admin
+        .invoke("short", br#"{"action":"sleep","ms":5000}"#, &none)
+        .unwrap();
+    assert_eq!(
+        r.header("x-amz-function-error"),
+        Some("Unhandled"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["errorType"], "Sandbox.Timedout", "{}", r.text());
+    let r = admin.invoke("short", b"{}", &none).unwrap();
+    assert_eq!(r.header("x-silo-cold-start"), Some("true"), "{}", r.text());
+    assert_eq!(r.json()["count"], 1, "a fresh VM: {}", r.text());
 
     // DeleteFunction destroys every environment.
     let r = admin

@@ -359,7 +359,7 @@ impl TestHost {
             .arg(cpio)
             .args([
                 "-append",
-                "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init",
+                "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init clocksource=hpet",
             ]);
         if !self.port_forwards.is_empty() {
             let mut netdev = String::from("user,id=net0");
