@@ -99,8 +99,8 @@ impl VmEnv {
         let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", uds.display()))
             .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
         let started = Instant::now();
-        let child = Command::new(vmm_binary()?)
-            .arg("vmm")
+        let mut cmd = Command::new(vmm_binary()?);
+        cmd.arg("vmm")
             .arg("--kernel")
             .arg(&spec.kernel)
             .arg("--initrd")
@@ -122,7 +122,21 @@ impl VmEnv {
                 std::fs::File::create(dir.join("vmm.log"))
                     .map_err(|e| EnvError::Setup(e.to_string()))?,
             ))
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec only async-signal-safe calls are
+        // made (prctl, getppid); no allocation, no locks. A VMM must not
+        // outlive the daemon that owns it, even if the daemon is SIGKILLed.
+        let parent = std::process::id() as libc::pid_t;
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the parent exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;
         let mut env_guard = Guard {

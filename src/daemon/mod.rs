@@ -71,9 +71,6 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error("data directory: {0}")]
     Store(#[from] StoreError),
-    /// A stored function's image could not be built.
-    #[error("function {0}: {1}")]
-    Image(String, String),
 }
 
 /// A fresh random id in the UUID text form (v4 layout).
@@ -152,9 +149,12 @@ impl Daemon {
         for rec in records {
             let name = rec.name.clone();
             match daemon.store.code(&rec.code_sha256) {
-                Ok(code) => daemon
-                    .register(&rec, &code)
-                    .map_err(|e| StartError::Image(name.clone(), e))?,
+                Ok(code) => {
+                    if let Err(e) = daemon.register(&rec, &code) {
+                        tracing::error!(function = %name, error = %e, "skipping a function whose image cannot be built");
+                        continue;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(function = %name, error = %e, "skipping a function whose code is missing");
                     continue;
