@@ -53,6 +53,19 @@ pub struct BenchArgs {
     /// Directory holding the peer's firmware (qboot as bios-microvm.bin).
     #[arg(long)]
     peer_firmware: Option<PathBuf>,
+    /// How to drive the peer: `qemu` (QEMU `-M microvm` command line) or
+    /// `firecracker` (`--no-api --config-file`, booting the ELF vmlinux from
+    /// --peer-kernel; bring your own Firecracker build).
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "firecracker"])]
+    peer_kind: String,
+    /// Kernel for the peer [default: the bench kernel for qemu, silo's ELF
+    /// vmlinux for firecracker].
+    #[arg(long)]
+    peer_kernel: Option<PathBuf>,
+    /// Invocations in flight at once for the concurrent warm invokes (one
+    /// VM, or one host-mode agent, per slot).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
 }
 
 const GUEST_INIT: &str = r#"
@@ -93,8 +106,20 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     };
     let abs = |p: PathBuf| std::fs::canonicalize(&p).map_err(|x| format!("{}: {x}", p.display()));
     let (kernel, agent, function) = (abs(kernel)?, abs(agent)?, abs(function)?);
+    let peer_kernel = match (&args.peer_kernel, args.peer_kind.as_str()) {
+        (Some(k), _) => abs(k.clone())?,
+        (None, "firecracker") => {
+            silo_images::kernel::guest_kernel()
+                .map_err(|x| e(&x))?
+                .vmlinux
+        }
+        (None, _) => kernel.clone(),
+    };
+    if args.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
     if !args.here && !silo_images::testhost::hardware_kvm_usable() {
-        return in_test_host(&args, &kernel, &agent, &function);
+        return in_test_host(&args, &kernel, &peer_kernel, &agent, &function);
     }
     let initrd = match &args.initrd {
         Some(i) => i.clone(),
@@ -108,20 +133,33 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     };
     let mut results = json!({
         "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },
-        "boots": args.boots, "invokes": args.invokes, "peer": args.peer,
+        "boots": args.boots, "invokes": args.invokes, "peer": args.peer, "peer_kind": args.peer_kind,
+        "concurrency": args.concurrency,
     });
     eprintln!(
         "[bench] {} interleaved cold boots each: silo vs {}",
         args.boots, args.peer
     );
-    let (silo, peer) = cold_boots(&args, &kernel, &initrd)?;
+    let (silo, peer) = cold_boots(&args, &kernel, &peer_kernel, &initrd)?;
     results["cold_boot"] = json!({ "silo": silo, "peer": peer });
     eprintln!("[bench] warm invokes: VM over vsock vs host-mode agent over a Unix socket");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|x| e(&x))?;
+    eprintln!(
+        "[bench] {} function VM cold boots: every phase to the first invocation",
+        args.boots
+    );
+    results["function_vm_timeline"] =
+        rt.block_on(function_timelines(args.boots, &kernel, &agent, &function))?;
     results["warm_invoke"] = rt.block_on(warm_invokes(&args, &kernel, &agent, &function))?;
+    eprintln!(
+        "[bench] warm invokes, {} in flight: VMs vs host-mode agents",
+        args.concurrency
+    );
+    results["warm_invoke_concurrent"] =
+        rt.block_on(concurrent_invokes(&args, &kernel, &agent, &function))?;
     eprintln!("[bench] {} function VMs created at once", args.parallel);
     results["creations"] = rt.block_on(creations(args.parallel, &kernel, &agent, &function))?;
     let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
@@ -140,6 +178,7 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
 fn in_test_host(
     args: &BenchArgs,
     kernel: &Path,
+    peer_kernel: &Path,
     agent: &Path,
     function: &Path,
 ) -> Result<(), String> {
@@ -166,14 +205,16 @@ fn in_test_host(
             0o644,
         )
         .file(kernel, "/work/bzImage", 0o644)
+        .file(peer_kernel, "/work/peer-kernel", 0o644)
         .file(agent, "/work/agent", 0o755)
         .file(function, "/work/counter", 0o755)
         .bytes("/work/guest.cpio", initrd, 0o644);
     let cmd = format!(
         "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
+         --peer-kind {} --peer-kernel peer-kernel --concurrency {} \
          --parallel {} --kernel bzImage --initrd guest.cpio --agent agent --function counter --out r.json --plot r.svg \
          && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END && echo BENCH_SVG_BEGIN && cat r.svg && echo BENCH_SVG_END",
-        args.boots, args.invokes, args.parallel
+        args.boots, args.invokes, args.peer_kind, args.concurrency, args.parallel
     );
     let out = host.run(&cmd).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -228,7 +269,59 @@ fn stats(mut v: Vec<f64>) -> Value {
     json!({"n": v.len(), "min": v[0], "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": v[v.len() - 1]})
 }
 
-fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, Value), String> {
+/// The peer VMM's command line for one boot of `kernel` + `initrd` with
+/// the same memory, vCPUs and kernel command line as silo.
+fn peer_command(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Command, String> {
+    let mut cmd = Command::new(&args.peer);
+    if args.peer_kind == "firecracker" {
+        // Firecracker's documented `--no-api --config-file` boot: the
+        // guest's serial console goes to stdout; `reboot=k` makes the
+        // guest's reboot (an i8042 reset) end the process.
+        let config = json!({
+            "boot-source": {
+                "kernel_image_path": kernel,
+                "initrd_path": initrd,
+                "boot_args": CMDLINE.replace("reboot=t", "reboot=k"),
+            },
+            "drives": [],
+            "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+        });
+        let path = std::env::temp_dir().join(format!("silo-bench-fc-{}.json", std::process::id()));
+        std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+        cmd.args(["--no-api", "--config-file"]).arg(&path);
+    } else {
+        cmd.args([
+            "-M",
+            "microvm",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+            "-smp",
+            "1",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE]);
+        if let Some(fw) = &args.peer_firmware {
+            cmd.arg("-L").arg(fw);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    Ok(cmd)
+}
+
+fn cold_boots(
+    args: &BenchArgs,
+    kernel: &Path,
+    peer_kernel: &Path,
+    initrd: &Path,
+) -> Result<(Value, Value), String> {
     let silo = std::env::current_exe().map_err(|e| e.to_string())?;
     let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
     let (mut p_wall, mut p_guest) = (vec![], vec![]);
@@ -274,36 +367,7 @@ fn cold_boots(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<(Value, 
         }
         // peer
         let t = Instant::now();
-        let mut cmd = Command::new(&args.peer);
-        cmd.args([
-            "-M",
-            "microvm",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "128",
-            "-smp",
-            "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", CMDLINE])
-        .stdin(Stdio::null());
-        if let Some(fw) = &args.peer_firmware {
-            cmd.arg("-L").arg(fw);
-        }
+        let mut cmd = peer_command(args, peer_kernel, initrd)?;
         let out = cmd
             .output()
             .map_err(|e| format!("peer {}: {e}", args.peer))?;
@@ -458,6 +522,7 @@ async fn warm_invokes(
         "vm_over_vsock_ms": stats(vm.clone()),
         "host_mode_unix_socket_ms": stats(host.clone()),
         "ratio_p50": median(&vm) / median(&host),
+        "samples_ms": { "vm": vm, "host_mode": host },
         "vm_spawn_to_agent_ready_ms": boot.spawn_to_ready.as_secs_f64() * 1e3,
         "guest_uptime_at_agent_start_ms": boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
         "guest_uptime_at_agent_ready_ms": boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
@@ -534,7 +599,231 @@ async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Ve
     out.into_iter().map(|o| o.expect("completed")).collect()
 }
 
-/// A small SVG: p50 bars for each compared pair.
+/// The phases of a function VM's start, in the order they happen.
+pub const PHASES: [&str; 7] = [
+    "vmm_process_start_ms",
+    "kernel_loaded_ms",
+    "vm_created_ms",
+    "first_kvm_run_ms",
+    "guest_init_ms",
+    "agent_ready_ms",
+    "first_invocation_answered_ms",
+];
+
+/// A function VM image of the counter in `dir`.
+fn function_spec(
+    dir: &Path,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<crate::vm_env::VmSpec, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let code = std::fs::read(function).map_err(|e| e.to_string())?;
+    let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let config = AgentConfig {
+        timeout_s: 10,
+        ..AgentConfig::default()
+    };
+    let image =
+        silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
+    let initrd = dir.join("function.cpio");
+    std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
+    Ok(crate::vm_env::VmSpec {
+        kernel: kernel.to_path_buf(),
+        initrd,
+        mem_mib: 128,
+        vcpus: 1,
+        boot_timeout: Duration::from_secs(300),
+    })
+}
+
+/// `n` function VMs booted one after another, each to its first invocation:
+/// every phase in one clock domain (ms since the VMM was spawned).
+async fn function_timelines(
+    n: usize,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
+    let dir = std::env::temp_dir().join(format!("silo-bench-timeline-{}", std::process::id()));
+    let spec = function_spec(&dir, kernel, agent, function)?;
+    let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
+    for i in 0..n.max(1) {
+        let mut env = crate::vm_env::VmEnv::boot(&spec, &dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = env
+            .invoke(invoke_msg(i), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !matches!(r.outcome, Outcome::Ok(_)) {
+            return Err(format!(
+                "first invocation of VM {i} failed: {:?}",
+                r.outcome
+            ));
+        }
+        let t = serde_json::to_value(env.boot.timeline).map_err(|e| e.to_string())?;
+        env.shutdown().await;
+        for (k, v) in PHASES.iter().zip(phases.iter_mut()) {
+            let x = t[k]
+                .as_f64()
+                .ok_or_else(|| format!("VM {i}: phase {k} missing: {t}"))?;
+            v.push(x);
+        }
+        eprintln!("[bench] function VM {}: {t}", i + 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut out = serde_json::Map::new();
+    for (k, v) in PHASES.iter().zip(phases) {
+        out.insert(k.to_string(), stats(v));
+    }
+    Ok(
+        json!({ "clock": "host CLOCK_MONOTONIC, ms since the VMM process was spawned", "phases": out, "order": PHASES }),
+    )
+}
+
+/// A host-mode agent (the peer for invokes) serving the counter from `dir`.
+fn host_agent(
+    dir: &Path,
+    agent: &Path,
+    function: &Path,
+    slot: usize,
+) -> Result<(std::process::Child, UnixStream), String> {
+    let root = dir.join(format!("host-{slot}"));
+    std::fs::create_dir_all(root.join("task")).map_err(|e| e.to_string())?;
+    std::fs::copy(function, root.join("task/bootstrap")).map_err(|e| e.to_string())?;
+    let mut cfg = AgentConfig {
+        timeout_s: 10,
+        ..AgentConfig::default()
+    };
+    cfg.task_root = root.join("task").display().to_string();
+    cfg.environment
+        .insert("TMPDIR".into(), root.display().to_string());
+    std::fs::write(
+        root.join("agent.json"),
+        serde_json::to_vec(&cfg).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let sock = root.join("agent.sock");
+    let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
+    let child = Command::new(agent)
+        .args([
+            "--host-mode",
+            "--api-addr",
+            &format!("127.0.0.1:{}", 9200 + slot),
+            "--config",
+        ])
+        .arg(root.join("agent.json"))
+        .arg("--connect-unix")
+        .arg(&sock)
+        .spawn()
+        .map_err(|e| format!("host-mode agent: {e}"))?;
+    let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+    silo_proto::read_message(&mut conn).map_err(|e| e.to_string())?;
+    Ok((child, conn))
+}
+
+/// One invoke on a host-mode agent; its round trip in ms.
+fn host_invoke(conn: &mut UnixStream, n: usize) -> Result<f64, String> {
+    let t = Instant::now();
+    silo_proto::write_message(conn, &invoke_msg(n)).map_err(|e| e.to_string())?;
+    loop {
+        match silo_proto::read_message(conn).map_err(|e| e.to_string())? {
+            Message::Result {
+                outcome: Outcome::Ok(_),
+                ..
+            } => return Ok(t.elapsed().as_secs_f64() * 1e3),
+            Message::Result { outcome, .. } => {
+                return Err(format!("host-mode invoke failed: {outcome:?}"))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `args.invokes` warm invokes with `args.concurrency` in flight: against as
+/// many VMs, and against as many host-mode agents.
+async fn concurrent_invokes(
+    args: &BenchArgs,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
+    let c = args.concurrency.max(1);
+    let per_slot = (args.invokes / c).max(1);
+    let dir = std::env::temp_dir().join(format!("silo-bench-conc-{}", std::process::id()));
+    let spec = function_spec(&dir, kernel, agent, function)?;
+    let boots = (0..c).map(|_| crate::vm_env::VmEnv::boot(&spec, &dir));
+    let mut envs = Vec::new();
+    for r in futures_join(boots).await {
+        envs.push(r.map_err(|e| e.to_string())?);
+    }
+    let runs = envs.iter_mut().enumerate().map(|(slot, env)| async move {
+        let mut lat = Vec::with_capacity(per_slot);
+        for n in 0..per_slot {
+            let r = env
+                .invoke(invoke_msg(slot * per_slot + n), Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !matches!(r.outcome, Outcome::Ok(_)) {
+                return Err(format!("VM invoke failed: {:?}", r.outcome));
+            }
+            lat.push(r.duration.as_secs_f64() * 1e3);
+        }
+        Ok::<_, String>(lat)
+    });
+    let started = Instant::now();
+    let mut vm = Vec::new();
+    for r in futures_join(runs).await {
+        vm.extend(r?);
+    }
+    let vm_wall = started.elapsed().as_secs_f64();
+    for env in envs {
+        env.shutdown().await;
+    }
+    let mut agents = Vec::new();
+    for slot in 0..c {
+        agents.push(host_agent(&dir, agent, function, slot)?);
+    }
+    let started = Instant::now();
+    let threads: Vec<_> = agents
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (child, mut conn))| {
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_slot);
+                for n in 0..per_slot {
+                    lat.push(host_invoke(&mut conn, slot * per_slot + n)?);
+                }
+                let _ = silo_proto::write_message(&mut conn, &Message::Shutdown);
+                Ok::<_, String>((lat, child))
+            })
+        })
+        .collect();
+    let mut host = Vec::new();
+    for t in threads {
+        let (lat, mut child) = t
+            .join()
+            .map_err(|_| "host-mode thread panicked".to_string())??;
+        host.extend(lat);
+        let _ = child.wait();
+    }
+    let host_wall = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "concurrency": c,
+        "vm_over_vsock_ms": stats(vm.clone()),
+        "host_mode_unix_socket_ms": stats(host.clone()),
+        "ratio_p50": median(&vm) / median(&host),
+        "vm_invokes_per_second": vm.len() as f64 / vm_wall,
+        "host_mode_invokes_per_second": host.len() as f64 / host_wall,
+        "samples_ms": { "vm": vm, "host_mode": host },
+    }))
+}
+
+/// The plot: p50 bars of each compared pair, a stacked bar of the function
+/// VM's boot phases (p50 of each phase's end), and latency CDFs of the warm
+/// invokes (serial and concurrent, VM and host-mode peer).
 fn svg(r: &Value) -> String {
     let rows = [
         (
@@ -553,8 +842,9 @@ fn svg(r: &Value) -> String {
             &r["warm_invoke"]["host_mode_unix_socket_ms"]["p50"],
         ),
     ];
-    let mut s = String::from(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="720" height="330" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##,
+    let (w, h) = (760, 960);
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##
     );
     for (i, (label, a, b)) in rows.iter().enumerate() {
         let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
@@ -564,6 +854,121 @@ fn svg(r: &Value) -> String {
         s.push_str(&format!(
             r##"<text x="10" y="{}">{label}</text><rect x="10" y="{}" width="{}" height="22" fill="#3b6fb6"/><text x="{}" y="{}">{a:.1}</text><rect x="10" y="{}" width="{}" height="22" fill="#999"/><text x="{}" y="{}">{b:.1}</text>"##,
             y, y + 8, w(a), w(a) + 16, y + 24, y + 34, w(b), w(b) + 16, y + 50
+        ));
+    }
+    // Stacked bar: each segment is one phase (p50 end minus previous p50 end).
+    let colors = [
+        "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b",
+    ];
+    let phases = &r["function_vm_timeline"]["phases"];
+    let ends: Vec<f64> = PHASES
+        .iter()
+        .map(|k| phases[k]["p50"].as_f64().unwrap_or(0.0))
+        .collect();
+    let total = ends.iter().cloned().fold(1e-9, f64::max);
+    let y0 = 320;
+    s.push_str(&format!(
+        r##"<text x="10" y="{y0}" font-size="15">function VM cold start by phase (p50, ms since VMM spawn; total {total:.0} ms)</text>"##
+    ));
+    let mut prev = 0.0;
+    for (i, (k, end)) in PHASES.iter().zip(&ends).enumerate() {
+        let x = 10.0 + prev / total * 700.0;
+        let wd = ((end - prev).max(0.0) / total * 700.0).max(1.0);
+        s.push_str(&format!(
+            r##"<rect class="phase" x="{x:.1}" y="{}" width="{wd:.1}" height="28" fill="{}"><title>{k}: {:.1} ms</title></rect>"##,
+            y0 + 12,
+            colors[i % colors.len()],
+            end - prev
+        ));
+        s.push_str(&format!(
+            r##"<rect x="10" y="{}" width="12" height="12" fill="{}"/><text x="28" y="{}">{} ends at {end:.1} ms (+{:.1})</text>"##,
+            y0 + 52 + i as i32 * 18,
+            colors[i % colors.len()],
+            y0 + 62 + i as i32 * 18,
+            k.trim_end_matches("_ms"),
+            (end - prev).max(0.0)
+        ));
+        prev = prev.max(*end);
+    }
+    // CDFs of warm invoke latency.
+    let series = [
+        (
+            "VM, serial",
+            &r["warm_invoke"]["samples_ms"]["vm"],
+            "#3b6fb6",
+            "",
+        ),
+        (
+            "host mode, serial",
+            &r["warm_invoke"]["samples_ms"]["host_mode"],
+            "#999",
+            "",
+        ),
+        (
+            "VM, concurrent",
+            &r["warm_invoke_concurrent"]["samples_ms"]["vm"],
+            "#3b6fb6",
+            "6,4",
+        ),
+        (
+            "host mode, concurrent",
+            &r["warm_invoke_concurrent"]["samples_ms"]["host_mode"],
+            "#999",
+            "6,4",
+        ),
+    ];
+    let (px, py, pw, ph) = (60.0, 560.0, 660.0, 330.0);
+    let xmax = series
+        .iter()
+        .filter_map(|(_, v, _, _)| {
+            let mut x: Vec<f64> = v.as_array()?.iter().filter_map(Value::as_f64).collect();
+            x.sort_by(f64::total_cmp);
+            x.get(((x.len() as f64) * 0.99) as usize)
+                .or(x.last())
+                .copied()
+        })
+        .fold(1e-9, f64::max)
+        * 1.1;
+    s.push_str(&format!(
+        r##"<text x="10" y="{}" font-size="15">warm invoke latency CDF (x clipped at 1.1 x the largest p99)</text><line x1="{px}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{px}" y1="{py}" x2="{px}" y2="{}" stroke="black"/>"##,
+        py - 20.0, py + ph, px + pw, py + ph, py + ph
+    ));
+    for i in 0..=4 {
+        let f = i as f64 / 4.0;
+        s.push_str(&format!(
+            r##"<text x="{}" y="{}" text-anchor="middle">{:.1}</text><text x="{}" y="{}" text-anchor="end">{f:.2}</text>"##,
+            px + f * pw, py + ph + 16.0, f * xmax, px - 6.0, py + ph - f * ph + 4.0
+        ));
+    }
+    s.push_str(&format!(
+        r##"<text x="{}" y="{}" text-anchor="middle">latency (ms)</text>"##,
+        px + pw / 2.0,
+        py + ph + 34.0
+    ));
+    for (i, (label, v, color, dash)) in series.iter().enumerate() {
+        let mut x: Vec<f64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        x.sort_by(f64::total_cmp);
+        let n = x.len().max(1) as f64;
+        let pts: Vec<String> = x
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    px + (v / xmax).min(1.0) * pw,
+                    py + ph - (j + 1) as f64 / n * ph
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            r##"<polyline class="cdf" fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}">{label}</text>"##,
+            pts.join(" "),
+            px + pw - 200.0, py + ph - 90.0 + i as f64 * 18.0,
+            px + pw - 170.0, py + ph - 90.0 + i as f64 * 18.0,
+            px + pw - 164.0, py + ph - 86.0 + i as f64 * 18.0
         ));
     }
     s.push_str("</svg>\n");

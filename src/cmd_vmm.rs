@@ -36,6 +36,10 @@ pub struct VmmArgs {
     /// Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr.
     #[arg(long)]
     timeline: bool,
+    /// Write the boot timeline (JSON, phases up to the first KVM_RUN) to this
+    /// file as soon as the guest starts running.
+    #[arg(long)]
+    timeline_file: Option<PathBuf>,
     /// Try to boot a standard kernel even on a PVM-backed /dev/kvm.
     #[arg(long)]
     allow_pvm: bool,
@@ -75,6 +79,7 @@ pub fn run(args: VmmArgs) -> ExitCode {
         serial: args.serial,
         vsock,
         allow_pvm: args.allow_pvm,
+        timeline_file: args.timeline_file,
     };
     match silo_vmm::run(&cfg) {
         Ok(report) => {

@@ -88,6 +88,7 @@ impl VmBackend {
 /// A VM bound to one binding.
 pub struct VmEnvironment {
     env: VmEnv,
+    binding: Binding,
 }
 
 impl Backend for VmBackend {
@@ -112,13 +113,22 @@ impl Backend for VmBackend {
             boot_timeout: self.boot_timeout,
         };
         let env = VmEnv::boot(&spec, &self.run_dir).await?;
+        let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,
             tenant_id = %binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
-            spawn_to_ready_ms = env.boot.spawn_to_ready.as_millis() as u64,
-            "microVM ready"
+            vmm_process_start_ms = t.vmm_process_start_ms,
+            kernel_loaded_ms = t.kernel_loaded_ms,
+            vm_created_ms = t.vm_created_ms,
+            first_kvm_run_ms = t.first_kvm_run_ms,
+            guest_init_ms = t.guest_init_ms,
+            agent_ready_ms = t.agent_ready_ms,
+            "microVM ready (boot timeline, ms since VMM spawn)"
         );
-        Ok(VmEnvironment { env })
+        Ok(VmEnvironment {
+            env,
+            binding: binding.clone(),
+        })
     }
 }
 
@@ -141,7 +151,22 @@ impl Environment for VmEnvironment {
                 .unwrap_or_default();
             *deadline_unix_ms = (now + req.timeout).as_millis() as u64;
         }
+        let first = self
+            .env
+            .boot
+            .timeline
+            .first_invocation_answered_ms
+            .is_none();
         let result = self.env.invoke(req.message, req.timeout).await?;
+        if first {
+            tracing::info!(
+                function = %self.binding.function.name,
+                tenant_id = %self.binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
+                first_invocation_answered_ms = self.env.boot.timeline.first_invocation_answered_ms,
+                agent_ready_ms = self.env.boot.timeline.agent_ready_ms,
+                "first invocation answered (ms since VMM spawn)"
+            );
+        }
         match &result.outcome {
             Outcome::Err(e)
                 if e.error_type == "Runtime.ExitError" || e.error_type == "Sandbox.Timedout" =>

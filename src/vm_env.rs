@@ -58,6 +58,58 @@ pub struct BootReport {
     pub spawn_to_ready: Duration,
     /// The guest's own clock.
     pub guest: BootTiming,
+    /// Every phase in one clock domain (the host's CLOCK_MONOTONIC).
+    pub timeline: BootTimeline,
+}
+
+/// A VM's start, phase by phase, in milliseconds since the host spawned its
+/// VMM process: host-side phases from CLOCK_MONOTONIC readings in the VMM
+/// and here; guest-side phases placed by adding the guest's own uptime to
+/// the first KVM_RUN (the guest clock starts within microseconds of it).
+/// `None` where the VMM's timeline file could not be read.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct BootTimeline {
+    /// The VMM process started (`main`).
+    pub vmm_process_start_ms: Option<f64>,
+    /// Kernel and initrd loaded into guest memory.
+    pub kernel_loaded_ms: Option<f64>,
+    /// KVM VM and vCPUs created, devices set up.
+    pub vm_created_ms: Option<f64>,
+    /// The boot vCPU's first KVM_RUN.
+    pub first_kvm_run_ms: Option<f64>,
+    /// The guest kernel started init (the agent, PID 1).
+    pub guest_init_ms: Option<f64>,
+    /// The agent's hello arrived over vsock: the environment is ready.
+    pub agent_ready_ms: f64,
+    /// The first invocation's result arrived (set after it).
+    pub first_invocation_answered_ms: Option<f64>,
+}
+
+/// Reads the VMM's timeline file and places every phase after `spawn_ns`.
+fn read_timeline(path: &Path, spawn_ns: u64, ready: Duration, guest: &BootTiming) -> BootTimeline {
+    let mut t = BootTimeline {
+        agent_ready_ms: ready.as_secs_f64() * 1e3,
+        ..BootTimeline::default()
+    };
+    let Some(v) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return t;
+    };
+    let Some(start_ns) = v["process_start_monotonic_ns"].as_u64() else {
+        return t;
+    };
+    let base_ms = (start_ns as f64 - spawn_ns as f64) / 1e6;
+    let at = |k: &str| v[k].as_f64().map(|us| base_ms + us / 1e3);
+    t.vmm_process_start_ms = Some(base_ms);
+    t.kernel_loaded_ms = at("kernel_loaded_us");
+    t.vm_created_ms = at("vm_created_us");
+    t.first_kvm_run_ms = at("first_kvm_run_us");
+    t.guest_init_ms = t
+        .first_kvm_run_ms
+        .map(|r| r + guest.kernel_uptime_at_agent_start_ns as f64 / 1e6);
+    t
 }
 
 /// The result of one invocation.
@@ -76,6 +128,7 @@ pub struct VmEnv {
     child: Child,
     conn: UnixStream,
     dir: PathBuf,
+    started: Instant,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -115,6 +168,8 @@ impl VmEnv {
             .arg(&uds)
             .arg("--serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg("--timeline-file")
+            .arg(dir.join("timeline.json"))
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,6 +191,7 @@ impl VmEnv {
                 Ok(())
             });
         }
+        let spawn_ns = silo_vmm::timeline::monotonic_ns();
         let child = cmd
             .spawn()
             .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;
@@ -163,14 +219,17 @@ impl VmEnv {
             return Err(EnvError::Boot(format!("expected hello, got {hello:?}")));
         };
         let spawn_to_ready = started.elapsed();
+        let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir) = env_guard.disarm();
         Ok(Self {
             child,
             conn,
             dir,
+            started,
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
+                timeline,
             },
         })
     }
@@ -226,6 +285,10 @@ impl VmEnv {
             .map_err(|_| EnvError::TimedOut)??;
         if tail.len() > LOG_TAIL {
             tail.drain(..tail.len() - LOG_TAIL);
+        }
+        if self.boot.timeline.first_invocation_answered_ms.is_none() {
+            self.boot.timeline.first_invocation_answered_ms =
+                Some(self.started.elapsed().as_secs_f64() * 1e3);
         }
         Ok(InvokeResult {
             outcome,

@@ -17,6 +17,8 @@ fn short_bench_writes_complete_json_and_a_plot() {
             "10",
             "--parallel",
             "2",
+            "--concurrency",
+            "2",
             "--out",
         ])
         .arg(&json)
@@ -72,7 +74,47 @@ fn short_bench_writes_complete_json_and_a_plot() {
     assert_eq!(c["parallel"], 2);
     assert!(c["creations_per_second"].as_f64().unwrap() > 0.0, "{c}");
     check(&c["spawn_to_ready_ms"], "creation spawn_to_ready_ms");
+    // The function VM's timeline: every phase, in order (p50 of each).
+    let phases = &r["function_vm_timeline"]["phases"];
+    let order = [
+        "vmm_process_start_ms",
+        "kernel_loaded_ms",
+        "vm_created_ms",
+        "first_kvm_run_ms",
+        "guest_init_ms",
+        "agent_ready_ms",
+        "first_invocation_answered_ms",
+    ];
+    let mut last = 0.0;
+    for k in order {
+        let v = &phases[k];
+        assert_eq!(v["n"], 2, "{k}: {v}");
+        let p50 = v["p50"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {phases}"));
+        assert!(
+            p50 >= last,
+            "{k} ({p50}) before the previous phase ({last}): {phases}"
+        );
+        last = p50;
+    }
+    // Concurrent warm invokes, silo and peer.
+    let wc = &r["warm_invoke_concurrent"];
+    assert_eq!(wc["concurrency"], 2, "{wc}");
+    check(&wc["vm_over_vsock_ms"], "concurrent vm_over_vsock_ms");
+    check(
+        &wc["host_mode_unix_socket_ms"],
+        "concurrent host_mode_unix_socket_ms",
+    );
+    assert!(wc["ratio_p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(wc["samples_ms"]["vm"].as_array().unwrap().len(), 10);
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("rect"), "{plot}");
+    assert_eq!(plot.matches("class=\"cdf\"").count(), 4, "four CDF curves");
+    assert_eq!(
+        plot.matches("class=\"phase\"").count(),
+        7,
+        "seven phase segments"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

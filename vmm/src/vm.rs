@@ -64,6 +64,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Boot a standard kernel even on a PVM host (for experiments).
     pub allow_pvm: bool,
+    /// Where to write the boot timeline (JSON) once the first KVM_RUN has
+    /// happened, so a parent can read it while the VM runs.
+    pub timeline_file: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -78,6 +81,7 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             vsock: None,
             allow_pvm: false,
+            timeline_file: None,
         }
     }
 }
@@ -328,6 +332,19 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         }
     }
     drop(events_tx);
+
+    if let (Some(path), None) = (&cfg.timeline_file, &spawn_error) {
+        // The boot vCPU enters KVM_RUN microseconds after its thread starts.
+        let waited = Instant::now();
+        while first_run.get().is_none() && waited.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let mut early = timeline.clone();
+        early.first_kvm_run = first_run.get().map(|t| Timeline::since_start(*t));
+        if let Err(e) = std::fs::write(path, early.to_json()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the timeline file");
+        }
+    }
 
     let outcome = match spawn_error {
         Some(e) => Err(e),
