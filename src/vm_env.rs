@@ -64,9 +64,9 @@ pub struct BootReport {
 
 /// A VM's start, phase by phase, in milliseconds since the host spawned its
 /// VMM process: host-side phases from CLOCK_MONOTONIC readings in the VMM
-/// and here; guest-side phases placed by adding the guest's own uptime to
-/// the first KVM_RUN (the guest clock starts within microseconds of it).
-/// `None` where the VMM's timeline file could not be read.
+/// and here; the guest's init placed before the hello's arrival by the
+/// guest-measured time from init to hello. `None` where the VMM's timeline
+/// file could not be read.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct BootTimeline {
     /// The VMM process started (`main`).
@@ -106,9 +106,16 @@ fn read_timeline(path: &Path, spawn_ns: u64, ready: Duration, guest: &BootTiming
     t.kernel_loaded_ms = at("kernel_loaded_us");
     t.vm_created_ms = at("vm_created_us");
     t.first_kvm_run_ms = at("first_kvm_run_us");
-    t.guest_init_ms = t
-        .first_kvm_run_ms
-        .map(|r| r + guest.kernel_uptime_at_agent_start_ns as f64 / 1e6);
+    // Anchored to the hello's arrival and placed back by the guest-measured
+    // interval from init to hello (tens of ms): only the guest clock's rate
+    // over that short interval matters, not its offset, which under nested
+    // emulation is off by a second.
+    let init_to_ready_ms = guest
+        .kernel_uptime_at_ready_ns
+        .saturating_sub(guest.kernel_uptime_at_agent_start_ns) as f64
+        / 1e6;
+    t.guest_init_ms =
+        Some((t.agent_ready_ms - init_to_ready_ms).max(t.first_kvm_run_ms.unwrap_or(0.0)));
     t
 }
 
