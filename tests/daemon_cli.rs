@@ -1,4 +1,5 @@
-//! The CLI helpers against a real daemon, and VMMs never outliving it: the
+//! The CLI helpers against a real daemon, every VMM thread under seccomp,
+//! and VMMs never outliving the daemon: the
 //! script starts `silo serve`, creates a function and invokes it with
 //! `silo create-function` / `silo invoke` (signed), checks that one VMM
 //! process runs, SIGKILLs the daemon and checks the VMM died with it (it
@@ -28,6 +29,8 @@ grep -q PER_TENANT create.json && echo CREATED_PER_TENANT
 silo invoke --name counter --tenant tenant-A --payload '{{}}' > out1.json && cat out1.json && echo
 silo invoke --name counter --payload '{{}}' 2> err.txt; echo "NO_TENANT_EXIT $?"; cat err.txt
 vmms=$(ps -o args | grep -c "[v]mm --kernel"); echo "VMMS_RUNNING $vmms"
+vpid=$(ps -o pid,args | grep "[v]mm --kernel" | awk '{{print $1}}' | head -1)
+echo "VMM_TASKS $(ls /proc/$vpid/task | wc -l) FILTERED $(grep -l 'Seccomp:.*2' /proc/$vpid/task/*/status | wc -l)"
 kill -9 $daemon; wait $daemon 2>/dev/null
 sleep 2
 left=$(ps -o args | grep -c "[v]mm --kernel"); echo "VMMS_AFTER_KILL $left"
@@ -52,6 +55,17 @@ left=$(ps -o args | grep -c "[v]mm --kernel"); echo "VMMS_AFTER_KILL $left"
     assert!(out.contains("NO_TENANT_EXIT 1"), "{out}");
     assert!(out.contains("Add a valid tenant ID"), "{out}");
     assert!(out.contains("VMMS_RUNNING 1"), "{out}");
+    // Every thread of the running VMM (main, devices, vCPU) is under its
+    // seccomp filter.
+    let tasks = out
+        .split("VMM_TASKS ")
+        .nth(1)
+        .and_then(|l| l.lines().next())
+        .expect("VMM_TASKS line");
+    let n: Vec<&str> = tasks.split_whitespace().collect();
+    assert_eq!(n.len(), 3, "{tasks}");
+    assert!(n[0].parse::<u32>().unwrap() >= 3, "{tasks}");
+    assert_eq!(n[0], n[2], "threads without a seccomp filter: {tasks}");
     assert!(
         out.contains("VMMS_AFTER_KILL 0"),
         "a VMM outlived its daemon:\n{out}"

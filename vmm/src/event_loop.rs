@@ -45,6 +45,10 @@ pub fn start(subscribers: Vec<Subscriber>) -> std::io::Result<EventLoopHandle> {
     let thread = std::thread::Builder::new()
         .name("devices".into())
         .spawn(move || {
+            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Devices) {
+                tracing::error!(error = %e, "device thread not started");
+                return;
+            }
             while !flag.load(Ordering::Acquire) {
                 if let Err(e) = manager.run() {
                     tracing::error!(error = ?e, "device event loop failed");

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod kvm;
 pub mod memory;
+pub mod seccomp;
 pub mod timeline;
 pub mod vcpu;
 pub mod vm;

@@ -318,7 +318,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         match std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let why = vcpu.run();
+                let why = match crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                    Ok(()) => vcpu.run(),
+                    Err(e) => VcpuStop::Error(e.to_string()),
+                };
                 let _ = tx.send(Event::Vcpu(index, why));
             }) {
             Ok(h) => threads.push(h),
@@ -343,6 +346,14 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, VmmError> {
         early.first_kvm_run = first_run.get().map(|t| Timeline::since_start(*t));
         if let Err(e) = std::fs::write(path, early.to_json()) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the timeline file");
+        }
+    }
+
+    if spawn_error.is_none() {
+        if !crate::seccomp::enabled() {
+            tracing::warn!("seccomp filters are off (SILO_SECCOMP=off)");
+        } else if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Main) {
+            spawn_error = Some(VmmError::Device(e.to_string()));
         }
     }
 
