@@ -14,18 +14,29 @@
 //! per-tenant ceiling. Idle environments are reaped after the idle timeout.
 //! An environment that fails is destroyed; no other is touched.
 //!
+//! Cold starts pass [`admission`] control: a bounded number boot at once,
+//! the rest wait in a bounded first-come, first-served queue with their
+//! invoke's deadline, or are refused at once when they could not be served
+//! in time. A waiting cold start takes an idle environment of its own
+//! binding if one is released before a boot slot is free.
+//!
 //! Environments are reached through the [`Backend`] and [`Environment`]
 //! traits: VMs in the daemon, an in-memory backend in tests.
 
+pub mod admission;
 pub mod memory_backend;
 mod tenant;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use admission::Admission;
 pub use tenant::{InvalidTenantId, TenantId};
+
+use admission::BootEstimate;
+use tokio::sync::oneshot;
 
 /// A function version: new code means new environments.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +67,9 @@ pub struct Limits {
     pub env_cap_factor: f64,
     /// Idle environments older than this are reaped.
     pub idle_timeout: Duration,
+    /// An invoke needing a cold start must have its environment ready
+    /// within this long of its arrival, or is refused (see [`admission`]).
+    pub init_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +79,7 @@ impl Default for Limits {
             per_tenant: 10,
             env_cap_factor: 2.5,
             idle_timeout: Duration::from_secs(300),
+            init_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -77,7 +92,7 @@ impl Limits {
 }
 
 /// Why an invoke was throttled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ThrottleReason {
     /// The function's concurrency is used up.
     FunctionConcurrency,
@@ -85,6 +100,34 @@ pub enum ThrottleReason {
     TenantConcurrency,
     /// The environment cap is reached and none is idle.
     EnvironmentCap,
+    /// The queue of cold starts waiting for a boot slot is full.
+    ColdStartQueueFull,
+    /// The cold start could not have its environment ready before the
+    /// invoke's deadline (estimated on arrival from measured boots, or
+    /// found while waiting).
+    ColdStartDeadline,
+}
+
+impl ThrottleReason {
+    /// Every reason, for metrics.
+    pub const ALL: [ThrottleReason; 5] = [
+        Self::FunctionConcurrency,
+        Self::TenantConcurrency,
+        Self::EnvironmentCap,
+        Self::ColdStartQueueFull,
+        Self::ColdStartDeadline,
+    ];
+
+    /// A stable snake_case name (metrics labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FunctionConcurrency => "function_concurrency",
+            Self::TenantConcurrency => "tenant_concurrency",
+            Self::EnvironmentCap => "environment_cap",
+            Self::ColdStartQueueFull => "cold_start_queue_full",
+            Self::ColdStartDeadline => "cold_start_deadline",
+        }
+    }
 }
 
 /// Scheduling errors.
@@ -147,7 +190,8 @@ pub struct InvokeReport<R> {
     pub cold_start: bool,
     /// Which environment ran it.
     pub env_id: u64,
-    /// Time spent creating the environment.
+    /// Time spent creating the environment (the boot, without any wait
+    /// for a boot slot).
     pub init_duration: Option<Duration>,
 }
 
@@ -183,6 +227,13 @@ pub struct Counters {
     pub reaped: u64,
     /// Environments destroyed, for any reason.
     pub destroyed: u64,
+    /// Invocations throttled, by reason.
+    pub throttles_by_reason: HashMap<ThrottleReason, u64>,
+    /// Cold starts that waited and were then served by an idle environment
+    /// of their binding instead of a boot.
+    pub warm_handoffs: u64,
+    /// Environment creations that failed.
+    pub create_failures: u64,
 }
 
 /// A point-in-time view for metrics.
@@ -198,6 +249,28 @@ pub struct Stats {
     pub tenant_in_flight: HashMap<(String, Option<TenantId>), u32>,
     /// Counters.
     pub counters: Counters,
+    /// Environments booting now.
+    pub booting: usize,
+    /// Cold starts waiting for a boot slot now.
+    pub queued: usize,
+    /// The admission limits in force.
+    pub admission: Admission,
+    /// Current estimate of one boot's duration, once one was measured.
+    pub boot_estimate: Option<Duration>,
+}
+
+/// What a queued cold start receives.
+enum Grant<E> {
+    /// A boot slot: create the environment.
+    Boot,
+    /// An idle environment of the waiter's binding.
+    Warm(Idle<E>),
+}
+
+struct Waiter<E> {
+    ticket: u64,
+    binding: Binding,
+    tx: oneshot::Sender<Grant<E>>,
 }
 
 struct State<E> {
@@ -205,12 +278,17 @@ struct State<E> {
     idle: HashMap<Binding, Vec<Idle<E>>>,
     next_id: u64,
     counters: Counters,
+    booting: usize,
+    queue: VecDeque<Waiter<E>>,
+    next_ticket: u64,
+    boot_estimate: BootEstimate,
 }
 
 /// The scheduler; clone it freely (shared state inside).
 pub struct Scheduler<B: Backend> {
     backend: Arc<B>,
     state: Arc<Mutex<State<B::Env>>>,
+    admission: Admission,
 }
 
 impl<B: Backend> Clone for Scheduler<B> {
@@ -218,6 +296,7 @@ impl<B: Backend> Clone for Scheduler<B> {
         Self {
             backend: self.backend.clone(),
             state: self.state.clone(),
+            admission: self.admission,
         }
     }
 }
@@ -227,13 +306,26 @@ enum Slot<E> {
     Cold { id: u64, evicted: Option<E> },
 }
 
+/// How a cold start's wait for a boot slot ended.
+enum Admitted<E> {
+    Boot,
+    Warm(Idle<E>),
+}
+
 impl<B> Scheduler<B>
 where
     B: Backend,
     B::Env: Environment<Request = B::Request, Response = B::Response>,
 {
-    /// A scheduler creating environments with `backend`.
+    /// A scheduler creating environments with `backend`, with this host's
+    /// default [`Admission`].
     pub fn new(backend: B) -> Self {
+        Self::with_admission(backend, Admission::for_host())
+    }
+
+    /// A scheduler with explicit cold-start admission limits (zeros are
+    /// raised to one boot slot and one queue entry).
+    pub fn with_admission(backend: B, admission: Admission) -> Self {
         Self {
             backend: Arc::new(backend),
             state: Arc::new(Mutex::new(State {
@@ -241,7 +333,15 @@ where
                 idle: HashMap::new(),
                 next_id: 1,
                 counters: Counters::default(),
+                booting: 0,
+                queue: VecDeque::new(),
+                next_ticket: 1,
+                boot_estimate: BootEstimate::default(),
             })),
+            admission: Admission {
+                max_booting: admission.max_booting.max(1),
+                queue_capacity: admission.queue_capacity.max(1),
+            },
         }
     }
 
@@ -277,6 +377,8 @@ where
         req: B::Request,
     ) -> Result<InvokeReport<B::Response>, ScheduleError<B::Error>> {
         let tenant = binding.tenant.as_ref().map(|t| t.as_str().to_string());
+        let tenant_id = tenant.as_deref().unwrap_or("-");
+        let deadline = Instant::now() + limits.init_deadline;
         let slot = self.acquire(&binding, &limits)?;
         let (mut env, id, cold, init) = match slot {
             Slot::Warm(idle) => (idle.env, idle.id, false, None),
@@ -285,13 +387,30 @@ where
                     self.destroy_later(old);
                 }
                 let started = Instant::now();
-                tracing::info!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, "creating environment (cold start)");
-                match self.backend.create(&binding).await {
-                    Ok(env) => (env, id, true, Some(started.elapsed())),
-                    Err(e) => {
-                        tracing::warn!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, error = %e, "environment creation failed");
+                match self.admit(&binding, deadline).await {
+                    Err(reason) => {
+                        tracing::info!(function = %binding.function.name, tenant_id, reason = reason.as_str(), "cold start refused");
                         self.release(&binding, None, true);
-                        return Err(ScheduleError::Create(e));
+                        return Err(ScheduleError::Throttled(reason));
+                    }
+                    Ok(Admitted::Warm(idle)) => {
+                        tracing::info!(function = %binding.function.name, tenant_id, env_id = idle.id, waited_ms = started.elapsed().as_millis() as u64, "queued cold start served by an idle environment of its tenant");
+                        (idle.env, idle.id, false, None)
+                    }
+                    Ok(Admitted::Boot) => {
+                        let queued = started.elapsed();
+                        let boot_started = Instant::now();
+                        tracing::info!(function = %binding.function.name, tenant_id, env_id = id, queued_ms = queued.as_millis() as u64, "creating environment (cold start)");
+                        let created = self.backend.create(&binding).await;
+                        self.boot_done(created.is_ok().then(|| boot_started.elapsed()));
+                        match created {
+                            Ok(env) => (env, id, true, Some(boot_started.elapsed())),
+                            Err(e) => {
+                                tracing::warn!(function = %binding.function.name, tenant_id, env_id = id, error = %e, "environment creation failed");
+                                self.release(&binding, None, true);
+                                return Err(ScheduleError::Create(e));
+                            }
+                        }
                     }
                 }
             }
@@ -308,7 +427,7 @@ where
                 })
             }
             Err(e) => {
-                tracing::warn!(function = %binding.function.name, tenant_id = %tenant.as_deref().unwrap_or("-"), env_id = id, error = %e, "environment failed; destroying it");
+                tracing::warn!(function = %binding.function.name, tenant_id, env_id = id, error = %e, "environment failed; destroying it");
                 self.lock().counters.env_failures += 1;
                 self.release(&binding, None, true);
                 env.destroy().await;
@@ -346,7 +465,7 @@ where
             None
         };
         if let Some(reason) = throttle {
-            st.counters.throttles += 1;
+            st.counters.throttle(reason);
             return Err(ScheduleError::Throttled(reason));
         }
         // Warm: the most recently used idle environment of this binding.
@@ -381,7 +500,7 @@ where
                     st.counters.evictions += 1;
                 }
                 None => {
-                    st.counters.throttles += 1;
+                    st.counters.throttle(ThrottleReason::EnvironmentCap);
                     return Err(ScheduleError::Throttled(ThrottleReason::EnvironmentCap));
                 }
             }
@@ -394,8 +513,120 @@ where
         let id = st.next_id;
         st.next_id += 1;
         st.counters.invocations += 1;
-        st.counters.cold_starts += 1;
         Ok(Slot::Cold { id, evicted })
+    }
+
+    /// Waits for a boot slot (or an idle environment of `binding`) in
+    /// arrival order; refuses at once when the queue is full or the
+    /// environment could not be ready by `deadline`.
+    async fn admit(
+        &self,
+        binding: &Binding,
+        deadline: Instant,
+    ) -> Result<Admitted<B::Env>, ThrottleReason> {
+        let (ticket, rx) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let now = Instant::now();
+            if st.booting < self.admission.max_booting && st.queue.is_empty() {
+                if !st.boot_estimate.fits(now, 0, 1, deadline) {
+                    st.counters.throttle(ThrottleReason::ColdStartDeadline);
+                    return Err(ThrottleReason::ColdStartDeadline);
+                }
+                st.booting += 1;
+                st.counters.cold_starts += 1;
+                return Ok(Admitted::Boot);
+            }
+            let refuse = if st.queue.len() >= self.admission.queue_capacity {
+                Some(ThrottleReason::ColdStartQueueFull)
+            } else if !st.boot_estimate.fits(
+                now,
+                st.queue.len() + 1,
+                self.admission.max_booting,
+                deadline,
+            ) {
+                Some(ThrottleReason::ColdStartDeadline)
+            } else {
+                None
+            };
+            if let Some(reason) = refuse {
+                st.counters.throttle(reason);
+                return Err(reason);
+            }
+            let (tx, rx) = oneshot::channel();
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.queue.push_back(Waiter {
+                ticket,
+                binding: binding.clone(),
+                tx,
+            });
+            (ticket, rx)
+        };
+        let mut rx = rx;
+        let grant = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(Ok(g)) => Some(g),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // Timed out: leave the queue, unless a grant raced the timer.
+                let mut st = self.lock();
+                let before = st.queue.len();
+                st.queue.retain(|w| w.ticket != ticket);
+                if st.queue.len() == before {
+                    drop(st);
+                    rx.try_recv().ok()
+                } else {
+                    None
+                }
+            }
+        };
+        match grant {
+            Some(Grant::Boot) => Ok(Admitted::Boot),
+            Some(Grant::Warm(idle)) => Ok(Admitted::Warm(idle)),
+            None => {
+                self.lock()
+                    .counters
+                    .throttle(ThrottleReason::ColdStartDeadline);
+                Err(ThrottleReason::ColdStartDeadline)
+            }
+        }
+    }
+
+    /// A boot ended (`Some(duration)` if it succeeded): its slot goes to
+    /// the first waiter.
+    fn boot_done(&self, took: Option<Duration>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.booting = st.booting.saturating_sub(1);
+        match took {
+            Some(d) => st.boot_estimate.record(d),
+            None => st.counters.create_failures += 1,
+        }
+        while st.booting < self.admission.max_booting && !st.queue.is_empty() {
+            // Arrival order, but a waiter whose tenant already has an
+            // environment booting or busy lets the first waiter of a tenant
+            // with none go first: its own will likely be handed one.
+            let has_env = |w: &Waiter<B::Env>| {
+                let in_flight = st
+                    .functions
+                    .get(&w.binding.function.name)
+                    .and_then(|f| f.tenant_in_flight.get(&w.binding.tenant))
+                    .copied()
+                    .unwrap_or(0) as usize;
+                let waiting = st.queue.iter().filter(|o| o.binding == w.binding).count();
+                in_flight > waiting
+            };
+            let pick = st.queue.iter().position(|w| !has_env(w)).unwrap_or(0);
+            let Some(w) = st.queue.remove(pick) else {
+                break;
+            };
+            st.booting += 1;
+            st.counters.cold_starts += 1;
+            if w.tx.send(Grant::Boot).is_err() {
+                st.booting -= 1;
+                st.counters.cold_starts -= 1;
+            }
+        }
     }
 
     /// Ends an invocation: the environment goes back to idle, or, if it
@@ -421,11 +652,26 @@ where
                 || f.current_version.as_deref() != Some(binding.function.version.as_str());
             match env {
                 Some((env, id)) if !retired => {
-                    st.idle.entry(binding.clone()).or_default().push(Idle {
+                    let mut idle = Idle {
                         env,
                         id,
                         last_used: Instant::now(),
-                    })
+                    };
+                    // A cold start of this binding waiting for a boot slot
+                    // takes it instead, and gives back its reservation.
+                    while let Some(pos) = st.queue.iter().position(|w| &w.binding == binding) {
+                        let w = st.queue.remove(pos).expect("position is in range");
+                        match w.tx.send(Grant::Warm(idle)) {
+                            Ok(()) => {
+                                f.environments = f.environments.saturating_sub(1);
+                                st.counters.warm_handoffs += 1;
+                                return;
+                            }
+                            Err(Grant::Warm(back)) => idle = back,
+                            Err(Grant::Boot) => unreachable!("sent a warm grant"),
+                        }
+                    }
+                    st.idle.entry(binding.clone()).or_default().push(idle)
                 }
                 Some((env, _)) => {
                     f.environments = f.environments.saturating_sub(1);
@@ -540,6 +786,17 @@ where
                 })
                 .collect(),
             counters: st.counters.clone(),
+            booting: st.booting,
+            queued: st.queue.len(),
+            admission: self.admission,
+            boot_estimate: st.boot_estimate.mean(),
         }
+    }
+}
+
+impl Counters {
+    fn throttle(&mut self, reason: ThrottleReason) {
+        self.throttles += 1;
+        *self.throttles_by_reason.entry(reason).or_default() += 1;
     }
 }

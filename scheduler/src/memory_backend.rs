@@ -39,6 +39,12 @@ pub struct MemoryBackend {
     next: Arc<AtomicU64>,
     /// When set, creations fail.
     pub fail_creates: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a creation takes (milliseconds), like a VM boot.
+    pub create_ms: Arc<AtomicU64>,
+    /// Creations in progress now.
+    pub creating: Arc<AtomicU64>,
+    /// Most creations ever in progress at once.
+    pub creating_max: Arc<AtomicU64>,
 }
 
 /// An in-memory environment.
@@ -67,7 +73,15 @@ impl Backend for MemoryBackend {
     type Response = (u64, u64);
 
     async fn create(&self, binding: &Binding) -> Result<MemEnv, MemError> {
-        tokio::task::yield_now().await;
+        let now = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        self.creating_max.fetch_max(now, Ordering::SeqCst);
+        let ms = self.create_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        self.creating.fetch_sub(1, Ordering::SeqCst);
         if self.fail_creates.load(Ordering::SeqCst) {
             return Err(MemError::CreateFailed);
         }

@@ -259,6 +259,8 @@ fn respond(
                 ThrottleReason::FunctionConcurrency => ("Rate Exceeded: the function's concurrency is in use", "ReservedFunctionConcurrentInvocationLimitExceeded"),
                 ThrottleReason::TenantConcurrency => ("Rate Exceeded: this tenant's concurrency ceiling is reached", "TenantConcurrentInvocationLimitExceeded"),
                 ThrottleReason::EnvironmentCap => ("Rate Exceeded: the function's execution environment cap is reached and none is idle", "ConcurrentInvocationLimitExceeded"),
+                ThrottleReason::ColdStartQueueFull => ("Rate Exceeded: too many new execution environments are waiting to boot on this host; retry later", "ColdStartQueueFull"),
+                ThrottleReason::ColdStartDeadline => ("Rate Exceeded: a new execution environment could not be ready within the init timeout while others boot; retry later", "ColdStartDeadlineExceeded"),
             };
             Err(ApiError::throttled(msg, code))
         }

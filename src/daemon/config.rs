@@ -12,6 +12,10 @@
 //! per_tenant = 4          # in-flight invocations of one tenant
 //! idle_timeout_s = 300
 //! event_queue = 1000      # queued asynchronous (Event) invocations
+//! max_booting = 0         # microVMs booting at once; 0: one per host CPU
+//! cold_start_queue = 256  # cold starts waiting for a boot slot
+//! init_timeout_s = 120    # an environment must be ready this soon after
+//!                         # its invoke arrived, or the invoke gets a 429
 //!
 //! [[credentials]]         # an admin key: any tenant, any operation
 //! access_key_id = "AKIDADMIN"
@@ -62,6 +66,29 @@ pub struct LimitsConfig {
     pub idle_timeout_s: u64,
     /// Asynchronous invocations queued at most.
     pub event_queue: usize,
+    /// MicroVMs booting at once, host-wide; 0 means one per host CPU.
+    pub max_booting: usize,
+    /// Cold starts waiting for a boot slot, at most; more are refused (429).
+    pub cold_start_queue: usize,
+    /// Seconds within which a cold start's environment must be ready after
+    /// its invoke arrived (waiting for a boot slot included). A cold start
+    /// that could not make it is refused at once with a 429.
+    pub init_timeout_s: u64,
+}
+
+impl LimitsConfig {
+    /// The scheduler's cold-start admission limits.
+    pub fn admission(&self) -> silo_scheduler::Admission {
+        let host = silo_scheduler::Admission::for_host();
+        silo_scheduler::Admission {
+            max_booting: if self.max_booting == 0 {
+                host.max_booting
+            } else {
+                self.max_booting
+            },
+            queue_capacity: self.cold_start_queue,
+        }
+    }
 }
 
 /// One access key.
@@ -84,6 +111,9 @@ impl Default for LimitsConfig {
             per_tenant: 4,
             idle_timeout_s: 300,
             event_queue: 1000,
+            max_booting: 0,
+            cold_start_queue: 256,
+            init_timeout_s: 120,
         }
     }
 }
@@ -144,6 +174,12 @@ impl DaemonConfig {
         }
         if self.limits.per_tenant == 0 {
             return Err("limits.per_tenant must be at least 1".into());
+        }
+        if self.limits.cold_start_queue == 0 {
+            return Err("limits.cold_start_queue must be at least 1".into());
+        }
+        if !(1..=3600).contains(&self.limits.init_timeout_s) {
+            return Err("limits.init_timeout_s must be between 1 and 3600".into());
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {

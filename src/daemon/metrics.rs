@@ -35,11 +35,22 @@ pub enum Ending {
     Throttled,
 }
 
+/// Upper bounds (seconds) of the boot duration histogram buckets.
+const BOOT_BUCKETS: [f64; 10] = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+#[derive(Default, Clone)]
+struct BootHistogram {
+    buckets: [u64; BOOT_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
 /// Counters keyed by (function, tenant); tenant `""` for functions without
 /// tenant isolation.
 #[derive(Default)]
 pub struct Metrics {
     series: Mutex<BTreeMap<(String, String), Series>>,
+    boots: Mutex<BootHistogram>,
 }
 
 fn escape(v: &str) -> String {
@@ -82,6 +93,19 @@ impl Metrics {
         }
         s.duration_sum += secs;
         s.duration_count += 1;
+    }
+
+    /// Records one environment boot (VMM start to agent ready).
+    pub fn record_boot(&self, duration: Duration) {
+        let mut h = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let secs = duration.as_secs_f64();
+        for (i, le) in BOOT_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.buckets[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
     }
 
     /// The Prometheus text exposition of these counters and `stats`.
@@ -179,12 +203,64 @@ impl Metrics {
                 "Idle environments reaped after the idle timeout.",
                 c.reaped,
             ),
+            (
+                "silo_environment_boot_failures_total",
+                "Environments that failed to boot.",
+                c.create_failures,
+            ),
+            (
+                "silo_cold_start_handoffs_total",
+                "Cold starts that waited for a boot slot and were served by an idle environment of their tenant instead.",
+                c.warm_handoffs,
+            ),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        for (name, help, v) in [
+            (
+                "silo_cold_starts_in_progress",
+                "Environments booting now.",
+                stats.booting,
+            ),
+            (
+                "silo_cold_start_queue_depth",
+                "Cold starts waiting for a boot slot now.",
+                stats.queued,
+            ),
+            (
+                "silo_cold_start_max_booting",
+                "Environments allowed to boot at once.",
+                stats.admission.max_booting,
+            ),
+            (
+                "silo_cold_start_queue_capacity",
+                "Cold starts allowed to wait for a boot slot.",
+                stats.admission.queue_capacity,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let name = "silo_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Invocations refused (429), by reason.\n# TYPE {name} counter"
+        );
+        for r in silo_scheduler::ThrottleReason::ALL {
+            let n = c.throttles_by_reason.get(&r).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", r.as_str());
+        }
+        let h = self.boots.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let name = "silo_environment_boot_seconds";
+        let _ = writeln!(out, "# HELP {name} Environment boot time, VMM start to agent ready (without any wait for a boot slot).\n# TYPE {name} histogram");
+        for (i, le) in BOOT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", h.buckets[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum);
+        let _ = writeln!(out, "{name}_count {}", h.count);
         out
     }
 }

@@ -129,7 +129,14 @@ impl Daemon {
         let backend = VmBackend::new(
             images.kernel.clone(),
             run_dir.clone(),
-            Duration::from_secs(120),
+            Duration::from_secs(config.limits.init_timeout_s),
+        );
+        let admission = config.limits.admission();
+        tracing::info!(
+            max_booting = admission.max_booting,
+            cold_start_queue = admission.queue_capacity,
+            init_timeout_s = config.limits.init_timeout_s,
+            "cold-start admission"
         );
         let (tx, rx) = mpsc::channel(config.limits.event_queue.max(1));
         let (records, bad) = store.load();
@@ -137,7 +144,7 @@ impl Daemon {
             tracing::error!(file = %b, "skipping an unreadable function record");
         }
         let daemon = Arc::new(Self {
-            scheduler: Scheduler::new(backend),
+            scheduler: Scheduler::with_admission(backend, admission),
             store,
             functions: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
@@ -301,6 +308,7 @@ impl Daemon {
             per_tenant: l.per_tenant.min(concurrency.max(1)),
             env_cap_factor: 2.5,
             idle_timeout: Duration::from_secs(l.idle_timeout_s),
+            init_deadline: Duration::from_secs(l.init_timeout_s),
         }
     }
 
@@ -339,6 +347,9 @@ impl Daemon {
             .invoke(binding, self.limits(rec), VmRequest { message, timeout })
             .await;
         let t = tenant.as_ref().map(|t| t.as_str());
+        if let Some(boot) = result.as_ref().ok().and_then(|r| r.init_duration) {
+            self.metrics.record_boot(boot);
+        }
         let (ending, cold) = match &result {
             Ok(r) => (
                 if matches!(r.response.outcome, Outcome::Ok(_)) {

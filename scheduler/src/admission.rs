@@ -1,0 +1,112 @@
+//! Admission control for cold starts.
+//!
+//! Booting a microVM is the most expensive thing the scheduler asks of a
+//! host, and a burst of new tenants asks for many at once. Booting them all
+//! at once makes every boot slower and, past a point, none finishes in time.
+//! So at most [`Admission::max_booting`] environments boot at once; further
+//! cold starts wait in one first-come, first-served queue of at most
+//! [`Admission::queue_capacity`] entries, served in arrival order, except
+//! that a waiter whose tenant already has an environment booting or busy
+//! lets the first waiter of a tenant with none go first (new tenants are not
+//! held up by a second boot for one tenant). Each waiter carries its invoke's
+//! deadline: if the queue is full, or the measured boot time says the
+//! environment could not be ready before the deadline, the invoke is
+//! refused at once (a throttle), never failed after a long wait.
+//!
+//! A waiter is served by whichever comes first: a boot slot, or an idle
+//! environment of its own binding released by a finished invocation (a warm
+//! handoff: a burst of one tenant's invokes needs fewer boots than invokes).
+//! Warm invokes never enter the queue.
+
+use std::time::{Duration, Instant};
+
+/// Limits on environments booting at once, host-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Environments booting at once, at most.
+    pub max_booting: usize,
+    /// Cold starts waiting for a boot slot, at most.
+    pub queue_capacity: usize,
+}
+
+impl Admission {
+    /// The default for this host: as many boots at once as the process may
+    /// use CPUs (a boot keeps one CPU busy), at least one; a queue of 256.
+    pub fn for_host() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            max_booting: cpus.max(1),
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self::for_host()
+    }
+}
+
+/// Running estimate of one boot's duration (exponentially weighted).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BootEstimate {
+    mean: Option<Duration>,
+}
+
+impl BootEstimate {
+    /// Adds a measured boot.
+    pub(crate) fn record(&mut self, d: Duration) {
+        self.mean = Some(match self.mean {
+            None => d,
+            Some(m) => m.mul_f64(0.75) + d.mul_f64(0.25),
+        });
+    }
+
+    /// The estimate, once a boot has been measured.
+    pub(crate) fn mean(&self) -> Option<Duration> {
+        self.mean
+    }
+
+    /// Whether a cold start that would be `ahead`-th in the queue (1 for
+    /// the first) could have its environment ready by `deadline`, with
+    /// `slots` boots at once. Without a measurement, it is admitted.
+    pub(crate) fn fits(&self, now: Instant, ahead: usize, slots: usize, deadline: Instant) -> bool {
+        let Some(boot) = self.mean else {
+            return true;
+        };
+        let wait = boot.mul_f64(ahead as f64 / slots.max(1) as f64);
+        now + wait + boot <= deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimate_follows_measurements() {
+        let mut e = BootEstimate::default();
+        assert!(e.mean().is_none());
+        e.record(Duration::from_secs(4));
+        assert_eq!(e.mean(), Some(Duration::from_secs(4)));
+        e.record(Duration::from_secs(8));
+        assert_eq!(e.mean(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn fits_refuses_only_what_cannot_be_ready() {
+        let now = Instant::now();
+        let mut e = BootEstimate::default();
+        assert!(e.fits(now, 1000, 1, now));
+        e.record(Duration::from_secs(2));
+        // 4 ahead over 2 slots: ~4 s of waiting plus a 2 s boot.
+        assert!(e.fits(now, 4, 2, now + Duration::from_secs(6)));
+        assert!(!e.fits(now, 4, 2, now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn host_default_has_a_slot() {
+        let a = Admission::for_host();
+        assert!(a.max_booting >= 1 && a.queue_capacity > 0);
+    }
+}
