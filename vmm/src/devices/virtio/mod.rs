@@ -4,8 +4,9 @@ pub mod mmio;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -88,4 +89,32 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Returns the device to its initial state (driver wrote status 0).
     fn reset(&mut self);
+    /// The eventfds signalled when the driver notifies each queue (KVM
+    /// ioeventfds on the transport's QueueNotify register), in queue order.
+    fn queue_events(&self) -> &[EventFd];
+    /// Registers the device's file descriptors with the device event loop.
+    fn init_events(&mut self, ops: &mut EventOps);
+    /// Handles one ready file descriptor registered by the device.
+    fn process_event(&mut self, events: Events, ops: &mut EventOps);
+}
+
+/// A virtio device behind its MMIO transport, as an event-loop subscriber:
+/// the loop hands the device its ready fds under the transport's lock.
+pub struct VirtioSubscriber<D: VirtioDevice>(pub Arc<Mutex<mmio::MmioTransport<D>>>);
+
+impl<D: VirtioDevice> MutEventSubscriber for VirtioSubscriber<D> {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .device_mut()
+            .init_events(ops);
+    }
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .device_mut()
+            .process_event(events, ops);
+    }
 }

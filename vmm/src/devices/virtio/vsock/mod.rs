@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::{Queue, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::Bytes;
@@ -763,18 +763,15 @@ impl VirtioDevice for Vsock {
             let _ = self.queue_evts[EVQ].write(1);
         }
     }
-}
-
-/// Event-loop handling of a vsock device behind its transport.
-impl super::mmio::MmioTransport<Vsock> {
-    /// Registers the device's fds: queue notifications, the host listener.
-    pub fn init_events(&mut self, ops: &mut EventOps) {
-        let dev = self.device();
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn init_events(&mut self, ops: &mut EventOps) {
         let regs = [
-            (dev.queue_evts[RXQ].as_raw_fd(), TOKEN_RX),
-            (dev.queue_evts[TXQ].as_raw_fd(), TOKEN_TX),
-            (dev.queue_evts[EVQ].as_raw_fd(), TOKEN_EV),
-            (dev.listener.as_raw_fd(), TOKEN_LISTENER),
+            (self.queue_evts[RXQ].as_raw_fd(), TOKEN_RX),
+            (self.queue_evts[TXQ].as_raw_fd(), TOKEN_TX),
+            (self.queue_evts[EVQ].as_raw_fd(), TOKEN_EV),
+            (self.listener.as_raw_fd(), TOKEN_LISTENER),
         ];
         for (fd, token) in regs {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
@@ -782,52 +779,38 @@ impl super::mmio::MmioTransport<Vsock> {
             }
         }
     }
-
-    /// Handles one ready fd.
-    pub fn handle_event(&mut self, events: Events, ops: &mut EventOps) {
-        let activated = self.is_activated();
-        let dev = self.device_mut();
-        dev.drop_stale(ops);
+    fn process_event(&mut self, events: Events, ops: &mut EventOps) {
+        // The device is active exactly while it holds the driver's memory.
+        let activated = self.mem.is_some();
+        self.drop_stale(ops);
         match events.data() {
             TOKEN_RX | TOKEN_TX | TOKEN_EV => {
                 let q = events.data() as usize;
-                let _ = dev.queue_evts[q].read();
+                let _ = self.queue_evts[q].read();
                 if !activated {
                     return;
                 }
                 match events.data() {
-                    TOKEN_TX => dev.process_tx(ops),
+                    TOKEN_TX => self.process_tx(ops),
                     TOKEN_RX => {
                         // New buffers take owed replies first, which may let
                         // TX packets held back by MAX_PENDING_CONTROL through.
-                        dev.process_rx(ops);
-                        dev.process_tx(ops);
+                        self.process_rx(ops);
+                        self.process_tx(ops);
                     }
                     _ => {}
                 }
             }
-            TOKEN_LISTENER => dev.accept_host_connections(ops),
-            TOKEN_PENDING if activated => dev.read_connect_line(events.fd(), ops),
+            TOKEN_LISTENER => self.accept_host_connections(ops),
+            TOKEN_PENDING if activated => self.read_connect_line(events.fd(), ops),
             TOKEN_PENDING => {
                 // The guest has no driver yet: drop the early connection.
                 let fd = events.fd();
                 let _ = ops.remove(Events::with_data_raw(fd, TOKEN_PENDING, EventSet::IN));
-                dev.pending.remove(&fd);
+                self.pending.remove(&fd);
             }
-            TOKEN_CONN if activated => dev.conn_event(events.fd(), events.event_set(), ops),
+            TOKEN_CONN if activated => self.conn_event(events.fd(), events.event_set(), ops),
             _ => {}
         }
-    }
-}
-
-/// A shared vsock transport as an event-loop subscriber.
-pub struct VsockSubscriber(pub std::sync::Arc<std::sync::Mutex<super::mmio::MmioTransport<Vsock>>>);
-
-impl MutEventSubscriber for VsockSubscriber {
-    fn init(&mut self, ops: &mut EventOps) {
-        self.0.lock().expect("vsock lock").init_events(ops);
-    }
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        self.0.lock().expect("vsock lock").handle_event(events, ops);
     }
 }
