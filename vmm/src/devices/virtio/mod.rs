@@ -12,10 +12,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
 
-/// VIRTIO_F_VERSION_1: the device speaks virtio 1.x (modern) only.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_VERSION_1 as a feature mask: the device speaks virtio 1.x
+/// (modern) only.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Interrupt status bit: a used buffer was added.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 
 /// Raises the device's interrupt: sets the status bit the driver reads and
 /// kicks the irqfd KVM injects.
