@@ -6,6 +6,7 @@
 
 pub mod boot;
 pub mod builder;
+pub mod cli;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
