@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
-use crate::devices::virtio::vsock::{Vsock, VsockError, VsockSubscriber};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
 use crate::event_loop::{self, Subscriber};
 use crate::memory::GuestMemory;
 
@@ -41,19 +43,34 @@ pub enum DeviceError {
         /// The errno.
         source: kvm_ioctls::Error,
     },
-    /// An eventfd or thread could not be created.
-    #[error("device setup: {0}")]
-    Io(#[from] std::io::Error),
+    /// The device's interrupt eventfd could not be created.
+    #[error("cannot create the interrupt eventfd of a virtio device: {0}")]
+    EventFd(#[source] std::io::Error),
     /// The MMIO window overlaps another device.
-    #[error("device window: {0}")]
+    #[error("virtio-mmio window: {0}")]
     Bus(#[from] crate::devices::bus::BusError),
+    /// The device declaration does not fit on the kernel command line.
+    #[error("cannot declare the virtio-mmio device on the kernel command line: {0}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    /// The device event loop thread could not be started.
+    #[error("cannot start the device event loop: {0}")]
+    EventLoop(#[source] std::io::Error),
+}
+
+/// Where one virtio-mmio device sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    /// Guest physical base of its 4 KiB register window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub irq: u32,
 }
 
 /// Places virtio-mmio devices and runs their event loop.
 pub struct MmioDeviceManager {
     next_addr: u64,
     next_irq: u32,
-    cmdline: Vec<String>,
+    slots: Vec<MmioSlot>,
     subscribers: Vec<Subscriber>,
 }
 
@@ -63,55 +80,94 @@ impl MmioDeviceManager {
         Self {
             next_addr: mmio_base,
             next_irq: first_irq,
-            cmdline: Vec::new(),
+            slots: Vec::new(),
             subscribers: Vec::new(),
         }
     }
 
-    /// Creates the vsock device, registers its MMIO window on `mmio_bus`, and its
-    /// irqfd and ioeventfds with the VM.
+    /// Attaches any virtio device: allocates its window and IRQ, registers
+    /// an irqfd for the IRQ, builds the device with `build` (given the
+    /// interrupt it must raise), registers one ioeventfd per queue on the
+    /// QueueNotify register, places the transport on `mmio_bus`, and hands
+    /// the device to the event loop. Returns the shared transport.
+    pub fn attach_virtio_device<D, F>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        mmio_bus: &mut Bus,
+        build: F,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceError>
+    where
+        D: VirtioDevice + 'static,
+        F: FnOnce(Interrupt) -> Result<D, DeviceError>,
+    {
+        let slot = MmioSlot {
+            base: self.next_addr,
+            irq: self.next_irq,
+        };
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irqfd, slot.irq)
+            .map_err(|source| DeviceError::Kvm {
+                op: "KVM_IRQFD",
+                source,
+            })?;
+        let interrupt = Interrupt::new(irqfd);
+        let device = build(interrupt.clone())?;
+        for (q, evt) in device.queue_events().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(|source| DeviceError::Kvm {
+                op: "KVM_IOEVENTFD",
+                source,
+            })?;
+        }
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            interrupt,
+        )));
+        mmio_bus.insert(transport.clone(), slot.base, MMIO_WINDOW)?;
+        self.subscribers
+            .push(Arc::new(Mutex::new(VirtioSubscriber(transport.clone()))));
+        self.slots.push(slot);
+        self.next_addr += MMIO_WINDOW;
+        self.next_irq += 1;
+        Ok(transport)
+    }
+
+    /// Creates the vsock device and attaches it (see
+    /// [`MmioDeviceManager::attach_virtio_device`]).
     pub fn attach_vsock(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemory,
         mmio_bus: &mut Bus,
         cfg: &VsockConfig,
-    ) -> Result<(), DeviceError> {
-        let (base, irq) = (self.next_addr, self.next_irq);
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK)?;
-        vm.register_irqfd(&irqfd, irq)
-            .map_err(|source| DeviceError::Kvm {
-                op: "KVM_IRQFD",
-                source,
-            })?;
-        let interrupt = Interrupt::new(irqfd);
-        let vsock = Vsock::new(cfg.guest_cid, &cfg.uds_path, interrupt.clone())?;
-        for (q, evt) in vsock.queue_evts().iter().enumerate() {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
-                .map_err(|source| DeviceError::Kvm {
-                    op: "KVM_IOEVENTFD",
-                    source,
-                })?;
-        }
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            vsock,
-            mem.clone(),
-            interrupt,
-        )));
-        mmio_bus.insert(transport.clone(), base, MMIO_WINDOW)?;
-        self.subscribers
-            .push(Arc::new(Mutex::new(VsockSubscriber(transport))));
-        self.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
-        self.next_addr += MMIO_WINDOW;
-        self.next_irq += 1;
-        tracing::debug!(base, irq, cid = cfg.guest_cid, uds = %cfg.uds_path.display(), "vsock attached");
-        Ok(())
+    ) -> Result<Arc<Mutex<MmioTransport<Vsock>>>, DeviceError> {
+        let transport = self.attach_virtio_device(vm, mem, mmio_bus, |interrupt| {
+            Ok(Vsock::new(cfg.guest_cid, &cfg.uds_path, interrupt)?)
+        })?;
+        let slot = self.slots.last().copied().expect("slot just allocated");
+        tracing::debug!(base = slot.base, irq = slot.irq, cid = cfg.guest_cid, uds = %cfg.uds_path.display(), "vsock attached");
+        Ok(transport)
     }
 
-    /// `virtio_mmio.device=...` arguments declaring every attached device.
-    pub fn kernel_cmdline_args(&self) -> Vec<String> {
-        self.cmdline.clone()
+    /// Where each attached device sits, in attach order.
+    pub fn slots(&self) -> &[MmioSlot] {
+        &self.slots
+    }
+
+    /// Declares every attached device on `cmdline` (`virtio_mmio.device=4K@<base>:<irq>`).
+    pub fn declare_on(&self, cmdline: &mut Cmdline) -> Result<(), DeviceError> {
+        for slot in &self.slots {
+            cmdline
+                .add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(slot.base), slot.irq, None)
+                .map_err(DeviceError::Cmdline)?;
+        }
+        Ok(())
     }
 
     /// Starts the device event loop thread (none when there are no devices);
@@ -120,6 +176,33 @@ impl MmioDeviceManager {
         if self.subscribers.is_empty() {
             return Ok(None);
         }
-        Ok(Some(event_loop::start(self.subscribers)?))
+        event_loop::start(self.subscribers)
+            .map(Some)
+            .map_err(DeviceError::EventLoop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_use_linux_loader_format() {
+        let mut m = MmioDeviceManager::new(0xd000_0000, 5);
+        m.slots.push(MmioSlot {
+            base: 0xd000_0000,
+            irq: 5,
+        });
+        m.slots.push(MmioSlot {
+            base: 0xd000_1000,
+            irq: 6,
+        });
+        let mut c = Cmdline::new(256).unwrap();
+        c.insert_str("console=ttyS0").unwrap();
+        m.declare_on(&mut c).unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
     }
 }

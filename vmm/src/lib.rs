@@ -5,6 +5,8 @@
 //! for guest reset, and virtio-mmio devices (vsock) driven by an event loop.
 
 pub mod boot;
+pub mod builder;
+pub mod cli;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
@@ -15,5 +17,6 @@ pub mod timeline;
 pub mod vcpu;
 pub mod vm;
 
+pub use builder::{RunningVm, VmBuilder};
 pub use device_manager::VsockConfig;
 pub use vm::{run, SerialOutput, VmConfig, VmExit, VmReport, VmmError};

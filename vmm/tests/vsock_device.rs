@@ -12,8 +12,9 @@ use std::time::Duration;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use silo_vmm::devices::bus::BusDevice;
 use silo_vmm::devices::virtio::mmio::MmioTransport;
-use silo_vmm::devices::virtio::vsock::{op, Vsock, VsockSubscriber};
+use silo_vmm::devices::virtio::vsock::{op, Vsock};
 use silo_vmm::devices::virtio::Interrupt;
+use silo_vmm::devices::virtio::VirtioSubscriber;
 use silo_vmm::memory::{create_guest_memory, GuestMemory};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -126,7 +127,7 @@ impl Rig {
             interrupt,
         )));
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
-        manager.add_subscriber(Arc::new(Mutex::new(VsockSubscriber(dev.clone()))));
+        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         let mut rig = Rig {
             mem,
             dev,

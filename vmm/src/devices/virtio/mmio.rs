@@ -3,6 +3,8 @@
 //! window; queue notifications arrive as ioeventfds and interrupts leave as
 //! irqfds, so neither involves the vCPU thread in device work.
 
+use virtio_bindings::virtio_config as cfg;
+use virtio_bindings::virtio_mmio as regs;
 use virtio_queue::{Queue, QueueT};
 
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -12,26 +14,53 @@ use crate::memory::GuestMemory;
 /// Size of one device window.
 pub const MMIO_WINDOW: u64 = 0x1000;
 /// Offset of the QueueNotify register (ioeventfds are registered here).
-pub const QUEUE_NOTIFY: u64 = 0x50;
+pub const QUEUE_NOTIFY: u64 = regs::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+/// Offset of the device configuration space.
+pub const CONFIG_SPACE: u64 = regs::VIRTIO_MMIO_CONFIG as u64;
+
+// Register offsets (virtio 1.x MMIO layout), as the bus hands them over.
+const MAGIC_VALUE: u64 = regs::VIRTIO_MMIO_MAGIC_VALUE as u64;
+const VERSION_REG: u64 = regs::VIRTIO_MMIO_VERSION as u64;
+const DEVICE_ID: u64 = regs::VIRTIO_MMIO_DEVICE_ID as u64;
+const VENDOR_ID: u64 = regs::VIRTIO_MMIO_VENDOR_ID as u64;
+const DEVICE_FEATURES: u64 = regs::VIRTIO_MMIO_DEVICE_FEATURES as u64;
+const DEVICE_FEATURES_SEL: u64 = regs::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+const DRIVER_FEATURES: u64 = regs::VIRTIO_MMIO_DRIVER_FEATURES as u64;
+const DRIVER_FEATURES_SEL: u64 = regs::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+const QUEUE_SEL: u64 = regs::VIRTIO_MMIO_QUEUE_SEL as u64;
+const QUEUE_NUM_MAX: u64 = regs::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+const QUEUE_NUM: u64 = regs::VIRTIO_MMIO_QUEUE_NUM as u64;
+const QUEUE_READY: u64 = regs::VIRTIO_MMIO_QUEUE_READY as u64;
+const INTERRUPT_STATUS: u64 = regs::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+const INTERRUPT_ACK: u64 = regs::VIRTIO_MMIO_INTERRUPT_ACK as u64;
+const STATUS: u64 = regs::VIRTIO_MMIO_STATUS as u64;
+const QUEUE_DESC_LOW: u64 = regs::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+const QUEUE_DESC_HIGH: u64 = regs::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+const QUEUE_AVAIL_LOW: u64 = regs::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+const QUEUE_AVAIL_HIGH: u64 = regs::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+const QUEUE_USED_LOW: u64 = regs::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+const QUEUE_USED_HIGH: u64 = regs::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+const CONFIG_GENERATION: u64 = regs::VIRTIO_MMIO_CONFIG_GENERATION as u64;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x4f4c_4953; // "SILO"
 
-/// Driver status bits.
+/// Driver status bits (from virtio-bindings).
 pub mod status {
+    use super::cfg;
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = cfg::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = cfg::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = cfg::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is done.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = cfg::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device hit an error and needs a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const DEVICE_NEEDS_RESET: u32 = cfg::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up.
-    pub const FAILED: u32 = 128;
+    pub const FAILED: u32 = cfg::VIRTIO_CONFIG_S_FAILED;
 }
 
 /// Transport state for one device.
@@ -175,27 +204,27 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn read_u32(&mut self, offset: u64) -> u32 {
         match offset {
-            0x00 => MAGIC,
-            0x04 => VERSION,
-            0x08 => self.device.device_type(),
-            0x0c => VENDOR,
-            0x10 => match self.device_features_sel {
+            MAGIC_VALUE => MAGIC,
+            VERSION_REG => VERSION,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR_ID => VENDOR,
+            DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.features() as u32,
                 1 => (self.features() >> 32) as u32,
                 _ => 0,
             },
-            0x34 => self
+            QUEUE_NUM_MAX => self
                 .device
                 .queue_max_sizes()
                 .get(self.queue_sel as usize)
                 .map_or(0, |&s| u32::from(s)),
-            0x44 => match self.queues.get(self.queue_sel as usize) {
+            QUEUE_READY => match self.queues.get(self.queue_sel as usize) {
                 Some(q) => u32::from(q.ready()),
                 None => u32::from(self.activated),
             },
-            0x60 => self.interrupt.status(),
-            0x70 => self.status,
-            0xfc => self.config_generation,
+            INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS => self.status,
+            CONFIG_GENERATION => self.config_generation,
             _ => {
                 tracing::debug!(offset, "read of unknown virtio-mmio register");
                 0
@@ -205,8 +234,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn write_u32(&mut self, offset: u64, v: u32) {
         match offset {
-            0x14 => self.device_features_sel = v,
-            0x20 => {
+            DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            DRIVER_FEATURES => {
                 if self.status & status::FEATURES_OK == 0 {
                     let shift = match self.driver_features_sel {
                         0 => 0,
@@ -220,14 +249,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
                         (self.driver_features & !mask) | ((u64::from(v) << shift) & offered & mask);
                 }
             }
-            0x24 => self.driver_features_sel = v,
-            0x30 => self.queue_sel = v,
-            0x38 => {
+            DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM => {
                 if let Some(q) = self.selected_queue() {
                     q.set_size(v as u16);
                 }
             }
-            0x44 => {
+            QUEUE_READY => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(v == 1);
                 }
@@ -235,18 +264,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
             QUEUE_NOTIFY => {
                 // Handled by ioeventfd in KVM; a write reaching here is harmless.
             }
-            0x64 => self.interrupt.ack(v),
-            0x70 => self.set_status(v),
-            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
+            INTERRUPT_ACK => self.interrupt.ack(v),
+            STATUS => self.set_status(v),
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH
+            | QUEUE_USED_LOW | QUEUE_USED_HIGH => {
                 if let Some(q) = self.selected_queue() {
-                    let (lo, hi) = if offset & 4 == 0 {
-                        (Some(v), None)
-                    } else {
-                        (None, Some(v))
+                    let (lo, hi) = match offset {
+                        QUEUE_DESC_LOW | QUEUE_AVAIL_LOW | QUEUE_USED_LOW => (Some(v), None),
+                        _ => (None, Some(v)),
                     };
-                    match offset & !4 {
-                        0x80 => q.set_desc_table_address(lo, hi),
-                        0x90 => q.set_avail_ring_address(lo, hi),
+                    match offset {
+                        QUEUE_DESC_LOW | QUEUE_DESC_HIGH => q.set_desc_table_address(lo, hi),
+                        QUEUE_AVAIL_LOW | QUEUE_AVAIL_HIGH => q.set_avail_ring_address(lo, hi),
                         _ => q.set_used_ring_address(lo, hi),
                     }
                 }
@@ -259,8 +288,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         tracing::trace!(offset, len = data.len(), "virtio-mmio read");
-        if offset >= 0x100 {
-            self.device.read_config(offset - 0x100, data);
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
         } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
         } else {
@@ -270,7 +299,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         tracing::trace!(offset, ?data, "virtio-mmio write");
-        if offset < 0x100 && data.len() == 4 && offset.is_multiple_of(4) {
+        if offset < CONFIG_SPACE && data.len() == 4 && offset.is_multiple_of(4) {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_u32(offset, v);
         }

@@ -4,17 +4,19 @@ pub mod mmio;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
 
-/// VIRTIO_F_VERSION_1: the device speaks virtio 1.x (modern) only.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_VERSION_1 as a feature mask: the device speaks virtio 1.x
+/// (modern) only.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Interrupt status bit: a used buffer was added.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 
 /// Raises the device's interrupt: sets the status bit the driver reads and
 /// kicks the irqfd KVM injects.
@@ -88,4 +90,32 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Returns the device to its initial state (driver wrote status 0).
     fn reset(&mut self);
+    /// The eventfds signalled when the driver notifies each queue (KVM
+    /// ioeventfds on the transport's QueueNotify register), in queue order.
+    fn queue_events(&self) -> &[EventFd];
+    /// Registers the device's file descriptors with the device event loop.
+    fn init_events(&mut self, ops: &mut EventOps);
+    /// Handles one ready file descriptor registered by the device.
+    fn process_event(&mut self, events: Events, ops: &mut EventOps);
+}
+
+/// A virtio device behind its MMIO transport, as an event-loop subscriber:
+/// the loop hands the device its ready fds under the transport's lock.
+pub struct VirtioSubscriber<D: VirtioDevice>(pub Arc<Mutex<mmio::MmioTransport<D>>>);
+
+impl<D: VirtioDevice> MutEventSubscriber for VirtioSubscriber<D> {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .device_mut()
+            .init_events(ops);
+    }
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.0
+            .lock()
+            .expect("virtio device lock poisoned")
+            .device_mut()
+            .process_event(events, ops);
+    }
 }

@@ -45,8 +45,14 @@ pub struct Connection {
     pub fwd_cnt: u32,
     /// `fwd_cnt` the guest last heard from us.
     pub last_fwd_cnt_sent: u32,
-    /// Guest data not yet accepted by the host stream (bounded by BUF_ALLOC).
+    /// Bytes not yet accepted by the host stream: transport bytes (see
+    /// `raw_pending`) then guest data (bounded by BUF_ALLOC). The device
+    /// asks for EPOLLOUT only while this is not empty.
     pub to_host: Vec<u8>,
+    /// How many bytes at the front of `to_host` are transport bytes (the
+    /// `OK <port>` line) rather than guest data: they use no guest credit
+    /// and do not count in `fwd_cnt`.
+    pub raw_pending: usize,
     /// Host data read but not yet delivered to the guest.
     pub to_guest: Vec<u8>,
     /// The host stream may have more to read.
@@ -79,6 +85,7 @@ impl Connection {
             fwd_cnt: 0,
             last_fwd_cnt_sent: 0,
             to_host: Vec::new(),
+            raw_pending: 0,
             to_guest: Vec::new(),
             readable: true,
             host_eof: false,
@@ -112,24 +119,41 @@ impl Connection {
 
     /// Accepts guest data for the host. Returns false if the guest ignored
     /// our credit (more pending data than `BUF_ALLOC`): a protocol violation.
+    /// Data the host stream does not take now stays buffered (flushed on
+    /// EPOLLOUT); the guest's credit bounds it, so nothing ever waits.
     pub fn push_to_host(&mut self, data: &[u8]) -> bool {
-        if self.to_host.len() + data.len() > BUF_ALLOC as usize {
+        let guest_bytes = self.to_host.len() - self.raw_pending;
+        if guest_bytes + data.len() > BUF_ALLOC as usize {
             return false;
         }
         self.to_host.extend_from_slice(data);
+        // A broken stream shows up as end of stream or an error on the next
+        // event; the data is accepted either way.
         self.flush_to_host();
         true
     }
 
-    /// Writes buffered guest data to the host stream as far as it takes it.
-    /// Returns false when the stream is broken.
+    /// Queues transport bytes (the `OK <port>` line) for the host ahead of
+    /// any guest data, and writes as much as the stream takes. Returns false
+    /// when the stream is broken.
+    pub fn push_raw_to_host(&mut self, data: &[u8]) -> bool {
+        let at = self.raw_pending;
+        self.to_host.splice(at..at, data.iter().copied());
+        self.raw_pending += data.len();
+        self.flush_to_host()
+    }
+
+    /// Writes buffered bytes to the host stream as far as it takes them,
+    /// without blocking. Returns false when the stream is broken.
     pub fn flush_to_host(&mut self) -> bool {
         while !self.to_host.is_empty() {
             match self.stream.write(&self.to_host) {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.to_host.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                    let raw = n.min(self.raw_pending);
+                    self.raw_pending -= raw;
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - raw) as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -228,5 +252,44 @@ mod tests {
             assert!(accepted < 4 * 1024 * 1024, "buffer must be bounded");
         }
         assert!(c.to_host.len() <= BUF_ALLOC as usize);
+    }
+
+    #[test]
+    fn a_full_host_socket_buffers_instead_of_blocking() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut c = Connection::new(a, ConnState::Connecting, 1, 2).unwrap();
+        // Fill the socket so the next write would block.
+        let chunk = vec![1u8; 64 * 1024];
+        while c.stream.write(&chunk).is_ok() {}
+        assert!(
+            c.push_raw_to_host(b"OK 1\n"),
+            "a would-block write is not an error"
+        );
+        assert_eq!((c.raw_pending, c.to_host.len()), (5, 5));
+        assert!(c.push_to_host(b"data"));
+        assert_eq!(c.to_host.len(), 9);
+        assert_eq!(c.fwd_cnt, 0, "nothing reached the host yet");
+        // The host drains its socket: the buffered bytes follow in order and
+        // only guest data counts as forwarded.
+        b.set_nonblocking(true).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let mut tail = Vec::new();
+        loop {
+            while let Ok(n) = (&b).read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&sink[..n]);
+            }
+            assert!(c.flush_to_host());
+            if c.to_host.is_empty() {
+                while let Ok(n) = (&b).read(&mut sink) {
+                    tail.extend_from_slice(&sink[..n]);
+                }
+                break;
+            }
+        }
+        assert!(tail.ends_with(b"OK 1\ndata"));
+        assert_eq!((c.fwd_cnt, c.raw_pending), (4, 0));
     }
 }

@@ -1,0 +1,366 @@
+//! Flags of the `silo-vmm` binary, parsed by hand: the same flags, defaults
+//! and checks as `silo vmm`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::vm::{SerialOutput, DEFAULT_CMDLINE};
+
+/// Usage text printed by `--help`.
+pub const USAGE: &str = "\
+Boot one microVM (one process per VM; normally spawned by the daemon)
+
+Usage: silo-vmm [OPTIONS] --kernel <KERNEL>
+
+Options:
+      --kernel <KERNEL>                Guest kernel: ELF vmlinux or bzImage (told apart by content)
+      --initrd <INITRD>                Initial ramdisk (uncompressed newc cpio)
+      --cmdline <CMDLINE>              Kernel command line (virtio device declarations are appended)
+                                       [default: console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet]
+      --mem-mib <MEM_MIB>              Guest memory in MiB [default: 128]
+      --vcpus <VCPUS>                  Number of vCPUs [default: 1]
+      --serial <SERIAL>                Serial console: `stdout`, `off`, or `file:PATH` [default: stdout]
+      --vsock-cid <VSOCK_CID>          Guest context id of the vsock device (>= 3); needs --vsock-uds
+      --vsock-uds <VSOCK_UDS>          Host Unix socket of the vsock device; guest connections to host
+                                       port P reach `<PATH>_<P>`
+      --timeline                       Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr
+      --timeline-file <TIMELINE_FILE>  Write the boot timeline (JSON, phases up to the first KVM_RUN) to
+                                       this file as soon as the guest starts running
+      --allow-pvm                      Try to boot a standard kernel even on a PVM-backed /dev/kvm
+  -h, --help                           Print help
+
+Environment:
+  SILO_LOG      log level on stderr: error, warn, info (default), debug, trace
+  SILO_SECCOMP  `off` disables the per-thread seccomp filters (debugging only)
+";
+
+/// Parsed flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmArgs {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub mem_mib: u32,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Serial console destination.
+    pub serial: SerialOutput,
+    /// vsock guest context id.
+    pub vsock_cid: Option<u64>,
+    /// vsock host socket.
+    pub vsock_uds: Option<PathBuf>,
+    /// Print the timeline on stderr at the end.
+    pub timeline: bool,
+    /// Write the early timeline to this file.
+    pub timeline_file: Option<PathBuf>,
+    /// Boot a standard kernel on a PVM host anyway.
+    pub allow_pvm: bool,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Boot a VM.
+    Run(Box<VmmArgs>),
+    /// Print [`USAGE`] and exit successfully.
+    Help,
+}
+
+/// A command line that cannot be parsed; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// A flag silo-vmm does not know, or a stray argument.
+    #[error("unexpected argument '{0}' found")]
+    Unexpected(String),
+    /// A flag given without its value.
+    #[error("a value is required for '{0}' but none was supplied")]
+    MissingValue(&'static str),
+    /// A switch given a value.
+    #[error("unexpected value '{value}' for '{flag}' found; no more were expected")]
+    UnexpectedValue {
+        /// The switch.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A flag given twice.
+    #[error("the argument '{0}' cannot be used multiple times")]
+    Repeated(&'static str),
+    /// A value that does not parse.
+    #[error("invalid value '{value}' for '{flag}': {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// A required flag is absent.
+    #[error("the following required arguments were not provided: {0}")]
+    Required(&'static str),
+    /// An argument that is not UTF-8 where text is needed.
+    #[error("invalid UTF-8 was detected in the value of '{0}'")]
+    NotUtf8(String),
+}
+
+/// Every flag: name, takes a value.
+const FLAGS: &[(&str, bool)] = &[
+    ("--kernel", true),
+    ("--initrd", true),
+    ("--cmdline", true),
+    ("--mem-mib", true),
+    ("--vcpus", true),
+    ("--serial", true),
+    ("--vsock-cid", true),
+    ("--vsock-uds", true),
+    ("--timeline", false),
+    ("--timeline-file", true),
+    ("--allow-pvm", false),
+];
+
+/// Parses `--serial`: `stdout`, `off` or `file:PATH`.
+pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+    match s {
+        "stdout" => Ok(SerialOutput::Stdout),
+        "off" => Ok(SerialOutput::Off),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialOutput::File(PathBuf::from(p))),
+            _ => Err(format!("`{s}` is not stdout, off or file:PATH")),
+        },
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &'static str, value: &OsString) -> Result<T, CliError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = text(flag, value)?;
+    s.parse().map_err(|e: T::Err| CliError::Invalid {
+        flag,
+        value: s.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn text<'v>(flag: &'static str, value: &'v OsString) -> Result<&'v str, CliError> {
+    value.to_str().ok_or(CliError::NotUtf8(flag.to_string()))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut seen: Vec<(&'static str, Option<OsString>)> = Vec::new();
+    let mut it = args.into_iter().map(Into::into);
+    while let Some(arg) = it.next() {
+        let Some(s) = arg.to_str() else {
+            return Err(CliError::Unexpected(arg.to_string_lossy().into_owned()));
+        };
+        if s == "-h" || s == "--help" {
+            return Ok(Command::Help);
+        }
+        let (name, inline) = match s.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(OsString::from(v))),
+            _ => (s, None),
+        };
+        let Some(&(flag, takes_value)) = FLAGS.iter().find(|(f, _)| *f == name) else {
+            return Err(CliError::Unexpected(s.to_string()));
+        };
+        if seen.iter().any(|(f, _)| *f == flag) {
+            return Err(CliError::Repeated(flag));
+        }
+        let value = match (takes_value, inline) {
+            (true, Some(v)) => Some(v),
+            (true, None) => match it.next() {
+                Some(v) if !v.to_str().is_some_and(|v| v.starts_with("--")) => Some(v),
+                _ => return Err(CliError::MissingValue(flag)),
+            },
+            (false, Some(v)) => {
+                return Err(CliError::UnexpectedValue {
+                    flag,
+                    value: v.to_string_lossy().into_owned(),
+                })
+            }
+            (false, None) => None,
+        };
+        seen.push((flag, value));
+    }
+    let get = |flag: &str| {
+        seen.iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| v.clone().unwrap_or_default())
+    };
+    let has = |flag: &str| seen.iter().any(|(f, _)| *f == flag);
+    let kernel = get("--kernel").ok_or(CliError::Required("--kernel <KERNEL>"))?;
+    let vsock_cid = get("--vsock-cid")
+        .map(|v| number::<u64>("--vsock-cid", &v))
+        .transpose()?;
+    let vsock_uds = get("--vsock-uds").map(PathBuf::from);
+    match (&vsock_cid, &vsock_uds) {
+        (Some(_), None) => return Err(CliError::Required("--vsock-uds <VSOCK_UDS>")),
+        (None, Some(_)) => return Err(CliError::Required("--vsock-cid <VSOCK_CID>")),
+        _ => {}
+    }
+    let serial = match get("--serial") {
+        None => SerialOutput::Stdout,
+        Some(v) => {
+            let s = text("--serial", &v)?;
+            parse_serial(s).map_err(|reason| CliError::Invalid {
+                flag: "--serial",
+                value: s.to_string(),
+                reason,
+            })?
+        }
+    };
+    let cmdline = match get("--cmdline") {
+        None => DEFAULT_CMDLINE.to_string(),
+        Some(v) => text("--cmdline", &v)?.to_string(),
+    };
+    Ok(Command::Run(Box::new(VmmArgs {
+        kernel: PathBuf::from(kernel),
+        initrd: get("--initrd").map(PathBuf::from),
+        cmdline,
+        mem_mib: get("--mem-mib")
+            .map(|v| number("--mem-mib", &v))
+            .transpose()?
+            .unwrap_or(128),
+        vcpus: get("--vcpus")
+            .map(|v| number("--vcpus", &v))
+            .transpose()?
+            .unwrap_or(1),
+        serial,
+        vsock_cid,
+        vsock_uds,
+        timeline: has("--timeline"),
+        timeline_file: get("--timeline-file").map(PathBuf::from),
+        allow_pvm: has("--allow-pvm"),
+    })))
+}
+
+/// The most verbose level named in `SILO_LOG` (`warn`, or directives such
+/// as `silo_vmm=debug,info`); `info` when unset or unreadable.
+pub fn log_level(spec: Option<&str>) -> tracing::Level {
+    use tracing::Level;
+    let level = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "error" => Some(Level::ERROR),
+        "warn" => Some(Level::WARN),
+        "info" => Some(Level::INFO),
+        "debug" => Some(Level::DEBUG),
+        "trace" => Some(Level::TRACE),
+        _ => None,
+    };
+    spec.and_then(|spec| {
+        spec.split(',')
+            .filter_map(|d| level(d.rsplit('=').next().unwrap_or(d)))
+            // Level orders TRACE as the largest: the most verbose wins.
+            .max()
+    })
+    .unwrap_or(Level::INFO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<VmmArgs, CliError> {
+        match parse(args.iter().copied())? {
+            Command::Run(a) => Ok(*a),
+            Command::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_silo_vmm() {
+        let a = run(&["--kernel", "/k"]).unwrap();
+        assert_eq!(a.kernel, PathBuf::from("/k"));
+        assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+        assert_eq!((a.mem_mib, a.vcpus), (128, 1));
+        assert_eq!(a.serial, SerialOutput::Stdout);
+        assert!(a.initrd.is_none() && a.vsock_cid.is_none() && a.timeline_file.is_none());
+        assert!(!a.timeline && !a.allow_pvm);
+    }
+
+    #[test]
+    fn every_flag_in_both_spellings() {
+        let a = run(&[
+            "--kernel=/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--mem-mib=256",
+            "--vcpus",
+            "2",
+            "--serial",
+            "file:/tmp/c.log",
+            "--vsock-cid",
+            "3",
+            "--vsock-uds=/tmp/v",
+            "--timeline",
+            "--timeline-file",
+            "/tmp/t.json",
+            "--allow-pvm",
+        ])
+        .unwrap();
+        assert_eq!(a.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(a.cmdline, "console=ttyS0 quiet");
+        assert_eq!((a.mem_mib, a.vcpus), (256, 2));
+        assert_eq!(a.serial, SerialOutput::File("/tmp/c.log".into()));
+        assert_eq!(a.vsock_cid, Some(3));
+        assert_eq!(a.vsock_uds, Some(PathBuf::from("/tmp/v")));
+        assert!(a.timeline && a.allow_pvm);
+        assert_eq!(a.timeline_file, Some(PathBuf::from("/tmp/t.json")));
+        assert_eq!(
+            run(&["--kernel", "/k", "--serial", "off"]).unwrap().serial,
+            SerialOutput::Off
+        );
+    }
+
+    #[test]
+    fn help_wins() {
+        assert_eq!(parse(["--help"]).unwrap(), Command::Help);
+        assert_eq!(parse(["--kernel", "/k", "-h"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(e(&[]).contains("--kernel"));
+        assert!(e(&["--kernel"]).contains("'--kernel'"));
+        assert!(e(&["--kernel", "--initrd", "/i"]).contains("'--kernel'"));
+        assert!(e(&["--kernel", "/k", "--mem-mib", "lots"]).contains("'--mem-mib'"));
+        assert!(e(&["--kernel", "/k", "--vcpus", "300"]).contains("'--vcpus'"));
+        assert!(e(&["--kernel", "/k", "--serial", "tty"]).contains("not stdout, off or file:PATH"));
+        assert!(e(&["--kernel", "/k", "--serial", "file:"]).contains("'--serial'"));
+        assert!(e(&["--kernel", "/k", "--vsock-cid", "3"]).contains("--vsock-uds"));
+        assert!(e(&["--kernel", "/k", "--vsock-uds", "/v"]).contains("--vsock-cid"));
+        assert!(e(&["--kernel", "/k", "--kernel", "/j"]).contains("multiple times"));
+        assert!(e(&["--kernel", "/k", "--timeline=yes"]).contains("'--timeline'"));
+        assert!(e(&["--kernel", "/k", "--bogus"]).contains("'--bogus'"));
+        assert!(e(&["--kernel", "/k", "stray"]).contains("'stray'"));
+    }
+
+    #[test]
+    fn reserved_cid_parses_and_is_refused_later() {
+        // Like `silo vmm`: the value parses, the run refuses it (exit 1).
+        let a = run(&["--kernel", "/k", "--vsock-cid", "2", "--vsock-uds", "/v"]).unwrap();
+        assert_eq!(a.vsock_cid, Some(2));
+    }
+
+    #[test]
+    fn log_levels() {
+        use tracing::Level;
+        assert_eq!(log_level(None), Level::INFO);
+        assert_eq!(log_level(Some("warn")), Level::WARN);
+        assert_eq!(log_level(Some("ERROR")), Level::ERROR);
+        assert_eq!(log_level(Some("silo_vmm=debug,warn")), Level::DEBUG);
+        assert_eq!(log_level(Some("nonsense")), Level::INFO);
+    }
+}

@@ -1,0 +1,75 @@
+//! `silo-vmm`: boot one microVM from flags (one process per VM), with the
+//! flags, exit codes and messages of `silo vmm`: 0 when the guest rebooted
+//! or shut down, 1 on any error, 2 on a bad command line.
+
+use std::process::ExitCode;
+
+use silo_vmm::cli::{self, Command, VmmArgs};
+use silo_vmm::{VmConfig, VmExit, VsockConfig};
+
+fn main() -> ExitCode {
+    silo_vmm::timeline::mark_process_start();
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "error: {e}\n\nUsage: silo-vmm [OPTIONS] --kernel <KERNEL>\n\n\
+                 For more information, try '--help'."
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(cli::log_level(std::env::var("SILO_LOG").ok().as_deref()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    run(*args)
+}
+
+/// Runs one VM to completion and maps its end to a process exit code.
+fn run(args: VmmArgs) -> ExitCode {
+    let vsock = match (args.vsock_cid, args.vsock_uds) {
+        (Some(cid), _) if cid < 3 => {
+            eprintln!("silo vmm: --vsock-cid {cid} is reserved; use 3 or more");
+            return ExitCode::FAILURE;
+        }
+        (Some(guest_cid), Some(uds_path)) => Some(VsockConfig {
+            guest_cid,
+            uds_path,
+        }),
+        _ => None,
+    };
+    let cfg = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        serial: args.serial,
+        vsock,
+        allow_pvm: args.allow_pvm,
+        timeline_file: args.timeline_file,
+    };
+    match silo_vmm::run(&cfg) {
+        Ok(report) => {
+            if args.timeline {
+                eprintln!("SILO_TIMELINE {}", report.timeline.to_json());
+            }
+            let how = match report.exit {
+                VmExit::Reset => "guest reset",
+                VmExit::Shutdown => "guest shutdown",
+            };
+            tracing::info!(how, "VM ended cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("silo vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
