@@ -20,7 +20,9 @@ pub struct BenchArgs {
     /// Cold boots per VMM.
     #[arg(long, default_value_t = 5)]
     boots: usize,
-    /// Warm invocations per environment.
+    /// Warm invocations timed: serially on one VM and on one host-mode agent,
+    /// and in all over the --concurrency slots. Each VM and agent first
+    /// answers one untimed invocation (its first belongs to the cold start).
     #[arg(long, default_value_t = 200)]
     invokes: usize,
     /// VMs booted at once to measure environment creations per second.
@@ -32,9 +34,10 @@ pub struct BenchArgs {
     /// Where to write the SVG plot.
     #[arg(long, default_value = "bench-results.svg")]
     plot: PathBuf,
-    /// Peer VMM binary (QEMU-compatible command line).
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    peer: String,
+    /// Peer VMM binary [default: qemu-system-x86_64 for --peer-kind qemu,
+    /// firecracker for --peer-kind firecracker].
+    #[arg(long)]
+    peer: Option<String>,
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
@@ -50,23 +53,57 @@ pub struct BenchArgs {
     /// Counter function binary.
     #[arg(long)]
     function: Option<PathBuf>,
-    /// Directory holding the peer's firmware (qboot as bios-microvm.bin).
+    /// Directory holding the peer's firmware (qboot as bios-microvm.bin;
+    /// QEMU only).
     #[arg(long)]
     peer_firmware: Option<PathBuf>,
-    /// How to drive the peer: `qemu` (QEMU `-M microvm` command line) or
-    /// `firecracker` (`--no-api --config-file`, booting the ELF vmlinux from
-    /// --peer-kernel; bring your own Firecracker build).
-    #[arg(long, default_value = "qemu", value_parser = ["qemu", "firecracker"])]
+    /// How to drive the peer for the cold boots: `qemu` or `firecracker`.
+    ///
+    /// qemu: `<peer> -M microvm -enable-kvm -cpu host -m 128 -smp 1
+    /// -nodefaults -no-user-config -display none -serial stdio -no-reboot
+    /// -kernel K -initrd I -append CMDLINE`.
+    ///
+    /// firecracker (bring your own build, e.g. `--peer ./firecracker`): silo
+    /// writes a configuration file with `boot-source` (kernel_image_path,
+    /// initrd_path, boot_args: the same command line with `reboot=k`, so the
+    /// guest's reboot ends the process through the i8042 reset) and
+    /// `machine-config` (vcpu_count 1, mem_size_mib 128), and runs `<peer>
+    /// --no-api --config-file <file>`; the guest console is Firecracker's
+    /// stdout. Firecracker boots an uncompressed ELF vmlinux on x86_64, so
+    /// the peer kernel defaults to silo's vmlinux (same build as its bzImage).
+    /// Both peers are timed from process start to exit and to the same guest
+    /// marker (the initramfs's /init printing its uptime). Without hardware
+    /// KVM the peer runs in the KVM test host too (with its shared libraries).
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "firecracker"], verbatim_doc_comment)]
     peer_kind: String,
     /// Kernel for the peer [default: the bench kernel for qemu, silo's ELF
     /// vmlinux for firecracker].
     #[arg(long)]
     peer_kernel: Option<PathBuf>,
-    /// Invocations in flight at once for the concurrent warm invokes (one
-    /// VM, or one host-mode agent, per slot).
+    /// Invocations in flight at once for the concurrent warm invokes: as
+    /// many VMs against as many host-mode agents, one per slot.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Boots at once, silo against as many peers, for each count in turn
+    /// (comma-separated); both boot the peer's kernel image. Wall time from
+    /// spawn to all exited, boots finished, boots per second.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 10])]
+    boots_at_once: Vec<usize>,
 }
+
+impl BenchArgs {
+    /// The peer VMM binary: `--peer`, or the usual name for `--peer-kind`.
+    fn peer(&self) -> &str {
+        match (&self.peer, self.peer_kind.as_str()) {
+            (Some(p), _) => p,
+            (None, "firecracker") => "firecracker",
+            (None, _) => "qemu-system-x86_64",
+        }
+    }
+}
+
+/// The `host` of results measured in the KVM test host.
+const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
 
 const GUEST_INIT: &str = r#"
 /bin/busybox mount -t proc proc /proc
@@ -88,9 +125,17 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 fn run_inner(args: BenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
+    // Equal work by default: against Firecracker (which boots only the
+    // ELF vmlinux on x86_64) silo boots the vmlinux too; against QEMU both
+    // boot the bzImage.
+    let kernel = match (&args.kernel, args.peer_kind.as_str()) {
+        (Some(k), _) => k.clone(),
+        (None, "firecracker") => {
+            silo_images::kernel::guest_kernel()
+                .map_err(|x| e(&x))?
+                .vmlinux
+        }
+        (None, _) => {
             silo_images::kernel::guest_kernel()
                 .map_err(|x| e(&x))?
                 .bz_image
@@ -118,6 +163,13 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    if args.peer_kind == "firecracker" && !is_elf(&peer_kernel) {
+        return Err(format!(
+            "Firecracker boots an uncompressed ELF vmlinux on x86_64, and {} is not one \
+             (pass --peer-kernel path/to/vmlinux)",
+            peer_kernel.display()
+        ));
+    }
     if !args.here && !silo_images::testhost::hardware_kvm_usable() {
         return in_test_host(&args, &kernel, &peer_kernel, &agent, &function);
     }
@@ -131,17 +183,24 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
             p
         }
     };
+    let kernel_kind = |k: &Path| if is_elf(k) { "ELF vmlinux" } else { "bzImage" };
     let mut results = json!({
-        "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },
-        "boots": args.boots, "invokes": args.invokes, "peer": args.peer, "peer_kind": args.peer_kind,
+        "kernel": { "silo": kernel.display().to_string(), "silo_format": kernel_kind(&kernel),
+                    "peer": peer_kernel.display().to_string(), "peer_format": kernel_kind(&peer_kernel) },
+        "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { TEST_HOST },
+        "boots": args.boots, "invokes": args.invokes, "peer": args.peer(), "peer_kind": args.peer_kind,
+        "peer_version": peer_version(args.peer()),
         "concurrency": args.concurrency,
     });
     eprintln!(
-        "[bench] {} interleaved cold boots each: silo vs {}",
-        args.boots, args.peer
+        "[bench] {} interleaved cold boots each: silo vs {} ({})",
+        args.boots,
+        args.peer(),
+        args.peer_kind
     );
     let (silo, peer) = cold_boots(&args, &kernel, &peer_kernel, &initrd)?;
     results["cold_boot"] = json!({ "silo": silo, "peer": peer });
+    results["boots_at_once"] = boots_at_once(&args, &peer_kernel, &initrd)?;
     eprintln!("[bench] warm invokes: VM over vsock vs host-mode agent over a Unix socket");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,16 +245,20 @@ fn in_test_host(
         "[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)"
     );
     let silo = std::env::current_exe().map_err(|e| e.to_string())?;
-    let peer = which(&args.peer).ok_or_else(|| {
-        format!(
+    let peer = which(args.peer()).ok_or_else(|| match args.peer_kind.as_str() {
+        "firecracker" => format!(
+            "peer VMM {} not found (build or download Firecracker and pass --peer path/to/firecracker)",
+            args.peer()
+        ),
+        _ => format!(
             "peer VMM {} not found (apt-get install qemu-system-x86)",
-            args.peer
-        )
+            args.peer()
+        ),
     })?;
     let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|e| e.to_string())?;
     let host = silo_images::testhost::TestHost::new()
         .timeout(Duration::from_secs(1800))
-        .binary_with_libs(&silo, "/bin/silo")
+        .silo_binaries(&silo)
         .map_err(|e| e.to_string())?
         .binary_with_libs(&peer, "/bin/peer-vmm")
         .map_err(|e| e.to_string())?
@@ -204,7 +267,7 @@ fn in_test_host(
             "/work/fw/bios-microvm.bin",
             0o644,
         )
-        .file(kernel, "/work/bzImage", 0o644)
+        .file(kernel, "/work/kernel", 0o644)
         .file(peer_kernel, "/work/peer-kernel", 0o644)
         .file(agent, "/work/agent", 0o755)
         .file(function, "/work/counter", 0o755)
@@ -212,9 +275,18 @@ fn in_test_host(
     let cmd = format!(
         "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
          --peer-kind {} --peer-kernel peer-kernel --concurrency {} \
-         --parallel {} --kernel bzImage --initrd guest.cpio --agent agent --function counter --out r.json --plot r.svg \
-         && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END && echo BENCH_SVG_BEGIN && cat r.svg && echo BENCH_SVG_END",
-        args.boots, args.invokes, args.peer_kind, args.concurrency, args.parallel
+         --parallel {} --boots-at-once {} --kernel kernel --initrd guest.cpio --agent agent --function counter \
+         --out r.json --plot r.svg && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
+        args.boots,
+        args.invokes,
+        args.peer_kind,
+        args.concurrency,
+        args.parallel,
+        args.boots_at_once
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let out = host.run(&cmd).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -229,15 +301,45 @@ fn in_test_host(
     };
     let json_text = section("BENCH_JSON_BEGIN", "BENCH_JSON_END")
         .ok_or("no results in the test host output")?;
-    let svg_text = section("BENCH_SVG_BEGIN", "BENCH_SVG_END").unwrap_or_default();
-    std::fs::write(&args.out, &json_text).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    std::fs::write(&args.plot, svg_text).map_err(|e| format!("{}: {e}", args.plot.display()))?;
+    let mut results: Value =
+        serde_json::from_str(&json_text).map_err(|e| format!("results from the test host: {e}"))?;
+    // Name the peer as the user knows it, not by its path in the test host,
+    // and say where the times come from (inside, KVM looks like hardware).
+    results["peer"] = json!(peer.display().to_string());
+    results["host"] = json!(TEST_HOST);
+    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    std::fs::write(&args.plot, svg(&results))
+        .map_err(|e| format!("{}: {e}", args.plot.display()))?;
     println!(
         "results: {} and {}",
         args.out.display(),
         args.plot.display()
     );
     Ok(())
+}
+
+/// Whether `path` starts with the ELF magic.
+fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// The first line of `<peer> --version` (QEMU and Firecracker both have it).
+fn peer_version(peer: &str) -> Value {
+    Command::new(peer)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            text.lines().next().map(|l| json!(l.trim()))
+        })
+        .unwrap_or(Value::Null)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -260,35 +362,66 @@ fn parse_uptime_ms(out: &str) -> Option<f64> {
         .map(|s| s * 1000.0)
 }
 
+/// The `p` quantile of sorted, non-empty `v` (nearest rank).
+fn quantile_sorted(v: &[f64], p: f64) -> f64 {
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The `p` quantile of `v`, NaN when empty.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    quantile_sorted(&v, p)
+}
+
 fn stats(mut v: Vec<f64>) -> Value {
     if v.is_empty() {
         return Value::Null;
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| quantile_sorted(&v, p);
     json!({"n": v.len(), "min": v[0], "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": v[v.len() - 1]})
 }
 
+/// Firecracker's configuration for one boot of `kernel` + `initrd` with the
+/// same memory, vCPUs and kernel command line as silo (`--config-file`
+/// format: the API's request bodies under their resource names). `drives`
+/// has no default in Firecracker's parser, so it is given, empty: the
+/// initramfs is the root file system. `reboot=k` instead of `reboot=t`: on
+/// x86_64 Firecracker ends its process when the guest resets the CPU
+/// through the i8042 controller, which is what `reboot=k` makes Linux do.
+fn firecracker_config(kernel: &Path, initrd: &Path) -> Value {
+    json!({
+        "boot-source": {
+            "kernel_image_path": kernel,
+            "initrd_path": initrd,
+            "boot_args": CMDLINE.replace("reboot=t", "reboot=k"),
+        },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    })
+}
+
 /// The peer VMM's command line for one boot of `kernel` + `initrd` with
-/// the same memory, vCPUs and kernel command line as silo.
-fn peer_command(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Command, String> {
-    let mut cmd = Command::new(&args.peer);
+/// the same memory, vCPUs and kernel command line as silo. For Firecracker
+/// it writes the configuration file first, at `config`.
+fn peer_command(
+    args: &BenchArgs,
+    kernel: &Path,
+    initrd: &Path,
+    config: &Path,
+) -> Result<Command, String> {
+    let mut cmd = Command::new(args.peer());
     if args.peer_kind == "firecracker" {
-        // Firecracker's documented `--no-api --config-file` boot: the
-        // guest's serial console goes to stdout; `reboot=k` makes the
-        // guest's reboot (an i8042 reset) end the process.
-        let config = json!({
-            "boot-source": {
-                "kernel_image_path": kernel,
-                "initrd_path": initrd,
-                "boot_args": CMDLINE.replace("reboot=t", "reboot=k"),
-            },
-            "drives": [],
-            "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
-        });
-        let path = std::env::temp_dir().join(format!("silo-bench-fc-{}.json", std::process::id()));
-        std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
-        cmd.args(["--no-api", "--config-file"]).arg(&path);
+        // `--no-api` needs `--config-file` and boots at once, without an
+        // API socket; the guest's serial console goes to stdout, and a
+        // stdin that is not a terminal or a FIFO is left alone.
+        let text = firecracker_config(kernel, initrd).to_string();
+        std::fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        cmd.args(["--no-api", "--config-file"]).arg(config);
     } else {
         cmd.args([
             "-M",
@@ -322,15 +455,16 @@ fn cold_boots(
     peer_kernel: &Path,
     initrd: &Path,
 ) -> Result<(Value, Value), String> {
-    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
+    let silo = crate::vm_env::vmm_binary().map_err(|e| e.to_string())?;
     let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
+    let (mut s_serial, mut s_exit) = (vec![], vec![]);
     let (mut p_wall, mut p_guest) = (vec![], vec![]);
+    let fc_config = std::env::temp_dir().join(format!("silo-bench-fc-{}.json", std::process::id()));
     for i in 0..args.boots {
         // silo
         let t = Instant::now();
         let out = Command::new(&silo)
             .args([
-                "vmm",
                 "--timeline",
                 "--mem-mib",
                 "128",
@@ -363,14 +497,20 @@ fn cold_boots(
                 if let Some(x) = v["kernel_loaded_us"].as_f64() {
                     s_loaded.push(x / 1e3);
                 }
+                if let Some(x) = v["first_serial_byte_us"].as_f64() {
+                    s_serial.push(x / 1e3);
+                }
+                if let Some(x) = v["vm_exit_us"].as_f64() {
+                    s_exit.push(x / 1e3);
+                }
             }
         }
         // peer
+        let mut cmd = peer_command(args, peer_kernel, initrd, &fc_config)?;
         let t = Instant::now();
-        let mut cmd = peer_command(args, peer_kernel, initrd)?;
         let out = cmd
             .output()
-            .map_err(|e| format!("peer {}: {e}", args.peer))?;
+            .map_err(|e| format!("peer {}: {e}", args.peer()))?;
         let wall = t.elapsed().as_secs_f64() * 1e3;
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
@@ -380,6 +520,7 @@ fn cold_boots(
         p_guest.push(uptime);
         eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);
     }
+    let _ = std::fs::remove_file(&fc_config);
     let ratio = |a: &[f64], b: &[f64]| {
         let (a, b) = (median(a), median(b));
         if b > 0.0 {
@@ -393,6 +534,8 @@ fn cold_boots(
         "guest_uptime_at_init_ms": stats(s_guest.clone()),
         "vmm_process_start_to_kernel_loaded_ms": stats(s_loaded),
         "vmm_process_start_to_first_kvm_run_ms": stats(s_first_run),
+        "vmm_process_start_to_first_serial_byte_ms": stats(s_serial),
+        "vmm_process_start_to_vm_exit_ms": stats(s_exit),
         "ratio_to_peer": {
             "process_to_exit": ratio(&s_wall, &p_wall),
             "guest_uptime_at_init": ratio(&s_guest, &p_guest),
@@ -403,6 +546,77 @@ fn cold_boots(
         "guest_uptime_at_init_ms": stats(p_guest),
     });
     Ok((silo, peer))
+}
+
+/// `n` VMMs booting the same kernel and initramfs at once, for silo and
+/// then for the peer, for each count: wall time from spawning the first to
+/// the last one's exit, how many reached the guest marker, boots per second.
+fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value, String> {
+    let silo = crate::vm_env::vmm_binary().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for &n in &args.boots_at_once {
+        if n == 0 {
+            return Err("--boots-at-once counts must be at least 1".into());
+        }
+        let mut row = json!({ "n": n });
+        for side in ["silo", "peer"] {
+            let mut cmds = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut cmd = if side == "silo" {
+                    let mut c = Command::new(&silo);
+                    c.args(["--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
+                        .arg(kernel)
+                        .arg("--initrd")
+                        .arg(initrd)
+                        .env("SILO_LOG", "warn")
+                        .stdin(Stdio::null());
+                    c
+                } else {
+                    let config = std::env::temp_dir()
+                        .join(format!("silo-bench-fc-{}-{i}.json", std::process::id()));
+                    peer_command(args, kernel, initrd, &config)?
+                };
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                cmds.push(cmd);
+            }
+            let t = Instant::now();
+            let children: Vec<_> = cmds
+                .iter_mut()
+                .map(|c| c.spawn().map_err(|e| format!("{side}: {e}")))
+                .collect::<Result<_, _>>()?;
+            let mut finished = 0;
+            let mut uptimes = Vec::new();
+            for c in children {
+                let out = c.wait_with_output().map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr);
+                if let Some(u) = parse_uptime_ms(&text) {
+                    finished += 1;
+                    uptimes.push(u);
+                }
+            }
+            let wall = t.elapsed().as_secs_f64();
+            eprintln!("[bench] {n} at once: {side} {finished}/{n} finished in {wall:.2} s");
+            row[side] = json!({
+                "wall_ms": wall * 1e3,
+                "finished": finished,
+                "boots_per_second": finished as f64 / wall,
+                "guest_uptime_at_init_ms": stats(uptimes),
+            });
+        }
+        for i in 0..n {
+            let _ = std::fs::remove_file(
+                std::env::temp_dir().join(format!("silo-bench-fc-{}-{i}.json", std::process::id())),
+            );
+        }
+        let (sw, pw) = (
+            row["silo"]["wall_ms"].as_f64().unwrap_or(0.0),
+            row["peer"]["wall_ms"].as_f64().unwrap_or(0.0),
+        );
+        row["ratio_wall_silo_to_peer"] = json!(if pw > 0.0 { sw / pw } else { f64::NAN });
+        rows.push(row);
+    }
+    Ok(json!(rows))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -461,6 +675,16 @@ async fn warm_invokes(
         .map_err(|e| e.to_string())?;
     let boot = env.boot;
     let overhead = env.vmm_memory_overhead_kib(128);
+    // One untimed invocation first on each side: a runtime's first
+    // invocation belongs to the cold start (the function VM timeline has it).
+    let warmup = args.invokes;
+    let r = env
+        .invoke(invoke_msg(warmup), Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !matches!(r.outcome, Outcome::Ok(_)) {
+        return Err(format!("VM warm-up invoke failed: {:?}", r.outcome));
+    }
     let mut vm = Vec::with_capacity(args.invokes);
     for n in 0..args.invokes {
         let r = env
@@ -497,22 +721,17 @@ async fn warm_invokes(
     let (mut conn, _): (UnixStream, _) = listener.accept().map_err(|e| e.to_string())?;
     silo_proto::read_message(&mut conn).map_err(|e| e.to_string())?;
     let mut host = Vec::with_capacity(args.invokes);
-    for n in 0..args.invokes {
-        let t = Instant::now();
-        silo_proto::write_message(&mut conn, &invoke_msg(n)).map_err(|e| e.to_string())?;
-        loop {
-            match silo_proto::read_message(&mut conn).map_err(|e| e.to_string())? {
-                Message::Result {
-                    outcome: Outcome::Ok(_),
-                    ..
-                } => break,
-                Message::Result { outcome, .. } => {
-                    return Err(format!("host-mode invoke failed: {outcome:?}"))
-                }
-                _ => {}
-            }
+    let mut run = || -> Result<(), String> {
+        host_invoke(&mut conn, warmup)?;
+        for n in 0..args.invokes {
+            host.push(host_invoke(&mut conn, n)?);
         }
-        host.push(t.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    };
+    if let Err(e) = run() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     let _ = silo_proto::write_message(&mut conn, &Message::Shutdown);
     let _ = child.wait();
@@ -522,6 +741,8 @@ async fn warm_invokes(
         "vm_over_vsock_ms": stats(vm.clone()),
         "host_mode_unix_socket_ms": stats(host.clone()),
         "ratio_p50": median(&vm) / median(&host),
+        "ratio_p99": quantile(&vm, 0.99) / quantile(&host, 0.99),
+        "warmup_invokes_per_environment": 1,
         "samples_ms": { "vm": vm, "host_mode": host },
         "vm_spawn_to_agent_ready_ms": boot.spawn_to_ready.as_secs_f64() * 1e3,
         "guest_uptime_at_agent_start_ms": boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
@@ -648,6 +869,7 @@ async fn function_timelines(
     let dir = std::env::temp_dir().join(format!("silo-bench-timeline-{}", std::process::id()));
     let spec = function_spec(&dir, kernel, agent, function)?;
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
+    let mut samples = Vec::new();
     for i in 0..n.max(1) {
         let mut env = crate::vm_env::VmEnv::boot(&spec, &dir)
             .await
@@ -671,15 +893,19 @@ async fn function_timelines(
             v.push(x);
         }
         eprintln!("[bench] function VM {}: {t}", i + 1);
+        samples.push(t);
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mut out = serde_json::Map::new();
     for (k, v) in PHASES.iter().zip(phases) {
         out.insert(k.to_string(), stats(v));
     }
-    Ok(
-        json!({ "clock": "host CLOCK_MONOTONIC, ms since the VMM process was spawned", "phases": out, "order": PHASES }),
-    )
+    Ok(json!({
+        "clock": "host CLOCK_MONOTONIC, ms since the VMM process was spawned",
+        "phases": out,
+        "order": PHASES,
+        "samples": samples,
+    }))
 }
 
 /// A host-mode agent (the peer for invokes) serving the counter from `dir`.
@@ -741,8 +967,17 @@ fn host_invoke(conn: &mut UnixStream, n: usize) -> Result<f64, String> {
     }
 }
 
-/// `args.invokes` warm invokes with `args.concurrency` in flight: against as
-/// many VMs, and against as many host-mode agents.
+/// How many of `total` invokes slot `slot` of `c` makes (the remainder goes
+/// to the first slots, so exactly `total` are made).
+fn slot_share(total: usize, c: usize, slot: usize) -> usize {
+    total / c + usize::from(slot < total % c)
+}
+
+/// `args.invokes` warm invokes (at least one per slot) with
+/// `args.concurrency` in flight: against as many VMs, and against as many
+/// host-mode agents. Each VM and agent first answers one untimed invocation,
+/// so that its first invocation (a cold runtime's first
+/// `/invocation/next`, part of the cold start) is not counted as warm.
 async fn concurrent_invokes(
     args: &BenchArgs,
     kernel: &Path,
@@ -750,7 +985,7 @@ async fn concurrent_invokes(
     function: &Path,
 ) -> Result<Value, String> {
     let c = args.concurrency.max(1);
-    let per_slot = (args.invokes / c).max(1);
+    let total = args.invokes.max(c);
     let dir = std::env::temp_dir().join(format!("silo-bench-conc-{}", std::process::id()));
     let spec = function_spec(&dir, kernel, agent, function)?;
     let boots = (0..c).map(|_| crate::vm_env::VmEnv::boot(&spec, &dir));
@@ -758,11 +993,23 @@ async fn concurrent_invokes(
     for r in futures_join(boots).await {
         envs.push(r.map_err(|e| e.to_string())?);
     }
+    // Request ids: slot * (total + 1) + n, with n = 0 the warm-up.
+    let id = move |slot: usize, n: usize| slot * (total + 1) + n;
+    for (slot, env) in envs.iter_mut().enumerate() {
+        let r = env
+            .invoke(invoke_msg(id(slot, 0)), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !matches!(r.outcome, Outcome::Ok(_)) {
+            return Err(format!("VM warm-up invoke failed: {:?}", r.outcome));
+        }
+    }
     let runs = envs.iter_mut().enumerate().map(|(slot, env)| async move {
-        let mut lat = Vec::with_capacity(per_slot);
-        for n in 0..per_slot {
+        let share = slot_share(total, c, slot);
+        let mut lat = Vec::with_capacity(share);
+        for n in 1..=share {
             let r = env
-                .invoke(invoke_msg(slot * per_slot + n), Duration::from_secs(10))
+                .invoke(invoke_msg(id(slot, n)), Duration::from_secs(10))
                 .await
                 .map_err(|e| e.to_string())?;
             if !matches!(r.outcome, Outcome::Ok(_)) {
@@ -783,194 +1030,602 @@ async fn concurrent_invokes(
     }
     let mut agents = Vec::new();
     for slot in 0..c {
-        agents.push(host_agent(&dir, agent, function, slot)?);
+        let (child, mut conn) = host_agent(&dir, agent, function, slot)?;
+        host_invoke(&mut conn, id(slot, 0))?;
+        agents.push((child, conn));
     }
-    let started = Instant::now();
+    // Every thread starts invoking at once, after all are spawned.
+    let go = std::sync::Arc::new(std::sync::Barrier::new(c + 1));
     let threads: Vec<_> = agents
         .into_iter()
         .enumerate()
         .map(|(slot, (child, mut conn))| {
+            let go = go.clone();
             std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(per_slot);
-                for n in 0..per_slot {
-                    lat.push(host_invoke(&mut conn, slot * per_slot + n)?);
+                let share = slot_share(total, c, slot);
+                let mut lat = Vec::with_capacity(share);
+                go.wait();
+                for n in 1..=share {
+                    match host_invoke(&mut conn, id(slot, n)) {
+                        Ok(ms) => lat.push(ms),
+                        Err(e) => return (Err(e), child),
+                    }
                 }
                 let _ = silo_proto::write_message(&mut conn, &Message::Shutdown);
-                Ok::<_, String>((lat, child))
+                (Ok(lat), child)
             })
         })
         .collect();
+    go.wait();
+    let started = Instant::now();
     let mut host = Vec::new();
+    let mut failed = None;
     for t in threads {
         let (lat, mut child) = t
             .join()
-            .map_err(|_| "host-mode thread panicked".to_string())??;
-        host.extend(lat);
+            .map_err(|_| "host-mode thread panicked".to_string())?;
+        match lat {
+            Ok(lat) => host.extend(lat),
+            Err(e) => {
+                let _ = child.kill();
+                failed.get_or_insert(e);
+            }
+        }
         let _ = child.wait();
     }
     let host_wall = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(e) = failed {
+        return Err(e);
+    }
     Ok(json!({
         "concurrency": c,
+        "invokes": total,
+        "warmup_invokes_per_environment": 1,
         "vm_over_vsock_ms": stats(vm.clone()),
         "host_mode_unix_socket_ms": stats(host.clone()),
         "ratio_p50": median(&vm) / median(&host),
+        "ratio_p99": quantile(&vm, 0.99) / quantile(&host, 0.99),
         "vm_invokes_per_second": vm.len() as f64 / vm_wall,
         "host_mode_invokes_per_second": host.len() as f64 / host_wall,
         "samples_ms": { "vm": vm, "host_mode": host },
     }))
 }
 
-/// The plot: p50 bars of each compared pair, a stacked bar of the function
-/// VM's boot phases (p50 of each phase's end), and latency CDFs of the warm
-/// invokes (serial and concurrent, VM and host-mode peer).
+/// Escapes text for SVG (XML) content and attribute values.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A round step (1, 2 or 5 times a power of ten) for about `n` ticks up to
+/// `max`.
+fn tick_step(max: f64, n: f64) -> f64 {
+    let raw = (max / n).max(1e-9);
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
+}
+
+/// Formats a tick value without needless decimals.
+fn tick_label(v: f64) -> String {
+    if v >= 10.0 || v == v.round() {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Colors of the boot phases, in [`PHASES`] order.
+const PHASE_COLORS: [&str; 7] = [
+    "#bab0ac", "#76b7b2", "#4e79a7", "#59a14f", "#edc948", "#f28e2b", "#e15759",
+];
+
+/// What each phase's segment covers (from the previous phase's end).
+const PHASE_LABELS: [&str; 7] = [
+    "exec to VMM main",
+    "kernel, initrd loaded",
+    "KVM VM, vCPUs, devices",
+    "first KVM_RUN",
+    "guest kernel to /init",
+    "agent hello over vsock",
+    "first result back",
+];
+
+const SILO_BLUE: &str = "#3b6fb6";
+const PEER_GREY: &str = "#999999";
+
+/// The plot, for a person: (1) p50 bars of each pair compared (silo against
+/// the peer VMM for cold boots, the VM against the same agent in host mode
+/// for warm invokes) with their ratios; (2) a function VM's cold start as
+/// stacked bars, one segment per phase, for the p50 of each phase's end and
+/// for each VM measured; (3) latency CDFs of the warm invokes, serial and
+/// concurrent, VM and host mode, on a log axis.
 fn svg(r: &Value) -> String {
+    let width = 840.0;
+    let mut b = String::new();
+    let peer_name = match (r["peer_kind"].as_str(), r["peer_version"].as_str()) {
+        // "QEMU emulator version 7.2.22 (Debian ...)": the part before " (".
+        (_, Some(v)) => v.split(" (").next().unwrap_or(v).to_string(),
+        (Some("firecracker"), None) => "Firecracker".to_string(),
+        _ => "QEMU -M microvm".to_string(),
+    };
+    let conc = r["warm_invoke_concurrent"]["concurrency"]
+        .as_u64()
+        .unwrap_or(0);
+    b.push_str(&format!(
+        r##"<text x="10" y="26" font-size="18" font-weight="bold">silo bench</text><text x="10" y="46" fill="#444">{}; cold-boot peer: {}</text>"##,
+        esc(r["host"].as_str().unwrap_or("")),
+        esc(&peer_name)
+    ));
+
+    // (1) p50 bars.
+    let mut y = 74.0;
+    b.push_str(&format!(
+        r##"<text x="10" y="{y}" font-size="15" font-weight="bold">p50, silo against its peer (lower is better)</text><rect x="470" y="{}" width="12" height="12" fill="{SILO_BLUE}"/><text x="488" y="{}">silo</text><rect x="540" y="{}" width="12" height="12" fill="{PEER_GREY}"/><text x="558" y="{}">peer (VMM, or host-mode agent)</text>"##,
+        y - 11.0, y, y - 11.0, y
+    ));
+    y += 14.0;
     let rows = [
         (
-            "cold boot: process start to exit (ms)",
+            "cold boot, process start to exit (ms): silo vs peer VMM".to_string(),
             &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"],
             &r["cold_boot"]["peer"]["process_to_exit_ms"]["p50"],
         ),
         (
-            "cold boot: guest uptime at init (ms)",
+            "cold boot, guest uptime at /init (ms): silo vs peer VMM".to_string(),
             &r["cold_boot"]["silo"]["guest_uptime_at_init_ms"]["p50"],
             &r["cold_boot"]["peer"]["guest_uptime_at_init_ms"]["p50"],
         ),
         (
-            "warm invoke round trip p50 (ms)",
+            "warm invoke round trip, serial (ms): VM over vsock vs host-mode agent".to_string(),
             &r["warm_invoke"]["vm_over_vsock_ms"]["p50"],
             &r["warm_invoke"]["host_mode_unix_socket_ms"]["p50"],
         ),
+        (
+            format!("warm invoke round trip, {conc} in flight (ms): {conc} VMs vs {conc} host-mode agents"),
+            &r["warm_invoke_concurrent"]["vm_over_vsock_ms"]["p50"],
+            &r["warm_invoke_concurrent"]["host_mode_unix_socket_ms"]["p50"],
+        ),
     ];
-    let (w, h) = (760, 960);
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="16">silo bench: p50, silo (blue) vs peer (grey); peer for invokes = host-mode agent</text>"##
-    );
-    for (i, (label, a, b)) in rows.iter().enumerate() {
-        let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-        let max = a.max(b).max(1e-9);
-        let y = 50 + i as i32 * 90;
-        let w = |v: f64| (v / max * 480.0) as i32;
-        s.push_str(&format!(
-            r##"<text x="10" y="{}">{label}</text><rect x="10" y="{}" width="{}" height="22" fill="#3b6fb6"/><text x="{}" y="{}">{a:.1}</text><rect x="10" y="{}" width="{}" height="22" fill="#999"/><text x="{}" y="{}">{b:.1}</text>"##,
-            y, y + 8, w(a), w(a) + 16, y + 24, y + 34, w(b), w(b) + 16, y + 50
+    for (label, a, p) in &rows {
+        let (a, p) = (a.as_f64().unwrap_or(0.0), p.as_f64().unwrap_or(0.0));
+        let max = a.max(p).max(1e-9);
+        let len = |v: f64| (v / max * 560.0).max(1.0);
+        let ratio = if p > 0.0 {
+            format!("ratio {:.2}", a / p)
+        } else {
+            "ratio n/a".to_string()
+        };
+        b.push_str(&format!(
+            r##"<text x="10" y="{}">{}; {ratio}</text><rect class="p50" x="10" y="{}" width="{:.1}" height="18" fill="{SILO_BLUE}"/><text x="{:.1}" y="{}">{a:.1}</text><rect class="p50" x="10" y="{}" width="{:.1}" height="18" fill="{PEER_GREY}"/><text x="{:.1}" y="{}">{p:.1}</text>"##,
+            y + 14.0,
+            esc(label),
+            y + 20.0,
+            len(a),
+            len(a) + 16.0,
+            y + 34.0,
+            y + 40.0,
+            len(p),
+            len(p) + 16.0,
+            y + 54.0,
         ));
+        y += 70.0;
     }
-    // Stacked bar: each segment is one phase (p50 end minus previous p50 end).
-    let colors = [
-        "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b",
-    ];
+
+    // (2) Stacked bars of the function VM's start.
+    y += 16.0;
     let phases = &r["function_vm_timeline"]["phases"];
-    let ends: Vec<f64> = PHASES
+    let p50_ends: Vec<f64> = PHASES
         .iter()
         .map(|k| phases[k]["p50"].as_f64().unwrap_or(0.0))
         .collect();
-    let total = ends.iter().cloned().fold(1e-9, f64::max);
-    let y0 = 320;
-    s.push_str(&format!(
-        r##"<text x="10" y="{y0}" font-size="15">function VM cold start by phase (p50, ms since VMM spawn; total {total:.0} ms)</text>"##
+    let vms: Vec<Vec<f64>> = r["function_vm_timeline"]["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .take(10)
+                .map(|t| {
+                    PHASES
+                        .iter()
+                        .map(|k| t[k].as_f64().unwrap_or(0.0))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total = vms
+        .iter()
+        .chain(std::iter::once(&p50_ends))
+        .flat_map(|v| v.iter().copied())
+        .fold(1e-9, f64::max);
+    let step = tick_step(total, 6.0);
+    let xmax = (total / step).ceil() * step;
+    b.push_str(&format!(
+        r##"<text x="10" y="{y}" font-size="15" font-weight="bold">function VM cold start by phase (host clock, ms since the VMM process was spawned)</text>"##
     ));
-    let mut prev = 0.0;
-    for (i, (k, end)) in PHASES.iter().zip(&ends).enumerate() {
-        let x = 10.0 + prev / total * 700.0;
-        let wd = ((end - prev).max(0.0) / total * 700.0).max(1.0);
-        s.push_str(&format!(
-            r##"<rect class="phase" x="{x:.1}" y="{}" width="{wd:.1}" height="28" fill="{}"><title>{k}: {:.1} ms</title></rect>"##,
-            y0 + 12,
-            colors[i % colors.len()],
-            end - prev
-        ));
-        s.push_str(&format!(
-            r##"<rect x="10" y="{}" width="12" height="12" fill="{}"/><text x="28" y="{}">{} ends at {end:.1} ms (+{:.1})</text>"##,
-            y0 + 52 + i as i32 * 18,
-            colors[i % colors.len()],
-            y0 + 62 + i as i32 * 18,
-            k.trim_end_matches("_ms"),
-            (end - prev).max(0.0)
-        ));
-        prev = prev.max(*end);
+    let (bx, bw) = (90.0, 700.0);
+    let sx = |v: f64| bx + v.max(0.0) / xmax * bw;
+    y += 14.0;
+    let bars_top = y;
+    let mut bars: Vec<(String, &Vec<f64>, &str)> = vec![("p50".into(), &p50_ends, "phase")];
+    for (i, v) in vms.iter().enumerate() {
+        bars.push((format!("VM {}", i + 1), v, "phase-vm"));
     }
-    // CDFs of warm invoke latency.
+    for (label, ends, class) in &bars {
+        b.push_str(&format!(
+            r##"<text x="{}" y="{}" text-anchor="end">{label}</text>"##,
+            bx - 8.0,
+            y + 15.0
+        ));
+        let mut prev = 0.0f64;
+        for (i, end) in ends.iter().enumerate() {
+            let seg = (end - prev).max(0.0);
+            b.push_str(&format!(
+                r##"<rect class="{class}" x="{:.1}" y="{y}" width="{:.1}" height="20" fill="{}" stroke="white" stroke-width="0.5"><title>{}: {seg:.1} ms (ends at {end:.1} ms)</title></rect>"##,
+                sx(prev),
+                (sx(prev + seg) - sx(prev)).max(0.5),
+                PHASE_COLORS[i % PHASE_COLORS.len()],
+                PHASES[i].trim_end_matches("_ms"),
+            ));
+            prev = prev.max(*end);
+        }
+        b.push_str(&format!(
+            r##"<text x="{:.1}" y="{}" font-size="11">{prev:.0}</text>"##,
+            sx(prev) + 4.0,
+            y + 14.0
+        ));
+        y += if *class == "phase" { 30.0 } else { 24.0 };
+    }
+    // Axis with ticks.
+    b.push_str(&format!(
+        r##"<line class="axis" x1="{bx}" y1="{y}" x2="{}" y2="{y}" stroke="black"/>"##,
+        bx + bw
+    ));
+    let mut t = 0.0;
+    while t <= xmax + step / 2.0 {
+        b.push_str(&format!(
+            r##"<line x1="{x:.1}" y1="{bars_top}" x2="{x:.1}" y2="{}" stroke="#ddd"/><line x1="{x:.1}" y1="{y}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
+            y,
+            y + 4.0,
+            y + 16.0,
+            tick_label(t),
+            x = sx(t),
+        ));
+        t += step;
+    }
+    b.push_str(&format!(
+        r##"<text x="{}" y="{}" text-anchor="middle">ms since spawn (the p50 bar stacks the p50 of each phase's end time)</text>"##,
+        bx + bw / 2.0,
+        y + 32.0
+    ));
+    y += 52.0;
+    let mut prev = 0.0f64;
+    for (i, k) in PHASES.iter().enumerate() {
+        let (col, row) = (i % 2, i / 2);
+        let (lx, ly) = (10.0 + col as f64 * 420.0, y + row as f64 * 18.0);
+        let end = p50_ends[i];
+        b.push_str(&format!(
+            r##"<rect x="{lx}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{ly}" font-size="12">{}: {} (+{:.1} ms, at {end:.1})</text>"##,
+            ly - 10.0,
+            PHASE_COLORS[i],
+            lx + 18.0,
+            k.trim_end_matches("_ms"),
+            PHASE_LABELS[i],
+            (end - prev).max(0.0),
+        ));
+        prev = prev.max(end);
+    }
+    y += (PHASES.len().div_ceil(2)) as f64 * 18.0 + 20.0;
+
+    // (3) Latency CDFs, log x axis.
     let series = [
-        (
-            "VM, serial",
-            &r["warm_invoke"]["samples_ms"]["vm"],
-            "#3b6fb6",
-            "",
-        ),
+        ("VM, serial", "warm_invoke", "vm", SILO_BLUE, ""),
         (
             "host mode, serial",
-            &r["warm_invoke"]["samples_ms"]["host_mode"],
-            "#999",
+            "warm_invoke",
+            "host_mode",
+            PEER_GREY,
             "",
         ),
         (
-            "VM, concurrent",
-            &r["warm_invoke_concurrent"]["samples_ms"]["vm"],
-            "#3b6fb6",
-            "6,4",
+            "VMs, concurrent",
+            "warm_invoke_concurrent",
+            "vm",
+            SILO_BLUE,
+            "7,4",
         ),
         (
             "host mode, concurrent",
-            &r["warm_invoke_concurrent"]["samples_ms"]["host_mode"],
-            "#999",
-            "6,4",
+            "warm_invoke_concurrent",
+            "host_mode",
+            PEER_GREY,
+            "7,4",
         ),
     ];
-    let (px, py, pw, ph) = (60.0, 560.0, 660.0, 330.0);
-    let xmax = series
+    let data: Vec<Vec<f64>> = series
         .iter()
-        .filter_map(|(_, v, _, _)| {
-            let mut x: Vec<f64> = v.as_array()?.iter().filter_map(Value::as_f64).collect();
+        .map(|(_, sect, key, _, _)| {
+            let mut x: Vec<f64> = r[sect]["samples_ms"][key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
             x.sort_by(f64::total_cmp);
-            x.get(((x.len() as f64) * 0.99) as usize)
-                .or(x.last())
-                .copied()
+            x
         })
-        .fold(1e-9, f64::max)
-        * 1.1;
-    s.push_str(&format!(
-        r##"<text x="10" y="{}" font-size="15">warm invoke latency CDF (x clipped at 1.1 x the largest p99)</text><line x1="{px}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{px}" y1="{py}" x2="{px}" y2="{}" stroke="black"/>"##,
-        py - 20.0, py + ph, px + pw, py + ph, py + ph
+        .collect();
+    let all = data.iter().flatten().copied().filter(|v| *v > 0.0);
+    let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    let (lo, hi) = if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (1.0, 10.0)
+    };
+    // The axis runs between 1-2-5 ticks around the data.
+    let ticks_125 = |from: f64, to: f64| -> Vec<f64> {
+        let mut t = Vec::new();
+        let mut d = from.floor() - 1.0;
+        while d <= to.ceil() + 1.0 {
+            t.extend([1.0, 2.0, 5.0].map(|m| m * 10f64.powf(d)));
+            d += 1.0;
+        }
+        t
+    };
+    let candidates = ticks_125(lo.log10(), hi.log10());
+    let first = candidates
+        .iter()
+        .rev()
+        .find(|t| **t <= lo)
+        .copied()
+        .unwrap_or(lo);
+    let last = candidates.iter().find(|t| **t >= hi).copied().unwrap_or(hi);
+    let (d0, d1) = (first.log10(), last.log10().max(first.log10() + 1.0));
+    let (px, pw, ph) = (70.0, 720.0, 300.0);
+    b.push_str(&format!(
+        r##"<text x="10" y="{y}" font-size="15" font-weight="bold">warm invoke round trip: CDF (solid serial, dashed {conc} in flight)</text>"##
     ));
+    let py = y + 16.0;
+    let lx = |v: f64| px + (v.max(lo).log10() - d0) / (d1 - d0) * pw;
+    let ly = |f: f64| py + ph - f * ph;
     for i in 0..=4 {
         let f = i as f64 / 4.0;
-        s.push_str(&format!(
-            r##"<text x="{}" y="{}" text-anchor="middle">{:.1}</text><text x="{}" y="{}" text-anchor="end">{f:.2}</text>"##,
-            px + f * pw, py + ph + 16.0, f * xmax, px - 6.0, py + ph - f * ph + 4.0
+        b.push_str(&format!(
+            r##"<line x1="{px}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11">{f:.2}</text>"##,
+            px + pw,
+            px - 6.0,
+            ly(f) + 4.0,
+            y = ly(f),
         ));
     }
-    s.push_str(&format!(
-        r##"<text x="{}" y="{}" text-anchor="middle">latency (ms)</text>"##,
+    for v in candidates {
+        let l10 = v.log10();
+        if l10 < d0 - 1e-9 || l10 > d1 + 1e-9 {
+            continue;
+        }
+        let x = px + (l10 - d0) / (d1 - d0) * pw;
+        let decade = (l10 - l10.round()).abs() < 1e-9;
+        b.push_str(&format!(
+            r##"<line x1="{x:.1}" y1="{py}" x2="{x:.1}" y2="{}" stroke="{}"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
+            py + ph,
+            if decade { "#bbb" } else { "#e5e5e5" },
+            py + ph + 16.0,
+            tick_label(v),
+        ));
+    }
+    b.push_str(&format!(
+        r##"<line class="axis" x1="{px}" y1="{}" x2="{}" y2="{}" stroke="black"/><line class="axis" x1="{px}" y1="{py}" x2="{px}" y2="{}" stroke="black"/><text x="{}" y="{}" text-anchor="middle">round trip (ms, log scale)</text><text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">fraction of invokes ≤ x</text>"##,
+        py + ph,
+        px + pw,
+        py + ph,
+        py + ph,
         px + pw / 2.0,
-        py + ph + 34.0
+        py + ph + 34.0,
+        py + ph / 2.0,
+        py + ph / 2.0,
     ));
-    for (i, (label, v, color, dash)) in series.iter().enumerate() {
-        let mut x: Vec<f64> = v
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        x.sort_by(f64::total_cmp);
-        let n = x.len().max(1) as f64;
-        let pts: Vec<String> = x
-            .iter()
-            .enumerate()
-            .map(|(j, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    px + (v / xmax).min(1.0) * pw,
-                    py + ph - (j + 1) as f64 / n * ph
-                )
+    let legend_y = py + ph + 58.0;
+    for (i, ((label, _, _, color, dash), x)) in series.iter().zip(&data).enumerate() {
+        let n = x.len();
+        let mut pts = Vec::with_capacity(2 * n + 1);
+        if let Some(first) = x.first() {
+            pts.push(format!("{:.1},{:.1}", lx(*first), ly(0.0)));
+        }
+        for (j, v) in x.iter().enumerate() {
+            pts.push(format!("{:.1},{:.1}", lx(*v), ly(j as f64 / n as f64)));
+            pts.push(format!(
+                "{:.1},{:.1}",
+                lx(*v),
+                ly((j + 1) as f64 / n as f64)
+            ));
+        }
+        let (cx, cy) = (
+            10.0 + (i % 2) as f64 * 420.0,
+            legend_y + (i / 2) as f64 * 20.0,
+        );
+        let summary = if n > 0 {
+            format!(
+                "n={n}, p50 {:.1} ms, p99 {:.1} ms",
+                quantile_sorted(x, 0.5),
+                quantile_sorted(x, 0.99)
+            )
+        } else {
+            "no samples".to_string()
+        };
+        b.push_str(&format!(
+            r##"<polyline class="cdf" fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/><line x1="{cx}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{cy}" font-size="12">{label}: {summary}</text>"##,
+            pts.join(" "),
+            cy - 4.0,
+            cx + 30.0,
+            cy - 4.0,
+            cx + 36.0,
+        ));
+    }
+    let height = legend_y + 40.0;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/>{b}</svg>
+"##
+    )
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_config_has_the_documented_shape() {
+        let c = firecracker_config(Path::new("/k/vmlinux"), Path::new("/k/guest.cpio"));
+        let boot = &c["boot-source"];
+        assert_eq!(boot["kernel_image_path"], "/k/vmlinux");
+        assert_eq!(boot["initrd_path"], "/k/guest.cpio");
+        let args = boot["boot_args"].as_str().unwrap();
+        assert!(
+            args.contains("reboot=k") && !args.contains("reboot=t"),
+            "{args}"
+        );
+        assert!(args.contains("console=ttyS0"), "{args}");
+        assert_eq!(c["machine-config"]["vcpu_count"], 1);
+        assert_eq!(c["machine-config"]["mem_size_mib"], 128);
+        assert_eq!(c["drives"], json!([]));
+        let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 3, "only what Firecracker knows: {keys:?}");
+    }
+
+    #[test]
+    fn firecracker_command_line() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli = Cli::parse_from(["bench", "--peer-kind", "firecracker"]);
+        assert_eq!(cli.bench.peer(), "firecracker");
+        let dir = std::env::temp_dir().join(format!("silo-bench-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("fc.json");
+        let cmd = peer_command(&cli.bench, Path::new("/k/vmlinux"), Path::new("/i"), &cfg).unwrap();
+        let argv: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        assert_eq!(
+            argv,
+            ["--no-api", "--config-file", &cfg.display().to_string()]
+        );
+        let written: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        assert_eq!(written["boot-source"]["kernel_image_path"], "/k/vmlinux");
+        let _ = std::fs::remove_dir_all(&dir);
+        let cli = Cli::parse_from(["bench"]);
+        assert_eq!(cli.bench.peer(), "qemu-system-x86_64");
+        let cli = Cli::parse_from(["bench", "--peer-kind", "firecracker", "--peer", "/opt/fc"]);
+        assert_eq!(cli.bench.peer(), "/opt/fc");
+    }
+
+    #[test]
+    fn elf_check() {
+        let dir = std::env::temp_dir().join(format!("silo-bench-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("elf"), b"\x7fELF\x02\x01").unwrap();
+        std::fs::write(dir.join("bz"), b"MZ\x00\x00").unwrap();
+        assert!(is_elf(&dir.join("elf")));
+        assert!(!is_elf(&dir.join("bz")));
+        assert!(!is_elf(&dir.join("missing")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn slot_shares_add_up() {
+        for total in 1..40 {
+            for c in 1..=total {
+                let shares: Vec<usize> = (0..c).map(|s| slot_share(total, c, s)).collect();
+                assert_eq!(shares.iter().sum::<usize>(), total);
+                assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(tick_step(2712.0, 6.0), 500.0);
+        assert_eq!(tick_step(9.0, 6.0), 2.0);
+        assert_eq!(tick_label(0.5), "0.5");
+        assert_eq!(tick_label(1500.0), "1500");
+    }
+
+    /// Results shaped like a run's, with `n` function VMs.
+    fn results(n: usize) -> Value {
+        let st = |base: f64| json!({"n": 3, "min": base, "p50": base * 1.1, "p95": base * 1.2, "p99": base * 1.3, "max": base * 1.4});
+        let samples: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut t = serde_json::Map::new();
+                for (j, k) in PHASES.iter().enumerate() {
+                    t.insert(k.to_string(), json!((j as f64 + 1.0) * 100.0 + i as f64));
+                }
+                Value::Object(t)
             })
             .collect();
-        s.push_str(&format!(
-            r##"<polyline class="cdf" fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}">{label}</text>"##,
-            pts.join(" "),
-            px + pw - 200.0, py + ph - 90.0 + i as f64 * 18.0,
-            px + pw - 170.0, py + ph - 90.0 + i as f64 * 18.0,
-            px + pw - 164.0, py + ph - 86.0 + i as f64 * 18.0
-        ));
+        let mut phases = serde_json::Map::new();
+        for (j, k) in PHASES.iter().enumerate() {
+            phases.insert(k.to_string(), st((j as f64 + 1.0) * 100.0));
+        }
+        json!({
+            "host": "a <test> & host", "peer_kind": "qemu", "peer_version": null,
+            "cold_boot": {
+                "silo": {"process_to_exit_ms": st(900.0), "guest_uptime_at_init_ms": st(400.0)},
+                "peer": {"process_to_exit_ms": st(1000.0), "guest_uptime_at_init_ms": st(300.0)},
+            },
+            "function_vm_timeline": {"phases": phases, "samples": samples},
+            "warm_invoke": {
+                "vm_over_vsock_ms": st(10.0), "host_mode_unix_socket_ms": st(5.0),
+                "samples_ms": {"vm": [9.0, 10.0, 12.0], "host_mode": [4.0, 5.0, 6.5]},
+            },
+            "warm_invoke_concurrent": {
+                "concurrency": 4,
+                "vm_over_vsock_ms": st(30.0), "host_mode_unix_socket_ms": st(15.0),
+                "samples_ms": {"vm": [20.0, 30.0, 80.0], "host_mode": [10.0, 15.0, 40.0]},
+            },
+        })
     }
-    s.push_str("</svg>\n");
-    s
+
+    #[test]
+    fn plot_has_bars_phases_and_cdfs() {
+        let plot = svg(&results(3));
+        assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
+        assert_eq!(
+            plot.matches("class=\"p50\"").count(),
+            8,
+            "four pairs of bars"
+        );
+        assert_eq!(plot.matches("class=\"phase\"").count(), PHASES.len());
+        assert_eq!(plot.matches("class=\"phase-vm\"").count(), 3 * PHASES.len());
+        assert_eq!(plot.matches("class=\"cdf\"").count(), 4);
+        assert!(plot.contains("fraction of invokes"), "CDF y axis label");
+        assert!(plot.contains("log scale"), "CDF x axis label");
+        assert!(
+            plot.contains("a &lt;test&gt; &amp; host"),
+            "text is escaped"
+        );
+        assert!(!plot.contains("NaN") && !plot.contains("inf"), "{plot}");
+        // Balanced elements: every opened <text>, <rect> with a title, <svg>.
+        for tag in ["text", "title", "svg"] {
+            assert_eq!(
+                plot.matches(&format!("<{tag} ")).count()
+                    + plot.matches(&format!("<{tag}>")).count(),
+                plot.matches(&format!("</{tag}>")).count(),
+                "{tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn plot_survives_missing_results() {
+        let plot = svg(&json!({}));
+        assert!(plot.starts_with("<svg") && !plot.contains("NaN"), "{plot}");
+    }
 }

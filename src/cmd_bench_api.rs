@@ -3,6 +3,12 @@
 //! boots a microVM), warm invokes (one tenant, its VM reused), and
 //! environments created per second with several new tenants at once.
 //!
+//! Bursts of new tenants (`--burst TxM@K`: T new tenants x M invokes, K in
+//! flight) show what admission control does under the load tenant isolation
+//! makes normal: every invoke's outcome, first-invoke latency of new tenants
+//! against a lone cold start of the same run, environments created per
+//! second, the share refused (429), plotted in `bench-api-burst.svg`.
+//!
 //! The peer, measured interleaved in the same run, is the same invocation
 //! made directly on the daemon's scheduler (no HTTP, no SigV4, no JSON
 //! checks): the ratio is what the API layer costs. Where hardware KVM is not
@@ -35,9 +41,15 @@ pub struct BenchApiArgs {
     /// New tenants invoked at once to measure environments created per second.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Bursts of new tenants, `TENANTSxINVOKES@IN_FLIGHT` (repeatable).
+    #[arg(long, default_values = ["6x6@12", "20x3@20"])]
+    burst: Vec<crate::burst::BurstShape>,
     /// JSON results file.
     #[arg(long, default_value = "bench-api.json")]
     out: PathBuf,
+    /// SVG plot of the bursts.
+    #[arg(long, default_value = "bench-api-burst.svg")]
+    plot: PathBuf,
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
@@ -88,10 +100,7 @@ fn run_inner(args: BenchApiArgs) -> Result<(), String> {
     }
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let results = rt.block_on(bench(&args, kernel, agent, function))?;
-    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-    std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    print_table(&results);
-    Ok(())
+    write_results(&args, &results)
 }
 
 fn in_test_host(
@@ -105,15 +114,22 @@ fn in_test_host(
     let out = silo_images::testhost::TestHost::new()
         .timeout(Duration::from_secs(1800))
         .memory_mib(4096)
-        .binary_with_libs(&silo, "/bin/silo")
+        .silo_binaries(&silo)
         .map_err(|e| e.to_string())?
         .file(kernel, "/work/vmlinux", 0o644)
         .file(agent, "/work/agent", 0o755)
         .file(function, "/work/counter", 0o755)
         .run(&format!(
-            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} --kernel vmlinux --agent agent \
+            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} {} --kernel vmlinux --agent agent \
              --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
-            args.cold, args.warm, args.parallel
+            args.cold,
+            args.warm,
+            args.parallel,
+            args.burst
+                .iter()
+                .map(|b| format!("--burst {b}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         ))
         .map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -136,9 +152,17 @@ fn in_test_host(
         serde_json::from_str(json.trim()).map_err(|e| format!("results: {e}"))?;
     results["where"] =
         json!("KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios");
-    let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-    std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    print_table(&results);
+    write_results(args, &results)
+}
+
+fn write_results(args: &BenchApiArgs, results: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if !args.burst.is_empty() {
+        std::fs::write(&args.plot, burst_svg(results))
+            .map_err(|e| format!("{}: {e}", args.plot.display()))?;
+    }
+    print_table(results);
     Ok(())
 }
 
@@ -216,7 +240,8 @@ async fn bench(
         allow_unauthenticated: true,
         ..DaemonConfig::default()
     };
-    let n_envs = (args.cold * 2 + args.parallel * 2 + 4) as u32;
+    let burst_envs = args.burst.iter().map(|b| b.in_flight).max().unwrap_or(0);
+    let n_envs = (args.cold * 2 + args.parallel * 2 + 4).max(burst_envs) as u32;
     config.limits.concurrency = n_envs;
     config.limits.per_tenant = n_envs;
     let running = cmd_serve::start(config, Images { kernel, agent }).await?;
@@ -298,6 +323,49 @@ async fn measure(
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    // Bursts: each on a fresh function (its earlier VMs destroyed), so that
+    // every burst starts from no environment, as new tenants do.
+    let mut bursts = Vec::new();
+    let lone_cold_p50 = {
+        let mut v = cold_api.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, shape) in args.burst.iter().enumerate() {
+        let c = client.clone();
+        let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+        blocking(move || -> Result<(), String> {
+            c.request("DELETE", "/2015-03-31/functions/counter", &[], b"")
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .create_function("counter", &zip, true, json!({"Timeout": 30}))
+                .map_err(|e| e.to_string())?;
+            if r.status != 201 {
+                return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
+            }
+            Ok(())
+        })
+        .await??;
+        let (c, shape) = (client.clone(), *shape);
+        eprintln!(
+            "[bench-api] burst {shape}: {} tenants x {} invokes, {} in flight",
+            shape.tenants, shape.invokes, shape.in_flight
+        );
+        let report =
+            blocking(move || crate::burst::run(&c, "counter", &format!("burst{i}"), shape)).await?;
+        let mut v = report.to_json();
+        let (a, r, f) = report.tally();
+        eprintln!(
+            "[bench-api] burst {shape}: {a} answered, {r} refused, {f} failed in {:.1} s",
+            report.wall.as_secs_f64()
+        );
+        v["lone_cold_start_p50_ms"] = json!(lone_cold_p50);
+        v["first_invoke_p99_over_lone_cold_p50"] = match v["first_invoke_ms"]["p99"].as_f64() {
+            Some(p99) => json!((p99 / lone_cold_p50 * 100.0).round() / 100.0),
+            None => Value::Null,
+        };
+        bursts.push(v);
+    }
     let (ca, cp, wa, wp) = (
         summary(cold_api),
         summary(cold_peer),
@@ -310,6 +378,8 @@ async fn measure(
         "warm_invoke_ms": { "api": wa, "direct_peer": wp, "ratio_api_to_peer": { "p50": ratio(&wa, &wp, "p50"), "p99": ratio(&wa, &wp, "p99") } },
         "cold_to_warm_p50": ratio(&ca, &wa, "p50"),
         "creations": { "environments": created, "parallel": args.parallel, "seconds": wall, "per_second": created as f64 / wall },
+        "bursts": bursts,
+        "admission": { "max_booting": d.config.limits.admission().max_booting, "cold_start_queue": d.config.limits.cold_start_queue, "init_timeout_s": d.config.limits.init_timeout_s },
     }))
 }
 
@@ -338,4 +408,77 @@ fn print_table(r: &Value) {
         r["creations"]["per_second"].as_f64().unwrap_or(0.0),
         r["creations"]["parallel"]
     );
+    for b in r["bursts"].as_array().into_iter().flatten() {
+        println!(
+            "burst {}: {}/{} answered, {} refused, {} failed; first invoke p50 {:.0} ms p99 {:.0} ms ({}x a lone cold start's p50); {:.2} environments/s; max booting {}",
+            b["shape"].as_str().unwrap_or(""),
+            b["answered"],
+            b["invokes"],
+            b["refused"],
+            b["failed"],
+            b["first_invoke_ms"]["p50"].as_f64().unwrap_or(0.0),
+            b["first_invoke_ms"]["p99"].as_f64().unwrap_or(0.0),
+            b["first_invoke_p99_over_lone_cold_p50"],
+            b["environments_per_second"].as_f64().unwrap_or(0.0),
+            r["admission"]["max_booting"],
+        );
+    }
+}
+
+/// The bursts as one SVG: each invoke a dot at (sent time, latency), one
+/// panel per burst; answered first invokes of new tenants, later invokes,
+/// refusals and failures in their own colours.
+fn burst_svg(r: &Value) -> String {
+    let bursts: Vec<&Value> = r["bursts"].as_array().into_iter().flatten().collect();
+    let (w, ph) = (720.0, 260.0);
+    let h = ph * bursts.len().max(1) as f64 + 40.0;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"18\" font-size=\"13\">silo bench-api: bursts of new tenants ({})</text>\n",
+        r["where"].as_str().unwrap_or("").replace('&', "and").replace('<', "(")
+    );
+    for (i, b) in bursts.iter().enumerate() {
+        let top = 30.0 + ph * i as f64;
+        let (x0, y0, pw, pht) = (60.0, top + 20.0, w - 80.0, ph - 60.0);
+        let recs: Vec<&Value> = b["records"].as_array().into_iter().flatten().collect();
+        let end = recs
+            .iter()
+            .map(|v| {
+                v["sent_s"].as_f64().unwrap_or(0.0)
+                    + v["latency_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            })
+            .fold(0.1, f64::max);
+        let ymax = recs
+            .iter()
+            .map(|v| v["latency_ms"].as_f64().unwrap_or(0.0))
+            .fold(1.0, f64::max);
+        out.push_str(&format!(
+            "<text x=\"{x0}\" y=\"{}\">burst {}: {} answered, {} refused, {} failed; x: seconds since the burst began (0..{end:.1}), y: latency (0..{ymax:.0} ms)</text>\n\
+             <rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{pht}\" fill=\"none\" stroke=\"#888\"/>\n",
+            top + 12.0,
+            b["shape"].as_str().unwrap_or(""),
+            b["answered"],
+            b["refused"],
+            b["failed"]
+        ));
+        for v in recs {
+            let x = x0 + pw * v["sent_s"].as_f64().unwrap_or(0.0) / end;
+            let y = y0 + pht - pht * v["latency_ms"].as_f64().unwrap_or(0.0) / ymax;
+            let colour = match (v["outcome"].as_str(), v["nth"].as_u64()) {
+                (Some("answered"), Some(0)) => "#1f77b4",
+                (Some("answered"), _) => "#2ca02c",
+                (Some("refused"), _) => "#ff7f0e",
+                _ => "#d62728",
+            };
+            out.push_str(&format!(
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{colour}\"/>\n"
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "<text x=\"60\" y=\"{}\"><tspan fill=\"#1f77b4\">first invoke of a tenant</tspan>  <tspan fill=\"#2ca02c\">later invoke</tspan>  <tspan fill=\"#ff7f0e\">refused (429)</tspan>  <tspan fill=\"#d62728\">failed</tspan></text>\n</svg>\n",
+        h - 8.0
+    ));
+    out
 }

@@ -77,7 +77,7 @@ fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result
     let silo = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = silo_images::testhost::TestHost::new()
         .timeout(Duration::from_secs(600))
-        .binary_with_libs(&silo, "/bin/silo")
+        .silo_binaries(&silo)
         .map_err(|e| e.to_string())?
         .file(kernel, "/work/vmlinux", 0o644)
         .file(agent, "/work/agent", 0o755)

@@ -8,6 +8,7 @@
 //! - `cmd_*`: the subcommands.
 
 pub mod api;
+pub mod burst;
 pub mod client;
 pub mod cmd_bench;
 pub mod cmd_bench_api;
@@ -15,7 +16,6 @@ pub mod cmd_client;
 pub mod cmd_demo;
 pub mod cmd_run;
 pub mod cmd_serve;
-pub mod cmd_vmm;
 pub mod daemon;
 pub mod vm_backend;
 pub mod vm_env;

@@ -1,10 +1,11 @@
 //! `silo`: the host daemon and CLI.
 //!
-//! One binary: `silo serve` runs the daemon, `silo demo` shows the mission,
-//! `silo vmm` boots one microVM (the daemon spawns one such process per VM).
+//! `silo serve` runs the daemon, `silo demo` shows the mission. The daemon
+//! spawns one `silo-vmm` process (a separate, much smaller program built
+//! from `vmm/`) per microVM.
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_run, cmd_serve, cmd_vmm};
+use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_run, cmd_serve};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -24,8 +25,6 @@ enum Command {
     CreateFunction(cmd_client::CreateArgs),
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
-    /// Boot one microVM (one process per VM; normally spawned by the daemon).
-    Vmm(cmd_vmm::VmmArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
     Bench(cmd_bench::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
@@ -50,7 +49,6 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd_demo::run(args),
         Command::CreateFunction(args) => cmd_client::create(args),
         Command::Invoke(args) => cmd_client::invoke(args),
-        Command::Vmm(args) => cmd_vmm::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::BenchApi(args) => cmd_bench_api::run(args),
         Command::Run(args) => cmd_run::run(args),

@@ -1,4 +1,4 @@
-//! Execution environments backed by microVMs: each one is a `silo vmm` child
+//! Execution environments backed by microVMs: each one is a `silo-vmm` child
 //! process with a vsock device whose host side is a Unix socket in a private
 //! directory. The guest agent connects to host port 1024, says hello, and
 //! then serves invocations over silo-proto frames.
@@ -142,10 +142,33 @@ pub struct VmEnv {
 
 static NEXT_VM: AtomicU64 = AtomicU64::new(0);
 
-/// Where `silo vmm` is: this very binary.
-fn vmm_binary() -> Result<PathBuf, EnvError> {
-    std::env::current_exe()
-        .map_err(|e| EnvError::Setup(format!("cannot find the silo binary: {e}")))
+/// Where the VMM program is: `$SILO_VMM` if set, else `silo-vmm` beside
+/// this executable (as `cargo build` and `cargo install` place them).
+pub fn vmm_binary() -> Result<PathBuf, EnvError> {
+    if let Some(p) = std::env::var_os("SILO_VMM") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(EnvError::Setup(format!(
+                "SILO_VMM={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| EnvError::Setup(format!("cannot find this executable: {e}")))?;
+    let vmm = exe.with_file_name("silo-vmm");
+    if vmm.is_file() {
+        Ok(vmm)
+    } else {
+        Err(EnvError::Setup(format!(
+            "the VMM program {} is missing: build it with `cargo build --release -p silo-vmm` \
+             (or `cargo install --path vmm`) so that it sits beside {}, or set SILO_VMM",
+            vmm.display(),
+            exe.display()
+        )))
+    }
 }
 
 impl VmEnv {
@@ -160,8 +183,7 @@ impl VmEnv {
             .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
         let started = Instant::now();
         let mut cmd = Command::new(vmm_binary()?);
-        cmd.arg("vmm")
-            .arg("--kernel")
+        cmd.arg("--kernel")
             .arg(&spec.kernel)
             .arg("--initrd")
             .arg(&spec.initrd)

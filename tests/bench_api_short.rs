@@ -1,5 +1,6 @@
 //! `silo bench-api` in short mode: its JSON has cold and warm latencies for
-//! the API and its peer, ordered, with ratios and creations per second. No
+//! the API and its peer, ordered, with ratios and creations per second, and
+//! a small burst of new tenants with every invoke's outcome and its plot. No
 //! timing assertions.
 
 use serde_json::Value;
@@ -16,8 +17,12 @@ fn short_api_bench_writes_complete_json() {
             "5",
             "--parallel",
             "2",
-            "--out",
+            "--burst",
+            "3x2@4",
+            "--plot",
         ])
+        .arg(out_file.with_extension("svg"))
+        .arg("--out")
         .arg(&out_file)
         .output()
         .unwrap();
@@ -27,7 +32,9 @@ fn short_api_bench_writes_complete_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(out_file.with_extension("svg")).unwrap();
     let _ = std::fs::remove_file(&out_file);
+    let _ = std::fs::remove_file(out_file.with_extension("svg"));
     for kind in ["cold_invoke_ms", "warm_invoke_ms"] {
         for side in ["api", "direct_peer"] {
             let v = &r[kind][side];
@@ -52,4 +59,28 @@ fn short_api_bench_writes_complete_json() {
     assert_eq!(r["warm_invoke_ms"]["api"]["n"], 5);
     assert_eq!(r["creations"]["environments"], 4, "{r}");
     assert!(r["creations"]["per_second"].as_f64().unwrap() > 0.0);
+
+    let b = &r["bursts"][0];
+    assert_eq!(b["shape"], "3x2@4", "{r}");
+    assert_eq!(b["invokes"], 6);
+    assert_eq!(b["records"].as_array().unwrap().len(), 6);
+    let (a, rf, f) = (
+        b["answered"].as_u64().unwrap(),
+        b["refused"].as_u64().unwrap(),
+        b["failed"].as_u64().unwrap(),
+    );
+    assert_eq!((a + rf + f, f), (6, 0), "{b}");
+    assert!(b["violations"].as_array().unwrap().is_empty(), "{b}");
+    assert!(b["environments_created"].as_u64().unwrap() >= 1, "{b}");
+    assert!(b["first_invoke_ms"]["p50"].as_f64().is_some(), "{b}");
+    assert!(
+        b["first_invoke_p99_over_lone_cold_p50"].as_f64().is_some(),
+        "{b}"
+    );
+    assert!(r["admission"]["max_booting"].as_u64().unwrap() >= 1, "{r}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("burst 3x2@4"),
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<circle").count(), 6, "one dot per invoke");
 }

@@ -1,5 +1,6 @@
 //! `silo bench` in short mode: the JSON it writes has every phase, the peer
-//! column filled, and ordered values. No timing assertions.
+//! column filled, and ordered values; the plot has its bars and curves. No
+//! timing assertions: only presence, order and sign.
 
 use serde_json::Value;
 
@@ -18,7 +19,10 @@ fn short_bench_writes_complete_json_and_a_plot() {
             "--parallel",
             "2",
             "--concurrency",
-            "2",
+            // 10 invokes over 3 slots: the shares are uneven (4, 3, 3).
+            "3",
+            "--boots-at-once",
+            "1,2",
             "--out",
         ])
         .arg(&json)
@@ -45,14 +49,57 @@ fn short_bench_writes_complete_json_and_a_plot() {
         );
         assert!(q[0] > 0.0, "{what} not positive: {v}");
     };
+    let p50 = |v: &Value| v["p50"].as_f64().unwrap();
+    assert!(!r["host"].as_str().unwrap().is_empty(), "{r}");
+    // Equal work by default: against QEMU both boot the same bzImage.
+    assert_eq!(r["kernel"]["silo_format"], "bzImage", "{r}");
+    assert_eq!(r["kernel"]["peer_format"], "bzImage", "{r}");
+    // Boots at once: every VM of both VMMs reached the guest marker.
+    let rows = r["boots_at_once"].as_array().expect("boots_at_once");
+    assert_eq!(rows.len(), 2, "{r}");
+    for (row, n) in rows.iter().zip([1u64, 2]) {
+        assert_eq!(row["n"], n);
+        for side in ["silo", "peer"] {
+            assert_eq!(row[side]["finished"], n, "{side} at {n}: {row}");
+            assert!(
+                row[side]["boots_per_second"].as_f64().unwrap() > 0.0,
+                "{row}"
+            );
+            check(&row[side]["guest_uptime_at_init_ms"], "uptime at init");
+        }
+        assert!(
+            row["ratio_wall_silo_to_peer"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+    assert_eq!(r["peer_kind"], "qemu");
+    assert!(!r["peer"].as_str().unwrap().is_empty(), "{r}");
+    assert!(
+        r["peer_version"].as_str().is_some_and(|v| !v.is_empty()),
+        "peer --version: {}",
+        r["peer_version"]
+    );
     let silo = &r["cold_boot"]["silo"];
-    for k in [
-        "process_to_exit_ms",
-        "guest_uptime_at_init_ms",
+    // The VMM's own phases, in order (ms since its process started).
+    let vmm_phases = [
         "vmm_process_start_to_kernel_loaded_ms",
         "vmm_process_start_to_first_kvm_run_ms",
-    ] {
+        "vmm_process_start_to_first_serial_byte_ms",
+        "vmm_process_start_to_vm_exit_ms",
+    ];
+    for k in ["process_to_exit_ms", "guest_uptime_at_init_ms"]
+        .iter()
+        .chain(&vmm_phases)
+    {
         check(&silo[k], k);
+    }
+    for w in vmm_phases.windows(2) {
+        assert!(
+            p50(&silo[w[0]]) <= p50(&silo[w[1]]),
+            "{} after {}: {silo}",
+            w[0],
+            w[1]
+        );
     }
     check(
         &r["cold_boot"]["peer"]["process_to_exit_ms"],
@@ -63,9 +110,19 @@ fn short_bench_writes_complete_json_and_a_plot() {
         "peer guest_uptime_at_init_ms",
     );
     assert!(silo["ratio_to_peer"]["process_to_exit"].as_f64().unwrap() > 0.0);
+    assert!(
+        silo["ratio_to_peer"]["guest_uptime_at_init"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let w = &r["warm_invoke"];
     check(&w["vm_over_vsock_ms"], "vm_over_vsock_ms");
     check(&w["host_mode_unix_socket_ms"], "host_mode_unix_socket_ms");
+    assert!(w["ratio_p50"].as_f64().unwrap() > 0.0, "{w}");
+    assert!(w["ratio_p99"].as_f64().unwrap() > 0.0, "{w}");
+    assert_eq!(w["samples_ms"]["vm"].as_array().unwrap().len(), 10);
+    assert_eq!(w["samples_ms"]["host_mode"].as_array().unwrap().len(), 10);
     let start = w["guest_uptime_at_agent_start_ms"].as_f64().unwrap();
     let ready = w["guest_uptime_at_agent_ready_ms"].as_f64().unwrap();
     assert!(0.0 < start && start <= ready, "agent phases ordered: {w}");
@@ -89,6 +146,7 @@ fn short_bench_writes_complete_json_and_a_plot() {
     for k in order {
         let v = &phases[k];
         assert_eq!(v["n"], 2, "{k}: {v}");
+        check(v, k);
         let p50 = v["p50"]
             .as_f64()
             .unwrap_or_else(|| panic!("{k} missing: {phases}"));
@@ -98,23 +156,62 @@ fn short_bench_writes_complete_json_and_a_plot() {
         );
         last = p50;
     }
+    // And VM by VM: every phase present and in order; the first invocation
+    // answered after the agent was ready.
+    let samples = r["function_vm_timeline"]["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{samples:?}");
+    for t in samples {
+        let at: Vec<f64> = order
+            .iter()
+            .map(|k| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {t}")))
+            .collect();
+        assert!(at[0] > 0.0, "VMM process start after spawn: {t}");
+        assert!(at.windows(2).all(|w| w[0] <= w[1]), "phases in order: {t}");
+        assert!(
+            t["first_invocation_answered_ms"].as_f64() > t["agent_ready_ms"].as_f64(),
+            "first invocation after agent ready: {t}"
+        );
+    }
     // Concurrent warm invokes, silo and peer.
     let wc = &r["warm_invoke_concurrent"];
-    assert_eq!(wc["concurrency"], 2, "{wc}");
+    assert_eq!(wc["concurrency"], 3, "{wc}");
+    assert_eq!(wc["invokes"], 10, "{wc}");
     check(&wc["vm_over_vsock_ms"], "concurrent vm_over_vsock_ms");
     check(
         &wc["host_mode_unix_socket_ms"],
         "concurrent host_mode_unix_socket_ms",
     );
     assert!(wc["ratio_p50"].as_f64().unwrap() > 0.0);
+    assert!(wc["ratio_p99"].as_f64().unwrap() > 0.0);
+    assert!(wc["vm_invokes_per_second"].as_f64().unwrap() > 0.0);
+    assert!(wc["host_mode_invokes_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(wc["samples_ms"]["vm"].as_array().unwrap().len(), 10);
+    assert_eq!(wc["samples_ms"]["host_mode"].as_array().unwrap().len(), 10);
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("rect"), "{plot}");
+    assert!(plot.trim_end().ends_with("</svg>"), "{plot}");
+    assert_eq!(
+        plot.matches("class=\"p50\"").count(),
+        8,
+        "four pairs of p50 bars"
+    );
     assert_eq!(plot.matches("class=\"cdf\"").count(), 4, "four CDF curves");
+    // Stacked bars: one segment per phase, for the p50 and for each VM.
     assert_eq!(
         plot.matches("class=\"phase\"").count(),
         7,
         "seven phase segments"
     );
+    assert_eq!(
+        plot.matches("class=\"phase-vm\"").count(),
+        14,
+        "seven phase segments for each of the two VMs"
+    );
+    assert!(
+        plot.matches("class=\"axis\"").count() >= 3,
+        "axes of the bars and the CDF"
+    );
+    assert!(plot.contains("fraction of invokes"), "CDF y axis label");
+    assert!(!plot.contains("NaN"), "{plot}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,7 +19,7 @@ fn boot(kernel_name: &str) {
     let kernel = silo_images::kernel::guest_kernel().expect("guest kernel build");
     let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).expect("guest initramfs");
     let script = format!(
-        "silo vmm --kernel {kernel_name} --initrd guest.cpio --mem-mib 128 --vcpus 2 --timeline \
+        "silo-vmm --kernel {kernel_name} --initrd guest.cpio --mem-mib 128 --vcpus 2 --timeline \
          --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off'; echo VMM_EXIT=$?"
     );
     let run = run_with_kvm(

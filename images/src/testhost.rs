@@ -108,6 +108,46 @@ enum Source {
     Bytes(Vec<u8>),
 }
 
+/// The right to run a test host: one at a time per machine (all
+/// processes), since the test host's emulated CPU keeps a host core busy and
+/// two of them on a 2-core machine halve each other's speed and make every
+/// timeout a guess. Held as an exclusive `flock` on a file in the image
+/// cache; released on drop (or when the process dies).
+pub struct HostSlot {
+    _file: std::fs::File,
+}
+
+impl HostSlot {
+    /// Waits for the slot, saying so on stderr when another run holds it.
+    pub fn acquire() -> Result<Self, TestHostError> {
+        let dir = cache_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(ImageError::io(format!("creating {}", dir.display())))?;
+        let path = dir.join("testhost-slot.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(ImageError::io(format!("opening {}", path.display())))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let waited = Instant::now();
+            eprintln!("[testhost] waiting for another test host to finish (one at a time)");
+            // SAFETY: as above; blocks until the holder releases it.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                return Err(ImageError::io(format!("locking {}", path.display()))(
+                    std::io::Error::last_os_error(),
+                )
+                .into());
+            }
+            eprintln!("[testhost] slot free after {:.1?}", waited.elapsed());
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// A test host run being assembled: files to include, resources, timeout.
 pub struct TestHost {
     files: Vec<(String, Source, u32)>,
@@ -115,6 +155,7 @@ pub struct TestHost {
     cpus: u32,
     timeout: Duration,
     port_forwards: Vec<(u16, u16)>,
+    slot: Option<HostSlot>,
 }
 
 impl Default for TestHost {
@@ -158,6 +199,7 @@ impl TestHost {
             cpus: 1,
             timeout: Duration::from_secs(600),
             port_forwards: Vec::new(),
+            slot: None,
         }
     }
 
@@ -198,6 +240,30 @@ impl TestHost {
         self.files
             .push((guest.to_string(), Source::Host(host.to_path_buf()), 0o755));
         Ok(self)
+    }
+
+    /// Includes silo's two programs: `silo` (the daemon and CLI) at
+    /// `/bin/silo` and the VMM beside it, `silo-vmm`, at `/bin/silo-vmm`
+    /// (where the daemon looks for it).
+    pub fn silo_binaries(self, silo: impl AsRef<Path>) -> Result<Self, TestHostError> {
+        let silo = silo.as_ref();
+        let vmm = silo.with_file_name("silo-vmm");
+        if !vmm.is_file() {
+            return Err(TestHostError::Missing {
+                path: vmm,
+                hint: "build it: cargo build -p silo-vmm (same profile as silo)",
+            });
+        }
+        self.binary_with_libs(silo, "/bin/silo")?
+            .binary_with_libs(vmm, "/bin/silo-vmm")
+    }
+
+    /// Runs in a [`HostSlot`] the caller already holds (so that the caller
+    /// can start its own clocks only once the slot is theirs); without it,
+    /// [`TestHost::run`] waits for the slot itself.
+    pub fn in_slot(mut self, slot: HostSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Sets the test host's memory.
@@ -321,6 +387,10 @@ impl TestHost {
     /// `SILO_TESTHOST_KEEP` is set).
     pub fn run(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
         let image = run_script("testhost/fetch.sh", "KVM test host image")?;
+        let _slot = match self.slot {
+            Some(_) => None,
+            None => Some(HostSlot::acquire()?),
+        };
         remove_stale_run_dirs();
         let run_dir = cache_dir().join(format!(
             "run-{}-{}",

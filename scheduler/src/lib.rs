@@ -251,6 +251,8 @@ pub struct Stats {
     pub counters: Counters,
     /// Environments booting now.
     pub booting: usize,
+    /// Most environments ever booting at once.
+    pub peak_booting: usize,
     /// Cold starts waiting for a boot slot now.
     pub queued: usize,
     /// The admission limits in force.
@@ -279,6 +281,7 @@ struct State<E> {
     next_id: u64,
     counters: Counters,
     booting: usize,
+    peak_booting: usize,
     queue: VecDeque<Waiter<E>>,
     next_ticket: u64,
     boot_estimate: BootEstimate,
@@ -334,6 +337,7 @@ where
                 next_id: 1,
                 counters: Counters::default(),
                 booting: 0,
+                peak_booting: 0,
                 queue: VecDeque::new(),
                 next_ticket: 1,
                 boot_estimate: BootEstimate::default(),
@@ -534,6 +538,7 @@ where
                     return Err(ThrottleReason::ColdStartDeadline);
                 }
                 st.booting += 1;
+                st.peak_booting = st.peak_booting.max(st.booting);
                 st.counters.cold_starts += 1;
                 return Ok(Admitted::Boot);
             }
@@ -621,6 +626,7 @@ where
                 break;
             };
             st.booting += 1;
+            st.peak_booting = st.peak_booting.max(st.booting);
             st.counters.cold_starts += 1;
             if w.tx.send(Grant::Boot).is_err() {
                 st.booting -= 1;
@@ -787,6 +793,7 @@ where
                 .collect(),
             counters: st.counters.clone(),
             booting: st.booting,
+            peak_booting: st.peak_booting,
             queued: st.queue.len(),
             admission: self.admission,
             boot_estimate: st.boot_estimate.mean(),

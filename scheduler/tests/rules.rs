@@ -311,6 +311,7 @@ async fn cold_starts_beyond_the_boot_slots_wait_in_arrival_order() {
     assert_eq!(pairs, expected);
     let st = s.stats();
     assert_eq!((st.booting, st.queued, st.counters.cold_starts), (0, 0, 6));
+    assert_eq!(st.peak_booting, 2);
 }
 
 #[tokio::test]

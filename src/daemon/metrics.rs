@@ -226,6 +226,11 @@ impl Metrics {
                 stats.booting,
             ),
             (
+                "silo_cold_starts_peak",
+                "Most environments ever booting at once.",
+                stats.peak_booting,
+            ),
+            (
                 "silo_cold_start_queue_depth",
                 "Cold starts waiting for a boot slot now.",
                 stats.queued,

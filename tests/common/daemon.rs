@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use silo::client::{Credentials, LambdaClient};
-use silo_images::testhost::{hardware_kvm_usable, TestHost, TestHostError, TestHostOutput};
+use silo_images::testhost::{
+    hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
+};
 
 /// An admin key every test daemon knows.
 pub const ADMIN: (&str, &str) = ("AKIDSILOADMIN", "admin-secret-for-tests");
@@ -152,10 +154,13 @@ impl TestDaemon {
              kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
              echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n"
             .to_string();
+        // Wait for the machine's one test-host slot before any clock starts.
+        let slot = HostSlot::acquire().expect("test host slot");
         let host = TestHost::new()
+            .in_slot(slot)
             .timeout(Duration::from_secs(1000))
             .memory_mib(3072)
-            .binary_with_libs(env!("CARGO_BIN_EXE_silo"), "/bin/silo")
+            .silo_binaries(env!("CARGO_BIN_EXE_silo"))
             .expect("include silo")
             .file(&kernel, "/work/vmlinux", 0o644)
             .file(&agent, "/work/agent", 0o755)

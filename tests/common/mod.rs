@@ -71,7 +71,7 @@ pub fn run_with_kvm(files: Vec<(&str, WorkFile)>, script: &str, timeout: Duratio
     eprintln!("no hardware KVM here: running in the KVM test host");
     let mut host = TestHost::new()
         .timeout(timeout)
-        .binary_with_libs(&silo, "/bin/silo")
+        .silo_binaries(&silo)
         .expect("include silo");
     for (name, f) in files {
         let guest = format!("/work/{name}");

@@ -32,7 +32,9 @@ use crate::devices::serial::{SerialDevice, TimedWriter, COM1_IRQ, COM1_LEN, COM1
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::kvm::HostKvm;
-use crate::memory::{self, GuestMemory, CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_MMIO_START};
+use crate::memory::{
+    self, GuestMemory, GuestRam, CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_MMIO_START,
+};
 use crate::timeline::Timeline;
 use crate::vcpu::{Vcpu, VcpuStop};
 use crate::vm::{
@@ -76,7 +78,7 @@ pub struct VmBuilder<'a> {
     timeline: Timeline,
     kvm: Kvm,
     vm: VmFd,
-    mem: GuestMemory,
+    mem: GuestRam,
     pio: Bus,
     mmio: Bus,
     virtio: MmioDeviceManager,
@@ -176,7 +178,7 @@ impl<'a> VmBuilder<'a> {
             COM1_PORT,
             COM1_LEN,
         )?;
-        let i8042 = I8042::new(self.events_tx.clone(), Event::Reset);
+        let i8042 = I8042::new(self.events_tx.clone(), Event::Reset, self.stop.clone());
         self.add_pio(
             "the i8042",
             Arc::new(Mutex::new(i8042)),
@@ -333,7 +335,7 @@ impl<'a> VmBuilder<'a> {
             first_run,
             first_serial,
             _vm: vm,
-            _mem: mem,
+            ram: Some(mem),
         };
         let mut failure = None;
         for mut vcpu in vcpus {
@@ -393,7 +395,9 @@ pub struct RunningVm {
     first_serial: Arc<OnceLock<Instant>>,
     // Declared last: dropped after the vCPU threads were joined above.
     _vm: VmFd,
-    _mem: GuestMemory,
+    /// Guest RAM; `None` once leaked because a vCPU thread could not be
+    /// joined (it might still touch guest memory).
+    ram: Option<GuestRam>,
 }
 
 impl RunningVm {
@@ -423,7 +427,11 @@ impl RunningVm {
     /// the timeline. Idempotent.
     fn shut_down(&mut self) -> Timeline {
         if self.timeline.vm_exit.is_none() {
-            stop_vcpus(&self.stop, std::mem::take(&mut self.threads));
+            if !stop_vcpus(&self.stop, std::mem::take(&mut self.threads)) {
+                if let Some(ram) = self.ram.take() {
+                    ram.leak();
+                }
+            }
             drop(self.event_loop.take());
             self.timeline.first_kvm_run = self.first_run.get().map(|t| Timeline::since_start(*t));
             self.timeline.first_serial_byte =
@@ -459,7 +467,7 @@ fn create_kvm_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
 }
 
 /// Maps guest RAM and gives each region to KVM as a memory slot.
-fn create_memory(vm: &VmFd, mem_mib: u32) -> Result<GuestMemory, VmmError> {
+fn create_memory(vm: &VmFd, mem_mib: u32) -> Result<GuestRam, VmmError> {
     let mem = memory::create_guest_memory(mem_mib)?;
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
@@ -548,9 +556,11 @@ fn wait_for_end(
     }
 }
 
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+/// Stops and joins the vCPU threads; `false` if one could not be joined.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> bool {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut all = true;
     for t in threads {
         // Kick until the thread leaves KVM_RUN and sees the stop flag.
         while !t.is_finished() && Instant::now() < deadline {
@@ -561,8 +571,10 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
             let _ = t.join();
         } else {
             tracing::warn!("a vCPU thread did not stop within 5 s");
+            all = false;
         }
     }
+    all
 }
 
 #[cfg(test)]

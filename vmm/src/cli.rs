@@ -1,5 +1,5 @@
 //! Flags of the `silo-vmm` binary, parsed by hand: the same flags, defaults
-//! and checks as `silo vmm`.
+//! and checks as the former `silo vmm` subcommand.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

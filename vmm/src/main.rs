@@ -1,5 +1,5 @@
 //! `silo-vmm`: boot one microVM from flags (one process per VM), with the
-//! flags, exit codes and messages of `silo vmm`: 0 when the guest rebooted
+//! flags, exit codes and messages of the former `silo vmm` subcommand: 0 when the guest rebooted
 //! or shut down, 1 on any error, 2 on a bad command line.
 
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 fn run(args: VmmArgs) -> ExitCode {
     let vsock = match (args.vsock_cid, args.vsock_uds) {
         (Some(cid), _) if cid < 3 => {
-            eprintln!("silo vmm: --vsock-cid {cid} is reserved; use 3 or more");
+            eprintln!("silo-vmm: --vsock-cid {cid} is reserved; use 3 or more");
             return ExitCode::FAILURE;
         }
         (Some(guest_cid), Some(uds_path)) => Some(VsockConfig {
@@ -68,7 +68,7 @@ fn run(args: VmmArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("silo vmm: {e}");
+            eprintln!("silo-vmm: {e}");
             ExitCode::FAILURE
         }
     }

@@ -15,7 +15,7 @@ use silo_vmm::devices::virtio::mmio::MmioTransport;
 use silo_vmm::devices::virtio::vsock::{op, Vsock};
 use silo_vmm::devices::virtio::Interrupt;
 use silo_vmm::devices::virtio::VirtioSubscriber;
-use silo_vmm::memory::{create_guest_memory, GuestMemory};
+use silo_vmm::memory::{create_guest_memory, GuestRam};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -89,10 +89,11 @@ fn decode(b: &[u8]) -> Pkt {
 
 /// A fake guest driver plus the device and its event loop.
 struct Rig {
-    mem: GuestMemory,
     dev: Arc<Mutex<MmioTransport<Vsock>>>,
     evts: Vec<EventFd>,
     manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    // After the device and event loop: they hold views of this memory.
+    mem: GuestRam,
     avail_idx: [u16; 3],
     used_seen: [u16; 3],
     next_desc: [u16; 3],

@@ -2,19 +2,31 @@
 //! vm-superio. Linux with `reboot=k` resets the machine through it; the VMM
 //! turns that reset into the end of the VM.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
 use super::bus::BusDevice;
 
-/// Tells the VMM's main thread that the guest asked for a reset.
-pub struct ResetTrigger<E: Clone + Send>(pub Sender<E>, pub E);
+/// Stops the vCPUs and tells the VMM's main thread that the guest asked
+/// for a reset.
+pub struct ResetTrigger<E: Clone + Send> {
+    tx: Sender<E>,
+    event: E,
+    stop: Arc<AtomicBool>,
+}
 
 impl<E: Clone + Send> Trigger for ResetTrigger<E> {
     type E = std::sync::mpsc::SendError<E>;
     fn trigger(&self) -> Result<(), Self::E> {
-        self.0.send(self.1.clone())
+        // The resetting vCPU leaves its loop at once instead of running the
+        // guest's reset retry loop (a port I/O exit per try) until the main
+        // thread gets to stop it: under many concurrent boots that spin
+        // took CPU from the VMs still booting.
+        self.stop.store(true, Ordering::Release);
+        self.tx.send(self.event.clone())
     }
 }
 
@@ -29,10 +41,15 @@ pub struct I8042<E: Clone + Send> {
 }
 
 impl<E: Clone + Send> I8042<E> {
-    /// A controller that sends `event` on `reset` when the guest asks for a CPU reset.
-    pub fn new(reset: Sender<E>, event: E) -> Self {
+    /// A controller that, when the guest asks for a CPU reset, sets `stop`
+    /// (the vCPUs' stop flag) and sends `event` on `reset`.
+    pub fn new(reset: Sender<E>, event: E, stop: Arc<AtomicBool>) -> Self {
         Self {
-            dev: I8042Device::new(ResetTrigger(reset, event)),
+            dev: I8042Device::new(ResetTrigger {
+                tx: reset,
+                event,
+                stop,
+            }),
         }
     }
 }
@@ -75,10 +92,13 @@ mod tests {
     #[test]
     fn reset_command_signals_the_vmm() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut dev = I8042::new(tx, "reset");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut dev = I8042::new(tx, "reset", stop.clone());
         dev.write(4, &[0x20]); // read command byte: not a reset
         assert!(rx.try_recv().is_err(), "no reset yet");
+        assert!(!stop.load(Ordering::Acquire));
         dev.write(4, &[0xfe]);
         assert_eq!(rx.try_recv().unwrap(), "reset");
+        assert!(stop.load(Ordering::Acquire), "the vCPUs are told to stop");
     }
 }

@@ -494,11 +494,10 @@ impl VsockBackend for VsockMuxer {
     }
 }
 
-impl Drop for VsockMuxer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
+// No `Drop` removing the socket file: by the time the muxer is dropped the
+// VMM runs under its seccomp filters, which allow no unlink (a removal here
+// ended VMMs with SIGSYS). The socket lives in the VM's run directory, which
+// its owner (the daemon) removes; a stale file is replaced on the next start.
 
 /// Parses `CONNECT <port>\n`.
 pub fn parse_connect(line: &[u8]) -> Option<u32> {

@@ -1,11 +1,10 @@
-//! `silo vmm` on bad input: a clear error naming the file or value, exit
+//! `silo-vmm` on bad input: a clear error naming the file or value, exit
 //! code 1, and nothing left running. These run on any host.
 
 use std::process::Command;
 
 fn vmm(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_silo"))
-        .arg("vmm")
+    let out = Command::new(env!("CARGO_BIN_EXE_silo-vmm"))
         .args(args)
         .env("SILO_LOG", "error")
         .output()
