@@ -213,7 +213,13 @@ impl BurstReport {
         for r in &self.records {
             match &r.outcome {
                 Outcome::Failed { what } => {
-                    out.push(format!("{} #{}: {what}", r.tenant, r.nth));
+                    out.push(format!(
+                        "{} #{} (sent at {:.2} s, after {:.2} s): {what}",
+                        r.tenant,
+                        r.nth,
+                        r.sent_s,
+                        r.latency.as_secs_f64()
+                    ));
                 }
                 Outcome::Refused { reason } if reason.is_empty() => {
                     out.push(format!("{} #{}: a 429 without a Reason", r.tenant, r.nth));

@@ -1,5 +1,5 @@
-//! `silo create-function` and `silo invoke`: small clients of a running
-//! daemon (any AWS SDK or CLI works too). Requests are signed when
+//! `silo create-function`, `silo invoke` and `silo burst`: small clients of
+//! a running daemon (any AWS SDK or CLI works too). Requests are signed when
 //! `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are set.
 
 use std::io::Write;
@@ -157,4 +157,42 @@ pub fn invoke(args: InvokeArgs) -> ExitCode {
             .client()
             .invoke(&args.name, args.payload.as_bytes(), &opts),
     )
+}
+
+/// Flags for `silo burst`.
+#[derive(clap::Args, Debug)]
+pub struct BurstArgs {
+    /// The function to invoke (the counter function, or any PER_TENANT
+    /// function answering `{"tenant_id": ..., "count": ...}`).
+    #[arg(long)]
+    name: String,
+    /// `TENANTSxINVOKES@IN_FLIGHT`: new tenants, invokes per tenant,
+    /// invokes in flight at once.
+    #[arg(long, default_value = "6x6@12")]
+    shape: crate::burst::BurstShape,
+    /// Tenant ids are `<prefix>-0`, `<prefix>-1`...
+    #[arg(long, default_value = "burst")]
+    prefix: String,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+/// `silo burst`: a burst of new tenants against a running daemon; prints
+/// the JSON report (every invoke's outcome, latencies, refusals, problems)
+/// and exits 1 if any invoke failed or broke isolation.
+pub fn burst(args: BurstArgs) -> ExitCode {
+    let report = crate::burst::run(&args.conn.client(), &args.name, &args.prefix, args.shape);
+    let v = report.to_json();
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let (answered, refused, failed) = report.tally();
+    eprintln!(
+        "silo burst {}: {answered} answered, {refused} refused, {failed} failed in {:.1} s",
+        args.shape,
+        report.wall.as_secs_f64()
+    );
+    if report.violations().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

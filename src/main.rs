@@ -25,6 +25,8 @@ enum Command {
     CreateFunction(cmd_client::CreateArgs),
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
+    /// A burst of new tenants against a running daemon (JSON report).
+    Burst(cmd_client::BurstArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
     Bench(cmd_bench::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd_demo::run(args),
         Command::CreateFunction(args) => cmd_client::create(args),
         Command::Invoke(args) => cmd_client::invoke(args),
+        Command::Burst(args) => cmd_client::burst(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::BenchApi(args) => cmd_bench_api::run(args),
         Command::Run(args) => cmd_run::run(args),

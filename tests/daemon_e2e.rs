@@ -1,6 +1,6 @@
 //! `silo serve` end to end with real microVMs (in the KVM test host on these
-//! machines): the demo flow through the HTTP API, concurrent invokes of
-//! several tenants, a crashing function that takes only its own VM down, a
+//! machines): the demo flow through the HTTP API, invokes of several
+//! tenants, a crashing function that takes only its own VM down, a
 //! log tail, an Event invocation, throttling at the reserved concurrency,
 //! a tenant-restricted key, metrics, new code, a timeout in a function
 //! without tenant isolation, and DeleteFunction destroying VMs.
@@ -83,26 +83,21 @@ fn scenario(d: &TestDaemon) {
     assert_eq!(a_env, a_env2);
     assert_ne!(a_env, b_env);
 
-    // Concurrent invokes of three tenants, two at a time each: every one
-    // succeeds, and no environment serves two tenants.
-    let mut handles = Vec::new();
-    for t in ["tenant-C", "tenant-D", "tenant-E"] {
-        for _ in 0..2 {
-            let c = admin.clone();
-            handles.push(std::thread::spawn(move || {
-                let (n, _, env, _) = count(&c, t, json!({"action": "sleep", "ms": 300}));
-                (t, n, env)
-            }));
-        }
-    }
+    // Three more tenants, two invokes each: each gets its own environment.
+    // (Invokes in flight at once, many tenants at a time, are in
+    // `burst_e2e`, whose client runs beside the daemon: QEMU's port
+    // forwarding, which this test goes through, resets connections when
+    // several open at once while the test host's CPU is saturated.)
     let mut env_tenant: HashMap<String, &str> = HashMap::new();
     env_tenant.insert(a_env.clone(), "tenant-A");
     env_tenant.insert(b_env.clone(), "tenant-B");
-    for h in handles {
-        let (t, n, env) = h.join().unwrap();
-        assert!(n >= 1);
-        let owner = env_tenant.entry(env.clone()).or_insert(t);
-        assert_eq!(*owner, t, "environment {env} served two tenants");
+    for t in ["tenant-C", "tenant-D", "tenant-E"] {
+        for expected in 1..=2 {
+            let (n, _, env, _) = count(&admin, t, json!({"action": "sleep", "ms": 300}));
+            assert_eq!(n, expected, "{t}");
+            let owner = env_tenant.entry(env.clone()).or_insert(t);
+            assert_eq!(*owner, t, "environment {env} served two tenants");
+        }
     }
 
     // A crash kills that tenant's VM only: tenant-A stays warm; tenant-C
