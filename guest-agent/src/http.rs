@@ -141,7 +141,9 @@ fn read_chunked<R: BufRead>(r: &mut R, max_body: usize) -> Result<Vec<u8>, ReadE
                 }
             }
         }
-        if body.len() + size > max_body {
+        // `body.len() <= max_body` holds here, so this cannot overflow (a
+        // crafted size such as ffffffffffffffff made `len + size` wrap).
+        if size > max_body - body.len() {
             return Err(ReadError::TooLarge);
         }
         let start = body.len();
@@ -237,5 +239,58 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x"),
             Err(ReadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn crafted_chunk_sizes_are_refused_not_overflowed() {
+        // The runtime is untrusted code: a chunk size near usize::MAX once
+        // made `body.len() + size` overflow (a panic in debug builds, a
+        // wrapped length and a slice panic in release builds).
+        for size in ["ffffffffffffffff", "fffffffffffffffe", "7fffffffffffffff"] {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n{size}\r\nxx\r\n"
+            );
+            assert!(
+                matches!(parse(raw.as_bytes()), Err(ReadError::TooLarge)),
+                "{size}"
+            );
+        }
+        // Too many hex digits for a usize is malformed.
+        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n";
+        assert!(matches!(parse(raw), Err(ReadError::Malformed(_))));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap, deterministic stand-in for the cargo-fuzz target
+        // (`fuzz/fuzz_targets/agent_http.rs`): mutations of valid requests.
+        let seeds: [&[u8]; 3] = [
+            b"POST /2018-06-01/runtime/invocation/x/response HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let pos = (next() as usize) % (input.len() + 1);
+                match next() % 4 {
+                    0 if pos < input.len() => input[pos] = next() as u8,
+                    1 => input.insert(pos, b"0123456789abcdefF\r\n;: "[(next() % 21) as usize]),
+                    2 if pos < input.len() => {
+                        input.remove(pos);
+                    }
+                    _ => input.splice(pos..pos, b"ffffffffffffffff".iter().copied()).for_each(drop),
+                }
+            }
+            let mut reader = std::io::BufReader::new(&input[..]);
+            while read_request(&mut reader, 1024).is_ok() {}
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! tests and benchmarks.
 
 mod host;
-mod http;
+use silo_guest_agent::http;
 mod pid1;
 mod runtime;
 mod runtime_api;
