@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// spawn to all exited, boots finished, boots per second.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 10])]
     boots_at_once: Vec<usize>,
+    /// Rounds of each --boots-at-once count, alternating which VMM goes
+    /// first; the median wall time is reported.
+    #[arg(long, default_value_t = 3)]
+    boots_at_once_rounds: usize,
 }
 
 impl BenchArgs {
@@ -275,7 +279,7 @@ fn in_test_host(
     let cmd = format!(
         "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
          --peer-kind {} --peer-kernel peer-kernel --concurrency {} \
-         --parallel {} --boots-at-once {} --kernel kernel --initrd guest.cpio --agent agent --function counter \
+         --parallel {} --boots-at-once {} --boots-at-once-rounds {} --kernel kernel --initrd guest.cpio --agent agent --function counter \
          --out r.json --plot r.svg && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
         args.boots,
         args.invokes,
@@ -286,7 +290,8 @@ fn in_test_host(
             .iter()
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        args.boots_at_once_rounds
     );
     let out = host.run(&cmd).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
@@ -549,74 +554,104 @@ fn cold_boots(
 }
 
 /// `n` VMMs booting the same kernel and initramfs at once, for silo and
-/// then for the peer, for each count: wall time from spawning the first to
-/// the last one's exit, how many reached the guest marker, boots per second.
+/// for the peer (alternating which goes first, `--boots-at-once-rounds`
+/// times), for each count: wall time from spawning the first to the last
+/// one's exit (median over rounds), how many reached the guest marker,
+/// boots per second.
 fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value, String> {
     let silo = crate::vm_env::vmm_binary().map_err(|e| e.to_string())?;
+    let rounds = args.boots_at_once_rounds.max(1);
     let mut rows = Vec::new();
     for &n in &args.boots_at_once {
         if n == 0 {
             return Err("--boots-at-once counts must be at least 1".into());
         }
-        let mut row = json!({ "n": n });
-        for side in ["silo", "peer"] {
-            let mut cmds = Vec::with_capacity(n);
-            for i in 0..n {
-                let mut cmd = if side == "silo" {
-                    let mut c = Command::new(&silo);
-                    c.args(["--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
-                        .arg(kernel)
-                        .arg("--initrd")
-                        .arg(initrd)
-                        .env("SILO_LOG", "warn")
-                        .stdin(Stdio::null());
-                    c
-                } else {
-                    let config = std::env::temp_dir()
-                        .join(format!("silo-bench-fc-{}-{i}.json", std::process::id()));
-                    peer_command(args, kernel, initrd, &config)?
-                };
-                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-                cmds.push(cmd);
+        let mut walls = [Vec::new(), Vec::new()];
+        let mut finished = [0usize, 0];
+        let mut uptimes = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let (wall, done, ups) = boot_n_at_once(args, &silo, side == 0, n, kernel, initrd)?;
+                eprintln!(
+                    "[bench] {n} at once, round {}: {} {done}/{n} finished in {wall:.2} s",
+                    round + 1,
+                    ["silo", "peer"][side]
+                );
+                walls[side].push(wall);
+                finished[side] += done;
+                uptimes[side].extend(ups);
             }
-            let t = Instant::now();
-            let children: Vec<_> = cmds
-                .iter_mut()
-                .map(|c| c.spawn().map_err(|e| format!("{side}: {e}")))
-                .collect::<Result<_, _>>()?;
-            let mut finished = 0;
-            let mut uptimes = Vec::new();
-            for c in children {
-                let out = c.wait_with_output().map_err(|e| e.to_string())?;
-                let text = String::from_utf8_lossy(&out.stdout).to_string()
-                    + &String::from_utf8_lossy(&out.stderr);
-                if let Some(u) = parse_uptime_ms(&text) {
-                    finished += 1;
-                    uptimes.push(u);
-                }
-            }
-            let wall = t.elapsed().as_secs_f64();
-            eprintln!("[bench] {n} at once: {side} {finished}/{n} finished in {wall:.2} s");
-            row[side] = json!({
+        }
+        let mut row = json!({ "n": n, "rounds": rounds });
+        for (side, name) in ["silo", "peer"].into_iter().enumerate() {
+            let wall = median(&walls[side]);
+            row[name] = json!({
                 "wall_ms": wall * 1e3,
-                "finished": finished,
-                "boots_per_second": finished as f64 / wall,
-                "guest_uptime_at_init_ms": stats(uptimes),
+                "wall_ms_each_round": walls[side].iter().map(|w| w * 1e3).collect::<Vec<_>>(),
+                "finished": finished[side],
+                "started": n * rounds,
+                "boots_per_second": finished[side] as f64 / walls[side].iter().sum::<f64>(),
+                "guest_uptime_at_init_ms": stats(std::mem::take(&mut uptimes[side])),
             });
         }
-        for i in 0..n {
-            let _ = std::fs::remove_file(
-                std::env::temp_dir().join(format!("silo-bench-fc-{}-{i}.json", std::process::id())),
-            );
-        }
-        let (sw, pw) = (
-            row["silo"]["wall_ms"].as_f64().unwrap_or(0.0),
-            row["peer"]["wall_ms"].as_f64().unwrap_or(0.0),
-        );
+        let (sw, pw) = (median(&walls[0]), median(&walls[1]));
         row["ratio_wall_silo_to_peer"] = json!(if pw > 0.0 { sw / pw } else { f64::NAN });
         rows.push(row);
     }
     Ok(json!(rows))
+}
+
+/// Boots `n` VMs at once with silo (`silo_side`) or the peer; returns the
+/// wall time in seconds, how many reached the guest marker, and their
+/// guest uptimes at init (ms).
+fn boot_n_at_once(
+    args: &BenchArgs,
+    silo: &Path,
+    silo_side: bool,
+    n: usize,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<(f64, usize, Vec<f64>), String> {
+    let config = |i: usize| {
+        std::env::temp_dir().join(format!("silo-bench-fc-{}-{i}.json", std::process::id()))
+    };
+    let mut cmds = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut cmd = if silo_side {
+            let mut c = Command::new(silo);
+            c.args(["--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
+                .arg(kernel)
+                .arg("--initrd")
+                .arg(initrd)
+                .env("SILO_LOG", "warn")
+                .stdin(Stdio::null());
+            c
+        } else {
+            peer_command(args, kernel, initrd, &config(i))?
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmds.push(cmd);
+    }
+    let t = Instant::now();
+    let children: Vec<_> = cmds
+        .iter_mut()
+        .map(|c| c.spawn().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut uptimes = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if let Some(u) = parse_uptime_ms(&text) {
+            uptimes.push(u);
+        }
+    }
+    let wall = t.elapsed().as_secs_f64();
+    for i in 0..n {
+        let _ = std::fs::remove_file(config(i));
+    }
+    Ok((wall, uptimes.len(), uptimes))
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -14,6 +14,7 @@ pub mod cmd_bench;
 pub mod cmd_bench_api;
 pub mod cmd_client;
 pub mod cmd_demo;
+pub mod cmd_images;
 pub mod cmd_run;
 pub mod cmd_serve;
 pub mod daemon;

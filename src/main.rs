@@ -5,7 +5,7 @@
 //! from `vmm/`) per microVM.
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_run, cmd_serve};
+use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_images, cmd_run, cmd_serve};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -33,6 +33,8 @@ enum Command {
     BenchApi(cmd_bench_api::BenchApiArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
+    /// Build the guest kernel, agent, demo function and VMM ahead of time.
+    Images(cmd_images::ImagesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +48,21 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Commands that boot microVMs need the VMM program: found beside this
+    // executable, or built from the source tree before any thread starts.
+    if matches!(
+        cli.command,
+        Command::Serve(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
+            | Command::BenchApi(_)
+            | Command::Run(_)
+    ) {
+        if let Err(e) = cmd_images::ensure_vmm() {
+            eprintln!("silo: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     match cli.command {
         Command::Serve(args) => cmd_serve::run(args),
         Command::Demo(args) => cmd_demo::run(args),
@@ -55,5 +72,6 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd_bench::run(args),
         Command::BenchApi(args) => cmd_bench_api::run(args),
         Command::Run(args) => cmd_run::run(args),
+        Command::Images(args) => cmd_images::run(args),
     }
 }

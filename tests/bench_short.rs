@@ -23,6 +23,8 @@ fn short_bench_writes_complete_json_and_a_plot() {
             "3",
             "--boots-at-once",
             "1,2",
+            "--boots-at-once-rounds",
+            "1",
             "--out",
         ])
         .arg(&json)
@@ -61,6 +63,7 @@ fn short_bench_writes_complete_json_and_a_plot() {
         assert_eq!(row["n"], n);
         for side in ["silo", "peer"] {
             assert_eq!(row[side]["finished"], n, "{side} at {n}: {row}");
+            assert_eq!(row[side]["started"], n, "{side} at {n}: {row}");
             assert!(
                 row[side]["boots_per_second"].as_f64().unwrap() > 0.0,
                 "{row}"

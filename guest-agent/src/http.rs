@@ -286,7 +286,9 @@ mod tests {
                     2 if pos < input.len() => {
                         input.remove(pos);
                     }
-                    _ => input.splice(pos..pos, b"ffffffffffffffff".iter().copied()).for_each(drop),
+                    _ => input
+                        .splice(pos..pos, b"ffffffffffffffff".iter().copied())
+                        .for_each(drop),
                 }
             }
             let mut reader = std::io::BufReader::new(&input[..]);

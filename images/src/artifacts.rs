@@ -1,5 +1,6 @@
-//! Static guest binaries built from this source tree: the guest agent and the
-//! example functions under `functions/`.
+//! Static binaries built from this source tree: the guest agent, the
+//! example functions under `functions/`, and the VMM program `silo-vmm`
+//! (when it is not installed beside `silo`).
 //!
 //! Guest binaries must be static (the guest has no libc); only the
 //! `x86_64-unknown-linux-gnu` target is available, so they are built with
@@ -114,4 +115,23 @@ pub fn counter_function() -> Result<PathBuf, ArtifactError> {
         None,
         "silo-counter-fn",
     )
+}
+
+/// Builds (if needed) the VMM program `silo-vmm` from this source tree (a
+/// static release build, like the guest binaries) and returns its path.
+pub fn vmm() -> Result<PathBuf, ArtifactError> {
+    build_static(
+        &source_root().join("Cargo.toml"),
+        Some("silo-vmm"),
+        "silo-vmm",
+    )
+}
+
+/// Where `silo-vmm` is for a `silo` at `silo_exe`: `$SILO_VMM` when set,
+/// else beside `silo_exe` (where `cargo build` and `cargo install` put it).
+pub fn vmm_beside(silo_exe: &Path) -> PathBuf {
+    match std::env::var_os("SILO_VMM") {
+        Some(p) => PathBuf::from(p),
+        None => silo_exe.with_file_name("silo-vmm"),
+    }
 }

@@ -108,6 +108,12 @@ enum Source {
     Bytes(Vec<u8>),
 }
 
+/// Builds (if needed) the test host image (the Debian cloud kernel and its
+/// KVM modules) and returns its directory.
+pub fn image() -> Result<PathBuf, TestHostError> {
+    Ok(run_script("testhost/fetch.sh", "KVM test host image")?)
+}
+
 /// The right to run a test host: one at a time per machine (all
 /// processes), since the test host's emulated CPU keeps a host core busy and
 /// two of them on a 2-core machine halve each other's speed and make every
@@ -243,11 +249,11 @@ impl TestHost {
     }
 
     /// Includes silo's two programs: `silo` (the daemon and CLI) at
-    /// `/bin/silo` and the VMM beside it, `silo-vmm`, at `/bin/silo-vmm`
-    /// (where the daemon looks for it).
+    /// `/bin/silo` and the VMM (`$SILO_VMM`, else `silo-vmm` beside `silo`)
+    /// at `/bin/silo-vmm`, where the daemon looks for it.
     pub fn silo_binaries(self, silo: impl AsRef<Path>) -> Result<Self, TestHostError> {
         let silo = silo.as_ref();
-        let vmm = silo.with_file_name("silo-vmm");
+        let vmm = crate::artifacts::vmm_beside(silo);
         if !vmm.is_file() {
             return Err(TestHostError::Missing {
                 path: vmm,

@@ -1,0 +1,90 @@
+//! `silo images build`: builds ahead of time what the daemon boots and runs
+//! (guest kernel, static guest agent, the demo function, the `silo-vmm`
+//! program when it is not installed beside `silo`, and the KVM test host
+//! image where hardware KVM is not usable), with progress on stderr, and
+//! prints where each one is. Everything else builds these on first use.
+
+use std::process::ExitCode;
+
+/// `silo images` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Build every image now (cached: a second run is instant).
+    Build,
+}
+
+/// Flags for `silo images`.
+#[derive(clap::Args, Debug)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    command: ImagesCommand,
+}
+
+/// Runs `silo images ...`.
+pub fn run(args: ImagesArgs) -> ExitCode {
+    match args.command {
+        ImagesCommand::Build => match build() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("silo images build: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn build() -> Result<(), String> {
+    eprintln!(
+        "[images] guest kernel (Debian's linux-source-6.1; about 3-5 minutes the first time)"
+    );
+    let kernel = silo_images::kernel::guest_kernel().map_err(|e| e.to_string())?;
+    println!("kernel   {}", kernel.vmlinux.display());
+    println!("bzImage  {}", kernel.bz_image.display());
+    eprintln!("[images] static guest agent");
+    let agent = silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?;
+    println!("agent    {}", agent.display());
+    eprintln!("[images] demo function (functions/counter)");
+    let counter = silo_images::artifacts::counter_function().map_err(|e| e.to_string())?;
+    println!("counter  {}", counter.display());
+    println!("vmm      {}", ensure_vmm()?.display());
+    if !silo_images::testhost::hardware_kvm_usable() {
+        eprintln!("[images] KVM test host (no hardware KVM here)");
+        let host = silo_images::testhost::image().map_err(|e| e.to_string())?;
+        println!("testhost {}", host.display());
+    }
+    Ok(())
+}
+
+/// Makes sure the `silo-vmm` program can be found: `$SILO_VMM`, beside this
+/// executable, or (in a source checkout) built from the source tree, in
+/// which case `SILO_VMM` is set for this process and its children. Call it
+/// before any thread is started.
+pub fn ensure_vmm() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let vmm = silo_images::artifacts::vmm_beside(&exe);
+    if vmm.is_file() {
+        return Ok(vmm);
+    }
+    if std::env::var_os("SILO_VMM").is_some() {
+        return Err(format!("SILO_VMM={} is not a file", vmm.display()));
+    }
+    if !silo_images::artifacts::source_root()
+        .join("vmm/Cargo.toml")
+        .is_file()
+    {
+        return Err(format!(
+            "the VMM program {} is missing: install it beside silo \
+             (`cargo install --path vmm`) or set SILO_VMM",
+            vmm.display()
+        ));
+    }
+    eprintln!(
+        "[images] silo-vmm is not beside {}: building it from this source tree",
+        exe.display()
+    );
+    let built = silo_images::artifacts::vmm().map_err(|e| e.to_string())?;
+    // SAFETY (not unsafe in edition 2021, but as sound only single-threaded):
+    // called at start-up before any other thread exists.
+    std::env::set_var("SILO_VMM", &built);
+    Ok(built)
+}
