@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::api::sigv4;
+use silo_aws::sigv4;
 
 /// Access key and secret.
 #[derive(Debug, Clone)]

@@ -27,7 +27,8 @@ use silo_scheduler::TenantId;
 use crate::client::{InvokeOptions, LambdaClient};
 use crate::cmd_serve;
 use crate::daemon::config::DaemonConfig;
-use crate::daemon::{random_uuid, Daemon, Images};
+use crate::daemon::{Daemon, Images};
+use silo_aws::id::random_uuid;
 
 /// Flags for `silo bench-api`.
 #[derive(clap::Args, Debug)]

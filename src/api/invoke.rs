@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use super::error::{ApiError, MISSING_TENANT};
 use super::{function_name, read_authed};
-use crate::daemon::{random_uuid, Daemon};
+use crate::daemon::Daemon;
 use crate::vm_env::{EnvError, InvokeResult, LOG_TAIL};
+use silo_aws::id::random_uuid;
 
 /// Largest synchronous payload, as Lambda (6 MB).
 pub const MAX_SYNC_PAYLOAD: usize = silo_proto::MAX_PAYLOAD;

@@ -7,7 +7,6 @@ pub mod auth;
 pub mod error;
 mod functions;
 mod invoke;
-pub mod sigv4;
 
 use std::sync::Arc;
 

@@ -73,51 +73,6 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
-/// A fresh random id in the UUID text form (v4 layout).
-pub fn random_uuid() -> String {
-    let mut b = [0u8; 16];
-    use std::io::Read;
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b = t.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// Lambda's `LastModified` format of now.
-pub fn now_iso8601() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let d = crate::api::sigv4::format_amz_date(now.as_secs() as i64);
-    format!(
-        "{}-{}-{}T{}:{}:{}.{:03}+0000",
-        &d[0..4],
-        &d[4..6],
-        &d[6..8],
-        &d[9..11],
-        &d[11..13],
-        &d[13..15],
-        now.subsec_millis()
-    )
-}
-
 impl Daemon {
     /// Opens the data directory, registers every stored function's image
     /// and starts the event workers and the idle reaper. Must run inside a
