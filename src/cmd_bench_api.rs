@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use silo_scheduler::TenantId;
 
-use crate::client::{InvokeOptions, LambdaClient};
 use crate::cmd_serve;
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::{Daemon, Images};
 use silo_aws::id::random_uuid;
+use silo_client::{InvokeOptions, LambdaClient};
 
 /// Flags for `silo bench-api`.
 #[derive(clap::Args, Debug)]
@@ -44,7 +44,7 @@ pub struct BenchApiArgs {
     parallel: usize,
     /// Bursts of new tenants, `TENANTSxINVOKES@IN_FLIGHT` (repeatable).
     #[arg(long, default_values = ["6x6@12", "20x3@20"])]
-    burst: Vec<crate::burst::BurstShape>,
+    burst: Vec<silo_client::burst::BurstShape>,
     /// JSON results file.
     #[arg(long, default_value = "bench-api.json")]
     out: PathBuf,
@@ -353,7 +353,8 @@ async fn measure(
             shape.tenants, shape.invokes, shape.in_flight
         );
         let report =
-            blocking(move || crate::burst::run(&c, "counter", &format!("burst{i}"), shape)).await?;
+            blocking(move || silo_client::burst::run(&c, "counter", &format!("burst{i}"), shape))
+                .await?;
         let mut v = report.to_json();
         let (a, r, f) = report.tally();
         eprintln!(

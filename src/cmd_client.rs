@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use base64::Engine;
 
-use crate::client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
+use silo_client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
 
 /// Where the daemon is and who we are.
 #[derive(clap::Args, Debug)]
@@ -88,7 +88,7 @@ pub struct InvokeArgs {
     conn: Connection,
 }
 
-fn finish(r: Result<HttpResponse, crate::client::ClientError>) -> ExitCode {
+fn finish(r: Result<HttpResponse, silo_client::ClientError>) -> ExitCode {
     match r {
         Ok(r) => {
             if let Some(t) = r.header("x-amz-log-result") {

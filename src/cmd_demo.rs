@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::client::{InvokeOptions, LambdaClient};
 use crate::cmd_serve;
 use crate::daemon::config::DaemonConfig;
 use crate::daemon::Images;
+use silo_client::{InvokeOptions, LambdaClient};
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]

@@ -4,12 +4,10 @@
 //! - [`daemon`] and [`api`]: `silo serve`, the Lambda-compatible HTTP API
 //!   over the tenant scheduler and microVMs;
 //! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment;
-//! - [`client`]: a small signed client of the API;
+//! - the signed client of the API is the `silo-client` crate;
 //! - `cmd_*`: the subcommands.
 
 pub mod api;
-pub mod burst;
-pub mod client;
 pub mod cmd_bench;
 pub mod cmd_bench_api;
 pub mod cmd_client;

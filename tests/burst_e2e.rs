@@ -9,7 +9,7 @@ mod common;
 
 use common::daemon::{config, TestDaemon};
 use serde_json::json;
-use silo::burst::{self, BurstShape, Outcome};
+use silo_client::burst::{self, BurstShape, Outcome};
 
 fn metric(text: &str, line_prefix: &str) -> Option<f64> {
     text.lines()
