@@ -455,7 +455,7 @@ fn cold_boots(
     peer_kernel: &Path,
     initrd: &Path,
 ) -> Result<(Value, Value), String> {
-    let silo = crate::vm_env::vmm_binary().map_err(|e| e.to_string())?;
+    let silo = silo_daemon::vm_env::vmm_binary().map_err(|e| e.to_string())?;
     let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
     let (mut s_serial, mut s_exit) = (vec![], vec![]);
     let (mut p_wall, mut p_guest) = (vec![], vec![]);
@@ -552,7 +552,7 @@ fn cold_boots(
 /// then for the peer, for each count: wall time from spawning the first to
 /// the last one's exit, how many reached the guest marker, boots per second.
 fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value, String> {
-    let silo = crate::vm_env::vmm_binary().map_err(|e| e.to_string())?;
+    let silo = silo_daemon::vm_env::vmm_binary().map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &n in &args.boots_at_once {
         if n == 0 {
@@ -663,14 +663,14 @@ async fn warm_invokes(
         silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    let spec = crate::vm_env::VmSpec {
+    let spec = silo_daemon::vm_env::VmSpec {
         kernel: kernel.to_path_buf(),
         initrd,
         mem_mib: 128,
         vcpus: 1,
         boot_timeout: Duration::from_secs(120),
     };
-    let mut env = crate::vm_env::VmEnv::boot(&spec, &dir)
+    let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
         .await
         .map_err(|e| e.to_string())?;
     let boot = env.boot;
@@ -767,7 +767,7 @@ async fn creations(
         .map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    let spec = crate::vm_env::VmSpec {
+    let spec = silo_daemon::vm_env::VmSpec {
         kernel: kernel.to_path_buf(),
         initrd,
         mem_mib: 128,
@@ -775,7 +775,7 @@ async fn creations(
         boot_timeout: Duration::from_secs(300),
     };
     let started = Instant::now();
-    let boots = (0..n.max(1)).map(|_| crate::vm_env::VmEnv::boot(&spec, &dir));
+    let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
     let mut envs = Vec::new();
     let mut ready_ms = Vec::new();
     for r in futures_join(boots).await {
@@ -837,7 +837,7 @@ fn function_spec(
     kernel: &Path,
     agent: &Path,
     function: &Path,
-) -> Result<crate::vm_env::VmSpec, String> {
+) -> Result<silo_daemon::vm_env::VmSpec, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
@@ -849,7 +849,7 @@ fn function_spec(
         silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    Ok(crate::vm_env::VmSpec {
+    Ok(silo_daemon::vm_env::VmSpec {
         kernel: kernel.to_path_buf(),
         initrd,
         mem_mib: 128,
@@ -871,7 +871,7 @@ async fn function_timelines(
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
     let mut samples = Vec::new();
     for i in 0..n.max(1) {
-        let mut env = crate::vm_env::VmEnv::boot(&spec, &dir)
+        let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
             .await
             .map_err(|e| e.to_string())?;
         let r = env
@@ -988,7 +988,7 @@ async fn concurrent_invokes(
     let total = args.invokes.max(c);
     let dir = std::env::temp_dir().join(format!("silo-bench-conc-{}", std::process::id()));
     let spec = function_spec(&dir, kernel, agent, function)?;
-    let boots = (0..c).map(|_| crate::vm_env::VmEnv::boot(&spec, &dir));
+    let boots = (0..c).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
     let mut envs = Vec::new();
     for r in futures_join(boots).await {
         envs.push(r.map_err(|e| e.to_string())?);

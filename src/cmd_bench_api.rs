@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use silo_scheduler::TenantId;
 
-use crate::cmd_serve;
-use crate::daemon::config::DaemonConfig;
-use crate::daemon::{Daemon, Images};
 use silo_aws::id::random_uuid;
 use silo_client::{InvokeOptions, LambdaClient};
+use silo_daemon::config::DaemonConfig;
+use silo_daemon::serve;
+use silo_daemon::{Daemon, Images};
 
 /// Flags for `silo bench-api`.
 #[derive(clap::Args, Debug)]
@@ -245,7 +245,9 @@ async fn bench(
     let n_envs = (args.cold * 2 + args.parallel * 2 + 4).max(burst_envs) as u32;
     config.limits.concurrency = n_envs;
     config.limits.per_tenant = n_envs;
-    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let running = serve::start(config, Images { kernel, agent })
+        .await
+        .map_err(|e| e.to_string())?;
     let result = measure(
         args,
         &running.daemon,

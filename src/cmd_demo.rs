@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::cmd_serve;
-use crate::daemon::config::DaemonConfig;
-use crate::daemon::Images;
 use silo_client::{InvokeOptions, LambdaClient};
+use silo_daemon::config::DaemonConfig;
+use silo_daemon::serve;
+use silo_daemon::Images;
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
@@ -101,7 +101,9 @@ async fn demo(kernel: PathBuf, agent: PathBuf, function: PathBuf) -> Result<(), 
         allow_unauthenticated: true,
         ..DaemonConfig::default()
     };
-    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let running = serve::start(config, Images { kernel, agent })
+        .await
+        .map_err(|e| e.to_string())?;
     let endpoint = format!("http://{}", running.addr);
     println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
     let result = tokio::task::spawn_blocking(move || calls(&endpoint, &function))

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::{function_name, read_authed, MAX_CODE_REQUEST};
-use crate::daemon::store::FunctionRecord;
-use crate::daemon::Daemon;
+use crate::store::FunctionRecord;
+use crate::Daemon;
 use silo_aws::date::now_iso8601;
 use silo_aws::id::random_uuid;
 

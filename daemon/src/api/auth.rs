@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use crate::daemon::Daemon;
+use crate::Daemon;
 use silo_aws::sigv4;
 
 /// The authenticated caller.

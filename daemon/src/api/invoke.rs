@@ -19,8 +19,8 @@ use tracing::Instrument;
 
 use super::error::{ApiError, MISSING_TENANT};
 use super::{function_name, read_authed};
-use crate::daemon::Daemon;
 use crate::vm_env::{EnvError, InvokeResult, LOG_TAIL};
+use crate::Daemon;
 use silo_aws::id::random_uuid;
 
 /// Largest synchronous payload, as Lambda (6 MB).
@@ -216,7 +216,7 @@ fn function_error(
 }
 
 fn respond(
-    result: crate::daemon::InvokeOutcome,
+    result: crate::InvokeOutcome,
     id: &str,
     tail: bool,
     memory_mib: u32,

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use crate::daemon::Daemon;
+use crate::Daemon;
 use auth::Principal;
 use error::ApiError;
 
