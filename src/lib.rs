@@ -1,10 +1,8 @@
 //! `silo`: the CLI. The daemon is the `silo-daemon` crate, the signed
 //! client of the API the `silo-client` crate.
 //!
-//! - `cmd_*`: the subcommands.
+//! - `cmd_*`: the subcommands; the benchmarks are the `silo-benches` crate.
 
-pub mod cmd_bench;
-pub mod cmd_bench_api;
 pub mod cmd_client;
 pub mod cmd_demo;
 pub mod cmd_run;

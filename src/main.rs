@@ -5,7 +5,8 @@
 //! from `vmm/`) per microVM.
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_run, cmd_serve};
+use silo::{cmd_client, cmd_demo, cmd_run, cmd_serve};
+use silo_benches::{api, boot};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -26,9 +27,9 @@ enum Command {
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
-    Bench(cmd_bench::BenchArgs),
+    Bench(boot::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
-    BenchApi(cmd_bench_api::BenchApiArgs),
+    BenchApi(api::BenchApiArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
 }
@@ -49,8 +50,8 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd_demo::run(args),
         Command::CreateFunction(args) => cmd_client::create(args),
         Command::Invoke(args) => cmd_client::invoke(args),
-        Command::Bench(args) => cmd_bench::run(args),
-        Command::BenchApi(args) => cmd_bench_api::run(args),
+        Command::Bench(args) => boot::run(args),
+        Command::BenchApi(args) => api::run(args),
         Command::Run(args) => cmd_run::run(args),
     }
 }
