@@ -1,11 +1,18 @@
-//! `silo`: the host daemon and CLI.
+//! `silo`: the CLI of the host daemon.
 //!
-//! `silo serve` runs the daemon, `silo demo` shows the mission. The daemon
-//! spawns one `silo-vmm` process (a separate, much smaller program built
-//! from `vmm/`) per microVM.
+//! `silo serve` runs the daemon (the `silo-daemon` crate), `silo demo` shows
+//! the mission, `silo create-function` and `silo invoke` call a running
+//! daemon (the `silo-client` crate), `silo bench` and `silo bench-api`
+//! measure (the `silo-benches` crate). The daemon spawns one `silo-vmm`
+//! process (a separate, much smaller program built from `vmm/`) per microVM.
+//! The `cmd_*` modules parse flags and call into those crates.
+
+mod cmd_client;
+mod cmd_demo;
+mod cmd_run;
+mod cmd_serve;
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_client, cmd_demo, cmd_run, cmd_serve};
 use silo_benches::{api, boot};
 
 /// Tenant-isolated functions on microVMs.
@@ -35,7 +42,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    silo_vmm::timeline::mark_process_start();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
