@@ -18,8 +18,11 @@ use silo_images::placement::{
 use silo_proto::{AgentConfig, Message, Outcome};
 
 mod plot;
+mod results;
 
 use plot::svg;
+use results::quantile_sorted;
+pub use results::PHASES;
 
 /// Flags for `silo bench`.
 #[derive(clap::Args, Debug)]
@@ -368,11 +371,6 @@ fn parse_uptime_ms(out: &str) -> Option<f64> {
         .parse::<f64>()
         .ok()
         .map(|s| s * 1000.0)
-}
-
-/// The `p` quantile of sorted, non-empty `v` (nearest rank).
-fn quantile_sorted(v: &[f64], p: f64) -> f64 {
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// The `p` quantile of `v`, NaN when empty.
@@ -827,17 +825,6 @@ async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Ve
     .await;
     out.into_iter().map(|o| o.expect("completed")).collect()
 }
-
-/// The phases of a function VM's start, in the order they happen.
-pub const PHASES: [&str; 7] = [
-    "vmm_process_start_ms",
-    "kernel_loaded_ms",
-    "vm_created_ms",
-    "first_kvm_run_ms",
-    "guest_init_ms",
-    "agent_ready_ms",
-    "first_invocation_answered_ms",
-];
 
 /// A function VM image of the counter in `dir`.
 fn function_spec(

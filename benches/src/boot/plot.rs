@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{quantile_sorted, PHASES};
+use super::results::{quantile_sorted, PHASES};
 
 /// Escapes text for SVG (XML) content and attribute values.
 fn esc(s: &str) -> String {
