@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use base64::Engine;
 
-use crate::client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
+use silo_client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
 
 /// Where the daemon is and who we are.
 #[derive(clap::Args, Debug)]
@@ -88,7 +88,7 @@ pub struct InvokeArgs {
     conn: Connection,
 }
 
-fn finish(r: Result<HttpResponse, crate::client::ClientError>) -> ExitCode {
+fn finish(r: Result<HttpResponse, silo_client::ClientError>) -> ExitCode {
     match r {
         Ok(r) => {
             if let Some(t) = r.header("x-amz-log-result") {
@@ -169,7 +169,7 @@ pub struct BurstArgs {
     /// `TENANTSxINVOKES@IN_FLIGHT`: new tenants, invokes per tenant,
     /// invokes in flight at once.
     #[arg(long, default_value = "6x6@12")]
-    shape: crate::burst::BurstShape,
+    shape: silo_client::burst::BurstShape,
     /// Tenant ids are `<prefix>-0`, `<prefix>-1`...
     #[arg(long, default_value = "burst")]
     prefix: String,
@@ -181,7 +181,7 @@ pub struct BurstArgs {
 /// the JSON report (every invoke's outcome, latencies, refusals, problems)
 /// and exits 1 if any invoke failed or broke isolation.
 pub fn burst(args: BurstArgs) -> ExitCode {
-    let report = crate::burst::run(&args.conn.client(), &args.name, &args.prefix, args.shape);
+    let report = silo_client::burst::run(&args.conn.client(), &args.name, &args.prefix, args.shape);
     let v = report.to_json();
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     let (answered, refused, failed) = report.tally();

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::client::{InvokeOptions, LambdaClient};
-use crate::cmd_serve;
-use crate::daemon::config::DaemonConfig;
-use crate::daemon::Images;
+use silo_client::{InvokeOptions, LambdaClient};
+use silo_daemon::config::DaemonConfig;
+use silo_daemon::serve;
+use silo_daemon::Images;
+use silo_images::placement::{run_checked, run_here_or_in_test_host, test_host_with_this_program};
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
@@ -61,11 +62,14 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
         Some(f) => f,
         None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
     };
-    if !args.here && !silo_images::testhost::hardware_kvm_usable() {
-        return in_test_host(&kernel, &agent, &function);
-    }
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(demo(kernel, agent, function))
+    run_here_or_in_test_host(
+        args.here,
+        || {
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(demo(kernel.clone(), agent.clone(), function.clone()))
+        },
+        || in_test_host(&kernel, &agent, &function),
+    )
 }
 
 fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result<(), String> {
@@ -74,22 +78,18 @@ fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result
          inside the KVM test host: a QEMU TCG machine with nested SVM. Times are emulated; compare\n\
          ratios only."
     );
-    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = silo_images::testhost::TestHost::new()
-        .timeout(Duration::from_secs(600))
-        .silo_binaries(&silo)
+    let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
+        .timeout(Duration::from_secs(600))
         .file(kernel, "/work/vmlinux", 0o644)
         .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
-        .run("SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter")
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "the demo failed in the test host (exit {})",
-            out.exit_code
-        ));
-    }
+        .file(function, "/work/counter", 0o755);
+    run_checked(
+        &host,
+        "demo",
+        "SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter",
+    )
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -101,7 +101,9 @@ async fn demo(kernel: PathBuf, agent: PathBuf, function: PathBuf) -> Result<(), 
         allow_unauthenticated: true,
         ..DaemonConfig::default()
     };
-    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let running = serve::start(config, Images { kernel, agent })
+        .await
+        .map_err(|e| e.to_string())?;
     let endpoint = format!("http://{}", running.addr);
     println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
     let result = tokio::task::spawn_blocking(move || calls(&endpoint, &function))

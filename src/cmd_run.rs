@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use silo_proto::{AgentConfig, Message, Outcome};
 
-use crate::vm_env::{VmEnv, VmSpec};
+use silo_daemon::vm_env::{VmEnv, VmSpec};
 
 /// Flags for `silo run`.
 #[derive(clap::Args, Debug)]

@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use crate::daemon::config::DaemonConfig;
-use crate::daemon::{Daemon, Images};
+use silo_daemon::config::DaemonConfig;
+use silo_daemon::Images;
 
 /// Flags for `silo serve` (they override the configuration file).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -64,7 +63,7 @@ impl ServeArgs {
             cfg.limits.idle_timeout_s = n;
         }
         cfg.allow_unauthenticated = self.allow_unauthenticated;
-        cfg.check()?;
+        cfg.check().map_err(|e| e.to_string())?;
         if cfg.credentials.is_empty() && !cfg.allow_unauthenticated {
             return Err(
                 "no credentials are configured: add [[credentials]] to the configuration file \
@@ -98,80 +97,12 @@ impl ServeArgs {
     }
 }
 
-/// A running daemon: its address and a way to stop it.
-pub struct Running {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// The daemon.
-    pub daemon: Arc<Daemon>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    /// Stops accepting, finishes in-flight requests, destroys idle VMs.
-    pub async fn stop(self) -> usize {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        self.daemon.shutdown().await
-    }
-}
-
-/// Starts the daemon on the current tokio runtime.
-pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, String> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("listening on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let daemon = Daemon::start(cfg, images).map_err(|e| e.to_string())?;
-    let app = crate::api::router(daemon.clone());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    Ok(Running {
-        addr,
-        daemon,
-        stop: tx,
-        task,
-    })
-}
-
 /// Runs `silo serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> ExitCode {
     let result = (|| {
         let cfg = args.resolve()?;
         let images = args.images()?;
-        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            let running = start(cfg, images).await?;
-            let d = &running.daemon;
-            tracing::info!(
-                listen = %running.addr,
-                data_dir = %d.config.data_dir.display(),
-                functions = d.list().len(),
-                authentication = if d.config.allow_unauthenticated { "optional (--allow-unauthenticated)" } else { "SigV4 required" },
-                "silo daemon serving the Lambda API"
-            );
-            println!("silo: serving on http://{}", running.addr);
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|e| e.to_string())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("stopping: finishing in-flight requests");
-            let n = running.stop().await;
-            tracing::info!(environments_destroyed = n, "stopped");
-            Ok::<(), String>(())
-        })
+        silo_daemon::serve::run(cfg, images).map_err(|e| e.to_string())
     })();
     match result {
         Ok(()) => ExitCode::SUCCESS,

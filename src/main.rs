@@ -1,11 +1,20 @@
-//! `silo`: the host daemon and CLI.
+//! `silo`: the CLI of the host daemon.
 //!
-//! `silo serve` runs the daemon, `silo demo` shows the mission. The daemon
-//! spawns one `silo-vmm` process (a separate, much smaller program built
-//! from `vmm/`) per microVM.
+//! `silo serve` runs the daemon (the `silo-daemon` crate), `silo demo` shows
+//! the mission, `silo create-function` and `silo invoke` call a running
+//! daemon (the `silo-client` crate), `silo bench` and `silo bench-api`
+//! measure (the `silo-benches` crate). The daemon spawns one `silo-vmm`
+//! process (a separate, much smaller program built from `vmm/`) per microVM.
+//! The `cmd_*` modules parse flags and call into those crates.
+
+mod cmd_client;
+mod cmd_demo;
+mod cmd_images;
+mod cmd_run;
+mod cmd_serve;
 
 use clap::{Parser, Subcommand};
-use silo::{cmd_bench, cmd_bench_api, cmd_client, cmd_demo, cmd_images, cmd_run, cmd_serve};
+use silo_benches::{api, boot};
 
 /// Tenant-isolated functions on microVMs.
 #[derive(Parser)]
@@ -28,9 +37,9 @@ enum Command {
     /// A burst of new tenants against a running daemon (JSON report).
     Burst(cmd_client::BurstArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
-    Bench(cmd_bench::BenchArgs),
+    Bench(boot::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
-    BenchApi(cmd_bench_api::BenchApiArgs),
+    BenchApi(api::BenchApiArgs),
     /// Boot one function VM and send it invocations (JSON lines out).
     Run(cmd_run::RunArgs),
     /// Build the guest kernel, agent, demo function and VMM ahead of time.
@@ -38,7 +47,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    silo_vmm::timeline::mark_process_start();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -69,8 +77,8 @@ fn main() -> std::process::ExitCode {
         Command::CreateFunction(args) => cmd_client::create(args),
         Command::Invoke(args) => cmd_client::invoke(args),
         Command::Burst(args) => cmd_client::burst(args),
-        Command::Bench(args) => cmd_bench::run(args),
-        Command::BenchApi(args) => cmd_bench_api::run(args),
+        Command::Bench(args) => boot::run(args),
+        Command::BenchApi(args) => api::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Images(args) => cmd_images::run(args),
     }

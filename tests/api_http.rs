@@ -7,7 +7,7 @@ mod common;
 
 use common::daemon::{config, scratch, TestDaemon, ADMIN, TENANT_A};
 use serde_json::{json, Value};
-use silo::client::{HttpResponse, InvokeOptions, LambdaClient};
+use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 
 fn package() -> Vec<u8> {
     silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])

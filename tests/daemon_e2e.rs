@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::daemon::{config, TestDaemon, TENANT_A};
 use serde_json::{json, Value};
-use silo::client::{HttpResponse, InvokeOptions, LambdaClient};
+use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 
 fn tenant(t: &str) -> InvokeOptions {
     InvokeOptions {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use silo::client::{Credentials, LambdaClient};
+use silo_client::{Credentials, LambdaClient};
 use silo_images::testhost::{
     hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
 };

@@ -16,8 +16,10 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::{function_name, read_authed, MAX_CODE_REQUEST};
-use crate::daemon::store::FunctionRecord;
-use crate::daemon::{now_iso8601, random_uuid, Daemon};
+use crate::store::FunctionRecord;
+use crate::Daemon;
+use silo_aws::date::now_iso8601;
+use silo_aws::id::random_uuid;
 
 /// Runtimes silo runs: Lambda's OS-only (custom) runtimes.
 pub const RUNTIMES: [&str; 3] = ["provided.al2023", "provided.al2", "provided"];

@@ -24,10 +24,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use silo_scheduler::TenantId;
 
-use crate::client::{InvokeOptions, LambdaClient};
-use crate::cmd_serve;
-use crate::daemon::config::DaemonConfig;
-use crate::daemon::{random_uuid, Daemon, Images};
+use silo_aws::id::random_uuid;
+use silo_client::{InvokeOptions, LambdaClient};
+use silo_daemon::config::DaemonConfig;
+use silo_daemon::serve;
+use silo_daemon::{Daemon, Images};
+use silo_images::placement::{
+    between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
+};
+
+mod plot;
+
+use plot::burst_svg;
 
 /// Flags for `silo bench-api`.
 #[derive(clap::Args, Debug)]
@@ -43,7 +51,7 @@ pub struct BenchApiArgs {
     parallel: usize,
     /// Bursts of new tenants, `TENANTSxINVOKES@IN_FLIGHT` (repeatable).
     #[arg(long, default_values = ["6x6@12", "20x3@20"])]
-    burst: Vec<crate::burst::BurstShape>,
+    burst: Vec<silo_client::burst::BurstShape>,
     /// JSON results file.
     #[arg(long, default_value = "bench-api.json")]
     out: PathBuf,
@@ -95,12 +103,20 @@ fn run_inner(args: BenchApiArgs) -> Result<(), String> {
         Some(f) => f.clone(),
         None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
     };
-    if !args.here && !silo_images::testhost::hardware_kvm_usable() {
-        return in_test_host(&args, &kernel, &agent, &function);
-    }
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let results = rt.block_on(bench(&args, kernel, agent, function))?;
-    write_results(&args, &results)
+    run_here_or_in_test_host(
+        args.here,
+        || {
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let results = rt.block_on(bench(
+                &args,
+                kernel.clone(),
+                agent.clone(),
+                function.clone(),
+            ))?;
+            write_results(&args, &results)
+        },
+        || in_test_host(&args, &kernel, &agent, &function),
+    )
 }
 
 fn in_test_host(
@@ -110,16 +126,17 @@ fn in_test_host(
     function: &Path,
 ) -> Result<(), String> {
     eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
-    let silo = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = silo_images::testhost::TestHost::new()
+    let host = test_host_with_this_program()
+        .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(1800))
         .memory_mib(4096)
-        .silo_binaries(&silo)
-        .map_err(|e| e.to_string())?
         .file(kernel, "/work/vmlinux", 0o644)
         .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
-        .run(&format!(
+        .file(function, "/work/counter", 0o755);
+    let out = run_checked(
+        &host,
+        "benchmark",
+        &format!(
             "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} {} --kernel vmlinux --agent agent \
              --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
             args.cold,
@@ -130,26 +147,12 @@ fn in_test_host(
                 .map(|b| format!("--burst {b}"))
                 .collect::<Vec<_>>()
                 .join(" ")
-        ))
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "the benchmark failed in the test host (exit {})",
-            out.exit_code
-        ));
-    }
-    let json = out
-        .output
-        .split("BENCH_JSON_BEGIN")
-        .nth(1)
-        .and_then(|s| s.split("BENCH_JSON_END").next())
-        .ok_or("no JSON in the test host's output")?
-        .lines()
-        .map(|l| l.trim_start_matches("[testhost] "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut results: Value =
-        serde_json::from_str(json.trim()).map_err(|e| format!("results: {e}"))?;
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let json = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")
+        .ok_or("no JSON in the test host's output")?;
+    let mut results: Value = serde_json::from_str(&json).map_err(|e| format!("results: {e}"))?;
     results["where"] =
         json!("KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios");
     write_results(args, &results)
@@ -244,7 +247,9 @@ async fn bench(
     let n_envs = (args.cold * 2 + args.parallel * 2 + 4).max(burst_envs) as u32;
     config.limits.concurrency = n_envs;
     config.limits.per_tenant = n_envs;
-    let running = cmd_serve::start(config, Images { kernel, agent }).await?;
+    let running = serve::start(config, Images { kernel, agent })
+        .await
+        .map_err(|e| e.to_string())?;
     let result = measure(
         args,
         &running.daemon,
@@ -352,7 +357,8 @@ async fn measure(
             shape.tenants, shape.invokes, shape.in_flight
         );
         let report =
-            blocking(move || crate::burst::run(&c, "counter", &format!("burst{i}"), shape)).await?;
+            blocking(move || silo_client::burst::run(&c, "counter", &format!("burst{i}"), shape))
+                .await?;
         let mut v = report.to_json();
         let (a, r, f) = report.tally();
         eprintln!(
@@ -423,62 +429,4 @@ fn print_table(r: &Value) {
             r["admission"]["max_booting"],
         );
     }
-}
-
-/// The bursts as one SVG: each invoke a dot at (sent time, latency), one
-/// panel per burst; answered first invokes of new tenants, later invokes,
-/// refusals and failures in their own colours.
-fn burst_svg(r: &Value) -> String {
-    let bursts: Vec<&Value> = r["bursts"].as_array().into_iter().flatten().collect();
-    let (w, ph) = (720.0, 260.0);
-    let h = ph * bursts.len().max(1) as f64 + 40.0;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"10\" y=\"18\" font-size=\"13\">silo bench-api: bursts of new tenants ({})</text>\n",
-        r["where"].as_str().unwrap_or("").replace('&', "and").replace('<', "(")
-    );
-    for (i, b) in bursts.iter().enumerate() {
-        let top = 30.0 + ph * i as f64;
-        let (x0, y0, pw, pht) = (60.0, top + 20.0, w - 80.0, ph - 60.0);
-        let recs: Vec<&Value> = b["records"].as_array().into_iter().flatten().collect();
-        let end = recs
-            .iter()
-            .map(|v| {
-                v["sent_s"].as_f64().unwrap_or(0.0)
-                    + v["latency_ms"].as_f64().unwrap_or(0.0) / 1000.0
-            })
-            .fold(0.1, f64::max);
-        let ymax = recs
-            .iter()
-            .map(|v| v["latency_ms"].as_f64().unwrap_or(0.0))
-            .fold(1.0, f64::max);
-        out.push_str(&format!(
-            "<text x=\"{x0}\" y=\"{}\">burst {}: {} answered, {} refused, {} failed; x: seconds since the burst began (0..{end:.1}), y: latency (0..{ymax:.0} ms)</text>\n\
-             <rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{pht}\" fill=\"none\" stroke=\"#888\"/>\n",
-            top + 12.0,
-            b["shape"].as_str().unwrap_or(""),
-            b["answered"],
-            b["refused"],
-            b["failed"]
-        ));
-        for v in recs {
-            let x = x0 + pw * v["sent_s"].as_f64().unwrap_or(0.0) / end;
-            let y = y0 + pht - pht * v["latency_ms"].as_f64().unwrap_or(0.0) / ymax;
-            let colour = match (v["outcome"].as_str(), v["nth"].as_u64()) {
-                (Some("answered"), Some(0)) => "#1f77b4",
-                (Some("answered"), _) => "#2ca02c",
-                (Some("refused"), _) => "#ff7f0e",
-                _ => "#d62728",
-            };
-            out.push_str(&format!(
-                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{colour}\"/>\n"
-            ));
-        }
-    }
-    out.push_str(&format!(
-        "<text x=\"60\" y=\"{}\"><tspan fill=\"#1f77b4\">first invoke of a tenant</tspan>  <tspan fill=\"#2ca02c\">later invoke</tspan>  <tspan fill=\"#ff7f0e\">refused (429)</tspan>  <tspan fill=\"#d62728\">failed</tspan></text>\n</svg>\n",
-        h - 8.0
-    ));
-    out
 }

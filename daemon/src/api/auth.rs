@@ -17,8 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::request::Parts;
 
 use super::error::ApiError;
-use super::sigv4;
-use crate::daemon::Daemon;
+use crate::Daemon;
+use silo_aws::sigv4;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

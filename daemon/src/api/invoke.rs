@@ -19,8 +19,9 @@ use tracing::Instrument;
 
 use super::error::{ApiError, MISSING_TENANT};
 use super::{function_name, read_authed};
-use crate::daemon::{random_uuid, Daemon};
 use crate::vm_env::{EnvError, InvokeResult, LOG_TAIL};
+use crate::Daemon;
+use silo_aws::id::random_uuid;
 
 /// Largest synchronous payload, as Lambda (6 MB).
 pub const MAX_SYNC_PAYLOAD: usize = silo_proto::MAX_PAYLOAD;
@@ -215,7 +216,7 @@ fn function_error(
 }
 
 fn respond(
-    result: crate::daemon::InvokeOutcome,
+    result: crate::InvokeOutcome,
     id: &str,
     tail: bool,
     memory_mib: u32,

@@ -142,6 +142,20 @@ pub struct VmEnv {
 
 static NEXT_VM: AtomicU64 = AtomicU64::new(0);
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the VMM's
+/// `--timeline-file` (and of `Instant` on Linux), so that the spawn time
+/// and the VMM's phases line up.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass, which lives on
+    // our stack for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Where the VMM program is: `$SILO_VMM` if set, else `silo-vmm` beside
 /// this executable (as `cargo build` and `cargo install` place them).
 pub fn vmm_binary() -> Result<PathBuf, EnvError> {
@@ -207,10 +221,10 @@ impl VmEnv {
                     .map_err(|e| EnvError::Setup(e.to_string()))?,
             ))
             .kill_on_drop(true);
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made (prctl, getppid); no allocation, no locks. A VMM must not
         // outlive the daemon that owns it, even if the daemon is SIGKILLed.
-        let parent = std::process::id() as libc::pid_t;
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -220,7 +234,7 @@ impl VmEnv {
                 Ok(())
             });
         }
-        let spawn_ns = silo_vmm::timeline::monotonic_ns();
+        let spawn_ns = monotonic_ns();
         let child = cmd
             .spawn()
             .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;

@@ -12,6 +12,22 @@ use silo_scheduler::{Backend, Binding, Environment};
 
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmSpec};
 
+/// Why a function version's image could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The initramfs cannot be built from the agent and the package.
+    #[error(transparent)]
+    Image(#[from] silo_initramfs::image::ImageError),
+    /// The run directory or the initramfs file cannot be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
 /// A function the backend can boot.
 #[derive(Debug, Clone)]
 pub struct FunctionImage {
@@ -55,15 +71,19 @@ impl VmBackend {
         agent: &std::path::Path,
         config: AgentConfig,
         package: &[u8],
-    ) -> Result<(), String> {
-        let image =
-            silo_initramfs::image::build(agent, &config, package).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.run_dir)
-            .map_err(|e| format!("{}: {e}", self.run_dir.display()))?;
+    ) -> Result<(), RegisterError> {
+        let image = silo_initramfs::image::build(agent, &config, package)?;
+        std::fs::create_dir_all(&self.run_dir).map_err(|source| RegisterError::Io {
+            path: self.run_dir.clone(),
+            source,
+        })?;
         let initrd = self
             .run_dir
             .join(format!("{}-{version_key}.cpio", config.function_name));
-        std::fs::write(&initrd, image).map_err(|e| format!("{}: {e}", initrd.display()))?;
+        std::fs::write(&initrd, image).map_err(|source| RegisterError::Io {
+            path: initrd.clone(),
+            source,
+        })?;
         self.functions.lock().expect("functions lock").insert(
             version_key.to_string(),
             Arc::new(FunctionImage { config, initrd }),

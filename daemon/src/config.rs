@@ -154,7 +154,40 @@ pub enum ConfigError {
     Parse(PathBuf, toml::de::Error),
     /// Valid syntax, invalid values.
     #[error("{0}: {1}")]
-    Invalid(PathBuf, String),
+    Invalid(PathBuf, InvalidConfig),
+}
+
+/// A value the types cannot refuse, refused by [`DaemonConfig::check`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// `limits.concurrency` is 0.
+    #[error("limits.concurrency must be at least 1")]
+    Concurrency,
+    /// `limits.per_tenant` is 0.
+    #[error("limits.per_tenant must be at least 1")]
+    PerTenant,
+    /// `limits.cold_start_queue` is 0.
+    #[error("limits.cold_start_queue must be at least 1")]
+    ColdStartQueue,
+    /// `limits.init_timeout_s` is out of range.
+    #[error("limits.init_timeout_s must be between 1 and 3600")]
+    InitTimeout,
+    /// A credential without its key id or secret.
+    #[error("credentials: access_key_id and secret_access_key must not be empty")]
+    EmptyCredential,
+    /// Two credentials with one key id.
+    #[error("credentials: access key {0} is listed twice")]
+    DuplicateKey(String),
+    /// A credential names an invalid tenant id.
+    #[error("credentials: key {key}: tenant {tenant:?}: {reason}")]
+    Tenant {
+        /// The access key id.
+        key: String,
+        /// The tenant id as written.
+        tenant: String,
+        /// Why it is not a tenant id.
+        reason: silo_scheduler::InvalidTenantId,
+    },
 }
 
 impl DaemonConfig {
@@ -168,35 +201,32 @@ impl DaemonConfig {
     }
 
     /// Checks values the types cannot.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidConfig> {
         if self.limits.concurrency == 0 {
-            return Err("limits.concurrency must be at least 1".into());
+            return Err(InvalidConfig::Concurrency);
         }
         if self.limits.per_tenant == 0 {
-            return Err("limits.per_tenant must be at least 1".into());
+            return Err(InvalidConfig::PerTenant);
         }
         if self.limits.cold_start_queue == 0 {
-            return Err("limits.cold_start_queue must be at least 1".into());
+            return Err(InvalidConfig::ColdStartQueue);
         }
         if !(1..=3600).contains(&self.limits.init_timeout_s) {
-            return Err("limits.init_timeout_s must be between 1 and 3600".into());
+            return Err(InvalidConfig::InitTimeout);
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {
             if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
-                return Err(
-                    "credentials: access_key_id and secret_access_key must not be empty".into(),
-                );
+                return Err(InvalidConfig::EmptyCredential);
             }
             if !seen.insert(&c.access_key_id) {
-                return Err(format!(
-                    "credentials: access key {} is listed twice",
-                    c.access_key_id
-                ));
+                return Err(InvalidConfig::DuplicateKey(c.access_key_id.clone()));
             }
             for t in c.tenants.iter().flatten() {
-                silo_scheduler::TenantId::parse(t).map_err(|e| {
-                    format!("credentials: key {}: tenant {t:?}: {e}", c.access_key_id)
+                silo_scheduler::TenantId::parse(t).map_err(|reason| InvalidConfig::Tenant {
+                    key: c.access_key_id.clone(),
+                    tenant: t.clone(),
+                    reason,
                 })?;
             }
         }
@@ -219,7 +249,7 @@ mod tests {
             "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad tenant\"]",
         )
         .unwrap();
-        let e = cfg.check().unwrap_err();
+        let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("bad tenant"), "{e}");
     }
 }

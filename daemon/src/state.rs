@@ -1,11 +1,7 @@
-//! The host daemon's state: functions (persisted in the [`store`]), the
-//! tenant scheduler over microVMs, per-tenant [`metrics`], the queue of
-//! asynchronous invocations and the idle reaper. The HTTP layer in
-//! `crate::api` translates Lambda requests into calls on [`Daemon`].
-
-pub mod config;
-pub mod metrics;
-pub mod store;
+//! The host daemon's state: functions (persisted in the [`store`](crate::store)),
+//! the tenant scheduler over microVMs, per-tenant [`metrics`](crate::metrics),
+//! the queue of asynchronous invocations and the idle reaper. The HTTP layer
+//! in [`api`](crate::api) translates Lambda requests into calls on [`Daemon`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,11 +15,11 @@ use silo_scheduler::{
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::vm_backend::{VmBackend, VmRequest};
+use crate::config::DaemonConfig;
+use crate::metrics::{Ending, Metrics};
+use crate::store::{FunctionRecord, Store, StoreError};
+use crate::vm_backend::{RegisterError, VmBackend, VmRequest};
 use crate::vm_env::{EnvError, InvokeResult};
-use config::DaemonConfig;
-use metrics::{Ending, Metrics};
-use store::{FunctionRecord, Store, StoreError};
 
 /// What the daemon boots VMs from.
 #[derive(Debug, Clone)]
@@ -73,49 +69,18 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
-/// A fresh random id in the UUID text form (v4 layout).
-pub fn random_uuid() -> String {
-    let mut b = [0u8; 16];
-    use std::io::Read;
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b = t.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// Lambda's `LastModified` format of now.
-pub fn now_iso8601() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let d = crate::api::sigv4::format_amz_date(now.as_secs() as i64);
-    format!(
-        "{}-{}-{}T{}:{}:{}.{:03}+0000",
-        &d[0..4],
-        &d[4..6],
-        &d[6..8],
-        &d[9..11],
-        &d[11..13],
-        &d[13..15],
-        now.subsec_millis()
-    )
+/// Errors changing the daemon's functions.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// The function's image cannot be built.
+    #[error(transparent)]
+    Image(#[from] RegisterError),
+    /// The data directory refused the change.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The function went away while it was being changed.
+    #[error("the function was deleted meanwhile")]
+    Deleted,
 }
 
 impl Daemon {
@@ -193,7 +158,7 @@ impl Daemon {
         }
     }
 
-    fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), String> {
+    fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), RegisterError> {
         let cfg = AgentConfig {
             function_name: rec.name.clone(),
             function_arn: self.arn(&rec.name),
@@ -221,19 +186,17 @@ impl Daemon {
 
     /// Adds a function (the caller checked the package). `Ok(false)` if the
     /// name is taken.
-    pub fn create(&self, rec: FunctionRecord, code: &[u8]) -> Result<bool, String> {
+    pub fn create(&self, rec: FunctionRecord, code: &[u8]) -> Result<bool, FunctionError> {
         if self.lock().contains_key(&rec.name) {
             return Ok(false);
         }
         self.register(&rec, code)?;
-        self.store
-            .put_code(&rec.code_sha256, code)
-            .map_err(|e| e.to_string())?;
+        self.store.put_code(&rec.code_sha256, code)?;
         let mut fns = self.lock();
         if fns.contains_key(&rec.name) {
             return Ok(false);
         }
-        self.store.put(&rec).map_err(|e| e.to_string())?;
+        self.store.put(&rec)?;
         tracing::info!(function = %rec.name, per_tenant = rec.per_tenant, code_sha256 = %rec.code_sha256, "function created");
         fns.insert(rec.name.clone(), rec);
         Ok(true)
@@ -241,14 +204,12 @@ impl Daemon {
 
     /// Replaces a function's record: new code or configuration means a new
     /// revision; environments of the old one finish their work and go.
-    pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), String> {
+    pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), FunctionError> {
         self.register(&rec, code)?;
-        self.store
-            .put_code(&rec.code_sha256, code)
-            .map_err(|e| e.to_string())?;
+        self.store.put_code(&rec.code_sha256, code)?;
         let old = {
             let mut fns = self.lock();
-            self.store.put(&rec).map_err(|e| e.to_string())?;
+            self.store.put(&rec)?;
             fns.insert(rec.name.clone(), rec.clone())
         };
         let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
@@ -269,25 +230,25 @@ impl Daemon {
 
     /// Stores a changed reserved concurrency (no new revision: environments
     /// stay; the new limit applies to the next invocation).
-    pub fn set_concurrency(&self, rec: &FunctionRecord) -> Result<(), String> {
+    pub fn set_concurrency(&self, rec: &FunctionRecord) -> Result<(), FunctionError> {
         let mut fns = self.lock();
         if !fns.contains_key(&rec.name) {
-            return Err("the function was deleted meanwhile".into());
+            return Err(FunctionError::Deleted);
         }
-        self.store.put(rec).map_err(|e| e.to_string())?;
+        self.store.put(rec)?;
         fns.insert(rec.name.clone(), rec.clone());
         Ok(())
     }
 
     /// Deletes a function and destroys its environments (busy ones when
     /// their invocation ends). `Ok(false)` if there was no such function.
-    pub async fn delete(&self, name: &str) -> Result<bool, String> {
+    pub async fn delete(&self, name: &str) -> Result<bool, FunctionError> {
         let old = {
             let mut fns = self.lock();
             if !fns.contains_key(name) {
                 return Ok(false);
             }
-            self.store.delete(name).map_err(|e| e.to_string())?;
+            self.store.delete(name)?;
             fns.remove(name)
         };
         let destroyed = self.scheduler.retire_function(name).await;

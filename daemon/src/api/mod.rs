@@ -7,7 +7,6 @@ pub mod auth;
 pub mod error;
 mod functions;
 mod invoke;
-pub mod sigv4;
 
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use crate::daemon::Daemon;
+use crate::Daemon;
 use auth::Principal;
 use error::ApiError;
 

@@ -1,13 +1,17 @@
 //! A small blocking client of the daemon's Lambda API, signing with SigV4
 //! when credentials are given: used by `silo create-function`, `silo invoke`,
-//! `silo demo` and the tests.
+//! `silo demo`, the benchmarks and the tests.
+//!
+//! [`burst`] drives a burst of new tenants through it.
+
+pub mod burst;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::api::sigv4;
+use silo_aws::sigv4;
 
 /// Access key and secret.
 #[derive(Debug, Clone)]

@@ -70,6 +70,27 @@ pub enum StoreError {
     Encode(String, serde_json::Error),
 }
 
+/// A function record [`Store::load`] skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableRecord {
+    /// The directory or the file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a function record.
+    #[error("{}: {source}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
 /// The data directory.
 pub struct Store {
     root: PathBuf,
@@ -173,15 +194,15 @@ impl Store {
         }
     }
 
-    /// Every readable record, and a message for each file that is not.
-    pub fn load(&self) -> (Vec<FunctionRecord>, Vec<String>) {
+    /// Every readable record, and why each file that is not was skipped.
+    pub fn load(&self) -> (Vec<FunctionRecord>, Vec<UnreadableRecord>) {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         let dir = self.root.join("functions");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) => {
-                bad.push(format!("{}: {e}", dir.display()));
+            Err(source) => {
+                bad.push(UnreadableRecord::Read { path: dir, source });
                 return (out, bad);
             }
         };
@@ -190,12 +211,12 @@ impl Store {
             if p.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            match std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
-            {
-                Ok(r) => out.push(r),
-                Err(e) => bad.push(format!("{}: {e}", p.display())),
+            match std::fs::read(&p) {
+                Ok(d) => match serde_json::from_slice(&d) {
+                    Ok(r) => out.push(r),
+                    Err(source) => bad.push(UnreadableRecord::Decode { path: p, source }),
+                },
+                Err(source) => bad.push(UnreadableRecord::Read { path: p, source }),
             }
         }
         out.sort_by(|a: &FunctionRecord, b| a.name.cmp(&b.name));
@@ -244,7 +265,7 @@ mod tests {
             ["f1", "f2"]
         );
         assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("broken.json"), "{bad:?}");
+        assert!(bad[0].to_string().contains("broken.json"), "{bad:?}");
         assert_eq!(s.code("aa").unwrap(), b"zip");
         s.delete("f1").unwrap();
         assert_eq!(s.code("aa").unwrap(), b"zip", "still used by f2");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::client::{InvokeOptions, LambdaClient};
+use crate::{InvokeOptions, LambdaClient};
 
 /// The shape of one burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

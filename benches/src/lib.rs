@@ -1,0 +1,36 @@
+//! `silo-benches`: silo's benchmarks, as a library the `silo` CLI calls
+//! (`silo bench`, `silo bench-api`) and as the `silo-bench` program
+//! (`cargo run -p silo-benches --bin silo-bench -- bench ...`).
+//!
+//! - [`boot`]: cold boots of silo's VMM against a peer VMM, warm invokes
+//!   through a VM against host mode, the VMM's memory overhead; JSON and an
+//!   SVG plot;
+//! - [`api`]: the daemon through its Lambda HTTP API (cold, warm, creations
+//!   per second, bursts of new tenants) against direct scheduler calls; JSON
+//!   and an SVG plot of the bursts.
+//!
+//! Without hardware KVM both run again inside the KVM test host
+//! ([`silo_images::placement`]).
+
+pub mod api;
+pub mod boot;
+
+/// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
+/// (inside the KVM test host the program runs as `/bin/silo bench --here`).
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Measure cold boots against a peer VMM and warm invokes against host mode.
+    Bench(boot::BenchArgs),
+    /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
+    BenchApi(api::BenchApiArgs),
+}
+
+impl BenchCommand {
+    /// Runs the benchmark.
+    pub fn run(self) -> std::process::ExitCode {
+        match self {
+            BenchCommand::Bench(args) => boot::run(args),
+            BenchCommand::BenchApi(args) => api::run(args),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `silo-daemon`: the host daemon behind `silo serve`.
+//!
+//! - [`api`]: the Lambda-compatible HTTP API (axum routes, SigV4
+//!   authentication, Lambda errors);
+//! - [`Daemon`] (in `state`): functions, the tenant scheduler, the queue of
+//!   asynchronous invocations and the idle reaper; [`config`], [`store`]
+//!   (the data directory) and [`metrics`] (Prometheus text);
+//! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment,
+//!   each a `silo-vmm` process, as the scheduler's backend;
+//! - [`serve`]: the listener and the serving loop.
+//!
+//! The guest kernel and agent come from the caller ([`Images`]); this crate
+//! neither builds them nor knows about the KVM test host.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod serve;
+mod state;
+pub mod store;
+pub mod vm_backend;
+pub mod vm_env;
+
+pub use state::{Daemon, FunctionError, Images, InvokeOutcome, StartError};
