@@ -20,6 +20,15 @@
 //! in time. A waiting cold start takes an idle environment of its own
 //! binding if one is released before a boot slot is free.
 //!
+//! A function version may keep a **pool** of environments booted ahead of
+//! time and bound to no tenant ([`Scheduler::set_pool`]): a new tenant's
+//! first invoke takes one (no boot on its path) and binds it for life; the
+//! pool refills in the background, its boots waiting behind invokes' cold
+//! starts for a boot slot. A pooled environment has served no one before it
+//! is taken (its init ran without a tenant, as in Lambda's init phase).
+//! Pooled environments count against the environment cap and are reaped
+//! after the idle timeout like idle ones.
+//!
 //! Environments are reached through the [`Backend`] and [`Environment`]
 //! traits: VMs in the daemon, an in-memory backend in tests.
 
@@ -193,6 +202,9 @@ pub struct InvokeReport<R> {
     /// Time spent creating the environment (the boot, without any wait
     /// for a boot slot).
     pub init_duration: Option<Duration>,
+    /// Whether the environment came from the function's pool of pre-booted
+    /// environments (bound to this invoke's tenant now).
+    pub from_pool: bool,
 }
 
 struct Idle<E> {
@@ -234,6 +246,10 @@ pub struct Counters {
     pub warm_handoffs: u64,
     /// Environment creations that failed.
     pub create_failures: u64,
+    /// Environments booted into pools.
+    pub pool_boots: u64,
+    /// Pooled environments taken by a new tenant's invoke.
+    pub pool_takes: u64,
 }
 
 /// A point-in-time view for metrics.
@@ -259,6 +275,8 @@ pub struct Stats {
     pub admission: Admission,
     /// Current estimate of one boot's duration, once one was measured.
     pub boot_estimate: Option<Duration>,
+    /// Pools per function name: (target size, ready, booting).
+    pub pools: HashMap<String, (usize, usize, usize)>,
 }
 
 /// What a queued cold start receives.
@@ -273,6 +291,20 @@ struct Waiter<E> {
     ticket: u64,
     binding: Binding,
     tx: oneshot::Sender<Grant<E>>,
+    /// A pool refill: served only when no invoke waits.
+    pool: bool,
+}
+
+/// Pre-booted environments of one function version, bound to no tenant.
+struct Pool<E> {
+    /// Distinguishes this pool from an earlier one of the same key, so a
+    /// boot started for a removed pool never lands in a new one.
+    generation: u64,
+    target: usize,
+    /// Environment cap of the function when the pool was set.
+    cap: u32,
+    ready: Vec<Idle<E>>,
+    filling: usize,
 }
 
 struct State<E> {
@@ -285,6 +317,7 @@ struct State<E> {
     queue: VecDeque<Waiter<E>>,
     next_ticket: u64,
     boot_estimate: BootEstimate,
+    pools: HashMap<FunctionKey, Pool<E>>,
 }
 
 /// The scheduler; clone it freely (shared state inside).
@@ -306,6 +339,7 @@ impl<B: Backend> Clone for Scheduler<B> {
 
 enum Slot<E> {
     Warm(Idle<E>),
+    Pooled(Idle<E>),
     Cold { id: u64, evicted: Option<E> },
 }
 
@@ -341,6 +375,7 @@ where
                 queue: VecDeque::new(),
                 next_ticket: 1,
                 boot_estimate: BootEstimate::default(),
+                pools: HashMap::new(),
             })),
             admission: Admission {
                 max_booting: admission.max_booting.max(1),
@@ -384,8 +419,16 @@ where
         let tenant_id = tenant.as_deref().unwrap_or("-");
         let deadline = Instant::now() + limits.init_deadline;
         let slot = self.acquire(&binding, &limits)?;
+        let from_pool = matches!(slot, Slot::Pooled(_));
+        if !matches!(slot, Slot::Warm(_)) {
+            self.refill(&binding.function);
+        }
         let (mut env, id, cold, init) = match slot {
             Slot::Warm(idle) => (idle.env, idle.id, false, None),
+            Slot::Pooled(idle) => {
+                tracing::info!(function = %binding.function.name, tenant_id, env_id = idle.id, "pre-booted environment bound to this tenant");
+                (idle.env, idle.id, false, None)
+            }
             Slot::Cold { id, evicted } => {
                 if let Some(old) = evicted {
                     self.destroy_later(old);
@@ -428,6 +471,7 @@ where
                     cold_start: cold,
                     env_id: id,
                     init_duration: init,
+                    from_pool,
                 })
             }
             Err(e) => {
@@ -481,6 +525,21 @@ where
             st.counters.invocations += 1;
             return Ok(Slot::Warm(idle));
         }
+        // A pre-booted environment of this function version, bound to no
+        // tenant yet: it becomes this binding's for life.
+        if let Some(idle) = st
+            .pools
+            .get_mut(&binding.function)
+            .and_then(|p| p.ready.pop())
+        {
+            f.in_flight += 1;
+            *f.tenant_in_flight
+                .entry(binding.tenant.clone())
+                .or_default() += 1;
+            st.counters.invocations += 1;
+            st.counters.pool_takes += 1;
+            return Ok(Slot::Pooled(idle));
+        }
         // Cold: make room under the cap by evicting the LRU idle environment
         // of any tenant of this function.
         let mut evicted = None;
@@ -532,7 +591,7 @@ where
             let mut st = self.lock();
             let st = &mut *st;
             let now = Instant::now();
-            if st.booting < self.admission.max_booting && st.queue.is_empty() {
+            if st.booting < self.admission.max_booting && st.queue.iter().all(|w| w.pool) {
                 if !st.boot_estimate.fits(now, 0, 1, deadline) {
                     st.counters.throttle(ThrottleReason::ColdStartDeadline);
                     return Err(ThrottleReason::ColdStartDeadline);
@@ -542,11 +601,12 @@ where
                 st.counters.cold_starts += 1;
                 return Ok(Admitted::Boot);
             }
-            let refuse = if st.queue.len() >= self.admission.queue_capacity {
+            let invoke_waiters = st.queue.iter().filter(|w| !w.pool).count();
+            let refuse = if invoke_waiters >= self.admission.queue_capacity {
                 Some(ThrottleReason::ColdStartQueueFull)
             } else if !st.boot_estimate.fits(
                 now,
-                st.queue.len() + 1,
+                invoke_waiters + 1,
                 self.admission.max_booting,
                 deadline,
             ) {
@@ -565,6 +625,7 @@ where
                 ticket,
                 binding: binding.clone(),
                 tx,
+                pool: false,
             });
             (ticket, rx)
         };
@@ -621,16 +682,22 @@ where
                 let waiting = st.queue.iter().filter(|o| o.binding == w.binding).count();
                 in_flight > waiting
             };
-            let pick = st.queue.iter().position(|w| !has_env(w)).unwrap_or(0);
+            let pick = st
+                .queue
+                .iter()
+                .position(|w| !w.pool && !has_env(w))
+                .or_else(|| st.queue.iter().position(|w| !w.pool))
+                .unwrap_or(0);
             let Some(w) = st.queue.remove(pick) else {
                 break;
             };
             st.booting += 1;
             st.peak_booting = st.peak_booting.max(st.booting);
-            st.counters.cold_starts += 1;
+            let cold = u64::from(!w.pool);
+            st.counters.cold_starts += cold;
             if w.tx.send(Grant::Boot).is_err() {
                 st.booting -= 1;
-                st.counters.cold_starts -= 1;
+                st.counters.cold_starts -= cold;
             }
         }
     }
@@ -665,7 +732,11 @@ where
                     };
                     // A cold start of this binding waiting for a boot slot
                     // takes it instead, and gives back its reservation.
-                    while let Some(pos) = st.queue.iter().position(|w| &w.binding == binding) {
+                    while let Some(pos) = st
+                        .queue
+                        .iter()
+                        .position(|w| !w.pool && &w.binding == binding)
+                    {
                         let w = st.queue.remove(pos).expect("position is in range");
                         match w.tx.send(Grant::Warm(idle)) {
                             Ok(()) => {
@@ -729,42 +800,279 @@ where
         n
     }
 
-    /// Destroys environments idle for longer than `idle_timeout`.
+    /// Takes pooled environments matching `pred` out of their pools (and
+    /// out of the environment count), for destruction.
+    fn take_pooled(
+        &self,
+        pred: impl Fn(&FunctionKey, &Idle<B::Env>) -> bool,
+        drop_pools: impl Fn(&FunctionKey) -> bool,
+    ) -> Vec<B::Env> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut out = Vec::new();
+        for (key, pool) in st.pools.iter_mut() {
+            let mut i = 0;
+            while i < pool.ready.len() {
+                if pred(key, &pool.ready[i]) {
+                    out.push(pool.ready.remove(i).env);
+                    if let Some(f) = st.functions.get_mut(&key.name) {
+                        f.environments = f.environments.saturating_sub(1);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        st.pools.retain(|k, _| !drop_pools(k));
+        out
+    }
+
+    /// Destroys environments idle for longer than `idle_timeout`, pooled
+    /// ones included (a pool drained this way refills on its function's
+    /// next cold start).
     pub async fn reap_idle(&self, idle_timeout: Duration) -> usize {
         let now = Instant::now();
-        let envs = self.take_idle(|_, e| now.duration_since(e.last_used) >= idle_timeout);
+        let old = |e: &Idle<B::Env>| now.duration_since(e.last_used) >= idle_timeout;
+        let mut envs = self.take_idle(|_, e| old(e));
+        envs.extend(self.take_pooled(|_, e| old(e), |_| false));
         let n = self.destroy_all(envs).await;
         self.lock().counters.reaped += n as u64;
         n
     }
 
-    /// DeleteFunction: idle environments go now, busy ones when they finish.
+    /// DeleteFunction: idle and pooled environments go now, busy ones when
+    /// they finish.
     pub async fn retire_function(&self, name: &str) -> usize {
         self.lock()
             .functions
             .entry(name.to_string())
             .or_default()
             .deleted = true;
-        let envs = self.take_idle(|b, _| b.function.name == name);
+        let mut envs = self.take_idle(|b, _| b.function.name == name);
+        envs.extend(self.take_pooled(|k, _| k.name == name, |k| k.name == name));
         self.destroy_all(envs).await
     }
 
-    /// UpdateFunctionCode: environments of other versions drain and go.
+    /// UpdateFunctionCode: environments of other versions drain and go; a
+    /// pool moves to the new version (and refills with it).
     pub async fn set_current_version(&self, key: &FunctionKey) -> usize {
-        self.lock()
-            .functions
-            .entry(key.name.clone())
-            .or_default()
-            .current_version = Some(key.version.clone());
-        let envs =
+        let carried = {
+            let mut st = self.lock();
+            st.functions
+                .entry(key.name.clone())
+                .or_default()
+                .current_version = Some(key.version.clone());
+            st.pools
+                .iter()
+                .find(|(k, _)| k.name == key.name && k.version != key.version)
+                .map(|(_, p)| (p.target, p.cap))
+        };
+        let stale = |k: &FunctionKey| k.name == key.name && k.version != key.version;
+        let mut envs =
             self.take_idle(|b, _| b.function.name == key.name && b.function.version != key.version);
+        envs.extend(self.take_pooled(|k, _| stale(k), stale));
+        let n = self.destroy_all(envs).await;
+        if let Some((target, cap)) = carried {
+            self.set_pool_with_cap(key, target, cap);
+        }
+        n
+    }
+
+    /// Destroys every idle and pooled environment (daemon shutdown).
+    pub async fn shutdown(&self) -> usize {
+        let mut envs = self.take_idle(|_, _| true);
+        envs.extend(self.take_pooled(|_, _| true, |_| true));
         self.destroy_all(envs).await
     }
 
-    /// Destroys every idle environment (daemon shutdown).
-    pub async fn shutdown(&self) -> usize {
-        let envs = self.take_idle(|_, _| true);
-        self.destroy_all(envs).await
+    /// Keeps `size` environments of `function` booted ahead of time and
+    /// bound to no tenant (0 removes the pool and destroys what it holds).
+    /// Pool boots wait for a boot slot behind invokes' cold starts, and
+    /// never take the function past its environment cap under `limits`.
+    pub async fn set_pool(&self, function: &FunctionKey, size: usize, limits: &Limits) -> usize {
+        let surplus = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let generation = st.next_ticket;
+            st.next_ticket += 1;
+            let pool = st.pools.entry(function.clone()).or_insert(Pool {
+                generation,
+                target: 0,
+                cap: limits.env_cap(),
+                ready: Vec::new(),
+                filling: 0,
+            });
+            pool.target = size;
+            pool.cap = limits.env_cap();
+            let extra = pool.ready.len().saturating_sub(size);
+            let envs: Vec<B::Env> = pool.ready.drain(..extra).map(|i| i.env).collect();
+            if let Some(f) = st.functions.get_mut(&function.name) {
+                f.environments = f.environments.saturating_sub(envs.len() as u32);
+            }
+            if size == 0 && pool.filling == 0 {
+                st.pools.remove(function);
+            }
+            envs
+        };
+        let n = self.destroy_all(surplus).await;
+        self.refill(function);
+        n
+    }
+
+    fn set_pool_with_cap(&self, function: &FunctionKey, size: usize, cap: u32) {
+        let mut st = self.lock();
+        let generation = st.next_ticket;
+        st.next_ticket += 1;
+        st.pools.insert(
+            function.clone(),
+            Pool {
+                generation,
+                target: size,
+                cap,
+                ready: Vec::new(),
+                filling: 0,
+            },
+        );
+        drop(st);
+        self.refill(function);
+    }
+
+    /// Starts the boots a pool is short of (within the environment cap).
+    fn refill(&self, key: &FunctionKey) {
+        let n = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(pool) = st.pools.get_mut(key) else {
+                return;
+            };
+            let f = st.functions.entry(key.name.clone()).or_default();
+            if f.deleted
+                || f.current_version
+                    .as_deref()
+                    .is_some_and(|v| v != key.version)
+            {
+                return;
+            }
+            let short = pool.target.saturating_sub(pool.ready.len() + pool.filling);
+            let room = pool.cap.saturating_sub(f.environments) as usize;
+            let n = short.min(room);
+            pool.filling += n;
+            f.environments += n as u32;
+            (n, pool.generation)
+        };
+        let (n, generation) = n;
+        for _ in 0..n {
+            let this = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move { this.fill_one(key, generation).await });
+        }
+    }
+
+    /// Boots one environment into `key`'s pool, behind waiting invokes.
+    async fn fill_one(&self, key: FunctionKey, generation: u64) {
+        let binding = Binding {
+            function: key.clone(),
+            tenant: None,
+        };
+        let rx = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            if st.booting < self.admission.max_booting && st.queue.is_empty() {
+                st.booting += 1;
+                st.peak_booting = st.peak_booting.max(st.booting);
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let ticket = st.next_ticket;
+                st.next_ticket += 1;
+                st.queue.push_back(Waiter {
+                    ticket,
+                    binding: binding.clone(),
+                    tx,
+                    pool: true,
+                });
+                Some(rx)
+            }
+        };
+        let granted = match rx {
+            None => true,
+            Some(rx) => matches!(rx.await, Ok(Grant::Boot)),
+        };
+        let (created, took) = if granted {
+            let started = Instant::now();
+            tracing::info!(function = %key.name, "booting a pooled environment (no tenant)");
+            let r = self.backend.create(&binding).await;
+            let took = r.as_ref().ok().map(|_| started.elapsed());
+            (r.ok(), Some(took))
+        } else {
+            (None, None)
+        };
+        let leftover = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let id = st.next_id;
+            st.next_id += 1;
+            let f = st.functions.entry(key.name.clone()).or_default();
+            let current = !f.deleted
+                && f.current_version
+                    .as_deref()
+                    .is_none_or(|v| v == key.version);
+            let pool = st
+                .pools
+                .get_mut(&key)
+                .filter(|p| p.generation == generation);
+            match (created, pool) {
+                (Some(env), Some(pool)) if current && pool.ready.len() < pool.target => {
+                    pool.filling -= 1;
+                    st.counters.pool_boots += 1;
+                    let mut idle = Some(Idle {
+                        env,
+                        id,
+                        last_used: Instant::now(),
+                    });
+                    // An invoke of this function waiting for a boot slot
+                    // takes it at once, and gives back its reservation.
+                    while let Some(pos) = st
+                        .queue
+                        .iter()
+                        .position(|w| !w.pool && w.binding.function == key)
+                    {
+                        let w = st.queue.remove(pos).expect("position is in range");
+                        let grant = Grant::Warm(idle.take().expect("not handed yet"));
+                        match w.tx.send(grant) {
+                            Ok(()) => {
+                                f.environments = f.environments.saturating_sub(1);
+                                st.counters.pool_takes += 1;
+                                break;
+                            }
+                            Err(Grant::Warm(back)) => idle = Some(back),
+                            Err(Grant::Boot) => unreachable!("sent a warm grant"),
+                        }
+                    }
+                    if let Some(idle) = idle {
+                        pool.ready.push(idle);
+                    }
+                    None
+                }
+                (env, pool) => {
+                    if let Some(pool) = pool {
+                        pool.filling -= 1;
+                    }
+                    f.environments = f.environments.saturating_sub(1);
+                    env
+                }
+            }
+        };
+        // The slot is freed only now, after a waiting invoke had its chance
+        // to take the new environment instead of a boot of its own.
+        if let Some(took) = took {
+            self.boot_done(took);
+        }
+        match leftover {
+            Some(env) => self.destroy_later(env),
+            // Taken at once, or ready: top the pool up again if it is short.
+            None => self.refill(&key),
+        }
     }
 
     /// A snapshot for metrics.
@@ -794,9 +1102,14 @@ where
             counters: st.counters.clone(),
             booting: st.booting,
             peak_booting: st.peak_booting,
-            queued: st.queue.len(),
+            queued: st.queue.iter().filter(|w| !w.pool).count(),
             admission: self.admission,
             boot_estimate: st.boot_estimate.mean(),
+            pools: st
+                .pools
+                .iter()
+                .map(|(k, p)| (k.name.clone(), (p.target, p.ready.len(), p.filling)))
+                .collect(),
         }
     }
 }

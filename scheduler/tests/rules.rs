@@ -493,11 +493,109 @@ async fn failed_boots_give_their_slot_to_the_next_waiter() {
         .is_ok());
 }
 
+/// Waits (real time, bounded) until `cond` holds on the scheduler's stats.
+async fn until(
+    s: &Scheduler<MemoryBackend>,
+    what: &str,
+    cond: impl Fn(&silo_scheduler::Stats) -> bool,
+) {
+    for _ in 0..500 {
+        if cond(&s.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: never happened; stats {:?}", s.stats());
+}
+
+fn pool_ready(st: &silo_scheduler::Stats, f: &str) -> usize {
+    st.pools.get(f).map_or(0, |p| p.1)
+}
+
+#[tokio::test]
+async fn a_pool_serves_new_tenants_without_a_boot_and_refills() {
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(30, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let a = binding("f", "tenant-A");
+    s.set_pool(&a.function, 2, &Limits::default()).await;
+    until(&s, "pool of 2 ready", |st| pool_ready(st, "f") == 2).await;
+    assert_eq!(s.stats().counters.cold_starts, 0, "pool boots are not cold starts");
+    let r = s.invoke(a.clone(), Limits::default(), req(&a, 0, false)).await.unwrap();
+    assert!(!r.cold_start && r.from_pool, "{r:?}");
+    assert_eq!(r.response.1, 1, "the pooled environment's first invocation");
+    // The tenant's next invoke reuses it; the pool refills to 2.
+    let r2 = s.invoke(a.clone(), Limits::default(), req(&a, 0, false)).await.unwrap();
+    assert_eq!((r2.env_id, r2.from_pool), (r.env_id, false));
+    until(&s, "pool refilled", |st| pool_ready(st, "f") == 2).await;
+    let st = s.stats();
+    assert_eq!((st.counters.pool_takes, st.counters.pool_boots), (1, 3));
+    assert_eq!(st.environments["f"], 3);
+    // Another tenant never gets A's environment, but a pooled one.
+    let b = binding("f", "tenant-B");
+    let rb = s.invoke(b.clone(), Limits::default(), req(&b, 0, false)).await.unwrap();
+    assert!(rb.from_pool && rb.env_id != r.env_id);
+}
+
+#[tokio::test]
+async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_one() {
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(150, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let f = binding("f", "x").function;
+    // The first pool boot takes the only slot; the second waits.
+    s.set_pool(&f, 2, &Limits::default()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A new tenant arrives while the pool is still booting: it waits for a
+    // slot ahead of the second pool boot, and takes the first pooled VM the
+    // moment it is ready.
+    let t = binding("f", "tenant-T");
+    let r = s.invoke(t.clone(), Limits::default(), req(&t, 0, false)).await.unwrap();
+    assert!(!r.cold_start, "{r:?}");
+    let created = backend.journal.lock().unwrap().created.clone();
+    assert!(created[0].1.tenant.is_none(), "served by a pool boot: {created:?}");
+    until(&s, "pool refilled", |st| pool_ready(st, "f") == 2).await;
+    assert_eq!(s.stats().counters.cold_starts, 0);
+}
+
+#[tokio::test]
+async fn pools_count_against_the_cap_are_reaped_and_go_with_their_function() {
+    let backend = MemoryBackend::default();
+    let s = Scheduler::with_admission(backend.clone(), admission(2, 16));
+    let l = Limits { concurrency: 2, env_cap_factor: 1.5, ..Limits::default() };
+    let f = binding("f", "x").function;
+    s.set_pool(&f, 10, &l).await;
+    until(&s, "pool at the cap", |st| pool_ready(st, "f") == 3).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(s.stats().environments["f"], 3, "cap is ceil(1.5 x 2)");
+    assert_eq!(s.reap_idle(Duration::ZERO).await, 3, "idle pooled VMs are reaped");
+    assert_eq!(pool_ready(&s.stats(), "f"), 0);
+    // The next cold start of the function refills it.
+    let a = binding("f", "tenant-A");
+    assert!(s.invoke(a.clone(), l, req(&a, 0, false)).await.unwrap().cold_start);
+    until(&s, "pool refilled after a cold start", |st| pool_ready(st, "f") == 2).await;
+    // New code: the pool moves to the new version.
+    let mut f2 = f.clone();
+    f2.version = "v2".into();
+    s.set_current_version(&f2).await;
+    until(&s, "pool of the new version", |st| pool_ready(st, "f") >= 1).await;
+    assert!(s.stats().pools.len() == 1);
+    // DeleteFunction: the pool goes.
+    s.retire_function("f").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(s.stats().pools.is_empty());
+    s.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let j = backend.journal.lock().unwrap().clone();
+    assert_eq!(j.created.len(), j.destroyed.len(), "nothing leaked: {j:?}");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Invoke { f: u8, t: u8, ms: u8, crash: bool },
     Reap,
     Retire(u8),
+    Pool(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -506,6 +604,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(f, t, ms, crash)| Op::Invoke { f, t, ms, crash }),
         1 => Just(Op::Reap),
         1 => (0u8..2).prop_map(Op::Retire),
+        1 => (0u8..2, 0u8..3).prop_map(|(f, n)| Op::Pool(f, n)),
     ]
 }
 
@@ -533,6 +632,10 @@ proptest! {
                     }
                     Op::Reap => { s.reap_idle(Duration::ZERO).await; }
                     Op::Retire(f) => { s.retire_function(&format!("f{f}")).await; }
+                    Op::Pool(f, n) => {
+                        let key = binding(&format!("f{f}"), "t0").function;
+                        s.set_pool(&key, usize::from(n), &l).await;
+                    }
                 }
                 let st = s.stats();
                 for (name, n) in &st.environments {
@@ -550,17 +653,36 @@ proptest! {
             for h in handles {
                 let _ = h.await.unwrap();
             }
+            // Pool boots run in the background: stop pools, let boots end.
+            for f in 0..2u8 {
+                s.set_pool(&binding(&format!("f{f}"), "t0").function, 0, &l).await;
+            }
+            for _ in 0..400 {
+                if s.stats().booting == 0 { break; }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let st = s.stats();
+            assert_eq!((st.booting, st.queued), (0, 0), "slots and queue drained");
             s.shutdown().await;
             tokio::time::sleep(Duration::from_millis(30)).await;
             let j = backend.journal.lock().unwrap().clone();
-            // Isolation: every request an environment served was for its own binding.
-            let bound: HashMap<u64, Binding> = j.created.iter().cloned().collect();
+            // Isolation: every request an environment served was for its own
+            // binding. Pooled environments (created bound to no tenant) are
+            // bound by their first invocation: of their function version,
+            // and never served anyone before it.
+            let created: HashMap<u64, Binding> = j.created.iter().cloned().collect();
+            let mut bound: HashMap<u64, Binding> = HashMap::new();
             for (env, b) in &j.served {
-                assert_eq!(&bound[env], b, "environment {env} served another binding");
+                let c = &created[env];
+                assert_eq!(&c.function, &b.function, "environment {env} served another function");
+                if c.tenant.is_some() {
+                    assert_eq!(c, b, "environment {env} served another binding");
+                }
+                let first = bound.entry(*env).or_insert_with(|| b.clone());
+                assert_eq!(first, b, "environment {env} served two tenants");
             }
+            let bound: HashMap<u64, Binding> = created;
             assert!(backend.creating_max.load(SeqCst) as usize <= slots, "more boots at once than slots");
-            let st = s.stats();
-            assert_eq!((st.booting, st.queued), (0, 0), "slots and queue drained");
             // No leaks, no double destroys.
             let destroyed: HashSet<u64> = j.destroyed.iter().copied().collect();
             assert_eq!(destroyed.len(), j.destroyed.len(), "an environment was destroyed twice");
