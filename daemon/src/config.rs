@@ -17,6 +17,9 @@
 //! init_timeout_s = 120    # an environment must be ready this soon after
 //!                         # its invoke arrived, or the invoke gets a 429
 //!
+//! [pools]                 # microVMs booted ahead of time, bound to no
+//! counter = 2             # tenant until a new tenant's first invoke
+//!
 //! [[credentials]]         # an admin key: any tenant, any operation
 //! access_key_id = "AKIDADMIN"
 //! secret_access_key = "..."
@@ -48,6 +51,9 @@ pub struct DaemonConfig {
     pub limits: LimitsConfig,
     /// Access keys allowed to call the API.
     pub credentials: Vec<Credential>,
+    /// Pre-booted environments per function name (bound to no tenant until
+    /// a new tenant's first invoke takes one); `PUT .../pool` overrides it.
+    pub pools: std::collections::BTreeMap<String, u32>,
     /// Accept unsigned requests as an administrator (`--allow-unauthenticated`;
     /// a flag, never read from the file).
     #[serde(skip)]
@@ -127,6 +133,7 @@ impl Default for DaemonConfig {
             account_id: "000000000000".into(),
             limits: LimitsConfig::default(),
             credentials: Vec::new(),
+            pools: std::collections::BTreeMap::new(),
             allow_unauthenticated: false,
         }
     }

@@ -248,6 +248,40 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        for (name, help, idx) in [
+            (
+                "silo_pool_size",
+                "Environments a function keeps booted ahead of time, bound to no tenant.",
+                0,
+            ),
+            ("silo_pool_ready", "Pooled environments ready now.", 1),
+            ("silo_pool_booting", "Pooled environments booting now.", 2),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let mut pools: Vec<_> = stats.pools.iter().collect();
+            pools.sort();
+            for (f, p) in pools {
+                let v = [p.0, p.1, p.2][idx];
+                let _ = writeln!(out, "{name}{{function=\"{}\"}} {v}", escape(f));
+            }
+        }
+        for (name, help, v) in [
+            (
+                "silo_pool_boots_total",
+                "Environments booted into pools.",
+                c.pool_boots,
+            ),
+            (
+                "silo_pool_takes_total",
+                "Pooled environments bound to a new tenant's invoke.",
+                c.pool_takes,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
         let name = "silo_refusals_total";
         let _ = writeln!(
             out,

@@ -132,6 +132,7 @@ impl Daemon {
                     continue;
                 }
             }
+            daemon.apply_pool(&rec);
             daemon.lock().insert(name, rec);
         }
         tokio::spawn(event_worker(daemon.clone(), rx));
@@ -198,8 +199,54 @@ impl Daemon {
         }
         self.store.put(&rec)?;
         tracing::info!(function = %rec.name, per_tenant = rec.per_tenant, code_sha256 = %rec.code_sha256, "function created");
+        self.apply_pool(&rec);
         fns.insert(rec.name.clone(), rec);
         Ok(true)
+    }
+
+    /// The pool size in force for `rec`: set through the API, else the
+    /// configuration's `[pools]` entry, else none.
+    pub fn pool_size(&self, rec: &FunctionRecord) -> u32 {
+        rec.pool_size
+            .or_else(|| self.config.pools.get(&rec.name).copied())
+            .unwrap_or(0)
+    }
+
+    /// Keeps `rec`'s pool at its size (in the background).
+    fn apply_pool(&self, rec: &FunctionRecord) {
+        let (scheduler, key, size, limits) = (
+            self.scheduler.clone(),
+            Self::key(rec),
+            self.pool_size(rec) as usize,
+            self.limits(rec),
+        );
+        if size > 0 || rec.pool_size.is_some() {
+            tracing::info!(function = %rec.name, pool_size = size, "pool of pre-booted environments");
+        }
+        tokio::spawn(async move {
+            scheduler.set_pool(&key, size, &limits).await;
+        });
+    }
+
+    /// Stores a changed pool size and applies it.
+    pub fn set_pool(&self, rec: &FunctionRecord) -> Result<(), FunctionError> {
+        let mut fns = self.lock();
+        if !fns.contains_key(&rec.name) {
+            return Err(FunctionError::Deleted);
+        }
+        self.store.put(rec)?;
+        self.apply_pool(rec);
+        fns.insert(rec.name.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// The pool's (ready, booting) environments for function `name`.
+    pub fn pool_state(&self, name: &str) -> (usize, usize) {
+        self.scheduler
+            .stats()
+            .pools
+            .get(name)
+            .map_or((0, 0), |p| (p.1, p.2))
     }
 
     /// Replaces a function's record: new code or configuration means a new
@@ -213,6 +260,7 @@ impl Daemon {
             fns.insert(rec.name.clone(), rec.clone())
         };
         let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
+        self.apply_pool(&rec);
         self.store.collect_code();
         if let Some(old) = old {
             self.scheduler

@@ -50,6 +50,10 @@ pub struct FunctionRecord {
     pub last_modified: String,
     /// Reserved concurrency, if set.
     pub reserved_concurrency: Option<u32>,
+    /// Environments kept booted ahead of time and bound to no tenant, if
+    /// set through the API (else the configuration's `[pools]` entry).
+    #[serde(default)]
+    pub pool_size: Option<u32>,
 }
 
 /// Errors of the store.
@@ -244,6 +248,7 @@ mod tests {
             revision_id: "r1".into(),
             last_modified: "2026-11-24T00:00:00.000+0000".into(),
             reserved_concurrency: None,
+            pool_size: None,
         }
     }
 

@@ -117,8 +117,9 @@ pub fn image() -> Result<PathBuf, TestHostError> {
 /// The right to run a test host: one at a time per machine (all
 /// processes), since the test host's emulated CPU keeps a host core busy and
 /// two of them on a 2-core machine halve each other's speed and make every
-/// timeout a guess. Held as an exclusive `flock` on a file in the image
-/// cache; released on drop (or when the process dies).
+/// timeout a guess. Held as an exclusive `flock` on
+/// `$TMPDIR/silo-testhost-slot.lock`; released on drop (or when the process
+/// dies).
 pub struct HostSlot {
     _file: std::fs::File,
 }
@@ -126,10 +127,9 @@ pub struct HostSlot {
 impl HostSlot {
     /// Waits for the slot, saying so on stderr when another run holds it.
     pub fn acquire() -> Result<Self, TestHostError> {
-        let dir = cache_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(ImageError::io(format!("creating {}", dir.display())))?;
-        let path = dir.join("testhost-slot.lock");
+        // Machine-wide (not per cache directory): two checkouts or CI runs
+        // on one machine share its cores too.
+        let path = std::env::temp_dir().join("silo-testhost-slot.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -520,12 +520,22 @@ async fn a_pool_serves_new_tenants_without_a_boot_and_refills() {
     let a = binding("f", "tenant-A");
     s.set_pool(&a.function, 2, &Limits::default()).await;
     until(&s, "pool of 2 ready", |st| pool_ready(st, "f") == 2).await;
-    assert_eq!(s.stats().counters.cold_starts, 0, "pool boots are not cold starts");
-    let r = s.invoke(a.clone(), Limits::default(), req(&a, 0, false)).await.unwrap();
+    assert_eq!(
+        s.stats().counters.cold_starts,
+        0,
+        "pool boots are not cold starts"
+    );
+    let r = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
     assert!(!r.cold_start && r.from_pool, "{r:?}");
     assert_eq!(r.response.1, 1, "the pooled environment's first invocation");
     // The tenant's next invoke reuses it; the pool refills to 2.
-    let r2 = s.invoke(a.clone(), Limits::default(), req(&a, 0, false)).await.unwrap();
+    let r2 = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
     assert_eq!((r2.env_id, r2.from_pool), (r.env_id, false));
     until(&s, "pool refilled", |st| pool_ready(st, "f") == 2).await;
     let st = s.stats();
@@ -533,7 +543,10 @@ async fn a_pool_serves_new_tenants_without_a_boot_and_refills() {
     assert_eq!(st.environments["f"], 3);
     // Another tenant never gets A's environment, but a pooled one.
     let b = binding("f", "tenant-B");
-    let rb = s.invoke(b.clone(), Limits::default(), req(&b, 0, false)).await.unwrap();
+    let rb = s
+        .invoke(b.clone(), Limits::default(), req(&b, 0, false))
+        .await
+        .unwrap();
     assert!(rb.from_pool && rb.env_id != r.env_id);
 }
 
@@ -550,10 +563,16 @@ async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_o
     // slot ahead of the second pool boot, and takes the first pooled VM the
     // moment it is ready.
     let t = binding("f", "tenant-T");
-    let r = s.invoke(t.clone(), Limits::default(), req(&t, 0, false)).await.unwrap();
+    let r = s
+        .invoke(t.clone(), Limits::default(), req(&t, 0, false))
+        .await
+        .unwrap();
     assert!(!r.cold_start, "{r:?}");
     let created = backend.journal.lock().unwrap().created.clone();
-    assert!(created[0].1.tenant.is_none(), "served by a pool boot: {created:?}");
+    assert!(
+        created[0].1.tenant.is_none(),
+        "served by a pool boot: {created:?}"
+    );
     until(&s, "pool refilled", |st| pool_ready(st, "f") == 2).await;
     assert_eq!(s.stats().counters.cold_starts, 0);
 }
@@ -562,18 +581,34 @@ async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_o
 async fn pools_count_against_the_cap_are_reaped_and_go_with_their_function() {
     let backend = MemoryBackend::default();
     let s = Scheduler::with_admission(backend.clone(), admission(2, 16));
-    let l = Limits { concurrency: 2, env_cap_factor: 1.5, ..Limits::default() };
+    let l = Limits {
+        concurrency: 2,
+        env_cap_factor: 1.5,
+        ..Limits::default()
+    };
     let f = binding("f", "x").function;
     s.set_pool(&f, 10, &l).await;
     until(&s, "pool at the cap", |st| pool_ready(st, "f") == 3).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(s.stats().environments["f"], 3, "cap is ceil(1.5 x 2)");
-    assert_eq!(s.reap_idle(Duration::ZERO).await, 3, "idle pooled VMs are reaped");
+    assert_eq!(
+        s.reap_idle(Duration::ZERO).await,
+        3,
+        "idle pooled VMs are reaped"
+    );
     assert_eq!(pool_ready(&s.stats(), "f"), 0);
     // The next cold start of the function refills it.
     let a = binding("f", "tenant-A");
-    assert!(s.invoke(a.clone(), l, req(&a, 0, false)).await.unwrap().cold_start);
-    until(&s, "pool refilled after a cold start", |st| pool_ready(st, "f") == 2).await;
+    assert!(
+        s.invoke(a.clone(), l, req(&a, 0, false))
+            .await
+            .unwrap()
+            .cold_start
+    );
+    until(&s, "pool refilled after a cold start", |st| {
+        pool_ready(st, "f") == 2
+    })
+    .await;
     // New code: the pool moves to the new version.
     let mut f2 = f.clone();
     f2.version = "v2".into();

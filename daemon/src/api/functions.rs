@@ -254,6 +254,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         revision_id: random_uuid(),
         last_modified: now_iso8601(),
         reserved_concurrency: None,
+        pool_size: None,
     };
     if input.runtime.is_none() {
         return Err(ApiError::invalid_parameter(format!(
@@ -285,6 +286,10 @@ pub async fn get(
     });
     if let Some(n) = r.reserved_concurrency {
         v["Concurrency"] = json!({ "ReservedConcurrentExecutions": n });
+    }
+    let pool = d.pool_size(&r);
+    if pool > 0 {
+        v["SiloPool"] = json!({ "PoolSize": pool });
     }
     Ok(Json(v).into_response())
 }
@@ -459,6 +464,68 @@ pub async fn delete_concurrency(
     let mut rec = lookup(&d, &raw)?;
     rec.reserved_concurrency = None;
     d.set_concurrency(&rec)
+        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolInput {
+    pool_size: Option<i64>,
+}
+
+fn pool_body(d: &Daemon, rec: &FunctionRecord) -> Value {
+    let (ready, booting) = d.pool_state(&rec.name);
+    json!({ "PoolSize": d.pool_size(rec), "Ready": ready, "Booting": booting })
+}
+
+/// `PUT /2015-03-31/functions/{name}/pool` (a silo extension): keep
+/// `PoolSize` environments booted ahead of time, bound to no tenant until a
+/// new tenant's first invoke takes one.
+pub async fn put_pool(
+    State(d): State<Arc<Daemon>>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = read_authed(&d, req, 1 << 16, "PutFunctionPool").await?;
+    a.principal.require_admin("PutFunctionPool")?;
+    let input: PoolInput = parse_json(&a.body)?;
+    let n = input
+        .pool_size
+        .filter(|n| (0..=100).contains(n))
+        .ok_or_else(|| ApiError::invalid_parameter("PoolSize must be a number from 0 to 100"))?
+        as u32;
+    let mut rec = lookup(&d, &raw)?;
+    rec.pool_size = Some(n);
+    d.set_pool(&rec)
+        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    Ok(Json(pool_body(&d, &rec)).into_response())
+}
+
+/// `GET /2015-03-31/functions/{name}/pool`: the pool's size, and how many of
+/// its environments are ready and booting.
+pub async fn get_pool(
+    State(d): State<Arc<Daemon>>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    read_authed(&d, req, 0, "GetFunctionPool").await?;
+    let rec = lookup(&d, &raw)?;
+    Ok(Json(pool_body(&d, &rec)).into_response())
+}
+
+/// `DELETE /2015-03-31/functions/{name}/pool`: back to the configuration's
+/// pool size (none unless `[pools]` names the function).
+pub async fn delete_pool(
+    State(d): State<Arc<Daemon>>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let a = read_authed(&d, req, 0, "DeleteFunctionPool").await?;
+    a.principal.require_admin("DeleteFunctionPool")?;
+    let mut rec = lookup(&d, &raw)?;
+    rec.pool_size = None;
+    d.set_pool(&rec)
         .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -239,6 +239,9 @@ fn respond(
                         HeaderValue::from_static(if report.cold_start { "true" } else { "false" }),
                     );
                     h.insert("X-Silo-Environment-Id", HeaderValue::from(report.env_id));
+                    if report.from_pool {
+                        h.insert("X-Silo-Pooled", HeaderValue::from_static("true"));
+                    }
                     if tail {
                         let t = base64::engine::general_purpose::STANDARD.encode(log_tail(
                             id,

@@ -48,6 +48,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             put(functions::update_code),
         )
         .route(
+            "/2015-03-31/functions/{name}/pool",
+            put(functions::put_pool)
+                .get(functions::get_pool)
+                .delete(functions::delete_pool),
+        )
+        .route(
             "/2017-10-31/functions/{name}/concurrency",
             put(functions::put_concurrency).delete(functions::delete_concurrency),
         )
