@@ -19,6 +19,8 @@ fn short_api_bench_writes_complete_json() {
             "2",
             "--burst",
             "3x2@4",
+            "--pool",
+            "1",
             "--plot",
         ])
         .arg(out_file.with_extension("svg"))
@@ -78,6 +80,10 @@ fn short_api_bench_writes_complete_json() {
         "{b}"
     );
     assert!(r["admission"]["max_booting"].as_u64().unwrap() >= 1, "{r}");
+    let p = &r["new_tenant_with_pool"];
+    assert_eq!(p["pool_size"], 1, "{r}");
+    assert_eq!(p["first_invoke_ms"]["n"], 2, "{r}");
+    assert!(p["ratio_p50_to_warm_p50"].as_f64().is_some(), "{r}");
     assert!(
         svg.starts_with("<svg") && svg.contains("burst 3x2@4"),
         "{svg}"

@@ -52,6 +52,11 @@ pub struct BenchApiArgs {
     /// Bursts of new tenants, `TENANTSxINVOKES@IN_FLIGHT` (repeatable).
     #[arg(long, default_values = ["6x6@12", "20x3@20"])]
     burst: Vec<silo_client::burst::BurstShape>,
+    /// Pool size for the pooled new-tenant scenario (0 skips it): `--cold`
+    /// new tenants, one at a time, each arriving once the pool is full,
+    /// their first invoke served by a pre-booted VM.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
     /// JSON results file.
     #[arg(long, default_value = "bench-api.json")]
     out: PathBuf,
@@ -137,11 +142,12 @@ fn in_test_host(
         &host,
         "benchmark",
         &format!(
-            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} {} --kernel vmlinux --agent agent \
+            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} --pool {} {} --kernel vmlinux --agent agent \
              --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
             args.cold,
             args.warm,
             args.parallel,
+            args.pool,
             args.burst
                 .iter()
                 .map(|b| format!("--burst {b}"))
@@ -372,6 +378,97 @@ async fn measure(
         };
         bursts.push(v);
     }
+    // New tenants with a pool of pre-booted VMs: each arrives once the pool
+    // is full again (tenants arriving slower than a boot); its first invoke.
+    let mut pooled = Vec::new();
+    if args.pool > 0 {
+        let (c, n) = (client.clone(), args.pool);
+        let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+        blocking(move || -> Result<(), String> {
+            c.request("DELETE", "/2015-03-31/functions/counter", &[], b"")
+                .map_err(|e| e.to_string())?;
+            let r = c
+                .create_function("counter", &zip, true, json!({"Timeout": 30}))
+                .map_err(|e| e.to_string())?;
+            if r.status != 201 {
+                return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
+            }
+            let body = json!({ "PoolSize": n }).to_string();
+            let r = c
+                .request(
+                    "PUT",
+                    "/2015-03-31/functions/counter/pool",
+                    &[],
+                    body.as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("PUT pool: HTTP {} {}", r.status, r.text()));
+            }
+            Ok(())
+        })
+        .await??;
+        for i in 0..args.cold {
+            let c = client.clone();
+            let n = args.pool as u64;
+            let t = blocking(move || -> Result<(f64, bool, bool), String> {
+                let until = Instant::now() + Duration::from_secs(300);
+                loop {
+                    let r = c
+                        .request("GET", "/2015-03-31/functions/counter/pool", &[], b"")
+                        .map_err(|e| e.to_string())?;
+                    if r.json()["Ready"].as_u64() == Some(n) {
+                        break;
+                    }
+                    if Instant::now() > until {
+                        return Err(format!("the pool never filled: {}", r.text()));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let opts = InvokeOptions {
+                    tenant: Some(format!("pooled-{i}")),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let r = c
+                    .invoke("counter", b"{}", &opts)
+                    .map_err(|e| e.to_string())?;
+                let took = ms(t.elapsed());
+                if r.status != 200 {
+                    return Err(format!("pooled invoke: HTTP {} {}", r.status, r.text()));
+                }
+                Ok((
+                    took,
+                    r.header("x-silo-pooled") == Some("true"),
+                    r.header("x-silo-cold-start") == Some("true"),
+                ))
+            })
+            .await??;
+            if !t.1 || t.2 {
+                return Err(format!("new tenant {i} was not served from the pool"));
+            }
+            eprintln!(
+                "[bench-api] pooled new tenant {}/{}: {:.0} ms",
+                i + 1,
+                args.cold,
+                t.0
+            );
+            pooled.push(t.0);
+        }
+    }
+    let pooled = if pooled.is_empty() {
+        Value::Null
+    } else {
+        let p = summary(pooled);
+        let wa = summary(warm_api.clone());
+        let ca = summary(cold_api.clone());
+        json!({
+            "pool_size": args.pool,
+            "first_invoke_ms": p,
+            "ratio_p50_to_warm_p50": ratio(&p, &wa, "p50"),
+            "ratio_p50_to_cold_p50": ratio(&p, &ca, "p50"),
+        })
+    };
     let (ca, cp, wa, wp) = (
         summary(cold_api),
         summary(cold_peer),
@@ -385,12 +482,24 @@ async fn measure(
         "cold_to_warm_p50": ratio(&ca, &wa, "p50"),
         "creations": { "environments": created, "parallel": args.parallel, "seconds": wall, "per_second": created as f64 / wall },
         "bursts": bursts,
+        "new_tenant_with_pool": pooled,
         "admission": { "max_booting": d.config.limits.admission().max_booting, "cold_start_queue": d.config.limits.cold_start_queue, "init_timeout_s": d.config.limits.init_timeout_s },
     }))
 }
 
 fn print_table(r: &Value) {
     println!("silo bench-api ({})", r["where"].as_str().unwrap_or(""));
+    if r["new_tenant_with_pool"].is_object() {
+        let p = &r["new_tenant_with_pool"];
+        println!(
+            "new tenant with a pool of {}: first invoke p50 {:.1} ms p99 {:.1} ms ({}x a warm invoke's p50, {}x a cold start's)",
+            p["pool_size"],
+            p["first_invoke_ms"]["p50"].as_f64().unwrap_or(0.0),
+            p["first_invoke_ms"]["p99"].as_f64().unwrap_or(0.0),
+            p["ratio_p50_to_warm_p50"],
+            p["ratio_p50_to_cold_p50"]
+        );
+    }
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "", "p50 ms", "p99 ms", "peer p50", "ratio p50"
