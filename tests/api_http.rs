@@ -372,3 +372,77 @@ fn bad_configuration_is_refused_with_the_field_named() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 11, item 1: a captured signed request cannot be replayed with
+/// another body, and a date that is not ASCII is a 403, not a dead
+/// connection.
+#[test]
+fn signatures_bind_the_body_and_bad_dates_are_refused() {
+    let data = scratch("api-sig");
+    let d = TestDaemon::on_host(&config(""), &data, &[]);
+    let admin = d.admin();
+    assert_eq!(create(&admin, "iso", true).status, 201);
+    let anon = LambdaClient::new(&d.endpoint, None);
+    let path = "/2015-03-31/functions/iso/invocations";
+    let body = br#"{"amount": 1}"#;
+    let hash = silo_aws::sigv4::payload_sha256(body);
+    let given = [
+        ("x-amz-tenant-id", "tenant-A"),
+        ("x-amz-invocation-type", "DryRun"),
+        ("x-amz-content-sha256", hash.as_str()),
+    ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig = admin.signature_headers("POST", path, &given, body, now);
+    let mut captured: Vec<(&str, &str)> = given.to_vec();
+    captured.extend(sig.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    assert_eq!(
+        anon.request("POST", path, &captured, body).unwrap().status,
+        204
+    );
+    let replayed = anon
+        .request("POST", path, &captured, br#"{"amount": 1000000}"#)
+        .unwrap();
+    expect_error(
+        &replayed,
+        403,
+        "InvalidSignatureException",
+        "x-amz-content-sha256",
+    );
+
+    use std::io::{Read, Write};
+    let addr = d.endpoint.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = format!("GET /2015-03-31/functions HTTP/1.1\r\nHost: {addr}\r\n").into_bytes();
+    // 16 bytes, the 9th not ASCII.
+    raw.extend_from_slice(b"X-Amz-Date: 2026112\xff12300Z\r\n");
+    raw.extend_from_slice(
+        format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential={}/20261124/us-east-1/lambda/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature={}\r\nConnection: close\r\n\r\n",
+            ADMIN.0,
+            "0".repeat(64)
+        )
+        .as_bytes(),
+    );
+    s.write_all(&raw).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer:?}");
+    assert!(answer.contains("InvalidSignatureException"), "{answer}");
+    assert!(answer.contains("X-Amz-Date"), "{answer}");
+    // Still serving.
+    assert_eq!(
+        admin
+            .request("GET", "/2015-03-31/functions/iso", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
