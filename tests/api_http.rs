@@ -446,3 +446,43 @@ fn signatures_bind_the_body_and_bad_dates_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Issue 11, item 4: with keys configured, `--allow-unauthenticated` does
+/// not let unsigned callers or unknown keys in.
+#[test]
+fn allow_unauthenticated_has_no_effect_once_keys_are_configured() {
+    let data = scratch("api-anon");
+    let d = TestDaemon::on_host(&config(""), &data, &["--allow-unauthenticated"]);
+    let anon = LambdaClient::new(&d.endpoint, None);
+    expect_error(
+        &anon
+            .request("GET", "/2015-03-31/functions", &[], b"")
+            .unwrap(),
+        403,
+        "MissingAuthenticationTokenException",
+        "--allow-unauthenticated has no effect",
+    );
+    expect_error(
+        &create(&anon, "mine", false),
+        403,
+        "MissingAuthenticationTokenException",
+        "Missing Authentication Token",
+    );
+    let stranger = d.client(("AKIDUNKNOWN", "x"));
+    expect_error(
+        &stranger
+            .request("GET", "/2015-03-31/functions", &[], b"")
+            .unwrap(),
+        403,
+        "UnrecognizedClientException",
+        "security token",
+    );
+    assert_eq!(
+        d.admin()
+            .request("GET", "/2015-03-31/functions", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

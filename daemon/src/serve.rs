@@ -87,7 +87,11 @@ pub fn run(cfg: DaemonConfig, images: Images) -> Result<(), ServeError> {
             listen = %running.addr,
             data_dir = %d.config.data_dir.display(),
             functions = d.list().len(),
-            authentication = if d.config.allow_unauthenticated { "optional (--allow-unauthenticated)" } else { "SigV4 required" },
+            authentication = match (d.config.allow_unauthenticated, d.config.credentials.is_empty()) {
+                (true, true) => "none: every caller is an administrator (--allow-unauthenticated, no keys)",
+                (true, false) => "SigV4 required (--allow-unauthenticated ignored: keys are configured)",
+                (false, _) => "SigV4 required",
+            },
             "silo daemon serving the Lambda API"
         );
         println!("silo: serving on http://{}", running.addr);

@@ -7,9 +7,12 @@
 //!   its tenants: it cannot act for a tenant it does not own, nor change
 //!   functions.
 //!
-//! With `--allow-unauthenticated`, a request without a signature (or signed
-//! with a key the daemon does not know) is an administrator; a request signed
-//! with a known key is still verified and restricted.
+//! With `--allow-unauthenticated` and no key configured, a request without a
+//! signature (or signed with any key) is an administrator. As soon as one
+//! key is configured the flag has no effect: unsigned requests and unknown
+//! keys are refused (403), so the flag can never make strangers
+//! administrators of a daemon that has keys. A request signed with a known
+//! key is always verified and restricted.
 
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,14 +94,20 @@ pub fn authenticate_at(
         .headers
         .get("authorization")
         .map(|v| v.to_str().unwrap_or(""));
-    let allow_anonymous = config.allow_unauthenticated;
+    // The flag admits anonymous callers only to a daemon without any key.
+    let allow_anonymous = config.allow_unauthenticated && config.credentials.is_empty();
+    let flag_ignored = if config.allow_unauthenticated && !allow_anonymous {
+        " (--allow-unauthenticated has no effect while access keys are configured)"
+    } else {
+        ""
+    };
     let Some(header) = header else {
         return if allow_anonymous {
             Ok(Principal::Admin { access_key: None })
         } else {
             Err(ApiError::forbidden(
                 "MissingAuthenticationTokenException",
-                "Missing Authentication Token: sign requests with AWS SigV4 using a key from the daemon's configuration",
+                format!("Missing Authentication Token: sign requests with AWS SigV4 using a key from the daemon's configuration{flag_ignored}"),
             ))
         };
     };
@@ -114,7 +123,7 @@ pub fn authenticate_at(
         } else {
             Err(ApiError::forbidden(
                 "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
+                format!("The security token included in the request is invalid.{flag_ignored}"),
             ))
         };
     };
@@ -568,5 +577,41 @@ mod tests {
             authenticate_at(&config(), &parts(&invoke, &h), &invoke.body, at),
             "signature",
         );
+    }
+
+    /// `--allow-unauthenticated` makes unsigned callers admins only while
+    /// no key is configured.
+    #[test]
+    fn allow_unauthenticated_never_admits_strangers_when_keys_exist() {
+        let w = invoke(None, "DryRun");
+        let mut headers = w.headers.clone();
+        headers.push(("host".into(), HOST.into()));
+        let mut cfg = DaemonConfig {
+            allow_unauthenticated: true,
+            ..config()
+        };
+        let e = authenticate_at(&cfg, &parts(&w, &headers), &w.body, NOW).unwrap_err();
+        assert_eq!(e.kind, "MissingAuthenticationTokenException");
+        assert!(
+            e.message.contains("--allow-unauthenticated"),
+            "{}",
+            e.message
+        );
+        let stranger = oracle_sign(
+            &w,
+            How {
+                key: ("AKIDSTRANGER", "x"),
+                ..BOTO3
+            },
+        );
+        let e = authenticate_at(&cfg, &parts(&w, &stranger), &w.body, NOW).unwrap_err();
+        assert_eq!(e.kind, "UnrecognizedClientException");
+        cfg.credentials.clear();
+        for h in [&headers, &stranger] {
+            assert_eq!(
+                authenticate_at(&cfg, &parts(&w, h), &w.body, NOW),
+                Ok(Principal::Admin { access_key: None })
+            );
+        }
     }
 }
