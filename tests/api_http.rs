@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::daemon::{config, scratch, TestDaemon, ADMIN, TENANT_A};
+use common::daemon::{config, free_port, scratch, TestDaemon, ADMIN, TENANT_A};
 use serde_json::{json, Value};
 use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 
@@ -483,6 +483,104 @@ fn allow_unauthenticated_has_no_effect_once_keys_are_configured() {
             .unwrap()
             .status,
         200
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 11, item 3: tenant keys read configurations without environment
+/// variables; `/metrics` on the API port is for signed admin keys only, and
+/// unauthenticated on `metrics_listen` when the operator sets one.
+#[test]
+fn tenant_keys_read_without_secrets_and_metrics_need_an_admin() {
+    let data = scratch("api-read");
+    let metrics_port = free_port();
+    let cfg = format!(
+        "metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
+        config("")
+    );
+    let d = TestDaemon::on_host(&cfg, &data, &[]);
+    let admin = d.admin();
+    let secret_env = json!({"Environment": {"Variables": {"DB_PASSWORD": "hunter2"}}});
+    let r = admin
+        .create_function("iso", &package(), true, secret_env.clone())
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["Environment"]["Variables"]["DB_PASSWORD"],
+        "hunter2"
+    );
+    let a = d.client(TENANT_A);
+    let reads = [
+        "/2015-03-31/functions/iso",
+        "/2015-03-31/functions/iso/configuration",
+        "/2015-03-31/functions/",
+        "/2015-03-31/functions?MaxItems=5",
+    ];
+    for path in reads {
+        let r = a.request("GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert!(!r.text().contains("hunter2"), "{path}: {}", r.text());
+        assert!(!r.text().contains("DB_PASSWORD"), "{path}: {}", r.text());
+        let r = admin.request("GET", path, &[], b"").unwrap();
+        assert!(r.text().contains("hunter2"), "admin {path}: {}", r.text());
+    }
+    let conf = a
+        .request("GET", "/2015-03-31/functions/iso", &[], b"")
+        .unwrap()
+        .json();
+    assert_eq!(conf["Configuration"]["FunctionName"], "iso");
+    assert!(conf["Configuration"]["Environment"]
+        .get("Variables")
+        .is_none());
+
+    // Invoke as its own tenants only.
+    let dry = |t: &str| InvokeOptions {
+        invocation_type: Some("DryRun".into()),
+        ..tenant(t)
+    };
+    assert_eq!(
+        a.invoke("iso", b"{}", &dry("tenant-A")).unwrap().status,
+        204
+    );
+    expect_error(
+        &a.invoke("iso", b"{}", &dry("tenant-B")).unwrap(),
+        403,
+        "AccessDeniedException",
+        "tenant-B",
+    );
+
+    // /metrics on the API port: signed admin keys only.
+    let anon = LambdaClient::new(&d.endpoint, None);
+    expect_error(
+        &anon.request("GET", "/metrics", &[], b"").unwrap(),
+        403,
+        "MissingAuthenticationTokenException",
+        "Missing Authentication Token",
+    );
+    expect_error(
+        &a.request("GET", "/metrics", &[], b"").unwrap(),
+        403,
+        "AccessDeniedException",
+        "metrics",
+    );
+    let m = admin.request("GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(m.status, 200, "{}", m.text());
+    assert!(m.text().contains("silo_invocations_total"), "{}", m.text());
+    // On metrics_listen: unauthenticated, /metrics and nothing else.
+    let metrics = LambdaClient::new(&format!("http://127.0.0.1:{metrics_port}"), None);
+    let m = metrics.request("GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(m.status, 200, "{}", m.text());
+    assert!(
+        m.text().contains("silo_cold_start_max_booting"),
+        "{}",
+        m.text()
+    );
+    assert_eq!(
+        metrics
+            .request("GET", "/2015-03-31/functions", &[], b"")
+            .unwrap()
+            .status,
+        404
     );
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -3,9 +3,10 @@
 //! the caller may do:
 //!
 //! - a key without `tenants` is an administrator: every operation, any tenant;
-//! - a key with `tenants` may read functions and invoke them only as one of
-//!   its tenants: it cannot act for a tenant it does not own, nor change
-//!   functions.
+//! - a key with `tenants` may invoke only as one of its tenants, and may
+//!   read function configurations (GetFunction, GetFunctionConfiguration,
+//!   ListFunctions) with their environment variables removed; it cannot
+//!   change functions nor read `/metrics`.
 //!
 //! With `--allow-unauthenticated` and no key configured, a request without a
 //! signature (or signed with any key) is an administrator. As soon as one
@@ -53,6 +54,12 @@ impl Principal {
                 ),
             )),
         }
+    }
+
+    /// Whether the caller may see secrets in configurations (environment
+    /// variables): administrators only.
+    pub fn may_read_secrets(&self) -> bool {
+        matches!(self, Principal::Admin { .. })
     }
 
     /// Refuses callers that may not act for `tenant` (`None`: no tenant).
