@@ -143,10 +143,10 @@ fn every_bad_request_gets_its_own_lambda_error_and_the_daemon_serves_on() {
         "256",
     );
     expect_error(
-        &inv("iso", b"{}", &tenant("tenant A")),
+        &inv("iso", b"{}", &tenant("tenant|A")),
         400,
         "InvalidParameterValueException",
-        "' '",
+        "'|'",
     );
     expect_error(
         &inv("missing", b"{}", &tenant("tenant-A")),
@@ -582,5 +582,69 @@ fn tenant_keys_read_without_secrets_and_metrics_need_an_admin() {
             .status,
         404
     );
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 11, item 5: tenant ids follow Lambda's rule (spaces allowed), and
+/// an id like `../x` is only ever a value: a metrics label, a quoted log
+/// field, never a path.
+#[test]
+fn tenant_ids_follow_lambdas_rule_and_never_reach_paths() {
+    let data = scratch("api-tenant");
+    let mut d = TestDaemon::on_host(&config(""), &data, &[]);
+    let admin = d.admin();
+    assert_eq!(create(&admin, "iso", true).status, 201);
+    let dry = |t: &str| InvokeOptions {
+        invocation_type: Some("DryRun".into()),
+        ..tenant(t)
+    };
+    for t in ["tenant A", "../x", "org/42:user=7+x@y.z_w"] {
+        let r = admin.invoke("iso", b"{}", &dry(t)).unwrap();
+        assert_eq!(r.status, 204, "{t:?}: {}", r.text());
+    }
+    // Through the scheduler (refused there: reserved concurrency 0, so no
+    // VM is needed) and into the metrics and the logs.
+    let r = admin
+        .request(
+            "PUT",
+            "/2017-10-31/functions/iso/concurrency",
+            &[],
+            br#"{"ReservedConcurrentExecutions": 0}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    for t in ["../x", "tenant A"] {
+        let r = admin.invoke("iso", b"{}", &tenant(t)).unwrap();
+        expect_error(&r, 429, "TooManyRequestsException", "Rate Exceeded");
+    }
+    let m = admin.request("GET", "/metrics", &[], b"").unwrap().text();
+    for line in [
+        r#"silo_throttles_total{function="iso",tenant_id="../x"} 1"#,
+        r#"silo_throttles_total{function="iso",tenant_id="tenant A"} 1"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+    }
+    // Nothing in the data directory is named after a tenant.
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut names = Vec::new();
+    walk(&data, &mut names);
+    for n in &names {
+        assert!(n != "x" && !n.contains("tenant"), "{n} in {names:?}");
+    }
+    let logs = d.stop();
+    for field in [r#"tenant_id="../x""#, r#"tenant_id="tenant A""#] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(field) && l.contains("invocation refused")),
+            "no refusal logged with {field}:\n{logs}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -276,11 +276,17 @@ mod tests {
         let e = toml::from_str::<DaemonConfig>("listn = \"x\"").unwrap_err();
         assert!(e.to_string().contains("listn"), "{e}");
         let cfg: DaemonConfig = toml::from_str(
-            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad tenant\"]",
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad|tenant\"]",
         )
         .unwrap();
         let e = cfg.check().unwrap_err().to_string();
-        assert!(e.contains("bad tenant"), "{e}");
+        assert!(e.contains("bad|tenant"), "{e}");
+        // Lambda's rule allows spaces.
+        let cfg: DaemonConfig = toml::from_str(
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"tenant A\", \"../x\"]",
+        )
+        .unwrap();
+        assert_eq!(cfg.check(), Ok(()));
     }
 
     #[test]
