@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:9000].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Also serve `GET /metrics` without authentication on this address
+    /// (e.g. 127.0.0.1:9101); on the API address it needs an admin key.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where functions and code persist [default: ~/.local/share/silo].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -49,6 +53,9 @@ impl ServeArgs {
         };
         if let Some(l) = self.listen {
             cfg.listen = l;
+        }
+        if let Some(m) = self.metrics_listen {
+            cfg.metrics_listen = Some(m);
         }
         if let Some(d) = &self.data_dir {
             cfg.data_dir = d.clone();

@@ -26,8 +26,12 @@ fn metric(text: &str, line_prefix: &str) -> Option<f64> {
 fn a_burst_of_new_tenants_is_answered_or_refused_at_once() {
     let (kernel, agent) = common::daemon::images();
     let counter = silo_images::artifacts::counter_function().unwrap();
-    let config =
-        common::daemon::config("[limits]\nconcurrency = 12\nper_tenant = 6\nmax_booting = 2\n");
+    // /metrics without a key only on the metrics address (a top-level key,
+    // so before the tables).
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:9413\"\n{}",
+        common::daemon::config("[limits]\nconcurrency = 12\nper_tenant = 6\nmax_booting = 2\n")
+    );
     let (key, secret) = common::daemon::ADMIN;
     let script = format!(
         r#"set -u
@@ -38,7 +42,7 @@ i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFo
 silo create-function --name counter --bootstrap counter --per-tenant --timeout 30 > create.json || {{ cat create.json daemon.log; exit 1; }}
 silo burst --name counter --shape 6x6@12 > burst.json; echo "BURST_EXIT $?"
 echo BURST_JSON_BEGIN; cat burst.json; echo BURST_JSON_END
-wget -qO- http://127.0.0.1:9412/metrics > metrics.txt
+wget -qO- http://127.0.0.1:9413/metrics > metrics.txt
 echo METRICS_BEGIN; cat metrics.txt; echo METRICS_END
 kill -TERM $daemon; wait $daemon
 echo DAEMON_LOG_BEGIN; cat daemon.log; echo DAEMON_LOG_END

@@ -5,10 +5,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the epoch of a `yyyymmddThhmmssZ` timestamp.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
-    if s.len() != 16 || &s[8..9] != "T" || &s[15..16] != "Z" {
+    parse_amz_date_bytes(s.as_bytes())
+}
+
+/// [`parse_amz_date`] of raw bytes (a header value as received): anything
+/// but ASCII digits where digits belong is `None`, never a panic.
+pub fn parse_amz_date_bytes(b: &[u8]) -> Option<i64> {
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
+    let n = |from: usize, to: usize| -> Option<i64> {
+        b[from..to].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
     let (y, mo, d) = (n(0, 4)?, n(4, 6)?, n(6, 8)?);
     let (h, mi, se) = (n(9, 11)?, n(11, 13)?, n(13, 15)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
@@ -83,6 +93,15 @@ mod tests {
         }
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
         assert_eq!(parse_amz_date("2015-08-30"), None);
+    }
+
+    #[test]
+    fn non_ascii_or_signed_numbers_are_not_dates() {
+        // 16 bytes, the 9th inside a character: refused, not a panic.
+        assert_eq!(parse_amz_date("2015083é123600Z"), None);
+        assert_eq!(parse_amz_date_bytes(b"2015083\xff123600Z"), None);
+        assert_eq!(parse_amz_date("+0150830T123600Z"), None);
+        assert_eq!(parse_amz_date("20150830T+23600Z"), None);
     }
 
     #[test]

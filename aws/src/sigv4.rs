@@ -4,11 +4,18 @@
 //! Both sides build the canonical request the same way; verification
 //! recomputes the signature with the secret of the access key named in the
 //! `Authorization` header and compares in constant time.
+//!
+//! What a valid signature binds: the method, the path, the query, the
+//! headers listed in `SignedHeaders` (which must include [`ALWAYS_SIGNED`]
+//! and every header of [`SIGNED_IF_PRESENT`] the request carries) and the
+//! SHA-256 of the body, always computed from the body received. An
+//! `x-amz-content-sha256` header, when sent, must be that hash:
+//! `UNSIGNED-PAYLOAD` and streaming payloads are refused.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::date::{format_amz_date, parse_amz_date};
+use crate::date::{format_amz_date, parse_amz_date_bytes};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -16,6 +23,15 @@ type HmacSha256 = Hmac<Sha256>;
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// Signatures older or newer than this are refused (as AWS: 15 minutes).
 pub const MAX_SKEW_SECS: i64 = 15 * 60;
+/// Headers every signature must cover.
+pub const ALWAYS_SIGNED: [&str; 2] = ["host", "x-amz-date"];
+/// Headers a signature must cover whenever the request carries them: the
+/// ones that change what the daemon does (who is invoked as, how, and
+/// whether logs are returned).
+pub const SIGNED_IF_PRESENT: [&str; 3] =
+    ["x-amz-tenant-id", "x-amz-invocation-type", "x-amz-log-type"];
+/// The header carrying the client's SHA-256 of the body.
+pub const CONTENT_SHA256: &str = "x-amz-content-sha256";
 
 /// A request as seen on the wire.
 pub struct SignedParts<'a> {
@@ -63,6 +79,15 @@ pub enum SigV4Error {
     /// A header listed as signed is absent.
     #[error("the signed header {0:?} is not in the request")]
     MissingSignedHeader(String),
+    /// A header that must be signed is not in `SignedHeaders`.
+    #[error("the header {0} must be signed: list it in SignedHeaders")]
+    UnsignedHeader(String),
+    /// `x-amz-content-sha256: UNSIGNED-PAYLOAD` (or a streaming payload).
+    #[error("x-amz-content-sha256 {0:?} is not accepted: UNSIGNED-PAYLOAD and streaming payloads are refused; sign the SHA-256 of the body")]
+    UnsignedPayload(String),
+    /// `x-amz-content-sha256` is not the SHA-256 of the body.
+    #[error("The provided 'x-amz-content-sha256' header does not match what was computed.")]
+    PayloadHashMismatch,
     /// The signature does not match.
     #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.")]
     Mismatch,
@@ -194,14 +219,47 @@ fn canonical_request(
         }
         out.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let payload_hash = parts
-        .headers
-        .iter()
-        .find(|(n, _)| n == "x-amz-content-sha256")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| hex::encode(Sha256::digest(parts.body)));
+    let payload_hash = payload_hash(parts)?;
     out.push_str(&format!("\n{}\n{payload_hash}", signed_headers.join(";")));
     Ok(out)
+}
+
+/// The SHA-256 of `body` in lower-case hex, as `x-amz-content-sha256`
+/// carries it.
+pub fn payload_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// The SHA-256 (lower-case hex) of the body, checked against the
+/// `x-amz-content-sha256` header when the request carries one.
+fn payload_hash(parts: &SignedParts<'_>) -> Result<String, SigV4Error> {
+    let computed = payload_sha256(parts.body);
+    for (_, v) in parts.headers.iter().filter(|(n, _)| n == CONTENT_SHA256) {
+        let v = v.trim();
+        if v == "UNSIGNED-PAYLOAD" || v.starts_with("STREAMING-") {
+            return Err(SigV4Error::UnsignedPayload(v.to_string()));
+        }
+        if v != computed {
+            return Err(SigV4Error::PayloadHashMismatch);
+        }
+    }
+    Ok(computed)
+}
+
+/// Refuses a signature that leaves out a header it must cover.
+fn check_signed_headers(parts: &SignedParts<'_>, auth: &Authorization) -> Result<(), SigV4Error> {
+    let signed = |h: &str| auth.signed_headers.iter().any(|s| s == h);
+    for h in ALWAYS_SIGNED {
+        if !signed(h) {
+            return Err(SigV4Error::UnsignedHeader(h.to_string()));
+        }
+    }
+    for h in SIGNED_IF_PRESENT {
+        if parts.headers.iter().any(|(n, _)| n == h) && !signed(h) {
+            return Err(SigV4Error::UnsignedHeader(h.to_string()));
+        }
+    }
+    Ok(())
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -233,7 +291,9 @@ fn signature(
     Ok(hex::encode(hmac(&k, to_sign.as_bytes())))
 }
 
-/// Checks `parts` against `auth` with `secret`, at server time `now_unix`.
+/// Checks `parts` against `auth` with `secret`, at server time `now_unix`:
+/// the date, the headers the signature must cover, the body's hash, then
+/// the signature itself.
 pub fn verify(
     parts: &SignedParts<'_>,
     auth: &Authorization,
@@ -246,7 +306,7 @@ pub fn verify(
         .find(|(n, _)| n == "x-amz-date")
         .map(|(_, v)| v.as_str())
         .ok_or(SigV4Error::BadDate)?;
-    let at = parse_amz_date(amz_date).ok_or(SigV4Error::BadDate)?;
+    let at = parse_amz_date_bytes(amz_date.as_bytes()).ok_or(SigV4Error::BadDate)?;
     if (now_unix - at).abs() > MAX_SKEW_SECS {
         return Err(SigV4Error::Expired(amz_date.to_string()));
     }
@@ -256,6 +316,7 @@ pub fn verify(
             auth.date
         )));
     }
+    check_signed_headers(parts, auth)?;
     let expected = signature(
         parts,
         &auth.signed_headers,
@@ -277,7 +338,13 @@ pub fn verify(
 }
 
 /// Signs a request: returns the `x-amz-date` and `authorization` values to
-/// add. `headers` must include `host`; all given headers are signed.
+/// add. `headers` must include `host`; all given headers are signed, and so
+/// is the SHA-256 of the body.
+///
+/// # Panics
+///
+/// If `headers` lacks `host` (a programming error of the caller), or names
+/// `x-amz-content-sha256` with a value that is not the body's hash.
 pub fn sign(
     parts: &SignedParts<'_>,
     access_key: &str,
@@ -286,6 +353,10 @@ pub fn sign(
     service: &str,
     now_unix: i64,
 ) -> (String, String) {
+    assert!(
+        parts.headers.iter().any(|(n, _)| n == "host"),
+        "a SigV4 signature must cover the host header"
+    );
     let amz_date = format_amz_date(now_unix);
     let mut headers: Vec<(String, String)> = parts.headers.to_vec();
     headers.push(("x-amz-date".into(), amz_date.clone()));
@@ -297,7 +368,7 @@ pub fn sign(
         ..*parts
     };
     let sig = signature(&with_date, &names, &amz_date, secret, region, service)
-        .expect("every signed header is present");
+        .expect("every signed header is present and the content hash is the body's");
     let auth = format!(
         "{ALGORITHM} Credential={access_key}/{}/{region}/{service}/aws4_request, SignedHeaders={}, Signature={sig}",
         &amz_date[..8],
@@ -309,6 +380,7 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::date::parse_amz_date;
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
@@ -436,5 +508,78 @@ mod tests {
             ),
             Err(SigV4Error::Malformed(_))
         ));
+    }
+
+    fn signed_invoke(extra: &[(&str, &str)]) -> (Vec<(String, String)>, Authorization, i64) {
+        let now = parse_amz_date("20261124T143000Z").unwrap();
+        let mut headers = vec![("host".to_string(), "127.0.0.1:9000".to_string())];
+        headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        let parts = SignedParts {
+            method: "POST",
+            path: "/2015-03-31/functions/f/invocations",
+            query: "",
+            headers: &headers,
+            body: b"{}",
+        };
+        let (date, authz) = sign(&parts, "AKID", "secret", "us-east-1", "lambda", now);
+        headers.push(("x-amz-date".into(), date));
+        (headers, parse_authorization(&authz).unwrap(), now)
+    }
+
+    fn verify_body(
+        headers: &[(String, String)],
+        auth: &Authorization,
+        now: i64,
+        body: &[u8],
+    ) -> Result<(), SigV4Error> {
+        let parts = SignedParts {
+            method: "POST",
+            path: "/2015-03-31/functions/f/invocations",
+            query: "",
+            headers,
+            body,
+        };
+        verify(&parts, auth, "secret", now)
+    }
+
+    #[test]
+    fn the_body_hash_is_computed_and_the_header_must_match_it() {
+        let body_hash = hex::encode(Sha256::digest(b"{}"));
+        let (h, auth, now) = signed_invoke(&[(CONTENT_SHA256, &body_hash)]);
+        assert_eq!(verify_body(&h, &auth, now, b"{}"), Ok(()));
+        // The same signed header, another body: the hash is recomputed.
+        assert_eq!(
+            verify_body(&h, &auth, now, b"{\"x\":1}"),
+            Err(SigV4Error::PayloadHashMismatch)
+        );
+        let (h, auth, now) = signed_invoke(&[]);
+        let mut unsigned = h.clone();
+        unsigned.push((CONTENT_SHA256.into(), "UNSIGNED-PAYLOAD".into()));
+        assert_eq!(
+            verify_body(&unsigned, &auth, now, b"{}"),
+            Err(SigV4Error::UnsignedPayload("UNSIGNED-PAYLOAD".into()))
+        );
+        assert_eq!(
+            verify_body(&h, &auth, now, b"{ }"),
+            Err(SigV4Error::Mismatch)
+        );
+    }
+
+    #[test]
+    fn host_date_and_tenant_must_be_signed() {
+        let (mut h, mut auth, now) = signed_invoke(&[]);
+        auth.signed_headers.retain(|n| n != "host");
+        assert_eq!(
+            verify_body(&h, &auth, now, b"{}"),
+            Err(SigV4Error::UnsignedHeader("host".into()))
+        );
+        auth.signed_headers.push("host".into());
+        h.push(("x-amz-tenant-id".into(), "tenant-A".into()));
+        assert_eq!(
+            verify_body(&h, &auth, now, b"{}"),
+            Err(SigV4Error::UnsignedHeader("x-amz-tenant-id".into()))
+        );
+        let (h, auth, now) = signed_invoke(&[("x-amz-tenant-id", "tenant-A")]);
+        assert_eq!(verify_body(&h, &auth, now, b"{}"), Ok(()));
     }
 }

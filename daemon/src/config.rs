@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:9000"
+//! metrics_listen = "127.0.0.1:9101"  # optional: /metrics without a key
 //! data_dir = "/var/lib/silo"
 //! region = "us-east-1"
 //! account_id = "000000000000"
@@ -41,6 +42,11 @@ use serde::Deserialize;
 pub struct DaemonConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// If set, a second listener serving only `GET /metrics`, without
+    /// authentication (on the API address `/metrics` needs an admin key). A
+    /// port alone (`9101` or `"9101"`) binds 127.0.0.1.
+    #[serde(deserialize_with = "address_or_port")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where functions and code are kept.
     pub data_dir: PathBuf,
     /// Region in ARNs.
@@ -128,6 +134,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            metrics_listen: None,
             data_dir: default_data_dir(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
@@ -136,6 +143,29 @@ impl Default for DaemonConfig {
             pools: std::collections::BTreeMap::new(),
             allow_unauthenticated: false,
         }
+    }
+}
+
+/// `metrics_listen`: an address, or a port alone on the loopback address.
+fn address_or_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Port(u16),
+        Text(String),
+    }
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    match Raw::deserialize(d)? {
+        Raw::Port(p) => Ok(Some(loopback(p))),
+        Raw::Text(t) => t
+            .parse::<SocketAddr>()
+            .or_else(|_| t.parse::<u16>().map(loopback))
+            .map(Some)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "metrics_listen {t:?} is neither an address (127.0.0.1:9101) nor a port"
+                ))
+            }),
     }
 }
 
@@ -253,10 +283,34 @@ mod tests {
         let e = toml::from_str::<DaemonConfig>("listn = \"x\"").unwrap_err();
         assert!(e.to_string().contains("listn"), "{e}");
         let cfg: DaemonConfig = toml::from_str(
-            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad tenant\"]",
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"bad|tenant\"]",
         )
         .unwrap();
         let e = cfg.check().unwrap_err().to_string();
-        assert!(e.contains("bad tenant"), "{e}");
+        assert!(e.contains("bad|tenant"), "{e}");
+        // Lambda's rule allows spaces.
+        let cfg: DaemonConfig = toml::from_str(
+            "[[credentials]]\naccess_key_id = \"A\"\nsecret_access_key = \"s\"\ntenants = [\"tenant A\", \"../x\"]",
+        )
+        .unwrap();
+        assert_eq!(cfg.check(), Ok(()));
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_a_port_alone_is_loopback() {
+        let cfg: DaemonConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg.metrics_listen, None);
+        for text in ["metrics_listen = 9101", "metrics_listen = \"9101\""] {
+            let cfg: DaemonConfig = toml::from_str(text).unwrap();
+            assert_eq!(
+                cfg.metrics_listen.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:9101"),
+                "{text}"
+            );
+        }
+        let cfg: DaemonConfig = toml::from_str("metrics_listen = \"0.0.0.0:9101\"").unwrap();
+        assert_eq!(cfg.metrics_listen.unwrap().to_string(), "0.0.0.0:9101");
+        let e = toml::from_str::<DaemonConfig>("metrics_listen = \"x:y\"").unwrap_err();
+        assert!(e.to_string().contains("metrics_listen"), "{e}");
     }
 }

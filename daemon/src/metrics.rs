@@ -353,4 +353,29 @@ mod tests {
             "silo_invocation_duration_seconds_count{function=\"f\",tenant_id=\"tenant-A\"} 2"
         ));
     }
+
+    /// Tenant ids are label values, escaped; whatever they hold (`../x`,
+    /// spaces, a quote or backslash, were they ever allowed) stays inside
+    /// its label.
+    #[test]
+    fn tenant_labels_are_escaped() {
+        let m = Metrics::default();
+        for t in ["../x", "tenant A", "a\"b\\c", "x\ny"] {
+            m.record("f", Some(t), Ending::Ok, false, Duration::ZERO);
+        }
+        let text = m.render(&Stats::default());
+        for line in [
+            r#"silo_invocations_total{function="f",tenant_id="../x"} 1"#,
+            r#"silo_invocations_total{function="f",tenant_id="tenant A"} 1"#,
+            r#"silo_invocations_total{function="f",tenant_id="a\"b\\c"} 1"#,
+            r#"silo_invocations_total{function="f",tenant_id="x\ny"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Every sample line is `name{labels} value`: nothing broke out.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(l.matches('{').count(), l.matches('}').count(), "{l}");
+            assert!(l.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{l}");
+        }
+    }
 }

@@ -451,7 +451,7 @@ async fn event_worker(daemon: Arc<Daemon>, mut rx: mpsc::Receiver<EventJob>) {
                 }
             }
         }
-        .instrument(tracing::info_span!("event", function = %job_function, tenant_id = %job_tenant.as_deref().unwrap_or("-"), request_id = %job_request_id)));
+        .instrument(tracing::info_span!("event", function = %job_function, tenant_id = ?job_tenant.as_deref().unwrap_or("-"), request_id = %job_request_id)));
     }
 }
 

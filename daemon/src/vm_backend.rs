@@ -105,6 +105,27 @@ impl VmBackend {
     }
 }
 
+impl VmBackend {
+    /// What a VM of `binding` boots: from the function version only (the
+    /// tenant is not part of any path or argument).
+    fn spec_for(&self, binding: &Binding) -> Result<VmSpec, EnvError> {
+        let image = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(&binding.function.version)
+            .cloned()
+            .ok_or_else(|| EnvError::Setup(format!("no image for {:?}", binding.function)))?;
+        Ok(VmSpec {
+            kernel: self.kernel.clone(),
+            initrd: image.initrd.clone(),
+            mem_mib: image.config.memory_mib,
+            vcpus: 1,
+            boot_timeout: self.boot_timeout,
+        })
+    }
+}
+
 /// A VM bound to one binding.
 pub struct VmEnvironment {
     env: VmEnv,
@@ -118,25 +139,12 @@ impl Backend for VmBackend {
     type Response = InvokeResult;
 
     async fn create(&self, binding: &Binding) -> Result<VmEnvironment, EnvError> {
-        let image = self
-            .functions
-            .lock()
-            .expect("functions lock")
-            .get(&binding.function.version)
-            .cloned()
-            .ok_or_else(|| EnvError::Setup(format!("no image for {:?}", binding.function)))?;
-        let spec = VmSpec {
-            kernel: self.kernel.clone(),
-            initrd: image.initrd.clone(),
-            mem_mib: image.config.memory_mib,
-            vcpus: 1,
-            boot_timeout: self.boot_timeout,
-        };
+        let spec = self.spec_for(binding)?;
         let env = VmEnv::boot(&spec, &self.run_dir).await?;
         let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,
-            tenant_id = %binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
+            tenant_id = ?binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
             vmm_process_start_ms = t.vmm_process_start_ms,
             kernel_loaded_ms = t.kernel_loaded_ms,
             vm_created_ms = t.vm_created_ms,
@@ -199,5 +207,55 @@ impl Environment for VmEnvironment {
 
     async fn destroy(self) {
         self.env.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm_env::new_vm_dir;
+    use silo_scheduler::{FunctionKey, TenantId};
+
+    /// A tenant id never becomes part of a path: the VM's initramfs and run
+    /// directory of a binding come from the function version and counters.
+    #[test]
+    fn run_directory_names_never_contain_the_tenant() {
+        let run_dir = PathBuf::from("/var/lib/silo/run");
+        let backend = VmBackend::new("/k".into(), run_dir.clone(), Duration::from_secs(1));
+        let version = "counter@0b4c".to_string();
+        backend.functions.lock().unwrap().insert(
+            version.clone(),
+            Arc::new(FunctionImage {
+                config: AgentConfig::default(),
+                initrd: run_dir.join(format!("counter-{version}.cpio")),
+            }),
+        );
+        for tenant in ["../x", "tenant A", "/etc/passwd", "a/../../b", "..", "x"] {
+            let binding = Binding {
+                function: FunctionKey {
+                    name: "counter".into(),
+                    version: version.clone(),
+                },
+                tenant: Some(TenantId::parse(tenant).unwrap()),
+            };
+            let spec = backend.spec_for(&binding).unwrap();
+            let dir = new_vm_dir(&run_dir);
+            for p in [&spec.initrd, &dir] {
+                assert_eq!(p.parent(), Some(run_dir.as_path()), "{}", p.display());
+                let name = p.file_name().unwrap().to_str().unwrap();
+                assert!(!name.contains(tenant), "{name} holds tenant {tenant:?}");
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-@._".contains(&b)),
+                    "{name}"
+                );
+            }
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            let rest = name.strip_prefix("vm-").unwrap();
+            assert!(
+                rest.bytes().all(|b| b.is_ascii_digit() || b == b'-'),
+                "{name}"
+            );
+        }
     }
 }

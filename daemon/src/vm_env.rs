@@ -185,11 +185,18 @@ pub fn vmm_binary() -> Result<PathBuf, EnvError> {
     }
 }
 
+/// A new VM's directory under `run_dir`: `vm-<daemon pid>-<counter>`. Built
+/// from numbers only: nothing from the request (tenant id, function name)
+/// ever becomes part of a VM's paths.
+pub(crate) fn new_vm_dir(run_dir: &Path) -> PathBuf {
+    let n = NEXT_VM.fetch_add(1, Ordering::Relaxed);
+    run_dir.join(format!("vm-{}-{n}", std::process::id()))
+}
+
 impl VmEnv {
     /// Boots a VM from `spec` under `run_dir` and waits for its agent.
     pub async fn boot(spec: &VmSpec, run_dir: &Path) -> Result<Self, EnvError> {
-        let n = NEXT_VM.fetch_add(1, Ordering::Relaxed);
-        let dir = run_dir.join(format!("vm-{}-{n}", std::process::id()));
+        let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
         let uds = dir.join("vsock");

@@ -1,6 +1,13 @@
 //! Tenant ids, validated as Lambda does.
+//!
+//! A tenant id is only ever a value: a label, a log field, a message field.
+//! It never becomes part of a file path (`../x` is a valid id).
 
-/// A tenant id: 1 to 256 characters from `[A-Za-z0-9._:/=+@-]`.
+/// The characters a tenant id may hold besides ASCII letters and digits:
+/// the AWS API model's `[a-zA-Z0-9\._:\/=+\-@ ]` (the space included).
+const TENANT_ID_PUNCTUATION: &str = "._:/=+-@ ";
+
+/// A tenant id: 1 to 256 characters from `[a-zA-Z0-9._:/=+\-@ ]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
@@ -14,7 +21,9 @@ pub enum InvalidTenantId {
     #[error("the tenant id is {0} characters long; the limit is 256")]
     TooLong(usize),
     /// A character outside the allowed set.
-    #[error("the tenant id contains {0:?}; allowed are letters, digits and . _ : / = + @ -")]
+    #[error(
+        "the tenant id contains {0:?}; allowed are letters, digits, spaces and . _ : / = + @ -"
+    )]
     BadChar(char),
 }
 
@@ -30,7 +39,7 @@ impl TenantId {
         }
         if let Some(c) = s
             .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || "._:/=+@-".contains(*c)))
+            .find(|c| !(c.is_ascii_alphanumeric() || TENANT_ID_PUNCTUATION.contains(*c)))
         {
             return Err(InvalidTenantId::BadChar(c));
         }
@@ -62,7 +71,11 @@ mod tests {
             TenantId::parse(&"a".repeat(257)),
             Err(InvalidTenantId::TooLong(257))
         );
-        assert_eq!(TenantId::parse("a b"), Err(InvalidTenantId::BadChar(' ')));
+        assert!(TenantId::parse("tenant A").is_ok());
+        assert!(TenantId::parse("../x").is_ok());
+        assert!(TenantId::parse(&" ".repeat(256)).is_ok());
+        assert_eq!(TenantId::parse("a|b"), Err(InvalidTenantId::BadChar('|')));
+        assert_eq!(TenantId::parse("a\tb"), Err(InvalidTenantId::BadChar('\t')));
         assert_eq!(TenantId::parse("é"), Err(InvalidTenantId::BadChar('é')));
     }
 }

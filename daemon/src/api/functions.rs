@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::auth::Principal;
 use super::error::ApiError;
 use super::{function_name, read_authed, MAX_CODE_REQUEST};
 use crate::store::FunctionRecord;
@@ -201,6 +202,18 @@ pub fn configuration(d: &Daemon, r: &FunctionRecord) -> Value {
     v
 }
 
+/// The `FunctionConfiguration` shape as `principal` may see it: without
+/// `Environment.Variables` for tenant keys (variables often hold secrets).
+fn configuration_for(d: &Daemon, r: &FunctionRecord, principal: &Principal) -> Value {
+    let mut v = configuration(d, r);
+    if !principal.may_read_secrets() {
+        if let Some(env) = v.get_mut("Environment").and_then(Value::as_object_mut) {
+            env.remove("Variables");
+        }
+    }
+    v
+}
+
 fn lookup(d: &Daemon, raw: &str) -> Result<FunctionRecord, ApiError> {
     let name = function_name(raw)?;
     d.get(&name)
@@ -278,10 +291,10 @@ pub async fn get(
     Path(raw): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    read_authed(&d, req, 0, "GetFunction").await?;
+    let a = read_authed(&d, req, 0, "GetFunction").await?;
     let r = lookup(&d, &raw)?;
     let mut v = json!({
-        "Configuration": configuration(&d, &r),
+        "Configuration": configuration_for(&d, &r, &a.principal),
         "Code": { "RepositoryType": "silo", "Location": format!("silo://code/{}", r.code_sha256) },
     });
     if let Some(n) = r.reserved_concurrency {
@@ -300,15 +313,15 @@ pub async fn get_configuration(
     Path(raw): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    read_authed(&d, req, 0, "GetFunctionConfiguration").await?;
+    let a = read_authed(&d, req, 0, "GetFunctionConfiguration").await?;
     let r = lookup(&d, &raw)?;
-    Ok(Json(configuration(&d, &r)).into_response())
+    Ok(Json(configuration_for(&d, &r, &a.principal)).into_response())
 }
 
 /// `GET /2015-03-31/functions` with `Marker` and `MaxItems`.
 pub async fn list(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response, ApiError> {
     let query = req.uri().query().unwrap_or("").to_string();
-    read_authed(&d, req, 0, "ListFunctions").await?;
+    let a = read_authed(&d, req, 0, "ListFunctions").await?;
     let mut marker = None;
     let mut max = 50usize;
     for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
@@ -337,7 +350,7 @@ pub async fn list(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response
     let more = page.len() > max;
     let page = &page[..page.len().min(max)];
     let mut v = json!({
-        "Functions": page.iter().map(|r| configuration(&d, r)).collect::<Vec<_>>(),
+        "Functions": page.iter().map(|r| configuration_for(&d, r, &a.principal)).collect::<Vec<_>>(),
     });
     if more {
         v["NextMarker"] = json!(page.last().map(|r| r.name.clone()));

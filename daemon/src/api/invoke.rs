@@ -107,7 +107,7 @@ pub async fn invoke(
     };
     let request_id = random_uuid();
     let tenant_id = tenant.as_ref().map(|t| t.as_str().to_string());
-    let span = tracing::info_span!("invoke", function = %name, tenant_id = %tenant_id.as_deref().unwrap_or("-"), request_id = %request_id);
+    let span = tracing::info_span!("invoke", function = %name, tenant_id = ?tenant_id.as_deref().unwrap_or("-"), request_id = %request_id);
     match kind {
         InvocationType::DryRun => Ok(with_request_id(
             StatusCode::NO_CONTENT.into_response(),
@@ -135,8 +135,14 @@ pub async fn invoke(
             async move {
                 let result = d.invoke(&rec, tenant, payload, &request_id).await;
                 let resp = respond(result, &request_id, tail, rec.memory_mib);
-                if let Ok(r) = &resp {
-                    tracing::info!(status = r.status().as_u16(), "invocation answered");
+                match &resp {
+                    Ok(r) => tracing::info!(status = r.status().as_u16(), "invocation answered"),
+                    Err(e) => tracing::info!(
+                        status = e.status.as_u16(),
+                        error = e.kind,
+                        reason = e.reason.unwrap_or("-"),
+                        "invocation refused"
+                    ),
                 }
                 resp.map(|r| with_request_id(r, &request_id))
             }

@@ -1,7 +1,9 @@
 //! The Lambda-compatible HTTP API: the paths, shapes, headers and errors of
 //! AWS Lambda's REST API, so AWS SDKs and CLIs work with an endpoint
 //! override. Every request is authenticated with SigV4 (see [`auth`]) before
-//! anything else is read from it, except `GET /metrics`.
+//! anything else is read from it; `GET /metrics` needs an admin key here,
+//! and is served without authentication only by [`metrics_router`], on the
+//! separate `metrics_listen` address when the operator configures one.
 
 pub mod auth;
 pub mod error;
@@ -67,7 +69,24 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+/// The router of the separate metrics address (`metrics_listen`): only
+/// `GET /metrics`, without authentication.
+pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(unknown)
+        .with_state(daemon)
+}
+
+/// `GET /metrics` on the API address: admin keys only (the text names every
+/// tenant and its traffic).
+async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response, ApiError> {
+    let a = read_authed(&d, req, 0, "GET /metrics").await?;
+    a.principal.require_admin("GET /metrics")?;
+    Ok(metrics_text(State(d)).await)
+}
+
+async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
         d.render_metrics(),
