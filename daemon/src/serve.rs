@@ -1,11 +1,24 @@
 //! Serving the Lambda API: [`start`] binds the listener, starts the
 //! [`Daemon`] and serves until [`Running::stop`]; [`run`] is `silo serve`
 //! after its flags: serve until SIGINT or SIGTERM.
+//!
+//! Connections are served by hyper's HTTP/1 server with the limits of
+//! `[limits]`: at most `max_connections` open at once (more wait in the
+//! listen backlog), request line and headers within `max_header_bytes` and
+//! `header_read_timeout_s` (which also closes idle keep-alive connections).
+//! Body sizes are checked per operation before a body is read (see
+//! [`api`](crate::api)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::DaemonConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+
+use crate::config::{DaemonConfig, LimitsConfig};
 use crate::{Daemon, Images, StartError};
 
 /// Errors serving.
@@ -58,22 +71,74 @@ pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, ServeEr
     let daemon = Daemon::start(cfg, images)?;
     let app = crate::api::router(daemon.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let limits = daemon.config.limits;
+    let task = tokio::spawn(serve_connections(listener, app, limits, rx));
     Ok(Running {
         addr,
         daemon,
         stop: tx,
         task,
     })
+}
+
+/// In-flight requests get this long to finish once the daemon stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Accepts connections (at most `limits.max_connections` open at once) and
+/// serves each with the header limits, until `stop`.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: LimitsConfig,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_s))
+        .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
+        .keep_alive(true);
+    loop {
+        // A connection slot first: at the limit, new connections wait in
+        // the kernel's backlog rather than costing memory here.
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, go on.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; stopping anyway");
+    }
 }
 
 /// Serves on a new tokio runtime until SIGINT or SIGTERM, then finishes

@@ -45,7 +45,13 @@ pub async fn invoke(
     Path(raw): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, MAX_SYNC_PAYLOAD, "Invoke").await?;
+    // Event payloads are held in the queue: their smaller limit applies
+    // before the body is read.
+    let (limit, what) = match header(req.headers(), "x-amz-invocation-type") {
+        Some("Event") => (MAX_EVENT_PAYLOAD, "asynchronous (Event) Invoke"),
+        _ => (MAX_SYNC_PAYLOAD, "Invoke"),
+    };
+    let a = read_authed(&d, req, limit, what).await?;
     let name = function_name(&raw)?;
     let rec = d
         .get(&name)
