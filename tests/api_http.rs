@@ -621,3 +621,71 @@ fn hostile_clients_are_refused_before_their_bodies_and_signed_clients_are_served
     assert!(grew < 50 * 1024, "the daemon's memory grew by {grew} KiB");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Issue 11, item 6 (the Event queue is bounded): 5,000 Event invokes of a
+/// function whose invokes are all throttled (reserved concurrency 0: each
+/// accepted event is held for minutes of retries, the load that must stay
+/// bounded) against a queue of 100: at most 100 are taken, the rest get
+/// 429 TooManyRequestsException with a Reason, and the daemon's memory
+/// stays flat.
+#[test]
+fn event_invokes_beyond_the_queue_are_refused_and_memory_stays_flat() {
+    let data = scratch("evq-data");
+    let d = TestDaemon::on_host(&config("[limits]\nevent_queue = 100\n"), &data, &[]);
+    let admin = d.admin();
+    assert_eq!(create(&admin, "held", false).status, 201);
+    let r = admin
+        .request(
+            "PUT",
+            "/2017-10-31/functions/held/concurrency",
+            &[],
+            br#"{"ReservedConcurrentExecutions": 0}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let before = d.rss_kib().unwrap();
+    // 32 KiB of JSON each: 5,000 held would be 160 MB.
+    let payload = format!("\"{}\"", "a".repeat(32 * 1024 - 2));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, payload) = (d.admin(), payload.clone());
+            std::thread::spawn(move || {
+                let event = InvokeOptions {
+                    invocation_type: Some("Event".into()),
+                    ..Default::default()
+                };
+                let (mut accepted, mut refused) = (0, 0);
+                for _ in 0..1250 {
+                    let r = c.invoke("held", payload.as_bytes(), &event).unwrap();
+                    match r.status {
+                        202 => accepted += 1,
+                        429 => {
+                            assert_eq!(r.error_type(), Some("TooManyRequestsException"));
+                            assert!(r.json()["Reason"].is_string(), "{}", r.text());
+                            refused += 1;
+                        }
+                        s => panic!("{s}: {}", r.text()),
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for t in threads {
+        let (a, r) = t.join().unwrap();
+        accepted += a;
+        refused += r;
+    }
+    let grew = d.rss_kib().unwrap().saturating_sub(before);
+    eprintln!("{accepted} accepted, {refused} refused; VmRSS grew by {grew} KiB");
+    assert!(refused >= 4900, "{accepted} accepted, {refused} refused");
+    assert!(accepted <= 100, "{accepted} accepted");
+    assert!(grew < 50 * 1024, "the daemon's memory grew by {grew} KiB");
+    // The daemon still answers at once.
+    let r = admin
+        .request("GET", "/2015-03-31/functions/held", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let _ = std::fs::remove_dir_all(&data);
+}

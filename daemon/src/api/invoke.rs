@@ -125,11 +125,8 @@ pub async fn invoke(
                     "Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for an asynchronous (Event) invocation"
                 )));
             }
-            if !d.enqueue(&name, tenant, payload, request_id.clone()) {
-                return Err(ApiError::throttled(
-                    "The asynchronous invocation queue is full; try again later",
-                    "AsyncQueueFull",
-                ));
+            if let Err(full) = d.enqueue(&name, tenant, payload, request_id.clone()) {
+                return Err(ApiError::throttled(full.to_string(), full.reason()));
             }
             span.in_scope(|| tracing::info!("event invocation queued"));
             Ok(with_request_id(
