@@ -187,7 +187,9 @@ impl Daemon {
             return Ok(false);
         }
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code)?;
+        // Pinned until the record naming it is written: a concurrent
+        // delete's collection cannot take it in between.
+        let _pin = self.store.put_code(&rec.code_sha256, code)?;
         let mut fns = self.lock();
         if fns.contains_key(&rec.name) {
             return Ok(false);
@@ -202,12 +204,13 @@ impl Daemon {
     /// revision; environments of the old one finish their work and go.
     pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), FunctionError> {
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code)?;
+        let pin = self.store.put_code(&rec.code_sha256, code)?;
         let old = {
             let mut fns = self.lock();
             self.store.put(&rec)?;
             fns.insert(rec.name.clone(), rec.clone())
         };
+        drop(pin);
         let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
         self.store.collect_code();
         if let Some(old) = old {
