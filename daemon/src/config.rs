@@ -13,10 +13,17 @@
 //! per_tenant = 4          # in-flight invocations of one tenant
 //! idle_timeout_s = 300
 //! event_queue = 1000      # queued asynchronous (Event) invocations
+//! event_queue_per_tenant = 250 # of which one tenant may hold at most
+//! event_workers = 4       # Event invocations running at once
 //! max_booting = 0         # microVMs booting at once; 0: one per host CPU
 //! cold_start_queue = 256  # cold starts waiting for a boot slot
 //! init_timeout_s = 120    # an environment must be ready this soon after
 //!                         # its invoke arrived, or the invoke gets a 429
+//! max_connections = 512   # open HTTP connections; more wait to be accepted
+//! header_read_timeout_s = 10 # a request's headers must arrive this soon
+//!                         # (also how long an idle connection is kept)
+//! body_read_timeout_s = 60 # a request's body must arrive this soon
+//! max_header_bytes = 16384 # request line and headers, at most
 //!
 //! [pools]                 # microVMs booted ahead of time, bound to no
 //! counter = 2             # tenant until a new tenant's first invoke
@@ -66,6 +73,11 @@ pub struct DaemonConfig {
     pub allow_unauthenticated: bool,
 }
 
+/// Smallest `limits.max_header_bytes` (the HTTP server's smallest buffer).
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Largest `limits.max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,8 +88,15 @@ pub struct LimitsConfig {
     pub per_tenant: u32,
     /// Seconds an idle environment is kept.
     pub idle_timeout_s: u64,
-    /// Asynchronous invocations queued at most.
+    /// Asynchronous invocations queued at most (waiting, running or
+    /// waiting to be retried); more are refused with a 429.
     pub event_queue: usize,
+    /// Of [`event_queue`](Self::event_queue), the most one tenant (or one
+    /// function without tenant isolation) may hold.
+    pub event_queue_per_tenant: usize,
+    /// Asynchronous invocations running at once; one tenant gets at most
+    /// half of them (at least one).
+    pub event_workers: usize,
     /// MicroVMs booting at once, host-wide; 0 means one per host CPU.
     pub max_booting: usize,
     /// Cold starts waiting for a boot slot, at most; more are refused (429).
@@ -86,6 +105,18 @@ pub struct LimitsConfig {
     /// its invoke arrived (waiting for a boot slot included). A cold start
     /// that could not make it is refused at once with a 429.
     pub init_timeout_s: u64,
+    /// Open HTTP connections at most; further connections wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// Seconds within which a request's line and headers must arrive, from
+    /// the connection's start or the end of its previous response; also how
+    /// long an idle keep-alive connection is kept.
+    pub header_read_timeout_s: u64,
+    /// Seconds within which a request's body must arrive once its handler
+    /// starts reading it (408 otherwise).
+    pub body_read_timeout_s: u64,
+    /// Bytes of request line and headers at most (431 otherwise).
+    pub max_header_bytes: usize,
 }
 
 impl LimitsConfig {
@@ -126,6 +157,12 @@ impl Default for LimitsConfig {
             max_booting: 0,
             cold_start_queue: 256,
             init_timeout_s: 120,
+            event_queue_per_tenant: 250,
+            event_workers: 4,
+            max_connections: 512,
+            header_read_timeout_s: 10,
+            body_read_timeout_s: 60,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -209,6 +246,21 @@ pub enum InvalidConfig {
     /// `limits.init_timeout_s` is out of range.
     #[error("limits.init_timeout_s must be between 1 and 3600")]
     InitTimeout,
+    /// `limits.event_queue`, `limits.event_queue_per_tenant` or
+    /// `limits.event_workers` is 0.
+    #[error("limits.event_queue, limits.event_queue_per_tenant and limits.event_workers must be at least 1")]
+    EventQueue,
+    /// `limits.max_connections` is 0.
+    #[error("limits.max_connections must be at least 1")]
+    MaxConnections,
+    /// A request timeout is out of range.
+    #[error(
+        "limits.header_read_timeout_s and limits.body_read_timeout_s must be between 1 and 3600"
+    )]
+    RequestTimeout,
+    /// `limits.max_header_bytes` is out of range.
+    #[error("limits.max_header_bytes must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}")]
+    MaxHeaderBytes,
     /// A credential without its key id or secret.
     #[error("credentials: access_key_id and secret_access_key must not be empty")]
     EmptyCredential,
@@ -250,6 +302,21 @@ impl DaemonConfig {
         }
         if !(1..=3600).contains(&self.limits.init_timeout_s) {
             return Err(InvalidConfig::InitTimeout);
+        }
+        let l = &self.limits;
+        if l.event_queue == 0 || l.event_queue_per_tenant == 0 || l.event_workers == 0 {
+            return Err(InvalidConfig::EventQueue);
+        }
+        if l.max_connections == 0 {
+            return Err(InvalidConfig::MaxConnections);
+        }
+        if !(1..=3600).contains(&l.header_read_timeout_s)
+            || !(1..=3600).contains(&l.body_read_timeout_s)
+        {
+            return Err(InvalidConfig::RequestTimeout);
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+            return Err(InvalidConfig::MaxHeaderBytes);
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {
@@ -312,5 +379,22 @@ mod tests {
         assert_eq!(cfg.metrics_listen.unwrap().to_string(), "0.0.0.0:9101");
         let e = toml::from_str::<DaemonConfig>("metrics_listen = \"x:y\"").unwrap_err();
         assert!(e.to_string().contains("metrics_listen"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_must_be_usable() {
+        for (toml, field) in [
+            ("[limits]\nmax_header_bytes = 100", "max_header_bytes"),
+            (
+                "[limits]\nheader_read_timeout_s = 0",
+                "header_read_timeout_s",
+            ),
+            ("[limits]\nmax_connections = 0", "max_connections"),
+            ("[limits]\nevent_workers = 0", "event_workers"),
+        ] {
+            let cfg: DaemonConfig = toml::from_str(toml).unwrap();
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(e.contains(field), "{toml}: {e}");
+        }
     }
 }

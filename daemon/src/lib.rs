@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+mod events;
 pub mod metrics;
 pub mod serve;
 mod state;
@@ -21,4 +22,5 @@ pub mod store;
 pub mod vm_backend;
 pub mod vm_env;
 
+pub use events::QueueFull;
 pub use state::{Daemon, FunctionError, Images, InvokeOutcome, StartError};

@@ -1,11 +1,24 @@
 //! Serving the Lambda API: [`start`] binds the listener, starts the
 //! [`Daemon`] and serves until [`Running::stop`]; [`run`] is `silo serve`
 //! after its flags: serve until SIGINT or SIGTERM.
+//!
+//! Connections are served by hyper's HTTP/1 server with the limits of
+//! `[limits]`: at most `max_connections` open at once (more wait in the
+//! listen backlog), request line and headers within `max_header_bytes` and
+//! `header_read_timeout_s` (which also closes idle keep-alive connections).
+//! Body sizes are checked per operation before a body is read (see
+//! [`api`](crate::api)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::DaemonConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+
+use crate::config::{DaemonConfig, LimitsConfig};
 use crate::{Daemon, Images, StartError};
 
 /// Errors serving.
@@ -56,22 +69,15 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
         .map_err(|source| ServeError::Listen { addr, source })
 }
 
-/// Serves `app` on `listener` until `stop` turns true.
+/// Serves `app` on `listener` with the connection and header limits of
+/// `limits`, until `stop` turns true.
 fn spawn_server(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: LimitsConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    })
+    tokio::spawn(serve_connections(listener, app, limits, stop))
 }
 
 /// Starts the daemon on the current tokio runtime.
@@ -88,15 +94,18 @@ pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, ServeEr
     };
     let daemon = Daemon::start(cfg, images)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let limits = daemon.config.limits;
     let mut tasks = vec![spawn_server(
         listener,
         crate::api::router(daemon.clone()),
+        limits,
         rx.clone(),
     )];
     if let Some(l) = metrics_listener {
         tasks.push(spawn_server(
             l,
             crate::api::metrics_router(daemon.clone()),
+            limits,
             rx,
         ));
     }
@@ -140,4 +149,69 @@ pub fn run(cfg: DaemonConfig, images: Images) -> Result<(), ServeError> {
         tracing::info!(environments_destroyed = n, "stopped");
         Ok(())
     })
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// In-flight requests get this long to finish once the daemon stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Accepts connections (at most `limits.max_connections` open at once) and
+/// serves each with the header limits, until `stop`.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: LimitsConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_s))
+        .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
+        .keep_alive(true);
+    loop {
+        // A connection slot first: at the limit, new connections wait in
+        // the kernel's backlog rather than costing memory here.
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, go on.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; stopping anyway");
+    }
 }

@@ -12,10 +12,10 @@ use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{
     Binding, FunctionKey, InvokeReport, Limits, ScheduleError, Scheduler, TenantId,
 };
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::DaemonConfig;
+use crate::events::{EventJob, EventQueue, QueueFull};
 use crate::metrics::{Ending, Metrics};
 use crate::store::{FunctionRecord, Store, StoreError};
 use crate::vm_backend::{RegisterError, VmBackend, VmRequest};
@@ -33,14 +33,6 @@ pub struct Images {
 /// The result of a synchronous invocation through the scheduler.
 pub type InvokeOutcome = Result<InvokeReport<InvokeResult>, ScheduleError<EnvError>>;
 
-/// One queued asynchronous invocation.
-struct EventJob {
-    function: String,
-    tenant: Option<TenantId>,
-    payload: Vec<u8>,
-    request_id: String,
-}
-
 /// Function errors of an Event invocation are retried this many times, as
 /// Lambda's default `MaximumRetryAttempts`.
 const EVENT_RETRIES: u32 = 2;
@@ -57,7 +49,7 @@ pub struct Daemon {
     scheduler: Scheduler<VmBackend>,
     /// Invocation counters.
     pub metrics: Metrics,
-    events: mpsc::Sender<EventJob>,
+    events: EventQueue,
     run_dir: PathBuf,
 }
 
@@ -103,7 +95,9 @@ impl Daemon {
             init_timeout_s = config.limits.init_timeout_s,
             "cold-start admission"
         );
-        let (tx, rx) = mpsc::channel(config.limits.event_queue.max(1));
+        let l = &config.limits;
+        let events = EventQueue::new(l.event_queue, l.event_queue_per_tenant, l.event_workers);
+        let event_workers = l.event_workers.max(1);
         let (records, bad) = store.load();
         for b in bad {
             tracing::error!(file = %b, "skipping an unreadable function record");
@@ -113,7 +107,7 @@ impl Daemon {
             store,
             functions: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
-            events: tx,
+            events,
             images,
             run_dir,
             config,
@@ -135,7 +129,9 @@ impl Daemon {
             daemon.apply_pool(&rec);
             daemon.lock().insert(name, rec);
         }
-        tokio::spawn(event_worker(daemon.clone(), rx));
+        for _ in 0..event_workers {
+            tokio::spawn(event_worker(daemon.clone()));
+        }
         tokio::spawn(reaper(daemon.clone()));
         Ok(daemon)
     }
@@ -192,7 +188,9 @@ impl Daemon {
             return Ok(false);
         }
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code)?;
+        // Pinned until the record naming it is written: a concurrent
+        // delete's collection cannot take it in between.
+        let _pin = self.store.put_code(&rec.code_sha256, code)?;
         let mut fns = self.lock();
         if fns.contains_key(&rec.name) {
             return Ok(false);
@@ -253,12 +251,13 @@ impl Daemon {
     /// revision; environments of the old one finish their work and go.
     pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), FunctionError> {
         self.register(&rec, code)?;
-        self.store.put_code(&rec.code_sha256, code)?;
+        let pin = self.store.put_code(&rec.code_sha256, code)?;
         let old = {
             let mut fns = self.lock();
             self.store.put(&rec)?;
             fns.insert(rec.name.clone(), rec.clone())
         };
+        drop(pin);
         let drained = self.scheduler.set_current_version(&Self::key(&rec)).await;
         self.apply_pool(&rec);
         self.store.collect_code();
@@ -377,22 +376,27 @@ impl Daemon {
         result
     }
 
-    /// Queues an asynchronous invocation; `false` if the queue is full.
+    /// Queues an asynchronous invocation, unless the queue or the tenant's
+    /// share of it is full.
     pub fn enqueue(
         &self,
         function: &str,
         tenant: Option<TenantId>,
         payload: Vec<u8>,
         request_id: String,
-    ) -> bool {
-        self.events
-            .try_send(EventJob {
-                function: function.to_string(),
-                tenant,
-                payload,
-                request_id,
-            })
-            .is_ok()
+    ) -> Result<(), QueueFull> {
+        self.events.push(EventJob::new(
+            function.to_string(),
+            tenant,
+            payload,
+            request_id,
+        ))
+    }
+
+    /// Asynchronous invocations held in the queue (waiting, running or
+    /// waiting to be retried).
+    pub fn events_held(&self) -> usize {
+        self.events.held()
     }
 
     /// The Prometheus text of the metrics.
@@ -408,50 +412,65 @@ impl Daemon {
     }
 }
 
-/// Runs queued Event invocations, each in its own task, with Lambda-style
-/// retries: function errors twice more, throttles with backoff for a while.
-async fn event_worker(daemon: Arc<Daemon>, mut rx: mpsc::Receiver<EventJob>) {
-    while let Some(job) = rx.recv().await {
-        let d = daemon.clone();
-        let job_function = job.function.clone();
-        let job_tenant = job.tenant.as_ref().map(|t| t.as_str().to_string());
-        let job_request_id = job.request_id.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut errors = 0;
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                let Some(rec) = d.get(&job.function) else {
-                    tracing::warn!("function deleted before its queued event ran; dropping the event");
-                    return;
+/// One of the `limits.event_workers` workers: runs queued Event
+/// invocations one at a time with Lambda-style retries (function errors
+/// twice more, throttles with backoff for a while); a retry waits in the
+/// queue, not on this worker.
+async fn event_worker(daemon: Arc<Daemon>) {
+    loop {
+        let taken = daemon.events.next().await;
+        let (share, mut job) = (taken.share, taken.job);
+        let span = tracing::info_span!("event", function = %job.function, tenant_id = ?job.tenant.as_ref().map_or("-", |t| t.as_str()), request_id = %job.request_id);
+        let Some(rec) = daemon.get(&job.function) else {
+            span.in_scope(|| {
+                tracing::warn!("function deleted before its queued event ran; dropping the event")
+            });
+            daemon.events.finish(&share);
+            continue;
+        };
+        let result = daemon
+            .invoke(
+                &rec,
+                job.tenant.clone(),
+                job.payload.clone(),
+                &job.request_id,
+            )
+            .instrument(span.clone())
+            .await;
+        let _in = span.enter();
+        match result {
+            Ok(r) if matches!(r.response.outcome, Outcome::Ok(_)) => {
+                tracing::info!(cold_start = r.cold_start, "event invocation succeeded");
+                daemon.events.finish(&share);
+            }
+            Err(ScheduleError::Throttled(reason))
+                if job.queued_at.elapsed() < EVENT_THROTTLE_RETRY =>
+            {
+                tracing::info!(
+                    ?reason,
+                    retry_in_ms = job.backoff.as_millis() as u64,
+                    "event invocation throttled; will retry"
+                );
+                job.ready_at = Instant::now() + job.backoff;
+                job.backoff = (job.backoff * 2).min(Duration::from_secs(10));
+                daemon.events.retry(&share, job);
+            }
+            other => {
+                let why = match &other {
+                    Ok(r) => format!("{:?}", r.response.outcome),
+                    Err(e) => e.to_string(),
                 };
-                match d.invoke(&rec, job.tenant.clone(), job.payload.clone(), &job.request_id).await {
-                    Ok(r) if matches!(r.response.outcome, Outcome::Ok(_)) => {
-                        tracing::info!(cold_start = r.cold_start, "event invocation succeeded");
-                        return;
-                    }
-                    Err(ScheduleError::Throttled(reason)) if started.elapsed() < EVENT_THROTTLE_RETRY => {
-                        tracing::info!(?reason, retry_in_ms = backoff.as_millis() as u64, "event invocation throttled; will retry");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                    other => {
-                        let why = match &other {
-                            Ok(r) => format!("{:?}", r.response.outcome),
-                            Err(e) => e.to_string(),
-                        };
-                        if errors >= EVENT_RETRIES {
-                            tracing::warn!(error = %why, attempts = errors + 1, "event invocation failed; giving up");
-                            return;
-                        }
-                        errors += 1;
-                        tracing::info!(error = %why, attempt = errors, "event invocation failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(u64::from(errors))).await;
-                    }
+                if job.errors >= EVENT_RETRIES {
+                    tracing::warn!(error = %why, attempts = job.errors + 1, "event invocation failed; giving up");
+                    daemon.events.finish(&share);
+                } else {
+                    job.errors += 1;
+                    tracing::info!(error = %why, attempt = job.errors, "event invocation failed; retrying");
+                    job.ready_at = Instant::now() + Duration::from_secs(u64::from(job.errors));
+                    daemon.events.retry(&share, job);
                 }
             }
         }
-        .instrument(tracing::info_span!("event", function = %job_function, tenant_id = ?job_tenant.as_deref().unwrap_or("-"), request_id = %job_request_id)));
     }
 }
 

@@ -9,13 +9,18 @@
 //! over the final name, and the directory is fsynced: a crash at any point
 //! leaves either the old or the new file, never a torn one. Code is written
 //! before the record that names it, so an acknowledged record always has its
-//! code. Records that fail to parse at start are reported and skipped, not
+//! code. Code being stored for a record not yet written is pinned
+//! ([`CodePin`]) so that a concurrent collection of unused code (after
+//! another function's delete or update) cannot remove it in between.
+//! Records that fail to parse at start are reported and skipped, not
 //! fatal: one bad file never takes the other functions down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +103,34 @@ pub enum UnreadableRecord {
 /// The data directory.
 pub struct Store {
     root: PathBuf,
+    /// Packages being stored for records not yet written, with how many
+    /// writers each; held across a whole collection.
+    pins: Mutex<HashMap<String, usize>>,
 }
+
+/// Keeps a package from being collected while the record naming it is
+/// being written: returned by [`Store::put_code`], hold it until
+/// [`Store::put`] of that record has returned.
+#[must_use = "the code may be collected once the pin is dropped"]
+pub struct CodePin<'a> {
+    store: &'a Store,
+    sha256_hex: String,
+}
+
+impl Drop for CodePin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.lock_pins();
+        if let Some(n) = pins.get_mut(&self.sha256_hex) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.sha256_hex);
+            }
+        }
+    }
+}
+
+/// Tells temporary files of concurrent writes of one path apart.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -112,9 +144,10 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("store paths have a parent");
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
     f.write_all(data).map_err(io("writing", &tmp))?;
@@ -135,7 +168,12 @@ impl Store {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            pins: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn lock_pins(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.pins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -146,13 +184,22 @@ impl Store {
         self.root.join("code").join(format!("{sha256_hex}.zip"))
     }
 
-    /// Stores a package under its hash (a no-op if already there).
-    pub fn put_code(&self, sha256_hex: &str, zip: &[u8]) -> Result<(), StoreError> {
+    /// Stores a package under its hash (a no-op if already there) and pins
+    /// it: it is not collected until the pin is dropped, so hold the pin
+    /// until the record naming it is written.
+    pub fn put_code(&self, sha256_hex: &str, zip: &[u8]) -> Result<CodePin<'_>, StoreError> {
+        // Pinned before looking: a collection either ran wholly before
+        // (then the file is written again here) or sees the pin.
+        *self.lock_pins().entry(sha256_hex.to_string()).or_default() += 1;
+        let pin = CodePin {
+            store: self,
+            sha256_hex: sha256_hex.to_string(),
+        };
         let p = self.code_path(sha256_hex);
-        if p.exists() {
-            return Ok(());
+        if !p.exists() {
+            write_atomic(&p, zip)?;
         }
-        write_atomic(&p, zip)
+        Ok(pin)
     }
 
     /// Reads a package.
@@ -180,8 +227,9 @@ impl Store {
         Ok(())
     }
 
-    /// Removes packages no record names.
+    /// Removes packages no record names and none is pinned for.
     pub fn collect_code(&self) {
+        let pins = self.lock_pins();
         let (records, _) = self.load();
         let used: std::collections::HashSet<String> =
             records.into_iter().map(|r| r.code_sha256).collect();
@@ -191,7 +239,7 @@ impl Store {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(hash) = name.strip_suffix(".zip") {
-                if !used.contains(hash) {
+                if !used.contains(hash) && !pins.contains_key(hash) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -257,7 +305,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("silo-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let s = Store::open(&dir).unwrap();
-        s.put_code("aa", b"zip").unwrap();
+        drop(s.put_code("aa", b"zip").unwrap());
         s.put(&record("f1", "aa")).unwrap();
         s.put(&record("f2", "aa")).unwrap();
         std::fs::write(dir.join("functions/broken.json"), b"{not json").unwrap();
@@ -276,6 +324,37 @@ mod tests {
         assert_eq!(s.code("aa").unwrap(), b"zip", "still used by f2");
         s.delete("f2").unwrap();
         assert!(s.code("aa").is_err(), "unused code is collected");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 11, item 7 (store race): CreateFunction stores its code (a
+    /// no-op: another function has the same package), then DeleteFunction
+    /// of that other function collects unused code before the new record
+    /// is written. The code must survive: the steps in that racy order.
+    #[test]
+    fn code_being_stored_for_a_new_record_survives_a_concurrent_collection() {
+        let dir = std::env::temp_dir().join(format!("silo-store-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        drop(s.put_code("aa", b"zip").unwrap());
+        s.put(&record("old", "aa")).unwrap();
+        // CreateFunction "new" with the same package: code first...
+        let pending = s.put_code("aa", b"zip").unwrap();
+        // ...DeleteFunction "old" collects meanwhile...
+        s.delete("old").unwrap();
+        s.collect_code();
+        // ...then the record.
+        s.put(&record("new", "aa")).unwrap();
+        drop(pending);
+        assert_eq!(
+            s.code("aa").unwrap(),
+            b"zip",
+            "the new record's code is gone"
+        );
+        // Once nothing names it, it is collected.
+        std::fs::remove_file(dir.join("functions/new.json")).unwrap();
+        s.collect_code();
+        assert!(s.code("aa").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

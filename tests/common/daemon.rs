@@ -233,6 +233,23 @@ impl TestDaemon {
         }
     }
 
+    /// The daemon's process id, host mode only.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.place {
+            Some(Where::Host(child)) => Some(child.id()),
+            _ => None,
+        }
+    }
+
+    /// The daemon's resident memory (`VmRSS`) in KiB, host mode only.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Kills the daemon at once (no graceful shutdown), host mode only.
     pub fn kill_hard(&mut self) {
         if let Some(Where::Host(mut child)) = self.place.take() {

@@ -68,6 +68,15 @@ impl ApiError {
         )
     }
 
+    /// 408 RequestTimeoutException: the request did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            message,
+        )
+    }
+
     /// 429 TooManyRequestsException with Lambda's reason code.
     pub fn throttled(message: impl Into<String>, reason: &'static str) -> Self {
         Self {

@@ -74,7 +74,8 @@ fn decode_package(b64: &str) -> Result<(Vec<u8>, String), ApiError> {
     let zip = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| ApiError::invalid_parameter(format!("ZipFile is not valid base64: {e}")))?;
-    silo_initramfs::package::unpack(&zip).map_err(|e| {
+    // Checked without keeping the inflated files (memory stays small).
+    silo_initramfs::package::check(&zip).map_err(|e| {
         ApiError::invalid_parameter(format!(
             "Could not unzip uploaded file. Please check your file, then try to upload again. ({e})"
         ))

@@ -45,7 +45,13 @@ pub async fn invoke(
     Path(raw): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, MAX_SYNC_PAYLOAD, "Invoke").await?;
+    // Event payloads are held in the queue: their smaller limit applies
+    // before the body is read.
+    let (limit, what) = match header(req.headers(), "x-amz-invocation-type") {
+        Some("Event") => (MAX_EVENT_PAYLOAD, "asynchronous (Event) Invoke"),
+        _ => (MAX_SYNC_PAYLOAD, "Invoke"),
+    };
+    let a = read_authed(&d, req, limit, what).await?;
     let name = function_name(&raw)?;
     let rec = d
         .get(&name)
@@ -119,11 +125,8 @@ pub async fn invoke(
                     "Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for an asynchronous (Event) invocation"
                 )));
             }
-            if !d.enqueue(&name, tenant, payload, request_id.clone()) {
-                return Err(ApiError::throttled(
-                    "The asynchronous invocation queue is full; try again later",
-                    "AsyncQueueFull",
-                ));
+            if let Err(full) = d.enqueue(&name, tenant, payload, request_id.clone()) {
+                return Err(ApiError::throttled(full.to_string(), full.reason()));
             }
             span.in_scope(|| tracing::info!("event invocation queued"));
             Ok(with_request_id(

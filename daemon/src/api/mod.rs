@@ -11,6 +11,7 @@ mod functions;
 mod invoke;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -108,8 +109,22 @@ pub(crate) struct Authed {
     pub principal: Principal,
 }
 
-/// Reads the body (at most `limit` bytes, else 413 naming the limit) and
-/// checks the signature.
+/// Bodies announced at most this much over an operation's limit are read
+/// (and discarded, never buffered) before the 413, so that clients that
+/// send the whole body before reading the answer see the 413 rather than a
+/// reset connection; larger ones are refused at once and the connection
+/// closed.
+pub const DRAIN_SLACK: usize = 1024 * 1024;
+
+/// Authenticates and reads a request, refusing what it can before reading:
+///
+/// 1. a `Content-Length` over `limit` gets a 413 at once (413 after
+///    draining, without buffering, when it is at most [`DRAIN_SLACK`] over);
+/// 2. a request that cannot authenticate whatever its body (no signature,
+///    an unknown key) gets its 403 before its body is read;
+/// 3. the body is read, at most `limit` bytes (a chunked body is cut off
+///    past the limit, 413) and within `limits.body_read_timeout_s` (408);
+/// 4. the signature is checked.
 pub(crate) async fn read_authed(
     daemon: &Daemon,
     req: Request,
@@ -117,34 +132,87 @@ pub(crate) async fn read_authed(
     what: &str,
 ) -> Result<Authed, ApiError> {
     let (parts, body): (Parts, Body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
         ApiError::too_large(format!(
             "Request must be smaller than {limit} bytes for the {what} operation"
         ))
     };
-    // Oversized bodies are read (up to the largest request the API takes)
-    // before answering, so the client sees the 413 rather than a reset.
-    if declared.is_some_and(|n| n > limit) {
-        let _ = axum::body::to_bytes(body, MAX_CODE_REQUEST).await;
+    let timeout = Duration::from_secs(daemon.config.limits.body_read_timeout_s);
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        if n <= (limit + DRAIN_SLACK) as u64 {
+            let _ = tokio::time::timeout(timeout, drain(body)).await;
+        }
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit.max(MAX_CODE_REQUEST))
-        .await
-        .map_err(|_| too_large())?;
-    if body.len() > limit {
-        return Err(too_large());
-    }
+    authenticate_headers(daemon, &parts)?;
+    let body = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            return Err(ApiError::request_timeout(format!(
+                "The request body did not arrive within {} seconds",
+                timeout.as_secs()
+            )))
+        }
+        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+        Ok(Err(e)) => {
+            return Err(ApiError::invalid_content(format!(
+                "Could not read the request body: {e}"
+            )))
+        }
+        Ok(Ok(b)) => b,
+    };
     let principal = auth::authenticate(daemon, &parts, &body)?;
     Ok(Authed {
         parts,
         body,
         principal,
     })
+}
+
+/// Reads a body to its end, keeping nothing.
+async fn drain(body: Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Whether a body read failed on its length limit (not on the connection).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Refuses, from the headers alone, a request whose outcome cannot depend
+/// on its body: one without a signature, or signed with a key the daemon
+/// does not know (unless anonymous requests are allowed). The refusal is
+/// [`auth::authenticate`]'s own, asked with an empty body, so both agree.
+fn authenticate_headers(daemon: &Daemon, parts: &Parts) -> Result<(), ApiError> {
+    let known_key = match parts.headers.get("authorization") {
+        None => false,
+        Some(h) => match silo_aws::sigv4::parse_authorization(h.to_str().unwrap_or("")) {
+            Ok(a) => daemon
+                .config
+                .credentials
+                .iter()
+                .any(|c| c.access_key_id == a.access_key),
+            // Malformed: refused after the body, by the full check.
+            Err(_) => true,
+        },
+    };
+    if !known_key {
+        auth::authenticate(daemon, parts, b"")?;
+    }
+    Ok(())
 }
 
 /// A function name from a path: a plain name or a function ARN (with or
