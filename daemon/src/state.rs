@@ -126,6 +126,7 @@ impl Daemon {
                     continue;
                 }
             }
+            daemon.scheduler.activate(&Self::key(&rec));
             daemon.apply_pool(&rec);
             daemon.lock().insert(name, rec);
         }
@@ -197,6 +198,7 @@ impl Daemon {
         }
         self.store.put(&rec)?;
         tracing::info!(function = %rec.name, per_tenant = rec.per_tenant, code_sha256 = %rec.code_sha256, "function created");
+        self.scheduler.activate(&Self::key(&rec));
         self.apply_pool(&rec);
         fns.insert(rec.name.clone(), rec);
         Ok(true)

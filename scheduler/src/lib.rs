@@ -885,6 +885,15 @@ where
         self.destroy_all(envs).await
     }
 
+    /// CreateFunction: `function` is the current version of a live function
+    /// (a function deleted earlier under the same name comes back).
+    pub fn activate(&self, function: &FunctionKey) {
+        let mut st = self.lock();
+        let f = st.functions.entry(function.name.clone()).or_default();
+        f.deleted = false;
+        f.current_version = Some(function.version.clone());
+    }
+
     /// Keeps `size` environments of `function` booted ahead of time and
     /// bound to no tenant (0 removes the pool and destroys what it holds).
     /// Pool boots wait for a boot slot behind invokes' cold starts, and

@@ -619,6 +619,16 @@ async fn pools_count_against_the_cap_are_reaped_and_go_with_their_function() {
     s.retire_function("f").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(s.stats().pools.is_empty());
+    // CreateFunction again under the same name: a new pool fills at once
+    // (before any invoke).
+    let mut f3 = f.clone();
+    f3.version = "v3".into();
+    s.activate(&f3);
+    s.set_pool(&f3, 1, &l).await;
+    until(&s, "pool of a re-created function", |st| {
+        pool_ready(st, "f") == 1
+    })
+    .await;
     s.shutdown().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let j = backend.journal.lock().unwrap().clone();
