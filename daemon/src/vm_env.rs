@@ -193,9 +193,158 @@ pub(crate) fn new_vm_dir(run_dir: &Path) -> PathBuf {
     run_dir.join(format!("vm-{}-{n}", std::process::id()))
 }
 
+/// Whom a VM serves, for its log lines only (never part of a path or an
+/// argument).
+#[derive(Debug, Clone, Default)]
+pub struct VmLabel {
+    /// The function's name.
+    pub function: String,
+    /// The tenant the VM is bound to, if any.
+    pub tenant_id: Option<String>,
+}
+
+/// A connection to a VM's agent socket that did not come from its VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedPeer {
+    /// The connecting process (`SO_PEERCRED`), if the kernel told.
+    pub pid: Option<i32>,
+    /// Its user id, if the kernel told.
+    pub uid: Option<u32>,
+}
+
+/// How many rejected peers an [`AcceptError::TimedOut`] lists (all are
+/// counted).
+const REJECTED_LISTED: usize = 8;
+
+/// Why no agent connection from the expected VMM came.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The boot timeout passed without a connection from the VMM.
+    #[error(
+        "the guest agent did not connect from the VMM (pid {expected_pid}) within {waited:?}{}",
+        rejected_summary(.rejected, *.rejected_total)
+    )]
+    TimedOut {
+        /// The VMM's pid.
+        expected_pid: u32,
+        /// How long was waited.
+        waited: Duration,
+        /// The first rejected connections.
+        rejected: Vec<RejectedPeer>,
+        /// How many connections were rejected in all.
+        rejected_total: usize,
+    },
+    /// Accepting on the agent socket failed.
+    #[error("agent socket accept: {0}")]
+    Accept(std::io::Error),
+    /// The VMM connected but no frame came before the boot timeout.
+    #[error("no hello from the agent within {0:?}")]
+    NoHello(Duration),
+    /// The VMM's connection broke or carried a malformed frame.
+    #[error("agent hello: {0}")]
+    Hello(silo_proto::ProtoError),
+    /// The first frame was not a hello.
+    #[error("expected hello, got {0}")]
+    NotHello(String),
+}
+
+fn rejected_summary(rejected: &[RejectedPeer], total: usize) -> String {
+    if total == 0 {
+        return "; no other process connected".into();
+    }
+    let who: Vec<String> = rejected
+        .iter()
+        .map(|p| match (p.pid, p.uid) {
+            (Some(pid), Some(uid)) => format!("pid {pid} uid {uid}"),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "unknown peer".into(),
+        })
+        .collect();
+    let more = if total > rejected.len() { ", ..." } else { "" };
+    format!(
+        "; refused {total} connection(s) from other processes ({}{more})",
+        who.join(", ")
+    )
+}
+
+/// Waits on a VM's agent socket `listener` for the connection of its VMM,
+/// the process `expected_pid`, and reads the agent's hello from it, all
+/// within `timeout`.
+///
+/// The agent channel is authenticated by the kernel: only a connection whose
+/// peer (`SO_PEERCRED`, recorded at `connect`) is the VMM this daemon
+/// spawned is accepted. Any other local process of the same user that
+/// connects to the socket (say, a guest that escaped into another VM's VMM)
+/// is logged with `label`'s function and tenant, closed before anything is
+/// written to it, and waiting goes on.
+pub async fn accept_agent(
+    listener: &UnixListener,
+    expected_pid: u32,
+    timeout: Duration,
+    label: &VmLabel,
+) -> Result<(UnixStream, BootTiming), AcceptError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rejected = Vec::new();
+    let mut rejected_total = 0usize;
+    let mut conn = loop {
+        let accepted = match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(r) => r.map_err(AcceptError::Accept)?.0,
+            Err(_) => {
+                return Err(AcceptError::TimedOut {
+                    expected_pid,
+                    waited: timeout,
+                    rejected,
+                    rejected_total,
+                })
+            }
+        };
+        let cred = accepted.peer_cred();
+        let peer = RejectedPeer {
+            pid: cred.as_ref().ok().and_then(|c| c.pid()),
+            uid: cred.as_ref().ok().map(|c| c.uid()),
+        };
+        if peer.pid.is_some() && peer.pid == i32::try_from(expected_pid).ok() {
+            break accepted;
+        }
+        // Closed before a byte is written to it: whatever it sent is unread.
+        drop(accepted);
+        tracing::warn!(
+            function = %label.function,
+            tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+            expected_pid,
+            peer_pid = ?peer.pid,
+            peer_uid = ?peer.uid,
+            peer_cred_error = ?cred.as_ref().err().map(ToString::to_string),
+            "refused a connection to a VM's agent socket from a process other than its VMM"
+        );
+        rejected_total += 1;
+        if rejected.len() < REJECTED_LISTED {
+            rejected.push(peer);
+        }
+    };
+    let hello = tokio::time::timeout_at(deadline, read_message(&mut conn))
+        .await
+        .map_err(|_| AcceptError::NoHello(timeout))?
+        .map_err(AcceptError::Hello)?;
+    let Message::Hello { boot, .. } = hello else {
+        return Err(AcceptError::NotHello(format!("{hello:?}")));
+    };
+    Ok((conn, boot))
+}
+
 impl VmEnv {
     /// Boots a VM from `spec` under `run_dir` and waits for its agent.
     pub async fn boot(spec: &VmSpec, run_dir: &Path) -> Result<Self, EnvError> {
+        Self::boot_for(spec, run_dir, &VmLabel::default()).await
+    }
+
+    /// [`VmEnv::boot`] for a VM of `label`'s function and tenant (named in
+    /// the logs only: never in a path or an argument).
+    pub async fn boot_for(
+        spec: &VmSpec,
+        run_dir: &Path,
+        label: &VmLabel,
+    ) -> Result<Self, EnvError> {
         let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
@@ -249,25 +398,20 @@ impl VmEnv {
             child: Some(child),
             dir: Some(dir.clone()),
         };
-        let accept = tokio::time::timeout(spec.boot_timeout, listener.accept());
-        let mut conn = match accept.await {
-            Ok(Ok((c, _))) => c,
-            Ok(Err(e)) => return Err(EnvError::Boot(format!("agent socket accept: {e}"))),
-            Err(_) => {
-                let tail = console_tail(&dir);
-                return Err(EnvError::Boot(format!(
-                    "the guest agent did not connect within {:?}; console tail:\n{tail}",
-                    spec.boot_timeout
-                )));
-            }
-        };
-        let hello = tokio::time::timeout(spec.boot_timeout, read_message(&mut conn))
+        let expected_pid = env_guard
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?;
+        let boot = accept_agent(&listener, expected_pid, spec.boot_timeout, label)
             .await
-            .map_err(|_| EnvError::Boot("no hello from the agent".into()))?
-            .map_err(|e| EnvError::Boot(format!("agent hello: {e}")))?;
-        let Message::Hello { boot, .. } = hello else {
-            return Err(EnvError::Boot(format!("expected hello, got {hello:?}")));
-        };
+            .map_err(|e| match e {
+                AcceptError::TimedOut { .. } => {
+                    EnvError::Boot(format!("{e}; console tail:\n{}", console_tail(&dir)))
+                }
+                e => EnvError::Boot(e.to_string()),
+            })?;
+        let (conn, boot) = boot;
         let spawn_to_ready = started.elapsed();
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir) = env_guard.disarm();
@@ -425,4 +569,245 @@ fn console_tail(dir: &Path) -> String {
         + &std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child as StdChild, ChildStdin, ChildStdout};
+
+    /// A stand-in for a process connecting to an agent socket: connects to
+    /// `argv[1]` (after a line on stdin if `argv[3]` is `wait`), prints
+    /// `connected`, sends the bytes of the file `argv[2]`, then reads until
+    /// the daemon closes the connection and prints how many bytes it was
+    /// sent.
+    const PEER: &str = r#"
+import socket, sys
+path, frame, wait = sys.argv[1], sys.argv[2], sys.argv[3] == "wait"
+if wait:
+    sys.stdin.readline()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+print("connected", flush=True)
+try:
+    s.sendall(open(frame, "rb").read())
+except OSError:
+    pass  # already closed by the daemon
+n = 0
+while True:
+    try:
+        b = s.recv(65536)
+    except ConnectionResetError:
+        break  # closed with our hello unread
+    if not b:
+        break
+    n += len(b)
+print(n, flush=True)
+"#;
+
+    static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+    /// A fresh private directory for one test.
+    fn test_dir() -> PathBuf {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("silo-vm-env-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            agent_version: "test".into(),
+            boot: BootTiming {
+                kernel_uptime_at_agent_start_ns: 1,
+                kernel_uptime_at_ready_ns: 2,
+            },
+        }
+    }
+
+    fn invoke_msg(payload: Vec<u8>) -> Message {
+        Message::Invoke {
+            request_id: "r-1".into(),
+            tenant_id: Some("tenant-a".into()),
+            deadline_unix_ms: 0,
+            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            trace_id: String::new(),
+            payload,
+        }
+    }
+
+    /// A peer process (see [`PEER`]) sending a valid hello frame.
+    struct Peer {
+        child: StdChild,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    impl Peer {
+        fn spawn(socket: &Path, dir: &Path, wait: bool) -> Self {
+            let frame = dir.join("hello.frame");
+            std::fs::write(&frame, silo_proto::encode(&hello()).unwrap()).unwrap();
+            let mut child = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(PEER)
+                .arg(socket)
+                .arg(&frame)
+                .arg(if wait { "wait" } else { "now" })
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("these tests need python3 on PATH");
+            let stdin = child.stdin.take().unwrap();
+            let stdout = BufReader::new(child.stdout.take().unwrap());
+            Self {
+                child,
+                stdin,
+                stdout,
+            }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        fn go(&mut self) {
+            self.stdin.write_all(b"go\n").unwrap();
+            self.stdin.flush().unwrap();
+        }
+
+        /// The next line the peer printed (blocking; run off the runtime).
+        fn line(&mut self) -> String {
+            let mut l = String::new();
+            self.stdout.read_line(&mut l).unwrap();
+            l.trim().to_string()
+        }
+    }
+
+    fn label() -> VmLabel {
+        VmLabel {
+            function: "f".into(),
+            tenant_id: Some("tenant-a".into()),
+        }
+    }
+
+    /// A foreign process that connects first and sends a valid hello is
+    /// closed without being sent anything; the VMM's own connection, which
+    /// comes after it, is the agent channel and the only one that ever gets
+    /// an invoke.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_process_cannot_become_the_agent() {
+        let dir = test_dir();
+        let socket = dir.join("vsock_1024");
+        let listener = UnixListener::bind(&socket).unwrap();
+        // The "VMM": connects only when told to, after the intruder.
+        let mut vmm = Peer::spawn(&socket, &dir, true);
+        let vmm_pid = vmm.pid();
+        let accept = tokio::spawn(async move {
+            let r = accept_agent(&listener, vmm_pid, Duration::from_secs(20), &label()).await;
+            (r, listener)
+        });
+        let mut intruder = Peer::spawn(&socket, &dir, false);
+        let intruder = tokio::task::spawn_blocking(move || {
+            assert_eq!(intruder.line(), "connected");
+            intruder
+        })
+        .await
+        .unwrap();
+        vmm.go();
+        let (accepted, _listener) = tokio::time::timeout(Duration::from_secs(20), accept)
+            .await
+            .expect("accept_agent returned")
+            .unwrap();
+        let (mut conn, boot) = accepted.expect("the VMM's connection is accepted");
+        assert_eq!(boot.kernel_uptime_at_ready_ns, 2);
+        assert_eq!(
+            conn.peer_cred().unwrap().pid(),
+            Some(vmm_pid as i32),
+            "the agent channel is the VMM's connection"
+        );
+        let invoke = invoke_msg(b"secret payload".to_vec());
+        let sent = silo_proto::encode(&invoke).unwrap().len();
+        write_message(&mut conn, &invoke).await.unwrap();
+        drop(conn);
+        let (intruder_got, vmm_got) = tokio::task::spawn_blocking(move || {
+            let (mut intruder, mut vmm) = (intruder, vmm);
+            let got = (intruder.line(), {
+                assert_eq!(vmm.line(), "connected");
+                vmm.line()
+            });
+            let _ = intruder.child.wait();
+            let _ = vmm.child.wait();
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(intruder_got, "0", "the intruder read EOF and nothing else");
+        assert_eq!(vmm_got, sent.to_string(), "the VMM got the invoke");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Nothing but foreign connections until the boot timeout: a boot error
+    /// that says so, and every intruder was closed without a byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_foreign_connections_fail_the_boot_and_say_so() {
+        let dir = test_dir();
+        let socket = dir.join("vsock_1024");
+        let listener = UnixListener::bind(&socket).unwrap();
+        // A VMM that never connects.
+        let mut vmm = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let vmm_pid = vmm.id();
+        let accept = tokio::spawn(async move {
+            accept_agent(&listener, vmm_pid, Duration::from_secs(3), &label()).await
+        });
+        let mut intruder = Peer::spawn(&socket, &dir, false);
+        let intruder_pid = intruder.pid();
+        let r = tokio::time::timeout(Duration::from_secs(20), accept)
+            .await
+            .expect("accept_agent returned")
+            .unwrap();
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        let err = match r {
+            Ok((conn, _)) => panic!(
+                "a foreign connection was accepted as the agent (peer {:?})",
+                conn.peer_cred().map(|c| c.pid())
+            ),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        match &err {
+            AcceptError::TimedOut {
+                expected_pid,
+                rejected,
+                rejected_total,
+                ..
+            } => {
+                assert_eq!(*expected_pid, vmm_pid);
+                assert_eq!(*rejected_total, 1);
+                assert_eq!(rejected[0].pid, Some(intruder_pid as i32));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(msg.contains(&format!("pid {vmm_pid}")), "{msg}");
+        assert!(
+            msg.contains("refused 1 connection(s) from other processes")
+                && msg.contains(&format!("pid {intruder_pid}")),
+            "{msg}"
+        );
+        let got = tokio::task::spawn_blocking(move || {
+            assert_eq!(intruder.line(), "connected");
+            let n = intruder.line();
+            let _ = intruder.child.wait();
+            n
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, "0", "the intruder read EOF and nothing else");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
