@@ -10,11 +10,19 @@ use std::time::{Duration, Instant};
 
 use silo_proto::asynchronous::{read_message, write_message};
 use silo_proto::{BootTiming, LogStream, Message, Outcome, AGENT_PORT};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 /// Bytes of log kept per invocation (Lambda's `LogType: Tail` returns 4 KB).
 pub const LOG_TAIL: usize = 4096;
+
+/// What the daemon waits beyond a function's timeout for the agent to take
+/// the invoke and report (the agent enforces the timeout itself).
+pub const RESULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the `Shutdown` frame may take to be written.
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
 /// What a VM is booted from.
 #[derive(Debug, Clone)]
@@ -136,6 +144,9 @@ pub struct VmEnv {
     conn: UnixStream,
     dir: PathBuf,
     started: Instant,
+    /// An exchange with the agent failed or was cut off (possibly mid-frame):
+    /// nothing more is written to it, and shutdown kills the VMM at once.
+    broken: bool,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -332,6 +343,53 @@ pub async fn accept_agent(
     Ok((conn, boot))
 }
 
+/// Sends `msg` (an invoke for request `id`) over `conn` and reads frames
+/// until its result, collecting the invocation's log lines into `tail`;
+/// the write and the wait together must finish within `limit`, else
+/// [`EnvError::TimedOut`].
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    msg: &Message,
+    id: &str,
+    limit: Duration,
+    tail: &mut Vec<u8>,
+) -> Result<Outcome, EnvError> {
+    let run = async {
+        write_message(conn, msg)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
+        loop {
+            match read_message(conn).await {
+                Ok(Message::Result {
+                    request_id,
+                    outcome,
+                }) if request_id == id => return Ok(outcome),
+                Ok(Message::Result { request_id, .. }) => {
+                    return Err(EnvError::Protocol(format!(
+                        "result for unknown request {request_id}"
+                    )))
+                }
+                Ok(Message::Log { line, stream, .. }) => {
+                    if stream != LogStream::Agent || line.starts_with("[silo]") {
+                        tail.extend_from_slice(line.as_bytes());
+                        tail.push(b'\n');
+                        if tail.len() > 2 * LOG_TAIL {
+                            tail.drain(..tail.len() - LOG_TAIL);
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
+                }
+                Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| EnvError::TimedOut)?
+}
+
 impl VmEnv {
     /// Boots a VM from `spec` under `run_dir` and waits for its agent.
     pub async fn boot(spec: &VmSpec, run_dir: &Path) -> Result<Self, EnvError> {
@@ -420,6 +478,7 @@ impl VmEnv {
             conn,
             dir,
             started,
+            broken: false,
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -428,7 +487,32 @@ impl VmEnv {
         })
     }
 
-    /// Runs one invocation; waits until `deadline_unix_ms` plus a grace period.
+    /// A VM environment from a VMM process and its already accepted agent
+    /// connection (after the hello): for tests without a VM.
+    #[cfg(test)]
+    pub(crate) fn from_parts(child: Child, conn: UnixStream, dir: PathBuf) -> Self {
+        let guest = BootTiming {
+            kernel_uptime_at_agent_start_ns: 0,
+            kernel_uptime_at_ready_ns: 0,
+        };
+        Self {
+            child,
+            conn,
+            dir,
+            started: Instant::now(),
+            broken: false,
+            boot: BootReport {
+                spawn_to_ready: Duration::ZERO,
+                guest,
+                timeline: BootTimeline::default(),
+            },
+        }
+    }
+
+    /// Runs one invocation: sending it and waiting for its result together
+    /// take at most `deadline` (the function's timeout) plus
+    /// [`RESULT_GRACE`], else [`EnvError::TimedOut`]. After any error the
+    /// channel is not written to again; the environment must be destroyed.
     pub async fn invoke(
         &mut self,
         msg: Message,
@@ -439,44 +523,31 @@ impl VmEnv {
                 "invoke() takes an Invoke message".into(),
             ));
         };
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
         let id = request_id.clone();
         let started = Instant::now();
-        write_message(&mut self.conn, &msg)
-            .await
-            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
         let mut tail: Vec<u8> = Vec::new();
-        let wait = async {
-            loop {
-                match read_message(&mut self.conn).await {
-                    Ok(Message::Result {
-                        request_id,
-                        outcome,
-                    }) if request_id == id => return Ok(outcome),
-                    Ok(Message::Result { request_id, .. }) => {
-                        return Err(EnvError::Protocol(format!(
-                            "result for unknown request {request_id}"
-                        )))
-                    }
-                    Ok(Message::Log { line, stream, .. }) => {
-                        if stream != LogStream::Agent || line.starts_with("[silo]") {
-                            tail.extend_from_slice(line.as_bytes());
-                            tail.push(b'\n');
-                            if tail.len() > 2 * LOG_TAIL {
-                                tail.drain(..tail.len() - LOG_TAIL);
-                            }
-                        }
-                    }
-                    Ok(other) => {
-                        return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
-                    }
-                    Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
-                }
+        // One deadline for the write and the wait: a guest that stops
+        // reading cannot hold the invocation (and its slot) past it.
+        let outcome = exchange(
+            &mut self.conn,
+            &msg,
+            &id,
+            deadline + RESULT_GRACE,
+            &mut tail,
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
             }
         };
-        // The agent enforces the deadline itself; the grace covers its report.
-        let outcome = tokio::time::timeout(deadline + Duration::from_secs(5), wait)
-            .await
-            .map_err(|_| EnvError::TimedOut)??;
         if tail.len() > LOG_TAIL {
             tail.drain(..tail.len() - LOG_TAIL);
         }
@@ -519,11 +590,24 @@ impl VmEnv {
 
     /// Asks the agent to end the VM, then makes sure the VMM is gone and its
     /// directory removed.
+    /// A broken channel (a failed or timed-out exchange, a VMM gone) is not
+    /// written to: the VMM is killed at once. The `Shutdown` frame itself is
+    /// written under a short deadline, so a guest that stops reading cannot
+    /// hold this either.
     pub async fn shutdown(mut self) {
-        let _ = write_message(&mut self.conn, &Message::Shutdown).await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
+        let asked = !self.broken
+            && matches!(
+                tokio::time::timeout(
+                    SHUTDOWN_WRITE,
+                    write_message(&mut self.conn, &Message::Shutdown)
+                )
+                .await,
+                Ok(Ok(()))
+            );
+        if !asked
+            || tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_err()
         {
             let _ = self.child.kill().await;
         }
@@ -809,5 +893,77 @@ print(n, flush=True)
         .unwrap();
         assert_eq!(got, "0", "the intruder read EOF and nothing else");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stand-in VMM process (`sleep 600`) and a VM environment over one
+    /// end of a socket pair whose other end, returned, is the fake agent
+    /// (its hello already read).
+    async fn fake_vm() -> (VmEnv, UnixStream, i32) {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        write_message(&mut guest, &hello()).await.unwrap();
+        assert!(matches!(
+            read_message(&mut host).await.unwrap(),
+            Message::Hello { .. }
+        ));
+        let child = Command::new("sleep")
+            .arg("600")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap() as i32;
+        (VmEnv::from_parts(child, host, test_dir()), guest, pid)
+    }
+
+    /// Whether process `pid` is gone (killed and reaped).
+    fn gone(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+
+    /// A guest that says hello and then never reads: a 6 MB invoke with a
+    /// 3 s timeout fills the socket buffer. The write shares the invoke's
+    /// deadline, so the invoke ends `TimedOut` (reported as
+    /// `Sandbox.Timedout`) in seconds instead of hanging with its slot, and
+    /// destroying the environment then kills the VMM at once.
+    #[tokio::test]
+    async fn a_guest_that_stops_reading_times_out_and_its_vmm_is_killed() {
+        let (mut env, _guest_never_reads, pid) = fake_vm().await;
+        let dir = env.dir.clone();
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            env.invoke(
+                invoke_msg(vec![7; silo_proto::MAX_PAYLOAD]),
+                Duration::from_secs(3),
+            ),
+        )
+        .await
+        .expect("the invoke hung past its deadline: the write to a non-reading guest is unbounded");
+        assert!(matches!(r, Err(EnvError::TimedOut)), "{r:?}");
+        tokio::time::timeout(Duration::from_secs(3), env.shutdown())
+            .await
+            .expect("destroying the environment hung");
+        assert!(gone(pid), "the VMM (pid {pid}) is still there");
+        assert!(!dir.exists());
+    }
+
+    /// The VMM is gone (its end of the channel closed): the invoke fails as
+    /// a protocol error and destroying the environment kills the VMM
+    /// process at once.
+    #[tokio::test]
+    async fn a_vmm_that_is_gone_fails_the_invoke_and_is_killed() {
+        let (mut env, guest, pid) = fake_vm().await;
+        drop(guest);
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            env.invoke(invoke_msg(b"{}".to_vec()), Duration::from_secs(3)),
+        )
+        .await
+        .expect("the invoke hung");
+        assert!(matches!(r, Err(EnvError::Protocol(_))), "{r:?}");
+        tokio::time::timeout(Duration::from_secs(3), env.shutdown())
+            .await
+            .expect("destroying the environment hung");
+        assert!(gone(pid), "the VMM (pid {pid}) is still there");
     }
 }
