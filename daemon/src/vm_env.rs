@@ -461,7 +461,7 @@ impl VmEnv {
             .as_ref()
             .and_then(Child::id)
             .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?;
-        let boot = accept_agent(&listener, expected_pid, spec.boot_timeout, label)
+        let (conn, boot) = accept_agent(&listener, expected_pid, spec.boot_timeout, label)
             .await
             .map_err(|e| match e {
                 AcceptError::TimedOut { .. } => {
@@ -469,7 +469,6 @@ impl VmEnv {
                 }
                 e => EnvError::Boot(e.to_string()),
             })?;
-        let (conn, boot) = boot;
         let spawn_to_ready = started.elapsed();
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir) = env_guard.disarm();
