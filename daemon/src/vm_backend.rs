@@ -10,7 +10,7 @@ use std::time::Duration;
 use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{Backend, Binding, Environment};
 
-use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmSpec};
+use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec};
 
 /// Why a function version's image could not be registered.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +140,11 @@ impl Backend for VmBackend {
 
     async fn create(&self, binding: &Binding) -> Result<VmEnvironment, EnvError> {
         let spec = self.spec_for(binding)?;
-        let env = VmEnv::boot(&spec, &self.run_dir).await?;
+        let label = VmLabel {
+            function: binding.function.name.clone(),
+            tenant_id: binding.tenant.as_ref().map(|t| t.as_str().to_string()),
+        };
+        let env = VmEnv::boot_for(&spec, &self.run_dir, &label).await?;
         let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,

@@ -10,11 +10,19 @@ use std::time::{Duration, Instant};
 
 use silo_proto::asynchronous::{read_message, write_message};
 use silo_proto::{BootTiming, LogStream, Message, Outcome, AGENT_PORT};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 /// Bytes of log kept per invocation (Lambda's `LogType: Tail` returns 4 KB).
 pub const LOG_TAIL: usize = 4096;
+
+/// What the daemon waits beyond a function's timeout for the agent to take
+/// the invoke and report (the agent enforces the timeout itself).
+pub const RESULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the `Shutdown` frame may take to be written.
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
 /// What a VM is booted from.
 #[derive(Debug, Clone)]
@@ -136,6 +144,9 @@ pub struct VmEnv {
     conn: UnixStream,
     dir: PathBuf,
     started: Instant,
+    /// An exchange with the agent failed or was cut off (possibly mid-frame):
+    /// nothing more is written to it, and shutdown kills the VMM at once.
+    broken: bool,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -193,9 +204,205 @@ pub(crate) fn new_vm_dir(run_dir: &Path) -> PathBuf {
     run_dir.join(format!("vm-{}-{n}", std::process::id()))
 }
 
+/// Whom a VM serves, for its log lines only (never part of a path or an
+/// argument).
+#[derive(Debug, Clone, Default)]
+pub struct VmLabel {
+    /// The function's name.
+    pub function: String,
+    /// The tenant the VM is bound to, if any.
+    pub tenant_id: Option<String>,
+}
+
+/// A connection to a VM's agent socket that did not come from its VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedPeer {
+    /// The connecting process (`SO_PEERCRED`), if the kernel told.
+    pub pid: Option<i32>,
+    /// Its user id, if the kernel told.
+    pub uid: Option<u32>,
+}
+
+/// How many rejected peers an [`AcceptError::TimedOut`] lists (all are
+/// counted).
+const REJECTED_LISTED: usize = 8;
+
+/// Why no agent connection from the expected VMM came.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The boot timeout passed without a connection from the VMM.
+    #[error(
+        "the guest agent did not connect from the VMM (pid {expected_pid}) within {waited:?}{}",
+        rejected_summary(.rejected, *.rejected_total)
+    )]
+    TimedOut {
+        /// The VMM's pid.
+        expected_pid: u32,
+        /// How long was waited.
+        waited: Duration,
+        /// The first rejected connections.
+        rejected: Vec<RejectedPeer>,
+        /// How many connections were rejected in all.
+        rejected_total: usize,
+    },
+    /// Accepting on the agent socket failed.
+    #[error("agent socket accept: {0}")]
+    Accept(std::io::Error),
+    /// The VMM connected but no frame came before the boot timeout.
+    #[error("no hello from the agent within {0:?}")]
+    NoHello(Duration),
+    /// The VMM's connection broke or carried a malformed frame.
+    #[error("agent hello: {0}")]
+    Hello(silo_proto::ProtoError),
+    /// The first frame was not a hello.
+    #[error("expected hello, got {0}")]
+    NotHello(String),
+}
+
+fn rejected_summary(rejected: &[RejectedPeer], total: usize) -> String {
+    if total == 0 {
+        return "; no other process connected".into();
+    }
+    let who: Vec<String> = rejected
+        .iter()
+        .map(|p| match (p.pid, p.uid) {
+            (Some(pid), Some(uid)) => format!("pid {pid} uid {uid}"),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => "unknown peer".into(),
+        })
+        .collect();
+    let more = if total > rejected.len() { ", ..." } else { "" };
+    format!(
+        "; refused {total} connection(s) from other processes ({}{more})",
+        who.join(", ")
+    )
+}
+
+/// Waits on a VM's agent socket `listener` for the connection of its VMM,
+/// the process `expected_pid`, and reads the agent's hello from it, all
+/// within `timeout`.
+///
+/// The agent channel is authenticated by the kernel: only a connection whose
+/// peer (`SO_PEERCRED`, recorded at `connect`) is the VMM this daemon
+/// spawned is accepted. Any other local process of the same user that
+/// connects to the socket (say, a guest that escaped into another VM's VMM)
+/// is logged with `label`'s function and tenant, closed before anything is
+/// written to it, and waiting goes on.
+pub async fn accept_agent(
+    listener: &UnixListener,
+    expected_pid: u32,
+    timeout: Duration,
+    label: &VmLabel,
+) -> Result<(UnixStream, BootTiming), AcceptError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rejected = Vec::new();
+    let mut rejected_total = 0usize;
+    let mut conn = loop {
+        let accepted = match tokio::time::timeout_at(deadline, listener.accept()).await {
+            Ok(r) => r.map_err(AcceptError::Accept)?.0,
+            Err(_) => {
+                return Err(AcceptError::TimedOut {
+                    expected_pid,
+                    waited: timeout,
+                    rejected,
+                    rejected_total,
+                })
+            }
+        };
+        let cred = accepted.peer_cred();
+        let peer = RejectedPeer {
+            pid: cred.as_ref().ok().and_then(|c| c.pid()),
+            uid: cred.as_ref().ok().map(|c| c.uid()),
+        };
+        if peer.pid.is_some() && peer.pid == i32::try_from(expected_pid).ok() {
+            break accepted;
+        }
+        // Closed before a byte is written to it: whatever it sent is unread.
+        drop(accepted);
+        tracing::warn!(
+            function = %label.function,
+            tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+            expected_pid,
+            peer_pid = ?peer.pid,
+            peer_uid = ?peer.uid,
+            peer_cred_error = ?cred.as_ref().err().map(ToString::to_string),
+            "refused a connection to a VM's agent socket from a process other than its VMM"
+        );
+        rejected_total += 1;
+        if rejected.len() < REJECTED_LISTED {
+            rejected.push(peer);
+        }
+    };
+    let hello = tokio::time::timeout_at(deadline, read_message(&mut conn))
+        .await
+        .map_err(|_| AcceptError::NoHello(timeout))?
+        .map_err(AcceptError::Hello)?;
+    let Message::Hello { boot, .. } = hello else {
+        return Err(AcceptError::NotHello(format!("{hello:?}")));
+    };
+    Ok((conn, boot))
+}
+
+/// Sends `msg` (an invoke for request `id`) over `conn` and reads frames
+/// until its result, collecting the invocation's log lines into `tail`;
+/// the write and the wait together must finish within `limit`, else
+/// [`EnvError::TimedOut`].
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    msg: &Message,
+    id: &str,
+    limit: Duration,
+    tail: &mut Vec<u8>,
+) -> Result<Outcome, EnvError> {
+    let run = async {
+        write_message(conn, msg)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
+        loop {
+            match read_message(conn).await {
+                Ok(Message::Result {
+                    request_id,
+                    outcome,
+                }) if request_id == id => return Ok(outcome),
+                Ok(Message::Result { request_id, .. }) => {
+                    return Err(EnvError::Protocol(format!(
+                        "result for unknown request {request_id}"
+                    )))
+                }
+                Ok(Message::Log { line, stream, .. }) => {
+                    if stream != LogStream::Agent || line.starts_with("[silo]") {
+                        tail.extend_from_slice(line.as_bytes());
+                        tail.push(b'\n');
+                        if tail.len() > 2 * LOG_TAIL {
+                            tail.drain(..tail.len() - LOG_TAIL);
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
+                }
+                Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| EnvError::TimedOut)?
+}
+
 impl VmEnv {
     /// Boots a VM from `spec` under `run_dir` and waits for its agent.
     pub async fn boot(spec: &VmSpec, run_dir: &Path) -> Result<Self, EnvError> {
+        Self::boot_for(spec, run_dir, &VmLabel::default()).await
+    }
+
+    /// [`VmEnv::boot`] for a VM of `label`'s function and tenant (named in
+    /// the logs only: never in a path or an argument).
+    pub async fn boot_for(
+        spec: &VmSpec,
+        run_dir: &Path,
+        label: &VmLabel,
+    ) -> Result<Self, EnvError> {
         let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
@@ -249,25 +456,19 @@ impl VmEnv {
             child: Some(child),
             dir: Some(dir.clone()),
         };
-        let accept = tokio::time::timeout(spec.boot_timeout, listener.accept());
-        let mut conn = match accept.await {
-            Ok(Ok((c, _))) => c,
-            Ok(Err(e)) => return Err(EnvError::Boot(format!("agent socket accept: {e}"))),
-            Err(_) => {
-                let tail = console_tail(&dir);
-                return Err(EnvError::Boot(format!(
-                    "the guest agent did not connect within {:?}; console tail:\n{tail}",
-                    spec.boot_timeout
-                )));
-            }
-        };
-        let hello = tokio::time::timeout(spec.boot_timeout, read_message(&mut conn))
+        let expected_pid = env_guard
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?;
+        let (conn, boot) = accept_agent(&listener, expected_pid, spec.boot_timeout, label)
             .await
-            .map_err(|_| EnvError::Boot("no hello from the agent".into()))?
-            .map_err(|e| EnvError::Boot(format!("agent hello: {e}")))?;
-        let Message::Hello { boot, .. } = hello else {
-            return Err(EnvError::Boot(format!("expected hello, got {hello:?}")));
-        };
+            .map_err(|e| match e {
+                AcceptError::TimedOut { .. } => {
+                    EnvError::Boot(format!("{e}; console tail:\n{}", console_tail(&dir)))
+                }
+                e => EnvError::Boot(e.to_string()),
+            })?;
         let spawn_to_ready = started.elapsed();
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir) = env_guard.disarm();
@@ -276,6 +477,7 @@ impl VmEnv {
             conn,
             dir,
             started,
+            broken: false,
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -284,7 +486,32 @@ impl VmEnv {
         })
     }
 
-    /// Runs one invocation; waits until `deadline_unix_ms` plus a grace period.
+    /// A VM environment from a VMM process and its already accepted agent
+    /// connection (after the hello): for tests without a VM.
+    #[cfg(test)]
+    pub(crate) fn from_parts(child: Child, conn: UnixStream, dir: PathBuf) -> Self {
+        let guest = BootTiming {
+            kernel_uptime_at_agent_start_ns: 0,
+            kernel_uptime_at_ready_ns: 0,
+        };
+        Self {
+            child,
+            conn,
+            dir,
+            started: Instant::now(),
+            broken: false,
+            boot: BootReport {
+                spawn_to_ready: Duration::ZERO,
+                guest,
+                timeline: BootTimeline::default(),
+            },
+        }
+    }
+
+    /// Runs one invocation: sending it and waiting for its result together
+    /// take at most `deadline` (the function's timeout) plus
+    /// [`RESULT_GRACE`], else [`EnvError::TimedOut`]. After any error the
+    /// channel is not written to again; the environment must be destroyed.
     pub async fn invoke(
         &mut self,
         msg: Message,
@@ -295,44 +522,31 @@ impl VmEnv {
                 "invoke() takes an Invoke message".into(),
             ));
         };
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
         let id = request_id.clone();
         let started = Instant::now();
-        write_message(&mut self.conn, &msg)
-            .await
-            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
         let mut tail: Vec<u8> = Vec::new();
-        let wait = async {
-            loop {
-                match read_message(&mut self.conn).await {
-                    Ok(Message::Result {
-                        request_id,
-                        outcome,
-                    }) if request_id == id => return Ok(outcome),
-                    Ok(Message::Result { request_id, .. }) => {
-                        return Err(EnvError::Protocol(format!(
-                            "result for unknown request {request_id}"
-                        )))
-                    }
-                    Ok(Message::Log { line, stream, .. }) => {
-                        if stream != LogStream::Agent || line.starts_with("[silo]") {
-                            tail.extend_from_slice(line.as_bytes());
-                            tail.push(b'\n');
-                            if tail.len() > 2 * LOG_TAIL {
-                                tail.drain(..tail.len() - LOG_TAIL);
-                            }
-                        }
-                    }
-                    Ok(other) => {
-                        return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
-                    }
-                    Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
-                }
+        // One deadline for the write and the wait: a guest that stops
+        // reading cannot hold the invocation (and its slot) past it.
+        let outcome = exchange(
+            &mut self.conn,
+            &msg,
+            &id,
+            deadline + RESULT_GRACE,
+            &mut tail,
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
             }
         };
-        // The agent enforces the deadline itself; the grace covers its report.
-        let outcome = tokio::time::timeout(deadline + Duration::from_secs(5), wait)
-            .await
-            .map_err(|_| EnvError::TimedOut)??;
         if tail.len() > LOG_TAIL {
             tail.drain(..tail.len() - LOG_TAIL);
         }
@@ -375,11 +589,24 @@ impl VmEnv {
 
     /// Asks the agent to end the VM, then makes sure the VMM is gone and its
     /// directory removed.
+    /// A broken channel (a failed or timed-out exchange, a VMM gone) is not
+    /// written to: the VMM is killed at once. The `Shutdown` frame itself is
+    /// written under a short deadline, so a guest that stops reading cannot
+    /// hold this either.
     pub async fn shutdown(mut self) {
-        let _ = write_message(&mut self.conn, &Message::Shutdown).await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
+        let asked = !self.broken
+            && matches!(
+                tokio::time::timeout(
+                    SHUTDOWN_WRITE,
+                    write_message(&mut self.conn, &Message::Shutdown)
+                )
+                .await,
+                Ok(Ok(()))
+            );
+        if !asked
+            || tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_err()
         {
             let _ = self.child.kill().await;
         }
@@ -425,4 +652,317 @@ fn console_tail(dir: &Path) -> String {
         + &std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child as StdChild, ChildStdin, ChildStdout};
+
+    /// A stand-in for a process connecting to an agent socket: connects to
+    /// `argv[1]` (after a line on stdin if `argv[3]` is `wait`), prints
+    /// `connected`, sends the bytes of the file `argv[2]`, then reads until
+    /// the daemon closes the connection and prints how many bytes it was
+    /// sent.
+    const PEER: &str = r#"
+import socket, sys
+path, frame, wait = sys.argv[1], sys.argv[2], sys.argv[3] == "wait"
+if wait:
+    sys.stdin.readline()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+print("connected", flush=True)
+try:
+    s.sendall(open(frame, "rb").read())
+except OSError:
+    pass  # already closed by the daemon
+n = 0
+while True:
+    try:
+        b = s.recv(65536)
+    except ConnectionResetError:
+        break  # closed with our hello unread
+    if not b:
+        break
+    n += len(b)
+print(n, flush=True)
+"#;
+
+    static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+    /// A fresh private directory for one test.
+    fn test_dir() -> PathBuf {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("silo-vm-env-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            agent_version: "test".into(),
+            boot: BootTiming {
+                kernel_uptime_at_agent_start_ns: 1,
+                kernel_uptime_at_ready_ns: 2,
+            },
+        }
+    }
+
+    fn invoke_msg(payload: Vec<u8>) -> Message {
+        Message::Invoke {
+            request_id: "r-1".into(),
+            tenant_id: Some("tenant-a".into()),
+            deadline_unix_ms: 0,
+            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+            trace_id: String::new(),
+            payload,
+        }
+    }
+
+    /// A peer process (see [`PEER`]) sending a valid hello frame.
+    struct Peer {
+        child: StdChild,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    impl Peer {
+        fn spawn(socket: &Path, dir: &Path, wait: bool) -> Self {
+            let frame = dir.join("hello.frame");
+            std::fs::write(&frame, silo_proto::encode(&hello()).unwrap()).unwrap();
+            let mut child = std::process::Command::new("python3")
+                .arg("-c")
+                .arg(PEER)
+                .arg(socket)
+                .arg(&frame)
+                .arg(if wait { "wait" } else { "now" })
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("these tests need python3 on PATH");
+            let stdin = child.stdin.take().unwrap();
+            let stdout = BufReader::new(child.stdout.take().unwrap());
+            Self {
+                child,
+                stdin,
+                stdout,
+            }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        fn go(&mut self) {
+            self.stdin.write_all(b"go\n").unwrap();
+            self.stdin.flush().unwrap();
+        }
+
+        /// The next line the peer printed (blocking; run off the runtime).
+        fn line(&mut self) -> String {
+            let mut l = String::new();
+            self.stdout.read_line(&mut l).unwrap();
+            l.trim().to_string()
+        }
+    }
+
+    fn label() -> VmLabel {
+        VmLabel {
+            function: "f".into(),
+            tenant_id: Some("tenant-a".into()),
+        }
+    }
+
+    /// A foreign process that connects first and sends a valid hello is
+    /// closed without being sent anything; the VMM's own connection, which
+    /// comes after it, is the agent channel and the only one that ever gets
+    /// an invoke.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_process_cannot_become_the_agent() {
+        let dir = test_dir();
+        let socket = dir.join("vsock_1024");
+        let listener = UnixListener::bind(&socket).unwrap();
+        // The "VMM": connects only when told to, after the intruder.
+        let mut vmm = Peer::spawn(&socket, &dir, true);
+        let vmm_pid = vmm.pid();
+        let accept = tokio::spawn(async move {
+            let r = accept_agent(&listener, vmm_pid, Duration::from_secs(20), &label()).await;
+            (r, listener)
+        });
+        let mut intruder = Peer::spawn(&socket, &dir, false);
+        let intruder = tokio::task::spawn_blocking(move || {
+            assert_eq!(intruder.line(), "connected");
+            intruder
+        })
+        .await
+        .unwrap();
+        vmm.go();
+        let (accepted, _listener) = tokio::time::timeout(Duration::from_secs(20), accept)
+            .await
+            .expect("accept_agent returned")
+            .unwrap();
+        let (mut conn, boot) = accepted.expect("the VMM's connection is accepted");
+        assert_eq!(boot.kernel_uptime_at_ready_ns, 2);
+        assert_eq!(
+            conn.peer_cred().unwrap().pid(),
+            Some(vmm_pid as i32),
+            "the agent channel is the VMM's connection"
+        );
+        let invoke = invoke_msg(b"secret payload".to_vec());
+        let sent = silo_proto::encode(&invoke).unwrap().len();
+        write_message(&mut conn, &invoke).await.unwrap();
+        drop(conn);
+        let (intruder_got, vmm_got) = tokio::task::spawn_blocking(move || {
+            let (mut intruder, mut vmm) = (intruder, vmm);
+            let got = (intruder.line(), {
+                assert_eq!(vmm.line(), "connected");
+                vmm.line()
+            });
+            let _ = intruder.child.wait();
+            let _ = vmm.child.wait();
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(intruder_got, "0", "the intruder read EOF and nothing else");
+        assert_eq!(vmm_got, sent.to_string(), "the VMM got the invoke");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Nothing but foreign connections until the boot timeout: a boot error
+    /// that says so, and every intruder was closed without a byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_foreign_connections_fail_the_boot_and_say_so() {
+        let dir = test_dir();
+        let socket = dir.join("vsock_1024");
+        let listener = UnixListener::bind(&socket).unwrap();
+        // A VMM that never connects.
+        let mut vmm = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let vmm_pid = vmm.id();
+        let accept = tokio::spawn(async move {
+            accept_agent(&listener, vmm_pid, Duration::from_secs(3), &label()).await
+        });
+        let mut intruder = Peer::spawn(&socket, &dir, false);
+        let intruder_pid = intruder.pid();
+        let r = tokio::time::timeout(Duration::from_secs(20), accept)
+            .await
+            .expect("accept_agent returned")
+            .unwrap();
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        let err = match r {
+            Ok((conn, _)) => panic!(
+                "a foreign connection was accepted as the agent (peer {:?})",
+                conn.peer_cred().map(|c| c.pid())
+            ),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        match &err {
+            AcceptError::TimedOut {
+                expected_pid,
+                rejected,
+                rejected_total,
+                ..
+            } => {
+                assert_eq!(*expected_pid, vmm_pid);
+                assert_eq!(*rejected_total, 1);
+                assert_eq!(rejected[0].pid, Some(intruder_pid as i32));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert!(msg.contains(&format!("pid {vmm_pid}")), "{msg}");
+        assert!(
+            msg.contains("refused 1 connection(s) from other processes")
+                && msg.contains(&format!("pid {intruder_pid}")),
+            "{msg}"
+        );
+        let got = tokio::task::spawn_blocking(move || {
+            assert_eq!(intruder.line(), "connected");
+            let n = intruder.line();
+            let _ = intruder.child.wait();
+            n
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, "0", "the intruder read EOF and nothing else");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stand-in VMM process (`sleep 600`) and a VM environment over one
+    /// end of a socket pair whose other end, returned, is the fake agent
+    /// (its hello already read).
+    async fn fake_vm() -> (VmEnv, UnixStream, i32) {
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        write_message(&mut guest, &hello()).await.unwrap();
+        assert!(matches!(
+            read_message(&mut host).await.unwrap(),
+            Message::Hello { .. }
+        ));
+        let child = Command::new("sleep")
+            .arg("600")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap() as i32;
+        (VmEnv::from_parts(child, host, test_dir()), guest, pid)
+    }
+
+    /// Whether process `pid` is gone (killed and reaped).
+    fn gone(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+
+    /// A guest that says hello and then never reads: a 6 MB invoke with a
+    /// 3 s timeout fills the socket buffer. The write shares the invoke's
+    /// deadline, so the invoke ends `TimedOut` (reported as
+    /// `Sandbox.Timedout`) in seconds instead of hanging with its slot, and
+    /// destroying the environment then kills the VMM at once.
+    #[tokio::test]
+    async fn a_guest_that_stops_reading_times_out_and_its_vmm_is_killed() {
+        let (mut env, _guest_never_reads, pid) = fake_vm().await;
+        let dir = env.dir.clone();
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            env.invoke(
+                invoke_msg(vec![7; silo_proto::MAX_PAYLOAD]),
+                Duration::from_secs(3),
+            ),
+        )
+        .await
+        .expect("the invoke hung past its deadline: the write to a non-reading guest is unbounded");
+        assert!(matches!(r, Err(EnvError::TimedOut)), "{r:?}");
+        tokio::time::timeout(Duration::from_secs(3), env.shutdown())
+            .await
+            .expect("destroying the environment hung");
+        assert!(gone(pid), "the VMM (pid {pid}) is still there");
+        assert!(!dir.exists());
+    }
+
+    /// The VMM is gone (its end of the channel closed): the invoke fails as
+    /// a protocol error and destroying the environment kills the VMM
+    /// process at once.
+    #[tokio::test]
+    async fn a_vmm_that_is_gone_fails_the_invoke_and_is_killed() {
+        let (mut env, guest, pid) = fake_vm().await;
+        drop(guest);
+        let r = tokio::time::timeout(
+            Duration::from_secs(15),
+            env.invoke(invoke_msg(b"{}".to_vec()), Duration::from_secs(3)),
+        )
+        .await
+        .expect("the invoke hung");
+        assert!(matches!(r, Err(EnvError::Protocol(_))), "{r:?}");
+        tokio::time::timeout(Duration::from_secs(3), env.shutdown())
+            .await
+            .expect("destroying the environment hung");
+        assert!(gone(pid), "the VMM (pid {pid}) is still there");
+    }
 }
