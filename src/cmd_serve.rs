@@ -81,19 +81,37 @@ impl ServeArgs {
         Ok(cfg)
     }
 
-    /// Kernel and agent: given, or built from this tree.
-    pub fn images(&self) -> Result<Images, String> {
-        let kernel = match &self.kernel {
+    /// Kernel and agent: the flags, else the configuration, else built
+    /// from the source tree this `silo` came from (when it is still there).
+    pub fn images(&self, cfg: &DaemonConfig) -> Result<Images, String> {
+        let from_source = |what: &str| -> Result<(), String> {
+            if silo_images::artifacts::source_root()
+                .join("images/kernel/build.sh")
+                .is_file()
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no {what} given: pass --{what}, set `{what} = \"...\"` in the configuration, \
+                     or run `silo images build` in a silo source checkout and point at its output"
+                ))
+            }
+        };
+        let kernel = match self.kernel.as_ref().or(cfg.kernel.as_ref()) {
             Some(k) => k.clone(),
             None => {
+                from_source("kernel")?;
                 silo_images::kernel::guest_kernel()
                     .map_err(|e| e.to_string())?
                     .vmlinux
             }
         };
-        let agent = match &self.agent {
+        let agent = match self.agent.as_ref().or(cfg.agent.as_ref()) {
             Some(a) => a.clone(),
-            None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
+            None => {
+                from_source("agent")?;
+                silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?
+            }
         };
         for (what, p) in [("kernel", &kernel), ("agent", &agent)] {
             if !p.is_file() {
@@ -108,7 +126,7 @@ impl ServeArgs {
 pub fn run(args: ServeArgs) -> ExitCode {
     let result = (|| {
         let cfg = args.resolve()?;
-        let images = args.images()?;
+        let images = args.images(&cfg)?;
         silo_daemon::serve::run(cfg, images).map_err(|e| e.to_string())
     })();
     match result {

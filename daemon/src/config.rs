@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:9000"
 //! metrics_listen = "127.0.0.1:9101"  # optional: /metrics without a key
 //! data_dir = "/var/lib/silo"
+//! kernel = "/var/lib/silo/images/vmlinux"   # default: silo images build's
+//! agent = "/var/lib/silo/images/silo-guest-agent"
 //! region = "us-east-1"
 //! account_id = "000000000000"
 //!
@@ -64,6 +66,11 @@ pub struct DaemonConfig {
     pub limits: LimitsConfig,
     /// Access keys allowed to call the API.
     pub credentials: Vec<Credential>,
+    /// Guest kernel (ELF vmlinux or bzImage); `--kernel` overrides it.
+    /// Unset: the kernel `silo images build` built for this installation.
+    pub kernel: Option<PathBuf>,
+    /// Static guest agent; `--agent` overrides it. Unset: as for `kernel`.
+    pub agent: Option<PathBuf>,
     /// Pre-booted environments per function name (bound to no tenant until
     /// a new tenant's first invoke takes one); `PUT .../pool` overrides it.
     pub pools: std::collections::BTreeMap<String, u32>,
@@ -178,6 +185,8 @@ impl Default for DaemonConfig {
             limits: LimitsConfig::default(),
             credentials: Vec::new(),
             pools: std::collections::BTreeMap::new(),
+            kernel: None,
+            agent: None,
             allow_unauthenticated: false,
         }
     }
@@ -379,6 +388,16 @@ mod tests {
         assert_eq!(cfg.metrics_listen.unwrap().to_string(), "0.0.0.0:9101");
         let e = toml::from_str::<DaemonConfig>("metrics_listen = \"x:y\"").unwrap_err();
         assert!(e.to_string().contains("metrics_listen"), "{e}");
+    }
+
+    #[test]
+    fn images_can_be_named_in_the_configuration() {
+        let cfg: DaemonConfig = toml::from_str("").unwrap();
+        assert_eq!((cfg.kernel, cfg.agent), (None, None));
+        let cfg: DaemonConfig =
+            toml::from_str("kernel = \"/opt/silo/vmlinux\"\nagent = \"/opt/silo/agent\"").unwrap();
+        assert_eq!(cfg.kernel.unwrap(), PathBuf::from("/opt/silo/vmlinux"));
+        assert_eq!(cfg.agent.unwrap(), PathBuf::from("/opt/silo/agent"));
     }
 
     #[test]
