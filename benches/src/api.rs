@@ -214,6 +214,20 @@ fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
     Ok((took, r.header("x-silo-cold-start") == Some("true")))
 }
 
+/// Deletes the counter function (destroying its VMs) and creates it again,
+/// so that what follows starts from no environment, as new tenants do.
+fn recreate_counter(c: &LambdaClient, zip: &[u8]) -> Result<(), String> {
+    c.request("DELETE", "/2015-03-31/functions/counter", &[], b"")
+        .map_err(|e| e.to_string())?;
+    let r = c
+        .create_function("counter", zip, true, json!({"Timeout": 30}))
+        .map_err(|e| e.to_string())?;
+    if r.status != 201 {
+        return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
+    }
+    Ok(())
+}
+
 /// One invoke straight on the scheduler (the peer); its latency.
 async fn direct_invoke(d: &Daemon, tenant: &str) -> Result<(f64, bool), String> {
     let rec = d.get("counter").ok_or("the function is gone")?;
@@ -277,10 +291,11 @@ async fn measure(
     let client = LambdaClient::new(endpoint, None);
     let code = std::fs::read(function).map_err(|e| format!("{}: {e}", function.display()))?;
     let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let c = client.clone();
-    let r = blocking(move || c.create_function("counter", &zip, true, json!({"Timeout": 30})))
-        .await?
-        .map_err(|e| e.to_string())?;
+    let (c, first_zip) = (client.clone(), zip.clone());
+    let r =
+        blocking(move || c.create_function("counter", &first_zip, true, json!({"Timeout": 30})))
+            .await?
+            .map_err(|e| e.to_string())?;
     if r.status != 201 {
         return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
     }
@@ -343,20 +358,8 @@ async fn measure(
         v[v.len() / 2]
     };
     for (i, shape) in args.burst.iter().enumerate() {
-        let c = client.clone();
-        let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-        blocking(move || -> Result<(), String> {
-            c.request("DELETE", "/2015-03-31/functions/counter", &[], b"")
-                .map_err(|e| e.to_string())?;
-            let r = c
-                .create_function("counter", &zip, true, json!({"Timeout": 30}))
-                .map_err(|e| e.to_string())?;
-            if r.status != 201 {
-                return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
-            }
-            Ok(())
-        })
-        .await??;
+        let (c, zip) = (client.clone(), zip.clone());
+        blocking(move || recreate_counter(&c, &zip)).await??;
         let (c, shape) = (client.clone(), *shape);
         eprintln!(
             "[bench-api] burst {shape}: {} tenants x {} invokes, {} in flight",
@@ -382,17 +385,9 @@ async fn measure(
     // is full again (tenants arriving slower than a boot); its first invoke.
     let mut pooled = Vec::new();
     if args.pool > 0 {
-        let (c, n) = (client.clone(), args.pool);
-        let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+        let (c, n, zip) = (client.clone(), args.pool, zip.clone());
         blocking(move || -> Result<(), String> {
-            c.request("DELETE", "/2015-03-31/functions/counter", &[], b"")
-                .map_err(|e| e.to_string())?;
-            let r = c
-                .create_function("counter", &zip, true, json!({"Timeout": 30}))
-                .map_err(|e| e.to_string())?;
-            if r.status != 201 {
-                return Err(format!("CreateFunction: HTTP {} {}", r.status, r.text()));
-            }
+            recreate_counter(&c, &zip)?;
             let body = json!({ "PoolSize": n }).to_string();
             let r = c
                 .request(

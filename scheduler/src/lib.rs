@@ -725,30 +725,21 @@ where
                 || f.current_version.as_deref() != Some(binding.function.version.as_str());
             match env {
                 Some((env, id)) if !retired => {
-                    let mut idle = Idle {
+                    let idle = Idle {
                         env,
                         id,
                         last_used: Instant::now(),
                     };
                     // A cold start of this binding waiting for a boot slot
                     // takes it instead, and gives back its reservation.
-                    while let Some(pos) = st
-                        .queue
-                        .iter()
-                        .position(|w| !w.pool && &w.binding == binding)
-                    {
-                        let w = st.queue.remove(pos).expect("position is in range");
-                        match w.tx.send(Grant::Warm(idle)) {
-                            Ok(()) => {
-                                f.environments = f.environments.saturating_sub(1);
-                                st.counters.warm_handoffs += 1;
-                                return;
-                            }
-                            Err(Grant::Warm(back)) => idle = back,
-                            Err(Grant::Boot) => unreachable!("sent a warm grant"),
+                    match hand_to_waiter(&mut st.queue, |b| b == binding, idle) {
+                        None => {
+                            f.environments = f.environments.saturating_sub(1);
+                            st.counters.warm_handoffs += 1;
+                            return;
                         }
+                        Some(idle) => st.idle.entry(binding.clone()).or_default().push(idle),
                     }
-                    st.idle.entry(binding.clone()).or_default().push(idle)
                 }
                 Some((env, _)) => {
                     f.environments = f.environments.saturating_sub(1);
@@ -1034,32 +1025,19 @@ where
                 (Some(env), Some(pool)) if current && pool.ready.len() < pool.target => {
                     pool.filling -= 1;
                     st.counters.pool_boots += 1;
-                    let mut idle = Some(Idle {
+                    let idle = Idle {
                         env,
                         id,
                         last_used: Instant::now(),
-                    });
+                    };
                     // An invoke of this function waiting for a boot slot
                     // takes it at once, and gives back its reservation.
-                    while let Some(pos) = st
-                        .queue
-                        .iter()
-                        .position(|w| !w.pool && w.binding.function == key)
-                    {
-                        let w = st.queue.remove(pos).expect("position is in range");
-                        let grant = Grant::Warm(idle.take().expect("not handed yet"));
-                        match w.tx.send(grant) {
-                            Ok(()) => {
-                                f.environments = f.environments.saturating_sub(1);
-                                st.counters.pool_takes += 1;
-                                break;
-                            }
-                            Err(Grant::Warm(back)) => idle = Some(back),
-                            Err(Grant::Boot) => unreachable!("sent a warm grant"),
+                    match hand_to_waiter(&mut st.queue, |b| b.function == key, idle) {
+                        None => {
+                            f.environments = f.environments.saturating_sub(1);
+                            st.counters.pool_takes += 1;
                         }
-                    }
-                    if let Some(idle) = idle {
-                        pool.ready.push(idle);
+                        Some(idle) => pool.ready.push(idle),
                     }
                     None
                 }
@@ -1121,6 +1099,25 @@ where
                 .collect(),
         }
     }
+}
+
+/// Hands `idle` to the first waiting invoke (not a pool refill) whose
+/// binding `wanted` accepts, in arrival order; gives it back when no waiter
+/// takes it (waiters whose caller has gone are dropped on the way).
+fn hand_to_waiter<E>(
+    queue: &mut VecDeque<Waiter<E>>,
+    wanted: impl Fn(&Binding) -> bool,
+    mut idle: Idle<E>,
+) -> Option<Idle<E>> {
+    while let Some(pos) = queue.iter().position(|w| !w.pool && wanted(&w.binding)) {
+        let w = queue.remove(pos).expect("position is in range");
+        match w.tx.send(Grant::Warm(idle)) {
+            Ok(()) => return None,
+            Err(Grant::Warm(back)) => idle = back,
+            Err(Grant::Boot) => unreachable!("sent a warm grant"),
+        }
+    }
+    Some(idle)
 }
 
 impl Counters {
