@@ -692,25 +692,9 @@ async fn warm_invokes(
     let dir = std::env::temp_dir().join(format!("silo-bench-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("task")).map_err(|e| e.to_string())?;
     std::fs::copy(function, dir.join("task/bootstrap")).map_err(|e| e.to_string())?;
-    let code = std::fs::read(function).map_err(|e| e.to_string())?;
-    let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let config = AgentConfig {
-        timeout_s: 10,
-        ..AgentConfig::default()
-    };
 
     // The VM.
-    let image =
-        silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
-    let initrd = dir.join("function.cpio");
-    std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    let spec = silo_daemon::vm_env::VmSpec {
-        kernel: kernel.to_path_buf(),
-        initrd,
-        mem_mib: 128,
-        vcpus: 1,
-        boot_timeout: Duration::from_secs(120),
-    };
+    let spec = function_spec(&dir, kernel, agent, function)?;
     let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
         .await
         .map_err(|e| e.to_string())?;
@@ -740,7 +724,7 @@ async fn warm_invokes(
     env.shutdown().await;
 
     // The same agent and function on the host, over a Unix socket.
-    let mut host_cfg = config.clone();
+    let mut host_cfg = bench_agent_config();
     host_cfg.task_root = dir.join("task").display().to_string();
     host_cfg
         .environment
@@ -871,12 +855,8 @@ fn function_spec(
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let config = AgentConfig {
-        timeout_s: 10,
-        ..AgentConfig::default()
-    };
-    let image =
-        silo_initramfs::image::build(agent, &config, &package).map_err(|e| e.to_string())?;
+    let image = silo_initramfs::image::build(agent, &bench_agent_config(), &package)
+        .map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
     Ok(silo_daemon::vm_env::VmSpec {
@@ -886,6 +866,15 @@ fn function_spec(
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
     })
+}
+
+/// The agent configuration of the benchmark's function, in a VM or on the
+/// host: the same for both sides.
+fn bench_agent_config() -> AgentConfig {
+    AgentConfig {
+        timeout_s: 10,
+        ..AgentConfig::default()
+    }
 }
 
 /// `n` function VMs booted one after another, each to its first invocation:

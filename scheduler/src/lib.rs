@@ -618,16 +618,7 @@ where
                 st.counters.throttle(reason);
                 return Err(reason);
             }
-            let (tx, rx) = oneshot::channel();
-            let ticket = st.next_ticket;
-            st.next_ticket += 1;
-            st.queue.push_back(Waiter {
-                ticket,
-                binding: binding.clone(),
-                tx,
-                pool: false,
-            });
-            (ticket, rx)
+            st.enqueue(binding, false)
         };
         let mut rx = rx;
         let grant = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
@@ -982,16 +973,7 @@ where
                 st.peak_booting = st.peak_booting.max(st.booting);
                 None
             } else {
-                let (tx, rx) = oneshot::channel();
-                let ticket = st.next_ticket;
-                st.next_ticket += 1;
-                st.queue.push_back(Waiter {
-                    ticket,
-                    binding: binding.clone(),
-                    tx,
-                    pool: true,
-                });
-                Some(rx)
+                Some(st.enqueue(&binding, true).1)
             }
         };
         let granted = match rx {
@@ -1098,6 +1080,22 @@ where
                 .map(|(k, p)| (k.name.clone(), (p.target, p.ready.len(), p.filling)))
                 .collect(),
         }
+    }
+}
+
+impl<E> State<E> {
+    /// Puts a waiter for a boot slot at the end of the queue.
+    fn enqueue(&mut self, binding: &Binding, pool: bool) -> (u64, oneshot::Receiver<Grant<E>>) {
+        let (tx, rx) = oneshot::channel();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.queue.push_back(Waiter {
+            ticket,
+            binding: binding.clone(),
+            tx,
+            pool,
+        });
+        (ticket, rx)
     }
 }
 
