@@ -193,4 +193,222 @@ mod tests {
             "status {status:#x}"
         );
     }
+
+    /// `_IO(KVMIO, 0x01)`: creates a VM; never made after start.
+    const KVM_CREATE_VM: libc::c_ulong = 0xae01;
+    /// `_IO(KVMIO, 0x80)`.
+    const KVM_RUN_NR: libc::c_ulong = 0xae80;
+
+    const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Main];
+
+    /// The filter for `kind` as the VMM would build it for this (test)
+    /// process.
+    fn prog(kind: ThreadKind) -> BpfProgram {
+        filter(kind).unwrap()
+    }
+
+    /// Forks a child that installs `prog`, runs `body` and `_exit`s with its
+    /// result; returns the child's wait status. `body` runs after `fork` in
+    /// a multi-threaded process: raw system calls only, no allocation.
+    fn in_child(prog: &BpfProgram, body: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the child only installs the prebuilt filter (no
+        // allocation), runs `body` (raw system calls) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = if seccompiler::apply_filter(prog).is_ok() {
+                body()
+            } else {
+                100
+            };
+            // SAFETY: terminating the forked child.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        status
+    }
+
+    /// Asserts the child was killed by SIGSYS (its forbidden call).
+    #[track_caller]
+    fn assert_killed(status: i32, what: &str) {
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+            "{what}: expected death by SIGSYS, got {}",
+            describe(status)
+        );
+    }
+
+    fn describe(status: i32) -> String {
+        if libc::WIFEXITED(status) {
+            format!("exit code {} (an allowed call failed if not 0)", libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            format!("signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("status {status:#x}")
+        }
+    }
+
+    /// `ioctl` on fd -1: the filter decides before the kernel looks at the
+    /// fd, so an allowed request fails with EBADF and a forbidden one kills.
+    fn ioctl_ebadf(request: libc::c_ulong) -> bool {
+        // SAFETY: a raw ioctl on an invalid fd; no memory is passed.
+        let r = unsafe { libc::syscall(libc::SYS_ioctl, -1, request, 0) };
+        // SAFETY: reading errno right after the call.
+        r == -1 && unsafe { *libc::__errno_location() } == libc::EBADF
+    }
+
+    #[test]
+    fn ioctl_requests_outside_a_threads_list_kill() {
+        // (filter, requests that must pass, request that must kill)
+        let cases: [(ThreadKind, &[libc::c_ulong], libc::c_ulong); 5] = [
+            (ThreadKind::Vcpu, &[KVM_RUN_NR], KVM_CREATE_VM),
+            (ThreadKind::Vcpu, &[KVM_RUN_NR], libc::TIOCSTI),
+            (ThreadKind::Devices, &[libc::FIONBIO], libc::TIOCSTI),
+            (ThreadKind::Devices, &[libc::FIONBIO], KVM_RUN_NR),
+            (ThreadKind::Main, &[], libc::TIOCSTI),
+        ];
+        for (kind, allowed, forbidden) in cases {
+            let status = in_child(&prog(kind), || {
+                if !allowed.iter().all(|&r| ioctl_ebadf(r)) {
+                    return 1;
+                }
+                ioctl_ebadf(forbidden);
+                0
+            });
+            assert_killed(status, &format!("{kind:?} ioctl {forbidden:#x}"));
+        }
+    }
+
+    #[test]
+    fn only_the_devices_thread_opens_sockets_and_only_unix_ones() {
+        let socket = |domain: libc::c_int, ty: libc::c_int| {
+            // SAFETY: a raw socket call; the fd is closed again.
+            let fd = unsafe { libc::syscall(libc::SYS_socket, domain, ty, 0) };
+            if fd >= 0 {
+                // SAFETY: closing the fd just opened.
+                unsafe { libc::close(fd as libc::c_int) };
+            }
+            fd >= 0
+        };
+        for (domain, name) in [(libc::AF_INET, "AF_INET"), (libc::AF_INET6, "AF_INET6")] {
+            let status = in_child(&prog(ThreadKind::Devices), || {
+                for ty in [
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                ] {
+                    if !socket(libc::AF_UNIX, ty) {
+                        return 1;
+                    }
+                }
+                socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+                0
+            });
+            assert_killed(status, &format!("Devices socket({name})"));
+        }
+        for kind in [ThreadKind::Vcpu, ThreadKind::Main] {
+            let status = in_child(&prog(kind), || {
+                socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+                0
+            });
+            assert_killed(status, &format!("{kind:?} socket(AF_UNIX)"));
+        }
+    }
+
+    /// Maps one anonymous page with `prot`; true if it worked.
+    fn mmap_page(prot: libc::c_int) -> bool {
+        // SAFETY: a fresh anonymous private mapping, unmapped again.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            p != libc::MAP_FAILED && libc::munmap(p, 4096) == 0
+        }
+    }
+
+    #[test]
+    fn no_thread_maps_executable_memory() {
+        for kind in ALL {
+            let status = in_child(&prog(kind), || {
+                if !mmap_page(libc::PROT_READ | libc::PROT_WRITE) || !mmap_page(libc::PROT_NONE) {
+                    return 1;
+                }
+                mmap_page(libc::PROT_READ | libc::PROT_EXEC);
+                0
+            });
+            assert_killed(status, &format!("{kind:?} mmap(PROT_EXEC)"));
+        }
+    }
+
+    #[test]
+    fn no_thread_makes_memory_executable() {
+        for kind in ALL {
+            let status = in_child(&prog(kind), || {
+                // SAFETY: a fresh anonymous mapping whose protection changes;
+                // nothing else uses it.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED
+                        || libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_WRITE) != 0
+                    {
+                        return 1;
+                    }
+                    libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC);
+                }
+                0
+            });
+            assert_killed(status, &format!("{kind:?} mprotect(PROT_EXEC)"));
+        }
+    }
+
+    #[test]
+    fn signals_go_only_to_this_process() {
+        // The filters are built for this (parent) process: its pid is the
+        // only one the child may signal; pid 1 stands for any other process.
+        let own = std::process::id() as libc::c_long;
+        let main = prog(ThreadKind::Main);
+        // SAFETY (all closures below): raw signal calls with signal 0, which
+        // only checks that the target exists and may be signalled.
+        let status = in_child(&main, || unsafe {
+            if libc::syscall(libc::SYS_tgkill, own, own, 0) != 0 {
+                return 1;
+            }
+            libc::syscall(libc::SYS_tgkill, 1, 1, 0);
+            0
+        });
+        assert_killed(status, "Main tgkill(other process)");
+        let status = in_child(&main, || unsafe {
+            libc::syscall(libc::SYS_tkill, 1, 0);
+            0
+        });
+        assert_killed(status, "Main tkill");
+        for kind in ALL {
+            let status = in_child(&prog(kind), || unsafe {
+                libc::syscall(libc::SYS_kill, 1, 0);
+                0
+            });
+            assert_killed(status, &format!("{kind:?} kill"));
+        }
+        for kind in [ThreadKind::Vcpu, ThreadKind::Devices] {
+            let status = in_child(&prog(kind), || unsafe {
+                libc::syscall(libc::SYS_tgkill, own, own, 0);
+                0
+            });
+            assert_killed(status, &format!("{kind:?} tgkill"));
+        }
+    }
 }
