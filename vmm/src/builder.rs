@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -299,9 +299,11 @@ impl<'a> VmBuilder<'a> {
         Ok(self)
     }
 
-    /// Starts the device event loop and one thread per vCPU, writes the
-    /// early timeline file, and filters the calling (main) thread's system
-    /// calls. Needs [`VmBuilder::create_vcpus`].
+    /// Starts the device event loop and one thread per vCPU, filters the
+    /// calling (main) thread's system calls, lets the vCPUs into the guest
+    /// and writes the early timeline file. Every thread runs under its
+    /// seccomp filter before the guest's first instruction. Needs
+    /// [`VmBuilder::create_vcpus`].
     pub fn start(self) -> Result<RunningVm, VmmError> {
         if self.vcpus.is_empty() {
             return Err(VmmError::BuildOrder {
@@ -337,15 +339,23 @@ impl<'a> VmBuilder<'a> {
             _vm: vm,
             ram: Some(mem),
         };
+        // Every vCPU thread filters itself, then waits at `gate` until the
+        // main thread has filtered itself too: no guest instruction runs
+        // before every thread's filter is in place.
+        let gate = Arc::new(StartGate::default());
         let mut failure = None;
         for mut vcpu in vcpus {
             let tx = events_tx.clone();
+            let gate = gate.clone();
             let index = running.threads.len() as u8;
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
                     let why = match crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
-                        Ok(()) => vcpu.run(),
+                        Ok(()) => {
+                            gate.wait();
+                            vcpu.run()
+                        }
                         Err(e) => VcpuStop::Error(e.to_string()),
                     };
                     let _ = tx.send(Event::Vcpu(index, why));
@@ -362,9 +372,16 @@ impl<'a> VmBuilder<'a> {
             }
         }
         drop(events_tx);
+        let mut timeline_file = None;
         if failure.is_none() {
+            // Opened now: the main thread's filter allows no open.
             if let Some(path) = &cfg.timeline_file {
-                running.write_early_timeline(path);
+                match std::fs::File::create(path) {
+                    Ok(f) => timeline_file = Some((path, f)),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(), error = %e, "cannot write the timeline file"
+                    ),
+                }
             }
             if !crate::seccomp::enabled() {
                 tracing::warn!("seccomp filters are off (SILO_SECCOMP=off)");
@@ -372,12 +389,49 @@ impl<'a> VmBuilder<'a> {
                 failure = Some(e.into());
             }
         }
+        if failure.is_some() {
+            // The vCPUs leave at once, before their first KVM_RUN.
+            running.stop.store(true, Ordering::Release);
+        }
+        gate.open();
         match failure {
-            None => Ok(running),
+            None => {
+                if let Some((path, file)) = timeline_file {
+                    running.write_early_timeline(path, file);
+                }
+                Ok(running)
+            }
             Some(e) => {
                 running.shut_down();
                 Err(e)
             }
+        }
+    }
+}
+
+/// Holds the vCPU threads before their first `KVM_RUN` until the main
+/// thread opens it (after installing its own seccomp filter).
+#[derive(Default)]
+struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets every waiting (and later) vCPU thread through.
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.opened.notify_all();
+    }
+
+    /// Blocks until [`StartGate::open`].
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = self
+                .opened
+                .wait(open)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -409,16 +463,18 @@ impl RunningVm {
         outcome.map(|exit| VmReport { exit, timeline })
     }
 
-    /// The boot vCPU enters KVM_RUN microseconds after its thread starts:
-    /// wait for it (up to 1 s) and write the phases so far to `path`.
-    fn write_early_timeline(&self, path: &std::path::Path) {
+    /// The boot vCPU enters KVM_RUN microseconds after its thread is let
+    /// through: wait for it (up to 1 s) and write the phases so far to
+    /// `file`, opened at `path` before the main thread's seccomp filter.
+    fn write_early_timeline(&self, path: &std::path::Path, mut file: std::fs::File) {
+        use std::io::Write;
         let waited = Instant::now();
         while self.first_run.get().is_none() && waited.elapsed() < Duration::from_secs(1) {
             std::thread::sleep(Duration::from_micros(50));
         }
         let mut early = self.timeline.clone();
         early.first_kvm_run = self.first_run.get().map(|t| Timeline::since_start(*t));
-        if let Err(e) = std::fs::write(path, early.to_json()) {
+        if let Err(e) = file.write_all(early.to_json().as_bytes()) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the timeline file");
         }
     }
