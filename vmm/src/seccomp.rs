@@ -539,4 +539,47 @@ mod tests {
             assert_killed(status, &format!("{kind:?} tgkill"));
         }
     }
+
+    /// What the vsock backend does with std on the devices thread (connect
+    /// to `<uds>_<port>`, accept, set non-blocking, read, write, shut down)
+    /// passes the devices filter. Runs on a thread of this test process,
+    /// which a violation kills.
+    #[test]
+    fn std_unix_sockets_pass_the_devices_filter() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = std::env::temp_dir().join(format!("silo-seccomp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock_52");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let prog = prog(ThreadKind::Devices);
+        let p = path.clone();
+        let echoed = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let mut out = UnixStream::connect(&p).unwrap();
+            out.set_nonblocking(true).unwrap();
+            let (mut inc, _) = listener.accept().unwrap();
+            inc.set_nonblocking(true).unwrap();
+            out.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            let mut got = 0;
+            while got < 4 {
+                match inc.read(&mut buf[got..]) {
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            out.shutdown(std::net::Shutdown::Both).unwrap();
+            buf
+        })
+        .join()
+        .unwrap();
+        assert_eq!(&echoed, b"ping");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
