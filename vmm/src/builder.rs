@@ -340,8 +340,9 @@ impl<'a> VmBuilder<'a> {
             ram: Some(mem),
         };
         // Every vCPU thread filters itself, then waits at `gate` until the
-        // main thread has filtered itself too: no guest instruction runs
-        // before every thread's filter is in place.
+        // main thread has seen every vCPU thread arrive and has filtered
+        // itself too: no guest instruction runs before every thread of the
+        // process is under its filter.
         let gate = Arc::new(StartGate::default());
         let mut failure = None;
         for mut vcpu in vcpus {
@@ -351,11 +352,10 @@ impl<'a> VmBuilder<'a> {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let why = match crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
-                        Ok(()) => {
-                            gate.wait();
-                            vcpu.run()
-                        }
+                    let filtered = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
+                    gate.arrive_and_wait();
+                    let why = match filtered {
+                        Ok(()) => vcpu.run(),
                         Err(e) => VcpuStop::Error(e.to_string()),
                     };
                     let _ = tx.send(Event::Vcpu(index, why));
@@ -389,6 +389,9 @@ impl<'a> VmBuilder<'a> {
                 failure = Some(e.into());
             }
         }
+        // Each spawned vCPU thread arrives once its filter is installed (or
+        // could not be: it then reports the error instead of running).
+        gate.wait_for_arrivals(running.threads.len());
         if failure.is_some() {
             // The vCPUs leave at once, before their first KVM_RUN.
             running.stop.store(true, Ordering::Release);
@@ -409,30 +412,50 @@ impl<'a> VmBuilder<'a> {
     }
 }
 
-/// Holds the vCPU threads before their first `KVM_RUN` until the main
-/// thread opens it (after installing its own seccomp filter).
+/// Holds the vCPU threads before their first `KVM_RUN`: each arrives once
+/// it has filtered itself; the main thread waits for every arrival, filters
+/// itself, then opens the gate.
 #[derive(Default)]
 struct StartGate {
-    open: Mutex<bool>,
-    opened: Condvar,
+    /// vCPU threads arrived, and whether the gate is open.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
 }
 
 impl StartGate {
-    /// Lets every waiting (and later) vCPU thread through.
-    fn open(&self) {
-        *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.opened.notify_all();
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Blocks until [`StartGate::open`].
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*open {
-            open = self
-                .opened
-                .wait(open)
+    /// Called by a vCPU thread: counts it in and blocks until the gate is
+    /// open.
+    fn arrive_and_wait(&self) {
+        let mut state = self.lock();
+        state.0 += 1;
+        self.changed.notify_all();
+        while !state.1 {
+            state = self
+                .changed
+                .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// Blocks until `n` vCPU threads have arrived.
+    fn wait_for_arrivals(&self, n: usize) {
+        let mut state = self.lock();
+        while state.0 < n {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Lets every arrived (and later) vCPU thread through.
+    fn open(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
     }
 }
 
@@ -636,6 +659,37 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The main thread gets past `wait_for_arrivals` only once every vCPU
+    /// thread arrived, and no vCPU thread gets past the gate before `open`.
+    #[test]
+    fn start_gate_holds_vcpus_until_opened() {
+        use std::sync::atomic::AtomicUsize;
+        let gate = Arc::new(StartGate::default());
+        let passed = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (gate, passed) = (gate.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    gate.arrive_and_wait();
+                    passed.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        gate.wait_for_arrivals(3);
+        assert_eq!(gate.lock().0, 3);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            passed.load(Ordering::SeqCst),
+            0,
+            "a vCPU passed a closed gate"
+        );
+        gate.open();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(passed.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn cmdline_keeps_the_old_limits_and_messages() {
