@@ -427,6 +427,7 @@ impl VmEnv {
             .arg(format!("file:{}", dir.join("console.log").display()))
             .arg("--timeline-file")
             .arg(dir.join("timeline.json"))
+            .arg("--managed")
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -299,9 +299,11 @@ impl<'a> VmBuilder<'a> {
         Ok(self)
     }
 
-    /// Starts the device event loop and one thread per vCPU, writes the
-    /// early timeline file, and filters the calling (main) thread's system
-    /// calls. Needs [`VmBuilder::create_vcpus`].
+    /// Starts the device event loop and one thread per vCPU, filters the
+    /// calling (main) thread's system calls, lets the vCPUs into the guest
+    /// and writes the early timeline file. Every thread runs under its
+    /// seccomp filter before the guest's first instruction. Needs
+    /// [`VmBuilder::create_vcpus`].
     pub fn start(self) -> Result<RunningVm, VmmError> {
         if self.vcpus.is_empty() {
             return Err(VmmError::BuildOrder {
@@ -337,14 +339,22 @@ impl<'a> VmBuilder<'a> {
             _vm: vm,
             ram: Some(mem),
         };
+        // Every vCPU thread filters itself, then waits at `gate` until the
+        // main thread has seen every vCPU thread arrive and has filtered
+        // itself too: no guest instruction runs before every thread of the
+        // process is under its filter.
+        let gate = Arc::new(StartGate::default());
         let mut failure = None;
         for mut vcpu in vcpus {
             let tx = events_tx.clone();
+            let gate = gate.clone();
             let index = running.threads.len() as u8;
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let why = match crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                    let filtered = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
+                    gate.arrive_and_wait();
+                    let why = match filtered {
                         Ok(()) => vcpu.run(),
                         Err(e) => VcpuStop::Error(e.to_string()),
                     };
@@ -362,9 +372,16 @@ impl<'a> VmBuilder<'a> {
             }
         }
         drop(events_tx);
+        let mut timeline_file = None;
         if failure.is_none() {
+            // Opened now: the main thread's filter allows no open.
             if let Some(path) = &cfg.timeline_file {
-                running.write_early_timeline(path);
+                match std::fs::File::create(path) {
+                    Ok(f) => timeline_file = Some((path, f)),
+                    Err(e) => tracing::warn!(
+                        path = %path.display(), error = %e, "cannot write the timeline file"
+                    ),
+                }
             }
             if !crate::seccomp::enabled() {
                 tracing::warn!("seccomp filters are off (SILO_SECCOMP=off)");
@@ -372,13 +389,73 @@ impl<'a> VmBuilder<'a> {
                 failure = Some(e.into());
             }
         }
+        // Each spawned vCPU thread arrives once its filter is installed (or
+        // could not be: it then reports the error instead of running).
+        gate.wait_for_arrivals(running.threads.len());
+        if failure.is_some() {
+            // The vCPUs leave at once, before their first KVM_RUN.
+            running.stop.store(true, Ordering::Release);
+        }
+        gate.open();
         match failure {
-            None => Ok(running),
+            None => {
+                if let Some((path, file)) = timeline_file {
+                    running.write_early_timeline(path, file);
+                }
+                Ok(running)
+            }
             Some(e) => {
                 running.shut_down();
                 Err(e)
             }
         }
+    }
+}
+
+/// Holds the vCPU threads before their first `KVM_RUN`: each arrives once
+/// it has filtered itself; the main thread waits for every arrival, filters
+/// itself, then opens the gate.
+#[derive(Default)]
+struct StartGate {
+    /// vCPU threads arrived, and whether the gate is open.
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called by a vCPU thread: counts it in and blocks until the gate is
+    /// open.
+    fn arrive_and_wait(&self) {
+        let mut state = self.lock();
+        state.0 += 1;
+        self.changed.notify_all();
+        while !state.1 {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks until `n` vCPU threads have arrived.
+    fn wait_for_arrivals(&self, n: usize) {
+        let mut state = self.lock();
+        while state.0 < n {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Lets every arrived (and later) vCPU thread through.
+    fn open(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
     }
 }
 
@@ -409,16 +486,18 @@ impl RunningVm {
         outcome.map(|exit| VmReport { exit, timeline })
     }
 
-    /// The boot vCPU enters KVM_RUN microseconds after its thread starts:
-    /// wait for it (up to 1 s) and write the phases so far to `path`.
-    fn write_early_timeline(&self, path: &std::path::Path) {
+    /// The boot vCPU enters KVM_RUN microseconds after its thread is let
+    /// through: wait for it (up to 1 s) and write the phases so far to
+    /// `file`, opened at `path` before the main thread's seccomp filter.
+    fn write_early_timeline(&self, path: &std::path::Path, mut file: std::fs::File) {
+        use std::io::Write;
         let waited = Instant::now();
         while self.first_run.get().is_none() && waited.elapsed() < Duration::from_secs(1) {
             std::thread::sleep(Duration::from_micros(50));
         }
         let mut early = self.timeline.clone();
         early.first_kvm_run = self.first_run.get().map(|t| Timeline::since_start(*t));
-        if let Err(e) = std::fs::write(path, early.to_json()) {
+        if let Err(e) = file.write_all(early.to_json().as_bytes()) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the timeline file");
         }
     }
@@ -580,6 +659,37 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The main thread gets past `wait_for_arrivals` only once every vCPU
+    /// thread arrived, and no vCPU thread gets past the gate before `open`.
+    #[test]
+    fn start_gate_holds_vcpus_until_opened() {
+        use std::sync::atomic::AtomicUsize;
+        let gate = Arc::new(StartGate::default());
+        let passed = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (gate, passed) = (gate.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    gate.arrive_and_wait();
+                    passed.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        gate.wait_for_arrivals(3);
+        assert_eq!(gate.lock().0, 3);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            passed.load(Ordering::SeqCst),
+            0,
+            "a vCPU passed a closed gate"
+        );
+        gate.open();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(passed.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn cmdline_keeps_the_old_limits_and_messages() {

@@ -27,11 +27,12 @@ Options:
       --timeline-file <TIMELINE_FILE>  Write the boot timeline (JSON, phases up to the first KVM_RUN) to
                                        this file as soon as the guest starts running
       --allow-pvm                      Try to boot a standard kernel even on a PVM-backed /dev/kvm
+      --managed                        Started by the daemon: SILO_SECCOMP=off is ignored (with a warning)
   -h, --help                           Print help
 
 Environment:
   SILO_LOG      log level on stderr: error, warn, info (default), debug, trace
-  SILO_SECCOMP  `off` disables the per-thread seccomp filters (debugging only)
+  SILO_SECCOMP  `off` disables the per-thread seccomp filters (debugging only; not with --managed)
 ";
 
 /// Parsed flags.
@@ -59,6 +60,8 @@ pub struct VmmArgs {
     pub timeline_file: Option<PathBuf>,
     /// Boot a standard kernel on a PVM host anyway.
     pub allow_pvm: bool,
+    /// Started by the daemon: the seccomp off switch is refused.
+    pub managed: bool,
 }
 
 /// What the command line asks for.
@@ -121,6 +124,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--timeline", false),
     ("--timeline-file", true),
     ("--allow-pvm", false),
+    ("--managed", false),
 ];
 
 /// Parses `--serial`: `stdout`, `off` or `file:PATH`.
@@ -241,6 +245,7 @@ where
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),
         allow_pvm: has("--allow-pvm"),
+        managed: has("--managed"),
     })))
 }
 
@@ -284,7 +289,7 @@ mod tests {
         assert_eq!((a.mem_mib, a.vcpus), (128, 1));
         assert_eq!(a.serial, SerialOutput::Stdout);
         assert!(a.initrd.is_none() && a.vsock_cid.is_none() && a.timeline_file.is_none());
-        assert!(!a.timeline && !a.allow_pvm);
+        assert!(!a.timeline && !a.allow_pvm && !a.managed);
     }
 
     #[test]
@@ -307,6 +312,7 @@ mod tests {
             "--timeline-file",
             "/tmp/t.json",
             "--allow-pvm",
+            "--managed",
         ])
         .unwrap();
         assert_eq!(a.initrd, Some(PathBuf::from("/i")));
@@ -315,7 +321,7 @@ mod tests {
         assert_eq!(a.serial, SerialOutput::File("/tmp/c.log".into()));
         assert_eq!(a.vsock_cid, Some(3));
         assert_eq!(a.vsock_uds, Some(PathBuf::from("/tmp/v")));
-        assert!(a.timeline && a.allow_pvm);
+        assert!(a.timeline && a.allow_pvm && a.managed);
         assert_eq!(a.timeline_file, Some(PathBuf::from("/tmp/t.json")));
         assert_eq!(
             run(&["--kernel", "/k", "--serial", "off"]).unwrap().serial,
@@ -343,6 +349,7 @@ mod tests {
         assert!(e(&["--kernel", "/k", "--vsock-uds", "/v"]).contains("--vsock-cid"));
         assert!(e(&["--kernel", "/k", "--kernel", "/j"]).contains("multiple times"));
         assert!(e(&["--kernel", "/k", "--timeline=yes"]).contains("'--timeline'"));
+        assert!(e(&["--kernel", "/k", "--managed=no"]).contains("'--managed'"));
         assert!(e(&["--kernel", "/k", "--bogus"]).contains("'--bogus'"));
         assert!(e(&["--kernel", "/k", "stray"]).contains("'stray'"));
     }

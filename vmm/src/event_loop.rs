@@ -2,7 +2,7 @@
 //! over every device's file descriptors, off the vCPU threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -30,7 +30,9 @@ pub struct EventLoopHandle {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Starts the loop thread with `subscribers`.
+/// Starts the loop thread with `subscribers`. Returns once the thread runs
+/// under its seccomp filter, so that no guest instruction can run before
+/// it; an error if the filter could not be installed.
 pub fn start(subscribers: Vec<Subscriber>) -> std::io::Result<EventLoopHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let wake = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -42,11 +44,15 @@ pub fn start(subscribers: Vec<Subscriber>) -> std::io::Result<EventLoopHandle> {
         manager.add_subscriber(s);
     }
     let flag = stop.clone();
+    let (filtered_tx, filtered_rx) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("devices".into())
         .spawn(move || {
-            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Devices) {
-                tracing::error!(error = %e, "device thread not started");
+            let filtered = crate::seccomp::install(crate::seccomp::ThreadKind::Devices)
+                .map_err(|e| e.to_string());
+            let ok = filtered.is_ok();
+            let _ = filtered_tx.send(filtered);
+            if !ok {
                 return;
             }
             while !flag.load(Ordering::Acquire) {
@@ -56,11 +62,19 @@ pub fn start(subscribers: Vec<Subscriber>) -> std::io::Result<EventLoopHandle> {
                 }
             }
         })?;
-    Ok(EventLoopHandle {
+    let handle = EventLoopHandle {
         stop,
         wake,
         thread: Some(thread),
-    })
+    };
+    match filtered_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        // Dropping the handle joins the thread, which has returned.
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Err(std::io::Error::other(
+            "the device thread ended before installing its seccomp filter",
+        )),
+    }
 }
 
 impl Drop for EventLoopHandle {

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    if args.managed && silo_vmm::seccomp::refuse_off_switch() {
+        tracing::warn!("SILO_SECCOMP=off ignored: this VMM was started by the daemon (--managed)");
+    }
     run(*args)
 }
 

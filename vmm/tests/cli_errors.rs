@@ -137,3 +137,27 @@ fn pvm_host_refuses_standard_kernels_with_a_clear_message() {
         assert_eq!(code, 0, "{err}");
     }
 }
+
+/// `SILO_SECCOMP=off` is the debugging switch of a VMM started by hand; a
+/// VMM started by the daemon (`--managed`) ignores it and says so.
+#[test]
+fn managed_vmm_refuses_the_seccomp_off_switch() {
+    let run = |managed: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_silo-vmm"));
+        cmd.args(["--kernel", "/nonexistent/vmlinux", "--allow-pvm"])
+            .env("SILO_LOG", "warn")
+            .env("SILO_SECCOMP", "off");
+        if managed {
+            cmd.arg("--managed");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(true);
+    assert!(
+        err.contains("SILO_SECCOMP=off ignored") && err.contains("--managed"),
+        "{err}"
+    );
+    assert!(!run(false).contains("ignored"));
+}
