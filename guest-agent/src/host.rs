@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use silo_proto::{
@@ -71,6 +71,11 @@ fn now_ms() -> u64 {
 }
 
 impl Agent {
+    /// The function's timeout (at least a second).
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.timeout_s.max(1)))
+    }
+
     /// An agent on `stream`.
     pub fn new(
         stream: File,
@@ -122,15 +127,22 @@ impl Agent {
                 Message::Invoke {
                     request_id,
                     tenant_id,
-                    deadline_unix_ms,
+                    deadline_unix_ms: _,
                     function_arn,
                     trace_id,
                     payload,
                 } => {
+                    // The host's deadline is in the host's wall clock, which
+                    // need not agree with this guest's (nested guests' clocks
+                    // drift; a guest clock a few seconds ahead once made
+                    // every invoke time out at once). The function's timeout
+                    // runs from now on the guest's own clocks instead: the
+                    // host sends an invoke the moment its environment is
+                    // ready, and enforces its own deadline besides.
                     let inv = Invocation {
                         request_id: request_id.clone(),
                         tenant_id,
-                        deadline_ms: deadline_unix_ms,
+                        deadline_ms: now_ms() + self.timeout().as_millis() as u64,
                         function_arn,
                         trace_id,
                         payload,
@@ -195,11 +207,11 @@ impl Agent {
         *self.context.lock().expect("ctx lock") =
             (Some(inv.request_id.clone()), inv.tenant_id.clone());
         let id = inv.request_id.clone();
-        let deadline = inv.deadline_ms;
+        let deadline = Instant::now() + self.timeout();
         self.api.submit(inv);
         let outcome = loop {
-            let left = deadline.saturating_sub(now_ms());
-            match self.api.wait_event(Duration::from_millis(left.min(20))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.api.wait_event(left.min(Duration::from_millis(20))) {
                 Some(ApiEvent::Response(rid, body)) if rid == id => break Outcome::Ok(body),
                 Some(ApiEvent::Error(rid, info)) if rid == id => break Outcome::Err(info),
                 Some(ApiEvent::InitError(info)) => {
@@ -219,7 +231,7 @@ impl Agent {
                     ),
                 });
             }
-            if now_ms() >= deadline {
+            if Instant::now() >= deadline {
                 self.kill_runtime();
                 break Outcome::Err(ErrorInfo {
                     error_type: "Sandbox.Timedout".into(),

@@ -21,7 +21,8 @@ pub struct Invocation {
     pub request_id: String,
     /// Tenant id.
     pub tenant_id: Option<String>,
-    /// Deadline in ms since the Unix epoch.
+    /// Deadline in ms since the Unix epoch, in this guest's wall clock
+    /// (`Lambda-Runtime-Deadline-Ms`).
     pub deadline_ms: u64,
     /// Function ARN.
     pub function_arn: String,

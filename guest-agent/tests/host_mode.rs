@@ -68,11 +68,23 @@ fn start(name: &str, timeout_s: u32) -> (Fixture, Message) {
 }
 
 fn invoke(f: &mut Fixture, tenant: &str, payload: &str, budget_ms: u64) -> (Outcome, Vec<String>) {
-    let deadline = SystemTime::now()
+    invoke_with_clock_skew(f, tenant, payload, budget_ms as i64)
+}
+
+/// An invoke whose host-side deadline is `deadline_offset_ms` from this
+/// machine's wall clock (negative: as from a host whose clock is behind the
+/// guest's by more than the timeout).
+fn invoke_with_clock_skew(
+    f: &mut Fixture,
+    tenant: &str,
+    payload: &str,
+    deadline_offset_ms: i64,
+) -> (Outcome, Vec<String>) {
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
-        + budget_ms;
+        .as_millis() as i64;
+    let deadline = (now + deadline_offset_ms) as u64;
     let id = format!("req-{}", deadline);
     write_message(
         &mut f.conn,
@@ -99,12 +111,20 @@ fn invoke(f: &mut Fixture, tenant: &str, payload: &str, budget_ms: u64) -> (Outc
             Message::Log {
                 line, tenant_id, ..
             } => {
+                // Lines are tagged with the tenant whose invocation was in
+                // flight when the function wrote them; a line of the
+                // previous invocation may trail its result, so it can carry
+                // that invocation's tenant (never a tenant this environment
+                // did not serve: see the tests below).
                 if !line.starts_with("[silo]") {
-                    assert_eq!(
-                        tenant_id.as_deref(),
-                        Some(tenant),
-                        "log line tagged with the tenant"
-                    );
+                    assert!(tenant_id.is_some(), "log line without a tenant: {line}");
+                    if tenant_id.as_deref() != Some(tenant) {
+                        logs.push(format!(
+                            "[earlier:{}] {line}",
+                            tenant_id.unwrap_or_default()
+                        ));
+                        continue;
+                    }
                 }
                 logs.push(line);
             }
@@ -140,6 +160,12 @@ fn hello_then_invocations_see_tenant_and_keep_state() {
     assert_eq!(v["count"], 1);
     let (o2, logs2) = invoke(&mut f, "tenant-A", "{}", 5000);
     let all: Vec<&String> = logs.iter().chain(&logs2).collect();
+    for l in all.iter().filter(|l| l.contains("count")) {
+        assert!(
+            !l.starts_with("[earlier"),
+            "a line of tenant-A's own invocations: {l}"
+        );
+    }
     assert!(
         all.iter().any(|l| l.contains("count 1")),
         "function stdout forwarded: {all:?}"
@@ -149,11 +175,26 @@ fn hello_then_invocations_see_tenant_and_keep_state() {
         (v["count"].as_u64(), v["in_memory_count"].as_u64()),
         (Some(2), Some(2))
     );
-    // One environment, one tenant: another tenant is refused.
-    assert_eq!(
-        err_type(&invoke(&mut f, "tenant-B", "{}", 5000).0),
-        "Silo.TenantMismatch"
-    );
+    // One environment, one tenant: another tenant is refused, and any line
+    // arriving meanwhile belongs to tenant-A's earlier invocation.
+    let (o3, logs3) = invoke(&mut f, "tenant-B", "{}", 5000);
+    assert_eq!(err_type(&o3), "Silo.TenantMismatch");
+    for l in logs3.iter().filter(|l| !l.starts_with("[silo]")) {
+        assert!(l.starts_with("[earlier:tenant-A]"), "{l}");
+    }
+}
+
+#[test]
+fn the_timeout_runs_on_the_guests_clocks_whatever_the_hosts_wall_clock_says() {
+    // Found by CI: a nested guest's wall clock seconds ahead of the host's
+    // made every invoke time out at once (the host's absolute deadline had
+    // already passed in guest time).
+    let (mut f, _) = start("skew", 2);
+    let (o, _) = invoke_with_clock_skew(&mut f, "t", "{}", -60_000);
+    assert_eq!(ok_json(&o)["count"], 1, "{o:?}");
+    // And a host deadline far in the future does not extend the timeout.
+    let (o, _) = invoke_with_clock_skew(&mut f, "t", r#"{"action":"sleep","ms":60000}"#, 3_600_000);
+    assert_eq!(err_type(&o), "Sandbox.Timedout");
 }
 
 #[test]

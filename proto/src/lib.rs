@@ -79,7 +79,10 @@ pub enum Message {
         request_id: String,
         /// Tenant the invocation belongs to.
         tenant_id: Option<String>,
-        /// Deadline, milliseconds since the Unix epoch.
+        /// Deadline, milliseconds since the Unix epoch, in the host's wall
+        /// clock: informational. The agent enforces the function's timeout
+        /// from the invoke's arrival on its own clocks (host and guest wall
+        /// clocks need not agree), and the host its own deadline besides.
         deadline_unix_ms: u64,
         /// Function ARN.
         function_arn: String,
