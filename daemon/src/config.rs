@@ -410,6 +410,9 @@ mod tests {
             ),
             ("[limits]\nmax_connections = 0", "max_connections"),
             ("[limits]\nevent_workers = 0", "event_workers"),
+            ("[limits]\ncold_start_queue = 0", "cold_start_queue"),
+            ("[limits]\ninit_timeout_s = 0", "init_timeout_s"),
+            ("[limits]\ninit_timeout_s = 4000", "init_timeout_s"),
         ] {
             let cfg: DaemonConfig = toml::from_str(toml).unwrap();
             let e = cfg.check().unwrap_err().to_string();
