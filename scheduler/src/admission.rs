@@ -11,7 +11,9 @@
 //! held up by a second boot for one tenant). Each waiter carries its invoke's
 //! deadline: if the queue is full, or the measured boot time says the
 //! environment could not be ready before the deadline, the invoke is
-//! refused at once (a throttle), never failed after a long wait.
+//! refused at once (a throttle), never failed after a long wait. A cold
+//! start that finds a slot free always boots (the estimate judges waits
+//! only, so one slow boot cannot refuse every later one).
 //!
 //! A waiter is served by whichever comes first: a boot slot, or an idle
 //! environment of its own binding released by a finished invocation (a warm

@@ -591,11 +591,10 @@ where
             let mut st = self.lock();
             let st = &mut *st;
             let now = Instant::now();
+            // A free slot always boots: the estimate only judges waits (and
+            // refusing here could refuse forever after one slow boot, since
+            // no boot would then ever update the estimate).
             if st.booting < self.admission.max_booting && st.queue.iter().all(|w| w.pool) {
-                if !st.boot_estimate.fits(now, 0, 1, deadline) {
-                    st.counters.throttle(ThrottleReason::ColdStartDeadline);
-                    return Err(ThrottleReason::ColdStartDeadline);
-                }
                 st.booting += 1;
                 st.peak_booting = st.peak_booting.max(st.booting);
                 st.counters.cold_starts += 1;

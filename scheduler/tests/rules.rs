@@ -408,6 +408,31 @@ async fn a_cold_start_that_cannot_be_ready_by_its_deadline_is_refused_at_once() 
 }
 
 #[tokio::test]
+async fn one_slow_boot_does_not_refuse_every_later_cold_start() {
+    // A boot slower than the init deadline once made the estimate refuse
+    // every cold start, even with a free slot, and none ever came to
+    // correct it.
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(300, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let l = Limits {
+        init_deadline: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let a = binding("f", "slow");
+    assert!(s.invoke(a.clone(), l, req(&a, 0, false)).await.is_ok());
+    assert!(s.stats().boot_estimate.unwrap() > l.init_deadline);
+    backend.create_ms.store(10, SeqCst);
+    let b = binding("f", "next");
+    let r = s.invoke(b.clone(), l, req(&b, 0, false)).await;
+    assert!(r.is_ok_and(|r| r.cold_start), "a free slot boots");
+    assert!(
+        s.stats().boot_estimate.unwrap() < Duration::from_millis(300),
+        "and the estimate recovers"
+    );
+}
+
+#[tokio::test]
 async fn a_waiting_cold_start_takes_an_idle_environment_of_its_own_tenant() {
     let backend = MemoryBackend::default();
     backend.create_ms.store(100, SeqCst);
