@@ -690,8 +690,6 @@ async fn warm_invokes(
     function: &Path,
 ) -> Result<Value, String> {
     let dir = std::env::temp_dir().join(format!("silo-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("task")).map_err(|e| e.to_string())?;
-    std::fs::copy(function, dir.join("task/bootstrap")).map_err(|e| e.to_string())?;
 
     // The VM.
     let spec = function_spec(&dir, kernel, agent, function)?;
@@ -724,27 +722,7 @@ async fn warm_invokes(
     env.shutdown().await;
 
     // The same agent and function on the host, over a Unix socket.
-    let mut host_cfg = bench_agent_config();
-    host_cfg.task_root = dir.join("task").display().to_string();
-    host_cfg
-        .environment
-        .insert("TMPDIR".into(), dir.display().to_string());
-    std::fs::write(
-        dir.join("agent.json"),
-        serde_json::to_vec(&host_cfg).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let sock = dir.join("host-agent.sock");
-    let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
-    let mut child = Command::new(agent)
-        .args(["--host-mode", "--api-addr", "127.0.0.1:9109", "--config"])
-        .arg(dir.join("agent.json"))
-        .arg("--connect-unix")
-        .arg(&sock)
-        .spawn()
-        .map_err(|e| format!("host-mode agent: {e}"))?;
-    let (mut conn, _): (UnixStream, _) = listener.accept().map_err(|e| e.to_string())?;
-    silo_proto::read_message(&mut conn).map_err(|e| e.to_string())?;
+    let (mut child, mut conn) = host_agent(&dir, agent, function, 0)?;
     let mut host = Vec::with_capacity(args.invokes);
     let mut run = || -> Result<(), String> {
         host_invoke(&mut conn, warmup)?;
@@ -937,10 +915,7 @@ fn host_agent(
     let root = dir.join(format!("host-{slot}"));
     std::fs::create_dir_all(root.join("task")).map_err(|e| e.to_string())?;
     std::fs::copy(function, root.join("task/bootstrap")).map_err(|e| e.to_string())?;
-    let mut cfg = AgentConfig {
-        timeout_s: 10,
-        ..AgentConfig::default()
-    };
+    let mut cfg = bench_agent_config();
     cfg.task_root = root.join("task").display().to_string();
     cfg.environment
         .insert("TMPDIR".into(), root.display().to_string());
