@@ -55,6 +55,12 @@ fn boot(kernel_name: &str) {
         "both vCPUs came up (MP table):\n{out}"
     );
     assert!(out.contains("x2apic enabled"), "x2APIC in use:\n{out}");
+    // With ARAT in CPUID leaf 6 the guest's early tick is the TSC-deadline
+    // LAPIC timer, not the PIT: no IO-APIC timer check runs.
+    assert!(
+        !out.contains("..TIMER: vector="),
+        "the guest fell back to the PIT (no ARAT in CPUID):\n{out}"
+    );
     assert_eq!(run.exit_code, 0);
 }
 

@@ -16,7 +16,8 @@ Options:
       --kernel <KERNEL>                Guest kernel: ELF vmlinux or bzImage (told apart by content)
       --initrd <INITRD>                Initial ramdisk (uncompressed newc cpio)
       --cmdline <CMDLINE>              Kernel command line (virtio device declarations are appended)
-                                       [default: console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet]
+                                       [default: console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet
+                                       pty.legacy_count=0]
       --mem-mib <MEM_MIB>              Guest memory in MiB [default: 128]
       --vcpus <VCPUS>                  Number of vCPUs [default: 1]
       --serial <SERIAL>                Serial console: `stdout`, `off`, or `file:PATH` [default: stdout]

@@ -21,6 +21,12 @@ const ECX_UNEMULATED: u32 = (1 << 2) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7)
 const ECX_PDCM: u32 = 1 << 15;
 /// Leaf 1 EDX: DS, ACPI thermal, TM, PBE.
 const EDX_UNEMULATED: u32 = (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+/// Leaf 6 EAX: always-running APIC timer (ARAT). KVM's LAPIC timer is
+/// emulated and keeps running in every idle state, and KVM reports the bit
+/// as supported. Without it a 6.1 guest also keeps the PIT as its early tick
+/// source (`apic_needs_pit`): PIT interrupts and the IO-APIC timer check on
+/// every boot.
+pub const EAX_ARAT: u32 = 1 << 2;
 /// Leaf 0x8000_0001 ECX: SVM (no nested virtualization inside silo guests).
 const EXT_ECX_SVM: u32 = 1 << 2;
 
@@ -58,8 +64,16 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
             entry.eax &= !(0x3f << 26);
             entry.eax |= (u32::from(cpu_count.saturating_sub(1)) & 0x3f) << 26;
         }
-        0x5 | 0x6 | 0xa => {
-            // MONITOR/MWAIT details, thermal and power, architectural PMU: not offered.
+        0x6 => {
+            // Thermal and power management: only ARAT, and only when KVM
+            // reports it.
+            entry.eax &= EAX_ARAT;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        0x5 | 0xa => {
+            // MONITOR/MWAIT details, architectural PMU: not offered.
             entry.eax = 0;
             entry.ebx = 0;
             entry.ecx = 0;
@@ -152,10 +166,11 @@ mod tests {
     }
 
     #[test]
-    fn pmu_and_power_leaves_are_cleared_and_svm_hidden() {
+    fn pmu_and_power_leaves_are_cleared_but_arat_kept_and_svm_hidden() {
         let mut c = sample();
         filter_cpuid(&mut c, 0, 1);
-        assert_eq!(find(&c, 0x6, 0).eax, 0);
+        assert_eq!(find(&c, 0x6, 0).eax, EAX_ARAT, "ARAT only");
+        assert_eq!(find(&c, 0x6, 0).ecx, 0);
         assert_eq!(find(&c, 0xa, 0).eax, 0);
         assert_eq!(find(&c, 0x8000_0001, 0).ecx & EXT_ECX_SVM, 0);
         assert_eq!(find(&c, 1, 0).edx & (1 << 28), 0, "no HTT with one vCPU");
