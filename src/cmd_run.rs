@@ -95,7 +95,14 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
         mem_mib: args.mem_mib,
         vcpus: 1,
         boot_timeout: Duration::from_secs(120),
-        jail: JailMode::new(&JailSettings::default(), args.insecure_no_jail),
+        // One VM by hand: no neighbours for a CPU share to protect.
+        jail: JailMode::new(
+            &JailSettings {
+                cpu_full_at_mib: 0,
+                ..JailSettings::default()
+            },
+            args.insecure_no_jail,
+        ),
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);
@@ -107,6 +114,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
             "spawn_to_ready_ms": env.boot.spawn_to_ready.as_secs_f64() * 1e3,
             "guest_agent_start_ms": env.boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
             "guest_ready_ms": env.boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
+            "timeline": env.boot.timeline,
         })
     );
     for (n, payload) in args.payloads.iter().enumerate() {

@@ -16,17 +16,19 @@ use common::{run_with_kvm, WorkFile};
 
 /// Prints `FACT <who> <key> <value>` lines for the Rust side to check.
 const SCRIPT: &str = r#"
-silo serve --listen 0.0.0.0:9000 --data-dir /tmp/silo-data --kernel vmlinux --agent agent \
-  --allow-unauthenticated > /tmp/daemon.log 2>&1 &
+printf '[jail]\ncpu_full_at_mib = 256\n' > silo.toml
+silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data --kernel vmlinux \
+  --agent agent --allow-unauthenticated > /tmp/daemon.log 2>&1 &
 daemon=$!
 i=0
 until wget -q -O /dev/null http://127.0.0.1:9000/2015-03-31/functions/ 2>/dev/null; do
   i=$((i+1)); [ $i -ge 900 ] && { echo "daemon not up"; cat /tmp/daemon.log; exit 1; }
   sleep 0.2
 done
-silo create-function --name counter --bootstrap counter --per-tenant >/dev/null || exit 1
-silo invoke --name counter --tenant tenant-A || exit 1
-silo invoke --name counter --tenant tenant-B || exit 1
+silo create-function --name counter --bootstrap counter --per-tenant --timeout 60 >/dev/null \
+  || { cat /tmp/daemon.log; exit 1; }
+silo invoke --name counter --tenant tenant-A || { cat /tmp/daemon.log; exit 1; }
+silo invoke --name counter --tenant tenant-B || { cat /tmp/daemon.log; exit 1; }
 echo
 children() { for s in /proc/[0-9]*/status; do
   awk -v p="$1" -v f="$s" '/^PPid:/ { if ($2 == p) { split(f, a, "/"); print a[3] } }' "$s" 2>/dev/null
@@ -40,6 +42,7 @@ dirs=$(ls -d /tmp/silo-data/run/vm-* 2>/dev/null | tr '\n' ' ')
 for p in $(children $daemon); do
   for c in $(children $p); do
     echo "FACT $c jailer_uid $(uid_of $p)"
+    echo "FACT $c jailer_seccomp $(awk '/^Seccomp:/ { print $2 }' /proc/$p/status)"
     echo "FACT $c uid $(uid_of $c)"
     echo "FACT $c gid $(awk '/^Gid:/ { print $2 }' /proc/$c/status)"
     echo "FACT $c groups [$(awk '/^Groups:/ { $1 = ""; print }' /proc/$c/status | tr -d ' ')]"
@@ -135,6 +138,11 @@ fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
             uid,
             "the jailer parent dropped too:\n{out}"
         );
+        assert_eq!(
+            get(v, "jailer_seccomp"),
+            "2",
+            "the jailer parent is filtered:\n{out}"
+        );
         assert_eq!(get(v, "cap_eff"), "0000000000000000", "{out}");
         uids.push(uid);
         let root = get(v, "root");
@@ -169,7 +177,8 @@ fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
             ((128u64 + 64) << 20).to_string(),
             "{out}"
         );
-        assert_eq!(get(v, "cpu.max"), "7235/100000", "{out}");
+        // 128 MB with one full CPU at 256 MB (this test's config): half.
+        assert_eq!(get(v, "cpu.max"), "50000/100000", "{out}");
         assert_eq!(get(v, "pids.max"), "32", "{out}");
         assert_eq!(
             get(v, "tcp_loopback"),

@@ -28,6 +28,7 @@ pub struct JailSettings {
     /// proportional share below it, as Lambda does (1769 MB = 1 vCPU).
     /// Applied once the environment is ready: boot and runtime init run at
     /// up to a full CPU, so cold starts are not stretched by the share.
+    /// 0: no CPU share (each VM may use up to one CPU per vCPU).
     pub cpu_full_at_mib: u32,
     /// The smallest CPU share, in percent of one CPU.
     pub cpu_min_percent: u32,
@@ -60,9 +61,6 @@ impl JailSettings {
         }
         if !self.cgroup_parent.is_absolute() {
             return Err("jail.cgroup_parent must be an absolute path".into());
-        }
-        if self.cpu_full_at_mib == 0 {
-            return Err("jail.cpu_full_at_mib must be at least 1".into());
         }
         if !(1..=100).contains(&self.cpu_min_percent) {
             return Err("jail.cpu_min_percent must be 1..=100".into());
@@ -288,13 +286,18 @@ impl JailLease {
     /// its memory (never below `cpu_min_percent`), at most one CPU per vCPU.
     pub fn cpu_max(&self) -> String {
         let s = &self.jailer.settings;
-        let share = (u64::from(self.mem_mib) * CPU_PERIOD_US / u64::from(s.cpu_full_at_mib))
-            .max(u64::from(s.cpu_min_percent) * CPU_PERIOD_US / 100)
-            .min(u64::from(self.vcpus.max(1)) * CPU_PERIOD_US);
+        let all = u64::from(self.vcpus.max(1)) * CPU_PERIOD_US;
+        let share = match s.cpu_full_at_mib {
+            0 => all,
+            full => (u64::from(self.mem_mib) * CPU_PERIOD_US / u64::from(full))
+                .max(u64::from(s.cpu_min_percent) * CPU_PERIOD_US / 100)
+                .min(all),
+        };
         format!("{share} {CPU_PERIOD_US}")
     }
 
-    /// Applies the VM's CPU share (once it is ready: its boot ran unthrottled).
+    /// Applies the VM's CPU share (once it is ready: its boot ran at up to
+    /// one CPU per vCPU).
     pub fn limit_cpu(&self) -> Result<(), JailSetupError> {
         self.write("cpu.max", &self.cpu_max())
     }
@@ -390,7 +393,13 @@ mod tests {
         // 128 MiB: 7.2% of a CPU.
         assert_eq!(lease(128, 1, s.clone()).cpu_max(), "7235 100000");
         // Never below the floor.
-        assert_eq!(lease(16, 1, s).cpu_max(), "5000 100000");
+        assert_eq!(lease(16, 1, s.clone()).cpu_max(), "5000 100000");
+        // 0: no share, one CPU per vCPU.
+        let off = JailSettings {
+            cpu_full_at_mib: 0,
+            ..s
+        };
+        assert_eq!(lease(128, 2, off).cpu_max(), "200000 100000");
     }
 
     #[test]

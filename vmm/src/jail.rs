@@ -217,10 +217,15 @@ fn close_inherited_descriptors() -> Result<(), JailError> {
     Ok(())
 }
 
-/// The jailer parent: drops to the VM's ids, waits for the VMM and exits
-/// with its status.
+/// The jailer parent: drops to the VM's ids, filters itself down to
+/// `wait4` and exit, waits for the VMM and exits with its status.
 fn wait_and_exit(cfg: &JailConfig, child: nix::unistd::Pid, alive: std::os::fd::OwnedFd) -> ! {
     if let Err(e) = drop_privileges(cfg.uid, cfg.gid) {
+        eprintln!("silo-vmm: {e}");
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        std::process::exit(1);
+    }
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Jailer) {
         eprintln!("silo-vmm: {e}");
         let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         std::process::exit(1);
