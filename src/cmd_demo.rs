@@ -32,6 +32,11 @@ pub struct DemoArgs {
     /// The counter function's binary (default: build functions/counter).
     #[arg(long)]
     function: Option<PathBuf>,
+    /// Override `jail.cpu_full_at_mib` (0: no CPU share). The demo passes 0
+    /// inside the test host, whose one emulated CPU is tens of times slower
+    /// than hardware: 7% of it would time out a 128 MB function's invokes.
+    #[arg(long)]
+    cpu_full_at_mib: Option<u32>,
 }
 
 /// Runs the demo.
@@ -66,7 +71,12 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
         args.here,
         || {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(demo(kernel.clone(), agent.clone(), function.clone()))
+            rt.block_on(demo(
+                kernel.clone(),
+                agent.clone(),
+                function.clone(),
+                args.cpu_full_at_mib,
+            ))
         },
         || in_test_host(&kernel, &agent, &function),
     )
@@ -87,20 +97,29 @@ fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result
     run_checked(
         &host,
         "demo",
-        "SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter",
+        "SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter \
+         --cpu-full-at-mib 0",
     )
     .map_err(|e| e.to_string())?;
     Ok(())
 }
 
-async fn demo(kernel: PathBuf, agent: PathBuf, function: PathBuf) -> Result<(), String> {
+async fn demo(
+    kernel: PathBuf,
+    agent: PathBuf,
+    function: PathBuf,
+    cpu_full_at_mib: Option<u32>,
+) -> Result<(), String> {
     let data_dir = std::env::temp_dir().join(format!("silo-demo-{}", std::process::id()));
-    let config = DaemonConfig {
+    let mut config = DaemonConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: data_dir.clone(),
         allow_unauthenticated: true,
         ..DaemonConfig::default()
     };
+    if let Some(n) = cpu_full_at_mib {
+        config.jail.cpu_full_at_mib = n;
+    }
     let running = serve::start(config, Images { kernel, agent })
         .await
         .map_err(|e| e.to_string())?;

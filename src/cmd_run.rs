@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use silo_proto::{AgentConfig, Message, Outcome};
 
+use silo_daemon::jail::{JailMode, JailSettings};
 use silo_daemon::vm_env::{VmEnv, VmSpec};
 
 /// Flags for `silo run`.
@@ -38,6 +39,10 @@ pub struct RunArgs {
     /// Directory for the VM's sockets and images.
     #[arg(long, default_value = "/tmp/silo-run")]
     work_dir: PathBuf,
+    /// Run the VMM unjailed, as this user (else it needs root: see
+    /// docs/SECURITY.md).
+    #[arg(long)]
+    insecure_no_jail: bool,
 }
 
 fn now_ms() -> u64 {
@@ -90,6 +95,14 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
         mem_mib: args.mem_mib,
         vcpus: 1,
         boot_timeout: Duration::from_secs(120),
+        // One VM by hand: no neighbours for a CPU share to protect.
+        jail: JailMode::new(
+            &JailSettings {
+                cpu_full_at_mib: 0,
+                ..JailSettings::default()
+            },
+            args.insecure_no_jail,
+        ),
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);
@@ -101,6 +114,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
             "spawn_to_ready_ms": env.boot.spawn_to_ready.as_secs_f64() * 1e3,
             "guest_agent_start_ms": env.boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
             "guest_ready_ms": env.boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
+            "timeline": env.boot.timeline,
         })
     );
     for (n, payload) in args.payloads.iter().enumerate() {

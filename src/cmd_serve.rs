@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// Accept unsigned requests as an administrator (local use only).
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Start microVMs unjailed, as the daemon's user in the host's
+    /// namespaces (logged on every boot). Without it, a host that cannot
+    /// jail (not root, no cgroup v2) boots no VM.
+    #[arg(long)]
+    pub insecure_no_jail: bool,
     /// Guest kernel [default: build silo's guest kernel].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -70,6 +75,7 @@ impl ServeArgs {
             cfg.limits.idle_timeout_s = n;
         }
         cfg.allow_unauthenticated = self.allow_unauthenticated;
+        cfg.insecure_no_jail = self.insecure_no_jail;
         cfg.check().map_err(|e| e.to_string())?;
         if cfg.credentials.is_empty() && !cfg.allow_unauthenticated {
             return Err(

@@ -2,9 +2,10 @@
 //! and VMMs never outliving the daemon: the
 //! script starts `silo serve`, creates a function and invokes it with
 //! `silo create-function` / `silo invoke` (signed), checks that one VMM
-//! process runs, SIGKILLs the daemon and checks the VMM died with it (it
-//! gets SIGKILL as its parent-death signal; the guest agent also powers the
-//! guest off when its host link drops, so either alone passes this test).
+//! process runs (jailed: the jailer the daemon spawned and the VMM it
+//! forked), SIGKILLs the daemon and checks both died with it (parent-death
+//! signals; the guest agent also powers the guest off when its host link
+//! drops, so either alone passes this test).
 
 mod common;
 
@@ -28,12 +29,15 @@ silo create-function --name counter --bootstrap counter --per-tenant --timeout 3
 grep -q PER_TENANT create.json && echo CREATED_PER_TENANT
 silo invoke --name counter --tenant tenant-A --payload '{{}}' > out1.json && cat out1.json && echo
 silo invoke --name counter --payload '{{}}' 2> err.txt; echo "NO_TENANT_EXIT $?"; cat err.txt
-vmms=$(ps -o args | grep -c "[v]mm --kernel"); echo "VMMS_RUNNING $vmms"
-vpid=$(ps -o pid,args | grep "[v]mm --kernel" | awk '{{print $1}}' | head -1)
+# A jailed VMM is two processes: the jailer the daemon spawned, and the VMM
+# it forked (pid 1 of its own pid namespace), which runs the VM's threads.
+jailer=$(ps -o pid,ppid,args | awk -v d=$daemon '$2 == d && /silo-vmm/ {{ print $1 }}')
+echo "VMMS_RUNNING $(echo $jailer | wc -w)"
+vpid=$(ps -o pid,ppid,args | awk -v j=$jailer '$2 == j && /silo-vmm/ {{ print $1 }}' | head -1)
 echo "VMM_TASKS $(ls /proc/$vpid/task | wc -l) FILTERED $(grep -l 'Seccomp:.*2' /proc/$vpid/task/*/status | wc -l)"
 kill -9 $daemon; wait $daemon 2>/dev/null
 sleep 2
-left=$(ps -o args | grep -c "[v]mm --kernel"); echo "VMMS_AFTER_KILL $left"
+left=$(ps -o args | grep -c "[s]ilo-vmm"); echo "VMMS_AFTER_KILL $left"
 "#
     );
     let run = run_with_kvm(

@@ -242,6 +242,11 @@ fn run_here(
     );
     results["function_vm_timeline"] =
         rt.block_on(function_timelines(args.boots, kernel, agent, function))?;
+    eprintln!(
+        "[bench] {} function VM cold starts each, jailed and unjailed, interleaved",
+        args.boots
+    );
+    results["jail_cost"] = rt.block_on(jail_cost(args.boots, kernel, agent, function))?;
     results["warm_invoke"] = rt.block_on(warm_invokes(args, kernel, agent, function))?;
     eprintln!(
         "[bench] warm invokes, {} in flight: VMs vs host-mode agents",
@@ -779,6 +784,7 @@ async fn creations(
         mem_mib: 128,
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
+        jail: silo_daemon::jail::JailMode::Insecure,
     };
     let started = Instant::now();
     let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
@@ -846,6 +852,7 @@ fn function_spec(
         mem_mib: 128,
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
+        jail: silo_daemon::jail::JailMode::Insecure,
     })
 }
 
@@ -905,6 +912,54 @@ async fn function_timelines(
         "phases": out,
         "order": PHASES,
         "samples": samples,
+    }))
+}
+
+/// What the jail costs a cold start: `n` function VMs booted jailed and `n`
+/// unjailed, alternating, each to its first answered invocation.
+async fn jail_cost(
+    n: usize,
+    kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
+    use silo_daemon::jail::{JailMode, JailSettings};
+    let jailed_mode = JailMode::new(&JailSettings::default(), false);
+    if let JailMode::Unavailable(why) = &jailed_mode {
+        return Ok(json!({ "skipped": format!("this host cannot jail: {why}") }));
+    }
+    let dir = std::env::temp_dir().join(format!("silo-bench-jail-{}", std::process::id()));
+    let mut spec = function_spec(&dir, kernel, agent, function)?;
+    let (mut ready, mut first) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for i in 0..n.max(1) {
+        // Alternate which goes first so drift favours neither.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            spec.jail = if side == 0 {
+                jailed_mode.clone()
+            } else {
+                JailMode::Insecure
+            };
+            let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            env.invoke(invoke_msg(i), Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            let t = &env.boot.timeline;
+            ready[side].push(t.agent_ready_ms);
+            first[side].push(t.first_invocation_answered_ms.unwrap_or(f64::NAN));
+            env.shutdown().await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ratio = |v: &[Vec<f64>; 2]| median(&v[0]) / median(&v[1]);
+    Ok(json!({
+        "clock": "ms since the VMM process was spawned",
+        "jailed": { "agent_ready_ms": stats(ready[0].clone()), "first_answer_ms": stats(first[0].clone()) },
+        "unjailed": { "agent_ready_ms": stats(ready[1].clone()), "first_answer_ms": stats(first[1].clone()) },
+        "ratio_agent_ready_p50": ratio(&ready),
+        "ratio_first_answer_p50": ratio(&first),
     }))
 }
 

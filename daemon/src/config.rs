@@ -27,6 +27,15 @@
 //! body_read_timeout_s = 60 # a request's body must arrive this soon
 //! max_header_bytes = 16384 # request line and headers, at most
 //!
+//! [jail]                  # every VMM runs jailed (docs/SECURITY.md)
+//! uid_base = 1000000000   # each live VM gets its own uid/gid from here
+//! uid_count = 65536
+//! cgroup_parent = "/sys/fs/cgroup/silo"
+//! memory_overhead_mib = 64 # memory.max = guest memory + this
+//! cpu_full_at_mib = 1769  # cpu.max: one CPU at this much memory, as Lambda
+//! cpu_min_percent = 5     # the smallest share of a CPU
+//! pids_max = 32
+//!
 //! [pools]                 # microVMs booted ahead of time, bound to no
 //! counter = 2             # tenant until a new tenant's first invoke
 //!
@@ -78,6 +87,12 @@ pub struct DaemonConfig {
     /// a flag, never read from the file).
     #[serde(skip)]
     pub allow_unauthenticated: bool,
+    /// The per-VM jail: ids, cgroup parent, limits (see docs/SECURITY.md).
+    pub jail: crate::jail::JailSettings,
+    /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
+    /// the file). Logged on every boot.
+    #[serde(skip)]
+    pub insecure_no_jail: bool,
 }
 
 /// Smallest `limits.max_header_bytes` (the HTTP server's smallest buffer).
@@ -188,6 +203,8 @@ impl Default for DaemonConfig {
             kernel: None,
             agent: None,
             allow_unauthenticated: false,
+            jail: crate::jail::JailSettings::default(),
+            insecure_no_jail: false,
         }
     }
 }
@@ -252,6 +269,9 @@ pub enum InvalidConfig {
     /// `limits.cold_start_queue` is 0.
     #[error("limits.cold_start_queue must be at least 1")]
     ColdStartQueue,
+    /// A `[jail]` setting is out of range.
+    #[error("{0}")]
+    Jail(String),
     /// `limits.init_timeout_s` is out of range.
     #[error("limits.init_timeout_s must be between 1 and 3600")]
     InitTimeout,
@@ -312,6 +332,7 @@ impl DaemonConfig {
         if !(1..=3600).contains(&self.limits.init_timeout_s) {
             return Err(InvalidConfig::InitTimeout);
         }
+        self.jail.check().map_err(InvalidConfig::Jail)?;
         let l = &self.limits;
         if l.event_queue == 0 || l.event_queue_per_tenant == 0 || l.event_workers == 0 {
             return Err(InvalidConfig::EventQueue);

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 mod events;
+pub mod jail;
 pub mod metrics;
 pub mod serve;
 mod state;

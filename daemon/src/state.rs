@@ -87,6 +87,7 @@ impl Daemon {
             images.kernel.clone(),
             run_dir.clone(),
             Duration::from_secs(config.limits.init_timeout_s),
+            crate::jail::JailMode::new(&config.jail, config.insecure_no_jail),
         );
         let admission = config.limits.admission();
         tracing::info!(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{Backend, Binding, Environment};
 
+use crate::jail::JailMode;
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec};
 
 /// Why a function version's image could not be registered.
@@ -42,6 +43,7 @@ pub struct VmBackend {
     kernel: PathBuf,
     run_dir: PathBuf,
     boot_timeout: Duration,
+    jail: JailMode,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
 
@@ -54,12 +56,14 @@ pub struct VmRequest {
 }
 
 impl VmBackend {
-    /// A backend booting `kernel`, keeping per-VM sockets under `run_dir`.
-    pub fn new(kernel: PathBuf, run_dir: PathBuf, boot_timeout: Duration) -> Self {
+    /// A backend booting `kernel`, keeping per-VM sockets under `run_dir`,
+    /// starting VMMs as `jail` says.
+    pub fn new(kernel: PathBuf, run_dir: PathBuf, boot_timeout: Duration, jail: JailMode) -> Self {
         Self {
             kernel,
             run_dir,
             boot_timeout,
+            jail,
             functions: Mutex::new(HashMap::new()),
         }
     }
@@ -122,6 +126,7 @@ impl VmBackend {
             mem_mib: image.config.memory_mib,
             vcpus: 1,
             boot_timeout: self.boot_timeout,
+            jail: self.jail.clone(),
         })
     }
 }
@@ -225,7 +230,12 @@ mod tests {
     #[test]
     fn run_directory_names_never_contain_the_tenant() {
         let run_dir = PathBuf::from("/var/lib/silo/run");
-        let backend = VmBackend::new("/k".into(), run_dir.clone(), Duration::from_secs(1));
+        let backend = VmBackend::new(
+            "/k".into(),
+            run_dir.clone(),
+            Duration::from_secs(1),
+            JailMode::Insecure,
+        );
         let version = "counter@0b4c".to_string();
         backend.functions.lock().unwrap().insert(
             version.clone(),

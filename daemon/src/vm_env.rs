@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::jail::{JailLease, JailMode};
 use silo_proto::asynchronous::{read_message, write_message};
 use silo_proto::{BootTiming, LogStream, Message, Outcome, AGENT_PORT};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +38,8 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// How long to wait for the agent's hello.
     pub boot_timeout: Duration,
+    /// Whether and how the VMM is jailed.
+    pub jail: JailMode,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -93,14 +96,32 @@ pub struct BootTimeline {
     pub first_invocation_answered_ms: Option<f64>,
 }
 
+/// Reads at most `max` bytes of `path` if it is a regular file, never
+/// following a symbolic link nor blocking on a FIFO: in a jail the VMM owns
+/// its directory and could put either there.
+fn read_small_regular_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
 /// Reads the VMM's timeline file and places every phase after `spawn_ns`.
 fn read_timeline(path: &Path, spawn_ns: u64, ready: Duration, guest: &BootTiming) -> BootTimeline {
     let mut t = BootTimeline {
         agent_ready_ms: ready.as_secs_f64() * 1e3,
         ..BootTimeline::default()
     };
-    let Some(v) = std::fs::read(path)
-        .ok()
+    let Some(v) = read_small_regular_file(path, 64 * 1024)
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
     else {
         return t;
@@ -147,6 +168,8 @@ pub struct VmEnv {
     /// An exchange with the agent failed or was cut off (possibly mid-frame):
     /// nothing more is written to it, and shutdown kills the VMM at once.
     broken: bool,
+    /// The VM's jail (uid and cgroup), given back once the VMM is gone.
+    jail: Option<JailLease>,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -223,6 +246,40 @@ pub struct RejectedPeer {
     pub uid: Option<u32>,
 }
 
+/// Who may connect to a VM's agent socket: the VMM process the daemon
+/// spawned (or, jailed, the VMM it forked as pid 1 of its pid namespace),
+/// and when jailed only with the VM's own uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedVmm {
+    /// The process the daemon spawned.
+    pub pid: u32,
+    /// The VM's jail uid, if jailed.
+    pub uid: Option<u32>,
+}
+
+impl ExpectedVmm {
+    fn admits(&self, peer: &RejectedPeer) -> bool {
+        let Some(pid) = peer.pid.and_then(|p| u32::try_from(p).ok()) else {
+            return false;
+        };
+        match self.uid {
+            None => pid == self.pid,
+            Some(uid) => {
+                peer.uid == Some(uid) && (pid == self.pid || parent_pid(pid) == Some(self.pid))
+            }
+        }
+    }
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/status`.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// How many rejected peers an [`AcceptError::TimedOut`] lists (all are
 /// counted).
 const REJECTED_LISTED: usize = 8;
@@ -290,7 +347,7 @@ fn rejected_summary(rejected: &[RejectedPeer], total: usize) -> String {
 /// written to it, and waiting goes on.
 pub async fn accept_agent(
     listener: &UnixListener,
-    expected_pid: u32,
+    expected: ExpectedVmm,
     timeout: Duration,
     label: &VmLabel,
 ) -> Result<(UnixStream, BootTiming), AcceptError> {
@@ -302,7 +359,7 @@ pub async fn accept_agent(
             Ok(r) => r.map_err(AcceptError::Accept)?.0,
             Err(_) => {
                 return Err(AcceptError::TimedOut {
-                    expected_pid,
+                    expected_pid: expected.pid,
                     waited: timeout,
                     rejected,
                     rejected_total,
@@ -314,7 +371,7 @@ pub async fn accept_agent(
             pid: cred.as_ref().ok().and_then(|c| c.pid()),
             uid: cred.as_ref().ok().map(|c| c.uid()),
         };
-        if peer.pid.is_some() && peer.pid == i32::try_from(expected_pid).ok() {
+        if expected.admits(&peer) {
             break accepted;
         }
         // Closed before a byte is written to it: whatever it sent is unread.
@@ -322,7 +379,8 @@ pub async fn accept_agent(
         tracing::warn!(
             function = %label.function,
             tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
-            expected_pid,
+            expected_pid = expected.pid,
+            expected_uid = ?expected.uid,
             peer_pid = ?peer.pid,
             peer_uid = ?peer.uid,
             peer_cred_error = ?cred.as_ref().err().map(ToString::to_string),
@@ -406,12 +464,49 @@ impl VmEnv {
         let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
+        let lease = match &spec.jail {
+            JailMode::Jailed(jailer) => Some(
+                jailer
+                    .lease(&dir, spec.mem_mib, spec.vcpus)
+                    .map_err(|e| EnvError::Setup(format!("jail: {e}")))?,
+            ),
+            JailMode::Insecure => {
+                tracing::warn!(
+                    function = %label.function,
+                    tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+                    "booting an UNJAILED microVM (--insecure-no-jail)"
+                );
+                None
+            }
+            JailMode::Unavailable(why) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(EnvError::Setup(format!(
+                    "this host cannot jail microVMs ({why}); start the daemon with \
+                     --insecure-no-jail to run them unjailed"
+                )));
+            }
+        };
+        // Inside a jail the VM's directory is the VMM's `/`.
+        let inside = |name: &str| match &lease {
+            Some(_) => Path::new("/").join(name),
+            None => dir.join(name),
+        };
         let uds = dir.join("vsock");
-        let listener = UnixListener::bind(format!("{}_{AGENT_PORT}", uds.display()))
+        let agent_socket = PathBuf::from(format!("{}_{AGENT_PORT}", uds.display()));
+        let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
+        if let Some(lease) = &lease {
+            let id = Some(lease.id());
+            std::os::unix::fs::chown(&agent_socket, id, id)
+                .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
+        }
         let started = Instant::now();
         let mut cmd = Command::new(vmm_binary()?);
-        cmd.arg("--kernel")
+        if let Some(lease) = &lease {
+            cmd.args(lease.vmm_args(&dir));
+        }
+        cmd.env_clear()
+            .arg("--kernel")
             .arg(&spec.kernel)
             .arg("--initrd")
             .arg(&spec.initrd)
@@ -422,11 +517,11 @@ impl VmEnv {
             .arg("--vsock-cid")
             .arg("3")
             .arg("--vsock-uds")
-            .arg(&uds)
+            .arg(inside("vsock"))
             .arg("--serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg(format!("file:{}", inside("console.log").display()))
             .arg("--timeline-file")
-            .arg(dir.join("timeline.json"))
+            .arg(inside("timeline.json"))
             .arg("--managed")
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
@@ -456,13 +551,17 @@ impl VmEnv {
         let mut env_guard = Guard {
             child: Some(child),
             dir: Some(dir.clone()),
+            jail: lease,
         };
-        let expected_pid = env_guard
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?;
-        let (conn, boot) = accept_agent(&listener, expected_pid, spec.boot_timeout, label)
+        let expected = ExpectedVmm {
+            pid: env_guard
+                .child
+                .as_ref()
+                .and_then(Child::id)
+                .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?,
+            uid: env_guard.jail.as_ref().map(JailLease::id),
+        };
+        let (conn, boot) = accept_agent(&listener, expected, spec.boot_timeout, label)
             .await
             .map_err(|e| match e {
                 AcceptError::TimedOut { .. } => {
@@ -472,13 +571,23 @@ impl VmEnv {
             })?;
         let spawn_to_ready = started.elapsed();
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
-        let (child, dir) = env_guard.disarm();
+        let (child, dir, jail) = env_guard.disarm();
+        if let Some(lease) = &jail {
+            if let Err(e) = lease.limit_cpu() {
+                tracing::warn!(
+                    function = %label.function,
+                    tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+                    error = %e, "cannot apply the VM's CPU share"
+                );
+            }
+        }
         Ok(Self {
             child,
             conn,
             dir,
             started,
             broken: false,
+            jail,
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -501,6 +610,7 @@ impl VmEnv {
             dir,
             started: Instant::now(),
             broken: false,
+            jail: None,
             boot: BootReport {
                 spawn_to_ready: Duration::ZERO,
                 guest,
@@ -612,6 +722,9 @@ impl VmEnv {
             let _ = self.child.kill().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(lease) = self.jail.take() {
+            let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+        }
     }
 }
 
@@ -619,20 +732,25 @@ impl Drop for VmEnv {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A jail lease still held is released on its own thread.
+        drop(self.jail.take());
     }
 }
 
-/// Kills the VMM and removes its directory unless disarmed.
+/// Kills the VMM, removes its directory and gives back its jail unless
+/// disarmed.
 struct Guard {
     child: Option<Child>,
     dir: Option<PathBuf>,
+    jail: Option<JailLease>,
 }
 
 impl Guard {
-    fn disarm(&mut self) -> (Child, PathBuf) {
+    fn disarm(&mut self) -> (Child, PathBuf, Option<JailLease>) {
         (
             self.child.take().expect("child"),
             self.dir.take().expect("dir"),
+            self.jail.take(),
         )
     }
 }
@@ -645,6 +763,7 @@ impl Drop for Guard {
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
+        drop(self.jail.take());
     }
 }
 
@@ -789,7 +908,16 @@ print(n, flush=True)
         let mut vmm = Peer::spawn(&socket, &dir, true);
         let vmm_pid = vmm.pid();
         let accept = tokio::spawn(async move {
-            let r = accept_agent(&listener, vmm_pid, Duration::from_secs(20), &label()).await;
+            let r = accept_agent(
+                &listener,
+                ExpectedVmm {
+                    pid: vmm_pid,
+                    uid: None,
+                },
+                Duration::from_secs(20),
+                &label(),
+            )
+            .await;
             (r, listener)
         });
         let mut intruder = Peer::spawn(&socket, &dir, false);
@@ -832,6 +960,63 @@ print(n, flush=True)
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Jailed, the agent connects from the VMM the jailer forked (a child of
+    /// the spawned process) with the VM's uid; a process outside that tree,
+    /// or in it with another uid, is refused. Unjailed, only the spawned
+    /// process itself.
+    #[test]
+    fn a_jailed_vmm_is_admitted_by_its_uid_and_process_tree() {
+        let mut jailer = std::process::Command::new("sh")
+            .args(["-c", "sleep 600 & echo $!; wait"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(jailer.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let vmm: i32 = line.trim().parse().unwrap();
+        let spawned = jailer.id();
+        let stranger = std::process::id() as i32;
+        let peer = |pid: i32, uid: u32| RejectedPeer {
+            pid: Some(pid),
+            uid: Some(uid),
+        };
+        let jailed = ExpectedVmm {
+            pid: spawned,
+            uid: Some(1_000_000_007),
+        };
+        assert!(jailed.admits(&peer(vmm, 1_000_000_007)));
+        assert!(jailed.admits(&peer(spawned as i32, 1_000_000_007)));
+        assert!(
+            !jailed.admits(&peer(vmm, 1_000_000_008)),
+            "another VM's uid"
+        );
+        assert!(!jailed.admits(&peer(vmm, 0)), "the daemon's uid");
+        assert!(
+            !jailed.admits(&peer(stranger, 1_000_000_007)),
+            "outside the tree"
+        );
+        assert!(!jailed.admits(&RejectedPeer {
+            pid: None,
+            uid: Some(1_000_000_007)
+        }));
+        let unjailed = ExpectedVmm {
+            pid: spawned,
+            uid: None,
+        };
+        assert!(unjailed.admits(&peer(spawned as i32, 0)));
+        assert!(
+            !unjailed.admits(&peer(vmm, 0)),
+            "unjailed: the spawned process only"
+        );
+        let _ = std::process::Command::new("kill")
+            .arg(vmm.to_string())
+            .status();
+        let _ = jailer.kill();
+        let _ = jailer.wait();
+    }
+
     /// Nothing but foreign connections until the boot timeout: a boot error
     /// that says so, and every intruder was closed without a byte.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,7 +1031,16 @@ print(n, flush=True)
             .unwrap();
         let vmm_pid = vmm.id();
         let accept = tokio::spawn(async move {
-            accept_agent(&listener, vmm_pid, Duration::from_secs(3), &label()).await
+            accept_agent(
+                &listener,
+                ExpectedVmm {
+                    pid: vmm_pid,
+                    uid: None,
+                },
+                Duration::from_secs(3),
+                &label(),
+            )
+            .await
         });
         let mut intruder = Peer::spawn(&socket, &dir, false);
         let intruder_pid = intruder.pid();

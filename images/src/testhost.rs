@@ -625,6 +625,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "[testhost] no cgroup2"
 ifconfig lo 127.0.0.1 up
 for m in irqbypass kvm kvm-amd; do
   insmod /modules/$m.ko || echo "[testhost] insmod $m failed"

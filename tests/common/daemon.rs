@@ -22,10 +22,14 @@ pub const ADMIN: (&str, &str) = ("AKIDSILOADMIN", "admin-secret-for-tests");
 /// A key restricted to tenant-A.
 pub const TENANT_A: (&str, &str) = ("AKIDSILOTENANTA", "tenant-a-secret-for-tests");
 
-/// The configuration every test daemon uses (plus what a test adds).
+/// The configuration every test daemon uses (plus what a test adds). VMs
+/// get no CPU share (`jail.cpu_full_at_mib = 0`): the test host's emulated
+/// CPU is tens of times slower than hardware, and a 128 MB function's 7%
+/// of it would stretch every invoke past its timeout. `tests/jail_e2e.rs`
+/// checks the default share is written.
 pub fn config(extra: &str) -> String {
     format!(
-        "[[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
+        "[jail]\ncpu_full_at_mib = 0\n\n[[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
          [[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\ntenants = [\"tenant-A\"]\n\n{extra}",
         ADMIN.0, ADMIN.1, TENANT_A.0, TENANT_A.1
     )

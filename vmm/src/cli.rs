@@ -29,6 +29,12 @@ Options:
                                        this file as soon as the guest starts running
       --allow-pvm                      Try to boot a standard kernel even on a PVM-backed /dev/kvm
       --managed                        Started by the daemon: SILO_SECCOMP=off is ignored (with a warning)
+      --jail-root <DIR>                Jail this VMM first (needs root): DIR becomes its `/`; the kernel and
+                                       initrd are bound read-only at /kernel and /initrd, and --vsock-uds
+                                       and --timeline-file are paths inside DIR. Needs --jail-uid, --jail-gid
+      --jail-uid <UID>                 The VM's own unprivileged user id (not 0)
+      --jail-gid <GID>                 The VM's own group id (not 0)
+      --jail-cgroup <DIR>              cgroup v2 directory (limits written by the caller) to join first
   -h, --help                           Print help
 
 Environment:
@@ -63,6 +69,8 @@ pub struct VmmArgs {
     pub allow_pvm: bool,
     /// Started by the daemon: the seccomp off switch is refused.
     pub managed: bool,
+    /// Enter this jail before anything else.
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 /// What the command line asks for.
@@ -126,6 +134,10 @@ const FLAGS: &[(&str, bool)] = &[
     ("--timeline-file", true),
     ("--allow-pvm", false),
     ("--managed", false),
+    ("--jail-root", true),
+    ("--jail-uid", true),
+    ("--jail-gid", true),
+    ("--jail-cgroup", true),
 ];
 
 /// Parses `--serial`: `stdout`, `off` or `file:PATH`.
@@ -228,6 +240,28 @@ where
         None => DEFAULT_CMDLINE.to_string(),
         Some(v) => text("--cmdline", &v)?.to_string(),
     };
+    let jail = match get("--jail-root") {
+        None => {
+            for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup"] {
+                if has(flag) {
+                    return Err(CliError::Required("--jail-root <DIR>"));
+                }
+            }
+            None
+        }
+        Some(root) => Some(crate::jail::JailConfig {
+            root: PathBuf::from(root),
+            uid: number(
+                "--jail-uid",
+                &get("--jail-uid").ok_or(CliError::Required("--jail-uid <UID>"))?,
+            )?,
+            gid: number(
+                "--jail-gid",
+                &get("--jail-gid").ok_or(CliError::Required("--jail-gid <GID>"))?,
+            )?,
+            cgroup: get("--jail-cgroup").map(PathBuf::from),
+        }),
+    };
     Ok(Command::Run(Box::new(VmmArgs {
         kernel: PathBuf::from(kernel),
         initrd: get("--initrd").map(PathBuf::from),
@@ -247,6 +281,7 @@ where
         timeline_file: get("--timeline-file").map(PathBuf::from),
         allow_pvm: has("--allow-pvm"),
         managed: has("--managed"),
+        jail,
     })))
 }
 
@@ -291,6 +326,46 @@ mod tests {
         assert_eq!(a.serial, SerialOutput::Stdout);
         assert!(a.initrd.is_none() && a.vsock_cid.is_none() && a.timeline_file.is_none());
         assert!(!a.timeline && !a.allow_pvm && !a.managed);
+    }
+
+    #[test]
+    fn jail_flags_come_together() {
+        let a = run(&[
+            "--kernel",
+            "/k",
+            "--jail-root",
+            "/run/vm-1",
+            "--jail-uid",
+            "1000000001",
+            "--jail-gid=1000000001",
+            "--jail-cgroup",
+            "/sys/fs/cgroup/silo/vm-1",
+        ])
+        .unwrap();
+        let j = a.jail.unwrap();
+        assert_eq!(j.root, PathBuf::from("/run/vm-1"));
+        assert_eq!((j.uid, j.gid), (1_000_000_001, 1_000_000_001));
+        assert_eq!(j.cgroup, Some(PathBuf::from("/sys/fs/cgroup/silo/vm-1")));
+        assert!(run(&["--kernel", "/k"]).unwrap().jail.is_none());
+        let e = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(e(&["--kernel", "/k", "--jail-uid", "5"]).contains("--jail-root"));
+        assert!(
+            e(&["--kernel", "/k", "--jail-root", "/r", "--jail-gid", "5"]).contains("--jail-uid")
+        );
+        assert!(
+            e(&["--kernel", "/k", "--jail-root", "/r", "--jail-uid", "5"]).contains("--jail-gid")
+        );
+        assert!(e(&[
+            "--kernel",
+            "/k",
+            "--jail-root",
+            "/r",
+            "--jail-uid",
+            "x",
+            "--jail-gid",
+            "5"
+        ])
+        .contains("'--jail-uid'"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Opening `/dev/kvm` and telling what kind of KVM this host has.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Path of the KVM device.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -60,9 +61,30 @@ pub fn host_kind() -> HostKvm {
     }
 }
 
-/// Opens `/dev/kvm`, checks the capabilities the VMM relies on, and reports
-/// the host's kind of KVM.
+/// A KVM handle opened before the VMM entered its jail (see
+/// [`crate::jail`]): inside, there is no `/dev` and no `/sys`.
+static PREOPENED: Mutex<Option<(kvm_ioctls::Kvm, HostKvm)>> = Mutex::new(None);
+
+/// Opens KVM now, as [`open`] does, and keeps the handle for the next
+/// [`open`]: the jail calls this while `/dev/kvm` and `/sys/module` are
+/// still in reach.
+pub fn preopen() -> Result<(), KvmError> {
+    let opened = open_device()?;
+    *PREOPENED.lock().unwrap_or_else(|e| e.into_inner()) = Some(opened);
+    Ok(())
+}
+
+/// Opens `/dev/kvm` (or takes the handle [`preopen`] kept), checks the
+/// capabilities the VMM relies on, and reports the host's kind of KVM.
 pub fn open() -> Result<(kvm_ioctls::Kvm, HostKvm), KvmError> {
+    let kept = PREOPENED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match kept {
+        Some(opened) => Ok(opened),
+        None => open_device(),
+    }
+}
+
+fn open_device() -> Result<(kvm_ioctls::Kvm, HostKvm), KvmError> {
     let kvm = match kvm_ioctls::Kvm::new() {
         Ok(k) => k,
         Err(e) if e.errno() == libc::ENOENT => return Err(KvmError::Missing),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
+pub mod jail;
 pub mod kvm;
 pub mod memory;
 pub mod seccomp;

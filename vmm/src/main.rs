@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use silo_vmm::cli::{self, Command, VmmArgs};
+use silo_vmm::jail::{JailConfig, Limits, ReadOnlyInput};
 use silo_vmm::{VmConfig, VmExit, VsockConfig};
 
 fn main() -> ExitCode {
@@ -31,7 +32,36 @@ fn main() -> ExitCode {
     if args.managed && silo_vmm::seccomp::refuse_off_switch() {
         tracing::warn!("SILO_SECCOMP=off ignored: this VMM was started by the daemon (--managed)");
     }
-    run(*args)
+    let mut args = *args;
+    if let Some(jail) = args.jail.take() {
+        if let Err(e) = enter_jail(&jail, &mut args) {
+            eprintln!("silo-vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    run(args)
+}
+
+/// Jails this process (see `silo_vmm::jail`) and points the input paths at
+/// their read-only binds inside.
+fn enter_jail(jail: &JailConfig, args: &mut VmmArgs) -> Result<(), silo_vmm::jail::JailError> {
+    let kernel = args.kernel.clone();
+    let initrd = args.initrd.clone();
+    let mut inputs = vec![ReadOnlyInput {
+        source: &kernel,
+        name: "kernel",
+    }];
+    if let Some(initrd) = &initrd {
+        inputs.push(ReadOnlyInput {
+            source: initrd,
+            name: "initrd",
+        });
+    }
+    silo_vmm::jail::enter(jail, &inputs, Limits::for_vcpus(args.vcpus))?;
+    args.kernel = inputs[0].jailed_path();
+    args.initrd = inputs.get(1).map(ReadOnlyInput::jailed_path);
+    tracing::debug!(uid = jail.uid, root = %jail.root.display(), "jailed");
+    Ok(())
 }
 
 /// Runs one VM to completion and maps its end to a process exit code.

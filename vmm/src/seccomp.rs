@@ -11,6 +11,8 @@
 //!   sockets: `socket` only as `AF_UNIX` stream sockets (it connects to
 //!   `<uds>_<port>` when the guest asks), `ioctl` only `FIONBIO` (std sets
 //!   accepted and connected sockets non-blocking with it).
+//! - the jailer parent (a jailed VMM's first process, see `crate::jail`):
+//!   `wait4` for the VMM and exit; nothing else.
 //! - the main thread: waits for the VM's end, kicks the vCPUs out of
 //!   `KVM_RUN` (`tgkill` to its own process only), joins them, writes the
 //!   log and exits. No `ioctl` at all.
@@ -47,6 +49,8 @@ pub enum ThreadKind {
     Devices,
     /// The VMM's main thread after start-up.
     Main,
+    /// The jailer parent (see `crate::jail`): it only waits for the VMM.
+    Jailer,
 }
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
@@ -106,12 +110,15 @@ const MAIN: &[libc::c_long] = &[
     libc::SYS_fsync,
 ];
 
+/// The jailer parent waits for the VMM and exits with its status.
+const JAILER: &[libc::c_long] = &[libc::SYS_wait4];
+
 /// The `ioctl` requests each thread may make (none: no `ioctl`).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
     match kind {
         ThreadKind::Vcpu => &[KVM_RUN],
         ThreadKind::Devices => &[libc::FIONBIO],
-        ThreadKind::Main => &[],
+        ThreadKind::Main | ThreadKind::Jailer => &[],
     }
 }
 
@@ -145,6 +152,7 @@ fn rules(
         ThreadKind::Vcpu => VCPU,
         ThreadKind::Devices => DEVICES,
         ThreadKind::Main => MAIN,
+        ThreadKind::Jailer => JAILER,
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
@@ -192,7 +200,7 @@ fn rules(
                 vec![SeccompRule::new(vec![arg_eq(0, pid as u64)?])?],
             );
         }
-        ThreadKind::Vcpu => {}
+        ThreadKind::Vcpu | ThreadKind::Jailer => {}
     }
     Ok(rules)
 }
@@ -279,7 +287,7 @@ mod tests {
             );
             assert_eq!(
                 allowed.contains_key(&libc::SYS_ioctl),
-                kind != ThreadKind::Main
+                !matches!(kind, ThreadKind::Main | ThreadKind::Jailer)
             );
         }
     }
@@ -315,7 +323,12 @@ mod tests {
     /// `_IO(KVMIO, 0x80)`.
     const KVM_RUN_NR: libc::c_ulong = 0xae80;
 
-    const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Main];
+    const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Devices,
+        ThreadKind::Main,
+        ThreadKind::Jailer,
+    ];
 
     /// The filter for `kind` as the VMM would build it for this (test)
     /// process.
@@ -450,6 +463,37 @@ mod tests {
             );
             p != libc::MAP_FAILED && libc::munmap(p, 4096) == 0
         }
+    }
+
+    /// The jailer parent may wait for its child and nothing that reaches
+    /// out: a socket, even `AF_UNIX`, kills it.
+    #[test]
+    fn the_jailer_only_waits() {
+        let jailer = prog(ThreadKind::Jailer);
+        let status = in_child(&jailer, || {
+            // SAFETY: wait4 with no children: returns ECHILD at once.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_wait4,
+                    -1,
+                    std::ptr::null_mut::<i32>(),
+                    libc::WNOHANG,
+                    std::ptr::null_mut::<libc::rusage>(),
+                )
+            };
+            i32::from(r != -1)
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{}",
+            describe(status)
+        );
+        let status = in_child(&jailer, || {
+            // SAFETY: a raw socket call in the forked child.
+            unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            0
+        });
+        assert_killed(status, "Jailer socket(AF_UNIX)");
     }
 
     #[test]
