@@ -14,7 +14,7 @@ use silo_proto::{
     read_message, write_message, AgentConfig, BootTiming, ErrorInfo, LogStream, Message, Outcome,
 };
 
-use crate::runtime::{Context, OutputLine, Reaper, Runtime, LOG_QUEUE};
+use crate::runtime::{Context, ManagedRuntime, OutputLine, Reaper, Runtime, LOG_QUEUE};
 use crate::runtime_api::{ApiEvent, Invocation, RuntimeApi};
 
 /// The host's vsock CID.
@@ -58,6 +58,10 @@ pub struct Agent {
     api_addr: String,
     reaper: Reaper,
     runtime: Option<Runtime>,
+    /// The managed runtime to start instead of the task's `bootstrap`.
+    managed: Option<ManagedRuntime>,
+    /// When the current runtime was started, until its init is reported.
+    init_started: Option<Instant>,
     bound_tenant: Option<Option<String>>,
     context: Context,
     logs_tx: std::sync::mpsc::SyncSender<OutputLine>,
@@ -83,6 +87,7 @@ impl Agent {
         api: RuntimeApi,
         reaper: Reaper,
         api_addr: String,
+        managed: Option<ManagedRuntime>,
     ) -> Self {
         let writer = Arc::new(Mutex::new(stream.try_clone().expect("dup host stream")));
         let context: Context = Arc::new(Mutex::new((None, None)));
@@ -97,6 +102,8 @@ impl Agent {
             api_addr,
             reaper,
             runtime: None,
+            managed,
+            init_started: None,
             bound_tenant: None,
             context,
             logs_tx,
@@ -171,8 +178,11 @@ impl Agent {
                 Some(_) => self.runtime = None,
             }
         }
+        self.api.runtime_started();
+        self.init_started = Some(Instant::now());
         match Runtime::spawn(
             &self.config,
+            self.managed.as_ref(),
             &self.api_addr,
             self.logs_tx.clone(),
             self.dropped.clone(),
@@ -194,6 +204,7 @@ impl Agent {
                 return Outcome::Err(ErrorInfo {
                     error_type: "Silo.TenantMismatch".into(),
                     error_message: "this execution environment is bound to another tenant".into(),
+                    stack_trace: Vec::new(),
                 })
             }
             Some(_) => {}
@@ -202,11 +213,13 @@ impl Agent {
             return Outcome::Err(ErrorInfo {
                 error_type: "Runtime.InvalidEntrypoint".into(),
                 error_message: e,
+                stack_trace: Vec::new(),
             });
         }
         *self.context.lock().expect("ctx lock") =
             (Some(inv.request_id.clone()), inv.tenant_id.clone());
         let id = inv.request_id.clone();
+        let inv_tenant = inv.tenant_id.clone();
         let deadline = Instant::now() + self.timeout();
         self.api.submit(inv);
         let outcome = loop {
@@ -224,11 +237,17 @@ impl Agent {
             let pid = self.runtime.as_ref().map(|r| r.pid);
             if let Some(status) = pid.and_then(|p| self.reaper.take_exit(p)) {
                 self.runtime = None;
+                // A runtime that reported an init error and then exited
+                // (awslambdaric does) answers with that error.
+                if let Some(info) = self.api.take_init_error() {
+                    break Outcome::Err(info);
+                }
                 break Outcome::Err(ErrorInfo {
                     error_type: "Runtime.ExitError".into(),
                     error_message: format!(
                         "RequestId: {id} Error: Runtime exited with error: {status}"
                     ),
+                    stack_trace: Vec::new(),
                 });
             }
             if Instant::now() >= deadline {
@@ -239,15 +258,42 @@ impl Agent {
                         "RequestId: {id} Error: Task timed out after {} seconds",
                         self.config.timeout_s
                     ),
+                    stack_trace: Vec::new(),
                 });
             }
         };
         if matches!(outcome, Outcome::Err(_)) {
             self.api.clear();
         }
+        self.report_init(&id, inv_tenant);
         // The context stays until the next invocation: output the runtime
         // printed just before responding is still read and tagged after it.
         outcome
+    }
+
+    /// Once per runtime start, after the first invoke it served: how long
+    /// its init took (start to its first `invocation/next`, the guest's
+    /// clock), as a log line of the invocation, like Lambda's `Init
+    /// Duration`. Sent before the result, so it is in that invoke's log.
+    fn report_init(&mut self, request_id: &str, tenant_id: Option<String>) {
+        let Some(started) = self.init_started else {
+            return;
+        };
+        let Some(ready) = self.api.first_next() else {
+            return;
+        };
+        self.init_started = None;
+        let ms = ready.saturating_duration_since(started).as_secs_f64() * 1e3;
+        let runtime = self
+            .managed
+            .as_ref()
+            .map_or("provided", |m| m.name.as_str());
+        let _ = self.send(&Message::Log {
+            request_id: Some(request_id.to_string()),
+            tenant_id,
+            stream: LogStream::Agent,
+            line: format!("[silo] INIT runtime={runtime} Init Duration: {ms:.2} ms"),
+        });
     }
 
     fn kill_runtime(&mut self) {

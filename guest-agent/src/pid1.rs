@@ -53,6 +53,39 @@ pub fn mount_tmp(mib: u32) -> Result<(), String> {
     )
 }
 
+/// The shared runtime image's device (virtio-pmem), when the VM has one.
+const RUNTIME_DEVICE: &str = "/dev/pmem0";
+
+/// Mounts the managed runtime's shared image read-only at `/rt`, with DAX
+/// (the guest maps the host's page cache of the image instead of copying it
+/// into its own page cache), when the VM has one; a VM without it has the
+/// runtime unpacked at `/rt` from its initramfs, or none.
+pub fn mount_runtime_image() -> Result<(), String> {
+    if !std::path::Path::new(RUNTIME_DEVICE).exists() {
+        return Ok(());
+    }
+    let target = crate::runtime::GUEST_RUNTIME_ROOT;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    let mut errors = Vec::new();
+    for fstype in ["ext4", "ext2"] {
+        match mount(
+            Some(RUNTIME_DEVICE),
+            target,
+            Some(fstype),
+            flags,
+            Some("dax"),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(format!("{fstype}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot mount {RUNTIME_DEVICE} read-only with DAX on {target} ({})",
+        errors.join(", ")
+    ))
+}
+
 /// Sets IFF_UP on `lo`; Linux then assigns 127.0.0.1 to it.
 fn loopback_up() -> Result<(), String> {
     let sock = socket(

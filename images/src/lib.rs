@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod guest;
 pub mod kernel;
 pub mod placement;
+pub mod runtime;
 pub mod testhost;
 
 use std::path::{Path, PathBuf};
