@@ -7,13 +7,16 @@
 //!   SVG plot;
 //! - [`api`]: the daemon through its Lambda HTTP API (cold, warm, creations
 //!   per second, bursts of new tenants) against direct scheduler calls; JSON
-//!   and an SVG plot of the bursts.
+//!   and an SVG plot of the bursts;
+//! - [`python`]: cold starts of a Python function (managed runtime) against
+//!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
 //!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
 
 pub mod api;
 pub mod boot;
+pub mod python;
 
 /// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
 /// (inside the KVM test host the program runs as `/bin/silo bench --here`).
@@ -23,6 +26,9 @@ pub enum BenchCommand {
     Bench(boot::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
     BenchApi(api::BenchApiArgs),
+    /// Measure Python (managed runtime) against custom-runtime cold starts,
+    /// phase by phase.
+    BenchPython(python::PythonBenchArgs),
 }
 
 impl BenchCommand {
@@ -31,6 +37,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Bench(args) => boot::run(args),
             BenchCommand::BenchApi(args) => api::run(args),
+            BenchCommand::BenchPython(args) => python::run(args),
         }
     }
 }

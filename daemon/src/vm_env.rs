@@ -37,6 +37,9 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// How long to wait for the agent's hello.
     pub boot_timeout: Duration,
+    /// A managed runtime's read-only image, shared by every VM of that
+    /// runtime (`--pmem`: the guest mounts it at /rt with DAX).
+    pub pmem: Option<PathBuf>,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -428,6 +431,11 @@ impl VmEnv {
             .arg("--timeline-file")
             .arg(dir.join("timeline.json"))
             .arg("--managed")
+            .args(
+                spec.pmem
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("--pmem"), p.as_os_str()]),
+            )
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

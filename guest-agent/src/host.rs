@@ -292,7 +292,7 @@ impl Agent {
             request_id: Some(request_id.to_string()),
             tenant_id,
             stream: LogStream::Agent,
-            line: format!("[silo] INIT runtime={runtime} Init Duration: {ms:.2} ms"),
+            line: format!("[silo] runtime init: {runtime} ready in {ms:.2} ms"),
         });
     }
 

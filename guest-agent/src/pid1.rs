@@ -68,7 +68,7 @@ pub fn mount_runtime_image() -> Result<(), String> {
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
     let mut errors = Vec::new();
-    for fstype in ["ext4", "ext2"] {
+    for fstype in ["erofs", "ext4"] {
         match mount(
             Some(RUNTIME_DEVICE),
             target,

@@ -183,13 +183,13 @@ fn awslambdaric_serves_tenants_through_the_agent() {
     );
     assert!(
         logs.iter()
-            .any(|(_, l)| l.starts_with("[silo] INIT runtime=python3.11 Init Duration: ")),
+            .any(|(_, l)| l.starts_with("[silo] runtime init: python3.11 ready in ")),
         "the runtime's init time is reported with its first invoke: {logs:?}"
     );
     let (o, logs) = invoke(&mut f, "tenant-A", "{}");
     assert_eq!(ok_json(&o)["calls"], 2, "the runtime stays warm");
     assert!(
-        !logs.iter().any(|(_, l)| l.contains("Init Duration")),
+        !logs.iter().any(|(_, l)| l.contains("runtime init")),
         "init is reported once: {logs:?}"
     );
 }

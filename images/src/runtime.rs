@@ -47,6 +47,12 @@ impl RuntimeImage {
         self.dir.join("rt.cpio")
     }
 
+    /// The tree as one read-only filesystem image (`rt.img`), shared by
+    /// every VM of the runtime over virtio-pmem, if it has been made.
+    pub fn shared_image(&self) -> Option<PathBuf> {
+        Some(self.dir.join("rt.img")).filter(|p| p.is_file())
+    }
+
     /// The tree's size in KiB as the recipe measured it (`du -sk`).
     pub fn size_kib(&self) -> Option<u64> {
         std::fs::read_to_string(self.dir.join("SIZE_KIB"))
