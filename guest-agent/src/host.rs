@@ -66,7 +66,15 @@ pub struct Agent {
     context: Context,
     logs_tx: std::sync::mpsc::SyncSender<OutputLine>,
     dropped: Arc<Mutex<u64>>,
+    synced: Synced,
+    next_sync: u64,
 }
+
+/// Sync markers the log forwarder has passed: (marker, how many streams).
+type Synced = Arc<(Mutex<(u64, usize)>, std::sync::Condvar)>;
+
+/// How long a result waits for the runtime's output written before it.
+const OUTPUT_SYNC_LIMIT: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -93,7 +101,14 @@ impl Agent {
         let context: Context = Arc::new(Mutex::new((None, None)));
         let (logs_tx, logs_rx) = sync_channel(LOG_QUEUE);
         let dropped = Arc::new(Mutex::new(0u64));
-        forward_logs(logs_rx, writer.clone(), context.clone(), dropped.clone());
+        let synced: Synced = Arc::default();
+        forward_logs(
+            logs_rx,
+            writer.clone(),
+            context.clone(),
+            dropped.clone(),
+            synced.clone(),
+        );
         Self {
             reader: stream,
             writer,
@@ -108,6 +123,8 @@ impl Agent {
             context,
             logs_tx,
             dropped,
+            synced,
+            next_sync: 0,
         }
     }
 
@@ -266,6 +283,7 @@ impl Agent {
             self.api.clear();
         }
         self.report_init(&id, inv_tenant);
+        self.flush_output();
         // The context stays until the next invocation: output the runtime
         // printed just before responding is still read and tagged after it.
         outcome
@@ -296,6 +314,30 @@ impl Agent {
         });
     }
 
+    /// Waits (at most [`OUTPUT_SYNC_LIMIT`]) until everything the runtime
+    /// wrote before now has been forwarded to the host, so that a function's
+    /// output reaches the host before its result (and in that invoke's log
+    /// tail), not behind it.
+    fn flush_output(&mut self) {
+        let Some(rt) = &self.runtime else {
+            return;
+        };
+        self.next_sync += 1;
+        let n = self.next_sync;
+        let (m, cv) = &*self.synced;
+        *m.lock().expect("sync lock") = (n, 0);
+        let want = rt.sync_output(n);
+        let deadline = Instant::now() + OUTPUT_SYNC_LIMIT;
+        let mut s = m.lock().expect("sync lock");
+        while s.1 < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = cv.wait_timeout(s, left).expect("sync lock").0;
+        }
+    }
+
     fn kill_runtime(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.kill();
@@ -309,6 +351,7 @@ fn forward_logs(
     writer: Arc<Mutex<File>>,
     ctx: Context,
     dropped: Arc<Mutex<u64>>,
+    synced: Synced,
 ) {
     let _ = std::thread::Builder::new()
         .name("log-forward".into())
@@ -330,6 +373,16 @@ fn forward_logs(
                         "[silo] {n} log lines dropped: function output over the forwarding limit"
                     ),
                 });
+            }
+            if let Some(n) = line.as_ref().and_then(|l| l.sync) {
+                // Everything before the marker on that stream is written.
+                let (m, cv) = &*synced;
+                let mut s = m.lock().expect("sync lock");
+                if s.0 == n {
+                    s.1 += 1;
+                    cv.notify_all();
+                }
+                continue;
             }
             if let Some(l) = line {
                 msgs.push(Message::Log {

@@ -68,7 +68,14 @@ pub struct OutputLine {
     pub stream: LogStream,
     /// The text, without newline.
     pub line: String,
+    /// Not output: the pump reached sync marker `n` in the stream (every
+    /// byte the runtime wrote before it has been queued).
+    pub sync: Option<u64>,
 }
+
+/// Starts a sync marker line the agent writes into the runtime's output
+/// pipes (behind everything the runtime wrote before it: pipes keep order).
+const SYNC_MARKER: &str = "\0silo-output-sync:";
 
 /// Where a managed runtime's tree is in the guest: the read-only image
 /// mounted there, or the copy unpacked from the initramfs.
@@ -173,6 +180,23 @@ impl ManagedRuntime {
 pub struct Runtime {
     /// Its pid (also its process group).
     pub pid: i32,
+    /// The agent's own copies of the write ends of the runtime's stdout and
+    /// stderr pipes, for sync markers; closed with this value (then the
+    /// pumps see the end of the output once the runtime is gone too).
+    sync_writers: Vec<std::fs::File>,
+}
+
+/// A pipe for the runtime's output: (read end, write end for the runtime,
+/// the agent's copy of the write end).
+fn output_pipe() -> Result<(std::fs::File, Stdio, std::fs::File), String> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("output pipe: {e}"))?;
+    let mine = w.try_clone().map_err(|e| format!("output pipe: {e}"))?;
+    Ok((
+        std::fs::File::from(r),
+        Stdio::from(w),
+        std::fs::File::from(mine),
+    ))
 }
 
 /// Finds the runtime entry point: `<task_root>/bootstrap`, else `/opt/bootstrap`.
@@ -247,28 +271,45 @@ impl Runtime {
                 cmd.env(k, m.resolve_list(v));
             }
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
+        let (out_r, out_w, out_mine) = output_pipe()?;
+        let (err_r, err_w, err_mine) = output_pipe()?;
+        cmd.stdout(out_w).stderr(err_w).process_group(0);
+        let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        // (The runtime's write ends were closed here with `cmd`'s copies
+        // when spawn returned.)
+        drop(cmd);
         let pid = child.id() as i32;
-        if let Some(out) = child.stdout.take() {
-            pump(
-                out,
-                LogStream::Stdout,
-                logs.clone(),
-                dropped.clone(),
-                ctx.clone(),
-            );
-        }
-        if let Some(err) = child.stderr.take() {
-            pump(err, LogStream::Stderr, logs, dropped, ctx);
-        }
+        pump(
+            out_r,
+            LogStream::Stdout,
+            logs.clone(),
+            dropped.clone(),
+            ctx.clone(),
+        );
+        pump(err_r, LogStream::Stderr, logs, dropped, ctx);
         // The reaper thread collects the exit status; the Child is not waited on.
         drop(child);
-        Ok(Self { pid })
+        Ok(Self {
+            pid,
+            sync_writers: vec![out_mine, err_mine],
+        })
+    }
+
+    /// Writes sync marker `n` behind the runtime's output on stdout and
+    /// stderr; each pump reports it ([`OutputLine::sync`]) once it has
+    /// queued everything before it. Returns how many markers were written.
+    pub fn sync_output(&self, n: u64) -> usize {
+        use std::io::Write;
+        let line = format!("{SYNC_MARKER}{n}\n");
+        self.sync_writers
+            .iter()
+            .filter(|w| {
+                let mut f: &std::fs::File = w;
+                f.write_all(line.as_bytes()).is_ok()
+            })
+            .count()
     }
 
     /// Kills the runtime and everything it started.
@@ -299,14 +340,48 @@ fn pump<R: Read + Send + 'static>(
                 {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
-                        let line = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf))
-                            .into_owned();
+                        let mut line =
+                            String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf))
+                                .into_owned();
                         let (request_id, tenant_id) = ctx.lock().expect("ctx lock").clone();
+                        // A sync marker, possibly behind a partial line the
+                        // runtime left without a newline.
+                        let mut sync = None;
+                        if let Some(at) = line.find(SYNC_MARKER) {
+                            sync = line[at + SYNC_MARKER.len()..].parse::<u64>().ok();
+                            line.truncate(at);
+                        }
+                        if let Some(n) = sync {
+                            if !line.is_empty() {
+                                let _ = tx.try_send(OutputLine {
+                                    request_id: request_id.clone(),
+                                    tenant_id: tenant_id.clone(),
+                                    stream,
+                                    line,
+                                    sync: None,
+                                });
+                            }
+                            // Never dropped: the agent waits for it.
+                            if tx
+                                .send(OutputLine {
+                                    request_id,
+                                    tenant_id,
+                                    stream,
+                                    line: String::new(),
+                                    sync: Some(n),
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
                         match tx.try_send(OutputLine {
                             request_id,
                             tenant_id,
                             stream,
                             line,
+                            sync: None,
                         }) {
                             Ok(()) => {}
                             Err(TrySendError::Full(_)) => {

@@ -24,11 +24,9 @@ pkgs=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libgcc
       libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1)
 
 resolve() {
-  local p
-  for p in "${pkgs[@]}"; do
-    apt-cache show --no-all-versions "$p" 2>/dev/null \
-      | awk -v p="$p" '/^Version:/{v=$2} /^SHA256:/{s=$2} END{if(v&&s) print p, v, s}'
-  done
+  apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null \
+    | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{s=$2} /^$/{if(p&&v&&s) print p, v, s; p=v=s=""}
+           END{if(p&&v&&s) print p, v, s}'
 }
 inputs="$(resolve)"
 if [[ $(wc -l <<<"$inputs") -ne ${#pkgs[@]} ]]; then
