@@ -66,6 +66,8 @@ pub struct VmBackend {
     run_dir: PathBuf,
     boot_timeout: Duration,
     runtimes: RuntimeSettings,
+    /// Managed runtimes' images found or built so far (once per daemon).
+    runtime_images: Mutex<HashMap<String, RuntimeImage>>,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
 
@@ -85,6 +87,7 @@ impl VmBackend {
             run_dir,
             boot_timeout,
             runtimes: RuntimeSettings::default(),
+            runtime_images: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         }
     }
@@ -103,6 +106,10 @@ impl VmBackend {
     /// The built image of managed runtime `name`: the configured one, else
     /// built now (first use only; cached).
     fn runtime_image(&self, name: &str) -> Result<RuntimeImage, RegisterError> {
+        let mut known = self.runtime_images.lock().expect("runtime images lock");
+        if let Some(image) = known.get(name) {
+            return Ok(image.clone());
+        }
         let fail = |reason: String| RegisterError::Runtime {
             runtime: name.to_string(),
             reason,
@@ -125,6 +132,7 @@ impl VmBackend {
                 image.dir.display()
             )));
         }
+        known.insert(name.to_string(), image.clone());
         Ok(image)
     }
 
