@@ -32,7 +32,9 @@ fn ensure_boto3() {
     );
 }
 
-fn run_launch_post(delivery: &str) {
+/// Runs the boto3 script against a daemon delivering the runtime as
+/// `delivery`; `scenario` "all" or "launch-post" (its first part only).
+fn run_launch_post(delivery: &str, scenario: &str) {
     ensure_boto3();
     let mut d = TestDaemon::with_python(&config(""), delivery);
     let out = std::process::Command::new("python3")
@@ -43,6 +45,7 @@ fn run_launch_post(delivery: &str) {
         .env("SILO_ENDPOINT", &d.endpoint)
         .env("ADMIN_KEY", ADMIN.0)
         .env("ADMIN_SECRET", ADMIN.1)
+        .env("SCENARIO", scenario)
         .env_remove("AWS_PROFILE")
         .output()
         .unwrap();
@@ -59,5 +62,5 @@ fn run_launch_post(delivery: &str) {
 
 #[test]
 fn boto3_runs_the_launch_posts_python_function_per_tenant() {
-    run_launch_post("initramfs");
+    run_launch_post("initramfs", "all");
 }
