@@ -57,6 +57,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /opt/runtime /opt/second
+# libnvdimm registers the pmem disks asynchronously: wait for them.
+i=0; while [ ! -e /dev/pmem1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+[ -e /dev/pmem0 ] || dmesg | grep -iE 'pmem|nd_|nvdimm|virtio|dax' | sed 's/^/DMESG /'
 if MOUNT_CMD; then echo MOUNT_OK; else echo MOUNT_FAILED; fi
 grep ' /opt/runtime ' /proc/mounts | sed 's/^/MOUNTED /'
 echo "HELLO [$(cat /opt/runtime/hello.txt)]"

@@ -16,6 +16,7 @@ use silo_vmm::devices::virtio::pmem::{
 };
 use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
 use silo_vmm::memory::{create_guest_memory, GuestRam, ImageMapping};
+use silo_vmm::seccomp::{filter, ThreadKind};
 use silo_vmm::vcpu::{Vcpu, VcpuStop};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
@@ -28,6 +29,9 @@ const AVAIL: u64 = 0x10_1000;
 const USED: u64 = 0x10_2000;
 const BUF: u64 = 0x20_0000;
 const RAM_MIB: u32 = 64;
+
+/// Descriptors of one chain: (address, length, device-writable).
+type Chain = Vec<(u64, u32, bool)>;
 
 /// A fake guest driver, the device and its event loop.
 struct Rig {
@@ -237,6 +241,26 @@ fn a_flush_is_answered_with_success_and_an_interrupt() {
     );
 }
 
+/// The device thread's work for pmem (eventfd reads, queue processing,
+/// the interrupt) passes the devices thread's seccomp filter; a violation
+/// would kill this test process with SIGSYS.
+#[test]
+fn flushes_pass_the_devices_seccomp_filter() {
+    let mut rig = Rig::new();
+    let prog = filter(ThreadKind::Devices, std::process::id() as libc::pid_t).unwrap();
+    let rig = std::thread::spawn(move || {
+        seccompiler::apply_filter(&prog).unwrap();
+        for i in 0..4 {
+            assert_eq!(rig.request(REQ_TYPE_FLUSH, i), (4, RESP_OK));
+        }
+        assert_eq!(rig.request(9, 5), (4, RESP_EIO));
+        rig
+    })
+    .join()
+    .unwrap();
+    assert_eq!(rig.stats().flushes, 4);
+}
+
 #[test]
 fn malformed_requests_get_errors_or_are_returned_and_the_device_keeps_serving() {
     let mut rig = Rig::new();
@@ -247,7 +271,7 @@ fn malformed_requests_get_errors_or_are_returned_and_the_device_keeps_serving() 
     let resp = BUF + 0x80;
     let ram_end = u64::from(RAM_MIB) << 20;
     rig.mem.write_obj(0u32, GuestAddress(req)).unwrap();
-    let cases: Vec<(&str, Vec<(u64, u32, bool)>, u32, Option<u32>)> = vec![
+    let cases: Vec<(&str, Chain, u32, Option<u32>)> = vec![
         // (what, chain, used length, response status written)
         ("no response buffer", vec![(req, 4, false)], 0, None),
         ("response only", vec![(resp, 4, true)], 4, Some(RESP_EIO)),
@@ -485,7 +509,17 @@ fn a_guest_store_to_the_read_only_slot_exits_and_is_discarded() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(OnceLock::new()),
     );
-    assert_eq!(vcpu.run(), VcpuStop::Halted);
+    // Under the vCPU thread's seccomp filter, as in the VMM: the discarded
+    // store needs no system call the filter forbids (else SIGSYS kills the
+    // test process).
+    let prog = filter(ThreadKind::Vcpu, std::process::id() as libc::pid_t).unwrap();
+    let stop = std::thread::spawn(move || {
+        seccompiler::apply_filter(&prog).unwrap();
+        vcpu.run()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stop, VcpuStop::Halted);
     assert_eq!(
         rec.lock().unwrap().0,
         vec![content[0], content[1]],
