@@ -10,6 +10,8 @@
 //!   and an SVG plot of the bursts;
 //! - [`python`]: cold starts of a Python function (managed runtime) against
 //!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
+//! - [`pmem_memory`]: host memory of N VMs reading the same files from one
+//!   shared virtio-pmem image against the files in each VM's initramfs.
 //!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod boot;
 pub mod python;
+pub mod pmem_memory;
 
 /// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
 /// (inside the KVM test host the program runs as `/bin/silo bench --here`).
@@ -29,6 +32,8 @@ pub enum BenchCommand {
     /// Measure Python (managed runtime) against custom-runtime cold starts,
     /// phase by phase.
     BenchPython(python::PythonBenchArgs),
+    /// Measure host memory of N VMs sharing one pmem image vs the same files in each initramfs.
+    BenchPmemMemory(pmem_memory::PmemMemoryArgs),
 }
 
 impl BenchCommand {
@@ -38,6 +43,7 @@ impl BenchCommand {
             BenchCommand::Bench(args) => boot::run(args),
             BenchCommand::BenchApi(args) => api::run(args),
             BenchCommand::BenchPython(args) => python::run(args),
+            BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
         }
     }
 }

@@ -55,6 +55,7 @@ fn run(args: VmmArgs) -> ExitCode {
         vcpus: args.vcpus,
         serial: args.serial,
         vsock,
+        pmem: args.pmem,
         allow_pvm: args.allow_pvm,
         timeline_file: args.timeline_file,
     };
