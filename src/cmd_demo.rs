@@ -41,7 +41,7 @@ pub struct DemoArgs {
     python_runtime: Option<PathBuf>,
     /// How the Python runtime reaches the VMs: `initramfs` (a copy in each)
     /// or `pmem` (one shared read-only image).
-    #[arg(long, default_value = "initramfs")]
+    #[arg(long, default_value = "pmem")]
     runtime_delivery: String,
 }
 

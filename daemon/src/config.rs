@@ -27,10 +27,10 @@
 //! body_read_timeout_s = 60 # a request's body must arrive this soon
 //! max_header_bytes = 16384 # request line and headers, at most
 //!
-//! runtime_delivery = "initramfs" # how a managed runtime (python3.11)
-//!                         # reaches its VMs: "initramfs" (a copy in each
-//!                         # VM's initramfs) or "pmem" (one read-only image
-//!                         # shared by every VM, virtio-pmem with DAX)
+//! runtime_delivery = "pmem" # how a managed runtime (python3.11) reaches
+//!                         # its VMs: "pmem" (one read-only image shared by
+//!                         # every VM, virtio-pmem with DAX) or "initramfs"
+//!                         # (a copy in each VM's initramfs)
 //!
 //! [runtimes]              # a managed runtime's built image (its cache
 //! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: built
@@ -98,11 +98,12 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeDelivery {
-    /// Copied into each VM's initramfs (unpacked into guest memory).
-    #[default]
+    /// Copied into each VM's initramfs (unpacked into guest memory): the
+    /// baseline the shared image is measured against.
     Initramfs,
     /// One read-only image shared by every VM of the runtime (virtio-pmem,
     /// mounted with DAX: guests map the host's page cache of the image).
+    #[default]
     Pmem,
 }
 

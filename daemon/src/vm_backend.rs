@@ -126,6 +126,7 @@ impl VmBackend {
             .join(silo_images::runtime::DESCRIPTOR)
             .is_file()
             && !image.cpio().is_file()
+            && image.shared_image().is_none()
         {
             return Err(fail(format!(
                 "{} holds no built runtime (run `silo images build`)",
@@ -136,12 +137,18 @@ impl VmBackend {
         Ok(image)
     }
 
-    /// The shared read-only image of `runtime` for `--pmem`.
+    /// The shared read-only image of `runtime` for `--pmem` (made from its
+    /// tree if missing).
     fn pmem_image(&self, image: &RuntimeImage) -> Result<PathBuf, RegisterError> {
-        Err(RegisterError::Runtime {
-            runtime: image.name.clone(),
-            reason: "runtime_delivery = \"pmem\" needs the virtio-pmem device, not in this build; use \"initramfs\"".into(),
-        })
+        if let Some(img) = image.shared_image() {
+            return Ok(img);
+        }
+        image
+            .ensure_shared_image()
+            .map_err(|e| RegisterError::Runtime {
+                runtime: image.name.clone(),
+                reason: format!("making its shared image: {e}"),
+            })
     }
 
     /// Builds and registers the image of a function version.

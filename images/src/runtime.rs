@@ -16,6 +16,8 @@ pub const MANAGED_RUNTIMES: [&str; 1] = ["python3.11"];
 pub const GUEST_ROOT: &str = "/rt";
 
 /// The file at the tree's root that describes how to start the runtime.
+/// (Both deliveries are built: `rt.cpio` by the recipe, `rt.img` from the
+/// tree right after.)
 pub const DESCRIPTOR: &str = "silo-runtime.json";
 
 /// A built runtime.
@@ -53,6 +55,17 @@ impl RuntimeImage {
         Some(self.dir.join("rt.img")).filter(|p| p.is_file())
     }
 
+    /// [`RuntimeImage::shared_image`], made from the tree now if missing
+    /// (EROFS, [`crate::fsimage::build_fs_image`]: reproducible, written to a
+    /// temporary file and renamed, so concurrent callers are safe).
+    pub fn ensure_shared_image(&self) -> Result<PathBuf, ImageError> {
+        let out = self.dir.join("rt.img");
+        if !out.is_file() {
+            crate::fsimage::build_fs_image(&self.tree(), &out)?;
+        }
+        Ok(out)
+    }
+
     /// The tree's size in KiB as the recipe measured it (`du -sk`).
     pub fn size_kib(&self) -> Option<u64> {
         std::fs::read_to_string(self.dir.join("SIZE_KIB"))
@@ -78,7 +91,8 @@ pub enum RuntimeError {
 }
 
 /// Builds runtime `name` if its cache entry is missing (under a minute:
-/// downloads from Debian and PyPI, progress on stderr) and returns it.
+/// downloads from Debian and PyPI, progress on stderr), and its shared
+/// read-only image, and returns it.
 pub fn runtime_image(name: &str) -> Result<RuntimeImage, RuntimeError> {
     let script = match name {
         "python3.11" => "runtime/python3.11.sh",
@@ -89,5 +103,7 @@ pub fn runtime_image(name: &str) -> Result<RuntimeImage, RuntimeError> {
         }
     };
     let dir = run_script(script, "managed runtime image")?;
-    Ok(RuntimeImage::at(name, dir))
+    let image = RuntimeImage::at(name, dir);
+    image.ensure_shared_image()?;
+    Ok(image)
 }
