@@ -53,9 +53,11 @@ fn build() -> Result<(), String> {
         );
         let rt = silo_images::runtime::runtime_image(name).map_err(|e| e.to_string())?;
         println!(
-            "{name} {} ({} MiB tree)",
+            "{name} {} ({} MiB tree; shared image {})",
             rt.dir.display(),
-            rt.size_kib().unwrap_or(0) / 1024
+            rt.size_kib().unwrap_or(0) / 1024,
+            rt.shared_image()
+                .map_or("missing".into(), |p| p.display().to_string())
         );
     }
     println!("vmm      {}", ensure_vmm()?.display());
