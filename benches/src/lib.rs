@@ -18,8 +18,8 @@
 
 pub mod api;
 pub mod boot;
-pub mod python;
 pub mod pmem_memory;
+pub mod python;
 
 /// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
 /// (inside the KVM test host the program runs as `/bin/silo bench --here`).

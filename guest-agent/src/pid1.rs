@@ -67,8 +67,7 @@ fn has_virtio_pmem() -> bool {
         return false;
     };
     dir.flatten().any(|d| {
-        std::fs::read_to_string(d.path().join("device"))
-            .is_ok_and(|id| id.trim() == VIRTIO_ID_PMEM)
+        std::fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == VIRTIO_ID_PMEM)
     })
 }
 
