@@ -59,6 +59,10 @@ impl RuntimeImage {
     /// (EROFS, [`crate::fsimage::build_fs_image`]: reproducible, written to a
     /// temporary file and renamed, so concurrent callers are safe).
     pub fn ensure_shared_image(&self) -> Result<PathBuf, ImageError> {
+        // One maker at a time in this process: the temporary file is named
+        // by process id (other processes write their own and rename).
+        static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = MAKING.lock().unwrap_or_else(|p| p.into_inner());
         let out = self.dir.join("rt.img");
         if !out.is_file() {
             crate::fsimage::build_fs_image(&self.tree(), &out)?;
