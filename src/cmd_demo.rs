@@ -1,9 +1,11 @@
 //! `silo demo`: the mission in one command. It starts the daemon (`silo
-//! serve`) on the embedded defaults, creates a `PER_TENANT` function that
-//! counts its invocations in `/tmp` (the launch post's example) through the
-//! Lambda API, and invokes it as tenant-A twice and tenant-B once over HTTP:
-//! the counters read 1, 2, 1, because tenant-B never shares tenant-A's
-//! microVM.
+//! serve`) on the embedded defaults, creates a `PER_TENANT` function from the
+//! launch post's Python code, verbatim (runtime `python3.11`: it counts its
+//! invocations in `/tmp`), through the Lambda API, and invokes it as
+//! tenant-A twice and tenant-B once over HTTP: the counters read 1, 2, 1,
+//! because tenant-B never shares tenant-A's microVM. Then the same with a
+//! custom runtime (`provided.al2023`): the Rust counter of
+//! `functions/counter`, on the official `lambda_runtime` crate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,10 +13,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use silo_client::{InvokeOptions, LambdaClient};
-use silo_daemon::config::DaemonConfig;
+use silo_daemon::config::{DaemonConfig, RuntimeDelivery};
 use silo_daemon::serve;
 use silo_daemon::Images;
 use silo_images::placement::{run_checked, run_here_or_in_test_host, test_host_with_this_program};
+use silo_images::runtime::RuntimeImage;
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
@@ -37,7 +40,18 @@ pub struct DemoArgs {
     /// than hardware: 7% of it would time out a 128 MB function's invokes.
     #[arg(long)]
     cpu_full_at_mib: Option<u32>,
+    /// The `python3.11` runtime's built image (default: build it from
+    /// Debian's and PyPI's packages, cached).
+    #[arg(long)]
+    python_runtime: Option<PathBuf>,
+    /// How the Python runtime reaches the VMs: `initramfs` (a copy in each)
+    /// or `pmem` (one shared read-only image).
+    #[arg(long, default_value = "pmem")]
+    runtime_delivery: String,
 }
+
+/// The launch post's function, exactly as published.
+const LAUNCH_POST_PY: &str = include_str!("../tests/python/launch_post/lambda_function.py");
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
@@ -67,22 +81,52 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
         Some(f) => f,
         None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
     };
+    let delivery = match args.runtime_delivery.as_str() {
+        "initramfs" => RuntimeDelivery::Initramfs,
+        "pmem" => RuntimeDelivery::Pmem,
+        other => {
+            return Err(format!(
+                "--runtime-delivery {other:?}: expected initramfs or pmem"
+            ))
+        }
+    };
+    let python = match args.python_runtime {
+        Some(dir) => RuntimeImage::at("python3.11", dir),
+        None => {
+            eprintln!("[images] python3.11 runtime (Debian's CPython, awslambdaric from PyPI)");
+            silo_images::runtime::runtime_image("python3.11").map_err(|e| e.to_string())?
+        }
+    };
+    let d = Demo {
+        kernel,
+        agent,
+        function,
+        python,
+        delivery,
+        cpu_full_at_mib: args.cpu_full_at_mib,
+    };
     run_here_or_in_test_host(
         args.here,
         || {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(demo(
-                kernel.clone(),
-                agent.clone(),
-                function.clone(),
-                args.cpu_full_at_mib,
-            ))
+            rt.block_on(demo(&d))
         },
-        || in_test_host(&kernel, &agent, &function),
+        || in_test_host(&d, &args.runtime_delivery),
     )
 }
 
-fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result<(), String> {
+/// What the demo runs with.
+struct Demo {
+    kernel: PathBuf,
+    agent: PathBuf,
+    function: PathBuf,
+    python: RuntimeImage,
+    delivery: RuntimeDelivery,
+    cpu_full_at_mib: Option<u32>,
+}
+
+fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
+    let (kernel, agent, function) = (&d.kernel, &d.agent, &d.function);
     println!(
         "No hardware KVM here (this host's /dev/kvm is PVM-backed or missing), so the demo runs\n\
          inside the KVM test host: a QEMU TCG machine with nested SVM. Times are emulated; compare\n\
@@ -93,55 +137,109 @@ fn in_test_host(kernel: &PathBuf, agent: &PathBuf, function: &PathBuf) -> Result
         .timeout(Duration::from_secs(600))
         .file(kernel, "/work/vmlinux", 0o644)
         .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755);
+        .file(function, "/work/counter", 0o755)
+        .file(d.python.cpio(), "/work/python3.11/rt.cpio", 0o644);
+    let host = match d.python.shared_image() {
+        Some(img) => host.file(img, "/work/python3.11/rt.img", 0o644),
+        None => host,
+    };
     run_checked(
         &host,
         "demo",
-        "SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter \
-         --cpu-full-at-mib 0",
+        &format!(
+            "SILO_LOG=warn silo demo --here --kernel vmlinux --agent agent --function counter \
+             --python-runtime /work/python3.11 --runtime-delivery {delivery} --cpu-full-at-mib 0"
+        ),
     )
     .map_err(|e| e.to_string())?;
     Ok(())
 }
 
-async fn demo(
-    kernel: PathBuf,
-    agent: PathBuf,
-    function: PathBuf,
-    cpu_full_at_mib: Option<u32>,
-) -> Result<(), String> {
+async fn demo(d: &Demo) -> Result<(), String> {
     let data_dir = std::env::temp_dir().join(format!("silo-demo-{}", std::process::id()));
     let mut config = DaemonConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: data_dir.clone(),
         allow_unauthenticated: true,
+        runtimes: [("python3.11".to_string(), d.python.dir.clone())].into(),
+        runtime_delivery: d.delivery,
         ..DaemonConfig::default()
     };
-    if let Some(n) = cpu_full_at_mib {
+    if let Some(n) = d.cpu_full_at_mib {
         config.jail.cpu_full_at_mib = n;
     }
-    let running = serve::start(config, Images { kernel, agent })
+    let images = Images {
+        kernel: d.kernel.clone(),
+        agent: d.agent.clone(),
+    };
+    let running = serve::start(config, images)
         .await
         .map_err(|e| e.to_string())?;
     let endpoint = format!("http://{}", running.addr);
     println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
-    let result = tokio::task::spawn_blocking(move || calls(&endpoint, &function))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    let function = d.function.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let python = python_calls(&endpoint)?;
+        let custom = custom_calls(&endpoint, &function)?;
+        Ok::<_, String>((python, custom))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
     let destroyed = running.stop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     println!("\n{destroyed} microVMs shut down.");
-    let counts = result?;
-    if counts != [1, 2, 1] {
-        return Err(format!("expected counters 1, 2, 1, got {counts:?}"));
+    let (python, custom) = result?;
+    for (what, counts) in [("python3.11", python), ("provided.al2023", custom)] {
+        if counts != [1, 2, 1] {
+            return Err(format!("{what}: expected counters 1, 2, 1, got {counts:?}"));
+        }
     }
-    println!("Counters 1, 2, 1: tenant-B got its own environment; tenant-A's was reused warm.");
+    println!("Counters 1, 2, 1 on both runtimes: tenant-B got its own environment; tenant-A's was reused warm.");
     Ok(())
 }
 
-/// The demo's API calls, as any Lambda client would make them.
-fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
+/// The launch post's function, as the post deploys it: a zip holding
+/// `lambda_function.py`, Runtime python3.11, Handler
+/// `lambda_function.lambda_handler`; the count is in its response body.
+fn python_calls(endpoint: &str) -> Result<Vec<u64>, String> {
+    let client = LambdaClient::new(endpoint, None);
+    let package = silo_initramfs::package::make_zip(&[(
+        "lambda_function.py",
+        0o644,
+        LAUNCH_POST_PY.as_bytes(),
+    )]);
+    let r = client
+        .create_function(
+            "tenant-counter",
+            &package,
+            true,
+            serde_json::json!({
+                "Runtime": "python3.11",
+                "Handler": "lambda_function.lambda_handler",
+                "Timeout": 60,
+                "MemorySize": 256,
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    if r.status != 201 {
+        return Err(format!("CreateFunction: HTTP {}: {}", r.status, r.text()));
+    }
+    println!(
+        "\nCreateFunction tenant-counter (python3.11, lambda_function.lambda_handler, TenancyConfig PER_TENANT):\n\
+         the launch post's code, verbatim: it counts its invocations in /tmp/tenant_data.json\n"
+    );
+    invoke_three("tenant-counter", &client, |body| {
+        // The handler returns {"statusCode": 200, "body": "<JSON text>"}.
+        let inner: serde_json::Value =
+            serde_json::from_str(body["body"].as_str().unwrap_or_default()).ok()?;
+        inner["file_data"]["request_count"].as_u64()
+    })
+}
+
+/// The custom-runtime example: the Rust counter (`functions/counter`) as
+/// the zip's `bootstrap`.
+fn custom_calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
     let client = LambdaClient::new(endpoint, None);
     let code = std::fs::read(function).map_err(|e| format!("{}: {e}", function.display()))?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
@@ -156,7 +254,20 @@ fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
     if r.status != 201 {
         return Err(format!("CreateFunction: HTTP {}: {}", r.status, r.text()));
     }
-    println!("CreateFunction counter (TenancyConfig PER_TENANT): counts its invocations in /tmp\n");
+    println!(
+        "\nCreateFunction counter (provided.al2023: a Rust bootstrap on the lambda_runtime crate, TenancyConfig PER_TENANT):\n\
+         counts its invocations in /tmp\n"
+    );
+    invoke_three("counter", &client, |body| body["count"].as_u64())
+}
+
+/// Invokes `name` as tenant-A, tenant-A, tenant-B, printing a table; the
+/// counts `count` reads from each response.
+fn invoke_three(
+    name: &str,
+    client: &LambdaClient,
+    count: impl Fn(&serde_json::Value) -> Option<u64>,
+) -> Result<Vec<u64>, String> {
     println!(
         "{:<6} {:<10} {:<5} {:<6} {:>5} {:>10}",
         "call", "tenant", "env", "start", "count", "latency"
@@ -169,7 +280,7 @@ fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
             ..InvokeOptions::default()
         };
         let r = client
-            .invoke("counter", b"{}", &opts)
+            .invoke(name, b"{}", &opts)
             .map_err(|e| e.to_string())?;
         if r.status != 200 || r.header("x-amz-function-error").is_some() {
             return Err(format!(
@@ -178,7 +289,8 @@ fn calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
                 r.text()
             ));
         }
-        let count = r.json()["count"].as_u64().unwrap_or(0);
+        let count = count(&r.json())
+            .ok_or_else(|| format!("Invoke as {tenant}: no count in the response: {}", r.text()))?;
         counts.push(count);
         println!(
             "{:<6} {:<10} #{:<4} {:<6} {:>5} {:>10}",

@@ -1,8 +1,9 @@
 //! `silo images build`: builds ahead of time what the daemon boots and runs
-//! (guest kernel, static guest agent, the demo function, the `silo-vmm`
-//! program when it is not installed beside `silo`, and the KVM test host
-//! image where hardware KVM is not usable), with progress on stderr, and
-//! prints where each one is. Everything else builds these on first use.
+//! (guest kernel, static guest agent, the demo function, the managed
+//! runtimes' images (`python3.11`), the `silo-vmm` program when it is not
+//! installed beside `silo`, and the KVM test host image where hardware KVM
+//! is not usable), with progress on stderr, and prints where each one is.
+//! Everything else builds these on first use.
 
 use std::process::ExitCode;
 
@@ -46,6 +47,19 @@ fn build() -> Result<(), String> {
     eprintln!("[images] demo function (functions/counter)");
     let counter = silo_images::artifacts::counter_function().map_err(|e| e.to_string())?;
     println!("counter  {}", counter.display());
+    for name in silo_images::runtime::MANAGED_RUNTIMES {
+        eprintln!(
+            "[images] runtime {name} (Debian and PyPI packages; under a minute the first time)"
+        );
+        let rt = silo_images::runtime::runtime_image(name).map_err(|e| e.to_string())?;
+        println!(
+            "{name} {} ({} MiB tree; shared image {})",
+            rt.dir.display(),
+            rt.size_kib().unwrap_or(0) / 1024,
+            rt.shared_image()
+                .map_or("missing".into(), |p| p.display().to_string())
+        );
+    }
     println!("vmm      {}", ensure_vmm()?.display());
     if !silo_images::testhost::hardware_kvm_usable() {
         eprintln!("[images] KVM test host (no hardware KVM here)");

@@ -103,6 +103,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
             },
             args.insecure_no_jail,
         ),
+        pmem: None,
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);

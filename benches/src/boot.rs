@@ -785,6 +785,7 @@ async fn creations(
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
         jail: silo_daemon::jail::JailMode::Insecure,
+        pmem: None,
     };
     let started = Instant::now();
     let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
@@ -853,6 +854,7 @@ fn function_spec(
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
         jail: silo_daemon::jail::JailMode::Insecure,
+        pmem: None,
     })
 }
 

@@ -7,13 +7,19 @@
 //!   SVG plot;
 //! - [`api`]: the daemon through its Lambda HTTP API (cold, warm, creations
 //!   per second, bursts of new tenants) against direct scheduler calls; JSON
-//!   and an SVG plot of the bursts.
+//!   and an SVG plot of the bursts;
+//! - [`python`]: cold starts of a Python function (managed runtime) against
+//!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
+//! - [`pmem_memory`]: host memory of N VMs reading the same files from one
+//!   shared virtio-pmem image against the files in each VM's initramfs.
 //!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
 
 pub mod api;
 pub mod boot;
+pub mod pmem_memory;
+pub mod python;
 
 /// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
 /// (inside the KVM test host the program runs as `/bin/silo bench --here`).
@@ -23,6 +29,11 @@ pub enum BenchCommand {
     Bench(boot::BenchArgs),
     /// Measure the daemon through its HTTP API: cold and warm invokes, creations/s.
     BenchApi(api::BenchApiArgs),
+    /// Measure Python (managed runtime) against custom-runtime cold starts,
+    /// phase by phase.
+    BenchPython(python::PythonBenchArgs),
+    /// Measure host memory of N VMs sharing one pmem image vs the same files in each initramfs.
+    BenchPmemMemory(pmem_memory::PmemMemoryArgs),
 }
 
 impl BenchCommand {
@@ -31,6 +42,8 @@ impl BenchCommand {
         match self {
             BenchCommand::Bench(args) => boot::run(args),
             BenchCommand::BenchApi(args) => api::run(args),
+            BenchCommand::BenchPython(args) => python::run(args),
+            BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
         }
     }
 }

@@ -27,6 +27,14 @@
 //! body_read_timeout_s = 60 # a request's body must arrive this soon
 //! max_header_bytes = 16384 # request line and headers, at most
 //!
+//! runtime_delivery = "pmem" # how a managed runtime (python3.11) reaches
+//!                         # its VMs: "pmem" (one read-only image shared by
+//!                         # every VM, virtio-pmem with DAX) or "initramfs"
+//!                         # (a copy in each VM's initramfs)
+//!
+//! [runtimes]              # a managed runtime's built image (its cache
+//! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: built
+//!                         # on first use, as `silo images build` does
 //! [jail]                  # every VMM runs jailed (docs/SECURITY.md)
 //! uid_base = 1000000000   # each live VM gets its own uid/gid from here
 //! uid_count = 65536
@@ -83,6 +91,11 @@ pub struct DaemonConfig {
     /// Pre-booted environments per function name (bound to no tenant until
     /// a new tenant's first invoke takes one); `PUT .../pool` overrides it.
     pub pools: std::collections::BTreeMap<String, u32>,
+    /// Managed runtimes' built images by runtime id (`[runtimes]`): the
+    /// directory `silo images build` printed. Unset: built on first use.
+    pub runtimes: std::collections::BTreeMap<String, PathBuf>,
+    /// How a managed runtime's tree reaches its VMs.
+    pub runtime_delivery: RuntimeDelivery,
     /// Accept unsigned requests as an administrator (`--allow-unauthenticated`;
     /// a flag, never read from the file).
     #[serde(skip)]
@@ -93,6 +106,19 @@ pub struct DaemonConfig {
     /// the file). Logged on every boot.
     #[serde(skip)]
     pub insecure_no_jail: bool,
+}
+
+/// How a managed runtime's tree reaches a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeDelivery {
+    /// Copied into each VM's initramfs (unpacked into guest memory): the
+    /// baseline the shared image is measured against.
+    Initramfs,
+    /// One read-only image shared by every VM of the runtime (virtio-pmem,
+    /// mounted with DAX: guests map the host's page cache of the image).
+    #[default]
+    Pmem,
 }
 
 /// Smallest `limits.max_header_bytes` (the HTTP server's smallest buffer).
@@ -200,6 +226,8 @@ impl Default for DaemonConfig {
             limits: LimitsConfig::default(),
             credentials: Vec::new(),
             pools: std::collections::BTreeMap::new(),
+            runtimes: std::collections::BTreeMap::new(),
+            runtime_delivery: RuntimeDelivery::default(),
             kernel: None,
             agent: None,
             allow_unauthenticated: false,
@@ -290,6 +318,9 @@ pub enum InvalidConfig {
     /// `limits.max_header_bytes` is out of range.
     #[error("limits.max_header_bytes must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}")]
     MaxHeaderBytes,
+    /// `[runtimes]` names a runtime this build does not offer.
+    #[error("runtimes: {0:?} is not a managed runtime (offered: {offered})", offered = silo_images::runtime::MANAGED_RUNTIMES.join(", "))]
+    UnknownRuntime(String),
     /// A credential without its key id or secret.
     #[error("credentials: access_key_id and secret_access_key must not be empty")]
     EmptyCredential,
@@ -347,6 +378,13 @@ impl DaemonConfig {
         }
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
             return Err(InvalidConfig::MaxHeaderBytes);
+        }
+        if let Some(name) = self
+            .runtimes
+            .keys()
+            .find(|n| !silo_images::runtime::MANAGED_RUNTIMES.contains(&n.as_str()))
+        {
+            return Err(InvalidConfig::UnknownRuntime(name.clone()));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {

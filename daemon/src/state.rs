@@ -88,7 +88,11 @@ impl Daemon {
             run_dir.clone(),
             Duration::from_secs(config.limits.init_timeout_s),
             crate::jail::JailMode::new(&config.jail, config.insecure_no_jail),
-        );
+        )
+        .with_runtimes(crate::vm_backend::RuntimeSettings {
+            delivery: config.runtime_delivery,
+            dirs: config.runtimes.clone(),
+        });
         let admission = config.limits.admission();
         tracing::info!(
             max_booting = admission.max_booting,
@@ -168,9 +172,13 @@ impl Daemon {
             region: self.config.region.clone(),
             ..AgentConfig::default()
         };
-        self.scheduler
-            .backend()
-            .register(&Self::key(rec).version, &self.images.agent, cfg, code)
+        self.scheduler.backend().register(
+            &Self::key(rec).version,
+            &self.images.agent,
+            cfg,
+            code,
+            &rec.runtime,
+        )
     }
 
     /// A function's record.

@@ -1,8 +1,10 @@
 //! The scheduler's backend for real microVMs: one function version's
 //! initramfs is built once; each environment is a [`VmEnv`] bound to one
-//! (function, tenant) binding for its life.
+//! (function, tenant) binding for its life. A function on a managed runtime
+//! (`python3.11`) gets the runtime's tree too: appended to its initramfs, or
+//! as the one read-only image every VM of the runtime shares (`--pmem`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,8 +12,10 @@ use std::time::Duration;
 use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{Backend, Binding, Environment};
 
+use crate::config::RuntimeDelivery;
 use crate::jail::JailMode;
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec};
+use silo_images::runtime::{runtime_image, RuntimeImage, MANAGED_RUNTIMES};
 
 /// Why a function version's image could not be registered.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,14 @@ pub enum RegisterError {
     /// The initramfs cannot be built from the agent and the package.
     #[error(transparent)]
     Image(#[from] silo_initramfs::image::ImageError),
+    /// The function's managed runtime cannot be prepared.
+    #[error("runtime {runtime}: {reason}")]
+    Runtime {
+        /// The runtime id.
+        runtime: String,
+        /// What failed.
+        reason: String,
+    },
     /// The run directory or the initramfs file cannot be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -36,6 +48,17 @@ pub struct FunctionImage {
     pub config: AgentConfig,
     /// The initramfs built from the agent and the function package.
     pub initrd: PathBuf,
+    /// The managed runtime's shared image, when delivered by pmem.
+    pub pmem: Option<PathBuf>,
+}
+
+/// Where managed runtimes' images come from and how they reach VMs.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    /// Copy per VM or one shared image.
+    pub delivery: RuntimeDelivery,
+    /// Built images by runtime id (the rest are built on first use).
+    pub dirs: BTreeMap<String, PathBuf>,
 }
 
 /// Boots microVMs for the scheduler.
@@ -44,6 +67,9 @@ pub struct VmBackend {
     run_dir: PathBuf,
     boot_timeout: Duration,
     jail: JailMode,
+    runtimes: RuntimeSettings,
+    /// Managed runtimes' images found or built so far (once per daemon).
+    runtime_images: Mutex<HashMap<String, RuntimeImage>>,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
 
@@ -64,8 +90,69 @@ impl VmBackend {
             run_dir,
             boot_timeout,
             jail,
+            runtimes: RuntimeSettings::default(),
+            runtime_images: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes managed runtimes from `settings`.
+    pub fn with_runtimes(mut self, settings: RuntimeSettings) -> Self {
+        self.runtimes = settings;
+        self
+    }
+
+    /// Whether `runtime` is one this backend runs from its own image.
+    pub fn is_managed(runtime: &str) -> bool {
+        MANAGED_RUNTIMES.contains(&runtime)
+    }
+
+    /// The built image of managed runtime `name`: the configured one, else
+    /// built now (first use only; cached).
+    fn runtime_image(&self, name: &str) -> Result<RuntimeImage, RegisterError> {
+        let mut known = self.runtime_images.lock().expect("runtime images lock");
+        if let Some(image) = known.get(name) {
+            return Ok(image.clone());
+        }
+        let fail = |reason: String| RegisterError::Runtime {
+            runtime: name.to_string(),
+            reason,
+        };
+        let image = match self.runtimes.dirs.get(name) {
+            Some(dir) => RuntimeImage::at(name, dir),
+            None => {
+                tracing::info!(runtime = %name, "preparing the managed runtime's image (built on first use)");
+                runtime_image(name).map_err(|e| fail(e.to_string()))?
+            }
+        };
+        if !image
+            .tree()
+            .join(silo_images::runtime::DESCRIPTOR)
+            .is_file()
+            && !image.cpio().is_file()
+            && image.shared_image().is_none()
+        {
+            return Err(fail(format!(
+                "{} holds no built runtime (run `silo images build`)",
+                image.dir.display()
+            )));
+        }
+        known.insert(name.to_string(), image.clone());
+        Ok(image)
+    }
+
+    /// The shared read-only image of `runtime` for `--pmem` (made from its
+    /// tree if missing).
+    fn pmem_image(&self, image: &RuntimeImage) -> Result<PathBuf, RegisterError> {
+        if let Some(img) = image.shared_image() {
+            return Ok(img);
+        }
+        image
+            .ensure_shared_image()
+            .map_err(|e| RegisterError::Runtime {
+                runtime: image.name.clone(),
+                reason: format!("making its shared image: {e}"),
+            })
     }
 
     /// Builds and registers the image of a function version.
@@ -75,8 +162,31 @@ impl VmBackend {
         agent: &std::path::Path,
         config: AgentConfig,
         package: &[u8],
+        runtime: &str,
     ) -> Result<(), RegisterError> {
-        let image = silo_initramfs::image::build(agent, &config, package)?;
+        let managed = Self::is_managed(runtime);
+        let mut image = if managed {
+            silo_initramfs::image::build_managed(agent, &config, package)?
+        } else {
+            silo_initramfs::image::build(agent, &config, package)?
+        };
+        let mut pmem = None;
+        if managed {
+            let rt = self.runtime_image(runtime)?;
+            match self.runtimes.delivery {
+                RuntimeDelivery::Pmem => pmem = Some(self.pmem_image(&rt)?),
+                RuntimeDelivery::Initramfs => {
+                    // A second newc archive after the first (the kernel
+                    // unpacks concatenated archives; each starts 4-aligned).
+                    let tree = std::fs::read(rt.cpio()).map_err(|source| RegisterError::Io {
+                        path: rt.cpio(),
+                        source,
+                    })?;
+                    image.resize(image.len().next_multiple_of(4), 0);
+                    image.extend_from_slice(&tree);
+                }
+            }
+        }
         std::fs::create_dir_all(&self.run_dir).map_err(|source| RegisterError::Io {
             path: self.run_dir.clone(),
             source,
@@ -90,7 +200,11 @@ impl VmBackend {
         })?;
         self.functions.lock().expect("functions lock").insert(
             version_key.to_string(),
-            Arc::new(FunctionImage { config, initrd }),
+            Arc::new(FunctionImage {
+                config,
+                initrd,
+                pmem,
+            }),
         );
         Ok(())
     }
@@ -127,6 +241,7 @@ impl VmBackend {
             vcpus: 1,
             boot_timeout: self.boot_timeout,
             jail: self.jail.clone(),
+            pmem: image.pmem.clone(),
         })
     }
 }
@@ -242,6 +357,7 @@ mod tests {
             Arc::new(FunctionImage {
                 config: AgentConfig::default(),
                 initrd: run_dir.join(format!("counter-{version}.cpio")),
+                pmem: None,
             }),
         );
         for tenant in ["../x", "tenant A", "/etc/passwd", "a/../../b", "..", "x"] {

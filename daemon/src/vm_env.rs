@@ -40,6 +40,9 @@ pub struct VmSpec {
     pub boot_timeout: Duration,
     /// Whether and how the VMM is jailed.
     pub jail: JailMode,
+    /// A managed runtime's read-only image, shared by every VM of that
+    /// runtime (`--pmem`: the guest mounts it at /rt with DAX).
+    pub pmem: Option<PathBuf>,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -523,6 +526,11 @@ impl VmEnv {
             .arg("--timeline-file")
             .arg(inside("timeline.json"))
             .arg("--managed")
+            .args(
+                spec.pmem
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("--pmem"), p.as_os_str()]),
+            )
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -14,7 +14,7 @@ use silo_proto::{
     read_message, write_message, AgentConfig, BootTiming, ErrorInfo, LogStream, Message, Outcome,
 };
 
-use crate::runtime::{Context, OutputLine, Reaper, Runtime, LOG_QUEUE};
+use crate::runtime::{Context, ManagedRuntime, OutputLine, Reaper, Runtime, LOG_QUEUE};
 use crate::runtime_api::{ApiEvent, Invocation, RuntimeApi};
 
 /// The host's vsock CID.
@@ -58,11 +58,23 @@ pub struct Agent {
     api_addr: String,
     reaper: Reaper,
     runtime: Option<Runtime>,
+    /// The managed runtime to start instead of the task's `bootstrap`.
+    managed: Option<ManagedRuntime>,
+    /// When the current runtime was started, until its init is reported.
+    init_started: Option<Instant>,
     bound_tenant: Option<Option<String>>,
     context: Context,
     logs_tx: std::sync::mpsc::SyncSender<OutputLine>,
     dropped: Arc<Mutex<u64>>,
+    synced: Synced,
+    next_sync: u64,
 }
+
+/// Sync markers the log forwarder has passed: (marker, how many streams).
+type Synced = Arc<(Mutex<(u64, usize)>, std::sync::Condvar)>;
+
+/// How long a result waits for the runtime's output written before it.
+const OUTPUT_SYNC_LIMIT: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -83,12 +95,20 @@ impl Agent {
         api: RuntimeApi,
         reaper: Reaper,
         api_addr: String,
+        managed: Option<ManagedRuntime>,
     ) -> Self {
         let writer = Arc::new(Mutex::new(stream.try_clone().expect("dup host stream")));
         let context: Context = Arc::new(Mutex::new((None, None)));
         let (logs_tx, logs_rx) = sync_channel(LOG_QUEUE);
         let dropped = Arc::new(Mutex::new(0u64));
-        forward_logs(logs_rx, writer.clone(), context.clone(), dropped.clone());
+        let synced: Synced = Arc::default();
+        forward_logs(
+            logs_rx,
+            writer.clone(),
+            context.clone(),
+            dropped.clone(),
+            synced.clone(),
+        );
         Self {
             reader: stream,
             writer,
@@ -97,10 +117,14 @@ impl Agent {
             api_addr,
             reaper,
             runtime: None,
+            managed,
+            init_started: None,
             bound_tenant: None,
             context,
             logs_tx,
             dropped,
+            synced,
+            next_sync: 0,
         }
     }
 
@@ -171,8 +195,11 @@ impl Agent {
                 Some(_) => self.runtime = None,
             }
         }
+        self.api.runtime_started();
+        self.init_started = Some(Instant::now());
         match Runtime::spawn(
             &self.config,
+            self.managed.as_ref(),
             &self.api_addr,
             self.logs_tx.clone(),
             self.dropped.clone(),
@@ -194,6 +221,7 @@ impl Agent {
                 return Outcome::Err(ErrorInfo {
                     error_type: "Silo.TenantMismatch".into(),
                     error_message: "this execution environment is bound to another tenant".into(),
+                    stack_trace: Vec::new(),
                 })
             }
             Some(_) => {}
@@ -202,11 +230,13 @@ impl Agent {
             return Outcome::Err(ErrorInfo {
                 error_type: "Runtime.InvalidEntrypoint".into(),
                 error_message: e,
+                stack_trace: Vec::new(),
             });
         }
         *self.context.lock().expect("ctx lock") =
             (Some(inv.request_id.clone()), inv.tenant_id.clone());
         let id = inv.request_id.clone();
+        let inv_tenant = inv.tenant_id.clone();
         let deadline = Instant::now() + self.timeout();
         self.api.submit(inv);
         let outcome = loop {
@@ -224,11 +254,17 @@ impl Agent {
             let pid = self.runtime.as_ref().map(|r| r.pid);
             if let Some(status) = pid.and_then(|p| self.reaper.take_exit(p)) {
                 self.runtime = None;
+                // A runtime that reported an init error and then exited
+                // (awslambdaric does) answers with that error.
+                if let Some(info) = self.api.take_init_error() {
+                    break Outcome::Err(info);
+                }
                 break Outcome::Err(ErrorInfo {
                     error_type: "Runtime.ExitError".into(),
                     error_message: format!(
                         "RequestId: {id} Error: Runtime exited with error: {status}"
                     ),
+                    stack_trace: Vec::new(),
                 });
             }
             if Instant::now() >= deadline {
@@ -239,15 +275,67 @@ impl Agent {
                         "RequestId: {id} Error: Task timed out after {} seconds",
                         self.config.timeout_s
                     ),
+                    stack_trace: Vec::new(),
                 });
             }
         };
         if matches!(outcome, Outcome::Err(_)) {
             self.api.clear();
         }
+        self.report_init(&id, inv_tenant);
+        self.flush_output();
         // The context stays until the next invocation: output the runtime
         // printed just before responding is still read and tagged after it.
         outcome
+    }
+
+    /// Once per runtime start, after the first invoke it served: how long
+    /// its init took (start to its first `invocation/next`, the guest's
+    /// clock), as a log line of the invocation, like Lambda's `Init
+    /// Duration`. Sent before the result, so it is in that invoke's log.
+    fn report_init(&mut self, request_id: &str, tenant_id: Option<String>) {
+        let Some(started) = self.init_started else {
+            return;
+        };
+        let Some(ready) = self.api.first_next() else {
+            return;
+        };
+        self.init_started = None;
+        let ms = ready.saturating_duration_since(started).as_secs_f64() * 1e3;
+        let runtime = self
+            .managed
+            .as_ref()
+            .map_or("provided", |m| m.name.as_str());
+        let _ = self.send(&Message::Log {
+            request_id: Some(request_id.to_string()),
+            tenant_id,
+            stream: LogStream::Agent,
+            line: format!("[silo] runtime init: {runtime} ready in {ms:.2} ms"),
+        });
+    }
+
+    /// Waits (at most [`OUTPUT_SYNC_LIMIT`]) until everything the runtime
+    /// wrote before now has been forwarded to the host, so that a function's
+    /// output reaches the host before its result (and in that invoke's log
+    /// tail), not behind it.
+    fn flush_output(&mut self) {
+        let Some(rt) = &self.runtime else {
+            return;
+        };
+        self.next_sync += 1;
+        let n = self.next_sync;
+        let (m, cv) = &*self.synced;
+        *m.lock().expect("sync lock") = (n, 0);
+        let want = rt.sync_output(n);
+        let deadline = Instant::now() + OUTPUT_SYNC_LIMIT;
+        let mut s = m.lock().expect("sync lock");
+        while s.1 < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = cv.wait_timeout(s, left).expect("sync lock").0;
+        }
     }
 
     fn kill_runtime(&mut self) {
@@ -263,6 +351,7 @@ fn forward_logs(
     writer: Arc<Mutex<File>>,
     ctx: Context,
     dropped: Arc<Mutex<u64>>,
+    synced: Synced,
 ) {
     let _ = std::thread::Builder::new()
         .name("log-forward".into())
@@ -284,6 +373,16 @@ fn forward_logs(
                         "[silo] {n} log lines dropped: function output over the forwarding limit"
                     ),
                 });
+            }
+            if let Some(n) = line.as_ref().and_then(|l| l.sync) {
+                // Everything before the marker on that stream is written.
+                let (m, cv) = &*synced;
+                let mut s = m.lock().expect("sync lock");
+                if s.0 == n {
+                    s.1 += 1;
+                    cv.notify_all();
+                }
+                continue;
             }
             if let Some(l) = line {
                 msgs.push(Message::Log {

@@ -26,6 +26,8 @@ struct Args {
     config: PathBuf,
     connect_unix: Option<PathBuf>,
     api_addr: String,
+    /// A managed runtime's tree (host mode; a guest finds it at /rt).
+    runtime_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -36,6 +38,7 @@ impl Args {
             config: PathBuf::from(CONFIG_PATH),
             connect_unix: None,
             api_addr: "127.0.0.1:9001".into(),
+            runtime_root: None,
         }
     }
 }
@@ -51,6 +54,9 @@ fn parse_args() -> Result<Args, String> {
                 a.connect_unix = Some(it.next().ok_or("--connect-unix needs a path")?.into())
             }
             "--api-addr" => a.api_addr = it.next().ok_or("--api-addr needs HOST:PORT")?,
+            "--runtime-root" => {
+                a.runtime_root = Some(it.next().ok_or("--runtime-root needs a path")?.into())
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -111,9 +117,28 @@ fn run(args: &Args, started_ns: u64, pid1: bool) -> Result<(), String> {
         None => host::connect_vsock(config.host_port),
     }
     .map_err(|e| format!("cannot reach the host: {e}"))?;
+    let managed = if pid1 {
+        pid1::mount_runtime_image().map_err(|e| format!("runtime image: {e}"))?;
+        let root = std::path::Path::new(runtime::GUEST_RUNTIME_ROOT);
+        match runtime::ManagedRuntime::load(root)? {
+            Some(mut m) => {
+                m.link()?;
+                Some(m)
+            }
+            None => None,
+        }
+    } else {
+        match &args.runtime_root {
+            Some(root) => Some(
+                runtime::ManagedRuntime::load(root)?
+                    .ok_or_else(|| format!("no {} in {}", runtime::DESCRIPTOR, root.display()))?,
+            ),
+            None => None,
+        }
+    };
     let reaper = runtime::start_reaper(pid1);
     let api =
         runtime_api::RuntimeApi::start(&args.api_addr).map_err(|e| format!("runtime API: {e}"))?;
-    let mut agent = host::Agent::new(stream, config, api, reaper, args.api_addr.clone());
+    let mut agent = host::Agent::new(stream, config, api, reaper, args.api_addr.clone(), managed);
     agent.serve(started_ns)
 }

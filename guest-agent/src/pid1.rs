@@ -53,6 +53,65 @@ pub fn mount_tmp(mib: u32) -> Result<(), String> {
     )
 }
 
+/// The shared runtime image's device (virtio-pmem), when the VM has one.
+const RUNTIME_DEVICE: &str = "/dev/pmem0";
+/// How long the pmem disk may take to appear once its device is probed.
+const RUNTIME_DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The virtio device id of pmem, as sysfs shows it.
+const VIRTIO_ID_PMEM: &str = "0x001b";
+
+/// Whether the VM has a virtio-pmem device (sysfs lists each virtio device
+/// with its id; the VMM declares them on the command line).
+fn has_virtio_pmem() -> bool {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    dir.flatten().any(|d| {
+        std::fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == VIRTIO_ID_PMEM)
+    })
+}
+
+/// Mounts the managed runtime's shared image read-only at `/rt`, with DAX
+/// (the guest maps the host's page cache of the image instead of copying it
+/// into its own page cache), when the VM has one; a VM without it has the
+/// runtime unpacked at `/rt` from its initramfs, or none.
+pub fn mount_runtime_image() -> Result<(), String> {
+    if !has_virtio_pmem() {
+        return Ok(());
+    }
+    // The virtio device is probed during boot, but libnvdimm registers its
+    // disk asynchronously: /dev/pmem0 may come a little after init starts.
+    let started = std::time::Instant::now();
+    while !std::path::Path::new(RUNTIME_DEVICE).exists() {
+        if started.elapsed() > RUNTIME_DEVICE_WAIT {
+            return Err(format!(
+                "the VM has a virtio-pmem device but no {RUNTIME_DEVICE} after {RUNTIME_DEVICE_WAIT:?}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let target = crate::runtime::GUEST_RUNTIME_ROOT;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    let mut errors = Vec::new();
+    for fstype in ["erofs", "ext4"] {
+        match mount(
+            Some(RUNTIME_DEVICE),
+            target,
+            Some(fstype),
+            flags,
+            Some("dax"),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(format!("{fstype}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot mount {RUNTIME_DEVICE} read-only with DAX on {target} ({})",
+        errors.join(", ")
+    ))
+}
+
 /// Sets IFF_UP on `lo`; Linux then assigns 127.0.0.1 to it.
 fn loopback_up() -> Result<(), String> {
     let sock = socket(

@@ -13,6 +13,11 @@ use silo_proto::{ErrorInfo, MAX_PAYLOAD};
 use crate::http::{read_request, write_response, ReadError, Request};
 
 const PREFIX: &str = "/2018-06-01/runtime/";
+/// Bytes of stack trace kept from a runtime's error report (whole lines;
+/// the rest of the frame's headroom is for the message).
+const MAX_STACK_BYTES: usize = 32 * 1024;
+/// Bytes kept of an error message (Lambda cuts long ones too).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// An invocation waiting for, or handed to, the runtime.
 #[derive(Debug, Clone)]
@@ -48,6 +53,9 @@ struct State {
     next: Option<Invocation>,
     in_flight: Option<String>,
     events: VecDeque<ApiEvent>,
+    /// When the current runtime first asked for an invocation (its init
+    /// is done then).
+    first_next: Option<Instant>,
 }
 
 /// The running API server and its shared state.
@@ -83,8 +91,34 @@ impl RuntimeApi {
         let mut s = m.lock().expect("api lock");
         s.next = Some(inv);
         s.in_flight = None;
-        s.events.clear();
+        // An init error the runtime reported before this invoke (a handler
+        // that cannot be imported fails before the first `next`) stays: it
+        // is this invoke's answer.
+        s.events.retain(|e| matches!(e, ApiEvent::InitError(_)));
         cv.notify_all();
+    }
+
+    /// A new runtime process starts: its init has not finished yet.
+    pub fn runtime_started(&self) {
+        self.shared.0.lock().expect("api lock").first_next = None;
+    }
+
+    /// When the current runtime first called `invocation/next`, if it has.
+    pub fn first_next(&self) -> Option<Instant> {
+        self.shared.0.lock().expect("api lock").first_next
+    }
+
+    /// Takes a pending init error, if the runtime reported one.
+    pub fn take_init_error(&self) -> Option<ErrorInfo> {
+        let mut s = self.shared.0.lock().expect("api lock");
+        let i = s
+            .events
+            .iter()
+            .position(|e| matches!(e, ApiEvent::InitError(_)))?;
+        match s.events.remove(i) {
+            Some(ApiEvent::InitError(info)) => Some(info),
+            _ => None,
+        }
     }
 
     /// Waits up to `timeout` for the runtime to report something.
@@ -202,6 +236,9 @@ impl RuntimeApi {
     fn next_invocation(&self) -> Invocation {
         let (m, cv) = &*self.shared;
         let mut s = m.lock().expect("api lock");
+        if s.first_next.is_none() {
+            s.first_next = Some(Instant::now());
+        }
         loop {
             if let Some(inv) = s.next.take() {
                 s.in_flight = Some(inv.request_id.clone());
@@ -254,9 +291,35 @@ fn error_info(req: &Request, default_type: &str) -> ErrorInfo {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| default_type.to_string()),
-        error_message: field("errorMessage").unwrap_or_else(|| {
-            String::from_utf8_lossy(&req.body[..req.body.len().min(4096)]).to_string()
-        }),
+        error_message: field("errorMessage")
+            .map(|m| {
+                let mut end = m.len().min(MAX_MESSAGE_BYTES);
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                m[..end].to_string()
+            })
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&req.body[..req.body.len().min(4096)]).to_string()
+            }),
+        // Lambda's `stackTrace`: lines as strings (awslambdaric's shape);
+        // bounded like the rest of the result.
+        stack_trace: json
+            .as_ref()
+            .and_then(|j| j.get("stackTrace"))
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                let mut used = 0;
+                a.iter()
+                    .filter_map(|l| l.as_str())
+                    .take_while(|l| {
+                        used += l.len();
+                        used <= MAX_STACK_BYTES
+                    })
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -1,12 +1,15 @@
 //! Images silo boots: the guest kernel, static guest binaries, small guest
 //! initramfs images for tests, and the KVM test host (QEMU TCG with nested
-//! SVM) that runs real guests on hosts without hardware KVM, and the
+//! SVM) that runs real guests on hosts without hardware KVM, read-only
+//! filesystem images for virtio-pmem ([`fsimage`]), and the
 //! [`placement`] of commands that boot microVMs (here or in the test host).
 
 pub mod artifacts;
+pub mod fsimage;
 pub mod guest;
 pub mod kernel;
 pub mod placement;
+pub mod runtime;
 pub mod testhost;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use std::path::Path;
 use silo_proto::AgentConfig;
 
 use crate::newc::NewcWriter;
-use crate::package::{unpack, Entry, PackageError};
+use crate::package::{unpack, unpack_code, Entry, PackageError};
 
 /// Errors building an initramfs.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,25 @@ pub enum ImageError {
 
 /// Builds the initramfs for `package` (a function zip) run by `agent`.
 pub fn build(agent: &Path, config: &AgentConfig, package: &[u8]) -> Result<Vec<u8>, ImageError> {
-    let entries = unpack(package)?;
+    build_from(agent, config, package, unpack(package)?)
+}
+
+/// [`build`] for a function on a managed runtime: its package needs no
+/// `bootstrap` (the runtime's tree is added beside this image).
+pub fn build_managed(
+    agent: &Path,
+    config: &AgentConfig,
+    package: &[u8],
+) -> Result<Vec<u8>, ImageError> {
+    build_from(agent, config, package, unpack_code(package)?)
+}
+
+fn build_from(
+    agent: &Path,
+    config: &AgentConfig,
+    package: &[u8],
+    entries: Vec<Entry>,
+) -> Result<Vec<u8>, ImageError> {
     let agent_bin = std::fs::read(agent).map_err(|source| ImageError::Agent {
         path: agent.display().to_string(),
         source,

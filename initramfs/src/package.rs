@@ -70,13 +70,31 @@ const MAX_LINK_TARGET: u64 = 4096;
 /// entries actually inflate, whatever the zip declares: reading stops (and
 /// the package is refused) one byte past [`MAX_UNZIPPED`] in all.
 pub fn unpack(zip_bytes: &[u8]) -> Result<Vec<Entry>, PackageError> {
-    walk(zip_bytes, true)
+    with_bootstrap(walk(zip_bytes, true)?)
 }
 
 /// Checks a package as [`unpack`] does without keeping file contents: the
 /// memory it takes stays small whatever the package inflates to.
 pub fn check(zip_bytes: &[u8]) -> Result<(), PackageError> {
+    with_bootstrap(walk(zip_bytes, false)?).map(|_| ())
+}
+
+/// [`unpack`] for a function on a managed runtime (`python3.11`): the same
+/// checks, but no `bootstrap` is needed (the runtime brings its own).
+pub fn unpack_code(zip_bytes: &[u8]) -> Result<Vec<Entry>, PackageError> {
+    walk(zip_bytes, true).map(|(entries, _)| entries)
+}
+
+/// [`check`] for a function on a managed runtime: no `bootstrap` needed.
+pub fn check_code(zip_bytes: &[u8]) -> Result<(), PackageError> {
     walk(zip_bytes, false).map(|_| ())
+}
+
+fn with_bootstrap(walked: (Vec<Entry>, bool)) -> Result<Vec<Entry>, PackageError> {
+    match walked {
+        (entries, true) => Ok(entries),
+        (_, false) => Err(PackageError::NoBootstrap),
+    }
 }
 
 /// Counts what is written to it, keeping nothing.
@@ -92,7 +110,9 @@ impl std::io::Write for Counter {
     }
 }
 
-fn walk(zip_bytes: &[u8], keep: bool) -> Result<Vec<Entry>, PackageError> {
+/// The package's entries (contents only if `keep`) and whether it has a
+/// `bootstrap` at its root.
+fn walk(zip_bytes: &[u8], keep: bool) -> Result<(Vec<Entry>, bool), PackageError> {
     let mut archive = zip::ZipArchive::new(Cursor::new(zip_bytes))
         .map_err(|e| PackageError::NotZip(e.to_string()))?;
     if archive.len() > MAX_ENTRIES {
@@ -166,10 +186,7 @@ fn walk(zip_bytes: &[u8], keep: bool) -> Result<Vec<Entry>, PackageError> {
         };
         entries.push(Entry::File(path, perm, data));
     }
-    if !has_bootstrap {
-        return Err(PackageError::NoBootstrap);
-    }
-    Ok(entries)
+    Ok((entries, has_bootstrap))
 }
 
 /// Builds a package zip from `(path, mode, contents)` triples (for tests,

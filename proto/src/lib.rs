@@ -61,6 +61,9 @@ pub struct ErrorInfo {
     pub error_type: String,
     /// Human-readable message.
     pub error_message: String,
+    /// The function's stack trace, as its runtime reported it (Lambda's
+    /// `stackTrace`; empty when there is none).
+    pub stack_trace: Vec<String>,
 }
 
 /// Every message of the protocol.
@@ -317,6 +320,7 @@ mod tests {
                 outcome: Outcome::Err(ErrorInfo {
                     error_type: "Runtime.ExitError".into(),
                     error_message: "exit status 7".into(),
+                    stack_trace: vec!["  File \"x.py\", line 1".into()],
                 }),
             },
             Message::Log {

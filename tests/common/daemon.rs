@@ -142,6 +142,35 @@ impl TestDaemon {
     /// `silo serve` where VMs boot: here with hardware KVM, else in the
     /// KVM test host with its API port forwarded here.
     pub fn with_vms(config_toml: &str) -> Self {
+        Self::with_vms_files(config_toml, Vec::new())
+    }
+
+    /// [`TestDaemon::with_vms`] for functions on the `python3.11` runtime:
+    /// the runtime is built here (cached) and, for the test host, copied
+    /// into it and named in the configuration's `[runtimes]`, delivered as
+    /// `delivery` (`"initramfs"` or `"pmem"`).
+    pub fn with_python(config_toml: &str, delivery: &str) -> Self {
+        let rt = silo_images::runtime::runtime_image("python3.11").expect("python3.11 runtime");
+        let head = format!("runtime_delivery = \"{delivery}\"\n");
+        if hardware_kvm_usable() {
+            let cfg = format!(
+                "{head}{config_toml}\n[runtimes]\n\"python3.11\" = \"{}\"\n",
+                rt.dir.display()
+            );
+            return Self::with_vms_files(&cfg, Vec::new());
+        }
+        let cfg =
+            format!("{head}{config_toml}\n[runtimes]\n\"python3.11\" = \"/work/python3.11\"\n");
+        let mut files = vec![(rt.cpio(), "/work/python3.11/rt.cpio".to_string())];
+        if let Some(img) = rt.shared_image() {
+            files.push((img, "/work/python3.11/rt.img".to_string()));
+        }
+        Self::with_vms_files(&cfg, files)
+    }
+
+    /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
+    /// host) copied into the test host.
+    pub fn with_vms_files(config_toml: &str, files: Vec<(PathBuf, String)>) -> Self {
         if hardware_kvm_usable() {
             let data = scratch("daemon-data");
             return Self::on_host(config_toml, &data, &[]);
@@ -162,7 +191,7 @@ impl TestDaemon {
             .to_string();
         // Wait for the machine's one test-host slot before any clock starts.
         let slot = HostSlot::acquire().expect("test host slot");
-        let host = TestHost::new()
+        let mut host = TestHost::new()
             .in_slot(slot)
             .timeout(Duration::from_secs(1000))
             .memory_mib(3072)
@@ -173,6 +202,9 @@ impl TestDaemon {
             .bytes("/work/silo.toml", config_toml.as_bytes().to_vec(), 0o644)
             .port_forward(api_port, 9000)
             .port_forward(stop_port, 8081);
+        for (from, to) in files {
+            host = host.file(from, &to, 0o644);
+        }
         let run = std::thread::spawn(move || host.run(&script));
         let endpoint = format!("http://127.0.0.1:{api_port}");
         let ok = wait_ready(&endpoint, Duration::from_secs(300), || !run.is_finished());

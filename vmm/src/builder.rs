@@ -1,8 +1,10 @@
 //! Assembling one microVM in named steps, from configuration to running
 //! vCPUs: the KVM VM (irqchip, PIT, TSS), guest memory, kernel and initrd,
-//! legacy devices (serial, i8042, ignored ports), virtio-mmio devices, boot
-//! configuration (command line, zero page, boot tables, MP table), vCPUs,
-//! then [`VmBuilder::start`], which returns a [`RunningVm`] to wait on.
+//! legacy devices (serial, i8042, ignored ports), virtio-mmio devices, pmem
+//! images (read-only memory slots above RAM, each with its virtio-pmem
+//! device), boot configuration (command line, zero page, boot tables, MP
+//! table), vCPUs, then [`VmBuilder::start`], which returns a [`RunningVm`]
+//! to wait on.
 //!
 //! [`VmBuilder::build`] runs every step in order; each step is public so a
 //! caller (or a test) can assemble a VM differently, e.g. attach a second
@@ -15,7 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
@@ -30,15 +33,17 @@ use crate::devices::bus::{Bus, SharedDevice};
 use crate::devices::i8042::{IgnoredPorts, I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{SerialDevice, TimedWriter, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::pmem::PmemRegionGuard;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
-use crate::kvm::HostKvm;
+use crate::kvm::{HostKvm, KvmError};
 use crate::memory::{
-    self, GuestMemory, GuestRam, CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_MMIO_START,
+    self, GuestMemory, GuestRam, ImageMapping, CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_MMIO_START,
 };
 use crate::timeline::Timeline;
 use crate::vcpu::{Vcpu, VcpuStop};
 use crate::vm::{
-    CmdlineError, SerialOutput, VmConfig, VmExit, VmReport, VmmError, MAX_VCPUS, VIRTIO_FIRST_IRQ,
+    CmdlineError, SerialOutput, VmConfig, VmExit, VmReport, VmmError, MAX_PMEM, MAX_VCPUS,
+    VIRTIO_FIRST_IRQ,
 };
 
 /// Guest address of the TSS KVM needs on Intel (three pages below 4 GiB).
@@ -79,6 +84,12 @@ pub struct VmBuilder<'a> {
     kvm: Kvm,
     vm: VmFd,
     mem: GuestRam,
+    /// Read-only image mappings, given to KVM as memory slots by
+    /// [`VmBuilder::attach_pmem_images`].
+    images: Vec<ImageMapping>,
+    pmem_attached: bool,
+    /// Next free KVM memory slot number.
+    next_slot: u32,
     pio: Bus,
     mmio: Bus,
     virtio: MmioDeviceManager,
@@ -94,18 +105,28 @@ pub struct VmBuilder<'a> {
 }
 
 impl<'a> VmBuilder<'a> {
-    /// Checks `cfg`, opens KVM, creates the KVM VM and its guest memory.
+    /// Checks `cfg`, maps the pmem images (so a bad image is refused before
+    /// anything else), opens KVM, creates the KVM VM and its guest memory.
     pub fn new(cfg: &'a VmConfig) -> Result<Self, VmmError> {
         let timeline = Timeline::new();
         if !(1..=MAX_VCPUS).contains(&cfg.vcpus) {
             return Err(VmmError::Vcpus(cfg.vcpus));
         }
+        if cfg.pmem.len() > MAX_PMEM {
+            return Err(VmmError::TooManyPmem(cfg.pmem.len()));
+        }
+        let images = cfg
+            .pmem
+            .iter()
+            .map(|p| ImageMapping::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let (kvm, kind) = crate::kvm::open()?;
         if kind == HostKvm::Pvm && !cfg.allow_pvm {
             return Err(VmmError::PvmHost(cfg.kernel.clone()));
         }
         let vm = create_kvm_vm(&kvm)?;
         let mem = create_memory(&vm, cfg.mem_mib)?;
+        let next_slot = mem.num_regions() as u32;
         let (events_tx, events_rx) = mpsc::channel();
         Ok(Self {
             cfg,
@@ -113,6 +134,9 @@ impl<'a> VmBuilder<'a> {
             kvm,
             vm,
             mem,
+            images,
+            pmem_attached: false,
+            next_slot,
             pio: Bus::new(),
             mmio: Bus::new(),
             virtio: MmioDeviceManager::new(VIRTIO_MMIO_START, VIRTIO_FIRST_IRQ),
@@ -133,6 +157,7 @@ impl<'a> VmBuilder<'a> {
         self.load_kernel()?;
         self.attach_legacy_devices()?;
         self.attach_virtio_devices()?;
+        self.attach_pmem_images()?;
         self.configure_boot()?;
         self.create_vcpus()?;
         self.start()
@@ -209,6 +234,60 @@ impl<'a> VmBuilder<'a> {
         if let Some(vsock) = &self.cfg.vsock {
             self.virtio
                 .attach_vsock(&self.vm, &self.mem, &mut self.mmio, vsock)?;
+        }
+        Ok(self)
+    }
+
+    /// Maps each configured pmem image read-only and shared, gives it to KVM
+    /// as a read-only memory slot above RAM (see [`memory::pmem_layout`]),
+    /// puts a [`PmemRegionGuard`] on the MMIO bus over it (guest stores
+    /// exit to the VMM and are discarded), and attaches its virtio-pmem
+    /// device. Images appear in the guest in order (`/dev/pmem0`, ...).
+    pub fn attach_pmem_images(&mut self) -> Result<&mut Self, VmmError> {
+        if self.images.is_empty() || self.pmem_attached {
+            return Ok(self);
+        }
+        if !self.kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+            return Err(KvmError::MissingCapability("KVM_CAP_READONLY_MEM").into());
+        }
+        self.pmem_attached = true;
+        let sizes: Vec<u64> = self.images.iter().map(|i| i.file_len()).collect();
+        let layout = memory::pmem_layout(self.cfg.mem_mib, &sizes)?;
+        for (image, (start, len)) in self.images.iter().zip(layout) {
+            debug_assert_eq!(len, image.len());
+            let region = kvm_userspace_memory_region {
+                slot: self.next_slot,
+                guest_phys_addr: start,
+                memory_size: len,
+                userspace_addr: image.host_addr(),
+                flags: KVM_MEM_READONLY,
+            };
+            // SAFETY: the range is a live read-only mapping owned by
+            // `image`, kept in `self.images` and then in `RunningVm` until
+            // every vCPU thread has been joined; KVM never writes through a
+            // read-only slot.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION (pmem, read-only)"))?;
+            self.next_slot += 1;
+            self.mmio
+                .insert(
+                    Arc::new(Mutex::new(PmemRegionGuard::new(start))),
+                    start,
+                    len,
+                )
+                .map_err(|source| VmmError::Bus {
+                    what: "a pmem region",
+                    source,
+                })?;
+            self.virtio
+                .attach_pmem(&self.vm, &self.mem, &mut self.mmio, start, len)?;
+            tracing::info!(
+                image = %image.path().display(),
+                bytes = image.file_len(),
+                start,
+                len,
+                "pmem image mapped read-only"
+            );
         }
         Ok(self)
     }
@@ -317,6 +396,7 @@ impl<'a> VmBuilder<'a> {
             timeline,
             vm,
             mem,
+            images,
             virtio,
             vcpus,
             events_tx,
@@ -338,6 +418,7 @@ impl<'a> VmBuilder<'a> {
             first_serial,
             _vm: vm,
             ram: Some(mem),
+            images,
         };
         // Every vCPU thread filters itself, then waits at `gate` until the
         // main thread has seen every vCPU thread arrive and has filtered
@@ -475,6 +556,8 @@ pub struct RunningVm {
     /// Guest RAM; `None` once leaked because a vCPU thread could not be
     /// joined (it might still touch guest memory).
     ram: Option<GuestRam>,
+    /// The pmem images' mappings, kept (or leaked) with the RAM.
+    images: Vec<ImageMapping>,
 }
 
 impl RunningVm {
@@ -509,6 +592,9 @@ impl RunningVm {
             if !stop_vcpus(&self.stop, std::mem::take(&mut self.threads)) {
                 if let Some(ram) = self.ram.take() {
                     ram.leak();
+                }
+                for image in std::mem::take(&mut self.images) {
+                    image.leak();
                 }
             }
             drop(self.event_loop.take());

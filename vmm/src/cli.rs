@@ -24,6 +24,10 @@ Options:
       --vsock-cid <VSOCK_CID>          Guest context id of the vsock device (>= 3); needs --vsock-uds
       --vsock-uds <VSOCK_UDS>          Host Unix socket of the vsock device; guest connections to host
                                        port P reach `<PATH>_<P>`
+      --pmem <PATH>                    Share a read-only image with the guest through virtio-pmem (the file is
+                                       mapped read-only and shared: VMs mapping the same file share the host's
+                                       page cache; the guest sees /dev/pmem0, /dev/pmem1, ... in flag order and
+                                       can mount it with DAX). Repeatable, up to 8
       --timeline                       Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr
       --timeline-file <TIMELINE_FILE>  Write the boot timeline (JSON, phases up to the first KVM_RUN) to
                                        this file as soon as the guest starts running
@@ -61,6 +65,8 @@ pub struct VmmArgs {
     pub vsock_cid: Option<u64>,
     /// vsock host socket.
     pub vsock_uds: Option<PathBuf>,
+    /// Read-only images for virtio-pmem, in order.
+    pub pmem: Vec<PathBuf>,
     /// Print the timeline on stderr at the end.
     pub timeline: bool,
     /// Write the early timeline to this file.
@@ -130,6 +136,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--serial", true),
     ("--vsock-cid", true),
     ("--vsock-uds", true),
+    ("--pmem", true),
     ("--timeline", false),
     ("--timeline-file", true),
     ("--allow-pvm", false),
@@ -139,6 +146,9 @@ const FLAGS: &[(&str, bool)] = &[
     ("--jail-gid", true),
     ("--jail-cgroup", true),
 ];
+
+/// Flags that may be given more than once (each use adds a value).
+const REPEATABLE: &[&str] = &["--pmem"];
 
 /// Parses `--serial`: `stdout`, `off` or `file:PATH`.
 pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -190,7 +200,7 @@ where
         let Some(&(flag, takes_value)) = FLAGS.iter().find(|(f, _)| *f == name) else {
             return Err(CliError::Unexpected(s.to_string()));
         };
-        if seen.iter().any(|(f, _)| *f == flag) {
+        if !REPEATABLE.contains(&flag) && seen.iter().any(|(f, _)| *f == flag) {
             return Err(CliError::Repeated(flag));
         }
         let value = match (takes_value, inline) {
@@ -277,6 +287,11 @@ where
         serial,
         vsock_cid,
         vsock_uds,
+        pmem: seen
+            .iter()
+            .filter(|(f, _)| *f == "--pmem")
+            .map(|(_, v)| PathBuf::from(v.clone().unwrap_or_default()))
+            .collect(),
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),
         allow_pvm: has("--allow-pvm"),
@@ -325,6 +340,7 @@ mod tests {
         assert_eq!((a.mem_mib, a.vcpus), (128, 1));
         assert_eq!(a.serial, SerialOutput::Stdout);
         assert!(a.initrd.is_none() && a.vsock_cid.is_none() && a.timeline_file.is_none());
+        assert!(a.pmem.is_empty());
         assert!(!a.timeline && !a.allow_pvm && !a.managed);
     }
 
@@ -403,6 +419,18 @@ mod tests {
             run(&["--kernel", "/k", "--serial", "off"]).unwrap().serial,
             SerialOutput::Off
         );
+    }
+
+    #[test]
+    fn pmem_is_repeatable_and_keeps_order() {
+        let a = run(&["--kernel", "/k", "--pmem", "/a.img", "--pmem=/b.img"]).unwrap();
+        assert_eq!(
+            a.pmem,
+            vec![PathBuf::from("/a.img"), PathBuf::from("/b.img")]
+        );
+        let e = run(&["--kernel", "/k", "--pmem"]).unwrap_err().to_string();
+        assert!(e.contains("'--pmem'"), "{e}");
+        assert!(USAGE.contains("--pmem <PATH>"));
     }
 
     #[test]

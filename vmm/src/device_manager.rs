@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
+use crate::devices::virtio::pmem::Pmem;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
 use crate::event_loop::{self, Subscriber};
@@ -152,6 +153,32 @@ impl MmioDeviceManager {
         })?;
         let slot = self.slots.last().copied().expect("slot just allocated");
         tracing::debug!(base = slot.base, irq = slot.irq, cid = cfg.guest_cid, uds = %cfg.uds_path.display(), "vsock attached");
+        Ok(transport)
+    }
+
+    /// Creates a virtio-pmem device describing the guest region
+    /// `[start, start + size)` and attaches it (see
+    /// [`MmioDeviceManager::attach_virtio_device`]). The region itself (the
+    /// read-only memory slot) is the caller's.
+    pub fn attach_pmem(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        mmio_bus: &mut Bus,
+        start: u64,
+        size: u64,
+    ) -> Result<Arc<Mutex<MmioTransport<Pmem>>>, DeviceError> {
+        let transport = self.attach_virtio_device(vm, mem, mmio_bus, |interrupt| {
+            Pmem::new(start, size, interrupt).map_err(DeviceError::EventFd)
+        })?;
+        let slot = self.slots.last().copied().expect("slot just allocated");
+        tracing::debug!(
+            base = slot.base,
+            irq = slot.irq,
+            start,
+            size,
+            "virtio-pmem attached"
+        );
         Ok(transport)
     }
 

@@ -47,18 +47,18 @@ pub struct JailConfig {
 }
 
 /// A file the VMM reads inside the jail, bound read-only at `/<name>`.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadOnlyInput<'a> {
+#[derive(Debug, Clone)]
+pub struct ReadOnlyInput {
     /// Its host path.
-    pub source: &'a Path,
+    pub source: PathBuf,
     /// Its name inside the jail (one path component).
-    pub name: &'static str,
+    pub name: String,
 }
 
-impl ReadOnlyInput<'_> {
+impl ReadOnlyInput {
     /// Its path inside the jail.
     pub fn jailed_path(&self) -> PathBuf {
-        Path::new("/").join(self.name)
+        Path::new("/").join(&self.name)
     }
 }
 
@@ -133,11 +133,7 @@ fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
 /// Returns in the jailed child only. The parent waits for the child and
 /// exits the process with the child's status (128 + signal if it was
 /// killed); it never returns. Call before any thread is started.
-pub fn enter(
-    cfg: &JailConfig,
-    inputs: &[ReadOnlyInput<'_>],
-    limits: Limits,
-) -> Result<(), JailError> {
+pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Result<(), JailError> {
     let euid = Uid::effective();
     if !euid.is_root() {
         return Err(JailError::NotRoot(euid.as_raw()));
@@ -243,7 +239,7 @@ fn wait_and_exit(cfg: &JailConfig, child: nix::unistd::Pid, alive: std::os::fd::
 }
 
 /// Binds `inputs` read-only into `root` and makes `root` the process's `/`.
-fn change_root(root: &Path, inputs: &[ReadOnlyInput<'_>]) -> Result<(), JailError> {
+fn change_root(root: &Path, inputs: &[ReadOnlyInput]) -> Result<(), JailError> {
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
     mount(Some(root), root, None::<&str>, bind, None::<&str>)
         .map_err(sys(format!("binding {} onto itself", root.display())))?;
@@ -260,14 +256,14 @@ fn change_root(root: &Path, inputs: &[ReadOnlyInput<'_>]) -> Result<(), JailErro
         root.display()
     )))?;
     for input in inputs {
-        let target = root.join(input.name);
+        let target = root.join(&input.name);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&target)
             .map_err(io(format!("creating the mount point {}", target.display())))?;
         mount(
-            Some(input.source),
+            Some(input.source.as_path()),
             &target,
             None::<&str>,
             MsFlags::MS_BIND,

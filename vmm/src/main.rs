@@ -45,21 +45,28 @@ fn main() -> ExitCode {
 /// Jails this process (see `silo_vmm::jail`) and points the input paths at
 /// their read-only binds inside.
 fn enter_jail(jail: &JailConfig, args: &mut VmmArgs) -> Result<(), silo_vmm::jail::JailError> {
-    let kernel = args.kernel.clone();
-    let initrd = args.initrd.clone();
-    let mut inputs = vec![ReadOnlyInput {
-        source: &kernel,
-        name: "kernel",
-    }];
-    if let Some(initrd) = &initrd {
-        inputs.push(ReadOnlyInput {
-            source: initrd,
-            name: "initrd",
-        });
-    }
+    let input = |source: &std::path::Path, name: String| ReadOnlyInput {
+        source: source.to_path_buf(),
+        name,
+    };
+    let mut inputs = vec![input(&args.kernel, "kernel".into())];
+    inputs.extend(args.initrd.iter().map(|i| input(i, "initrd".into())));
+    let first_pmem = inputs.len();
+    inputs.extend(
+        args.pmem
+            .iter()
+            .enumerate()
+            .map(|(n, p)| input(p, format!("pmem{n}"))),
+    );
     silo_vmm::jail::enter(jail, &inputs, Limits::for_vcpus(args.vcpus))?;
     args.kernel = inputs[0].jailed_path();
-    args.initrd = inputs.get(1).map(ReadOnlyInput::jailed_path);
+    if args.initrd.is_some() {
+        args.initrd = Some(inputs[1].jailed_path());
+    }
+    args.pmem = inputs[first_pmem..]
+        .iter()
+        .map(ReadOnlyInput::jailed_path)
+        .collect();
     tracing::debug!(uid = jail.uid, root = %jail.root.display(), "jailed");
     Ok(())
 }
@@ -85,6 +92,7 @@ fn run(args: VmmArgs) -> ExitCode {
         vcpus: args.vcpus,
         serial: args.serial,
         vsock,
+        pmem: args.pmem,
         allow_pvm: args.allow_pvm,
         timeline_file: args.timeline_file,
     };

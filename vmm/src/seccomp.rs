@@ -11,6 +11,10 @@
 //!   sockets: `socket` only as `AF_UNIX` stream sockets (it connects to
 //!   `<uds>_<port>` when the guest asks), `ioctl` only `FIONBIO` (std sets
 //!   accepted and connected sockets non-blocking with it).
+//!   The virtio-pmem device adds nothing: a flush is answered without a
+//!   system call (the image is mapped read-only), and a guest store to a
+//!   pmem region is an MMIO exit the vCPU thread discards (both checked
+//!   under these filters in `vmm/tests/pmem_device.rs`).
 //! - the jailer parent (a jailed VMM's first process, see `crate::jail`):
 //!   `wait4` for the VMM and exit; nothing else.
 //! - the main thread: waits for the VM's end, kicks the vCPUs out of

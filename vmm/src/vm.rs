@@ -12,6 +12,8 @@ use crate::timeline::Timeline;
 
 /// Largest vCPU count (the guest kernel's CONFIG_NR_CPUS).
 pub const MAX_VCPUS: u8 = 8;
+/// Most pmem images one VM may map.
+pub const MAX_PMEM: usize = 8;
 /// First IRQ handed to virtio-mmio devices.
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// Kernel command line used when none is given. `quiet`: the console is a
@@ -50,6 +52,9 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Optional vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Read-only images shared through virtio-pmem, in order: the guest
+    /// sees them as `/dev/pmem0`, `/dev/pmem1`, ...
+    pub pmem: Vec<PathBuf>,
     /// Boot a standard kernel even on a PVM host (for experiments).
     pub allow_pvm: bool,
     /// Where to write the boot timeline (JSON) once the first KVM_RUN has
@@ -58,7 +63,8 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
-    /// A config with defaults: 128 MiB, 1 vCPU, serial on stdout, no vsock.
+    /// A config with defaults: 128 MiB, 1 vCPU, serial on stdout, no vsock,
+    /// no pmem images.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {
             kernel: kernel.into(),
@@ -68,6 +74,7 @@ impl VmConfig {
             vcpus: 1,
             serial: SerialOutput::Stdout,
             vsock: None,
+            pmem: Vec::new(),
             allow_pvm: false,
             timeline_file: None,
         }
@@ -151,6 +158,9 @@ pub enum VmmError {
         /// The overlap.
         source: BusError,
     },
+    /// Too many pmem images.
+    #[error("{0} pmem images requested; at most {MAX_PMEM} are supported")]
+    TooManyPmem(usize),
     /// A virtio device could not be created or wired.
     #[error("virtio device setup failed: {0}")]
     Virtio(#[from] DeviceError),

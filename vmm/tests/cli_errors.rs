@@ -161,3 +161,39 @@ fn managed_vmm_refuses_the_seccomp_off_switch() {
     );
     assert!(!run(false).contains("ignored"));
 }
+
+#[test]
+fn bad_pmem_images_are_named_before_anything_boots() {
+    let kernel = temp("vmlinux-pmem", b"not a kernel");
+    let empty = temp("empty.img", b"");
+    let dir = empty.parent().unwrap().to_path_buf();
+    let missing = dir.join("missing.img");
+    for (image, expect) in [
+        (missing.as_path(), "cannot open it"),
+        (empty.as_path(), "the file is empty"),
+        (dir.as_path(), "not a regular file"),
+    ] {
+        let (code, err) = vmm(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--pmem",
+            image.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("pmem image {}", image.display())) && err.contains(expect),
+            "{err}"
+        );
+    }
+    let img = temp("ok.img", b"x");
+    let mut args = vec!["--kernel", kernel.to_str().unwrap()];
+    for _ in 0..9 {
+        args.extend(["--pmem", img.to_str().unwrap()]);
+    }
+    let (code, err) = vmm(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("9 pmem images") && err.contains("at most 8"),
+        "{err}"
+    );
+}

@@ -18,12 +18,16 @@ use super::auth::Principal;
 use super::error::ApiError;
 use super::{function_name, read_authed, MAX_CODE_REQUEST};
 use crate::store::FunctionRecord;
+use crate::vm_backend::VmBackend;
 use crate::Daemon;
 use silo_aws::date::now_iso8601;
 use silo_aws::id::random_uuid;
 
-/// Runtimes silo runs: Lambda's OS-only (custom) runtimes.
-pub const RUNTIMES: [&str; 3] = ["provided.al2023", "provided.al2", "provided"];
+/// Runtimes silo runs: Lambda's OS-only (custom) runtimes, whose `bootstrap`
+/// comes in the zip, and the managed runtimes of
+/// [`silo_images::runtime::MANAGED_RUNTIMES`] (`python3.11`), run from the
+/// runtime's own image with `Handler` as `module.function`.
+pub const RUNTIMES: [&str; 4] = ["provided.al2023", "provided.al2", "provided", "python3.11"];
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -69,29 +73,54 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
     })
 }
 
-/// Decodes and checks a base64 zip package; returns it with its SHA-256.
-fn decode_package(b64: &str) -> Result<(Vec<u8>, String), ApiError> {
+/// Decodes and checks a base64 zip package for `runtime`; returns it with
+/// its SHA-256.
+fn decode_package(b64: &str, runtime: &str) -> Result<(Vec<u8>, String), ApiError> {
     let zip = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| ApiError::invalid_parameter(format!("ZipFile is not valid base64: {e}")))?;
-    // Checked without keeping the inflated files (memory stays small).
-    silo_initramfs::package::check(&zip).map_err(|e| {
-        ApiError::invalid_parameter(format!(
-            "Could not unzip uploaded file. Please check your file, then try to upload again. ({e})"
-        ))
-    })?;
+    check_package(&zip, runtime)?;
     let sha = hex::encode(Sha256::digest(&zip));
     Ok((zip, sha))
 }
 
+/// Checks a zip package for `runtime` without keeping the inflated files
+/// (memory stays small): a custom runtime's needs a `bootstrap`, a managed
+/// runtime's does not.
+fn check_package(zip: &[u8], runtime: &str) -> Result<(), ApiError> {
+    let checked = if VmBackend::is_managed(runtime) {
+        silo_initramfs::package::check_code(zip)
+    } else {
+        silo_initramfs::package::check(zip)
+    };
+    checked.map_err(|e| {
+        ApiError::invalid_parameter(format!(
+            "Could not unzip uploaded file. Please check your file, then try to upload again. ({e})"
+        ))
+    })
+}
+
+/// Refuses a runtime this daemon does not offer, listing those it does.
+fn check_runtime(r: &str) -> Result<(), ApiError> {
+    if RUNTIMES.contains(&r) {
+        return Ok(());
+    }
+    Err(ApiError::invalid_parameter(if r.is_empty() {
+        format!(
+            "Runtime is required for a Zip package: one of {}",
+            RUNTIMES.join(", ")
+        )
+    } else {
+        format!(
+            "Runtime {r:?} is not supported by this daemon: it offers {}",
+            RUNTIMES.join(", ")
+        )
+    }))
+}
+
 fn check_config(input: &ConfigInput, rec: &mut FunctionRecord) -> Result<(), ApiError> {
     if let Some(r) = &input.runtime {
-        if !RUNTIMES.contains(&r.as_str()) {
-            return Err(ApiError::invalid_parameter(format!(
-                "Runtime {r:?} is not supported: silo runs custom runtimes ({}); ship a `bootstrap` in the zip",
-                RUNTIMES.join(", ")
-            )));
-        }
+        check_runtime(r)?;
         rec.runtime = r.clone();
     }
     if let Some(role) = &input.role {
@@ -252,7 +281,10 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
     let b64 = code
         .and_then(|c| c.zip_file.as_deref())
         .ok_or_else(|| ApiError::invalid_parameter("Code.ZipFile is required"))?;
-    let (zip, sha) = decode_package(b64)?;
+    let runtime = input.runtime.clone().unwrap_or_default();
+    // The runtime first: what the package must hold depends on it.
+    check_runtime(&runtime)?;
+    let (zip, sha) = decode_package(b64, &runtime)?;
     let mut rec = FunctionRecord {
         name: name.clone(),
         runtime: String::new(),
@@ -275,6 +307,15 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
             "Runtime is required for a Zip package: one of {}",
             RUNTIMES.join(", ")
         )));
+    }
+    let managed = input
+        .runtime
+        .as_deref()
+        .is_some_and(crate::vm_backend::VmBackend::is_managed);
+    if managed && input.handler.is_none() {
+        return Err(ApiError::invalid_parameter(
+            "Handler is required for a managed runtime: module.function, e.g. lambda_function.lambda_handler",
+        ));
     }
     check_config(&input, &mut rec)?;
     match d.create(rec.clone(), &zip) {
@@ -403,7 +444,7 @@ pub async fn update_code(
         .zip_file
         .as_deref()
         .ok_or_else(|| ApiError::invalid_parameter("ZipFile is required"))?;
-    let (zip, sha) = decode_package(b64)?;
+    let (zip, sha) = decode_package(b64, &rec.runtime)?;
     rec.code_sha256 = sha;
     rec.code_size = zip.len() as u64;
     rec.revision_id = random_uuid();
@@ -431,6 +472,9 @@ pub async fn update_configuration(
     let code = d
         .code(&rec.code_sha256)
         .map_err(|e| ApiError::service(format!("reading the code of {}: {e}", rec.name)))?;
+    // A new runtime must be able to run the code it has (a custom runtime
+    // needs a `bootstrap` in it).
+    check_package(&code, &rec.runtime)?;
     d.update(rec.clone(), &code)
         .await
         .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
@@ -542,4 +586,41 @@ pub async fn delete_pool(
     d.set_pool(&rec)
         .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every managed runtime the images crate can build is offered, and
+    /// nothing else beyond the custom runtimes.
+    #[test]
+    fn offered_runtimes_are_the_custom_and_the_managed_ones() {
+        for r in silo_images::runtime::MANAGED_RUNTIMES {
+            assert!(RUNTIMES.contains(&r), "{r} is not offered");
+        }
+        let custom = RUNTIMES.iter().filter(|r| !VmBackend::is_managed(r));
+        assert!(custom.eq(["provided.al2023", "provided.al2", "provided"].iter()));
+    }
+
+    #[test]
+    fn an_unknown_runtime_is_refused_listing_the_offered_ones() {
+        for bad in ["nodejs22.x", "python3.12", ""] {
+            let e = check_runtime(bad).unwrap_err();
+            let text = format!("{e:?}");
+            for r in RUNTIMES {
+                assert!(text.contains(r), "{text} does not list {r}");
+            }
+        }
+        assert!(check_runtime("python3.11").is_ok());
+    }
+
+    /// A managed runtime's package needs no `bootstrap`; a custom one's does.
+    #[test]
+    fn only_custom_runtime_packages_need_a_bootstrap() {
+        let py = silo_initramfs::package::make_zip(&[("lambda_function.py", 0o644, b"x=1")]);
+        assert!(check_package(&py, "python3.11").is_ok());
+        let e = check_package(&py, "provided.al2023").unwrap_err();
+        assert!(format!("{e:?}").contains("bootstrap"), "{e:?}");
+    }
 }

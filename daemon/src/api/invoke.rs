@@ -196,8 +196,12 @@ fn function_error(
     memory_mib: u32,
     cold: Option<(bool, u64)>,
 ) -> Response {
-    let body =
+    // Lambda's shape: the runtime's stack trace when it reported one.
+    let mut body =
         serde_json::json!({ "errorType": info.error_type, "errorMessage": info.error_message });
+    if !info.stack_trace.is_empty() {
+        body["stackTrace"] = serde_json::json!(info.stack_trace);
+    }
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -283,6 +287,7 @@ fn respond(
                 Outcome::Ok(_) => ErrorInfo {
                     error_type: "Runtime.ExitError".into(),
                     error_message: "the runtime exited".into(),
+                    stack_trace: Vec::new(),
                 },
             };
             Ok(function_error(&info, Some(&r), id, tail, memory_mib, None))
@@ -291,6 +296,7 @@ fn respond(
             &ErrorInfo {
                 error_type: "Sandbox.Timedout".into(),
                 error_message: format!("RequestId: {id} Error: Task timed out"),
+                stack_trace: Vec::new(),
             },
             None,
             id,
@@ -302,6 +308,7 @@ fn respond(
             &ErrorInfo {
                 error_type: "Runtime.ExitError".into(),
                 error_message: format!("RequestId: {id} Error: {e}"),
+                stack_trace: Vec::new(),
             },
             None,
             id,

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Builds the `python3.11` runtime tree from registry packages only:
+# Debian bookworm's CPython 3.11 and the libraries it loads (apt-get download
+# + dpkg-deb -x, no install) and the official runtime interface client
+# `awslambdaric` with its dependencies (PyPI wheels, pinned by hash in
+# python3.11.requirements.txt).
+#
+# Usage: images/runtime/python3.11.sh [CACHE_DIR]
+# Prints the directory holding `rt/` (the tree, with `rt/silo-runtime.json`)
+# and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
+# last line. Cached by the hash of this script, the requirements file and
+# the Debian packages' names, versions and SHA-256 sums.
+set -euo pipefail
+export LC_ALL=C
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${1:-${SILO_CACHE_DIR:-$HOME/.cache/silo}}"
+log() { echo "[runtime python3.11] $*" >&2; }
+sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+
+# The interpreter, its standard library, and every shared library its
+# binary and the extension modules kept below load (checked with ldd).
+pkgs=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libgcc-s1
+      libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1)
+
+resolve() {
+  apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null \
+    | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{s=$2} /^$/{if(p&&v&&s) print p, v, s; p=v=s=""}
+           END{if(p&&v&&s) print p, v, s}'
+}
+inputs="$(resolve)"
+if [[ $(wc -l <<<"$inputs") -ne ${#pkgs[@]} ]]; then
+  log "updating Debian's package lists"
+  $sudo_cmd apt-get update -q >&2
+  inputs="$(resolve)"
+fi
+[[ $(wc -l <<<"$inputs") -eq ${#pkgs[@]} ]] || { log "some packages are unknown to apt: $inputs"; exit 1; }
+key="$( { cat "$here/python3.11.sh" "$here/python3.11.requirements.txt"; echo "$inputs"; } | sha256sum | cut -c1-16)"
+out="$cache/python3.11-$key"
+if [[ -f "$out/rt/silo-runtime.json" && -f "$out/rt.cpio" ]]; then
+  echo "$out"
+  exit 0
+fi
+
+mkdir -p "$cache"
+work="$(mktemp -d "$cache/python3.11-build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+log "building (first use): ${#pkgs[@]} Debian packages and 3 PyPI wheels"
+mkdir debs root
+(cd debs && while read -r p v _; do
+  log "downloading $p $v"
+  apt-get download -qq -o APT::Sandbox::User=root "$p=$v" >&2
+done <<<"$inputs")
+# apt-get download checks each file against the archive's signed SHA-256.
+for d in debs/*.deb; do dpkg-deb -x "$d" root; done
+
+log "downloading the runtime interface client (PyPI wheels, hash-pinned)"
+python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+  --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+  --python-version 3.11 --implementation cp --abi cp311 --abi none \
+  -r "$here/python3.11.requirements.txt" -d wheels >&2
+
+rt="$work/out/rt"
+mkdir -p "$rt/usr/bin" "$rt/usr/lib" "$rt/var/runtime"
+# Merged /usr, as Debian installs it: everything under usr/.
+cp -a root/usr/lib/. "$rt/usr/lib/"
+cp -a root/lib/. "$rt/usr/lib/"
+mkdir -p "$rt/usr/lib64"
+cp -a root/lib64/. "$rt/usr/lib64/"
+cp -a root/usr/bin/python3.11 "$rt/usr/bin/"
+ln -s python3.11 "$rt/usr/bin/python3"
+ln -s python3.11 "$rt/usr/bin/python"
+ln -s usr/lib "$rt/lib"
+ln -s usr/lib64 "$rt/lib64"
+ln -s usr/bin "$rt/bin"
+
+log "trimming the tree to what the runtime loads"
+py="$rt/usr/lib/python3.11"
+multi="$rt/usr/lib/x86_64-linux-gnu"
+rm -rf "$py"/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,pydoc_data,venv,distutils} \
+       "$py"/config-3.11-x86_64-linux-gnu "$py"/{turtle.py,pydoc.py,doctest.py,tabnanny.py} \
+       "$py"/site-packages "$py"/dist-packages \
+       "$rt/usr/lib/python3" "$multi"/gconv "$multi"/audit "$multi"/engines-3 "$multi"/ossl-modules \
+       "$rt/usr/lib/gcc" "$rt/usr/lib/debug" "$rt/usr/lib/locale" "$rt/usr/lib/binfmt.d"
+find "$py" -name '__pycache__' -prune -exec rm -rf {} +
+find "$py" -type d \( -name tests -o -name test \) -prune -exec rm -rf {} +
+# Extension modules whose libraries are not in the tree (terminal, dbm,
+# sqlite, NIS, crypt): Lambda functions have no terminal; import fails
+# with ModuleNotFoundError.
+rm -f "$py"/lib-dynload/{_curses,_curses_panel,readline,_dbm,_gdbm,_sqlite3,nis,_crypt,_tkinter}.cpython-311-*.so
+# Libraries nothing in the tree loads.
+rm -f "$multi"/{libstdc++.so.6.*-gdb.py,libmemusage.so,libpcprofile.so,libSegFault.so}
+rm -rf "$rt/usr/share"
+
+log "unpacking the wheels into /var/runtime"
+for w in wheels/*.whl; do python3 -m zipfile -e "$w" "$rt/var/runtime"; done
+rm -rf "$rt"/var/runtime/*.dist-info/{RECORD,licenses,LICENSE*,NOTICE*}
+
+log "keeping only the shared libraries the interpreter and its modules load"
+# The closure of DT_NEEDED from the interpreter and every extension module;
+# glibc 2.36 has NSS files/dns built in, so nothing else is dlopen'ed.
+needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/{print $2}'; }
+declare -A keep=([ld-linux-x86-64.so.2]=1)
+queue=("$rt/usr/bin/python3.11")
+while IFS= read -r f; do queue+=("$f"); done < <(find "$py/lib-dynload" "$rt/var/runtime" -name '*.so')
+while ((${#queue[@]})); do
+  f="${queue[0]}"; queue=("${queue[@]:1}")
+  while read -r lib; do
+    [[ -n "$lib" && -z "${keep[$lib]:-}" ]] || continue
+    [[ -e "$multi/$lib" ]] || { log "$f needs $lib, not in the tree"; exit 1; }
+    keep[$lib]=1
+    queue+=("$(readlink -f "$multi/$lib")")
+  done < <(needed "$f")
+done
+for f in "$multi"/*; do
+  n="$(basename "$f")"
+  if [[ -z "${keep[$n]:-}" ]]; then
+    # Keep the real file a kept soname link points to.
+    linked=0
+    for k in "${!keep[@]}"; do [[ "$(readlink -f "$multi/$k" 2>/dev/null)" == "$(readlink -f "$f")" ]] && linked=1; done
+    ((linked)) || rm -rf "$f"
+  fi
+done
+
+log "compiling bytecode (the tree is read-only in the guest)"
+# The tree's own interpreter, so the bytecode matches it; hash-based
+# (unchecked) .pyc: reproducible, and never stat'ed against the source.
+PYTHONHOME="$rt/usr" PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$multi" \
+  "$rt/usr/lib64/ld-linux-x86-64.so.2" "$rt/usr/bin/python3.11" -m compileall -q -j0 \
+  --invalidation-mode unchecked-hash -s "$rt" -p / -b "$py" >&2
+PYTHONHOME="$rt/usr" PYTHONNOUSERSITE=1 LD_LIBRARY_PATH="$multi" \
+  "$rt/usr/lib64/ld-linux-x86-64.so.2" "$rt/usr/bin/python3.11" -m compileall -q -j0 \
+  --invalidation-mode unchecked-hash -s "$rt" -p / "$rt/var/runtime" >&2
+# The standard library runs from its bytecode alone (beside where the source
+# was): half the size; its frames in a traceback show no source line.
+find "$py" -name '*.py' -exec sh -c 'for f; do [ -f "${f}c" ] && rm "$f"; done' sh {} +
+
+cat > "$rt/silo-runtime.json" <<JSON
+{
+  "name": "python3.11",
+  "exec": ["/usr/bin/python3.11", "-m", "awslambdaric"],
+  "append_handler": true,
+  "environment": {
+    "LAMBDA_RUNTIME_DIR": "/var/runtime",
+    "PYTHONPATH": "/var/runtime",
+    "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+    "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+    "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+    "PYTHONDONTWRITEBYTECODE": "1"
+  },
+  "links": [
+    ["/usr", "usr"],
+    ["/lib", "usr/lib"],
+    ["/lib64", "usr/lib64"],
+    ["/bin", "usr/bin"],
+    ["/var/runtime", "var/runtime"]
+  ]
+}
+JSON
+# Reproducible: fixed times and modes, sorted archive.
+find "$rt" -exec touch -h -d @0 {} +
+chmod -R u+rwX,go+rX,go-w "$rt"
+(cd "$work/out" && find rt | sort | cpio --quiet -o -H newc --reproducible -R 0:0 > rt.cpio)
+touch -d @0 "$work/out/rt.cpio"
+du -sk "$rt" | awk '{print $1}' > "$work/out/SIZE_KIB"
+echo "$inputs" > "$work/out/INPUTS"
+rm -rf "$out"
+mv "$work/out" "$out"
+log "ready: $(cat "$out/SIZE_KIB") KiB in $(find "$out/rt" | wc -l) files ($out)"
+echo "$out"
