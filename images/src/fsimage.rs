@@ -29,6 +29,14 @@ pub const FS_UUID: &str = "5110c0de-9e3f-4d6b-8a1e-00000000e20f";
 pub const FS_TIMESTAMP: u64 = 0;
 /// Where the guest mounts the first image.
 pub const GUEST_MOUNT_POINT: &str = "/opt/runtime";
+/// The guest device of the first `--pmem` image (`/dev/pmem1` for the
+/// second...). Linux registers pmem disks asynchronously: it may appear a
+/// little after `/init` starts, so wait for it before mounting.
+pub const GUEST_DEVICE: &str = "/dev/pmem0";
+/// Filesystem type for mount(2).
+pub const GUEST_FS_TYPE: &str = "erofs";
+/// mount(2) data for a DAX mount; pass `MS_RDONLY` as the flags.
+pub const GUEST_MOUNT_DATA: &str = "dax";
 /// The guest command that mounts the first pmem image read-only with DAX
 /// (busybox or util-linux `mount`; create the mount point first).
 pub const GUEST_MOUNT_COMMAND: &str = "mount -t erofs -o ro,dax /dev/pmem0 /opt/runtime";
