@@ -3,7 +3,8 @@
 //! against the same files copied into each VM's initramfs.
 //!
 //! Both variants boot N VMs at once with the same kernel, memory size and
-//! `/init`; each guest reads every file of the set (about `--mib` MiB of
+//! `/init`; a third, `idle`, mounts the image and reads nothing (the cost of
+//! an idle VM, to subtract). Each guest reads every file of the set (about `--mib` MiB of
 //! pseudo-random data, so nothing is deduplicated or zero), prints a marker
 //! and stays idle. With every VM idle the harness records, per variant: the
 //! host's `MemFree` drop since before the boots, every VMM's `Rss` and `Pss`
@@ -75,6 +76,10 @@ find /opt/runtime -type f -exec cat {} + > /dev/null
 echo "SILO_READ_DONE kib=$(du -sk /opt/runtime | cut -f1) guest_memfree_kib=$(grep MemFree /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 while true; do sleep 3600; done
 "#;
+
+/// The line of [`GUEST_INIT`] that reads every file (left out for the idle
+/// variant).
+const READ_ALL: &str = "find /opt/runtime -type f -exec cat {} + > /dev/null\n";
 
 const TINY_INIT: &str = r#"
 /bin/busybox mount -t proc proc /proc
@@ -165,6 +170,8 @@ fn prepare(args: &PmemMemoryArgs, dir: &Path) -> Result<(), String> {
     std::fs::write(dir.join("pmem.cpio"), initramfs(GUEST_INIT, &[])?).map_err(err)?;
     std::fs::write(dir.join("copy.cpio"), initramfs(GUEST_INIT, &files)?).map_err(err)?;
     std::fs::write(dir.join("tiny.cpio"), initramfs(TINY_INIT, &[])?).map_err(err)?;
+    let idle = GUEST_INIT.replace(READ_ALL, "");
+    std::fs::write(dir.join("idle.cpio"), initramfs(&idle, &[])?).map_err(err)?;
     std::fs::remove_dir_all(&tree).map_err(err)?;
     Ok(())
 }
@@ -210,7 +217,13 @@ fn in_test_host(args: &PmemMemoryArgs, kernel: &Path, dir: &Path) -> Result<(), 
         .memory_mib(3072)
         .timeout(Duration::from_secs(1800))
         .file(kernel, "/work/kernel", 0o644);
-    for f in ["runtime.img", "pmem.cpio", "copy.cpio", "tiny.cpio"] {
+    for f in [
+        "runtime.img",
+        "pmem.cpio",
+        "copy.cpio",
+        "tiny.cpio",
+        "idle.cpio",
+    ] {
         host = host.file(dir.join(f), &format!("/work/in/{f}"), 0o644);
     }
     let mut extra = String::new();
@@ -302,6 +315,7 @@ fn variant(
     let vmm = vmm_path()?;
     let (initrd, image) = match name {
         "pmem" => (inputs.join("pmem.cpio"), Some(inputs.join("runtime.img"))),
+        "idle" => (inputs.join("idle.cpio"), Some(inputs.join("runtime.img"))),
         _ => (inputs.join("copy.cpio"), None),
     };
     let shared_file = image.clone().unwrap_or_else(|| initrd.clone());
@@ -481,6 +495,7 @@ fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), S
         );
         results["boot_cost"] = boot_cost(args, kernel, b, inputs)?;
     }
+    let idle = variant(args, kernel, inputs, "idle", &work)?;
     let pmem = variant(args, kernel, inputs, "pmem", &work)?;
     let copy = variant(args, kernel, inputs, "initramfs", &work)?;
     let ratio = |k: &str| {
@@ -492,9 +507,11 @@ fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), S
             0.0
         }
     };
+    let idle_mib = idle["per_vm_kib"].as_u64().unwrap_or(0) / 1024;
     results["summary"] = json!(format!(
         "{} VMs reading the same {} MiB: host total {} MiB with pmem vs {} MiB with the files in each \
-         initramfs (x{:.2}); per VM {} vs {} MiB (x{:.2}); sum PSS {} vs {} MiB (x{:.2})",
+         initramfs (x{:.2}); per VM {} vs {} MiB (x{:.2}; an idle VM with the image mounted: {idle_mib} MiB); \
+         sum PSS {} vs {} MiB (x{:.2})",
         args.vms,
         args.mib,
         pmem["host_total_kib"].as_u64().unwrap_or(0) / 1024,
@@ -513,6 +530,12 @@ fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), S
         "sum_pss": ratio("sum_pss_kib"),
         "sum_rss": ratio("sum_rss_kib"),
     });
+    let per_vm = |v: &Value| v["per_vm_kib"].as_i64().unwrap_or(0);
+    results["reading_cost_per_vm_kib"] = json!({
+        "pmem": per_vm(&pmem) - per_vm(&idle),
+        "initramfs": per_vm(&copy) - per_vm(&idle),
+    });
+    results["idle"] = idle;
     results["pmem"] = pmem;
     results["initramfs"] = copy;
     let _ = std::fs::remove_dir_all(&work);

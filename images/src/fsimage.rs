@@ -17,7 +17,7 @@
 //! owners or creation order.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::ImageError;
 
@@ -29,6 +29,14 @@ pub const FS_UUID: &str = "5110c0de-9e3f-4d6b-8a1e-00000000e20f";
 pub const FS_TIMESTAMP: u64 = 0;
 /// Where the guest mounts the first image.
 pub const GUEST_MOUNT_POINT: &str = "/opt/runtime";
+/// The guest device of the first `--pmem` image (`/dev/pmem1` for the
+/// second...). Linux registers pmem disks asynchronously: it may appear a
+/// little after `/init` starts, so wait for it before mounting.
+pub const GUEST_DEVICE: &str = "/dev/pmem0";
+/// Filesystem type for mount(2).
+pub const GUEST_FS_TYPE: &str = "erofs";
+/// mount(2) data for a DAX mount; pass `MS_RDONLY` as the flags.
+pub const GUEST_MOUNT_DATA: &str = "dax";
 /// The guest command that mounts the first pmem image read-only with DAX
 /// (busybox or util-linux `mount`; create the mount point first).
 pub const GUEST_MOUNT_COMMAND: &str = "mount -t erofs -o ro,dax /dev/pmem0 /opt/runtime";
@@ -54,6 +62,7 @@ pub fn build_fs_image(tree: &Path, out: &Path) -> Result<(), ImageError> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
+    ensure_mkfs_erofs()?;
     let run = Command::new(MKFS_EROFS)
         .arg("-x-1")
         .arg("-Enoinline_data")
@@ -94,6 +103,51 @@ pub fn build_fs_image(tree: &Path, out: &Path) -> Result<(), ImageError> {
     })
 }
 
+/// Installs Debian's `erofs-utils` if `mkfs.erofs` is missing (as the
+/// kernel build installs the Linux source): `apt-get install`, with `sudo`
+/// when not root, one installer at a time (a lock in the cache directory).
+fn ensure_mkfs_erofs() -> Result<(), ImageError> {
+    let present = |name: &str| {
+        Command::new(name)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if present(MKFS_EROFS) {
+        return Ok(());
+    }
+    eprintln!("[fsimage] {MKFS_EROFS} is missing: installing erofs-utils from Debian");
+    let cache = crate::cache_dir();
+    std::fs::create_dir_all(&cache)
+        .map_err(ImageError::io(format!("creating {}", cache.display())))?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    let script = format!(
+        "{sudo}apt-get install -y -q erofs-utils >&2 || \
+         ({sudo}apt-get update -q >&2 && {sudo}apt-get install -y -q erofs-utils >&2)",
+        sudo = if root { "" } else { "sudo " }
+    );
+    let status = Command::new("flock")
+        .arg(cache.join(".apt.lock"))
+        .args(["sh", "-c", &script])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(ImageError::io("running apt-get install erofs-utils"))?;
+    if !status.success() || !present(MKFS_EROFS) {
+        return Err(ImageError::Io {
+            context: format!("installing erofs-utils ({status})"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{MKFS_EROFS} is still missing: apt-get install erofs-utils"),
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,10 +159,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    fn have_mkfs() -> bool {
-        Command::new(MKFS_EROFS).arg("--help").output().is_ok()
     }
 
     /// Writes the same tree in a different order with different mtimes.
@@ -141,9 +191,6 @@ mod tests {
 
     #[test]
     fn equal_trees_give_equal_bytes_and_a_change_shows() {
-        if !have_mkfs() {
-            panic!("{MKFS_EROFS} is missing: apt-get install erofs-utils");
-        }
         let d = tempdir("repro");
         let (a, b) = (d.join("a"), d.join("b"));
         write_tree(&a, false);

@@ -87,6 +87,7 @@ pub struct VmBuilder<'a> {
     /// Read-only image mappings, given to KVM as memory slots by
     /// [`VmBuilder::attach_pmem_images`].
     images: Vec<ImageMapping>,
+    /// Whether `attach_pmem_images` ran (it attaches each image once).
     pmem_attached: bool,
     /// Next free KVM memory slot number.
     next_slot: u32,
@@ -238,8 +239,9 @@ impl<'a> VmBuilder<'a> {
         Ok(self)
     }
 
-    /// Maps each configured pmem image read-only and shared, gives it to KVM
-    /// as a read-only memory slot above RAM (see [`memory::pmem_layout`]),
+    /// Gives each pmem image (mapped read-only and shared by
+    /// [`VmBuilder::new`]) to KVM as a read-only memory slot above RAM (see
+    /// [`memory::pmem_layout`]),
     /// puts a [`PmemRegionGuard`] on the MMIO bus over it (guest stores
     /// exit to the VMM and are discarded), and attaches its virtio-pmem
     /// device. Images appear in the guest in order (`/dev/pmem0`, ...).
