@@ -926,7 +926,13 @@ async fn jail_cost(
     function: &Path,
 ) -> Result<Value, String> {
     use silo_daemon::jail::{JailMode, JailSettings};
-    let jailed_mode = JailMode::new(&JailSettings::default(), false);
+    // No CPU share: it starts only once the VM is ready and, on the test
+    // host's emulated CPU, would dominate the first answer.
+    let settings = JailSettings {
+        cpu_full_at_mib: 0,
+        ..JailSettings::default()
+    };
+    let jailed_mode = JailMode::new(&settings, false);
     if let JailMode::Unavailable(why) = &jailed_mode {
         return Ok(json!({ "skipped": format!("this host cannot jail: {why}") }));
     }

@@ -569,14 +569,35 @@ impl VmEnv {
                 .ok_or_else(|| EnvError::Boot("the VMM exited at once".into()))?,
             uid: env_guard.jail.as_ref().map(JailLease::id),
         };
-        let (conn, boot) = accept_agent(&listener, expected, spec.boot_timeout, label)
-            .await
-            .map_err(|e| match e {
+        // A VMM that exits before its agent connects (a bad flag, a jail
+        // step that failed, a guest that died at once) fails the boot now,
+        // not at the boot timeout.
+        let accepted = {
+            let child = env_guard.child.as_mut().expect("child");
+            tokio::select! {
+                r = accept_agent(&listener, expected, spec.boot_timeout, label) => Some(r),
+                _ = child.wait() => None,
+            }
+        };
+        let (conn, boot) = match accepted {
+            Some(r) => r.map_err(|e| match e {
                 AcceptError::TimedOut { .. } => {
                     EnvError::Boot(format!("{e}; console tail:\n{}", console_tail(&dir)))
                 }
                 e => EnvError::Boot(e.to_string()),
-            })?;
+            })?,
+            None => {
+                let status = env_guard
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                    .map_or_else(|| "unknown".into(), |s| s.to_string());
+                return Err(EnvError::Boot(format!(
+                    "the VMM exited ({status}) before the guest agent connected; console tail:\n{}",
+                    console_tail(&dir)
+                )));
+            }
+        };
         let spawn_to_ready = started.elapsed();
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir, jail) = env_guard.disarm();
@@ -965,6 +986,49 @@ print(n, flush=True)
         .unwrap();
         assert_eq!(intruder_got, "0", "the intruder read EOF and nothing else");
         assert_eq!(vmm_got, sent.to_string(), "the VMM got the invoke");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A VMM that exits before its agent connects (here: one that refuses
+    /// its flags) fails the boot at once, naming its exit status and what
+    /// it printed, instead of at the boot timeout.
+    #[tokio::test]
+    async fn a_vmm_that_exits_early_fails_the_boot_at_once() {
+        let dir = test_dir();
+        let fake = dir.join("fake-vmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"error: unexpected argument '--jail-root' found\" >&2\nexit 2\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Only this test starts a VMM in this process.
+        std::env::set_var("SILO_VMM", &fake);
+        let spec = VmSpec {
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
+            mem_mib: 128,
+            vcpus: 1,
+            boot_timeout: Duration::from_secs(600),
+            pmem: None,
+            jail: JailMode::Insecure,
+        };
+        let r = tokio::time::timeout(
+            Duration::from_secs(300),
+            VmEnv::boot(&spec, &dir.join("run")),
+        )
+        .await
+        .expect("the boot failed before the test's own limit");
+        std::env::remove_var("SILO_VMM");
+        let Err(EnvError::Boot(msg)) = r else {
+            panic!("expected a boot error");
+        };
+        assert!(
+            msg.contains("exited (exit status: 2) before the guest agent connected"),
+            "{msg}"
+        );
+        assert!(msg.contains("unexpected argument '--jail-root'"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
