@@ -69,14 +69,17 @@ fn build() -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure the `silo-vmm` program can be found: `$SILO_VMM`, beside this
-/// executable, or (in a source checkout) built from the source tree, in
-/// which case `SILO_VMM` is set for this process and its children. Call it
+/// Makes sure the `silo-vmm` program can be found: `$SILO_VMM`; for a
+/// `silo` built in its source tree's `target/`, built from that tree (so it
+/// is never older than the sources); else beside this executable. When
+/// built, `SILO_VMM` is set for this process and its children. Call it
 /// before any thread is started.
 pub fn ensure_vmm() -> Result<std::path::PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let source_built = std::env::var_os("SILO_VMM").is_none()
+        && exe.starts_with(silo_images::artifacts::source_root().join("target"));
     let vmm = silo_images::artifacts::vmm_beside(&exe);
-    if vmm.is_file() {
+    if vmm.is_file() && !source_built {
         return Ok(vmm);
     }
     if std::env::var_os("SILO_VMM").is_some() {
@@ -92,10 +95,12 @@ pub fn ensure_vmm() -> Result<std::path::PathBuf, String> {
             vmm.display()
         ));
     }
-    eprintln!(
-        "[images] silo-vmm is not beside {}: building it from this source tree",
-        exe.display()
-    );
+    if !source_built {
+        eprintln!(
+            "[images] silo-vmm is not beside {}: building it from this source tree",
+            exe.display()
+        );
+    }
     let built = silo_images::artifacts::vmm().map_err(|e| e.to_string())?;
     // SAFETY (not unsafe in edition 2021, but as sound only single-threaded):
     // called at start-up before any other thread exists.

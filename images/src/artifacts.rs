@@ -127,6 +127,21 @@ pub fn vmm() -> Result<PathBuf, ArtifactError> {
     )
 }
 
+/// The `silo-vmm` to run with the `silo` at `silo_exe`: `$SILO_VMM` when
+/// set; built from the source tree (cargo keeps it current) when
+/// `silo_exe` was built in this source tree's `target/`, since a
+/// `silo-vmm` lying beside it may predate the sources (`cargo build` of the
+/// root package does not rebuild it); else the one beside `silo_exe`.
+pub fn vmm_for(silo_exe: &Path) -> Result<PathBuf, ArtifactError> {
+    if std::env::var_os("SILO_VMM").is_none()
+        && silo_exe.starts_with(source_root().join("target"))
+        && source_root().join("vmm/Cargo.toml").is_file()
+    {
+        return vmm();
+    }
+    Ok(vmm_beside(silo_exe))
+}
+
 /// Where `silo-vmm` is for a `silo` at `silo_exe`: `$SILO_VMM` when set,
 /// else beside `silo_exe` (where `cargo build` and `cargo install` put it).
 pub fn vmm_beside(silo_exe: &Path) -> PathBuf {

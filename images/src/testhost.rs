@@ -68,6 +68,9 @@ pub enum TestHostError {
     /// Preparing the image failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Building `silo-vmm` from the source tree failed.
+    #[error(transparent)]
+    Artifact(#[from] crate::artifacts::ArtifactError),
     /// QEMU could not be started.
     #[error("cannot start qemu-system-x86_64: {0}")]
     Spawn(std::io::Error),
@@ -253,7 +256,7 @@ impl TestHost {
     /// at `/bin/silo-vmm`, where the daemon looks for it.
     pub fn silo_binaries(self, silo: impl AsRef<Path>) -> Result<Self, TestHostError> {
         let silo = silo.as_ref();
-        let vmm = crate::artifacts::vmm_beside(silo);
+        let vmm = crate::artifacts::vmm_for(silo)?;
         if !vmm.is_file() {
             return Err(TestHostError::Missing {
                 path: vmm,
