@@ -12,6 +12,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod kvm;
 pub mod memory;
+pub mod ratelimit;
 pub mod seccomp;
 pub mod timeline;
 pub mod vcpu;
