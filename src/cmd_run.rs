@@ -90,6 +90,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
         mem_mib: args.mem_mib,
         vcpus: 1,
         boot_timeout: Duration::from_secs(120),
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);

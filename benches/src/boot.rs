@@ -776,6 +776,7 @@ async fn creations(
         mem_mib: 128,
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     };
     let started = Instant::now();
     let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
@@ -843,6 +844,7 @@ fn function_spec(
         mem_mib: 128,
         vcpus: 1,
         boot_timeout: Duration::from_secs(300),
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     })
 }
 

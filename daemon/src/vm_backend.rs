@@ -42,6 +42,7 @@ pub struct VmBackend {
     kernel: PathBuf,
     run_dir: PathBuf,
     boot_timeout: Duration,
+    console_bytes: usize,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
 
@@ -60,8 +61,15 @@ impl VmBackend {
             kernel,
             run_dir,
             boot_timeout,
+            console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps `bytes` of each VM's serial console in memory (0: console off).
+    pub fn with_console_bytes(mut self, bytes: usize) -> Self {
+        self.console_bytes = bytes;
+        self
     }
 
     /// Builds and registers the image of a function version.
@@ -122,6 +130,7 @@ impl VmBackend {
             mem_mib: image.config.memory_mib,
             vcpus: 1,
             boot_timeout: self.boot_timeout,
+            console_bytes: self.console_bytes,
         })
     }
 }

@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
+use crate::console::Console;
+
 /// Bytes of log kept per invocation (Lambda's `LogType: Tail` returns 4 KB).
 pub const LOG_TAIL: usize = 4096;
 
@@ -37,6 +39,9 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// How long to wait for the agent's hello.
     pub boot_timeout: Duration,
+    /// Bytes of the serial console kept in memory (0: console off); see
+    /// [`crate::console`].
+    pub console_bytes: usize,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -147,6 +152,10 @@ pub struct VmEnv {
     /// An exchange with the agent failed or was cut off (possibly mid-frame):
     /// nothing more is written to it, and shutdown kills the VMM at once.
     broken: bool,
+    /// The VM's console and VMM log rings.
+    console: Console,
+    /// Whom the VM serves (for log lines).
+    label: VmLabel,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -424,17 +433,19 @@ impl VmEnv {
             .arg("--vsock-uds")
             .arg(&uds)
             .arg("--serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg(if spec.console_bytes > 0 {
+                "stdout"
+            } else {
+                "off"
+            })
             .arg("--timeline-file")
             .arg(dir.join("timeline.json"))
             .arg("--managed")
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("vmm.log"))
-                    .map_err(|e| EnvError::Setup(e.to_string()))?,
-            ))
+            // Console and VMM log go to bounded rings (crate::console).
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec only async-signal-safe calls are
@@ -450,9 +461,10 @@ impl VmEnv {
             });
         }
         let spawn_ns = monotonic_ns();
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;
+        let console = Console::start(child.stdout.take(), child.stderr.take(), spec.console_bytes);
         let mut env_guard = Guard {
             child: Some(child),
             dir: Some(dir.clone()),
@@ -466,7 +478,7 @@ impl VmEnv {
             .await
             .map_err(|e| match e {
                 AcceptError::TimedOut { .. } => {
-                    EnvError::Boot(format!("{e}; console tail:\n{}", console_tail(&dir)))
+                    EnvError::Boot(format!("{e}; console tail:\n{}", console.tail(20)))
                 }
                 e => EnvError::Boot(e.to_string()),
             })?;
@@ -479,6 +491,8 @@ impl VmEnv {
             dir,
             started,
             broken: false,
+            console,
+            label: label.clone(),
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -501,6 +515,8 @@ impl VmEnv {
             dir,
             started: Instant::now(),
             broken: false,
+            console: Console::start(None::<tokio::io::Empty>, None::<tokio::io::Empty>, 0),
+            label: VmLabel::default(),
             boot: BootReport {
                 spawn_to_ready: Duration::ZERO,
                 guest,
@@ -612,6 +628,22 @@ impl VmEnv {
             let _ = self.child.kill().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The VMM is gone: what it wrote is in the rings within moments.
+        self.console.finish(Duration::from_secs(1)).await;
+        if let Some((total, kept)) = self.console.serial_stats() {
+            tracing::info!(
+                function = %self.label.function,
+                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                console_bytes_total = total,
+                console_bytes_kept = kept,
+                "microVM console at shutdown"
+            );
+        }
+    }
+
+    /// The VM's console and VMM log rings.
+    pub fn console(&self) -> &Console {
+        &self.console
     }
 }
 
@@ -646,13 +678,6 @@ impl Drop for Guard {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-}
-
-fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
-        + &std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 #[cfg(test)]
