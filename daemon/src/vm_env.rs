@@ -23,6 +23,9 @@ pub const LOG_TAIL: usize = 4096;
 /// the invoke and report (the agent enforces the timeout itself).
 pub const RESULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Bytes of console and VMM log tail logged when a failed VM ends.
+const FAILURE_TAIL: usize = 2048;
+
 /// How long the `Shutdown` frame may take to be written.
 const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
@@ -637,6 +640,17 @@ impl VmEnv {
                 console_bytes_total = total,
                 console_bytes_kept = kept,
                 "microVM console at shutdown"
+            );
+        }
+        if self.broken {
+            // Guest-written bytes: the last few, escaped, once per failed VM.
+            let tail = self.console.tail(20);
+            let tail = &tail[tail.floor_char_boundary(tail.len().saturating_sub(FAILURE_TAIL))..];
+            tracing::warn!(
+                function = %self.label.function,
+                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                console_tail = ?tail,
+                "microVM ended after a failure; its console and VMM log end with"
             );
         }
     }
