@@ -614,6 +614,9 @@ impl VmEnv {
     /// written under a short deadline, so a guest that stops reading cannot
     /// hold this either.
     pub async fn shutdown(mut self) {
+        // Whether the VMM ended by itself before being asked (for the
+        // failure report below).
+        let exited_before = self.child.try_wait().ok().flatten();
         let asked = !self.broken
             && matches!(
                 tokio::time::timeout(
@@ -649,6 +652,7 @@ impl VmEnv {
             tracing::warn!(
                 function = %self.label.function,
                 tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                vmm_exited_before_shutdown = ?exited_before,
                 console_tail = ?tail,
                 "microVM ended after a failure; its console and VMM log end with"
             );
