@@ -1009,4 +1009,51 @@ print(n, flush=True)
             .expect("destroying the environment hung");
         assert!(gone(pid), "the VMM (pid {pid}) is still there");
     }
+
+    /// A VMM that floods its console and logs an error, but whose guest
+    /// never says hello: the boot fails naming the last console and VMM
+    /// log lines, and the console kept is the ring's size, not the flood's.
+    #[tokio::test]
+    async fn a_boot_failure_reports_the_tail_of_a_flooded_console() {
+        let dir = test_dir();
+        let fake = dir.join("fake-vmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n\
+             yes 'console flood line' | head -c 262144\n\
+             echo 'the last console line'\n\
+             echo 'vmm: the last log line' >&2\n\
+             exec sleep 60\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        // Only this test boots through `vmm_binary()` in this process.
+        std::env::set_var("SILO_VMM", &fake);
+        let spec = VmSpec {
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initrd".into(),
+            mem_mib: 128,
+            vcpus: 1,
+            boot_timeout: Duration::from_secs(10),
+            console_bytes: 4096,
+        };
+        let err = match VmEnv::boot(&spec, &dir).await {
+            Ok(_) => panic!("a VM without an agent booted"),
+            Err(e) => e.to_string(),
+        };
+        std::env::remove_var("SILO_VMM");
+        assert!(err.contains("console tail"), "{err}");
+        assert!(err.contains("the last console line"), "{err}");
+        assert!(err.contains("vmm: the last log line"), "{err}");
+        assert!(err.len() < 4096, "{} bytes of error", err.len());
+        // No file holds the console: the VM's directory is gone, nothing
+        // else was written under the run directory.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("fake-vmm")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
