@@ -104,6 +104,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
             args.insecure_no_jail,
         ),
         pmem: None,
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);

@@ -38,7 +38,7 @@ echo "FACT daemon uid $(uid_of $daemon)"
 echo "FACT daemon netns $(readlink /proc/$daemon/ns/net)"
 nc -w 2 127.0.0.1 9000 </dev/null >/dev/null 2>&1 && echo "FACT daemon tcp_loopback connected" \
   || echo "FACT daemon tcp_loopback refused"
-dirs=$(ls -d /tmp/silo-data/run/vm-* 2>/dev/null | tr '\n' ' ')
+dirs=$(ls -d /tmp/silo-data-run/vm-* 2>/dev/null | tr '\n' ' ')
 for p in $(children $daemon); do
   for c in $(children $p); do
     echo "FACT $c jailer_uid $(uid_of $p)"

@@ -786,6 +786,7 @@ async fn creations(
         boot_timeout: Duration::from_secs(300),
         jail: silo_daemon::jail::JailMode::Insecure,
         pmem: None,
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     };
     let started = Instant::now();
     let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
@@ -855,6 +856,7 @@ fn function_spec(
         boot_timeout: Duration::from_secs(300),
         jail: silo_daemon::jail::JailMode::Insecure,
         pmem: None,
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     })
 }
 

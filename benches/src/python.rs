@@ -199,6 +199,7 @@ fn spec(
         boot_timeout: Duration::from_secs(300),
         pmem,
         jail: silo_daemon::jail::JailMode::Insecure,
+        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
     })
 }
 

@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:9000"
 //! metrics_listen = "127.0.0.1:9101"  # optional: /metrics without a key
 //! data_dir = "/var/lib/silo"
+//! run_dir = "/run/silo"   # VM run directories; default: "<data_dir>-run"
+//! console_bytes = 65536   # each VM's console ring; 0: console off
 //! kernel = "/var/lib/silo/images/vmlinux"   # default: silo images build's
 //! agent = "/var/lib/silo/images/silo-guest-agent"
 //! region = "us-east-1"
@@ -73,8 +75,17 @@ pub struct DaemonConfig {
     /// port alone (`9101` or `"9101"`) binds 127.0.0.1.
     #[serde(deserialize_with = "address_or_port")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where functions and code are kept.
+    /// Where functions and code are kept (the store).
     pub data_dir: PathBuf,
+    /// Where VMs' run directories (sockets, boot timelines) and function
+    /// images live: never inside the store, nor the store inside it, so a
+    /// full or wiped run area leaves stored functions alone. Unset:
+    /// `<data_dir>-run`. See [`DaemonConfig::run_dir`].
+    #[serde(rename = "run_dir")]
+    pub run_dir_setting: Option<PathBuf>,
+    /// Bytes of each VM's serial console kept in the daemon's memory (a
+    /// ring: older output is overwritten); 0 turns the console off.
+    pub console_bytes: usize,
     /// Region in ARNs.
     pub region: String,
     /// Account id in ARNs.
@@ -221,6 +232,8 @@ impl Default for DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             metrics_listen: None,
             data_dir: default_data_dir(),
+            run_dir_setting: None,
+            console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             limits: LimitsConfig::default(),
@@ -321,6 +334,19 @@ pub enum InvalidConfig {
     /// `[runtimes]` names a runtime this build does not offer.
     #[error("runtimes: {0:?} is not a managed runtime (offered: {offered})", offered = silo_images::runtime::MANAGED_RUNTIMES.join(", "))]
     UnknownRuntime(String),
+    /// `console_bytes` is too large.
+    #[error("console_bytes must be at most {max} (0 turns the console off)", max = crate::console::MAX_CONSOLE_BYTES)]
+    ConsoleBytes,
+    /// The run directory and the data directory overlap.
+    #[error(
+        "run_dir {run} and data_dir {data} must not be the same directory or inside one another"
+    )]
+    RunDirOverlaps {
+        /// The run directory.
+        run: PathBuf,
+        /// The data directory.
+        data: PathBuf,
+    },
     /// A credential without its key id or secret.
     #[error("credentials: access_key_id and secret_access_key must not be empty")]
     EmptyCredential,
@@ -340,6 +366,20 @@ pub enum InvalidConfig {
 }
 
 impl DaemonConfig {
+    /// The run directory: `run_dir` if set, else `<data_dir>-run` (a
+    /// sibling of the store, unique per data directory).
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir_setting.clone().unwrap_or_else(|| {
+            let mut name = self
+                .data_dir
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "silo".into());
+            name.push("-run");
+            self.data_dir.with_file_name(name)
+        })
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
@@ -386,6 +426,13 @@ impl DaemonConfig {
         {
             return Err(InvalidConfig::UnknownRuntime(name.clone()));
         }
+        if self.console_bytes > crate::console::MAX_CONSOLE_BYTES {
+            return Err(InvalidConfig::ConsoleBytes);
+        }
+        let (run, data) = (absolute(&self.run_dir()), absolute(&self.data_dir));
+        if run.starts_with(&data) || data.starts_with(&run) {
+            return Err(InvalidConfig::RunDirOverlaps { run, data });
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.credentials {
             if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
@@ -404,6 +451,23 @@ impl DaemonConfig {
         }
         Ok(())
     }
+}
+
+/// `p` made absolute against the working directory, `.` and `..` resolved
+/// lexically (the directories need not exist yet).
+fn absolute(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -477,5 +541,47 @@ mod tests {
             let e = cfg.check().unwrap_err().to_string();
             assert!(e.contains(field), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn the_run_dir_is_beside_the_store_and_never_overlaps_it() {
+        let cfg: DaemonConfig = toml::from_str("data_dir = \"/var/lib/silo\"").unwrap();
+        assert_eq!(cfg.run_dir(), PathBuf::from("/var/lib/silo-run"));
+        assert_eq!(cfg.console_bytes, 64 * 1024);
+        assert_eq!(cfg.check(), Ok(()));
+        let cfg: DaemonConfig =
+            toml::from_str("data_dir = \"/var/lib/silo\"\nrun_dir = \"/run/silo\"").unwrap();
+        assert_eq!(cfg.run_dir(), PathBuf::from("/run/silo"));
+        assert_eq!(cfg.check(), Ok(()));
+        for run in [
+            "/var/lib/silo",
+            "/var/lib/silo/run",
+            "/var/lib/silo/functions/../x",
+            "/var/lib",
+            "/var/lib/silo/",
+        ] {
+            let cfg: DaemonConfig = toml::from_str(&format!(
+                "data_dir = \"/var/lib/silo\"\nrun_dir = \"{run}\""
+            ))
+            .unwrap();
+            let e = cfg.check().unwrap_err().to_string();
+            assert!(
+                e.contains("run_dir") && e.contains("data_dir"),
+                "{run}: {e}"
+            );
+        }
+        // A relative data directory ("./data", as the tests use) gets "./data-run".
+        let cfg: DaemonConfig = toml::from_str("data_dir = \"./data\"").unwrap();
+        assert_eq!(cfg.run_dir(), PathBuf::from("./data-run"));
+        assert_eq!(cfg.check(), Ok(()));
+    }
+
+    #[test]
+    fn console_bytes_zero_is_off_and_huge_is_refused() {
+        let cfg: DaemonConfig = toml::from_str("console_bytes = 0").unwrap();
+        assert_eq!(cfg.check(), Ok(()));
+        let cfg: DaemonConfig = toml::from_str("console_bytes = 1000000000").unwrap();
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("console_bytes"), "{e}");
     }
 }

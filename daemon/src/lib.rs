@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 mod events;
 pub mod jail;
 pub mod metrics;

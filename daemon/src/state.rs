@@ -81,7 +81,7 @@ impl Daemon {
     /// tokio runtime.
     pub fn start(config: DaemonConfig, images: Images) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&config.data_dir)?;
-        let run_dir = config.data_dir.join("run");
+        let run_dir = config.run_dir();
         let _ = std::fs::remove_dir_all(&run_dir);
         let backend = VmBackend::new(
             images.kernel.clone(),
@@ -92,7 +92,8 @@ impl Daemon {
         .with_runtimes(crate::vm_backend::RuntimeSettings {
             delivery: config.runtime_delivery,
             dirs: config.runtimes.clone(),
-        });
+        })
+        .with_console_bytes(config.console_bytes);
         let admission = config.limits.admission();
         tracing::info!(
             max_booting = admission.max_booting,

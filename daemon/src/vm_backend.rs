@@ -70,6 +70,7 @@ pub struct VmBackend {
     runtimes: RuntimeSettings,
     /// Managed runtimes' images found or built so far (once per daemon).
     runtime_images: Mutex<HashMap<String, RuntimeImage>>,
+    console_bytes: usize,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
 
@@ -92,6 +93,7 @@ impl VmBackend {
             jail,
             runtimes: RuntimeSettings::default(),
             runtime_images: Mutex::new(HashMap::new()),
+            console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             functions: Mutex::new(HashMap::new()),
         }
     }
@@ -153,6 +155,12 @@ impl VmBackend {
                 runtime: image.name.clone(),
                 reason: format!("making its shared image: {e}"),
             })
+    }
+
+    /// Keeps `bytes` of each VM's serial console in memory (0: console off).
+    pub fn with_console_bytes(mut self, bytes: usize) -> Self {
+        self.console_bytes = bytes;
+        self
     }
 
     /// Builds and registers the image of a function version.
@@ -242,6 +250,7 @@ impl VmBackend {
             boot_timeout: self.boot_timeout,
             jail: self.jail.clone(),
             pmem: image.pmem.clone(),
+            console_bytes: self.console_bytes,
         })
     }
 }

@@ -15,12 +15,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
+use crate::console::Console;
+
 /// Bytes of log kept per invocation (Lambda's `LogType: Tail` returns 4 KB).
 pub const LOG_TAIL: usize = 4096;
 
 /// What the daemon waits beyond a function's timeout for the agent to take
 /// the invoke and report (the agent enforces the timeout itself).
 pub const RESULT_GRACE: Duration = Duration::from_secs(5);
+
+/// Bytes of console and VMM log tail logged when a failed VM ends.
+const FAILURE_TAIL: usize = 2048;
 
 /// How long the `Shutdown` frame may take to be written.
 const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
@@ -43,6 +48,9 @@ pub struct VmSpec {
     /// A managed runtime's read-only image, shared by every VM of that
     /// runtime (`--pmem`: the guest mounts it at /rt with DAX).
     pub pmem: Option<PathBuf>,
+    /// Bytes of the serial console kept in memory (0: console off); see
+    /// [`crate::console`].
+    pub console_bytes: usize,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -173,6 +181,10 @@ pub struct VmEnv {
     broken: bool,
     /// The VM's jail (uid and cgroup), given back once the VMM is gone.
     jail: Option<JailLease>,
+    /// The VM's console and VMM log rings.
+    console: Console,
+    /// Whom the VM serves (for log lines).
+    label: VmLabel,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -522,7 +534,11 @@ impl VmEnv {
             .arg("--vsock-uds")
             .arg(inside("vsock"))
             .arg("--serial")
-            .arg(format!("file:{}", inside("console.log").display()))
+            .arg(if spec.console_bytes > 0 {
+                "stdout"
+            } else {
+                "off"
+            })
             .arg("--timeline-file")
             .arg(inside("timeline.json"))
             .arg("--managed")
@@ -533,11 +549,9 @@ impl VmEnv {
             )
             .env("SILO_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("vmm.log"))
-                    .map_err(|e| EnvError::Setup(e.to_string()))?,
-            ))
+            // Console and VMM log go to bounded rings (crate::console).
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec only async-signal-safe calls are
@@ -553,9 +567,10 @@ impl VmEnv {
             });
         }
         let spawn_ns = monotonic_ns();
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| EnvError::Boot(format!("cannot start the VMM: {e}")))?;
+        let console = Console::start(child.stdout.take(), child.stderr.take(), spec.console_bytes);
         let mut env_guard = Guard {
             child: Some(child),
             dir: Some(dir.clone()),
@@ -582,7 +597,7 @@ impl VmEnv {
         let (conn, boot) = match accepted {
             Some(r) => r.map_err(|e| match e {
                 AcceptError::TimedOut { .. } => {
-                    EnvError::Boot(format!("{e}; console tail:\n{}", console_tail(&dir)))
+                    EnvError::Boot(format!("{e}; console tail:\n{}", console.tail(20)))
                 }
                 e => EnvError::Boot(e.to_string()),
             })?,
@@ -592,9 +607,12 @@ impl VmEnv {
                     .as_mut()
                     .and_then(|c| c.try_wait().ok().flatten())
                     .map_or_else(|| "unknown".into(), |s| s.to_string());
+                // Its pipes are closed: the rings hold all it wrote.
+                let mut console = console;
+                console.finish(Duration::from_secs(1)).await;
                 return Err(EnvError::Boot(format!(
                     "the VMM exited ({status}) before the guest agent connected; console tail:\n{}",
-                    console_tail(&dir)
+                    console.tail(20)
                 )));
             }
         };
@@ -617,6 +635,8 @@ impl VmEnv {
             started,
             broken: false,
             jail,
+            console,
+            label: label.clone(),
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -640,6 +660,8 @@ impl VmEnv {
             started: Instant::now(),
             broken: false,
             jail: None,
+            console: Console::start(None::<tokio::io::Empty>, None::<tokio::io::Empty>, 0),
+            label: VmLabel::default(),
             boot: BootReport {
                 spawn_to_ready: Duration::ZERO,
                 guest,
@@ -734,6 +756,9 @@ impl VmEnv {
     /// written under a short deadline, so a guest that stops reading cannot
     /// hold this either.
     pub async fn shutdown(mut self) {
+        // Whether the VMM ended by itself before being asked (for the
+        // failure report below).
+        let exited_before = self.child.try_wait().ok().flatten();
         let asked = !self.broken
             && matches!(
                 tokio::time::timeout(
@@ -754,6 +779,34 @@ impl VmEnv {
         if let Some(lease) = self.jail.take() {
             let _ = tokio::task::spawn_blocking(move || lease.release()).await;
         }
+        // The VMM is gone: what it wrote is in the rings within moments.
+        self.console.finish(Duration::from_secs(1)).await;
+        if let Some((total, kept)) = self.console.serial_stats() {
+            tracing::info!(
+                function = %self.label.function,
+                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                console_bytes_total = total,
+                console_bytes_kept = kept,
+                "microVM console at shutdown"
+            );
+        }
+        if self.broken {
+            // Guest-written bytes: the last few, escaped, once per failed VM.
+            let tail = self.console.tail(20);
+            let tail = &tail[tail.floor_char_boundary(tail.len().saturating_sub(FAILURE_TAIL))..];
+            tracing::warn!(
+                function = %self.label.function,
+                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                vmm_exited_before_shutdown = ?exited_before,
+                console_tail = ?tail,
+                "microVM ended after a failure; its console and VMM log end with"
+            );
+        }
+    }
+
+    /// The VM's console and VMM log rings.
+    pub fn console(&self) -> &Console {
+        &self.console
     }
 }
 
@@ -796,13 +849,6 @@ impl Drop for Guard {
     }
 }
 
-fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default()
-        + &std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -839,6 +885,10 @@ print(n, flush=True)
 "#;
 
     static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+    /// Held by each test that points `SILO_VMM` (process-wide) at a fake
+    /// VMM, so that two such tests never swap fakes.
+    static FAKE_VMM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     /// A fresh private directory for one test.
     fn test_dir() -> PathBuf {
@@ -1003,7 +1053,7 @@ print(n, flush=True)
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        // Only this test starts a VMM in this process.
+        let _vmm = FAKE_VMM.lock().await;
         std::env::set_var("SILO_VMM", &fake);
         let spec = VmSpec {
             kernel: dir.join("vmlinux"),
@@ -1013,6 +1063,7 @@ print(n, flush=True)
             boot_timeout: Duration::from_secs(600),
             pmem: None,
             jail: JailMode::Insecure,
+            console_bytes: 4096,
         };
         let r = tokio::time::timeout(
             Duration::from_secs(300),
@@ -1231,5 +1282,54 @@ print(n, flush=True)
             .await
             .expect("destroying the environment hung");
         assert!(gone(pid), "the VMM (pid {pid}) is still there");
+    }
+
+    /// A VMM that floods its console and logs an error, but whose guest
+    /// never says hello: the boot fails naming the last console and VMM
+    /// log lines, and the console kept is the ring's size, not the flood's.
+    #[tokio::test]
+    async fn a_boot_failure_reports_the_tail_of_a_flooded_console() {
+        let dir = test_dir();
+        let fake = dir.join("fake-vmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n\
+             yes 'console flood line' | head -c 262144\n\
+             echo 'the last console line'\n\
+             echo 'vmm: the last log line' >&2\n\
+             exec sleep 60\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let _vmm = FAKE_VMM.lock().await;
+        std::env::set_var("SILO_VMM", &fake);
+        let spec = VmSpec {
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initrd".into(),
+            mem_mib: 128,
+            vcpus: 1,
+            boot_timeout: Duration::from_secs(10),
+            console_bytes: 4096,
+            pmem: None,
+            jail: JailMode::Insecure,
+        };
+        let err = match VmEnv::boot(&spec, &dir).await {
+            Ok(_) => panic!("a VM without an agent booted"),
+            Err(e) => e.to_string(),
+        };
+        std::env::remove_var("SILO_VMM");
+        assert!(err.contains("console tail"), "{err}");
+        assert!(err.contains("the last console line"), "{err}");
+        assert!(err.contains("vmm: the last log line"), "{err}");
+        assert!(err.len() < 4096, "{} bytes of error", err.len());
+        // No file holds the console: the VM's directory is gone, nothing
+        // else was written under the run directory.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("fake-vmm")]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,7 @@ use silo_vmm::{VmConfig, VmExit, VsockConfig};
 
 fn main() -> ExitCode {
     silo_vmm::timeline::mark_process_start();
+    silo_vmm::keep_heaps_unshrunk();
     let args = match cli::parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {

@@ -156,7 +156,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         // Bits may only be added, never removed, except by a reset.
         if value & self.status != self.status {
-            tracing::warn!(
+            crate::guest_fault!(
                 old = self.status,
                 new = value,
                 "virtio driver cleared status bits; ignored"
@@ -182,7 +182,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .position(|q| !q.ready() || !q.is_valid(mem))
         {
-            tracing::warn!(
+            crate::guest_fault!(
                 queue = bad,
                 "virtio driver set DRIVER_OK with an invalid queue"
             );
@@ -196,7 +196,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio device activation failed");
+                crate::guest_fault!(error = %e, "virtio device activation failed");
                 self.status |= status::DEVICE_NEEDS_RESET;
             }
         }

@@ -98,10 +98,12 @@ impl<B: VsockBackend> Vsock<B> {
             let head = chain.head_index();
             match packet::read_tx(&mem, &mut chain) {
                 Ok((hdr, data)) => self.deliver_to_host(&hdr, &data, ops),
-                Err(e) => tracing::warn!(error = ?e, "malformed vsock TX descriptor chain dropped"),
+                Err(e) => {
+                    crate::guest_fault!(error = ?e, "malformed vsock TX descriptor chain dropped")
+                }
             }
             if self.queues[TXQ].add_used(&mem, head, 0).is_err() {
-                tracing::warn!("vsock TX used ring update failed");
+                crate::guest_fault!("vsock TX used ring update failed");
             }
             used_any = true;
         }
@@ -115,7 +117,7 @@ impl<B: VsockBackend> Vsock<B> {
     /// goes to the host.
     fn deliver_to_host(&mut self, h: &Header, data: &[u8], ops: &mut EventOps) {
         if h.src_cid != self.cid || h.dst_cid != HOST_CID {
-            tracing::warn!(
+            crate::guest_fault!(
                 src_cid = h.src_cid,
                 dst_cid = h.dst_cid,
                 "vsock packet with wrong CIDs dropped"
@@ -147,12 +149,12 @@ impl<B: VsockBackend> Vsock<B> {
                 }
                 Err(e) => {
                     // Any owed packet waits for the next (valid) buffer.
-                    tracing::warn!(error = ?e, "malformed vsock RX descriptor chain");
+                    crate::guest_fault!(error = ?e, "malformed vsock RX descriptor chain");
                     0
                 }
             };
             if self.queues[RXQ].add_used(&mem, head, used).is_err() {
-                tracing::warn!("vsock RX used ring update failed");
+                crate::guest_fault!("vsock RX used ring update failed");
             }
             used_any = true;
         }
