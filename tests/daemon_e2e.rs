@@ -330,16 +330,23 @@ fn demo_command_shows_tenant_isolation() {
                 .split_whitespace()
                 .collect()
         })
-        .filter(|w: &Vec<&str>| w.len() == 6 && w[1].starts_with("tenant-"))
+        .filter(|w: &Vec<&str>| {
+            w.len() == 6 && w[0].parse::<u32>().is_ok() && w[1].starts_with("tenant-")
+        })
         .collect();
     let summary: Vec<(&str, &str, &str)> = rows.iter().map(|w| (w[1], w[3], w[4])).collect();
-    assert_eq!(
-        summary,
-        [
-            ("tenant-A", "cold", "1"),
-            ("tenant-A", "warm", "2"),
-            ("tenant-B", "cold", "1")
-        ],
+    // The launch post's Python function, then the Rust custom runtime.
+    let one_run = [
+        ("tenant-A", "cold", "1"),
+        ("tenant-A", "warm", "2"),
+        ("tenant-B", "cold", "1"),
+    ];
+    assert_eq!(summary, [one_run, one_run].concat(), "{text}");
+    assert!(
+        text.contains("CreateFunction tenant-counter (python3.11"),
         "{text}"
     );
+    // Four environments: one per tenant per function, none shared.
+    let envs: std::collections::BTreeSet<&str> = rows.iter().map(|w| w[2]).collect();
+    assert_eq!(envs.len(), 4, "{text}");
 }
