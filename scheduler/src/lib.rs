@@ -420,7 +420,11 @@ where
         let deadline = Instant::now() + limits.init_deadline;
         let slot = self.acquire(&binding, &limits)?;
         let from_pool = matches!(slot, Slot::Pooled(_));
-        if !matches!(slot, Slot::Warm(_)) {
+        // A cold start refills the pool at once (its own boot queues with
+        // the refills). A pooled VM's refill waits until this invoke is
+        // answered: a boot started now would compete for the CPU with the
+        // very invoke the pool exists to make fast.
+        if matches!(slot, Slot::Cold { .. }) {
             self.refill(&binding.function);
         }
         let (mut env, id, cold, init) = match slot {
@@ -463,6 +467,9 @@ where
             }
         };
         let result = env.invoke(req).await;
+        if from_pool {
+            self.refill(&binding.function);
+        }
         match result {
             Ok(response) => {
                 self.release(&binding, Some((env, id)), false);

@@ -575,6 +575,37 @@ async fn a_pool_serves_new_tenants_without_a_boot_and_refills() {
     assert!(rb.from_pool && rb.env_id != r.env_id);
 }
 
+/// The refill of a pooled VM starts once its first invoke is answered, so
+/// that no boot competes with the invoke the pool exists to make fast.
+#[tokio::test]
+async fn a_taken_pool_vm_is_replaced_after_its_invoke_not_during_it() {
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(10, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let a = binding("f", "tenant-A");
+    s.set_pool(&a.function, 2, &Limits::default()).await;
+    until(&s, "pool of 2 ready", |st| pool_ready(st, "f") == 2).await;
+    let invoke = {
+        let (s, a) = (s.clone(), a.clone());
+        tokio::spawn(async move {
+            s.invoke(a.clone(), Limits::default(), req(&a, 300, false))
+                .await
+        })
+    };
+    until(&s, "the pool VM taken", |st| pool_ready(st, "f") == 1).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let st = s.stats();
+    assert_eq!(
+        (st.pools["f"].2, st.counters.pool_boots),
+        (0, 2),
+        "no refill boot while the pooled invoke runs: {st:?}"
+    );
+    let r = invoke.await.unwrap().unwrap();
+    assert!(r.from_pool, "{r:?}");
+    until(&s, "pool refilled", |st| pool_ready(st, "f") == 2).await;
+    assert_eq!(s.stats().counters.pool_boots, 3);
+}
+
 #[tokio::test]
 async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_one() {
     let backend = MemoryBackend::default();
