@@ -61,6 +61,15 @@ const IGNORED_PORTS: [(u64, u64); 6] = [
     (0x4d0, 2),
 ];
 
+/// Logs (at debug level) that a build step finished, with the time since
+/// the process started: where a cold start's host-side time goes.
+fn step_done(step: &'static str) {
+    tracing::debug!(
+        since_process_start_us = Timeline::now().as_micros() as u64,
+        "{step}"
+    );
+}
+
 fn ioctl(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Ioctl { op, source }
 }
@@ -155,12 +164,16 @@ impl<'a> VmBuilder<'a> {
 
     /// Runs every remaining step in order and starts the VM.
     pub fn build(mut self) -> Result<RunningVm, VmmError> {
+        step_done("VM and guest memory created");
         self.load_kernel()?;
+        step_done("kernel and initrd loaded");
         self.attach_legacy_devices()?;
         self.attach_virtio_devices()?;
         self.attach_pmem_images()?;
+        step_done("devices attached");
         self.configure_boot()?;
         self.create_vcpus()?;
+        step_done("boot configured, vCPUs created");
         self.start()
     }
 
