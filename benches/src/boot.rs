@@ -247,6 +247,19 @@ fn run_here(
         args.boots
     );
     results["jail_cost"] = rt.block_on(jail_cost(args.boots, kernel, agent, function))?;
+    if args.peer_kind == "firecracker" {
+        eprintln!(
+            "[bench] {} function VMs each, silo and Firecracker, interleaved: spawn to agent ready and first answer",
+            args.boots
+        );
+        results["agent_ready"] = rt.block_on(agent_ready_vs_firecracker(
+            args,
+            kernel,
+            peer_kernel,
+            agent,
+            function,
+        ))?;
+    }
     results["warm_invoke"] = rt.block_on(warm_invokes(args, kernel, agent, function))?;
     eprintln!(
         "[bench] warm invokes, {} in flight: VMs vs host-mode agents",
@@ -916,6 +929,150 @@ async fn function_timelines(
         "phases": out,
         "order": PHASES,
         "samples": samples,
+    }))
+}
+
+/// One function VM under Firecracker: the same function initramfs (the
+/// agent as `/init`), memory, vCPU and command line (silo-vmm's default,
+/// `reboot=k`, which `firecracker_config` gives) as silo's function VMs,
+/// with Firecracker's vsock device, which forwards the agent's connection
+/// to `<uds>_1024` as silo's does. Returns (spawn to the agent's Hello,
+/// spawn to the first answer, the Hello's guest timing).
+async fn firecracker_function_vm(
+    firecracker: &str,
+    kernel: &Path,
+    initrd: &Path,
+    dir: &Path,
+    n: usize,
+) -> Result<(f64, f64, silo_proto::BootTiming), String> {
+    use silo_proto::asynchronous::{read_message, write_message};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let uds = dir.join("vsock");
+    let listener =
+        tokio::net::UnixListener::bind(format!("{}_{}", uds.display(), silo_proto::AGENT_PORT))
+            .map_err(|e| format!("agent socket: {e}"))?;
+    let config = dir.join("fc.json");
+    let mut text = firecracker_config(kernel, initrd);
+    text["vsock"] = json!({ "guest_cid": 3, "uds_path": uds });
+    std::fs::write(&config, text.to_string()).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(firecracker)
+        .args(["--no-api", "--config-file"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{firecracker}: {e}"))?;
+    let limit = Duration::from_secs(300);
+    let (mut conn, _) = tokio::time::timeout(limit, listener.accept())
+        .await
+        .map_err(|_| "Firecracker VM: the agent never connected".to_string())?
+        .map_err(|e| e.to_string())?;
+    let boot = match read_message(&mut conn).await.map_err(|e| e.to_string())? {
+        Message::Hello { boot, .. } => boot,
+        other => return Err(format!("Firecracker VM: expected Hello, got {other:?}")),
+    };
+    let ready = started.elapsed().as_secs_f64() * 1e3;
+    write_message(&mut conn, &invoke_msg(n))
+        .await
+        .map_err(|e| e.to_string())?;
+    let answered = loop {
+        match tokio::time::timeout(limit, read_message(&mut conn))
+            .await
+            .map_err(|_| "Firecracker VM: no answer".to_string())?
+            .map_err(|e| e.to_string())?
+        {
+            Message::Result {
+                outcome: Outcome::Ok(_),
+                ..
+            } => break started.elapsed().as_secs_f64() * 1e3,
+            Message::Result { outcome, .. } => {
+                return Err(format!(
+                    "Firecracker VM: first invocation failed: {outcome:?}"
+                ))
+            }
+            _ => continue,
+        }
+    };
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((ready, answered, boot))
+}
+
+/// Function VMs to the agent's Hello and to the first answer under silo
+/// and under Firecracker, `n` each, alternating: the same kernel, function
+/// initramfs (guest agent and the counter), memory, vCPU and command line,
+/// neither jailed. The guest side of each (kernel uptime when the agent
+/// started and when it said Hello) comes from the agent's Hello.
+async fn agent_ready_vs_firecracker(
+    args: &BenchArgs,
+    kernel: &Path,
+    peer_kernel: &Path,
+    agent: &Path,
+    function: &Path,
+) -> Result<Value, String> {
+    let dir = std::env::temp_dir().join(format!("silo-bench-agent-{}", std::process::id()));
+    let spec = function_spec(&dir, kernel, agent, function)?;
+    let fc_dir = dir.join("firecracker");
+    let mut s = [vec![], vec![], vec![], vec![]];
+    let mut p = [vec![], vec![], vec![], vec![]];
+    for i in 0..args.boots.max(1) {
+        let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let r = env
+            .invoke(invoke_msg(i), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !matches!(r.outcome, Outcome::Ok(_)) {
+            return Err(format!(
+                "silo VM {i}: first invocation failed: {:?}",
+                r.outcome
+            ));
+        }
+        let ready = env.boot.spawn_to_ready.as_secs_f64() * 1e3;
+        s[0].push(ready);
+        s[1].push(ready + t.elapsed().as_secs_f64() * 1e3);
+        s[2].push(env.boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6);
+        s[3].push(env.boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6);
+        env.shutdown().await;
+        let (ready, answered, boot) =
+            firecracker_function_vm(args.peer(), peer_kernel, &spec.initrd, &fc_dir, i).await?;
+        p[0].push(ready);
+        p[1].push(answered);
+        p[2].push(boot.kernel_uptime_at_agent_start_ns as f64 / 1e6);
+        p[3].push(boot.kernel_uptime_at_ready_ns as f64 / 1e6);
+        eprintln!(
+            "[bench] function VM {}: agent ready silo {:.0} ms, Firecracker {:.0} ms",
+            i + 1,
+            s[0][i],
+            p[0][i]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let side = |v: &[Vec<f64>; 4]| {
+        json!({
+            "spawn_to_agent_ready_ms": stats(v[0].clone()),
+            "spawn_to_first_answer_ms": stats(v[1].clone()),
+            "guest_uptime_at_agent_start_ms": stats(v[2].clone()),
+            "guest_uptime_at_agent_ready_ms": stats(v[3].clone()),
+        })
+    };
+    let ratio = |k: usize| (median(&s[k]) / median(&p[k]) * 100.0).round() / 100.0;
+    Ok(json!({
+        "what": "function VMs (guest agent + counter initramfs), neither jailed, alternating; host times from the VMM's spawn",
+        "silo": side(&s),
+        "firecracker": side(&p),
+        "ratio_silo_to_firecracker": {
+            "spawn_to_agent_ready": ratio(0),
+            "spawn_to_first_answer": ratio(1),
+            "guest_uptime_at_agent_start": ratio(2),
+            "guest_uptime_at_agent_ready": ratio(3),
+        },
     }))
 }
 

@@ -85,7 +85,7 @@ pub(super) fn svg(r: &Value) -> String {
         y - 11.0, y, y - 11.0, y
     ));
     y += 14.0;
-    let rows = [
+    let mut rows = vec![
         (
             "cold boot, process start to exit (ms): silo vs peer VMM".to_string(),
             &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"],
@@ -107,6 +107,20 @@ pub(super) fn svg(r: &Value) -> String {
             &r["warm_invoke_concurrent"]["host_mode_unix_socket_ms"]["p50"],
         ),
     ];
+    // Against Firecracker: the same function VM (agent and counter) under
+    // both VMMs.
+    if r["agent_ready"].is_object() {
+        for (what, key) in [
+            ("agent ready", "spawn_to_agent_ready_ms"),
+            ("first answer", "spawn_to_first_answer_ms"),
+        ] {
+            rows.push((
+                format!("function VM, VMM spawn to {what} (ms): silo vs Firecracker"),
+                &r["agent_ready"]["silo"][key]["p50"],
+                &r["agent_ready"]["firecracker"][key]["p50"],
+            ));
+        }
+    }
     for (label, a, p) in &rows {
         let (a, p) = (a.as_f64().unwrap_or(0.0), p.as_f64().unwrap_or(0.0));
         let max = a.max(p).max(1e-9);
@@ -462,6 +476,24 @@ mod tests {
                 "{tag}"
             );
         }
+    }
+
+    #[test]
+    fn plot_compares_function_vms_under_firecracker_when_measured() {
+        let mut r = results(3);
+        let st =
+            |p50: f64| json!({"n": 3, "min": p50, "p50": p50, "p95": p50, "p99": p50, "max": p50});
+        r["agent_ready"] = json!({
+            "silo": {"spawn_to_agent_ready_ms": st(800.0), "spawn_to_first_answer_ms": st(900.0)},
+            "firecracker": {"spawn_to_agent_ready_ms": st(850.0), "spawn_to_first_answer_ms": st(950.0)},
+        });
+        let plot = svg(&r);
+        assert_eq!(
+            plot.matches("class=\"p50\"").count(),
+            12,
+            "six pairs of bars"
+        );
+        assert!(plot.contains("spawn to agent ready (ms): silo vs Firecracker; ratio 0.94"));
     }
 
     #[test]
