@@ -2,7 +2,8 @@
 //! these machines): a function with a pool of 2 keeps two VMs booted and
 //! bound to no tenant; a new tenant's first invoke takes one (no boot on its
 //! path, its counter starts at 1: the VM served no one before), keeps it for
-//! life, and the pool refills; a pool of 0 means cold starts again.
+//! life, and the pool refills; a pool of 0 means cold starts again; a VM
+//! whose runtime fails its init never enters the pool.
 
 mod common;
 
@@ -111,4 +112,48 @@ fn scenario(d: &TestDaemon) {
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("PoolSize"), "{}", r.text());
+
+    // A pooled VM enters the pool only once its runtime finished its init:
+    // one whose runtime exits during init is destroyed, and new tenants of
+    // that function get cold starts (and Lambda's Runtime.ExitError).
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (apt busybox-static)");
+    let zip = silo_initramfs::package::make_zip(&[
+        (
+            "bootstrap",
+            0o755,
+            b"#!/var/task/busybox sh\necho cannot start >&2\nexit 3\n",
+        ),
+        ("busybox", 0o755, &busybox),
+    ]);
+    let r = admin
+        .create_function("broken", &zip, true, json!({"Timeout": 30}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let broken_pool = "/2015-03-31/functions/broken/pool";
+    let r = admin
+        .request("PUT", broken_pool, &[], br#"{"PoolSize": 1}"#)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let until = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m = admin.request("GET", "/metrics", &[], b"").unwrap().text();
+        if m.contains("silo_environment_boot_failures_total 1\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the broken function's pooled VM never failed its init: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = admin.request("GET", broken_pool, &[], b"").unwrap();
+    assert_eq!(r.json()["Ready"], 0, "{}", r.text());
+    let opts = InvokeOptions {
+        tenant: Some("pool-D".into()),
+        ..Default::default()
+    };
+    let r = admin.invoke("broken", b"{}", &opts).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.header("x-silo-pooled"), Some("true"), "{}", r.text());
+    assert!(r.text().contains("Runtime.ExitError"), "{}", r.text());
 }

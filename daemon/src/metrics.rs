@@ -205,7 +205,7 @@ impl Metrics {
             ),
             (
                 "silo_environment_boot_failures_total",
-                "Environments that failed to boot.",
+                "Environments that failed to boot (pooled ones: or to finish their runtime's init).",
                 c.create_failures,
             ),
             (

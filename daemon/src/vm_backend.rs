@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use silo_proto::{AgentConfig, Message, Outcome};
-use silo_scheduler::{Backend, Binding, Environment};
+use silo_scheduler::{Backend, Binding, Environment, FunctionKey};
 
 use crate::config::RuntimeDelivery;
 use crate::jail::JailMode;
-use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec};
+use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec, RESULT_GRACE};
 use silo_images::runtime::{runtime_image, RuntimeImage, MANAGED_RUNTIMES};
 
 /// Why a function version's image could not be registered.
@@ -266,6 +266,29 @@ impl Backend for VmBackend {
     type Error = EnvError;
     type Request = VmRequest;
     type Response = InvokeResult;
+
+    /// Boots the VM, then waits for the function's runtime to finish its
+    /// init (at most the function's timeout plus [`RESULT_GRACE`]): a
+    /// runtime that cannot start never enters the pool.
+    async fn create_pooled(&self, function: &FunctionKey) -> Result<VmEnvironment, EnvError> {
+        let binding = Binding {
+            function: function.clone(),
+            tenant: None,
+        };
+        let mut vm = self.create(&binding).await?;
+        let timeout_s = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(&function.version)
+            .map_or(3, |image| image.config.timeout_s);
+        let limit = Duration::from_secs(u64::from(timeout_s)) + RESULT_GRACE;
+        if let Err(e) = vm.env.await_init(limit).await {
+            vm.env.shutdown().await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
 
     async fn create(&self, binding: &Binding) -> Result<VmEnvironment, EnvError> {
         let spec = self.spec_for(binding)?;

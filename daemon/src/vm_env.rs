@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::jail::{JailLease, JailMode};
 use silo_proto::asynchronous::{read_message, write_message};
-use silo_proto::{BootTiming, LogStream, Message, Outcome, AGENT_PORT};
+use silo_proto::{BootTiming, ErrorInfo, LogStream, Message, Outcome, AGENT_PORT};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
@@ -71,6 +71,9 @@ pub enum EnvError {
     /// No result before the deadline (plus grace).
     #[error("the invocation did not return before its deadline")]
     TimedOut,
+    /// The runtime of a pre-booted environment could not finish its init.
+    #[error("the function's runtime failed its init: {0}")]
+    InitFailed(String),
 }
 
 /// Phases of one VM's start, measured by the host.
@@ -185,6 +188,10 @@ pub struct VmEnv {
     console: Console,
     /// Whom the VM serves (for log lines).
     label: VmLabel,
+    /// Function output read while waiting for the runtime's init
+    /// ([`VmEnv::await_init`]): the first invocation's log tail starts
+    /// with it.
+    init_tail: Vec<u8>,
     /// Boot measurements.
     pub boot: BootReport,
 }
@@ -442,17 +449,52 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                         "result for unknown request {request_id}"
                     )))
                 }
-                Ok(Message::Log { line, stream, .. }) => {
-                    if stream != LogStream::Agent || line.starts_with("[silo]") {
-                        tail.extend_from_slice(line.as_bytes());
-                        tail.push(b'\n');
-                        if tail.len() > 2 * LOG_TAIL {
-                            tail.drain(..tail.len() - LOG_TAIL);
-                        }
-                    }
-                }
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
                 Ok(other) => {
                     return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
+                }
+                Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| EnvError::TimedOut)?
+}
+
+/// Keeps a function output line (and the agent's own `[silo]` lines) in
+/// `tail`, which holds at most about two [`LOG_TAIL`]s.
+fn keep_log(tail: &mut Vec<u8>, line: &str, stream: LogStream) {
+    if stream != LogStream::Agent || line.starts_with("[silo]") {
+        tail.extend_from_slice(line.as_bytes());
+        tail.push(b'\n');
+        if tail.len() > 2 * LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+    }
+}
+
+/// Sends [`Message::AwaitInit`] over `conn` and reads frames until the
+/// agent's [`Message::InitDone`], collecting output into `tail`; within
+/// `limit`, else [`EnvError::TimedOut`]. `Ok(Some(..))`: the runtime cannot
+/// serve.
+async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    limit: Duration,
+    tail: &mut Vec<u8>,
+) -> Result<Option<ErrorInfo>, EnvError> {
+    let run = async {
+        write_message(conn, &Message::AwaitInit)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending AwaitInit: {e}")))?;
+        loop {
+            match read_message(conn).await {
+                Ok(Message::InitDone { error }) => return Ok(error),
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
+                Ok(other) => {
+                    return Err(EnvError::Protocol(format!(
+                        "unexpected message while awaiting init: {other:?}"
+                    )))
                 }
                 Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
             }
@@ -637,6 +679,7 @@ impl VmEnv {
             jail,
             console,
             label: label.clone(),
+            init_tail: Vec::new(),
             boot: BootReport {
                 spawn_to_ready,
                 guest: boot,
@@ -662,12 +705,54 @@ impl VmEnv {
             jail: None,
             console: Console::start(None::<tokio::io::Empty>, None::<tokio::io::Empty>, 0),
             label: VmLabel::default(),
+            init_tail: Vec::new(),
             boot: BootReport {
                 spawn_to_ready: Duration::ZERO,
                 guest,
                 timeline: BootTimeline::default(),
             },
         }
+    }
+
+    /// For a pre-booted environment (bound to no tenant yet): returns once
+    /// the function's runtime has finished its init (Lambda's init phase:
+    /// it asked for its first invocation), within `limit`. A runtime that
+    /// exits, reports an init error or does not finish in time fails it
+    /// ([`EnvError::InitFailed`], [`EnvError::TimedOut`]); the environment
+    /// must then be destroyed.
+    pub async fn await_init(&mut self, limit: Duration) -> Result<(), EnvError> {
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
+        let mut tail = std::mem::take(&mut self.init_tail);
+        let r = exchange_init(&mut self.conn, limit, &mut tail).await;
+        if tail.len() > LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+        let r = match r {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(EnvError::InitFailed(format!(
+                "{}: {}{}",
+                e.error_type,
+                e.error_message,
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; its output ends with:\n{}",
+                        String::from_utf8_lossy(&tail)
+                    )
+                }
+            ))),
+            Err(e) => Err(e),
+        };
+        self.init_tail = tail;
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
     }
 
     /// Runs one invocation: sending it and waiting for its result together
@@ -691,7 +776,7 @@ impl VmEnv {
         }
         let id = request_id.clone();
         let started = Instant::now();
-        let mut tail: Vec<u8> = Vec::new();
+        let mut tail: Vec<u8> = std::mem::take(&mut self.init_tail);
         // One deadline for the write and the wait: a guest that stops
         // reading cannot hold the invocation (and its slot) past it.
         let outcome = exchange(

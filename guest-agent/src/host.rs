@@ -183,6 +183,10 @@ impl Agent {
                     }
                     return Ok(());
                 }
+                Message::AwaitInit => {
+                    let error = self.await_init();
+                    self.send(&Message::InitDone { error })?;
+                }
                 other => return Err(format!("unexpected message from host: {other:?}")),
             }
         }
@@ -210,6 +214,47 @@ impl Agent {
                 None
             }
             Err(e) => Some(e),
+        }
+    }
+
+    /// For a pre-booted environment: waits until the runtime's init is
+    /// over (its first `invocation/next`), at most the function's timeout.
+    /// `None` when it is ready; else why it cannot serve.
+    fn await_init(&mut self) -> Option<ErrorInfo> {
+        let error = |error_type: &str, error_message: String| ErrorInfo {
+            error_type: error_type.into(),
+            error_message,
+            stack_trace: Vec::new(),
+        };
+        if let Some(e) = self.ensure_runtime() {
+            return Some(error("Runtime.InvalidEntrypoint", e));
+        }
+        let deadline = Instant::now() + self.timeout();
+        loop {
+            match self.api.wait_init(Duration::from_millis(20)) {
+                Some(Ok(())) => return None,
+                Some(Err(info)) => return Some(info),
+                None => {}
+            }
+            let pid = self.runtime.as_ref().map(|r| r.pid);
+            if let Some(status) = pid.and_then(|p| self.reaper.take_exit(p)) {
+                self.runtime = None;
+                return Some(self.api.take_init_error().unwrap_or_else(|| {
+                    error(
+                        "Runtime.ExitError",
+                        format!("Runtime exited during init with error: {status}"),
+                    )
+                }));
+            }
+            if Instant::now() >= deadline {
+                return Some(error(
+                    "Sandbox.Timedout",
+                    format!(
+                        "the runtime's init did not finish within {} seconds",
+                        self.config.timeout_s
+                    ),
+                ));
+            }
         }
     }
 

@@ -121,6 +121,33 @@ impl RuntimeApi {
         }
     }
 
+    /// Waits up to `timeout` for the current runtime's init to end: `Ok`
+    /// once it has asked for an invocation, `Err` with the init error it
+    /// reported (left pending for the next invoke); `None` if neither
+    /// happened yet.
+    pub fn wait_init(&self, timeout: Duration) -> Option<Result<(), ErrorInfo>> {
+        let (m, cv) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut s = m.lock().expect("api lock");
+        loop {
+            let init_error = s.events.iter().find_map(|e| match e {
+                ApiEvent::InitError(info) => Some(info.clone()),
+                _ => None,
+            });
+            if let Some(info) = init_error {
+                return Some(Err(info));
+            }
+            if s.first_next.is_some() {
+                return Some(Ok(()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            s = cv.wait_timeout(s, left).expect("api lock").0;
+        }
+    }
+
     /// Waits up to `timeout` for the runtime to report something.
     pub fn wait_event(&self, timeout: Duration) -> Option<ApiEvent> {
         let (m, cv) = &*self.shared;
@@ -238,6 +265,8 @@ impl RuntimeApi {
         let mut s = m.lock().expect("api lock");
         if s.first_next.is_none() {
             s.first_next = Some(Instant::now());
+            // The runtime's init is over: wake `wait_init`.
+            cv.notify_all();
         }
         loop {
             if let Some(inv) = s.next.take() {

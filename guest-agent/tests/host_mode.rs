@@ -32,12 +32,29 @@ fn free_port() -> u16 {
 }
 
 fn start(name: &str, timeout_s: u32) -> (Fixture, Message) {
+    start_with(name, timeout_s, None)
+}
+
+/// The agent with the counter function as `task/counter`, and as its
+/// `bootstrap` unless a shell `script` is given for that.
+fn start_with(name: &str, timeout_s: u32, script: Option<&str>) -> (Fixture, Message) {
     let function = silo_images::artifacts::counter_function().expect("build the counter function");
     let dir = std::env::temp_dir().join(format!("silo-agent-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("task")).unwrap();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    std::fs::copy(&function, dir.join("task/bootstrap")).unwrap();
+    std::fs::copy(&function, dir.join("task/counter")).unwrap();
+    match script {
+        None => {
+            std::fs::copy(&function, dir.join("task/bootstrap")).unwrap();
+        }
+        Some(text) => {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join("task/bootstrap");
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
     let mut config = AgentConfig {
         function_name: "counter".into(),
         timeout_s,
@@ -232,4 +249,54 @@ fn flooding_stdout_is_bounded_and_results_still_arrive() {
     assert!(logs.len() < 200_000, "lines were dropped, not all buffered");
     let v = ok_json(&invoke(&mut f, "t", "{}", 5000).0);
     assert_eq!(v["count"], 2);
+}
+
+/// The host's `AwaitInit` (a pre-booted environment) is answered once the
+/// runtime's init is over: here after the bootstrap wrote `init-done`, just
+/// before it started the runtime that asks for its first invocation. The
+/// environment then serves its first invocation as usual.
+#[test]
+fn await_init_answers_once_the_runtime_asks_for_its_first_invocation() {
+    let (mut f, _) = start_with(
+        "await-init",
+        30,
+        Some("#!/bin/sh\nsleep 1\n: > init-done\nexec ./counter\n"),
+    );
+    write_message(&mut f.conn, &Message::AwaitInit).unwrap();
+    let done = loop {
+        match read_message(&mut f.conn).unwrap() {
+            Message::Log { .. } => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(done, Message::InitDone { error: None });
+    assert!(
+        f.dir.join("task/init-done").exists(),
+        "answered before the init was over"
+    );
+    let (o, _) = invoke(&mut f, "tenant-A", "{}", 5000);
+    assert_eq!(ok_json(&o)["count"], 1, "{o:?}");
+}
+
+/// A runtime that exits during its init fails `AwaitInit` with Lambda's
+/// `Runtime.ExitError`: such an environment never enters a pool.
+#[test]
+fn await_init_reports_a_runtime_that_exits_during_init() {
+    let (mut f, _) = start_with(
+        "await-init-exit",
+        30,
+        Some("#!/bin/sh\necho cannot start >&2\nexit 3\n"),
+    );
+    write_message(&mut f.conn, &Message::AwaitInit).unwrap();
+    let done = loop {
+        match read_message(&mut f.conn).unwrap() {
+            Message::Log { .. } => continue,
+            other => break other,
+        }
+    };
+    let Message::InitDone { error: Some(e) } = done else {
+        panic!("expected an init failure, got {done:?}");
+    };
+    assert_eq!(e.error_type, "Runtime.ExitError", "{e:?}");
+    assert!(e.error_message.contains('3'), "{e:?}");
 }

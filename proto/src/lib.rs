@@ -22,7 +22,7 @@ pub const MAGIC: [u8; 4] = *b"SILO";
 /// Major protocol version: peers must agree.
 pub const VERSION_MAJOR: u8 = 1;
 /// Minor protocol version: additions that old peers can ignore.
-pub const VERSION_MINOR: u8 = 0;
+pub const VERSION_MINOR: u8 = 1;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 12;
 /// Largest invoke request or response payload: 6 MB, as Lambda's synchronous limit.
@@ -115,6 +115,17 @@ pub enum Message {
     },
     /// Host -> agent: end the VM.
     Shutdown,
+    /// Host -> agent, for a pre-booted environment (bound to no tenant
+    /// yet): answer [`Message::InitDone`] once the runtime's init is over,
+    /// that is once it first asks for an invocation (`invocation/next`),
+    /// reports an init error, or exits. (Added in minor version 1.)
+    AwaitInit,
+    /// Agent -> host: the answer to [`Message::AwaitInit`].
+    InitDone {
+        /// Why the runtime cannot serve (`Runtime.ExitError`, an init error
+        /// it reported, ...); `None` when it is waiting for an invocation.
+        error: Option<ErrorInfo>,
+    },
 }
 
 /// The outcome of one invocation.
@@ -330,6 +341,15 @@ mod tests {
                 line: "hi".into(),
             },
             Message::Shutdown,
+            Message::AwaitInit,
+            Message::InitDone { error: None },
+            Message::InitDone {
+                error: Some(ErrorInfo {
+                    error_type: "Runtime.ExitError".into(),
+                    error_message: "exit status 3".into(),
+                    stack_trace: Vec::new(),
+                }),
+            },
         ];
         let mut wire = Vec::new();
         for m in &msgs {

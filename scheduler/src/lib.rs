@@ -171,6 +171,20 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         binding: &Binding,
     ) -> impl Future<Output = Result<Self::Env, Self::Error>> + Send;
+    /// Creates an environment for `function`'s pool, bound to no tenant
+    /// and returned only once the function's init has run (Lambda's init
+    /// phase), so that the tenant who takes it waits for no init. By
+    /// default, [`Backend::create`] with no tenant.
+    fn create_pooled(
+        &self,
+        function: &FunctionKey,
+    ) -> impl Future<Output = Result<Self::Env, Self::Error>> + Send {
+        let binding = Binding {
+            function: function.clone(),
+            tenant: None,
+        };
+        async move { self.create(&binding).await }
+    }
 }
 
 /// One execution environment.
@@ -986,11 +1000,17 @@ where
             None => true,
             Some(rx) => matches!(rx.await, Ok(Grant::Boot)),
         };
+        let mut failed = false;
         let (created, took) = if granted {
             let started = Instant::now();
             tracing::info!(function = %key.name, "booting a pooled environment (no tenant)");
-            let r = self.backend.create(&binding).await;
+            let r = self.backend.create_pooled(&key).await;
             let took = r.as_ref().ok().map(|_| started.elapsed());
+            if let Err(e) = &r {
+                // Counted by `boot_done`; not retried at once (see below).
+                tracing::warn!(function = %key.name, error = %e, "a pooled environment failed to boot or init");
+                failed = true;
+            }
             (r.ok(), Some(took))
         } else {
             (None, None)
@@ -1045,6 +1065,10 @@ where
         }
         match leftover {
             Some(env) => self.destroy_later(env),
+            // A failed boot is not retried at once (a function whose runtime
+            // cannot start would boot VMs in a loop): the pool refills on
+            // the function's next cold start.
+            None if failed => {}
             // Taken at once, or ready: top the pool up again if it is short.
             None => self.refill(&key),
         }

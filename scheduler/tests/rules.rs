@@ -606,6 +606,43 @@ async fn a_taken_pool_vm_is_replaced_after_its_invoke_not_during_it() {
     assert_eq!(s.stats().counters.pool_boots, 3);
 }
 
+/// A pooled environment that fails to boot (or, with VMs, to finish its
+/// runtime's init) is counted and not retried at once: a function whose
+/// runtime cannot start must not boot VMs in a loop. Its next cold start
+/// tries the pool again.
+#[tokio::test]
+async fn a_failed_pool_boot_is_counted_and_not_retried_in_a_loop() {
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(5, SeqCst);
+    backend.fail_creates.store(true, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let a = binding("f", "tenant-A");
+    s.set_pool(&a.function, 1, &Limits::default()).await;
+    until(&s, "the pool boot failed", |st| {
+        st.counters.create_failures >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.counters.create_failures,
+            st.pools["f"].1,
+            st.pools["f"].2
+        ),
+        (1, 0, 0),
+        "one failure, nothing ready or booting: {st:?}"
+    );
+    // The function's next cold start (creations work again) refills it.
+    backend.fail_creates.store(false, SeqCst);
+    let r = s
+        .invoke(a.clone(), Limits::default(), req(&a, 0, false))
+        .await
+        .unwrap();
+    assert!(r.cold_start, "{r:?}");
+    until(&s, "pool refilled", |st| pool_ready(st, "f") == 1).await;
+}
+
 #[tokio::test]
 async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_one() {
     let backend = MemoryBackend::default();
