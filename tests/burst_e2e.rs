@@ -11,36 +11,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run_with_kvm, WorkFile};
+use common::daemon::{script_create_function, script_files, script_start_daemon};
+use common::{metric, run_with_kvm};
 use serde_json::Value;
-
-fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines()
-        .map(|l| l.trim_start_matches("[testhost] "))
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn a_burst_of_new_tenants_is_answered_or_refused_at_once() {
-    let (kernel, agent) = common::daemon::images();
-    let counter = silo_images::artifacts::counter_function().unwrap();
     // /metrics without a key only on the metrics address (a top-level key,
     // so before the tables).
     let config = format!(
         "metrics_listen = \"127.0.0.1:9413\"\n{}",
         common::daemon::config("[limits]\nconcurrency = 12\nper_tenant = 6\nmax_booting = 2\n")
     );
-    let (key, secret) = common::daemon::ADMIN;
+    let serve = script_start_daemon(9412, Some("info"));
+    let create = script_create_function("counter", "--bootstrap counter", 30, "create.json");
     let script = format!(
         r#"set -u
-export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} SILO_ENDPOINT=http://127.0.0.1:9412
-SILO_LOG=info silo serve --config silo.toml --listen 127.0.0.1:9412 --data-dir ./data --kernel vmlinux --agent agent 2> daemon.log &
-daemon=$!
-i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFound; do i=$((i+1)); [ $i -gt 300 ] && echo NO_DAEMON && cat daemon.log && exit 1; sleep 0.2; done
-silo create-function --name counter --bootstrap counter --per-tenant --timeout 30 > create.json || {{ cat create.json daemon.log; exit 1; }}
-silo burst --name counter --shape 6x6@12 > burst.json; echo "BURST_EXIT $?"
+{serve}{create}silo burst --name counter --shape 6x6@12 > burst.json; echo "BURST_EXIT $?"
 echo BURST_JSON_BEGIN; cat burst.json; echo BURST_JSON_END
 wget -qO- http://127.0.0.1:9413/metrics > metrics.txt
 echo METRICS_BEGIN; cat metrics.txt; echo METRICS_END
@@ -48,27 +35,9 @@ kill -TERM $daemon; wait $daemon
 echo DAEMON_LOG_BEGIN; cat daemon.log; echo DAEMON_LOG_END
 "#
     );
-    let run = run_with_kvm(
-        vec![
-            ("vmlinux", WorkFile::Host(kernel)),
-            ("agent", WorkFile::Host(agent)),
-            ("counter", WorkFile::Host(counter)),
-            ("silo.toml", WorkFile::Bytes(config.into_bytes())),
-        ],
-        &script,
-        Duration::from_secs(600),
-    );
+    let run = run_with_kvm(script_files(config), &script, Duration::from_secs(600));
     let out = &run.output;
-    let section = |a: &str, b: &str| -> String {
-        out.split(a)
-            .nth(1)
-            .and_then(|s| s.split(b).next())
-            .unwrap_or_else(|| panic!("no {a} in the output:\n{out}"))
-            .lines()
-            .map(|l| l.trim_start_matches("[testhost] "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let section = |begin: &str, end: &str| common::section(out, begin, end);
     let report: Value = serde_json::from_str(section("BURST_JSON_BEGIN", "BURST_JSON_END").trim())
         .unwrap_or_else(|e| panic!("burst report: {e}\n{out}"));
     let violations = report["violations"].as_array().unwrap();

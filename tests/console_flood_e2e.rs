@@ -22,6 +22,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::daemon::{script_create_function, script_files, script_start_daemon};
 use common::{run_with_kvm, WorkFile};
 
 /// Bytes each of the two console writers of `hostile` writes.
@@ -87,24 +88,21 @@ fn field(line: &str, name: &str) -> Option<u64> {
 
 #[test]
 fn a_console_flood_stays_in_its_ring_and_other_tenants_are_served() {
-    let (kernel, agent) = common::daemon::images();
-    let counter_path = silo_images::artifacts::counter_function().unwrap();
-    let counter = std::fs::read(&counter_path).unwrap();
+    let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
     let config = format!(
         "console_bytes = {CONSOLE_BYTES}\n{}",
         common::daemon::config("")
     );
-    let (key, secret) = common::daemon::ADMIN;
+    let serve = script_start_daemon(9414, Some("info"));
+    let create = [
+        script_create_function("counter", "--bootstrap counter", 30, "c1.json"),
+        script_create_function("hostile", "--zip hostile.zip", 600, "c2.json"),
+        script_create_function("chatty", "--zip chatty.zip", 30, "c3.json"),
+    ]
+    .concat();
     let script = format!(
         r#"set -u
-export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} SILO_ENDPOINT=http://127.0.0.1:9414
-SILO_LOG=info silo serve --config silo.toml --listen 127.0.0.1:9414 --data-dir ./data --kernel vmlinux --agent agent 2> daemon.log &
-daemon=$!
-i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFound; do i=$((i+1)); [ $i -gt 300 ] && echo NO_DAEMON && cat daemon.log && exit 1; sleep 0.2; done
-silo create-function --name counter --bootstrap counter --per-tenant --timeout 30 > c1.json || {{ cat c1.json daemon.log; exit 1; }}
-silo create-function --name hostile --zip hostile.zip --per-tenant --timeout 600 > c2.json || {{ cat c2.json daemon.log; exit 1; }}
-silo create-function --name chatty --zip chatty.zip --per-tenant --timeout 30 > c3.json || {{ cat c3.json daemon.log; exit 1; }}
-silo invoke --name counter --tenant good --payload '{{}}' > /dev/null && echo GOOD_WARM
+{serve}{create}silo invoke --name counter --tenant good --payload '{{}}' > /dev/null && echo GOOD_WARM
 listing() {{ find ./data ./data-run -type f | while read f; do echo "FILE $(wc -c < "$f") $f"; done; }}
 rss() {{ grep VmRSS /proc/$daemon/status | awk '{{print $2}}'; }}
 echo "RSS_BEFORE $(rss)"
@@ -131,32 +129,20 @@ echo DAEMON_LOG_BEGIN; grep -v 'invocation answered' daemon.log | tail -60; echo
 echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
 "#
     );
-    let run = run_with_kvm(
-        vec![
-            ("vmlinux", WorkFile::Host(kernel)),
-            ("agent", WorkFile::Host(agent)),
-            ("counter", WorkFile::Host(counter_path)),
-            (
-                "hostile.zip",
-                WorkFile::Bytes(hostile_zip(&counter, &console_flood())),
-            ),
-            (
-                "chatty.zip",
-                WorkFile::Bytes(hostile_zip(&counter, &stdout_flood())),
-            ),
-            ("silo.toml", WorkFile::Bytes(config.into_bytes())),
-        ],
-        &script,
-        Duration::from_secs(900),
-    );
+    let mut work = script_files(config);
+    work.extend([
+        (
+            "hostile.zip",
+            WorkFile::Bytes(hostile_zip(&counter, &console_flood())),
+        ),
+        (
+            "chatty.zip",
+            WorkFile::Bytes(hostile_zip(&counter, &stdout_flood())),
+        ),
+    ]);
+    let run = run_with_kvm(work, &script, Duration::from_secs(900));
     let out = &run.output;
-    let section = |a: &str, b: &str| -> String {
-        out.split(a)
-            .nth(1)
-            .and_then(|s| s.split(b).next())
-            .unwrap_or_else(|| panic!("no {a} in the output:\n{out}"))
-            .to_string()
-    };
+    let section = |begin: &str, end: &str| common::section(out, begin, end);
     assert!(out.contains("GOOD_WARM"), "{out}");
     assert!(out.contains("HOSTILE_FIRST_OK"), "{out}");
 

@@ -11,22 +11,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run_with_kvm, WorkFile};
+use common::daemon::{script_create_function, script_files, script_start_daemon};
+use common::run_with_kvm;
 
 #[test]
 fn cli_helpers_work_and_vmms_die_with_a_killed_daemon() {
-    let (kernel, agent) = common::daemon::images();
-    let counter = silo_images::artifacts::counter_function().unwrap();
     let config = common::daemon::config("");
-    let (key, secret) = common::daemon::ADMIN;
+    let serve = script_start_daemon(9411, None);
+    let create = script_create_function("counter", "--bootstrap counter", 30, "create.json");
     let script = format!(
         r#"set -u
-export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} SILO_ENDPOINT=http://127.0.0.1:9411
-silo serve --config silo.toml --listen 127.0.0.1:9411 --data-dir ./data --kernel vmlinux --agent agent 2> daemon.log &
-daemon=$!
-i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFound; do i=$((i+1)); [ $i -gt 300 ] && echo NO_DAEMON && cat daemon.log && exit 1; sleep 0.2; done
-silo create-function --name counter --bootstrap counter --per-tenant --timeout 30 > create.json || {{ cat create.json daemon.log; exit 1; }}
-grep -q PER_TENANT create.json && echo CREATED_PER_TENANT
+{serve}{create}grep -q PER_TENANT create.json && echo CREATED_PER_TENANT
 silo invoke --name counter --tenant tenant-A --payload '{{}}' > out1.json && cat out1.json && echo
 silo invoke --name counter --payload '{{}}' 2> err.txt; echo "NO_TENANT_EXIT $?"; cat err.txt
 # A jailed VMM is two processes: the jailer the daemon spawned, and the VMM
@@ -40,16 +35,7 @@ sleep 2
 left=$(ps -o args | grep -c "[s]ilo-vmm"); echo "VMMS_AFTER_KILL $left"
 "#
     );
-    let run = run_with_kvm(
-        vec![
-            ("vmlinux", WorkFile::Host(kernel)),
-            ("agent", WorkFile::Host(agent)),
-            ("counter", WorkFile::Host(counter)),
-            ("silo.toml", WorkFile::Bytes(config.into_bytes())),
-        ],
-        &script,
-        Duration::from_secs(300),
-    );
+    let run = run_with_kvm(script_files(config), &script, Duration::from_secs(300));
     let out = &run.output;
     assert!(out.contains("CREATED_PER_TENANT"), "{out}");
     assert!(

@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::daemon::{config, TestDaemon, TENANT_A};
+use common::daemon::{config, create_counter, TestDaemon, TENANT_A};
+use common::metric;
 use serde_json::{json, Value};
 use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 
@@ -39,22 +40,18 @@ fn count(c: &LambdaClient, t: &str, payload: Value) -> (u64, bool, String, HttpR
     )
 }
 
-fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// The value of `counter`'s metric `name` for `tenant`.
+fn tenant_metric(text: &str, name: &str, tenant: &str) -> Option<f64> {
+    metric(
+        text,
+        &format!(r#"{name}{{function="counter",tenant_id="{tenant}"}}"#),
+    )
 }
 
 #[test]
 fn tenants_get_their_own_microvms_through_the_http_api() {
-    let mut d = TestDaemon::with_vms(&config("[limits]\nconcurrency = 6\nper_tenant = 2\n"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&d)));
-    let logs = d.stop();
-    if let Err(e) = result {
-        eprintln!("daemon and test host output:\n{logs}");
-        std::panic::resume_unwind(e);
-    }
+    let d = TestDaemon::with_vms(&config("[limits]\nconcurrency = 6\nper_tenant = 2\n"));
+    let logs = d.run_scenario(scenario);
     // Every log line about an invocation carries its tenant.
     for l in logs.lines().filter(|l| l.contains("invocation answered")) {
         assert!(l.contains("tenant_id"), "{l}");
@@ -67,12 +64,7 @@ fn tenants_get_their_own_microvms_through_the_http_api() {
 
 fn scenario(d: &TestDaemon) {
     let admin = d.admin();
-    let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
-    let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &counter)]);
-    let r = admin
-        .create_function("counter", &zip, true, json!({"Timeout": 30}))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
+    let zip = create_counter(&admin);
 
     // The demo flow: A, A, B reads 1, 2, 1; A's second call is warm.
     let (a1, a1_cold, a_env, _) = count(&admin, "tenant-A", json!({}));
@@ -122,16 +114,11 @@ fn scenario(d: &TestDaemon) {
     assert_eq!((b2, b2_cold), (2, false));
 
     // Log tail: START, the function's own line, END and REPORT.
-    let r = admin
-        .invoke(
-            "counter",
-            b"{}",
-            &InvokeOptions {
-                log_tail: true,
-                ..tenant("tenant-B")
-            },
-        )
-        .unwrap();
+    let log_tail = InvokeOptions {
+        log_tail: true,
+        ..tenant("tenant-B")
+    };
+    let r = admin.invoke("counter", b"{}", &log_tail).unwrap();
     let tail = base64::engine::general_purpose::STANDARD
         .decode(r.header("x-amz-log-result").expect("X-Amz-Log-Result"))
         .unwrap();
@@ -150,26 +137,18 @@ fn scenario(d: &TestDaemon) {
     assert_eq!((a4, a4_cold), (4, false));
 
     // Event: accepted at once, run in tenant-F's own VM.
-    let r = admin
-        .invoke(
-            "counter",
-            b"{}",
-            &InvokeOptions {
-                invocation_type: Some("Event".into()),
-                ..tenant("tenant-F")
-            },
-        )
-        .unwrap();
+    let event = InvokeOptions {
+        invocation_type: Some("Event".into()),
+        ..tenant("tenant-F")
+    };
+    let r = admin.invoke("counter", b"{}", &event).unwrap();
     assert_eq!(r.status, 202, "{}", r.text());
     let until = Instant::now() + Duration::from_secs(180);
     let f_done = r#"silo_invocations_total{function="counter",tenant_id="tenant-F"} 1"#;
     let f_cold = r#"silo_cold_starts_total{function="counter",tenant_id="tenant-F"} 1"#;
     loop {
         let m = admin.request("GET", "/metrics", &[], b"").unwrap().text();
-        let idle = metric(
-            &m,
-            r#"silo_idle_environments{function="counter",tenant_id="tenant-F"}"#,
-        );
+        let idle = tenant_metric(&m, "silo_idle_environments", "tenant-F");
         if m.contains(f_done) && m.contains(f_cold) && idle == Some(1.0) {
             break;
         }
@@ -213,33 +192,21 @@ fn scenario(d: &TestDaemon) {
     // Metrics: per-tenant invocations and cold starts, live environments.
     let m = admin.request("GET", "/metrics", &[], b"").unwrap().text();
     assert_eq!(
-        metric(
-            &m,
-            r#"silo_cold_starts_total{function="counter",tenant_id="tenant-A"}"#
-        ),
+        tenant_metric(&m, "silo_cold_starts_total", "tenant-A"),
         Some(1.0),
         "{m}"
     );
     assert_eq!(
-        metric(
-            &m,
-            r#"silo_invocations_total{function="counter",tenant_id="tenant-A"}"#
-        ),
+        tenant_metric(&m, "silo_invocations_total", "tenant-A"),
         Some(5.0),
         "{m}"
     );
     assert!(
-        metric(
-            &m,
-            r#"silo_invocation_errors_total{function="counter",tenant_id="tenant-C"}"#
-        ) >= Some(1.0),
+        tenant_metric(&m, "silo_invocation_errors_total", "tenant-C") >= Some(1.0),
         "{m}"
     );
     assert!(
-        metric(
-            &m,
-            r#"silo_throttles_total{function="counter",tenant_id="tenant-B"}"#
-        ) >= Some(1.0),
+        tenant_metric(&m, "silo_throttles_total", "tenant-B") >= Some(1.0),
         "{m}"
     );
     let live = metric(&m, r#"silo_environments{function="counter"}"#).unwrap();
@@ -248,6 +215,7 @@ fn scenario(d: &TestDaemon) {
 
     // UpdateFunctionCode: new code means new VMs; tenant-A's next invoke is
     // cold in a fresh VM, and its counter starts again.
+    let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
     let zip2 = silo_initramfs::package::make_zip(&[
         ("bootstrap", 0o755, &counter),
         ("VERSION", 0o644, b"2"),

@@ -9,8 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon::{config, TestDaemon};
-use serde_json::{json, Value};
+use common::daemon::{config, create_counter, TestDaemon};
+use serde_json::Value;
 use silo_client::{InvokeOptions, LambdaClient};
 
 const POOL: &str = "/2015-03-31/functions/counter/pool";
@@ -52,13 +52,7 @@ fn invoke(c: &LambdaClient, tenant: &str) -> (u64, bool, bool, String) {
 
 #[test]
 fn new_tenants_take_pre_booted_environments() {
-    let mut d = TestDaemon::with_vms(&config("[pools]\ncounter = 2\n"));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&d)));
-    let logs = d.stop();
-    if let Err(e) = result {
-        eprintln!("daemon and test host output:\n{logs}");
-        std::panic::resume_unwind(e);
-    }
+    let logs = TestDaemon::with_vms(&config("[pools]\ncounter = 2\n")).run_scenario(scenario);
     assert!(
         logs.contains("pre-booted environment bound to this tenant"),
         "{logs}"
@@ -67,12 +61,7 @@ fn new_tenants_take_pre_booted_environments() {
 
 fn scenario(d: &TestDaemon) {
     let admin = d.admin();
-    let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
-    let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &counter)]);
-    let r = admin
-        .create_function("counter", &zip, true, json!({"Timeout": 30}))
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
+    create_counter(&admin);
     assert_eq!(pool(&admin)["PoolSize"], 2);
     wait_ready(&admin, 2);
 

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::WorkFile;
 use silo_client::{Credentials, LambdaClient};
 use silo_images::testhost::{
     hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
@@ -64,6 +65,70 @@ pub fn images() -> (PathBuf, PathBuf) {
         .vmlinux;
     let agent = silo_images::artifacts::guest_agent().expect("guest agent");
     (kernel, agent)
+}
+
+/// The counter function (`functions/counter`, built once and cached) as a
+/// Lambda zip: its binary as `bootstrap`.
+pub fn counter_zip() -> Vec<u8> {
+    let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
+    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &counter)])
+}
+
+/// Creates `counter`, the per-tenant function of [`counter_zip`] with a
+/// 30 s timeout, through `admin`; returns the zip.
+pub fn create_counter(admin: &LambdaClient) -> Vec<u8> {
+    let zip = counter_zip();
+    let r = admin
+        .create_function("counter", &zip, true, serde_json::json!({"Timeout": 30}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    zip
+}
+
+/// Shell lines for a [`super::run_with_kvm`] script (its work directory
+/// holding [`script_files`]) that start `silo serve` on 127.0.0.1:`port`
+/// with `SILO_LOG=<silo_log>` if given, its stderr in `daemon.log` and its
+/// pid in `$daemon`; export the admin key and `SILO_ENDPOINT` for the `silo`
+/// CLI; and wait until the daemon answers (else print `NO_DAEMON` and its
+/// log, and exit 1).
+pub fn script_start_daemon(port: u16, silo_log: Option<&str>) -> String {
+    let (key, secret) = ADMIN;
+    let log = silo_log
+        .map(|l| format!("SILO_LOG={l} "))
+        .unwrap_or_default();
+    format!(
+        r#"export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} SILO_ENDPOINT=http://127.0.0.1:{port}
+{log}silo serve --config silo.toml --listen 127.0.0.1:{port} --data-dir ./data --kernel vmlinux --agent agent 2> daemon.log &
+daemon=$!
+i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFound; do i=$((i+1)); [ $i -gt 300 ] && echo NO_DAEMON && cat daemon.log && exit 1; sleep 0.2; done
+"#
+    )
+}
+
+/// A shell line that creates the per-tenant function `name` with `silo
+/// create-function` from `code` (`--bootstrap <file>` or `--zip <file>`)
+/// and a timeout of `timeout_s` seconds, its answer in the file `out`; on
+/// failure it prints that answer and the daemon's log, and exits 1.
+pub fn script_create_function(name: &str, code: &str, timeout_s: u32, out: &str) -> String {
+    format!(
+        "silo create-function --name {name} {code} --per-tenant --timeout {timeout_s} > {out} \
+         || {{ cat {out} daemon.log; exit 1; }}\n"
+    )
+}
+
+/// The work files of a script that starts a daemon with
+/// [`script_start_daemon`]: the guest kernel (`vmlinux`), the agent
+/// (`agent`), the counter function's bootstrap (`counter`) and `config` as
+/// `silo.toml`.
+pub fn script_files(config: String) -> Vec<(&'static str, WorkFile)> {
+    let (kernel, agent) = images();
+    let counter = silo_images::artifacts::counter_function().unwrap();
+    vec![
+        ("vmlinux", WorkFile::Host(kernel)),
+        ("agent", WorkFile::Host(agent)),
+        ("counter", WorkFile::Host(counter)),
+        ("silo.toml", WorkFile::Bytes(config.into_bytes())),
+    ]
 }
 
 enum Where {
@@ -219,6 +284,19 @@ impl TestDaemon {
             panic!("the daemon in the test host did not come up:\n{logs}");
         }
         d
+    }
+
+    /// Runs `scenario` against this daemon, then stops the daemon and
+    /// returns its log. If the scenario panicked, prints the daemon's (and
+    /// test host's) output first and goes on panicking.
+    pub fn run_scenario(mut self, scenario: impl FnOnce(&TestDaemon)) -> String {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&self)));
+        let logs = self.stop();
+        if let Err(e) = result {
+            eprintln!("daemon and test host output:\n{logs}");
+            std::panic::resume_unwind(e);
+        }
+        logs
     }
 
     /// An admin client.

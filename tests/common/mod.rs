@@ -88,6 +88,33 @@ pub fn run_with_kvm(files: Vec<(&str, WorkFile)>, script: &str, timeout: Duratio
     }
 }
 
+/// The part of a script's `output` between the marker lines `begin` and
+/// `end` (which the script echoes around it), each line without the test
+/// host's `[testhost] ` prefix; panics, showing the output, if `begin` is
+/// missing.
+pub fn section(output: &str, begin: &str, end: &str) -> String {
+    output
+        .split(begin)
+        .nth(1)
+        .and_then(|s| s.split(end).next())
+        .unwrap_or_else(|| panic!("no {begin} in the output:\n{output}"))
+        .lines()
+        .map(|l| l.trim_start_matches("[testhost] "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of the first Prometheus sample in `text` whose line starts
+/// with `line_prefix` (the metric name, its labels if any), ignoring a test
+/// host's `[testhost] ` line prefix.
+pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .map(|l| l.trim_start_matches("[testhost] "))
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,18 +4,21 @@
 //! real guest on /dev/kvm that reads a read-only memory slot backed by an
 //! image file and tries to write it.
 
+mod common;
+
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use common::MmioRig;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use silo_vmm::devices::bus::{Bus, BusDevice};
 use silo_vmm::devices::virtio::mmio::{status, MmioTransport};
 use silo_vmm::devices::virtio::pmem::{
     Pmem, PmemRegionGuard, PmemStats, REQ_TYPE_FLUSH, RESP_EIO, RESP_OK,
 };
-use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
-use silo_vmm::memory::{create_guest_memory, GuestRam, ImageMapping};
+use silo_vmm::devices::virtio::Interrupt;
+use silo_vmm::memory::{create_guest_memory, ImageMapping};
 use silo_vmm::seccomp::{filter, ThreadKind};
 use silo_vmm::vcpu::{Vcpu, VcpuStop};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -24,26 +27,31 @@ use vmm_sys_util::eventfd::EventFd;
 const QSIZE: u16 = 16;
 const START: u64 = 0x1_0000_0000;
 const SIZE: u64 = 6 << 20;
-const DESC: u64 = 0x10_0000;
-const AVAIL: u64 = 0x10_1000;
-const USED: u64 = 0x10_2000;
 const BUF: u64 = 0x20_0000;
 const RAM_MIB: u32 = 64;
 
 /// Descriptors of one chain: (address, length, device-writable).
 type Chain = Vec<(u64, u32, bool)>;
 
-/// A fake guest driver, the device and its event loop.
+/// The fake guest driver of [`MmioRig`] with a pmem device and its
+/// interrupt; the pmem device has one queue, queue 0.
 struct Rig {
-    dev: Arc<Mutex<MmioTransport<Pmem>>>,
-    evt: EventFd,
+    mmio: MmioRig<Pmem>,
     irq: EventFd,
-    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    // After the device and event loop: they hold views of this memory.
-    mem: GuestRam,
-    avail_idx: u16,
-    used_seen: u16,
-    next_desc: u16,
+}
+
+/// The rig's registers, queue and memory are the [`MmioRig`]'s.
+impl Deref for Rig {
+    type Target = MmioRig<Pmem>;
+    fn deref(&self) -> &MmioRig<Pmem> {
+        &self.mmio
+    }
+}
+
+impl DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut MmioRig<Pmem> {
+        &mut self.mmio
+    }
 }
 
 impl Rig {
@@ -52,64 +60,29 @@ impl Rig {
         let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let irq = interrupt.irqfd().try_clone().unwrap();
         let pmem = Pmem::new(START, SIZE, interrupt.clone()).unwrap();
-        let evt = pmem.queue_events()[0].try_clone().unwrap();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(pmem, mem.clone(), interrupt)));
-        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
-        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         let mut rig = Rig {
-            dev,
-            evt,
+            mmio: MmioRig::new(pmem, mem, interrupt, QSIZE),
             irq,
-            manager,
-            mem,
-            avail_idx: 0,
-            used_seen: 0,
-            next_desc: 0,
         };
         rig.driver_init();
         rig
-    }
-
-    fn w(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
-    }
-    fn r(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.dev.lock().unwrap().read(off, &mut b);
-        u32::from_le_bytes(b)
     }
 
     /// What virtio_mmio + virtio_pmem do at probe: reset, ACKNOWLEDGE,
     /// DRIVER, features (VERSION_1 only), FEATURES_OK, one queue, config
     /// reads of start and size, DRIVER_OK.
     fn driver_init(&mut self) {
-        assert_eq!(self.r(0), 0x7472_6976, "magic");
-        assert_eq!(self.r(4), 2, "modern virtio-mmio");
-        assert_eq!(self.r(8), 27, "pmem device id");
-        self.w(0x70, 0);
-        self.w(0x70, 1);
-        self.w(0x70, 3);
+        self.probe(27, "pmem");
         self.w(0x14, 0);
         assert_eq!(self.r(0x10), 0, "no feature bits 0-31 offered");
         self.w(0x14, 1);
         assert_eq!(self.r(0x10), 1, "VERSION_1 (bit 32) offered, nothing else");
-        self.w(0x24, 1);
-        self.w(0x20, 1);
-        self.w(0x70, 11);
-        assert_eq!(self.r(0x70) & 8, 8, "FEATURES_OK accepted");
+        self.accept_version_1();
         self.w(0x30, 0);
         assert!(self.r(0x34) >= u32::from(QSIZE), "queue 0 exists");
         self.w(0x30, 1);
         assert_eq!(self.r(0x34), 0, "only one queue");
-        self.w(0x30, 0);
-        self.w(0x38, u32::from(QSIZE));
-        self.w(0x80, DESC as u32);
-        self.w(0x84, 0);
-        self.w(0x90, AVAIL as u32);
-        self.w(0x94, 0);
-        self.w(0xa0, USED as u32);
-        self.w(0xa4, 0);
-        self.w(0x44, 1);
+        self.setup_queue(0);
         // virtio_cread_le(start), virtio_cread_le(size): 4-byte halves on MMIO.
         let cfg = |o: u64| self.r(0x100 + o);
         let start = u64::from(cfg(0)) | (u64::from(cfg(4)) << 32);
@@ -121,75 +94,8 @@ impl Rig {
         // Config writes are ignored: the region cannot be moved by the guest.
         self.dev.lock().unwrap().write(0x100, &[0xff; 8]);
         assert_eq!(cfg(0), START as u32);
-        self.w(0x70, 15);
-        assert_eq!(self.r(0x70), 15, "driver OK, no NEEDS_RESET");
+        self.driver_ok();
         assert!(self.dev.lock().unwrap().is_activated());
-    }
-
-    /// Writes a chain of (addr, len, device-writable) descriptors and makes
-    /// it available; returns its head.
-    fn push_chain(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, wo)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % QSIZE;
-            let next = (idx + 1) % QSIZE;
-            let mut flags = if wo { 2u16 } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= 1;
-            }
-            self.write_desc(idx, addr, len, flags, next);
-        }
-        self.next_desc = (head + descs.len() as u16) % QSIZE;
-        self.make_available(head);
-        head
-    }
-
-    fn write_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = DESC + u64::from(idx) * 16;
-        self.mem.write_obj(addr, GuestAddress(d)).unwrap();
-        self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(d + 14)).unwrap();
-    }
-
-    fn make_available(&mut self, head: u16) {
-        let slot = self.avail_idx % QSIZE;
-        self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + u64::from(slot) * 2))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
-    }
-
-    fn kick(&mut self) {
-        self.evt.write(1).unwrap();
-        for _ in 0..20 {
-            if self.manager.run_with_timeout(20).unwrap() == 0 {
-                break;
-            }
-        }
-    }
-
-    /// Used entries (head, len) since the last call.
-    fn used(&mut self) -> Vec<(u32, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = u64::from(self.used_seen % QSIZE);
-            let id: u32 = self
-                .mem
-                .read_obj(GuestAddress(USED + 4 + slot * 8))
-                .unwrap();
-            let len: u32 = self
-                .mem
-                .read_obj(GuestAddress(USED + 8 + slot * 8))
-                .unwrap();
-            out.push((id, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
     }
 
     /// Sends a request of `ty` with a 4-byte response buffer; returns the
@@ -201,9 +107,9 @@ impl Rig {
         self.mem
             .write_obj(0xdead_beef_u32, GuestAddress(resp))
             .unwrap();
-        let head = self.push_chain(&[(req, 4, false), (resp, 4, true)]);
-        self.kick();
-        let used = self.used();
+        let head = self.push_chain(0, &[(req, 4, false), (resp, 4, true)]);
+        self.kick(0);
+        let used = self.used(0);
         assert_eq!(used.len(), 1, "one request, one used entry");
         assert_eq!(used[0].0, u32::from(head));
         let status: u32 = self.mem.read_obj(GuestAddress(resp)).unwrap();
@@ -336,9 +242,9 @@ fn malformed_requests_get_errors_or_are_returned_and_the_device_keeps_serving() 
         rig.mem
             .write_obj(0xdead_beef_u32, GuestAddress(resp))
             .unwrap();
-        let head = rig.push_chain(&chain);
-        rig.kick();
-        let used = rig.used();
+        let head = rig.push_chain(0, &chain);
+        rig.kick(0);
+        let used = rig.used(0);
         assert_eq!(
             used,
             vec![(u32::from(head), want_len)],
@@ -367,15 +273,15 @@ fn malformed_requests_get_errors_or_are_returned_and_the_device_keeps_serving() 
 fn descriptor_loops_and_out_of_range_heads_do_not_hang_or_crash() {
     let mut rig = Rig::new();
     // A chain whose next pointer loops back to itself.
-    rig.write_desc(0, BUF, 4, 1, 0);
-    rig.next_desc = 1;
-    rig.make_available(0);
-    rig.kick();
+    rig.write_desc(0, 0, BUF, 4, 1, 0);
+    rig.queues[0].next_desc = 1;
+    rig.make_available(0, 0);
+    rig.kick(0);
     // A head index past the queue size.
-    rig.make_available(QSIZE + 3);
-    rig.kick();
+    rig.make_available(0, QSIZE + 3);
+    rig.kick(0);
     // Whatever the device did with those, a good request still works.
-    let used_before = rig.used().len();
+    let used_before = rig.used(0).len();
     assert!(used_before <= 2);
     assert_eq!(rig.request(REQ_TYPE_FLUSH, 2), (4, RESP_OK));
     assert_eq!(rig.r(0x70) & status::DEVICE_NEEDS_RESET, 0);
@@ -388,13 +294,8 @@ fn a_reset_driver_sets_the_device_up_again() {
     rig.w(0x70, 0);
     assert!(!rig.dev.lock().unwrap().is_activated());
     // Kicks while reset are ignored.
-    rig.kick();
-    rig.mem
-        .write_slice(&[0u8; 0x3000], GuestAddress(DESC))
-        .unwrap();
-    rig.avail_idx = 0;
-    rig.used_seen = 0;
-    rig.next_desc = 0;
+    rig.kick(0);
+    rig.clear_queues();
     rig.driver_init();
     assert_eq!(rig.request(REQ_TYPE_FLUSH, 0), (4, RESP_OK));
 }

@@ -3,19 +3,20 @@
 //! queue eventfds (what KVM's ioeventfds signal), the real event loop, and
 //! real Unix sockets on the host side. No KVM needed.
 
+mod common;
+
 use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use common::MmioRig;
 use silo_vmm::devices::bus::BusDevice;
-use silo_vmm::devices::virtio::mmio::MmioTransport;
 use silo_vmm::devices::virtio::vsock::{op, Vsock};
 use silo_vmm::devices::virtio::Interrupt;
-use silo_vmm::devices::virtio::VirtioSubscriber;
-use silo_vmm::memory::{create_guest_memory, GuestRam};
+use silo_vmm::memory::create_guest_memory;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,18 +26,6 @@ const HDR: usize = 44;
 const RX: usize = 0;
 const TX: usize = 1;
 
-fn qbase(q: usize) -> u64 {
-    0x10_0000 + q as u64 * 0x1_0000
-}
-fn desc_addr(q: usize) -> u64 {
-    qbase(q)
-}
-fn avail_addr(q: usize) -> u64 {
-    qbase(q) + 0x1000
-}
-fn used_addr(q: usize) -> u64 {
-    qbase(q) + 0x2000
-}
 fn buf_addr(q: usize, i: u16) -> u64 {
     0x80_0000 + q as u64 * 0x10_0000 + u64::from(i) * 0x2000
 }
@@ -87,18 +76,26 @@ fn decode(b: &[u8]) -> Pkt {
     }
 }
 
-/// A fake guest driver plus the device and its event loop.
+/// The fake guest driver of [`MmioRig`] with a vsock device whose host
+/// side is the Unix socket at `path` (and `<path>_<port>` listeners).
 struct Rig {
-    dev: Arc<Mutex<MmioTransport<Vsock>>>,
-    evts: Vec<EventFd>,
-    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    // After the device and event loop: they hold views of this memory.
-    mem: GuestRam,
-    avail_idx: [u16; 3],
-    used_seen: [u16; 3],
-    next_desc: [u16; 3],
+    mmio: MmioRig<Vsock>,
     path: PathBuf,
     _dir: TempDir,
+}
+
+/// The rig's registers, queues and memory are the [`MmioRig`]'s.
+impl Deref for Rig {
+    type Target = MmioRig<Vsock>;
+    fn deref(&self) -> &MmioRig<Vsock> {
+        &self.mmio
+    }
+}
+
+impl DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut MmioRig<Vsock> {
+        &mut self.mmio
+    }
 }
 
 struct TempDir(PathBuf);
@@ -117,26 +114,8 @@ impl Rig {
         let mem = create_guest_memory(64).unwrap();
         let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let vsock = Vsock::new(GUEST_CID, &path, interrupt.clone()).unwrap();
-        let evts = vsock
-            .queue_evts()
-            .iter()
-            .map(|e| e.try_clone().unwrap())
-            .collect();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(
-            vsock,
-            mem.clone(),
-            interrupt,
-        )));
-        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
-        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         let mut rig = Rig {
-            mem,
-            dev,
-            evts,
-            manager,
-            avail_idx: [0; 3],
-            used_seen: [0; 3],
-            next_desc: [0; 3],
+            mmio: MmioRig::new(vsock, mem, interrupt, QSIZE),
             path,
             _dir: TempDir(dir),
         };
@@ -144,90 +123,23 @@ impl Rig {
         rig
     }
 
-    fn w(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
-    }
-    fn r(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.dev.lock().unwrap().read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
     fn driver_init(&mut self) {
-        assert_eq!(self.r(0), 0x7472_6976, "magic");
-        assert_eq!(self.r(4), 2, "modern virtio-mmio");
-        assert_eq!(self.r(8), 19, "vsock device id");
-        self.w(0x70, 0);
-        self.w(0x70, 1);
-        self.w(0x70, 3);
+        self.probe(19, "vsock");
         self.w(0x14, 1);
         assert_eq!(self.r(0x10) & 1, 1, "VERSION_1 offered");
-        self.w(0x24, 1);
-        self.w(0x20, 1);
-        self.w(0x70, 11);
-        assert_eq!(self.r(0x70) & 8, 8, "FEATURES_OK accepted");
+        self.accept_version_1();
         for q in 0..3 {
-            self.w(0x30, q as u32);
-            assert!(self.r(0x34) >= u32::from(QSIZE));
-            self.w(0x38, u32::from(QSIZE));
-            self.w(0x80, desc_addr(q) as u32);
-            self.w(0x84, 0);
-            self.w(0x90, avail_addr(q) as u32);
-            self.w(0x94, 0);
-            self.w(0xa0, used_addr(q) as u32);
-            self.w(0xa4, 0);
-            self.w(0x44, 1);
+            self.setup_queue(q);
         }
-        self.w(0x70, 15);
-        assert_eq!(self.r(0x70), 15, "driver OK, no NEEDS_RESET");
+        self.driver_ok();
         let mut cid = [0u8; 8];
         self.dev.lock().unwrap().read(0x100, &mut cid);
         assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
     }
 
-    /// Writes a descriptor chain of (addr, len, write_only) into queue `q` and makes it available.
-    fn push_chain(&mut self, q: usize, descs: &[(u64, u32, bool)]) {
-        let head = self.next_desc[q];
-        for (i, &(addr, len, wo)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % QSIZE;
-            let next = (idx + 1) % QSIZE;
-            let mut flags = if wo { 2u16 } else { 0 };
-            if i + 1 < descs.len() {
-                flags |= 1;
-            }
-            let d = desc_addr(q) + u64::from(idx) * 16;
-            self.mem.write_obj(addr, GuestAddress(d)).unwrap();
-            self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
-            self.mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
-            self.mem.write_obj(next, GuestAddress(d + 14)).unwrap();
-        }
-        self.next_desc[q] = (head + descs.len() as u16) % QSIZE;
-        let slot = self.avail_idx[q] % QSIZE;
-        self.mem
-            .write_obj(head, GuestAddress(avail_addr(q) + 4 + u64::from(slot) * 2))
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail_addr(q) + 2))
-            .unwrap();
-    }
-
-    fn kick(&mut self, q: usize) {
-        self.evts[q].write(1).unwrap();
-        self.pump();
-    }
-
-    fn pump(&mut self) {
-        for _ in 0..20 {
-            if self.manager.run_with_timeout(20).unwrap() == 0 {
-                break;
-            }
-        }
-    }
-
     fn add_rx_buffers(&mut self, n: u16) {
         for _ in 0..n {
-            let i = self.next_desc[RX];
+            let i = self.queues[RX].next_desc;
             self.push_chain(RX, &[(buf_addr(RX, i), 0x2000, true)]);
         }
         self.kick(RX);
@@ -240,7 +152,7 @@ impl Rig {
 
     /// Makes a packet available on TX without kicking.
     fn queue_pkt(&mut self, p: Pkt) {
-        let i = self.next_desc[TX];
+        let i = self.queues[TX].next_desc;
         let hdr_at = buf_addr(TX, i);
         let data_at = hdr_at + 0x100;
         self.mem
@@ -265,45 +177,56 @@ impl Rig {
     /// The driver resets the device (status 0) and sets it up again from scratch.
     fn restart_driver(&mut self) {
         self.w(0x70, 0);
-        for q in 0..3 {
-            self.mem
-                .write_slice(&[0u8; 0x3000], GuestAddress(qbase(q)))
-                .unwrap();
-        }
-        self.avail_idx = [0; 3];
-        self.used_seen = [0; 3];
-        self.next_desc = [0; 3];
+        self.clear_queues();
         self.pump();
         self.driver_init();
     }
 
     fn tx_used(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(used_addr(TX) + 2)).unwrap()
+        self.used_idx(TX)
     }
 
     /// Packets the device put in the RX used ring since last call.
     fn received(&mut self) -> Vec<Pkt> {
         self.pump();
-        let used_idx: u16 = self.mem.read_obj(GuestAddress(used_addr(RX) + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen[RX] != used_idx {
-            let slot = u64::from(self.used_seen[RX] % QSIZE);
-            let id: u32 = self
-                .mem
-                .read_obj(GuestAddress(used_addr(RX) + 4 + slot * 8))
-                .unwrap();
-            let len: u32 = self
-                .mem
-                .read_obj(GuestAddress(used_addr(RX) + 8 + slot * 8))
-                .unwrap();
-            let d = desc_addr(RX) + u64::from(id) * 16;
-            let addr: u64 = self.mem.read_obj(GuestAddress(d)).unwrap();
-            let mut buf = vec![0u8; len as usize];
-            self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-            out.push(decode(&buf));
-            self.used_seen[RX] = self.used_seen[RX].wrapping_add(1);
-        }
-        out
+        let used = self.used(RX);
+        used.into_iter()
+            .map(|(id, len)| {
+                let d = self.queues[RX].desc + u64::from(id) * 16;
+                let addr: u64 = self.mem.read_obj(GuestAddress(d)).unwrap();
+                let mut buf = vec![0u8; len as usize];
+                self.mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+                decode(&buf)
+            })
+            .collect()
+    }
+
+    /// The guest shuts its connection from `gport` to `hport` down in both
+    /// directions.
+    fn guest_shutdown(&mut self, gport: u32, hport: u32) {
+        self.send(Pkt {
+            flags: 3,
+            ..self.guest_pkt(gport, hport, op::SHUTDOWN, b"")
+        });
+    }
+
+    /// Whether the packets received since the last call include a reset.
+    fn received_rst(&mut self) -> bool {
+        self.received().iter().any(|p| p.op == op::RST)
+    }
+
+    /// How many data bytes (RW packets) were received since the last call.
+    fn received_data_len(&mut self) -> usize {
+        self.received()
+            .iter()
+            .filter(|p| p.op == op::RW)
+            .map(|p| p.data.len())
+            .sum()
+    }
+
+    /// How many connections the device keeps.
+    fn connections(&self) -> usize {
+        self.dev.lock().unwrap().device().connection_count()
     }
 
     fn guest_pkt(&self, src_port: u32, dst_port: u32, op: u16, data: &[u8]) -> Pkt {
@@ -349,15 +272,12 @@ fn guest_connects_to_a_host_port_and_data_flows_both_ways() {
         "the host reports the 4 bytes it forwarded"
     );
 
-    rig.send(Pkt {
-        flags: 3,
-        ..rig.guest_pkt(50_000, 1234, op::SHUTDOWN, b"")
-    });
+    rig.guest_shutdown(50_000, 1234);
     let got = rig.received();
     assert!(got.iter().any(|p| p.op == op::RST), "{got:?}");
     host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(host.read(&mut buf).unwrap(), 0, "host stream closed");
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+    assert_eq!(rig.connections(), 0);
 }
 
 #[test]
@@ -401,12 +321,12 @@ fn refused_and_malformed_traffic_gets_rst_or_is_dropped_without_harm() {
     assert_eq!(rig.received()[0].op, op::RST);
     // A TX chain whose header is device-writable, and one pointing outside
     // guest memory: both consumed and dropped.
-    let i = rig.next_desc[TX];
+    let i = rig.queues[TX].next_desc;
     rig.push_chain(TX, &[(buf_addr(TX, i), HDR as u32, true)]);
     rig.push_chain(TX, &[(0xffff_ff00_0000, HDR as u32, false)]);
     rig.push_chain(TX, &[(buf_addr(TX, i), 8, false)]);
     rig.kick(TX);
-    let used: u16 = rig.mem.read_obj(GuestAddress(used_addr(TX) + 2)).unwrap();
+    let used = rig.used_idx(TX);
     assert_eq!(used, 6, "every TX chain is returned to the guest");
     // The device still works afterwards.
     let listener = UnixListener::bind(format!("{}_77", rig.path.display())).unwrap();
@@ -428,12 +348,7 @@ fn host_to_guest_data_respects_the_guest_credit() {
     assert_eq!(rig.received()[0].op, op::RESPONSE);
     host.write_all(&vec![b'z'; 5000]).unwrap();
     rig.pump();
-    let delivered: usize = rig
-        .received()
-        .iter()
-        .filter(|p| p.op == op::RW)
-        .map(|p| p.data.len())
-        .sum();
+    let delivered = rig.received_data_len();
     assert_eq!(delivered, 1000, "never more than the guest's buf_alloc");
     // The guest consumed it all and says so: the rest may flow.
     rig.send(Pkt {
@@ -441,12 +356,7 @@ fn host_to_guest_data_respects_the_guest_credit() {
         fwd_cnt: 1000,
         ..rig.guest_pkt(60_000, 1, op::CREDIT_UPDATE, b"")
     });
-    let delivered: usize = rig
-        .received()
-        .iter()
-        .filter(|p| p.op == op::RW)
-        .map(|p| p.data.len())
-        .sum();
+    let delivered = rig.received_data_len();
     assert_eq!(delivered, 1000);
 }
 
@@ -478,11 +388,18 @@ fn guest_connect(rig: &mut Rig, gport: u32, hport: u32) -> UnixStream {
     host
 }
 
+/// A fresh rig named `name` with 8 RX buffers and guest port `gport`
+/// connected to host port `hport` (see [`guest_connect`]).
+fn rig_with_connection(name: &str, gport: u32, hport: u32) -> (Rig, UnixStream) {
+    let mut rig = Rig::new(name);
+    rig.add_rx_buffers(8);
+    let host = guest_connect(&mut rig, gport, hport);
+    (rig, host)
+}
+
 #[test]
 fn guest_data_written_before_close_reaches_a_slow_host_in_full() {
-    let mut rig = Rig::new("linger");
-    rig.add_rx_buffers(8);
-    let host = guest_connect(&mut rig, 50_001, 2000);
+    let (mut rig, host) = rig_with_connection("linger", 50_001, 2000);
     // More than a Unix socket buffer holds (wmem_default is 208 KiB), within
     // the 256 KiB the device advertised: the host is not reading yet.
     let total = 250 * 1024;
@@ -491,15 +408,12 @@ fn guest_data_written_before_close_reaches_a_slow_host_in_full() {
     for part in payload.chunks(chunk) {
         rig.send(rig.guest_pkt(50_001, 2000, op::RW, part));
     }
-    rig.send(Pkt {
-        flags: 3,
-        ..rig.guest_pkt(50_001, 2000, op::SHUTDOWN, b"")
-    });
+    rig.guest_shutdown(50_001, 2000);
     assert!(
-        !rig.received().iter().any(|p| p.op == op::RST),
+        !rig.received_rst(),
         "no reset while guest data is still buffered for the host"
     );
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 1);
+    assert_eq!(rig.connections(), 1);
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         (&host).read_to_end(&mut got).map(|_| got)
@@ -513,15 +427,13 @@ fn guest_data_written_before_close_reaches_a_slow_host_in_full() {
     let got = reader.join().unwrap().expect("host reads to end of stream");
     assert_eq!(got.len(), payload.len());
     assert!(got == payload, "host received the guest's bytes in order");
-    assert!(rig.received().iter().any(|p| p.op == op::RST));
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+    assert!(rig.received_rst());
+    assert_eq!(rig.connections(), 0);
 }
 
 #[test]
 fn host_half_close_still_lets_the_guest_answer() {
-    let mut rig = Rig::new("halfclose");
-    rig.add_rx_buffers(8);
-    let mut host = guest_connect(&mut rig, 50_002, 2001);
+    let (mut rig, mut host) = rig_with_connection("halfclose", 50_002, 2001);
     host.write_all(b"request").unwrap();
     host.shutdown(std::net::Shutdown::Write).unwrap();
     rig.pump();
@@ -537,20 +449,15 @@ fn host_half_close_still_lets_the_guest_answer() {
     let mut buf = [0u8; 8];
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"response");
-    rig.send(Pkt {
-        flags: 3,
-        ..rig.guest_pkt(50_002, 2001, op::SHUTDOWN, b"")
-    });
-    assert!(rig.received().iter().any(|p| p.op == op::RST));
+    rig.guest_shutdown(50_002, 2001);
+    assert!(rig.received_rst());
     assert_eq!(host.read(&mut buf).unwrap(), 0);
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+    assert_eq!(rig.connections(), 0);
 }
 
 #[test]
 fn device_reset_closes_host_streams_and_later_connections_work() {
-    let mut rig = Rig::new("reset");
-    rig.add_rx_buffers(8);
-    let mut first = guest_connect(&mut rig, 50_003, 2002);
+    let (mut rig, mut first) = rig_with_connection("reset", 50_003, 2002);
     rig.restart_driver();
     let mut buf = [0u8; 1];
     assert_eq!(
@@ -558,7 +465,7 @@ fn device_reset_closes_host_streams_and_later_connections_work() {
         0,
         "reset closed the host stream"
     );
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 0);
+    assert_eq!(rig.connections(), 0);
     // New connections (whose fds reuse the numbers just freed) register fine.
     rig.add_rx_buffers(8);
     let mut hosts = Vec::new();
@@ -569,7 +476,7 @@ fn device_reset_closes_host_streams_and_later_connections_work() {
         assert_eq!(&buf, b"k");
         hosts.push(host);
     }
-    assert_eq!(rig.dev.lock().unwrap().device().connection_count(), 3);
+    assert_eq!(rig.connections(), 3);
 }
 
 #[test]
@@ -638,7 +545,7 @@ fn a_million_malformed_packets_and_bad_accesses_leave_a_bounded_log_and_a_workin
             // wrong CIDs, a header descriptor too short for a header, and a
             // device-writable header in the TX queue.
             for i in 0..QSIZE {
-                let at = buf_addr(TX, rig.next_desc[TX]);
+                let at = buf_addr(TX, rig.queues[TX].next_desc);
                 match (sent + usize::from(i)) % 3 {
                     0 => {
                         let p = Pkt {
@@ -648,8 +555,12 @@ fn a_million_malformed_packets_and_bad_accesses_leave_a_bounded_log_and_a_workin
                         rig.mem.write_slice(&encode(&p), GuestAddress(at)).unwrap();
                         rig.push_chain(TX, &[(at, HDR as u32, false)]);
                     }
-                    1 => rig.push_chain(TX, &[(at, 10, false)]),
-                    _ => rig.push_chain(TX, &[(at, HDR as u32, true)]),
+                    1 => {
+                        rig.push_chain(TX, &[(at, 10, false)]);
+                    }
+                    _ => {
+                        rig.push_chain(TX, &[(at, HDR as u32, true)]);
+                    }
                 }
             }
             rig.evts[TX].write(1).unwrap();
