@@ -1,7 +1,7 @@
 //! The scheduler's backend for real microVMs: one function version's
 //! initramfs is built once; each environment is a [`VmEnv`] bound to one
 //! (function, tenant) binding for its life. A function on a managed runtime
-//! (`python3.11`) gets the runtime's tree too: appended to its initramfs, or
+//! (`python3.11`, `nodejs22.x`) gets the runtime's tree too: appended to its initramfs, or
 //! as the one read-only image every VM of the runtime shares (`--pmem`).
 
 use std::collections::{BTreeMap, HashMap};
