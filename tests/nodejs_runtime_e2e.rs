@@ -49,6 +49,7 @@ fn run(delivery: &str, scenario: &str, memory_mib: u32) -> String {
         .env("ADMIN_SECRET", ADMIN.1)
         .env("SCENARIO", scenario)
         .env("FUNCTION_MEMORY", memory_mib.to_string())
+        .env("DELIVERY", delivery)
         .env_remove("AWS_PROFILE")
         .output()
         .unwrap();
@@ -79,7 +80,8 @@ fn nodejs_init_errors_are_reported_as_lambda_does() {
 }
 
 /// An ES module handler (`index.mjs`), with the runtime copied into the
-/// VM's initramfs (108 MiB unpacked in guest RAM: 512 MiB functions).
+/// VM's initramfs (108 MiB unpacked in guest RAM): refused at 256 MiB with
+/// the memory that is enough, then run with that memory.
 #[test]
 fn an_es_module_handler_runs_with_the_runtime_in_the_initramfs() {
     run("initramfs", "esm", 512);

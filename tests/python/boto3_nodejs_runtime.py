@@ -6,11 +6,15 @@ tenant-A, tenant-B and reads the request counts 1, 2, 1 from the function's
 response body, and the tenant id from its log lines (LogType Tail). Other
 scenarios (SCENARIO): "errors" (Runtime.ImportModuleError and
 Runtime.HandlerNotFound as Lambda reports them), "esm" (an ES module
-handler, index.mjs). Run by tests/nodejs_runtime_e2e.rs with
+handler, index.mjs; with DELIVERY=initramfs, first refused with too little
+memory for the runtime, then created with the memory the refusal names). Run by tests/nodejs_runtime_e2e.rs with
 SILO_ENDPOINT, ADMIN_KEY, ADMIN_SECRET.
 """
 
 import os
+import re
+
+import botocore.exceptions
 
 from boto3_python_runtime import client, invoke, lam_invoke_plain, package, expect_function_error
 
@@ -26,7 +30,7 @@ def counter_code():
         return f.read()
 
 
-def create(lam, name, handler, files, tenant=True):
+def create(lam, name, handler, files, tenant=True, memory=None):
     kw = {}
     if tenant:
         kw["TenancyConfig"] = {"TenantIsolationMode": "PER_TENANT"}
@@ -37,7 +41,7 @@ def create(lam, name, handler, files, tenant=True):
         Handler=handler,
         Code={"ZipFile": package(files)},
         Timeout=TIMEOUT,
-        MemorySize=MEMORY,
+        MemorySize=memory or MEMORY,
         **kw,
     )
     assert r["Runtime"] == "nodejs22.x", r
@@ -90,14 +94,27 @@ def esm(lam):
         "  os: readFileSync('/proc/version', 'utf8').split(' ')[0],\n"
         "});\n"
     )
-    create(lam, "esm", "index.handler", {"index.mjs": code})
+    memory = MEMORY
+    if os.environ.get("DELIVERY") == "initramfs":
+        # Too little memory to unpack the runtime: refused at creation,
+        # saying how much is enough; then created with that much.
+        try:
+            create(lam, "esm", "index.handler", {"index.mjs": code}, memory=256)
+            raise AssertionError("256 MiB with the runtime in the initramfs was accepted")
+        except botocore.exceptions.ClientError as e:
+            err = e.response["Error"]
+            print("refused:", err, flush=True)
+            assert err["Code"] == "InvalidParameterValueException", err
+            assert "runtime_delivery" in err["Message"], err
+            memory = int(re.search(r"use MemorySize (\d+) or more", err["Message"]).group(1))
+    create(lam, "esm", "index.handler", {"index.mjs": code}, memory=memory)
     r, body, _ = invoke(lam, "esm", "tenant-E", b'{"x": 1}')
     assert "FunctionError" not in r, body
     assert body["module"] == "esm" and body["tenant"] == "tenant-E", body
     assert body["name"] == "esm" and body["node"].startswith("v22."), body
     assert 0 < body["left_ms"] <= TIMEOUT * 1000, body
     assert body["echo"] == {"x": 1} and body["os"] == "Linux", body
-    print("esm:", body, flush=True)
+    print(f"esm ({memory} MiB):", body, flush=True)
 
 
 def main():

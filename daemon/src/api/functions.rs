@@ -334,7 +334,20 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         Ok(false) => Err(ApiError::conflict(format!(
             "Function already exist: {name}"
         ))),
-        Err(e) => Err(ApiError::service(format!("storing function {name}: {e}"))),
+        Err(e) => Err(change_error(format!("storing function {name}"), e)),
+    }
+}
+
+/// A function change the daemon could not make: the caller's to fix when
+/// its memory cannot hold the runtime (400), else the daemon's (500).
+fn change_error(what: String, e: crate::state::FunctionError) -> ApiError {
+    use crate::state::FunctionError;
+    use crate::vm_backend::RegisterError;
+    match e {
+        FunctionError::Image(e @ RegisterError::MemoryTooSmall { .. }) => {
+            ApiError::invalid_parameter(e.to_string())
+        }
+        e => ApiError::service(format!("{what}: {e}")),
     }
 }
 
@@ -462,7 +475,7 @@ pub async fn update_code(
     rec.last_modified = now_iso8601();
     d.update(rec.clone(), &zip)
         .await
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
 }
 
@@ -488,7 +501,7 @@ pub async fn update_configuration(
     check_package(&code, &rec.runtime)?;
     d.update(rec.clone(), &code)
         .await
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
 }
 
