@@ -1,6 +1,6 @@
 //! `silo images build`: builds ahead of time what the daemon boots and runs
 //! (guest kernel, static guest agent, the demo function, the managed
-//! runtimes' images (`python3.11`), the `silo-vmm` program when it is not
+//! runtimes' images (`python3.11`, `nodejs22.x`), the `silo-vmm` program when it is not
 //! installed beside `silo`, and the KVM test host image where hardware KVM
 //! is not usable), with progress on stderr, and prints where each one is.
 //! Everything else builds these on first use.
@@ -49,7 +49,7 @@ fn build() -> Result<(), String> {
     println!("counter  {}", counter.display());
     for name in silo_images::runtime::MANAGED_RUNTIMES {
         eprintln!(
-            "[images] runtime {name} (Debian and PyPI packages; under a minute the first time)"
+            "[images] runtime {name} (Debian, PyPI or npm packages; under a minute the first time)"
         );
         let rt = silo_images::runtime::runtime_image(name).map_err(|e| e.to_string())?;
         println!(

@@ -100,6 +100,15 @@ fn every_bad_request_gets_its_own_lambda_error_and_the_daemon_serves_on() {
     expect_error(&r, 400, "InvalidParameterValueException", "python3.12");
     let r = admin
         .create_function(
+            "js",
+            &package(),
+            true,
+            json!({"Runtime": "nodejs22.x", "Handler": null}),
+        )
+        .unwrap();
+    expect_error(&r, 400, "InvalidParameterValueException", "index.handler");
+    let r = admin
+        .create_function(
             "mode",
             &package(),
             false,

@@ -11,8 +11,10 @@
 //! - `cold_start_ms`: the VMM spawned to the first answer (host clock);
 //! - `warm_invoke_ms`: the second invoke's round trip.
 //!
-//! The Python runtime reaches the VM as `--delivery` says: copied into each
+//! The managed runtime reaches the VM as `--delivery` says: copied into each
 //! VM's initramfs, or one shared read-only image (virtio-pmem).
+//! `--runtime nodejs22.x` measures the launch post's counter in Node.js
+//! (`tests/nodejs/launch_post/index.js`) instead.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,7 +34,11 @@ pub struct PythonBenchArgs {
     /// Cold starts per runtime (interleaved).
     #[arg(long, default_value_t = 5)]
     boots: usize,
-    /// How the Python runtime reaches the VMs: `initramfs` or `pmem`.
+    /// The managed runtime: `python3.11` (the launch post's handler) or
+    /// `nodejs22.x` (its Node.js counterpart).
+    #[arg(long, default_value = "python3.11", value_parser = ["python3.11", "nodejs22.x"])]
+    runtime: String,
+    /// How the managed runtime reaches the VMs: `initramfs` or `pmem`.
     #[arg(long, default_value = "initramfs", value_parser = ["initramfs", "pmem"])]
     delivery: String,
     /// Guest memory of every VM, MiB.
@@ -53,13 +59,38 @@ pub struct PythonBenchArgs {
     /// Counter function binary (the custom runtime's function).
     #[arg(long)]
     function: Option<PathBuf>,
-    /// The python3.11 runtime's built image (default: build it).
-    #[arg(long)]
+    /// The managed runtime's built image (default: build it).
+    #[arg(long, alias = "runtime-dir")]
     python_runtime: Option<PathBuf>,
 }
 
 /// The launch post's handler.
 const LAUNCH_POST_PY: &str = include_str!("../../tests/python/launch_post/lambda_function.py");
+
+/// The launch post's handler in Node.js.
+const LAUNCH_POST_JS: &str = include_str!("../../tests/nodejs/launch_post/index.js");
+
+/// The managed function of `runtime`: (file, code, handler).
+fn managed_function(runtime: &str) -> (&'static str, &'static str, &'static str) {
+    if runtime.starts_with("nodejs") {
+        ("index.js", LAUNCH_POST_JS, "index.handler")
+    } else {
+        (
+            "lambda_function.py",
+            LAUNCH_POST_PY,
+            "lambda_function.lambda_handler",
+        )
+    }
+}
+
+/// The results' key for the managed runtime's samples.
+fn managed_key(runtime: &str) -> &'static str {
+    if runtime.starts_with("nodejs") {
+        "nodejs"
+    } else {
+        "python"
+    }
+}
 
 /// Runs the benchmark.
 pub fn run(args: PythonBenchArgs) -> ExitCode {
@@ -91,8 +122,8 @@ fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
         None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
     };
     let python = match &args.python_runtime {
-        Some(d) => RuntimeImage::at("python3.11", d),
-        None => silo_images::runtime::runtime_image("python3.11").map_err(|x| e(&x))?,
+        Some(d) => RuntimeImage::at(&args.runtime, d),
+        None => silo_images::runtime::runtime_image(&args.runtime).map_err(|x| e(&x))?,
     };
     run_here_or_in_test_host(
         args.here,
@@ -127,16 +158,17 @@ fn in_test_host(
         .memory_mib(3072)
         .file(kernel, "/work/kernel", 0o644)
         .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
-        .file(python.cpio(), "/work/python3.11/rt.cpio", 0o644);
-    if let Some(img) = python.shared_image() {
-        host = host.file(img, "/work/python3.11/rt.img", 0o644);
+        .file(function, "/work/counter", 0o755);
+    // Only what the delivery needs (the nodejs22.x tree is 108 MiB).
+    match python.shared_image() {
+        Some(img) if args.delivery == "pmem" => host = host.file(img, "/work/rt/rt.img", 0o644),
+        _ => host = host.file(python.cpio(), "/work/rt/rt.cpio", 0o644),
     }
     let cmd = format!(
         "SILO_LOG=warn silo bench-python --here --boots {} --delivery {} --mem-mib {} \
-         --kernel kernel --agent agent --function counter --python-runtime python3.11 \
+         --kernel kernel --agent agent --function counter --runtime {} --python-runtime rt \
          --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
-        args.boots, args.delivery, args.mem_mib
+        args.boots, args.delivery, args.mem_mib, args.runtime
     );
     let out = run_checked(&host, "benchmark", &cmd).map_err(|e| e.to_string())?;
     let text = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")
@@ -164,7 +196,7 @@ fn spec(
     let config = AgentConfig {
         function_name: name.into(),
         handler: if python.is_some() {
-            "lambda_function.lambda_handler".into()
+            managed_function(&args.runtime).2.into()
         } else {
             "bootstrap".into()
         },
@@ -292,11 +324,8 @@ async fn measure(
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let custom_zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let python_zip = silo_initramfs::package::make_zip(&[(
-        "lambda_function.py",
-        0o644,
-        LAUNCH_POST_PY.as_bytes(),
-    )]);
+    let (file, code, _) = managed_function(&args.runtime);
+    let python_zip = silo_initramfs::package::make_zip(&[(file, 0o644, code.as_bytes())]);
     let custom = spec(&dir, "custom", args, kernel, agent, &custom_zip, None)?;
     let py = spec(
         &dir,
@@ -320,7 +349,7 @@ async fn measure(
             eprintln!(
                 "[bench] {} cold start {}: {r}",
                 if is_py {
-                    "python3.11"
+                    args.runtime.as_str()
                 } else {
                     "provided.al2023"
                 },
@@ -341,15 +370,18 @@ async fn measure(
         let b = p50(&c, k)["p50"].as_f64()?;
         Some(a / b)
     };
-    Ok(json!({
-        "what": "cold start to first answer, python3.11 (the launch post's handler) vs provided.al2023 (Rust counter), interleaved in one run",
+    let key = managed_key(&args.runtime);
+    let mut out = json!({
+        "what": format!("cold start to first answer, {} (the launch post's handler) vs provided.al2023 (Rust counter), interleaved in one run", args.runtime),
+        "runtime": args.runtime,
         "delivery": args.delivery,
         "mem_mib": args.mem_mib,
         "runtime_tree_kib": python.size_kib(),
         "clock": "host CLOCK_MONOTONIC ms since the VMM was spawned; runtime_init_ms in the guest's clock",
-        "python": summary(&p),
         "provided": summary(&c),
-        "python_over_provided_cold_start_p50": ratio("cold_start_ms"),
-        "samples": { "python": p, "provided": c },
-    }))
+    });
+    out[key] = json!(summary(&p));
+    out[format!("{key}_over_provided_cold_start_p50")] = json!(ratio("cold_start_ms"));
+    out["samples"] = json!({ key: p, "provided": c });
+    Ok(out)
 }

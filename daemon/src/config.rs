@@ -29,14 +29,16 @@
 //! body_read_timeout_s = 60 # a request's body must arrive this soon
 //! max_header_bytes = 16384 # request line and headers, at most
 //!
-//! runtime_delivery = "pmem" # how a managed runtime (python3.11) reaches
-//!                         # its VMs: "pmem" (one read-only image shared by
+//! runtime_delivery = "pmem" # how a managed runtime (python3.11,
+//!                         # nodejs22.x) reaches its VMs: "pmem" (one
+//!                         # read-only image shared by
 //!                         # every VM, virtio-pmem with DAX) or "initramfs"
 //!                         # (a copy in each VM's initramfs)
 //!
 //! [runtimes]              # a managed runtime's built image (its cache
 //! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: built
 //!                         # on first use, as `silo images build` does
+//! "nodejs22.x" = "/var/lib/silo/images/nodejs22.x"
 //! [jail]                  # every VMM runs jailed (docs/SECURITY.md)
 //! uid_base = 1000000000   # each live VM gets its own uid/gid from here
 //! uid_count = 65536

@@ -84,13 +84,15 @@ pub const GUEST_RUNTIME_ROOT: &str = "/rt";
 /// The file at a runtime tree's root describing how to start it.
 pub const DESCRIPTOR: &str = "silo-runtime.json";
 
-/// A managed runtime (`python3.11`): the tree's `silo-runtime.json`.
+/// A managed runtime (`python3.11`, `nodejs22.x`): the tree's
+/// `silo-runtime.json`.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ManagedRuntime {
     /// Lambda runtime id.
     pub name: String,
     /// Program and arguments, guest paths (the handler is appended when
-    /// `append_handler`), e.g. `python3.11 -m awslambdaric`.
+    /// `append_handler`), e.g. `python3.11 -m awslambdaric`; arguments under
+    /// a link's guest path are resolved like the program.
     pub exec: Vec<String>,
     /// Whether `_HANDLER` is passed as the last argument.
     #[serde(default)]
@@ -224,7 +226,9 @@ impl Runtime {
             Some(m) => {
                 let program = PathBuf::from(m.resolve(&m.exec[0]));
                 let mut cmd = Command::new(&program);
-                cmd.args(&m.exec[1..]);
+                // Arguments that are guest paths in the tree (node's
+                // `--require /var/runtime/...`) are resolved like the program.
+                cmd.args(m.exec[1..].iter().map(|a| m.resolve(a)));
                 if m.append_handler {
                     cmd.arg(&config.handler);
                 }

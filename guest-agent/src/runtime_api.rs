@@ -331,11 +331,12 @@ fn error_info(req: &Request, default_type: &str) -> ErrorInfo {
             .unwrap_or_else(|| {
                 String::from_utf8_lossy(&req.body[..req.body.len().min(4096)]).to_string()
             }),
-        // Lambda's `stackTrace`: lines as strings (awslambdaric's shape);
-        // bounded like the rest of the result.
+        // Lambda's `stackTrace` (awslambdaric's shape) or `trace`
+        // (aws-lambda-ric's, Node.js): lines as strings; bounded like the
+        // rest of the result.
         stack_trace: json
             .as_ref()
-            .and_then(|j| j.get("stackTrace"))
+            .and_then(|j| j.get("stackTrace").or_else(|| j.get("trace")))
             .and_then(|v| v.as_array())
             .map(|a| {
                 let mut used = 0;

@@ -1,6 +1,7 @@
-//! Managed runtimes (`python3.11`): a root-like tree of registry packages
-//! (Debian's CPython and the libraries it loads, the `awslambdaric` wheels
-//! from PyPI) built by `images/runtime/<name>.sh`, cached by the hash of its
+//! Managed runtimes (`python3.11`, `nodejs22.x`): a root-like tree of
+//! registry packages (Debian's CPython and the libraries it loads with the
+//! `awslambdaric` wheels from PyPI; Node.js and `aws-lambda-ric` from npm)
+//! built by `images/runtime/<name>.sh`, cached by the hash of its
 //! inputs, with a `silo-runtime.json` that tells the guest agent how to start
 //! it. The guest sees the tree at [`GUEST_ROOT`], either copied into each
 //! VM's initramfs ([`RuntimeImage::cpio`]) or as one shared read-only image.
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use crate::{run_script, ImageError};
 
 /// Managed runtimes this build can make, by Lambda runtime id.
-pub const MANAGED_RUNTIMES: [&str; 1] = ["python3.11"];
+pub const MANAGED_RUNTIMES: [&str; 2] = ["python3.11", "nodejs22.x"];
 
 /// Where the runtime tree is in the guest (mounted or unpacked there).
 pub const GUEST_ROOT: &str = "/rt";
@@ -95,19 +96,40 @@ pub enum RuntimeError {
 }
 
 /// Builds runtime `name` if its cache entry is missing (under a minute:
-/// downloads from Debian and PyPI, progress on stderr), and its shared
-/// read-only image, and returns it.
+/// downloads from Debian, PyPI and npm, progress on stderr) with its recipe
+/// `images/runtime/<name>.sh`, and its shared read-only image, and returns
+/// it.
 pub fn runtime_image(name: &str) -> Result<RuntimeImage, RuntimeError> {
-    let script = match name {
-        "python3.11" => "runtime/python3.11.sh",
-        _ => {
-            return Err(RuntimeError::Unknown {
-                name: name.to_string(),
-            })
-        }
-    };
-    let dir = run_script(script, "managed runtime image")?;
+    if !MANAGED_RUNTIMES.contains(&name) {
+        return Err(RuntimeError::Unknown {
+            name: name.to_string(),
+        });
+    }
+    let dir = run_script(&format!("runtime/{name}.sh"), "managed runtime image")?;
     let image = RuntimeImage::at(name, dir);
     image.ensure_shared_image()?;
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_managed_runtime_has_a_recipe() {
+        for name in MANAGED_RUNTIMES {
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("runtime/{name}.sh"));
+            assert!(script.is_file(), "{} is missing", script.display());
+        }
+    }
+
+    #[test]
+    fn an_unknown_runtime_is_refused_naming_the_offered_ones() {
+        let e = runtime_image("nodejs18.x").unwrap_err().to_string();
+        assert!(
+            e.contains("nodejs18.x") && e.contains("python3.11, nodejs22.x"),
+            "{e}"
+        );
+    }
 }

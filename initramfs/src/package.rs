@@ -79,8 +79,9 @@ pub fn check(zip_bytes: &[u8]) -> Result<(), PackageError> {
     with_bootstrap(walk(zip_bytes, false)?).map(|_| ())
 }
 
-/// [`unpack`] for a function on a managed runtime (`python3.11`): the same
-/// checks, but no `bootstrap` is needed (the runtime brings its own).
+/// [`unpack`] for a function on a managed runtime (`python3.11`,
+/// `nodejs22.x`): the same checks, but no `bootstrap` is needed (the
+/// runtime brings its own).
 pub fn unpack_code(zip_bytes: &[u8]) -> Result<Vec<Entry>, PackageError> {
     walk(zip_bytes, true).map(|(entries, _)| entries)
 }

@@ -211,26 +211,33 @@ impl TestDaemon {
     }
 
     /// [`TestDaemon::with_vms`] for functions on the `python3.11` runtime:
-    /// the runtime is built here (cached) and, for the test host, copied
-    /// into it and named in the configuration's `[runtimes]`, delivered as
-    /// `delivery` (`"initramfs"` or `"pmem"`).
+    /// [`TestDaemon::with_runtime`].
     pub fn with_python(config_toml: &str, delivery: &str) -> Self {
-        let rt = silo_images::runtime::runtime_image("python3.11").expect("python3.11 runtime");
+        Self::with_runtime("python3.11", config_toml, delivery)
+    }
+
+    /// [`TestDaemon::with_vms`] for functions on managed runtime `runtime`
+    /// (`python3.11`, `nodejs22.x`): the runtime is built here (cached) and,
+    /// for the test host, what `delivery` (`"initramfs"` or `"pmem"`) needs
+    /// of it is copied into it and named in the configuration's
+    /// `[runtimes]`.
+    pub fn with_runtime(runtime: &str, config_toml: &str, delivery: &str) -> Self {
+        let rt = silo_images::runtime::runtime_image(runtime)
+            .unwrap_or_else(|e| panic!("{runtime} runtime: {e}"));
         let head = format!("runtime_delivery = \"{delivery}\"\n");
         if hardware_kvm_usable() {
             let cfg = format!(
-                "{head}{config_toml}\n[runtimes]\n\"python3.11\" = \"{}\"\n",
+                "{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"{}\"\n",
                 rt.dir.display()
             );
             return Self::with_vms_files(&cfg, Vec::new());
         }
-        let cfg =
-            format!("{head}{config_toml}\n[runtimes]\n\"python3.11\" = \"/work/python3.11\"\n");
-        let mut files = vec![(rt.cpio(), "/work/python3.11/rt.cpio".to_string())];
-        if let Some(img) = rt.shared_image() {
-            files.push((img, "/work/python3.11/rt.img".to_string()));
-        }
-        Self::with_vms_files(&cfg, files)
+        let cfg = format!("{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"/work/{runtime}\"\n");
+        let file = match (delivery, rt.shared_image()) {
+            ("pmem", Some(img)) => (img, "rt.img"),
+            _ => (rt.cpio(), "rt.cpio"),
+        };
+        Self::with_vms_files(&cfg, vec![(file.0, format!("/work/{runtime}/{}", file.1))])
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test

@@ -25,9 +25,16 @@ use silo_aws::id::random_uuid;
 
 /// Runtimes silo runs: Lambda's OS-only (custom) runtimes, whose `bootstrap`
 /// comes in the zip, and the managed runtimes of
-/// [`silo_images::runtime::MANAGED_RUNTIMES`] (`python3.11`), run from the
-/// runtime's own image with `Handler` as `module.function`.
-pub const RUNTIMES: [&str; 4] = ["provided.al2023", "provided.al2", "provided", "python3.11"];
+/// [`silo_images::runtime::MANAGED_RUNTIMES`] (`python3.11`, `nodejs22.x`),
+/// run from the runtime's own image with `Handler` as `module.function`
+/// (`file.function` for Node.js).
+pub const RUNTIMES: [&str; 5] = [
+    "provided.al2023",
+    "provided.al2",
+    "provided",
+    "python3.11",
+    "nodejs22.x",
+];
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -313,9 +320,13 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         .as_deref()
         .is_some_and(crate::vm_backend::VmBackend::is_managed);
     if managed && input.handler.is_none() {
-        return Err(ApiError::invalid_parameter(
-            "Handler is required for a managed runtime: module.function, e.g. lambda_function.lambda_handler",
-        ));
+        let example = match input.runtime.as_deref() {
+            Some(r) if r.starts_with("nodejs") => "file.function, e.g. index.handler",
+            _ => "module.function, e.g. lambda_function.lambda_handler",
+        };
+        return Err(ApiError::invalid_parameter(format!(
+            "Handler is required for a managed runtime: {example}"
+        )));
     }
     check_config(&input, &mut rec)?;
     match d.create(rec.clone(), &zip) {
@@ -323,7 +334,20 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         Ok(false) => Err(ApiError::conflict(format!(
             "Function already exist: {name}"
         ))),
-        Err(e) => Err(ApiError::service(format!("storing function {name}: {e}"))),
+        Err(e) => Err(change_error(format!("storing function {name}"), e)),
+    }
+}
+
+/// A function change the daemon could not make: the caller's to fix when
+/// its memory cannot hold the runtime (400), else the daemon's (500).
+fn change_error(what: String, e: crate::state::FunctionError) -> ApiError {
+    use crate::state::FunctionError;
+    use crate::vm_backend::RegisterError;
+    match e {
+        FunctionError::Image(e @ RegisterError::MemoryTooSmall { .. }) => {
+            ApiError::invalid_parameter(e.to_string())
+        }
+        e => ApiError::service(format!("{what}: {e}")),
     }
 }
 
@@ -451,7 +475,7 @@ pub async fn update_code(
     rec.last_modified = now_iso8601();
     d.update(rec.clone(), &zip)
         .await
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
 }
 
@@ -477,7 +501,7 @@ pub async fn update_configuration(
     check_package(&code, &rec.runtime)?;
     d.update(rec.clone(), &code)
         .await
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
 }
 
@@ -605,7 +629,7 @@ mod tests {
 
     #[test]
     fn an_unknown_runtime_is_refused_listing_the_offered_ones() {
-        for bad in ["nodejs22.x", "python3.12", ""] {
+        for bad in ["nodejs18.x", "python3.12", ""] {
             let e = check_runtime(bad).unwrap_err();
             let text = format!("{e:?}");
             for r in RUNTIMES {
@@ -613,6 +637,7 @@ mod tests {
             }
         }
         assert!(check_runtime("python3.11").is_ok());
+        assert!(check_runtime("nodejs22.x").is_ok());
     }
 
     /// A managed runtime's package needs no `bootstrap`; a custom one's does.
@@ -620,6 +645,8 @@ mod tests {
     fn only_custom_runtime_packages_need_a_bootstrap() {
         let py = silo_initramfs::package::make_zip(&[("lambda_function.py", 0o644, b"x=1")]);
         assert!(check_package(&py, "python3.11").is_ok());
+        let js = silo_initramfs::package::make_zip(&[("index.js", 0o644, b"exports.handler=1")]);
+        assert!(check_package(&js, "nodejs22.x").is_ok());
         let e = check_package(&py, "provided.al2023").unwrap_err();
         assert!(format!("{e:?}").contains("bootstrap"), "{e:?}");
     }

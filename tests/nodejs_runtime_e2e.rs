@@ -1,0 +1,88 @@
+//! The launch post's counter function in Node.js on real microVMs, through
+//! boto3: `tests/python/boto3_nodejs_runtime.py` against `silo serve` (in
+//! the KVM test host on these machines) with the `nodejs22.x` runtime
+//! (Node.js 22 and the official `aws-lambda-ric` from npm, built here from
+//! the registries). Each test boots at most two VMs, one after another.
+
+mod common;
+
+use common::daemon::{config, TestDaemon, ADMIN};
+
+fn ensure_boto3() {
+    let has = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import boto3, jmespath"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has() {
+        let _ = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "boto3",
+            ])
+            .status();
+    }
+    assert!(
+        has(),
+        "boto3 is not installed and `python3 -m pip install boto3` failed"
+    );
+}
+
+/// Runs scenario `scenario` of the boto3 script against a daemon delivering
+/// the runtime as `delivery`, its functions with `memory_mib`; returns the
+/// script's output.
+fn run(delivery: &str, scenario: &str, memory_mib: u32) -> String {
+    ensure_boto3();
+    let mut d = TestDaemon::with_runtime("nodejs22.x", &config(""), delivery);
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/boto3_nodejs_runtime.py"
+        ))
+        .env("SILO_ENDPOINT", &d.endpoint)
+        .env("ADMIN_KEY", ADMIN.0)
+        .env("ADMIN_SECRET", ADMIN.1)
+        .env("SCENARIO", scenario)
+        .env("FUNCTION_MEMORY", memory_mib.to_string())
+        .env("DELIVERY", delivery)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let logs = d.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("NODEJS_RUNTIME_OK"),
+        "the Node.js runtime test ({scenario}) failed:\n{stdout}\n{stderr}\ndaemon:\n{logs}"
+    );
+    stdout
+}
+
+/// The counter, tenant-A, tenant-A, tenant-B: counts 1, 2, 1, the tenant in
+/// its log lines; the runtime shared by the VMs as one read-only image.
+#[test]
+fn boto3_runs_the_nodejs_counter_per_tenant() {
+    let out = run("pmem", "counter", 256);
+    assert!(out.contains("counts [1, 2, 1]"), "{out}");
+}
+
+/// Init errors as Lambda reports them: Runtime.ImportModuleError and
+/// Runtime.HandlerNotFound.
+#[test]
+fn nodejs_init_errors_are_reported_as_lambda_does() {
+    run("pmem", "errors", 256);
+}
+
+/// An ES module handler (`index.mjs`), with the runtime copied into the
+/// VM's initramfs (108 MiB unpacked in guest RAM): refused at 256 MiB with
+/// the memory that is enough, then run with that memory.
+#[test]
+fn an_es_module_handler_runs_with_the_runtime_in_the_initramfs() {
+    run("initramfs", "esm", 512);
+}

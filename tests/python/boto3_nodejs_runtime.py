@@ -1,0 +1,128 @@
+"""The launch post's counter function in Node.js on silo, through boto3.
+
+Deploys tests/nodejs/launch_post/index.js as a zip with Runtime nodejs22.x
+and Handler index.handler in tenant isolation mode; invokes tenant-A,
+tenant-A, tenant-B and reads the request counts 1, 2, 1 from the function's
+response body, and the tenant id from its log lines (LogType Tail). Other
+scenarios (SCENARIO): "errors" (Runtime.ImportModuleError and
+Runtime.HandlerNotFound as Lambda reports them), "esm" (an ES module
+handler, index.mjs; with DELIVERY=initramfs, first refused with too little
+memory for the runtime, then created with the memory the refusal names). Run by tests/nodejs_runtime_e2e.rs with
+SILO_ENDPOINT, ADMIN_KEY, ADMIN_SECRET.
+"""
+
+import os
+import re
+
+import botocore.exceptions
+
+from boto3_python_runtime import client, invoke, lam_invoke_plain, package, expect_function_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# Measured in the KVM test host (TCG); a 10x margin for a loaded machine.
+TIMEOUT = int(os.environ.get("FUNCTION_TIMEOUT", "60"))
+MEMORY = int(os.environ.get("FUNCTION_MEMORY", "256"))
+
+
+def counter_code():
+    with open(os.path.join(ROOT, "nodejs", "launch_post", "index.js")) as f:
+        return f.read()
+
+
+def create(lam, name, handler, files, tenant=True, memory=None):
+    kw = {}
+    if tenant:
+        kw["TenancyConfig"] = {"TenantIsolationMode": "PER_TENANT"}
+    r = lam.create_function(
+        FunctionName=name,
+        Runtime="nodejs22.x",
+        Role="arn:aws:iam::000000000000:role/" + name,
+        Handler=handler,
+        Code={"ZipFile": package(files)},
+        Timeout=TIMEOUT,
+        MemorySize=memory or MEMORY,
+        **kw,
+    )
+    assert r["Runtime"] == "nodejs22.x", r
+    assert r["Handler"] == handler, r
+    lam.get_waiter("function_active_v2").wait(FunctionName=name)
+    return r
+
+
+def counter(lam):
+    import json
+
+    create(lam, "tenant-counter", "index.handler", {"index.js": counter_code()})
+    counts = []
+    for tenant in ["tenant-A", "tenant-A", "tenant-B"]:
+        r, body, log = invoke(lam, "tenant-counter", tenant, tail=True)
+        assert "FunctionError" not in r, body
+        assert body["statusCode"] == 200, body
+        inner = json.loads(body["body"])
+        assert inner["message"] == f"File contents for {tenant} (isolated per tenant)", inner
+        assert inner["file_data"]["tenant_id"] == tenant, inner
+        n = inner["file_data"]["request_count"]
+        counts.append(n)
+        assert f"tenant={tenant} request_count={n}" in log, log
+    print("LOG_TAIL_BEGIN\n" + log + "\nLOG_TAIL_END", flush=True)
+    print("counts", counts, flush=True)
+    assert counts == [1, 2, 1], counts
+
+
+def errors(lam):
+    create(lam, "no-module", "missing_file.handler",
+           {"index.js": counter_code()}, tenant=False)
+    r, body, _ = lam_invoke_plain(lam, "no-module")
+    print("ImportModuleError:", body, flush=True)
+    expect_function_error(r, body, "Runtime.ImportModuleError", "missing_file")
+    assert isinstance(body.get("trace"), list), body
+    create(lam, "no-handler", "index.nope",
+           {"index.js": counter_code()}, tenant=False)
+    r, body, _ = lam_invoke_plain(lam, "no-handler")
+    print("HandlerNotFound:", body, flush=True)
+    expect_function_error(r, body, "Runtime.HandlerNotFound", "index.nope")
+
+
+def esm(lam):
+    code = (
+        "import { readFileSync } from 'node:fs';\n"
+        "export const handler = async (event, context) => ({\n"
+        "  module: 'esm', tenant: context.tenantId, request: context.awsRequestId,\n"
+        "  left_ms: context.getRemainingTimeInMillis(), name: context.functionName,\n"
+        "  node: process.version, echo: event,\n"
+        "  os: readFileSync('/proc/version', 'utf8').split(' ')[0],\n"
+        "});\n"
+    )
+    memory = MEMORY
+    if os.environ.get("DELIVERY") == "initramfs":
+        # Too little memory to unpack the runtime: refused at creation,
+        # saying how much is enough; then created with that much.
+        try:
+            create(lam, "esm", "index.handler", {"index.mjs": code}, memory=256)
+            raise AssertionError("256 MiB with the runtime in the initramfs was accepted")
+        except botocore.exceptions.ClientError as e:
+            err = e.response["Error"]
+            print("refused:", err, flush=True)
+            assert err["Code"] == "InvalidParameterValueException", err
+            assert "runtime_delivery" in err["Message"], err
+            memory = int(re.search(r"use MemorySize (\d+) or more", err["Message"]).group(1))
+    create(lam, "esm", "index.handler", {"index.mjs": code}, memory=memory)
+    r, body, _ = invoke(lam, "esm", "tenant-E", b'{"x": 1}')
+    assert "FunctionError" not in r, body
+    assert body["module"] == "esm" and body["tenant"] == "tenant-E", body
+    assert body["name"] == "esm" and body["node"].startswith("v22."), body
+    assert 0 < body["left_ms"] <= TIMEOUT * 1000, body
+    assert body["echo"] == {"x": 1} and body["os"] == "Linux", body
+    print(f"esm ({memory} MiB):", body, flush=True)
+
+
+def main():
+    lam = client()
+    scenario = os.environ.get("SCENARIO", "counter")
+    {"counter": counter, "errors": errors, "esm": esm}[scenario](lam)
+    print("NODEJS_RUNTIME_OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()
