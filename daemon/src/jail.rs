@@ -210,13 +210,18 @@ impl Jailer {
             .file_name()
             .map(OsString::from)
             .unwrap_or_else(|| OsString::from("vm"));
+        let cgroup = s.cgroup_parent.join(name);
         let lease = JailLease {
             jailer: self.clone(),
             id,
-            cgroup: s.cgroup_parent.join(name),
+            cgroup: cgroup.clone(),
             mem_mib,
             vcpus,
-            released: false,
+            reservation: Some(Reservation {
+                jailer: self.clone(),
+                id,
+                cgroup,
+            }),
         };
         let owner = Some(nix::unistd::Uid::from_raw(id));
         let group = Some(nix::unistd::Gid::from_raw(id));
@@ -251,7 +256,48 @@ pub struct JailLease {
     cgroup: PathBuf,
     mem_mib: u32,
     vcpus: u8,
-    released: bool,
+    /// What is given back; `None` once it was.
+    reservation: Option<Reservation>,
+}
+
+/// A VM's id and cgroup, held until the VM is gone.
+struct Reservation {
+    jailer: Arc<Jailer>,
+    id: u32,
+    cgroup: PathBuf,
+}
+
+impl Reservation {
+    /// Kills whatever is left in the cgroup, removes it and frees the id.
+    /// Blocks up to a few seconds.
+    fn give_back(self) {
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let start = Instant::now();
+        let removed = loop {
+            match std::fs::remove_dir(&self.cgroup) {
+                Ok(()) => break true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break true,
+                Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => {
+                    tracing::error!(
+                        cgroup = %self.cgroup.display(), error = %e,
+                        "cannot remove a VM's cgroup: its id stays reserved"
+                    );
+                    break false;
+                }
+            }
+        };
+        // An id goes back only once no process of that VM can be left.
+        if removed {
+            self.jailer
+                .used
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
+    }
 }
 
 /// The CPU period `cpu.max` is written for.
@@ -310,57 +356,17 @@ impl JailLease {
     /// Kills whatever is left in the VM's cgroup, removes it and frees the
     /// id. Blocks up to a few seconds; call off the async runtime.
     pub fn release(mut self) {
-        self.release_now();
-    }
-
-    fn release_now(&mut self) {
-        if self.released {
-            return;
-        }
-        self.released = true;
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
-        let start = Instant::now();
-        let removed = loop {
-            match std::fs::remove_dir(&self.cgroup) {
-                Ok(()) => break true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break true,
-                Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => {
-                    tracing::error!(
-                        cgroup = %self.cgroup.display(), error = %e,
-                        "cannot remove a VM's cgroup: its id stays reserved"
-                    );
-                    break false;
-                }
-            }
-        };
-        // An id goes back only once no process of that VM can be left.
-        if removed {
-            self.jailer
-                .used
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.id);
+        if let Some(r) = self.reservation.take() {
+            r.give_back();
         }
     }
 }
 
 impl Drop for JailLease {
     fn drop(&mut self) {
-        if !self.released {
-            let lease = JailLease {
-                jailer: self.jailer.clone(),
-                id: self.id,
-                cgroup: std::mem::take(&mut self.cgroup),
-                mem_mib: self.mem_mib,
-                vcpus: self.vcpus,
-                released: false,
-            };
-            self.released = true;
+        if let Some(r) = self.reservation.take() {
             // Drop may run on the async runtime: do the waiting elsewhere.
-            std::thread::spawn(move || lease.release());
+            std::thread::spawn(move || r.give_back());
         }
     }
 }
@@ -379,7 +385,7 @@ mod tests {
             cgroup: PathBuf::from("/nonexistent/silo-test"),
             mem_mib,
             vcpus,
-            released: true,
+            reservation: None,
         }
     }
 
