@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::{config, create_counter, TestDaemon};
-use serde_json::Value;
+use serde_json::{json, Value};
 use silo_client::{InvokeOptions, LambdaClient};
 
 const POOL: &str = "/2015-03-31/functions/counter/pool";
