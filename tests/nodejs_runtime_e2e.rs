@@ -6,62 +6,29 @@
 
 mod common;
 
-use common::daemon::{config, TestDaemon, ADMIN};
-
-fn ensure_boto3() {
-    let has = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import boto3, jmespath"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has() {
-        let _ = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "boto3",
-            ])
-            .status();
-    }
-    assert!(
-        has(),
-        "boto3 is not installed and `python3 -m pip install boto3` failed"
-    );
-}
+use common::daemon::{config, ensure_boto3, TestDaemon};
 
 /// Runs scenario `scenario` of the boto3 script against a daemon delivering
 /// the runtime as `delivery`, its functions with `memory_mib`; returns the
 /// script's output.
 fn run(delivery: &str, scenario: &str, memory_mib: u32) -> String {
     ensure_boto3();
-    let mut d = TestDaemon::with_runtime("nodejs22.x", &config(""), delivery);
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/boto3_nodejs_runtime.py"
-        ))
-        .env("SILO_ENDPOINT", &d.endpoint)
-        .env("ADMIN_KEY", ADMIN.0)
-        .env("ADMIN_SECRET", ADMIN.1)
-        .env("SCENARIO", scenario)
-        .env("FUNCTION_MEMORY", memory_mib.to_string())
-        .env("DELIVERY", delivery)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap();
-    let logs = d.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let d = TestDaemon::with_runtime("nodejs22.x", &config(""), delivery);
+    let run = d.run_python_client(
+        "boto3_nodejs_runtime.py",
+        &[
+            ("SCENARIO", scenario),
+            ("FUNCTION_MEMORY", &memory_mib.to_string()),
+            ("DELIVERY", delivery),
+        ],
+    );
+    let (stdout, stderr, logs) = (&run.stdout, &run.stderr, &run.daemon_log);
     eprintln!("{stdout}");
     assert!(
-        out.status.success() && stdout.contains("NODEJS_RUNTIME_OK"),
+        run.success && stdout.contains("NODEJS_RUNTIME_OK"),
         "the Node.js runtime test ({scenario}) failed:\n{stdout}\n{stderr}\ndaemon:\n{logs}"
     );
-    stdout
+    run.stdout
 }
 
 /// The counter, tenant-A, tenant-A, tenant-B: counts 1, 2, 1, the tenant in

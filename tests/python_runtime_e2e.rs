@@ -5,56 +5,18 @@
 
 mod common;
 
-use common::daemon::{config, TestDaemon, ADMIN};
-
-fn ensure_boto3() {
-    let has = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import boto3, jmespath"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has() {
-        let _ = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "boto3",
-            ])
-            .status();
-    }
-    assert!(
-        has(),
-        "boto3 is not installed and `python3 -m pip install boto3` failed"
-    );
-}
+use common::daemon::{config, ensure_boto3, TestDaemon};
 
 /// Runs the boto3 script against a daemon delivering the runtime as
 /// `delivery`; `scenario` "all" or "launch-post" (its first part only).
 fn run_launch_post(delivery: &str, scenario: &str) {
     ensure_boto3();
-    let mut d = TestDaemon::with_python(&config(""), delivery);
-    let out = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/boto3_python_runtime.py"
-        ))
-        .env("SILO_ENDPOINT", &d.endpoint)
-        .env("ADMIN_KEY", ADMIN.0)
-        .env("ADMIN_SECRET", ADMIN.1)
-        .env("SCENARIO", scenario)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap();
-    let logs = d.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let d = TestDaemon::with_python(&config(""), delivery);
+    let run = d.run_python_client("boto3_python_runtime.py", &[("SCENARIO", scenario)]);
+    let (stdout, stderr, logs) = (&run.stdout, &run.stderr, &run.daemon_log);
     eprintln!("{stdout}");
     assert!(
-        out.status.success() && stdout.contains("PYTHON_RUNTIME_OK"),
+        run.success && stdout.contains("PYTHON_RUNTIME_OK"),
         "the Python runtime test failed:\n{stdout}\n{stderr}\ndaemon:\n{logs}"
     );
     assert!(stdout.contains("counts [1, 2, 1]"), "{stdout}");

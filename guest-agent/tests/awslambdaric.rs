@@ -9,35 +9,10 @@
 //! `Runtime.ImportModuleError`, `Runtime.HandlerNotFound`), log lines tagged
 //! with the tenant, the runtime's init time reported once.
 
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::Duration;
+mod common;
 
-use silo_proto::{read_message, write_message, AgentConfig, Message, Outcome};
-
-struct Fixture {
-    dir: PathBuf,
-    agent: Child,
-    conn: UnixStream,
-    n: u32,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{ok_json, start_runtime, Fixture};
+use silo_proto::Outcome;
 
 const HANDLERS: &str = r#"
 import json
@@ -72,89 +47,24 @@ def fail(event, context):
 
 /// Starts the agent with the python3.11 runtime and `handler`.
 fn start(name: &str, handler: &str) -> Fixture {
-    let runtime = silo_images::runtime::runtime_image("python3.11").expect("python3.11 runtime");
-    let dir = std::env::temp_dir().join(format!("silo-ric-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("task")).unwrap();
-    std::fs::write(dir.join("task/handlers.py"), HANDLERS).unwrap();
-    let config = AgentConfig {
-        function_name: "ric".into(),
-        handler: handler.into(),
-        timeout_s: 60,
-        task_root: dir.join("task").display().to_string(),
-        ..AgentConfig::default()
-    };
-    std::fs::write(dir.join("agent.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-    let sock = dir.join("agent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let agent = Command::new(env!("CARGO_BIN_EXE_silo-guest-agent"))
-        .arg("--host-mode")
-        .arg("--config")
-        .arg(dir.join("agent.json"))
-        .arg("--connect-unix")
-        .arg(&sock)
-        .arg("--api-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--runtime-root")
-        .arg(runtime.tree())
-        .spawn()
-        .unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let hello = read_message(&mut conn).unwrap();
-    assert!(matches!(hello, Message::Hello { .. }), "{hello:?}");
-    Fixture {
-        dir,
-        agent,
-        conn,
-        n: 0,
-    }
+    start_runtime(
+        "python3.11",
+        "ric",
+        name,
+        "ric",
+        handler,
+        &[("handlers.py", HANDLERS)],
+    )
 }
 
-/// One invocation: its outcome and the log lines that came with it.
+/// One invocation (its deadline far away): its outcome and the log lines
+/// that came with it.
 fn invoke(
     f: &mut Fixture,
     tenant: &str,
     payload: &str,
 ) -> (Outcome, Vec<(Option<String>, String)>) {
-    f.n += 1;
-    let id = format!("req-{}", f.n);
-    write_message(
-        &mut f.conn,
-        &Message::Invoke {
-            request_id: id.clone(),
-            tenant_id: Some(tenant.into()),
-            deadline_unix_ms: u64::MAX / 2,
-            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:ric".into(),
-            trace_id: "Root=1-00000000-000000000000000000000000".into(),
-            payload: payload.as_bytes().to_vec(),
-        },
-    )
-    .unwrap();
-    let mut logs = Vec::new();
-    loop {
-        match read_message(&mut f.conn).unwrap() {
-            Message::Result {
-                request_id,
-                outcome,
-            } => {
-                assert_eq!(request_id, id);
-                return (outcome, logs);
-            }
-            Message::Log {
-                line, tenant_id, ..
-            } => logs.push((tenant_id, line)),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn ok_json(o: &Outcome) -> serde_json::Value {
-    match o {
-        Outcome::Ok(b) => serde_json::from_slice(b).unwrap(),
-        Outcome::Err(e) => panic!("function failed: {e:?}"),
-    }
+    f.invoke(tenant, payload, u64::MAX / 2)
 }
 
 #[test]

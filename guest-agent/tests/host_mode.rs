@@ -2,35 +2,14 @@
 //! `lambda_runtime` crate (functions/counter): a runtime client we did not
 //! write. The test plays the host over a real Unix socket with silo-proto.
 
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::time::Duration;
+
+use common::{fresh_dir, now_unix_ms, ok_json, Fixture};
 use silo_proto::{read_message, write_message, AgentConfig, Message, Outcome};
 
-struct Fixture {
-    dir: PathBuf,
-    agent: Child,
-    conn: UnixStream,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// [`start_with`] the counter as its own `bootstrap`.
 fn start(name: &str, timeout_s: u32) -> (Fixture, Message) {
     start_with(name, timeout_s, None)
 }
@@ -39,9 +18,7 @@ fn start(name: &str, timeout_s: u32) -> (Fixture, Message) {
 /// `bootstrap` unless a shell `script` is given for that.
 fn start_with(name: &str, timeout_s: u32, script: Option<&str>) -> (Fixture, Message) {
     let function = silo_images::artifacts::counter_function().expect("build the counter function");
-    let dir = std::env::temp_dir().join(format!("silo-agent-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("task")).unwrap();
+    let dir = fresh_dir("agent", name);
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     std::fs::copy(&function, dir.join("task/counter")).unwrap();
     match script {
@@ -64,26 +41,11 @@ fn start_with(name: &str, timeout_s: u32, script: Option<&str>) -> (Fixture, Mes
     config
         .environment
         .insert("TMPDIR".into(), dir.join("tmp").display().to_string());
-    std::fs::write(dir.join("agent.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-    let sock = dir.join("agent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let agent = Command::new(env!("CARGO_BIN_EXE_silo-guest-agent"))
-        .arg("--host-mode")
-        .arg("--config")
-        .arg(dir.join("agent.json"))
-        .arg("--connect-unix")
-        .arg(&sock)
-        .arg("--api-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .spawn()
-        .unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let hello = read_message(&mut conn).unwrap();
-    (Fixture { dir, agent, conn }, hello)
+    Fixture::start(dir, &config, None, Duration::from_secs(60))
 }
 
+/// An invoke whose host-side deadline is `budget_ms` from now: its
+/// outcome and log lines ([`invoke_with_clock_skew`]).
 fn invoke(f: &mut Fixture, tenant: &str, payload: &str, budget_ms: u64) -> (Outcome, Vec<String>) {
     invoke_with_clock_skew(f, tenant, payload, budget_ms as i64)
 }
@@ -97,66 +59,31 @@ fn invoke_with_clock_skew(
     payload: &str,
     deadline_offset_ms: i64,
 ) -> (Outcome, Vec<String>) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let deadline = (now + deadline_offset_ms) as u64;
+    let deadline = (now_unix_ms() as i64 + deadline_offset_ms) as u64;
     let id = format!("req-{}", deadline);
-    write_message(
-        &mut f.conn,
-        &Message::Invoke {
-            request_id: id.clone(),
-            tenant_id: Some(tenant.into()),
-            deadline_unix_ms: deadline,
-            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:counter".into(),
-            trace_id: "Root=1-00000000-000000000000000000000000".into(),
-            payload: payload.as_bytes().to_vec(),
-        },
-    )
-    .unwrap();
     let mut logs = Vec::new();
-    loop {
-        match read_message(&mut f.conn).unwrap() {
-            Message::Result {
-                request_id,
-                outcome,
-            } => {
-                assert_eq!(request_id, id);
-                return (outcome, logs);
+    let outcome = f.invoke_with(&id, tenant, payload, deadline, |tenant_id, line| {
+        // Lines are tagged with the tenant whose invocation was in flight
+        // when the function wrote them; a line of the previous invocation
+        // may trail its result, so it can carry that invocation's tenant
+        // (never a tenant this environment did not serve: see the tests
+        // below).
+        if !line.starts_with("[silo]") {
+            assert!(tenant_id.is_some(), "log line without a tenant: {line}");
+            if tenant_id.as_deref() != Some(tenant) {
+                logs.push(format!(
+                    "[earlier:{}] {line}",
+                    tenant_id.unwrap_or_default()
+                ));
+                return;
             }
-            Message::Log {
-                line, tenant_id, ..
-            } => {
-                // Lines are tagged with the tenant whose invocation was in
-                // flight when the function wrote them; a line of the
-                // previous invocation may trail its result, so it can carry
-                // that invocation's tenant (never a tenant this environment
-                // did not serve: see the tests below).
-                if !line.starts_with("[silo]") {
-                    assert!(tenant_id.is_some(), "log line without a tenant: {line}");
-                    if tenant_id.as_deref() != Some(tenant) {
-                        logs.push(format!(
-                            "[earlier:{}] {line}",
-                            tenant_id.unwrap_or_default()
-                        ));
-                        continue;
-                    }
-                }
-                logs.push(line);
-            }
-            other => panic!("unexpected {other:?}"),
         }
-    }
+        logs.push(line);
+    });
+    (outcome, logs)
 }
 
-fn ok_json(o: &Outcome) -> serde_json::Value {
-    match o {
-        Outcome::Ok(b) => serde_json::from_slice(b).unwrap(),
-        Outcome::Err(e) => panic!("function failed: {e:?}"),
-    }
-}
-
+/// The error type of a failed invocation; panics on a success.
 fn err_type(o: &Outcome) -> String {
     match o {
         Outcome::Err(e) => e.error_type.clone(),

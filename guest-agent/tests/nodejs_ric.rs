@@ -10,35 +10,10 @@
 //! `Runtime.ImportModuleError`, `Runtime.HandlerNotFound`), console output
 //! tagged with the tenant, the runtime's init time reported once.
 
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::Duration;
+mod common;
 
-use silo_proto::{read_message, write_message, AgentConfig, Message, Outcome};
-
-struct Fixture {
-    dir: PathBuf,
-    agent: Child,
-    conn: UnixStream,
-    n: u32,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{now_unix_ms, ok_json, start_runtime, Fixture};
+use silo_proto::Outcome;
 
 /// CommonJS handlers (`index.js`).
 const INDEX_JS: &str = r#"
@@ -91,97 +66,28 @@ const BROKEN_JS: &str = "require('no-such-package');\nexports.handler = async ()
 
 /// Starts the agent with the nodejs22.x runtime and `handler`.
 fn start(name: &str, handler: &str) -> Fixture {
-    let runtime = silo_images::runtime::runtime_image("nodejs22.x").expect("nodejs22.x runtime");
-    let dir = std::env::temp_dir().join(format!("silo-noderic-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("task")).unwrap();
-    std::fs::write(dir.join("task/index.js"), INDEX_JS).unwrap();
-    std::fs::write(dir.join("task/esm.mjs"), ESM_MJS).unwrap();
-    std::fs::write(dir.join("task/broken.js"), BROKEN_JS).unwrap();
-    let config = AgentConfig {
-        function_name: "noderic".into(),
-        handler: handler.into(),
-        timeout_s: 60,
-        task_root: dir.join("task").display().to_string(),
-        ..AgentConfig::default()
-    };
-    std::fs::write(dir.join("agent.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-    let sock = dir.join("agent.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let agent = Command::new(env!("CARGO_BIN_EXE_silo-guest-agent"))
-        .arg("--host-mode")
-        .arg("--config")
-        .arg(dir.join("agent.json"))
-        .arg("--connect-unix")
-        .arg(&sock)
-        .arg("--api-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--runtime-root")
-        .arg(runtime.tree())
-        .spawn()
-        .unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let hello = read_message(&mut conn).unwrap();
-    assert!(matches!(hello, Message::Hello { .. }), "{hello:?}");
-    Fixture {
-        dir,
-        agent,
-        conn,
-        n: 0,
-    }
+    start_runtime(
+        "nodejs22.x",
+        "noderic",
+        name,
+        "noderic",
+        handler,
+        &[
+            ("index.js", INDEX_JS),
+            ("esm.mjs", ESM_MJS),
+            ("broken.js", BROKEN_JS),
+        ],
+    )
 }
 
-/// One invocation: its outcome and the log lines (tenant, line) that came
-/// with it.
+/// One invocation (its deadline 60 s from now): its outcome and the log
+/// lines (tenant, line) that came with it.
 fn invoke(
     f: &mut Fixture,
     tenant: &str,
     payload: &str,
 ) -> (Outcome, Vec<(Option<String>, String)>) {
-    f.n += 1;
-    let id = format!("req-{}", f.n);
-    let deadline = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        + 60_000;
-    write_message(
-        &mut f.conn,
-        &Message::Invoke {
-            request_id: id.clone(),
-            tenant_id: Some(tenant.into()),
-            deadline_unix_ms: deadline,
-            function_arn: "arn:aws:lambda:us-east-1:000000000000:function:noderic".into(),
-            trace_id: "Root=1-00000000-000000000000000000000000".into(),
-            payload: payload.as_bytes().to_vec(),
-        },
-    )
-    .unwrap();
-    let mut logs = Vec::new();
-    loop {
-        match read_message(&mut f.conn).unwrap() {
-            Message::Result {
-                request_id,
-                outcome,
-            } => {
-                assert_eq!(request_id, id);
-                return (outcome, logs);
-            }
-            Message::Log {
-                line, tenant_id, ..
-            } => logs.push((tenant_id, line)),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-fn ok_json(o: &Outcome) -> serde_json::Value {
-    match o {
-        Outcome::Ok(b) => serde_json::from_slice(b).unwrap(),
-        Outcome::Err(e) => panic!("function failed: {e:?}"),
-    }
+    f.invoke(tenant, payload, now_unix_ms() + 60_000)
 }
 
 #[test]

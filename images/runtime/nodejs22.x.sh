@@ -14,54 +14,29 @@
 # Usage: images/runtime/nodejs22.x.sh [CACHE_DIR]
 # Prints the directory holding `rt/` (the tree, with `rt/silo-runtime.json`)
 # and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
-# last line. Cached by the hash of this script, its package list, the
-# stand-in client and the Debian packages' names, versions and SHA-256 sums.
+# last line. Cached by the hash of this script, lib.sh (the functions the
+# recipes share), its package list, the stand-in client and the Debian
+# packages' names, versions and SHA-256 sums.
 set -euo pipefail
 export LC_ALL=C
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${1:-${SILO_CACHE_DIR:-$HOME/.cache/silo}}"
 registry="https://registry.npmjs.org"
-log() { echo "[runtime nodejs22.x] $*" >&2; }
-sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+runtime=nodejs22.x
 
 # What bin/node needs (DT_NEEDED: libc, libm, libdl, libpthread, libstdc++,
 # libgcc_s and the loader).
 pkgs=(libc6 libgcc-s1 libstdc++6)
 
-resolve() {
-  apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null \
-    | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{s=$2} /^$/{if(p&&v&&s) print p, v, s; p=v=s=""}
-           END{if(p&&v&&s) print p, v, s}'
-}
-inputs="$(resolve)"
-if [[ $(wc -l <<<"$inputs") -ne ${#pkgs[@]} ]]; then
-  log "updating Debian's package lists"
-  $sudo_cmd apt-get update -q >&2
-  inputs="$(resolve)"
-fi
-[[ $(wc -l <<<"$inputs") -eq ${#pkgs[@]} ]] || { log "some packages are unknown to apt: $inputs"; exit 1; }
-key="$( { cat "$here/nodejs22.x.sh" "$here/nodejs22.x.packages" "$here/nodejs22.x-rapid-client.cjs"; echo "$inputs"; } \
-  | sha256sum | cut -c1-16)"
-out="$cache/nodejs22.x-$key"
-if [[ -f "$out/rt/silo-runtime.json" && -f "$out/rt.cpio" ]]; then
-  echo "$out"
-  exit 0
-fi
-
-mkdir -p "$cache"
-work="$(mktemp -d "$cache/nodejs22.x-build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+resolve_debian_packages
+enter_build "$here/nodejs22.x.sh" "$here/lib.sh" "$here/nodejs22.x.packages" "$here/nodejs22.x-rapid-client.cjs"
 npm_pkgs="$(grep -v '^[[:space:]]*\(#\|$\)' "$here/nodejs22.x.packages")"
 log "building (first use): ${#pkgs[@]} Debian packages and $(wc -l <<<"$npm_pkgs") npm packages"
-mkdir debs root npm
-(cd debs && while read -r p v _; do
-  log "downloading $p $v"
-  apt-get download -qq -o APT::Sandbox::User=root "$p=$v" >&2
-done <<<"$inputs")
-# apt-get download checks each file against the archive's signed SHA-256.
-for d in debs/*.deb; do dpkg-deb -x "$d" root; done
+mkdir npm
+fetch_debian_packages
 
 # npm tarballs, checked against the pinned integrity (sha512, base64).
 while read -r name version integrity; do
@@ -106,27 +81,7 @@ cp "$here/nodejs22.x-rapid-client.cjs" "$rt/var/runtime/silo-rapid-client.cjs"
 
 log "keeping only the shared libraries node loads"
 multi="$rt/usr/lib/x86_64-linux-gnu"
-needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/{print $2}'; }
-declare -A keep=([ld-linux-x86-64.so.2]=1)
-queue=("$rt/usr/bin/node")
-while ((${#queue[@]})); do
-  f="${queue[0]}"; queue=("${queue[@]:1}")
-  while read -r lib; do
-    [[ -n "$lib" && -z "${keep[$lib]:-}" ]] || continue
-    [[ -e "$multi/$lib" ]] || { log "$f needs $lib, not in the tree"; exit 1; }
-    keep[$lib]=1
-    queue+=("$(readlink -f "$multi/$lib")")
-  done < <(needed "$f")
-done
-for f in "$multi"/*; do
-  n="$(basename "$f")"
-  if [[ -z "${keep[$n]:-}" ]]; then
-    # Keep the real file a kept soname link points to.
-    linked=0
-    for k in "${!keep[@]}"; do [[ "$(readlink -f "$multi/$k" 2>/dev/null)" == "$(readlink -f "$f")" ]] && linked=1; done
-    ((linked)) || rm -rf "$f"
-  fi
-done
+keep_needed_libraries "$multi" "$rt/usr/bin/node"
 
 log "checking that node starts from the tree"
 ver="$("$rt/usr/lib64/ld-linux-x86-64.so.2" --library-path "$multi" "$rt/usr/bin/node" --version)"
@@ -154,14 +109,4 @@ cat > "$rt/silo-runtime.json" <<JSON
   ]
 }
 JSON
-# Reproducible: fixed times and modes, sorted archive.
-find "$rt" -exec touch -h -d @0 {} +
-chmod -R u+rwX,go+rX,go-w "$rt"
-(cd "$work/out" && find rt | sort | cpio --quiet -o -H newc --reproducible -R 0:0 > rt.cpio)
-touch -d @0 "$work/out/rt.cpio"
-du -sk "$rt" | awk '{print $1}' > "$work/out/SIZE_KIB"
-{ echo "$inputs"; echo "$npm_pkgs"; } > "$work/out/INPUTS"
-rm -rf "$out"
-mv "$work/out" "$out"
-log "ready: $(cat "$out/SIZE_KIB") KiB in $(find "$out/rt" | wc -l) files ($out)"
-echo "$out"
+publish "$inputs" "$npm_pkgs"

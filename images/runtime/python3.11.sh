@@ -8,52 +8,27 @@
 # Usage: images/runtime/python3.11.sh [CACHE_DIR]
 # Prints the directory holding `rt/` (the tree, with `rt/silo-runtime.json`)
 # and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
-# last line. Cached by the hash of this script, the requirements file and
-# the Debian packages' names, versions and SHA-256 sums.
+# last line. Cached by the hash of this script, lib.sh (the functions the
+# recipes share), the requirements file and the Debian packages' names,
+# versions and SHA-256 sums.
 set -euo pipefail
 export LC_ALL=C
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${1:-${SILO_CACHE_DIR:-$HOME/.cache/silo}}"
-log() { echo "[runtime python3.11] $*" >&2; }
-sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+runtime=python3.11
 
 # The interpreter, its standard library, and every shared library its
 # binary and the extension modules kept below load (checked with ldd).
 pkgs=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libgcc-s1
       libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1)
 
-resolve() {
-  apt-cache show --no-all-versions "${pkgs[@]}" 2>/dev/null \
-    | awk '/^Package:/{p=$2} /^Version:/{v=$2} /^SHA256:/{s=$2} /^$/{if(p&&v&&s) print p, v, s; p=v=s=""}
-           END{if(p&&v&&s) print p, v, s}'
-}
-inputs="$(resolve)"
-if [[ $(wc -l <<<"$inputs") -ne ${#pkgs[@]} ]]; then
-  log "updating Debian's package lists"
-  $sudo_cmd apt-get update -q >&2
-  inputs="$(resolve)"
-fi
-[[ $(wc -l <<<"$inputs") -eq ${#pkgs[@]} ]] || { log "some packages are unknown to apt: $inputs"; exit 1; }
-key="$( { cat "$here/python3.11.sh" "$here/python3.11.requirements.txt"; echo "$inputs"; } | sha256sum | cut -c1-16)"
-out="$cache/python3.11-$key"
-if [[ -f "$out/rt/silo-runtime.json" && -f "$out/rt.cpio" ]]; then
-  echo "$out"
-  exit 0
-fi
-
-mkdir -p "$cache"
-work="$(mktemp -d "$cache/python3.11-build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+resolve_debian_packages
+enter_build "$here/python3.11.sh" "$here/lib.sh" "$here/python3.11.requirements.txt"
 log "building (first use): ${#pkgs[@]} Debian packages and 3 PyPI wheels"
-mkdir debs root
-(cd debs && while read -r p v _; do
-  log "downloading $p $v"
-  apt-get download -qq -o APT::Sandbox::User=root "$p=$v" >&2
-done <<<"$inputs")
-# apt-get download checks each file against the archive's signed SHA-256.
-for d in debs/*.deb; do dpkg-deb -x "$d" root; done
+fetch_debian_packages
 
 log "downloading the runtime interface client (PyPI wheels, hash-pinned)"
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
@@ -100,28 +75,9 @@ rm -rf "$rt"/var/runtime/*.dist-info/{RECORD,licenses,LICENSE*,NOTICE*}
 log "keeping only the shared libraries the interpreter and its modules load"
 # The closure of DT_NEEDED from the interpreter and every extension module;
 # glibc 2.36 has NSS files/dns built in, so nothing else is dlopen'ed.
-needed() { objdump -p "$1" 2>/dev/null | awk '/NEEDED/{print $2}'; }
-declare -A keep=([ld-linux-x86-64.so.2]=1)
-queue=("$rt/usr/bin/python3.11")
-while IFS= read -r f; do queue+=("$f"); done < <(find "$py/lib-dynload" "$rt/var/runtime" -name '*.so')
-while ((${#queue[@]})); do
-  f="${queue[0]}"; queue=("${queue[@]:1}")
-  while read -r lib; do
-    [[ -n "$lib" && -z "${keep[$lib]:-}" ]] || continue
-    [[ -e "$multi/$lib" ]] || { log "$f needs $lib, not in the tree"; exit 1; }
-    keep[$lib]=1
-    queue+=("$(readlink -f "$multi/$lib")")
-  done < <(needed "$f")
-done
-for f in "$multi"/*; do
-  n="$(basename "$f")"
-  if [[ -z "${keep[$n]:-}" ]]; then
-    # Keep the real file a kept soname link points to.
-    linked=0
-    for k in "${!keep[@]}"; do [[ "$(readlink -f "$multi/$k" 2>/dev/null)" == "$(readlink -f "$f")" ]] && linked=1; done
-    ((linked)) || rm -rf "$f"
-  fi
-done
+so_files=()
+while IFS= read -r f; do so_files+=("$f"); done < <(find "$py/lib-dynload" "$rt/var/runtime" -name '*.so')
+keep_needed_libraries "$multi" "$rt/usr/bin/python3.11" "${so_files[@]}"
 
 log "compiling bytecode (the tree is read-only in the guest)"
 # The tree's own interpreter, so the bytecode matches it; hash-based
@@ -158,14 +114,4 @@ cat > "$rt/silo-runtime.json" <<JSON
   ]
 }
 JSON
-# Reproducible: fixed times and modes, sorted archive.
-find "$rt" -exec touch -h -d @0 {} +
-chmod -R u+rwX,go+rX,go-w "$rt"
-(cd "$work/out" && find rt | sort | cpio --quiet -o -H newc --reproducible -R 0:0 > rt.cpio)
-touch -d @0 "$work/out/rt.cpio"
-du -sk "$rt" | awk '{print $1}' > "$work/out/SIZE_KIB"
-echo "$inputs" > "$work/out/INPUTS"
-rm -rf "$out"
-mv "$work/out" "$out"
-log "ready: $(cat "$out/SIZE_KIB") KiB in $(find "$out/rt" | wc -l) files ($out)"
-echo "$out"
+publish "$inputs"

@@ -139,6 +139,49 @@ enum Where {
     },
 }
 
+/// Makes sure this machine's `python3` can import boto3 (and jmespath, which
+/// boto3 installs and the scripts use): installed by `.ci/run`; on a fresh
+/// machine this installs it from PyPI with pip, so the README's test
+/// command needs no other set-up. Panics if it still cannot.
+pub fn ensure_boto3() {
+    let has = || {
+        Command::new("python3")
+            .args(["-c", "import boto3, jmespath"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has() {
+        eprintln!("installing boto3 from PyPI");
+        let _ = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "boto3",
+            ])
+            .status();
+    }
+    assert!(
+        has(),
+        "boto3 is not installed and `python3 -m pip install boto3` failed"
+    );
+}
+
+/// What a client script run by [`TestDaemon::run_python_client`] printed,
+/// and the daemon's log.
+pub struct ClientRun {
+    /// Whether the script exited 0.
+    pub success: bool,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+    /// The daemon's log (and the test host's output), read once it stopped.
+    pub daemon_log: String,
+}
+
 /// A running daemon.
 pub struct TestDaemon {
     /// `http://127.0.0.1:<port>`.
@@ -304,6 +347,33 @@ impl TestDaemon {
             std::panic::resume_unwind(e);
         }
         logs
+    }
+
+    /// Runs the Python client script `tests/python/<script>` (boto3: see
+    /// [`ensure_boto3`]) against this daemon, with `SILO_ENDPOINT`, the
+    /// admin key (`ADMIN_KEY`, `ADMIN_SECRET`) and `env` in its environment
+    /// and no `AWS_PROFILE`; then stops the daemon.
+    pub fn run_python_client(mut self, script: &str, env: &[(&str, &str)]) -> ClientRun {
+        let out = Command::new("python3")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python")
+                    .join(script),
+            )
+            .env("SILO_ENDPOINT", &self.endpoint)
+            .env("ADMIN_KEY", ADMIN.0)
+            .env("ADMIN_SECRET", ADMIN.1)
+            .envs(env.iter().copied())
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap();
+        let daemon_log = self.stop();
+        ClientRun {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            daemon_log,
+        }
     }
 
     /// An admin client.

@@ -16,7 +16,7 @@ import re
 
 import botocore.exceptions
 
-from boto3_python_runtime import client, invoke, lam_invoke_plain, package, expect_function_error
+from silo_lambda import client, create_function, expect_function_error, invoke, lam_invoke_plain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,23 +31,10 @@ def counter_code():
 
 
 def create(lam, name, handler, files, tenant=True, memory=None):
-    kw = {}
-    if tenant:
-        kw["TenancyConfig"] = {"TenantIsolationMode": "PER_TENANT"}
-    r = lam.create_function(
-        FunctionName=name,
-        Runtime="nodejs22.x",
-        Role="arn:aws:iam::000000000000:role/" + name,
-        Handler=handler,
-        Code={"ZipFile": package(files)},
-        Timeout=TIMEOUT,
-        MemorySize=memory or MEMORY,
-        **kw,
-    )
-    assert r["Runtime"] == "nodejs22.x", r
-    assert r["Handler"] == handler, r
-    lam.get_waiter("function_active_v2").wait(FunctionName=name)
-    return r
+    """A nodejs22.x function: create_function with this script's timeout and
+    `memory` (default FUNCTION_MEMORY)."""
+    return create_function(lam, name, "nodejs22.x", handler, files, TIMEOUT,
+                           memory or MEMORY, tenant)
 
 
 def counter(lam):

@@ -13,45 +13,20 @@ a Python function; an unknown runtime refused with the runtimes offered
 tests/python_runtime_e2e.rs with SILO_ENDPOINT, ADMIN_KEY, ADMIN_SECRET.
 """
 
-import base64
-import io
 import json
 import os
-import time
-import zipfile
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import jmespath
+
+from silo_lambda import (client, create_function, expect_function_error, invoke,
+                         lam_invoke_plain, package)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Measured in the KVM test host (TCG): the runtime's init 1.0 s (guest clock),
 # a cold start to the first answer 3.0-3.3 s; 30 s leaves a 10x margin for a
 # loaded CI machine.
 TIMEOUT = int(os.environ.get("FUNCTION_TIMEOUT", "30"))
-
-
-def client():
-    return boto3.client(
-        "lambda",
-        endpoint_url=os.environ["SILO_ENDPOINT"],
-        region_name="us-east-1",
-        aws_access_key_id=os.environ["ADMIN_KEY"],
-        aws_secret_access_key=os.environ["ADMIN_SECRET"],
-        config=botocore.config.Config(
-            retries={"max_attempts": 0}, read_timeout=900, connect_timeout=30
-        ),
-    )
-
-
-def package(files):
-    """A zip of {path: text or bytes}."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in sorted(files.items()):
-            z.writestr(name, data)
-    return buf.getvalue()
 
 
 def launch_post_code():
@@ -75,41 +50,10 @@ def vendored(package_module):
 
 
 def create(lam, name, handler, files, tenant=True):
-    kw = {}
-    if tenant:
-        kw["TenancyConfig"] = {"TenantIsolationMode": "PER_TENANT"}
-    r = lam.create_function(
-        FunctionName=name,
-        Runtime="python3.11",
-        Role="arn:aws:iam::000000000000:role/" + name,
-        Handler=handler,
-        Code={"ZipFile": package(files)},
-        Timeout=TIMEOUT,
-        MemorySize=int(os.environ.get("FUNCTION_MEMORY", "256")),
-        **kw,
-    )
-    assert r["Runtime"] == "python3.11", r
-    assert r["Handler"] == handler, r
-    lam.get_waiter("function_active_v2").wait(FunctionName=name)
-    return r
-
-
-def invoke(lam, name, tenant, payload=b"{}", tail=False):
-    kw = {"LogType": "Tail"} if tail else {}
-    t = time.monotonic()
-    r = lam.invoke(FunctionName=name, TenantId=tenant, Payload=payload, **kw)
-    elapsed = time.monotonic() - t
-    assert r["StatusCode"] == 200, r
-    body = json.loads(r["Payload"].read())
-    log = base64.b64decode(r["LogResult"]).decode() if tail else ""
-    print(f"invoke {name} {tenant}: {elapsed:.2f} s", flush=True)
-    return r, body, log
-
-
-def expect_function_error(r, body, error_type, text):
-    assert r.get("FunctionError") == "Unhandled", (r, body)
-    assert body["errorType"] == error_type, body
-    assert text in body["errorMessage"], body
+    """A python3.11 function: create_function with this script's timeout
+    and FUNCTION_MEMORY."""
+    return create_function(lam, name, "python3.11", handler, files, TIMEOUT,
+                           int(os.environ.get("FUNCTION_MEMORY", "256")), tenant)
 
 
 def main():
@@ -196,12 +140,6 @@ def main():
         for offered in ["python3.11", "nodejs22.x", "provided.al2023"]:
             assert offered in err["Message"], err
     print("PYTHON_RUNTIME_OK", flush=True)
-
-
-def lam_invoke_plain(lam, name):
-    r = lam.invoke(FunctionName=name, Payload=b"{}")
-    assert r["StatusCode"] == 200, r
-    return r, json.loads(r["Payload"].read()), ""
 
 
 if __name__ == "__main__":
