@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use silo_benches::guest_files::{GuestFileArgs, GuestFiles};
 use silo_client::{InvokeOptions, LambdaClient};
 use silo_daemon::config::{DaemonConfig, RuntimeDelivery};
 use silo_daemon::serve;
@@ -21,20 +22,16 @@ use silo_images::runtime::RuntimeImage;
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("kernel", |a| a.help("Guest kernel (default: build silo's guest kernel)")))]
+#[command(mut_arg("agent", |a| a.help("Static guest agent (default: build it from this source tree)")))]
+#[command(mut_arg("function", |a| a.help("The counter function's binary (default: build functions/counter)")))]
 pub struct DemoArgs {
     /// Run here even without hardware KVM (normally the demo moves into the
     /// KVM test host then).
     #[arg(long)]
     here: bool,
-    /// Guest kernel (default: build silo's guest kernel).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent (default: build it from this source tree).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// The counter function's binary (default: build functions/counter).
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
     /// Override `jail.cpu_full_at_mib` (0: no CPU share). The demo passes 0
     /// inside the test host, whose one emulated CPU is tens of times slower
     /// than hardware: 7% of it would time out a 128 MB function's invokes.
@@ -55,32 +52,15 @@ const LAUNCH_POST_PY: &str = include_str!("../tests/python/launch_post/lambda_fu
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo demo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    silo_benches::exit_code("silo demo", run_inner(args))
 }
 
 fn run_inner(args: DemoArgs) -> Result<(), String> {
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|e| e.to_string())?
-                .vmlinux
-        }
-    };
-    let agent = match args.agent {
-        Some(a) => a,
-        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
-    };
-    let function = match args.function {
-        Some(f) => f,
-        None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
-    };
+    let GuestFiles {
+        kernel,
+        agent,
+        function,
+    } = args.guest.resolve()?;
     let delivery = match args.runtime_delivery.as_str() {
         "initramfs" => RuntimeDelivery::Initramfs,
         "pmem" => RuntimeDelivery::Pmem,

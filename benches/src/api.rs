@@ -33,6 +33,8 @@ use silo_images::placement::{
     between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
 };
 
+use crate::guest_files::{GuestFileArgs, GuestFiles};
+
 mod plot;
 
 use plot::burst_svg;
@@ -66,48 +68,24 @@ pub struct BenchApiArgs {
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
-    /// Guest kernel [default: build silo's guest kernel].
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent [default: build it].
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// The counter function [default: build functions/counter].
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
 }
 
 /// Runs the benchmark.
 pub fn run(args: BenchApiArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-api: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-api", run_inner(args))
 }
 
 fn run_inner(args: BenchApiArgs) -> Result<(), String> {
     if args.cold == 0 || args.warm == 0 || args.parallel == 0 {
         return Err("--cold, --warm and --parallel must be at least 1".into());
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|e| e.to_string())?
-                .vmlinux
-        }
-    };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
-    };
+    let GuestFiles {
+        kernel,
+        agent,
+        function,
+    } = args.guest.resolve()?;
     run_here_or_in_test_host(
         args.here,
         || {

@@ -17,6 +17,8 @@ use silo_images::placement::{
 };
 use silo_proto::{AgentConfig, Message, Outcome};
 
+use crate::guest_files::{agent_or_build, built_kernel, function_or_build};
+
 mod plot;
 mod results;
 
@@ -131,50 +133,25 @@ const CMDLINE: &str =
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench", run_inner(args))
 }
 
 fn run_inner(args: BenchArgs) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
     // Equal work by default: against Firecracker (which boots only the
     // ELF vmlinux on x86_64) silo boots the vmlinux too; against QEMU both
     // boot the bzImage.
     let kernel = match (&args.kernel, args.peer_kind.as_str()) {
         (Some(k), _) => k.clone(),
-        (None, "firecracker") => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
-        (None, _) => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .bz_image
-        }
+        (None, "firecracker") => built_kernel()?.vmlinux,
+        (None, _) => built_kernel()?.bz_image,
     };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|x| e(&x))?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
-    };
+    let agent = agent_or_build(args.agent.as_ref())?;
+    let function = function_or_build(args.function.as_ref())?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).map_err(|x| format!("{}: {x}", p.display()));
     let (kernel, agent, function) = (abs(kernel)?, abs(agent)?, abs(function)?);
     let peer_kernel = match (&args.peer_kernel, args.peer_kind.as_str()) {
         (Some(k), _) => abs(k.clone())?,
-        (None, "firecracker") => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
+        (None, "firecracker") => built_kernel()?.vmlinux,
         (None, _) => kernel.clone(),
     };
     if args.concurrency == 0 {

@@ -27,6 +27,8 @@ use silo_images::placement::{
 };
 use silo_initramfs::newc::NewcWriter;
 
+use crate::guest_files::kernel_or_vmlinux;
+
 /// Flags for `silo bench-pmem-memory`.
 #[derive(clap::Args, Debug)]
 pub struct PmemMemoryArgs {
@@ -91,13 +93,7 @@ const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_t
 
 /// Runs the benchmark.
 pub fn run(args: PmemMemoryArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-pmem-memory: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-pmem-memory", run_inner(args))
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -108,10 +104,7 @@ fn run_inner(args: PmemMemoryArgs) -> Result<(), String> {
     if args.vms == 0 || args.mib == 0 {
         return Err("--vms and --mib must be at least 1".into());
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => silo_images::kernel::guest_kernel().map_err(err)?.vmlinux,
-    };
+    let kernel = kernel_or_vmlinux(args.kernel.as_ref())?;
     if let Some(inputs) = &args.inputs {
         return run_here(&args, &kernel, inputs);
     }

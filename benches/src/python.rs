@@ -28,8 +28,13 @@ use silo_images::placement::{
 use silo_images::runtime::RuntimeImage;
 use silo_proto::{AgentConfig, Message, Outcome};
 
+use crate::guest_files::{GuestFileArgs, GuestFiles};
+
 /// Flags for `silo-bench bench-python`.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("kernel", |a| a.help("Guest kernel (default: silo's vmlinux)")))]
+#[command(mut_arg("agent", |a| a.help("Static guest agent")))]
+#[command(mut_arg("function", |a| a.help("Counter function binary (the custom runtime's function)")))]
 pub struct PythonBenchArgs {
     /// Cold starts per runtime (interleaved).
     #[arg(long, default_value_t = 5)]
@@ -50,15 +55,8 @@ pub struct PythonBenchArgs {
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
-    /// Guest kernel (default: silo's vmlinux).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent.
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Counter function binary (the custom runtime's function).
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
     /// The managed runtime's built image (default: build it).
     #[arg(long, alias = "runtime-dir")]
     python_runtime: Option<PathBuf>,
@@ -94,33 +92,16 @@ fn managed_key(runtime: &str) -> &'static str {
 
 /// Runs the benchmark.
 pub fn run(args: PythonBenchArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-python: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-python", run_inner(args))
 }
 
 fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
-    };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|x| e(&x))?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
-    };
+    let GuestFiles {
+        kernel,
+        agent,
+        function,
+    } = args.guest.resolve()?;
     let python = match &args.python_runtime {
         Some(d) => RuntimeImage::at(&args.runtime, d),
         None => silo_images::runtime::runtime_image(&args.runtime).map_err(|x| e(&x))?,
