@@ -56,11 +56,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
 }
 
 fn run_inner(args: DemoArgs) -> Result<(), String> {
-    let GuestFiles {
-        kernel,
-        agent,
-        function,
-    } = args.guest.resolve()?;
+    let files = args.guest.resolve()?;
     let delivery = match args.runtime_delivery.as_str() {
         "initramfs" => RuntimeDelivery::Initramfs,
         "pmem" => RuntimeDelivery::Pmem,
@@ -78,9 +74,7 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
         }
     };
     let d = Demo {
-        kernel,
-        agent,
-        function,
+        files,
         python,
         delivery,
         cpu_full_at_mib: args.cpu_full_at_mib,
@@ -97,16 +91,13 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
 
 /// What the demo runs with.
 struct Demo {
-    kernel: PathBuf,
-    agent: PathBuf,
-    function: PathBuf,
+    files: GuestFiles,
     python: RuntimeImage,
     delivery: RuntimeDelivery,
     cpu_full_at_mib: Option<u32>,
 }
 
 fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
-    let (kernel, agent, function) = (&d.kernel, &d.agent, &d.function);
     println!(
         "No hardware KVM here (this host's /dev/kvm is PVM-backed or missing), so the demo runs\n\
          inside the KVM test host: a QEMU TCG machine with nested SVM. Times are emulated; compare\n\
@@ -115,10 +106,8 @@ fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
     let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(600))
-        .file(kernel, "/work/vmlinux", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
         .file(d.python.cpio(), "/work/python3.11/rt.cpio", 0o644);
+    let host = d.files.copied_into(host, "vmlinux");
     let host = match d.python.shared_image() {
         Some(img) => host.file(img, "/work/python3.11/rt.img", 0o644),
         None => host,
@@ -149,15 +138,15 @@ async fn demo(d: &Demo) -> Result<(), String> {
         config.jail.cpu_full_at_mib = n;
     }
     let images = Images {
-        kernel: d.kernel.clone(),
-        agent: d.agent.clone(),
+        kernel: d.files.kernel.clone(),
+        agent: d.files.agent.clone(),
     };
     let running = serve::start(config, images)
         .await
         .map_err(|e| e.to_string())?;
     let endpoint = format!("http://{}", running.addr);
     println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
-    let function = d.function.clone();
+    let function = d.files.function.clone();
     let result = tokio::task::spawn_blocking(move || {
         let python = python_calls(&endpoint)?;
         let custom = custom_calls(&endpoint, &function)?;

@@ -81,41 +81,25 @@ fn run_inner(args: BenchApiArgs) -> Result<(), String> {
     if args.cold == 0 || args.warm == 0 || args.parallel == 0 {
         return Err("--cold, --warm and --parallel must be at least 1".into());
     }
-    let GuestFiles {
-        kernel,
-        agent,
-        function,
-    } = args.guest.resolve()?;
+    let files = args.guest.resolve()?;
     run_here_or_in_test_host(
         args.here,
         || {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            let results = rt.block_on(bench(
-                &args,
-                kernel.clone(),
-                agent.clone(),
-                function.clone(),
-            ))?;
+            let results = rt.block_on(bench(&args, files.clone()))?;
             write_results(&args, &results)
         },
-        || in_test_host(&args, &kernel, &agent, &function),
+        || in_test_host(&args, &files),
     )
 }
 
-fn in_test_host(
-    args: &BenchApiArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<(), String> {
+fn in_test_host(args: &BenchApiArgs, files: &GuestFiles) -> Result<(), String> {
     eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
     let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(1800))
-        .memory_mib(4096)
-        .file(kernel, "/work/vmlinux", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755);
+        .memory_mib(4096);
+    let host = files.copied_into(host, "vmlinux");
     let out = run_checked(
         &host,
         "benchmark",
@@ -228,13 +212,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| e.to_string())
 }
 
-async fn bench(
-    args: &BenchApiArgs,
-    kernel: PathBuf,
-    agent: PathBuf,
-    function: PathBuf,
-) -> Result<Value, String> {
-    let data_dir = std::env::temp_dir().join(format!("silo-bench-api-{}", std::process::id()));
+async fn bench(args: &BenchApiArgs, files: GuestFiles) -> Result<Value, String> {
+    let GuestFiles {
+        kernel,
+        agent,
+        function,
+    } = files;
+    let data_dir = crate::scratch_path("silo-bench-api");
     let mut config = DaemonConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: data_dir.clone(),

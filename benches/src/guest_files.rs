@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use silo_images::testhost::TestHost;
+
 /// `--kernel`, `--agent` and `--function`, flattened into a command's flags
 /// (`#[command(flatten)]`). A command that words their help its own way
 /// replaces it with `#[command(mut_arg("kernel", |a| a.help("...")))]`.
@@ -70,5 +72,16 @@ pub fn function_or_build(given: Option<&PathBuf>) -> Result<PathBuf, String> {
     match given {
         Some(f) => Ok(f.clone()),
         None => silo_images::artifacts::counter_function().map_err(|e| e.to_string()),
+    }
+}
+
+impl GuestFiles {
+    /// `host` with these files in its working directory `/work`: the kernel
+    /// as `kernel_name`, the agent as `agent`, the function as `counter`
+    /// (the names the commands pass back to themselves there).
+    pub fn copied_into(&self, host: TestHost, kernel_name: &str) -> TestHost {
+        host.file(&self.kernel, &format!("/work/{kernel_name}"), 0o644)
+            .file(&self.agent, "/work/agent", 0o755)
+            .file(&self.function, "/work/counter", 0o755)
     }
 }

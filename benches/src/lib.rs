@@ -35,6 +35,11 @@ pub fn init_tracing() {
         .init();
 }
 
+/// `<temp dir>/<prefix>-<this process's id>`: a path of this run's own.
+pub(crate) fn scratch_path(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))
+}
+
 /// A command's exit code: success, or its error on stderr after `name`
 /// (`silo bench: ...`) and failure.
 pub fn exit_code(name: &str, result: Result<(), String>) -> std::process::ExitCode {

@@ -108,7 +108,7 @@ fn run_inner(args: PmemMemoryArgs) -> Result<(), String> {
     if let Some(inputs) = &args.inputs {
         return run_here(&args, &kernel, inputs);
     }
-    let dir = std::env::temp_dir().join(format!("silo-bench-pmem-{}", std::process::id()));
+    let dir = crate::scratch_path("silo-bench-pmem");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(err)?;
     let result = prepare(&args, &dir).and_then(|()| {
@@ -474,7 +474,7 @@ fn boot_cost(
 }
 
 fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), String> {
-    let work = std::env::temp_dir().join(format!("silo-pmem-run-{}", std::process::id()));
+    let work = crate::scratch_path("silo-pmem-run");
     std::fs::create_dir_all(&work).map_err(err)?;
     let mut results = json!({
         "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },

@@ -97,11 +97,7 @@ pub fn run(args: PythonBenchArgs) -> ExitCode {
 
 fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let GuestFiles {
-        kernel,
-        agent,
-        function,
-    } = args.guest.resolve()?;
+    let files = args.guest.resolve()?;
     let python = match &args.python_runtime {
         Some(d) => RuntimeImage::at(&args.runtime, d),
         None => silo_images::runtime::runtime_image(&args.runtime).map_err(|x| e(&x))?,
@@ -113,21 +109,19 @@ fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|x| e(&x))?;
-            let results = rt.block_on(measure(&args, &kernel, &agent, &function, &python))?;
+            let results = rt.block_on(measure(&args, &files, &python))?;
             let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
             std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
             println!("{text}");
             Ok(())
         },
-        || in_test_host(&args, &kernel, &agent, &function, &python),
+        || in_test_host(&args, &files, &python),
     )
 }
 
 fn in_test_host(
     args: &PythonBenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
+    files: &GuestFiles,
     python: &RuntimeImage,
 ) -> Result<(), String> {
     eprintln!(
@@ -136,10 +130,8 @@ fn in_test_host(
     let mut host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(1800))
-        .memory_mib(3072)
-        .file(kernel, "/work/kernel", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755);
+        .memory_mib(3072);
+    host = files.copied_into(host, "kernel");
     // Only what the delivery needs (the nodejs22.x tree is 108 MiB).
     match python.shared_image() {
         Some(img) if args.delivery == "pmem" => host = host.file(img, "/work/rt/rt.img", 0o644),
@@ -296,12 +288,11 @@ fn p50(samples: &[Value], k: &str) -> Value {
 
 async fn measure(
     args: &PythonBenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
+    files: &GuestFiles,
     python: &RuntimeImage,
 ) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-python-{}", std::process::id()));
+    let (kernel, agent, function) = (&files.kernel, &files.agent, &files.function);
+    let dir = crate::scratch_path("silo-bench-python");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let custom_zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
