@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use silo_scheduler::TenantId;
 
 use silo_aws::id::random_uuid;
-use silo_client::{InvokeOptions, LambdaClient};
+use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 use silo_daemon::config::DaemonConfig;
 use silo_daemon::serve;
 use silo_daemon::{Daemon, Images};
@@ -155,17 +155,23 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// One invoke over HTTP; its latency.
-fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
+/// One invoke of the counter over HTTP as `tenant`: its latency (ms) and
+/// the response, whatever its status.
+fn timed_invoke(c: &LambdaClient, tenant: String) -> Result<(f64, HttpResponse), String> {
     let opts = InvokeOptions {
-        tenant: Some(tenant.into()),
+        tenant: Some(tenant),
         ..Default::default()
     };
     let t = Instant::now();
     let r = c
         .invoke("counter", b"{}", &opts)
         .map_err(|e| e.to_string())?;
-    let took = ms(t.elapsed());
+    Ok((ms(t.elapsed()), r))
+}
+
+/// One invoke over HTTP; its latency.
+fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
+    let (took, r) = timed_invoke(c, tenant.into())?;
     if r.status != 200 || r.header("x-amz-function-error").is_some() {
         return Err(format!(
             "invoke as {tenant}: HTTP {} {}",
@@ -385,15 +391,7 @@ async fn measure(
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                let opts = InvokeOptions {
-                    tenant: Some(format!("pooled-{i}")),
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let r = c
-                    .invoke("counter", b"{}", &opts)
-                    .map_err(|e| e.to_string())?;
-                let took = ms(t.elapsed());
+                let (took, r) = timed_invoke(&c, format!("pooled-{i}"))?;
                 if r.status != 200 {
                     return Err(format!("pooled invoke: HTTP {} {}", r.status, r.text()));
                 }

@@ -121,9 +121,11 @@ impl BenchArgs {
 }
 
 /// The `host` of results measured in the KVM test host.
-const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
+pub(crate) const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
 
-const GUEST_INIT: &str = r#"
+/// `/init` of the tiny busybox guest the cold boots time: it prints its
+/// uptime (`SILO_GUEST_INIT uptime=<s>`) and reboots.
+pub(crate) const GUEST_INIT: &str = r#"
 /bin/busybox mount -t proc proc /proc
 echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox reboot -f
@@ -354,6 +356,24 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Runs `cmd` (cold boot `i` of `side`) to its exit: wall time from spawn
+/// to exit (ms), the guest's uptime at `/init` (ms) and the output;
+/// `spawn_err` words a failure to run it.
+fn timed_boot(
+    cmd: &mut Command,
+    spawn_err: impl FnOnce(std::io::Error) -> String,
+    side: &str,
+    i: usize,
+) -> Result<(f64, f64, String), String> {
+    let t = Instant::now();
+    let out = cmd.output().map_err(spawn_err)?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let text = output_text(&out);
+    let uptime = parse_uptime_ms(&text)
+        .ok_or_else(|| format!("{side} boot {i} printed no marker:\n{text}"))?;
+    Ok((wall, uptime, text))
+}
+
 /// A finished process's stdout, then its stderr, as text.
 fn output_text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
@@ -463,26 +483,20 @@ fn cold_boots(
     let fc_config = crate::scratch_path("silo-bench-fc").with_extension("json");
     for i in 0..args.boots {
         // silo
-        let t = Instant::now();
-        let out = Command::new(&silo)
-            .args([
-                "--timeline",
-                "--mem-mib",
-                "128",
-                "--cmdline",
-                CMDLINE,
-                "--kernel",
-            ])
-            .arg(kernel)
-            .arg("--initrd")
-            .arg(initrd)
-            .env("SILO_LOG", "warn")
-            .output()
-            .map_err(|e| e.to_string())?;
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = output_text(&out);
-        let uptime = parse_uptime_ms(&text)
-            .ok_or_else(|| format!("silo boot {i} printed no marker:\n{text}"))?;
+        let mut cmd = Command::new(&silo);
+        cmd.args([
+            "--timeline",
+            "--mem-mib",
+            "128",
+            "--cmdline",
+            CMDLINE,
+            "--kernel",
+        ])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .env("SILO_LOG", "warn");
+        let (wall, uptime, text) = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
         s_wall.push(wall);
         s_guest.push(uptime);
         if let Some(tl) = text
@@ -491,30 +505,22 @@ fn cold_boots(
             .and_then(|l| l.lines().next())
         {
             if let Ok(v) = serde_json::from_str::<Value>(tl) {
-                if let Some(x) = v["first_kvm_run_us"].as_f64() {
-                    s_first_run.push(x / 1e3);
-                }
-                if let Some(x) = v["kernel_loaded_us"].as_f64() {
-                    s_loaded.push(x / 1e3);
-                }
-                if let Some(x) = v["first_serial_byte_us"].as_f64() {
-                    s_serial.push(x / 1e3);
-                }
-                if let Some(x) = v["vm_exit_us"].as_f64() {
-                    s_exit.push(x / 1e3);
+                for (k, samples) in [
+                    ("first_kvm_run_us", &mut s_first_run),
+                    ("kernel_loaded_us", &mut s_loaded),
+                    ("first_serial_byte_us", &mut s_serial),
+                    ("vm_exit_us", &mut s_exit),
+                ] {
+                    if let Some(x) = v[k].as_f64() {
+                        samples.push(x / 1e3);
+                    }
                 }
             }
         }
         // peer
         let mut cmd = peer_command(args, peer_kernel, initrd, &fc_config)?;
-        let t = Instant::now();
-        let out = cmd
-            .output()
-            .map_err(|e| format!("peer {}: {e}", args.peer()))?;
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = output_text(&out);
-        let uptime = parse_uptime_ms(&text)
-            .ok_or_else(|| format!("peer boot {i} printed no marker:\n{text}"))?;
+        let spawn_err = |e: std::io::Error| format!("peer {}: {e}", args.peer());
+        let (wall, uptime, _) = timed_boot(&mut cmd, spawn_err, "peer", i)?;
         p_wall.push(wall);
         p_guest.push(uptime);
         eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);

@@ -27,6 +27,7 @@ use silo_images::placement::{
 };
 use silo_initramfs::newc::NewcWriter;
 
+use crate::boot::GUEST_INIT as TINY_INIT;
 use crate::guest_files::kernel_or_vmlinux;
 
 /// Flags for `silo bench-pmem-memory`.
@@ -82,12 +83,6 @@ while true; do sleep 3600; done
 /// The line of [`GUEST_INIT`] that reads every file (left out for the idle
 /// variant).
 const READ_ALL: &str = "find /opt/runtime -type f -exec cat {} + > /dev/null\n";
-
-const TINY_INIT: &str = r#"
-/bin/busybox mount -t proc proc /proc
-echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
-/bin/busybox reboot -f
-"#;
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet";
 

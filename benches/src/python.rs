@@ -148,7 +148,7 @@ fn in_test_host(
         .ok_or("no results in the test host output")?;
     let mut results: Value =
         serde_json::from_str(&text).map_err(|e| format!("results from the test host: {e}"))?;
-    results["host"] = json!("KVM test host (emulated: compare ratios)");
+    results["host"] = json!(crate::boot::TEST_HOST);
     let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     println!("{text}");
