@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use silo_benches::guest_files::{GuestFileArgs, GuestFiles};
 use silo_client::{InvokeOptions, LambdaClient};
 use silo_daemon::config::{DaemonConfig, RuntimeDelivery};
 use silo_daemon::serve;
@@ -21,20 +22,16 @@ use silo_images::runtime::RuntimeImage;
 
 /// Flags for `silo demo`.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("kernel", |a| a.help("Guest kernel (default: build silo's guest kernel)")))]
+#[command(mut_arg("agent", |a| a.help("Static guest agent (default: build it from this source tree)")))]
+#[command(mut_arg("function", |a| a.help("The counter function's binary (default: build functions/counter)")))]
 pub struct DemoArgs {
     /// Run here even without hardware KVM (normally the demo moves into the
     /// KVM test host then).
     #[arg(long)]
     here: bool,
-    /// Guest kernel (default: build silo's guest kernel).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent (default: build it from this source tree).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// The counter function's binary (default: build functions/counter).
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
     /// Override `jail.cpu_full_at_mib` (0: no CPU share). The demo passes 0
     /// inside the test host, whose one emulated CPU is tens of times slower
     /// than hardware: 7% of it would time out a 128 MB function's invokes.
@@ -55,32 +52,11 @@ const LAUNCH_POST_PY: &str = include_str!("../tests/python/launch_post/lambda_fu
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo demo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    silo_benches::exit_code("silo demo", run_inner(args))
 }
 
 fn run_inner(args: DemoArgs) -> Result<(), String> {
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|e| e.to_string())?
-                .vmlinux
-        }
-    };
-    let agent = match args.agent {
-        Some(a) => a,
-        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
-    };
-    let function = match args.function {
-        Some(f) => f,
-        None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
-    };
+    let files = args.guest.resolve()?;
     let delivery = match args.runtime_delivery.as_str() {
         "initramfs" => RuntimeDelivery::Initramfs,
         "pmem" => RuntimeDelivery::Pmem,
@@ -98,9 +74,7 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
         }
     };
     let d = Demo {
-        kernel,
-        agent,
-        function,
+        files,
         python,
         delivery,
         cpu_full_at_mib: args.cpu_full_at_mib,
@@ -117,16 +91,13 @@ fn run_inner(args: DemoArgs) -> Result<(), String> {
 
 /// What the demo runs with.
 struct Demo {
-    kernel: PathBuf,
-    agent: PathBuf,
-    function: PathBuf,
+    files: GuestFiles,
     python: RuntimeImage,
     delivery: RuntimeDelivery,
     cpu_full_at_mib: Option<u32>,
 }
 
 fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
-    let (kernel, agent, function) = (&d.kernel, &d.agent, &d.function);
     println!(
         "No hardware KVM here (this host's /dev/kvm is PVM-backed or missing), so the demo runs\n\
          inside the KVM test host: a QEMU TCG machine with nested SVM. Times are emulated; compare\n\
@@ -134,11 +105,12 @@ fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
     );
     let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(600))
-        .file(kernel, "/work/vmlinux", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
-        .file(d.python.cpio(), "/work/python3.11/rt.cpio", 0o644);
+        .timeout(Duration::from_secs(600));
+    let host = d.files.copied_into(host, "vmlinux").file(
+        d.python.cpio(),
+        "/work/python3.11/rt.cpio",
+        0o644,
+    );
     let host = match d.python.shared_image() {
         Some(img) => host.file(img, "/work/python3.11/rt.img", 0o644),
         None => host,
@@ -169,15 +141,15 @@ async fn demo(d: &Demo) -> Result<(), String> {
         config.jail.cpu_full_at_mib = n;
     }
     let images = Images {
-        kernel: d.kernel.clone(),
-        agent: d.agent.clone(),
+        kernel: d.files.kernel.clone(),
+        agent: d.files.agent.clone(),
     };
     let running = serve::start(config, images)
         .await
         .map_err(|e| e.to_string())?;
     let endpoint = format!("http://{}", running.addr);
     println!("\nsilo daemon on {endpoint} (Lambda API; any AWS SDK works with this endpoint)");
-    let function = d.function.clone();
+    let function = d.files.function.clone();
     let result = tokio::task::spawn_blocking(move || {
         let python = python_calls(&endpoint)?;
         let custom = custom_calls(&endpoint, &function)?;

@@ -136,15 +136,7 @@ fn short_bench_writes_complete_json_and_a_plot() {
     check(&c["spawn_to_ready_ms"], "creation spawn_to_ready_ms");
     // The function VM's timeline: every phase, in order (p50 of each).
     let phases = &r["function_vm_timeline"]["phases"];
-    let order = [
-        "vmm_process_start_ms",
-        "kernel_loaded_ms",
-        "vm_created_ms",
-        "first_kvm_run_ms",
-        "guest_init_ms",
-        "agent_ready_ms",
-        "first_invocation_answered_ms",
-    ];
+    let order = silo_benches::boot::PHASES;
     let mut last = 0.0;
     for k in order {
         let v = &phases[k];

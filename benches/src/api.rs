@@ -25,13 +25,15 @@ use serde_json::{json, Value};
 use silo_scheduler::TenantId;
 
 use silo_aws::id::random_uuid;
-use silo_client::{InvokeOptions, LambdaClient};
+use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 use silo_daemon::config::DaemonConfig;
 use silo_daemon::serve;
 use silo_daemon::{Daemon, Images};
 use silo_images::placement::{
     between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
 };
+
+use crate::guest_files::{GuestFileArgs, GuestFiles};
 
 mod plot;
 
@@ -66,78 +68,38 @@ pub struct BenchApiArgs {
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
-    /// Guest kernel [default: build silo's guest kernel].
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent [default: build it].
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// The counter function [default: build functions/counter].
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
 }
 
 /// Runs the benchmark.
 pub fn run(args: BenchApiArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-api: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-api", run_inner(args))
 }
 
 fn run_inner(args: BenchApiArgs) -> Result<(), String> {
     if args.cold == 0 || args.warm == 0 || args.parallel == 0 {
         return Err("--cold, --warm and --parallel must be at least 1".into());
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|e| e.to_string())?
-                .vmlinux
-        }
-    };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|e| e.to_string())?,
-    };
+    let files = args.guest.resolve()?;
     run_here_or_in_test_host(
         args.here,
         || {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            let results = rt.block_on(bench(
-                &args,
-                kernel.clone(),
-                agent.clone(),
-                function.clone(),
-            ))?;
+            let results = rt.block_on(bench(&args, files.clone()))?;
             write_results(&args, &results)
         },
-        || in_test_host(&args, &kernel, &agent, &function),
+        || in_test_host(&args, &files),
     )
 }
 
-fn in_test_host(
-    args: &BenchApiArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<(), String> {
+fn in_test_host(args: &BenchApiArgs, files: &GuestFiles) -> Result<(), String> {
     eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
     let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(1800))
-        .memory_mib(4096)
-        .file(kernel, "/work/vmlinux", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755);
+        .memory_mib(4096);
+    let host = files.copied_into(host, "vmlinux");
     let out = run_checked(
         &host,
         "benchmark",
@@ -193,17 +155,23 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// One invoke over HTTP; its latency.
-fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
+/// One invoke of the counter over HTTP as `tenant`: its latency (ms) and
+/// the response, whatever its status.
+fn timed_invoke(c: &LambdaClient, tenant: String) -> Result<(f64, HttpResponse), String> {
     let opts = InvokeOptions {
-        tenant: Some(tenant.into()),
+        tenant: Some(tenant),
         ..Default::default()
     };
     let t = Instant::now();
     let r = c
         .invoke("counter", b"{}", &opts)
         .map_err(|e| e.to_string())?;
-    let took = ms(t.elapsed());
+    Ok((ms(t.elapsed()), r))
+}
+
+/// One invoke over HTTP; its latency.
+fn http_invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
+    let (took, r) = timed_invoke(c, tenant.into())?;
     if r.status != 200 || r.header("x-amz-function-error").is_some() {
         return Err(format!(
             "invoke as {tenant}: HTTP {} {}",
@@ -250,13 +218,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| e.to_string())
 }
 
-async fn bench(
-    args: &BenchApiArgs,
-    kernel: PathBuf,
-    agent: PathBuf,
-    function: PathBuf,
-) -> Result<Value, String> {
-    let data_dir = std::env::temp_dir().join(format!("silo-bench-api-{}", std::process::id()));
+async fn bench(args: &BenchApiArgs, files: GuestFiles) -> Result<Value, String> {
+    let GuestFiles {
+        kernel,
+        agent,
+        function,
+    } = files;
+    let data_dir = crate::scratch_path("silo-bench-api");
     let mut config = DaemonConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: data_dir.clone(),
@@ -423,15 +391,7 @@ async fn measure(
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                let opts = InvokeOptions {
-                    tenant: Some(format!("pooled-{i}")),
-                    ..Default::default()
-                };
-                let t = Instant::now();
-                let r = c
-                    .invoke("counter", b"{}", &opts)
-                    .map_err(|e| e.to_string())?;
-                let took = ms(t.elapsed());
+                let (took, r) = timed_invoke(&c, format!("pooled-{i}"))?;
                 if r.status != 200 {
                     return Err(format!("pooled invoke: HTTP {} {}", r.status, r.text()));
                 }

@@ -17,6 +17,10 @@ use silo_images::placement::{
 };
 use silo_proto::{AgentConfig, Message, Outcome};
 
+use silo_daemon::vm_env::{InvokeResult, VmEnv, VmSpec};
+
+use crate::guest_files::{agent_or_build, built_kernel, function_or_build, GuestFiles};
+
 mod plot;
 mod results;
 
@@ -117,9 +121,11 @@ impl BenchArgs {
 }
 
 /// The `host` of results measured in the KVM test host.
-const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
+pub(crate) const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
 
-const GUEST_INIT: &str = r#"
+/// `/init` of the tiny busybox guest the cold boots time: it prints its
+/// uptime (`SILO_GUEST_INIT uptime=<s>`) and reboots.
+pub(crate) const GUEST_INIT: &str = r#"
 /bin/busybox mount -t proc proc /proc
 echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
 /bin/busybox reboot -f
@@ -131,51 +137,30 @@ const CMDLINE: &str =
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench", run_inner(args))
 }
 
 fn run_inner(args: BenchArgs) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
     // Equal work by default: against Firecracker (which boots only the
     // ELF vmlinux on x86_64) silo boots the vmlinux too; against QEMU both
     // boot the bzImage.
     let kernel = match (&args.kernel, args.peer_kind.as_str()) {
         (Some(k), _) => k.clone(),
-        (None, "firecracker") => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
-        (None, _) => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .bz_image
-        }
+        (None, "firecracker") => built_kernel()?.vmlinux,
+        (None, _) => built_kernel()?.bz_image,
     };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|x| e(&x))?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
-    };
+    let agent = agent_or_build(args.agent.as_ref())?;
+    let function = function_or_build(args.function.as_ref())?;
     let abs = |p: PathBuf| std::fs::canonicalize(&p).map_err(|x| format!("{}: {x}", p.display()));
-    let (kernel, agent, function) = (abs(kernel)?, abs(agent)?, abs(function)?);
+    let files = GuestFiles {
+        kernel: abs(kernel)?,
+        agent: abs(agent)?,
+        function: abs(function)?,
+    };
     let peer_kernel = match (&args.peer_kernel, args.peer_kind.as_str()) {
         (Some(k), _) => abs(k.clone())?,
-        (None, "firecracker") => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
-        (None, _) => kernel.clone(),
+        (None, "firecracker") => built_kernel()?.vmlinux,
+        (None, _) => files.kernel.clone(),
     };
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -189,25 +174,19 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
     }
     run_here_or_in_test_host(
         args.here,
-        || run_here(&args, &kernel, &peer_kernel, &agent, &function),
-        || in_test_host(&args, &kernel, &peer_kernel, &agent, &function),
+        || run_here(&args, &files, &peer_kernel),
+        || in_test_host(&args, &files, &peer_kernel),
     )
 }
 
 /// The benchmark on this machine.
-fn run_here(
-    args: &BenchArgs,
-    kernel: &Path,
-    peer_kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<(), String> {
+fn run_here(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<(), String> {
+    let kernel = &files.kernel;
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let initrd = match &args.initrd {
         Some(i) => i.clone(),
         None => {
-            let p =
-                std::env::temp_dir().join(format!("silo-bench-guest-{}.cpio", std::process::id()));
+            let p = crate::scratch_path("silo-bench-guest").with_extension("cpio");
             let img = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|x| e(&x))?;
             std::fs::write(&p, img).map_err(|x| e(&x))?;
             p
@@ -240,35 +219,28 @@ fn run_here(
         "[bench] {} function VM cold boots: every phase to the first invocation",
         args.boots
     );
-    results["function_vm_timeline"] =
-        rt.block_on(function_timelines(args.boots, kernel, agent, function))?;
+    results["function_vm_timeline"] = rt.block_on(function_timelines(args.boots, files))?;
     eprintln!(
         "[bench] {} function VM cold starts each, jailed and unjailed, interleaved",
         args.boots
     );
-    results["jail_cost"] = rt.block_on(jail_cost(args.boots, kernel, agent, function))?;
+    results["jail_cost"] = rt.block_on(jail_cost(args.boots, files))?;
     if args.peer_kind == "firecracker" {
         eprintln!(
             "[bench] {} function VMs each, silo and Firecracker, interleaved: spawn to agent ready and first answer",
             args.boots
         );
-        results["agent_ready"] = rt.block_on(agent_ready_vs_firecracker(
-            args,
-            kernel,
-            peer_kernel,
-            agent,
-            function,
-        ))?;
+        results["agent_ready"] =
+            rt.block_on(agent_ready_vs_firecracker(args, files, peer_kernel))?;
     }
-    results["warm_invoke"] = rt.block_on(warm_invokes(args, kernel, agent, function))?;
+    results["warm_invoke"] = rt.block_on(warm_invokes(args, files))?;
     eprintln!(
         "[bench] warm invokes, {} in flight: VMs vs host-mode agents",
         args.concurrency
     );
-    results["warm_invoke_concurrent"] =
-        rt.block_on(concurrent_invokes(args, kernel, agent, function))?;
+    results["warm_invoke_concurrent"] = rt.block_on(concurrent_invokes(args, files))?;
     eprintln!("[bench] {} function VMs created at once", args.parallel);
-    results["creations"] = rt.block_on(creations(args.parallel, kernel, agent, function))?;
+    results["creations"] = rt.block_on(creations(args.parallel, files))?;
     let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
     std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
     std::fs::write(&args.plot, svg(&results))
@@ -282,13 +254,9 @@ fn run_here(
     Ok(())
 }
 
-fn in_test_host(
-    args: &BenchArgs,
-    kernel: &Path,
-    peer_kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<(), String> {
+/// The benchmark inside the KVM test host, with `files`, the peer and its
+/// kernel copied in.
+fn in_test_host(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<(), String> {
     eprintln!(
         "[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)"
     );
@@ -313,11 +281,9 @@ fn in_test_host(
             "/work/fw/bios-microvm.bin",
             0o644,
         )
-        .file(kernel, "/work/kernel", 0o644)
         .file(peer_kernel, "/work/peer-kernel", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755)
         .bytes("/work/guest.cpio", initrd, 0o644);
+    let host = files.copied_into(host, "kernel");
     let cmd = format!(
         "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
          --peer-kind {} --peer-kernel peer-kernel --concurrency {} \
@@ -388,6 +354,29 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+/// Runs `cmd` (cold boot `i` of `side`) to its exit: wall time from spawn
+/// to exit (ms), the guest's uptime at `/init` (ms) and the output;
+/// `spawn_err` words a failure to run it.
+fn timed_boot(
+    cmd: &mut Command,
+    spawn_err: impl FnOnce(std::io::Error) -> String,
+    side: &str,
+    i: usize,
+) -> Result<(f64, f64, String), String> {
+    let t = Instant::now();
+    let out = cmd.output().map_err(spawn_err)?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let text = output_text(&out);
+    let uptime = parse_uptime_ms(&text)
+        .ok_or_else(|| format!("{side} boot {i} printed no marker:\n{text}"))?;
+    Ok((wall, uptime, text))
+}
+
+/// A finished process's stdout, then its stderr, as text.
+fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn parse_uptime_ms(out: &str) -> Option<f64> {
@@ -491,30 +480,23 @@ fn cold_boots(
     let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
     let (mut s_serial, mut s_exit) = (vec![], vec![]);
     let (mut p_wall, mut p_guest) = (vec![], vec![]);
-    let fc_config = std::env::temp_dir().join(format!("silo-bench-fc-{}.json", std::process::id()));
+    let fc_config = crate::scratch_path("silo-bench-fc").with_extension("json");
     for i in 0..args.boots {
         // silo
-        let t = Instant::now();
-        let out = Command::new(&silo)
-            .args([
-                "--timeline",
-                "--mem-mib",
-                "128",
-                "--cmdline",
-                CMDLINE,
-                "--kernel",
-            ])
-            .arg(kernel)
-            .arg("--initrd")
-            .arg(initrd)
-            .env("SILO_LOG", "warn")
-            .output()
-            .map_err(|e| e.to_string())?;
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        let uptime = parse_uptime_ms(&text)
-            .ok_or_else(|| format!("silo boot {i} printed no marker:\n{text}"))?;
+        let mut cmd = Command::new(&silo);
+        cmd.args([
+            "--timeline",
+            "--mem-mib",
+            "128",
+            "--cmdline",
+            CMDLINE,
+            "--kernel",
+        ])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .env("SILO_LOG", "warn");
+        let (wall, uptime, text) = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
         s_wall.push(wall);
         s_guest.push(uptime);
         if let Some(tl) = text
@@ -523,44 +505,27 @@ fn cold_boots(
             .and_then(|l| l.lines().next())
         {
             if let Ok(v) = serde_json::from_str::<Value>(tl) {
-                if let Some(x) = v["first_kvm_run_us"].as_f64() {
-                    s_first_run.push(x / 1e3);
-                }
-                if let Some(x) = v["kernel_loaded_us"].as_f64() {
-                    s_loaded.push(x / 1e3);
-                }
-                if let Some(x) = v["first_serial_byte_us"].as_f64() {
-                    s_serial.push(x / 1e3);
-                }
-                if let Some(x) = v["vm_exit_us"].as_f64() {
-                    s_exit.push(x / 1e3);
+                for (k, samples) in [
+                    ("first_kvm_run_us", &mut s_first_run),
+                    ("kernel_loaded_us", &mut s_loaded),
+                    ("first_serial_byte_us", &mut s_serial),
+                    ("vm_exit_us", &mut s_exit),
+                ] {
+                    if let Some(x) = v[k].as_f64() {
+                        samples.push(x / 1e3);
+                    }
                 }
             }
         }
         // peer
         let mut cmd = peer_command(args, peer_kernel, initrd, &fc_config)?;
-        let t = Instant::now();
-        let out = cmd
-            .output()
-            .map_err(|e| format!("peer {}: {e}", args.peer()))?;
-        let wall = t.elapsed().as_secs_f64() * 1e3;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        let uptime = parse_uptime_ms(&text)
-            .ok_or_else(|| format!("peer boot {i} printed no marker:\n{text}"))?;
+        let spawn_err = |e: std::io::Error| format!("peer {}: {e}", args.peer());
+        let (wall, uptime, _) = timed_boot(&mut cmd, spawn_err, "peer", i)?;
         p_wall.push(wall);
         p_guest.push(uptime);
         eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);
     }
     let _ = std::fs::remove_file(&fc_config);
-    let ratio = |a: &[f64], b: &[f64]| {
-        let (a, b) = (median(a), median(b));
-        if b > 0.0 {
-            a / b
-        } else {
-            f64::NAN
-        }
-    };
     let silo = json!({
         "process_to_exit_ms": stats(s_wall.clone()),
         "guest_uptime_at_init_ms": stats(s_guest.clone()),
@@ -569,8 +534,8 @@ fn cold_boots(
         "vmm_process_start_to_first_serial_byte_ms": stats(s_serial),
         "vmm_process_start_to_vm_exit_ms": stats(s_exit),
         "ratio_to_peer": {
-            "process_to_exit": ratio(&s_wall, &p_wall),
-            "guest_uptime_at_init": ratio(&s_guest, &p_guest),
+            "process_to_exit": median_ratio(&s_wall, &p_wall),
+            "guest_uptime_at_init": median_ratio(&s_guest, &p_guest),
         }
     });
     let peer = json!({
@@ -622,8 +587,7 @@ fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value
                 "guest_uptime_at_init_ms": stats(std::mem::take(&mut uptimes[side])),
             });
         }
-        let (sw, pw) = (median(&walls[0]), median(&walls[1]));
-        row["ratio_wall_silo_to_peer"] = json!(if pw > 0.0 { sw / pw } else { f64::NAN });
+        row["ratio_wall_silo_to_peer"] = json!(median_ratio(&walls[0], &walls[1]));
         rows.push(row);
     }
     Ok(json!(rows))
@@ -668,8 +632,7 @@ fn boot_n_at_once(
     let mut uptimes = Vec::new();
     for c in children {
         let out = c.wait_with_output().map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = output_text(&out);
         if let Some(u) = parse_uptime_ms(&text) {
             uptimes.push(u);
         }
@@ -685,6 +648,16 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The median of `a` over the median of `b`; NaN unless `b`'s is positive.
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let (a, b) = (median(a), median(b));
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
 }
 
 fn now_ms() -> u64 {
@@ -704,46 +677,29 @@ fn invoke_msg(n: usize) -> Message {
     }
 }
 
-async fn warm_invokes(
-    args: &BenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-{}", std::process::id()));
+/// One VM against one host-mode agent: `args.invokes` warm invokes each,
+/// one after another, after an untimed one.
+async fn warm_invokes(args: &BenchArgs, files: &GuestFiles) -> Result<Value, String> {
+    let dir = crate::scratch_path("silo-bench");
 
     // The VM.
-    let spec = function_spec(&dir, kernel, agent, function)?;
-    let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
-        .await
-        .map_err(|e| e.to_string())?;
+    let spec = function_spec(&dir, files)?;
+    let mut env = boot_vm(&spec, &dir).await?;
     let boot = env.boot;
     let overhead = env.vmm_memory_overhead_kib(128);
     // One untimed invocation first on each side: a runtime's first
     // invocation belongs to the cold start (the function VM timeline has it).
     let warmup = args.invokes;
-    let r = env
-        .invoke(invoke_msg(warmup), Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !matches!(r.outcome, Outcome::Ok(_)) {
-        return Err(format!("VM warm-up invoke failed: {:?}", r.outcome));
-    }
+    invoke_ok(&mut env, warmup, || "VM warm-up invoke failed".into()).await?;
     let mut vm = Vec::with_capacity(args.invokes);
     for n in 0..args.invokes {
-        let r = env
-            .invoke(invoke_msg(n), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !matches!(r.outcome, Outcome::Ok(_)) {
-            return Err(format!("VM invoke {n} failed: {:?}", r.outcome));
-        }
+        let r = invoke_ok(&mut env, n, || format!("VM invoke {n} failed")).await?;
         vm.push(r.duration.as_secs_f64() * 1e3);
     }
     env.shutdown().await;
 
     // The same agent and function on the host, over a Unix socket.
-    let (mut child, mut conn) = host_agent(&dir, agent, function, 0)?;
+    let (mut child, mut conn) = host_agent(&dir, files, 0)?;
     let mut host = Vec::with_capacity(args.invokes);
     let mut run = || -> Result<(), String> {
         host_invoke(&mut conn, warmup)?;
@@ -761,52 +717,27 @@ async fn warm_invokes(
     let _ = child.wait();
     conn.flush().ok();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(json!({
-        "vm_over_vsock_ms": stats(vm.clone()),
-        "host_mode_unix_socket_ms": stats(host.clone()),
-        "ratio_p50": median(&vm) / median(&host),
-        "ratio_p99": quantile(&vm, 0.99) / quantile(&host, 0.99),
-        "warmup_invokes_per_environment": 1,
-        "samples_ms": { "vm": vm, "host_mode": host },
-        "vm_spawn_to_agent_ready_ms": boot.spawn_to_ready.as_secs_f64() * 1e3,
-        "guest_uptime_at_agent_start_ms": boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6,
-        "guest_uptime_at_agent_ready_ms": boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6,
-        "vmm_memory_overhead_kib": overhead,
-    }))
+    let mut out = vm_vs_host(vm, host);
+    out["vm_spawn_to_agent_ready_ms"] = json!(boot.spawn_to_ready.as_secs_f64() * 1e3);
+    out["guest_uptime_at_agent_start_ms"] =
+        json!(boot.guest.kernel_uptime_at_agent_start_ns as f64 / 1e6);
+    out["guest_uptime_at_agent_ready_ms"] =
+        json!(boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6);
+    out["vmm_memory_overhead_kib"] = json!(overhead);
+    Ok(out)
 }
 
 /// Boots `n` function VMs concurrently (to agent hello) and reports
 /// environment creations per second, then shuts them all down.
-async fn creations(
-    n: usize,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-create-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let code = std::fs::read(function).map_err(|e| e.to_string())?;
-    let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let image = silo_initramfs::image::build(agent, &AgentConfig::default(), &package)
-        .map_err(|e| e.to_string())?;
-    let initrd = dir.join("function.cpio");
-    std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    let spec = silo_daemon::vm_env::VmSpec {
-        kernel: kernel.to_path_buf(),
-        initrd,
-        mem_mib: 128,
-        vcpus: 1,
-        boot_timeout: Duration::from_secs(300),
-        jail: silo_daemon::jail::JailMode::Insecure,
-        pmem: None,
-        console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
-    };
+async fn creations(n: usize, files: &GuestFiles) -> Result<Value, String> {
+    let dir = crate::scratch_path("silo-bench-create");
+    let spec = counter_vm_spec(&dir, files, &AgentConfig::default())?;
     let started = Instant::now();
-    let boots = (0..n.max(1)).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
+    let boots = (0..n.max(1)).map(|_| boot_vm(&spec, &dir));
     let mut envs = Vec::new();
     let mut ready_ms = Vec::new();
     for r in futures_join(boots).await {
-        let env = r.map_err(|e| e.to_string())?;
+        let env = r?;
         ready_ms.push(env.boot.spawn_to_ready.as_secs_f64() * 1e3);
         envs.push(env);
     }
@@ -847,22 +778,24 @@ async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Ve
     out.into_iter().map(|o| o.expect("completed")).collect()
 }
 
-/// A function VM image of the counter in `dir`.
-fn function_spec(
-    dir: &Path,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<silo_daemon::vm_env::VmSpec, String> {
+/// A function VM image of the counter in `dir`, with the benchmark's agent
+/// configuration.
+fn function_spec(dir: &Path, files: &GuestFiles) -> Result<VmSpec, String> {
+    counter_vm_spec(dir, files, &bench_agent_config())
+}
+
+/// A function VM of the counter (`dir/function.cpio`, the agent configured
+/// by `config`): 128 MiB, 1 vCPU, not jailed.
+fn counter_vm_spec(dir: &Path, files: &GuestFiles, config: &AgentConfig) -> Result<VmSpec, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let code = std::fs::read(function).map_err(|e| e.to_string())?;
+    let code = std::fs::read(&files.function).map_err(|e| e.to_string())?;
     let package = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
-    let image = silo_initramfs::image::build(agent, &bench_agent_config(), &package)
-        .map_err(|e| e.to_string())?;
+    let image =
+        silo_initramfs::image::build(&files.agent, config, &package).map_err(|e| e.to_string())?;
     let initrd = dir.join("function.cpio");
     std::fs::write(&initrd, image).map_err(|e| e.to_string())?;
-    Ok(silo_daemon::vm_env::VmSpec {
-        kernel: kernel.to_path_buf(),
+    Ok(VmSpec {
+        kernel: files.kernel.clone(),
         initrd,
         mem_mib: 128,
         vcpus: 1,
@@ -870,6 +803,41 @@ fn function_spec(
         jail: silo_daemon::jail::JailMode::Insecure,
         pmem: None,
         console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+    })
+}
+
+/// Boots a function VM of `spec` (its files in `dir`) to the agent's hello.
+async fn boot_vm(spec: &VmSpec, dir: &Path) -> Result<VmEnv, String> {
+    VmEnv::boot(spec, dir).await.map_err(|e| e.to_string())
+}
+
+/// Invocation `n` (see [`invoke_msg`]) on `env`, which must answer without
+/// a function error; else the error is `failed()` and the outcome.
+async fn invoke_ok(
+    env: &mut VmEnv,
+    n: usize,
+    failed: impl FnOnce() -> String,
+) -> Result<InvokeResult, String> {
+    let r = env
+        .invoke(invoke_msg(n), Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !matches!(r.outcome, Outcome::Ok(_)) {
+        return Err(format!("{}: {:?}", failed(), r.outcome));
+    }
+    Ok(r)
+}
+
+/// Warm invoke latencies through VMs (`vm`) against host-mode agents
+/// (`host`), in ms: quantiles, ratios and every sample.
+fn vm_vs_host(vm: Vec<f64>, host: Vec<f64>) -> Value {
+    json!({
+        "vm_over_vsock_ms": stats(vm.clone()),
+        "host_mode_unix_socket_ms": stats(host.clone()),
+        "ratio_p50": median(&vm) / median(&host),
+        "ratio_p99": quantile(&vm, 0.99) / quantile(&host, 0.99),
+        "warmup_invokes_per_environment": 1,
+        "samples_ms": { "vm": vm, "host_mode": host },
     })
 }
 
@@ -884,30 +852,14 @@ fn bench_agent_config() -> AgentConfig {
 
 /// `n` function VMs booted one after another, each to its first invocation:
 /// every phase in one clock domain (ms since the VMM was spawned).
-async fn function_timelines(
-    n: usize,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-timeline-{}", std::process::id()));
-    let spec = function_spec(&dir, kernel, agent, function)?;
+async fn function_timelines(n: usize, files: &GuestFiles) -> Result<Value, String> {
+    let dir = crate::scratch_path("silo-bench-timeline");
+    let spec = function_spec(&dir, files)?;
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
     let mut samples = Vec::new();
     for i in 0..n.max(1) {
-        let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
-            .await
-            .map_err(|e| e.to_string())?;
-        let r = env
-            .invoke(invoke_msg(i), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !matches!(r.outcome, Outcome::Ok(_)) {
-            return Err(format!(
-                "first invocation of VM {i} failed: {:?}",
-                r.outcome
-            ));
-        }
+        let mut env = boot_vm(&spec, &dir).await?;
+        invoke_ok(&mut env, i, || format!("first invocation of VM {i} failed")).await?;
         let t = serde_json::to_value(env.boot.timeline).map_err(|e| e.to_string())?;
         env.shutdown().await;
         for (k, v) in PHASES.iter().zip(phases.iter_mut()) {
@@ -1009,31 +961,21 @@ async fn firecracker_function_vm(
 /// started and when it said Hello) comes from the agent's Hello.
 async fn agent_ready_vs_firecracker(
     args: &BenchArgs,
-    kernel: &Path,
+    files: &GuestFiles,
     peer_kernel: &Path,
-    agent: &Path,
-    function: &Path,
 ) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-agent-{}", std::process::id()));
-    let spec = function_spec(&dir, kernel, agent, function)?;
+    let dir = crate::scratch_path("silo-bench-agent");
+    let spec = function_spec(&dir, files)?;
     let fc_dir = dir.join("firecracker");
     let mut s = [vec![], vec![], vec![], vec![]];
     let mut p = [vec![], vec![], vec![], vec![]];
     for i in 0..args.boots.max(1) {
-        let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut env = boot_vm(&spec, &dir).await?;
         let t = Instant::now();
-        let r = env
-            .invoke(invoke_msg(i), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !matches!(r.outcome, Outcome::Ok(_)) {
-            return Err(format!(
-                "silo VM {i}: first invocation failed: {:?}",
-                r.outcome
-            ));
-        }
+        invoke_ok(&mut env, i, || {
+            format!("silo VM {i}: first invocation failed")
+        })
+        .await?;
         let ready = env.boot.spawn_to_ready.as_secs_f64() * 1e3;
         s[0].push(ready);
         s[1].push(ready + t.elapsed().as_secs_f64() * 1e3);
@@ -1078,12 +1020,7 @@ async fn agent_ready_vs_firecracker(
 
 /// What the jail costs a cold start: `n` function VMs booted jailed and `n`
 /// unjailed, alternating, each to its first answered invocation.
-async fn jail_cost(
-    n: usize,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<Value, String> {
+async fn jail_cost(n: usize, files: &GuestFiles) -> Result<Value, String> {
     use silo_daemon::jail::{JailMode, JailSettings};
     // No CPU share: it starts only once the VM is ready and, on the test
     // host's emulated CPU, would dominate the first answer.
@@ -1095,8 +1032,8 @@ async fn jail_cost(
     if let JailMode::Unavailable(why) = &jailed_mode {
         return Ok(json!({ "skipped": format!("this host cannot jail: {why}") }));
     }
-    let dir = std::env::temp_dir().join(format!("silo-bench-jail-{}", std::process::id()));
-    let mut spec = function_spec(&dir, kernel, agent, function)?;
+    let dir = crate::scratch_path("silo-bench-jail");
+    let mut spec = function_spec(&dir, files)?;
     let (mut ready, mut first) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for i in 0..n.max(1) {
         // Alternate which goes first so drift favours neither.
@@ -1107,9 +1044,7 @@ async fn jail_cost(
             } else {
                 JailMode::Insecure
             };
-            let mut env = silo_daemon::vm_env::VmEnv::boot(&spec, &dir)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut env = boot_vm(&spec, &dir).await?;
             env.invoke(invoke_msg(i), Duration::from_secs(10))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -1133,13 +1068,12 @@ async fn jail_cost(
 /// A host-mode agent (the peer for invokes) serving the counter from `dir`.
 fn host_agent(
     dir: &Path,
-    agent: &Path,
-    function: &Path,
+    files: &GuestFiles,
     slot: usize,
 ) -> Result<(std::process::Child, UnixStream), String> {
     let root = dir.join(format!("host-{slot}"));
     std::fs::create_dir_all(root.join("task")).map_err(|e| e.to_string())?;
-    std::fs::copy(function, root.join("task/bootstrap")).map_err(|e| e.to_string())?;
+    std::fs::copy(&files.function, root.join("task/bootstrap")).map_err(|e| e.to_string())?;
     let mut cfg = bench_agent_config();
     cfg.task_root = root.join("task").display().to_string();
     cfg.environment
@@ -1151,7 +1085,7 @@ fn host_agent(
     .map_err(|e| e.to_string())?;
     let sock = root.join("agent.sock");
     let listener = UnixListener::bind(&sock).map_err(|e| e.to_string())?;
-    let child = Command::new(agent)
+    let child = Command::new(&files.agent)
         .args([
             "--host-mode",
             "--api-addr",
@@ -1197,43 +1131,26 @@ fn slot_share(total: usize, c: usize, slot: usize) -> usize {
 /// host-mode agents. Each VM and agent first answers one untimed invocation,
 /// so that its first invocation (a cold runtime's first
 /// `/invocation/next`, part of the cold start) is not counted as warm.
-async fn concurrent_invokes(
-    args: &BenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
-) -> Result<Value, String> {
+async fn concurrent_invokes(args: &BenchArgs, files: &GuestFiles) -> Result<Value, String> {
     let c = args.concurrency.max(1);
     let total = args.invokes.max(c);
-    let dir = std::env::temp_dir().join(format!("silo-bench-conc-{}", std::process::id()));
-    let spec = function_spec(&dir, kernel, agent, function)?;
-    let boots = (0..c).map(|_| silo_daemon::vm_env::VmEnv::boot(&spec, &dir));
+    let dir = crate::scratch_path("silo-bench-conc");
+    let spec = function_spec(&dir, files)?;
+    let boots = (0..c).map(|_| boot_vm(&spec, &dir));
     let mut envs = Vec::new();
     for r in futures_join(boots).await {
-        envs.push(r.map_err(|e| e.to_string())?);
+        envs.push(r?);
     }
     // Request ids: slot * (total + 1) + n, with n = 0 the warm-up.
     let id = move |slot: usize, n: usize| slot * (total + 1) + n;
     for (slot, env) in envs.iter_mut().enumerate() {
-        let r = env
-            .invoke(invoke_msg(id(slot, 0)), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
-        if !matches!(r.outcome, Outcome::Ok(_)) {
-            return Err(format!("VM warm-up invoke failed: {:?}", r.outcome));
-        }
+        invoke_ok(env, id(slot, 0), || "VM warm-up invoke failed".into()).await?;
     }
     let runs = envs.iter_mut().enumerate().map(|(slot, env)| async move {
         let share = slot_share(total, c, slot);
         let mut lat = Vec::with_capacity(share);
         for n in 1..=share {
-            let r = env
-                .invoke(invoke_msg(id(slot, n)), Duration::from_secs(10))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !matches!(r.outcome, Outcome::Ok(_)) {
-                return Err(format!("VM invoke failed: {:?}", r.outcome));
-            }
+            let r = invoke_ok(env, id(slot, n), || "VM invoke failed".into()).await?;
             lat.push(r.duration.as_secs_f64() * 1e3);
         }
         Ok::<_, String>(lat)
@@ -1249,7 +1166,7 @@ async fn concurrent_invokes(
     }
     let mut agents = Vec::new();
     for slot in 0..c {
-        let (child, mut conn) = host_agent(&dir, agent, function, slot)?;
+        let (child, mut conn) = host_agent(&dir, files, slot)?;
         host_invoke(&mut conn, id(slot, 0))?;
         agents.push((child, conn));
     }
@@ -1297,18 +1214,13 @@ async fn concurrent_invokes(
     if let Some(e) = failed {
         return Err(e);
     }
-    Ok(json!({
-        "concurrency": c,
-        "invokes": total,
-        "warmup_invokes_per_environment": 1,
-        "vm_over_vsock_ms": stats(vm.clone()),
-        "host_mode_unix_socket_ms": stats(host.clone()),
-        "ratio_p50": median(&vm) / median(&host),
-        "ratio_p99": quantile(&vm, 0.99) / quantile(&host, 0.99),
-        "vm_invokes_per_second": vm.len() as f64 / vm_wall,
-        "host_mode_invokes_per_second": host.len() as f64 / host_wall,
-        "samples_ms": { "vm": vm, "host_mode": host },
-    }))
+    let (vm_per_s, host_per_s) = (vm.len() as f64 / vm_wall, host.len() as f64 / host_wall);
+    let mut out = vm_vs_host(vm, host);
+    out["concurrency"] = json!(c);
+    out["invokes"] = json!(total);
+    out["vm_invokes_per_second"] = json!(vm_per_s);
+    out["host_mode_invokes_per_second"] = json!(host_per_s);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1344,7 +1256,7 @@ mod tests {
         }
         let cli = Cli::parse_from(["bench", "--peer-kind", "firecracker"]);
         assert_eq!(cli.bench.peer(), "firecracker");
-        let dir = std::env::temp_dir().join(format!("silo-bench-unit-{}", std::process::id()));
+        let dir = crate::scratch_path("silo-bench-unit");
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("fc.json");
         let cmd = peer_command(&cli.bench, Path::new("/k/vmlinux"), Path::new("/i"), &cfg).unwrap();
@@ -1367,7 +1279,7 @@ mod tests {
 
     #[test]
     fn elf_check() {
-        let dir = std::env::temp_dir().join(format!("silo-bench-elf-{}", std::process::id()));
+        let dir = crate::scratch_path("silo-bench-elf");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("elf"), b"\x7fELF\x02\x01").unwrap();
         std::fs::write(dir.join("bz"), b"MZ\x00\x00").unwrap();

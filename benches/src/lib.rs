@@ -18,8 +18,39 @@
 
 pub mod api;
 pub mod boot;
+pub mod guest_files;
 pub mod pmem_memory;
 pub mod python;
+
+/// Logs to stderr, filtered by `SILO_LOG` (default `info`), in colour on a
+/// terminal: the logging of `silo` and `silo-bench`.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SILO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// `<temp dir>/<prefix>-<this process's id>`: a path of this run's own.
+pub(crate) fn scratch_path(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))
+}
+
+/// A command's exit code: success, or its error on stderr after `name`
+/// (`silo bench: ...`) and failure.
+pub fn exit_code(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// The benchmarks as subcommands, the same in `silo` and in `silo-bench`
 /// (inside the KVM test host the program runs as `/bin/silo bench --here`).

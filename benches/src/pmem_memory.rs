@@ -27,6 +27,9 @@ use silo_images::placement::{
 };
 use silo_initramfs::newc::NewcWriter;
 
+use crate::boot::GUEST_INIT as TINY_INIT;
+use crate::guest_files::kernel_or_vmlinux;
+
 /// Flags for `silo bench-pmem-memory`.
 #[derive(clap::Args, Debug)]
 pub struct PmemMemoryArgs {
@@ -81,23 +84,11 @@ while true; do sleep 3600; done
 /// variant).
 const READ_ALL: &str = "find /opt/runtime -type f -exec cat {} + > /dev/null\n";
 
-const TINY_INIT: &str = r#"
-/bin/busybox mount -t proc proc /proc
-echo "SILO_GUEST_INIT uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
-/bin/busybox reboot -f
-"#;
-
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet";
 
 /// Runs the benchmark.
 pub fn run(args: PmemMemoryArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-pmem-memory: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-pmem-memory", run_inner(args))
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -108,14 +99,11 @@ fn run_inner(args: PmemMemoryArgs) -> Result<(), String> {
     if args.vms == 0 || args.mib == 0 {
         return Err("--vms and --mib must be at least 1".into());
     }
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => silo_images::kernel::guest_kernel().map_err(err)?.vmlinux,
-    };
+    let kernel = kernel_or_vmlinux(args.kernel.as_ref())?;
     if let Some(inputs) = &args.inputs {
         return run_here(&args, &kernel, inputs);
     }
-    let dir = std::env::temp_dir().join(format!("silo-bench-pmem-{}", std::process::id()));
+    let dir = crate::scratch_path("silo-bench-pmem");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(err)?;
     let result = prepare(&args, &dir).and_then(|()| {
@@ -481,7 +469,7 @@ fn boot_cost(
 }
 
 fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), String> {
-    let work = std::env::temp_dir().join(format!("silo-pmem-run-{}", std::process::id()));
+    let work = crate::scratch_path("silo-pmem-run");
     std::fs::create_dir_all(&work).map_err(err)?;
     let mut results = json!({
         "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { "KVM test host (emulated: compare ratios)" },

@@ -28,8 +28,13 @@ use silo_images::placement::{
 use silo_images::runtime::RuntimeImage;
 use silo_proto::{AgentConfig, Message, Outcome};
 
+use crate::guest_files::{GuestFileArgs, GuestFiles};
+
 /// Flags for `silo-bench bench-python`.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("kernel", |a| a.help("Guest kernel (default: silo's vmlinux)")))]
+#[command(mut_arg("agent", |a| a.help("Static guest agent")))]
+#[command(mut_arg("function", |a| a.help("Counter function binary (the custom runtime's function)")))]
 pub struct PythonBenchArgs {
     /// Cold starts per runtime (interleaved).
     #[arg(long, default_value_t = 5)]
@@ -50,15 +55,8 @@ pub struct PythonBenchArgs {
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
-    /// Guest kernel (default: silo's vmlinux).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Static guest agent.
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Counter function binary (the custom runtime's function).
-    #[arg(long)]
-    function: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestFileArgs,
     /// The managed runtime's built image (default: build it).
     #[arg(long, alias = "runtime-dir")]
     python_runtime: Option<PathBuf>,
@@ -94,33 +92,12 @@ fn managed_key(runtime: &str) -> &'static str {
 
 /// Runs the benchmark.
 pub fn run(args: PythonBenchArgs) -> ExitCode {
-    match run_inner(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("silo bench-python: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::exit_code("silo bench-python", run_inner(args))
 }
 
 fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => {
-            silo_images::kernel::guest_kernel()
-                .map_err(|x| e(&x))?
-                .vmlinux
-        }
-    };
-    let agent = match &args.agent {
-        Some(a) => a.clone(),
-        None => silo_images::artifacts::guest_agent().map_err(|x| e(&x))?,
-    };
-    let function = match &args.function {
-        Some(f) => f.clone(),
-        None => silo_images::artifacts::counter_function().map_err(|x| e(&x))?,
-    };
+    let files = args.guest.resolve()?;
     let python = match &args.python_runtime {
         Some(d) => RuntimeImage::at(&args.runtime, d),
         None => silo_images::runtime::runtime_image(&args.runtime).map_err(|x| e(&x))?,
@@ -132,21 +109,19 @@ fn run_inner(args: PythonBenchArgs) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|x| e(&x))?;
-            let results = rt.block_on(measure(&args, &kernel, &agent, &function, &python))?;
+            let results = rt.block_on(measure(&args, &files, &python))?;
             let text = serde_json::to_string_pretty(&results).map_err(|x| e(&x))?;
             std::fs::write(&args.out, &text).map_err(|x| format!("{}: {x}", args.out.display()))?;
             println!("{text}");
             Ok(())
         },
-        || in_test_host(&args, &kernel, &agent, &function, &python),
+        || in_test_host(&args, &files, &python),
     )
 }
 
 fn in_test_host(
     args: &PythonBenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
+    files: &GuestFiles,
     python: &RuntimeImage,
 ) -> Result<(), String> {
     eprintln!(
@@ -155,10 +130,8 @@ fn in_test_host(
     let mut host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(1800))
-        .memory_mib(3072)
-        .file(kernel, "/work/kernel", 0o644)
-        .file(agent, "/work/agent", 0o755)
-        .file(function, "/work/counter", 0o755);
+        .memory_mib(3072);
+    host = files.copied_into(host, "kernel");
     // Only what the delivery needs (the nodejs22.x tree is 108 MiB).
     match python.shared_image() {
         Some(img) if args.delivery == "pmem" => host = host.file(img, "/work/rt/rt.img", 0o644),
@@ -175,7 +148,7 @@ fn in_test_host(
         .ok_or("no results in the test host output")?;
     let mut results: Value =
         serde_json::from_str(&text).map_err(|e| format!("results from the test host: {e}"))?;
-    results["host"] = json!("KVM test host (emulated: compare ratios)");
+    results["host"] = json!(crate::boot::TEST_HOST);
     let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     println!("{text}");
@@ -315,12 +288,11 @@ fn p50(samples: &[Value], k: &str) -> Value {
 
 async fn measure(
     args: &PythonBenchArgs,
-    kernel: &Path,
-    agent: &Path,
-    function: &Path,
+    files: &GuestFiles,
     python: &RuntimeImage,
 ) -> Result<Value, String> {
-    let dir = std::env::temp_dir().join(format!("silo-bench-python-{}", std::process::id()));
+    let (kernel, agent, function) = (&files.kernel, &files.agent, &files.function);
+    let dir = crate::scratch_path("silo-bench-python");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let code = std::fs::read(function).map_err(|e| e.to_string())?;
     let custom_zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
