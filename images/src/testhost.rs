@@ -517,6 +517,10 @@ impl TestHost {
                         exit_code = rc.trim().parse::<i32>().ok();
                     } else if verbose || begun_at.is_some() {
                         eprintln!("[testhost] {line}");
+                    } else if line.starts_with("[testhost] ") {
+                        // The init's own notes (TSC calibration, a module
+                        // that failed to load) before the command starts.
+                        eprintln!("{line}");
                     }
                     console.push(line);
                 }
@@ -630,6 +634,15 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "[testhost] no cgroup2"
 ifconfig lo 127.0.0.1 up
+# KVM takes the TSC frequency its guests' clocks are built on when it loads:
+# load it only once this kernel has refined its TSC calibration (the "tsc"
+# clocksource appears then, about 2 s after boot), not on the quick early
+# estimate. Up to 5 s; the values go in one log line for diagnosis.
+i=0
+until grep -qw tsc /sys/devices/system/clocksource/clocksource0/available_clocksource || [ $i -ge 50 ]; do
+  sleep 0.1; i=$((i+1))
+done
+echo "[testhost] tsc: $(dmesg | grep -oE '(Detected|calibration:) [0-9.]+ MHz' | tr '\n' ' ')after $((i / 10)).$((i % 10)) s"
 for m in irqbypass kvm kvm-amd; do
   insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
 done
