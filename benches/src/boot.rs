@@ -48,16 +48,62 @@ pub struct BenchArgs {
     /// Where to write the SVG plot.
     #[arg(long, default_value = "bench-results.svg")]
     plot: PathBuf,
-    /// Peer VMM binary [default: qemu-system-x86_64 for --peer-kind qemu,
-    /// firecracker for --peer-kind firecracker].
+    /// The peer VMMs of the cold boots, comma-separated: `qemu`,
+    /// `firecracker` or both, measured in the same run, each boot of a peer
+    /// next to a silo boot of the same kernel image.
+    ///
+    /// qemu: `<qemu> -M microvm -enable-kvm -cpu host -m 128 -smp 1
+    /// -nodefaults -no-user-config -display none -serial stdio -no-reboot
+    /// -kernel K -initrd I -append CMDLINE`, K silo's bzImage (QEMU boots
+    /// an ELF vmlinux only through PVH, which silo's kernel leaves out).
+    ///
+    /// firecracker (bring your own build, `--firecracker ./firecracker`):
+    /// silo writes a configuration file with `boot-source`
+    /// (kernel_image_path, initrd_path, boot_args: the same command line
+    /// with `reboot=k`, so the guest's reboot ends the process through the
+    /// i8042 reset) and `machine-config` (vcpu_count 1, mem_size_mib 128),
+    /// and runs `<firecracker> --no-api --config-file <file>`; the guest
+    /// console is Firecracker's stdout. K is silo's ELF vmlinux (the only
+    /// format Firecracker boots on x86_64); with Firecracker the function
+    /// VMs boot it too, and run under both VMMs (`agent_ready`).
+    ///
+    /// Every VMM is timed from process start to the guest's marker (its
+    /// /init printing its uptime, read from the console as it comes) and
+    /// to exit. Without hardware KVM the peers run in the KVM test host too
+    /// (with their shared libraries).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "qemu",
+        verbatim_doc_comment
+    )]
+    peer_kind: Vec<PeerKind>,
+    /// The peer's binary when --peer-kind names one peer (the same as
+    /// --qemu or --firecracker).
     #[arg(long)]
     peer: Option<String>,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Firecracker binary.
+    #[arg(long, default_value = "firecracker")]
+    firecracker: String,
     /// Run here even without hardware KVM.
     #[arg(long)]
     here: bool,
-    /// Guest kernel (default: silo's bzImage, which both VMMs can boot).
+    /// Kernel of the function VMs (default: silo's ELF vmlinux with
+    /// Firecracker among the peers, else its bzImage).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Kernel silo and QEMU boot for their cold boots [default: silo's
+    /// bzImage].
+    #[arg(long)]
+    qemu_kernel: Option<PathBuf>,
+    /// Kernel silo and Firecracker boot for their cold boots [default:
+    /// silo's ELF vmlinux].
+    #[arg(long)]
+    firecracker_kernel: Option<PathBuf>,
     /// Busybox guest initramfs that prints its uptime and reboots.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -67,40 +113,16 @@ pub struct BenchArgs {
     /// Counter function binary.
     #[arg(long)]
     function: Option<PathBuf>,
-    /// Directory holding the peer's firmware (qboot as bios-microvm.bin;
-    /// QEMU only).
+    /// Directory holding QEMU's firmware (qboot as bios-microvm.bin).
     #[arg(long)]
     peer_firmware: Option<PathBuf>,
-    /// How to drive the peer for the cold boots: `qemu` or `firecracker`.
-    ///
-    /// qemu: `<peer> -M microvm -enable-kvm -cpu host -m 128 -smp 1
-    /// -nodefaults -no-user-config -display none -serial stdio -no-reboot
-    /// -kernel K -initrd I -append CMDLINE`.
-    ///
-    /// firecracker (bring your own build, e.g. `--peer ./firecracker`): silo
-    /// writes a configuration file with `boot-source` (kernel_image_path,
-    /// initrd_path, boot_args: the same command line with `reboot=k`, so the
-    /// guest's reboot ends the process through the i8042 reset) and
-    /// `machine-config` (vcpu_count 1, mem_size_mib 128), and runs `<peer>
-    /// --no-api --config-file <file>`; the guest console is Firecracker's
-    /// stdout. Firecracker boots an uncompressed ELF vmlinux on x86_64, so
-    /// the peer kernel defaults to silo's vmlinux (same build as its bzImage).
-    /// Both peers are timed from process start to exit and to the same guest
-    /// marker (the initramfs's /init printing its uptime). Without hardware
-    /// KVM the peer runs in the KVM test host too (with its shared libraries).
-    #[arg(long, default_value = "qemu", value_parser = ["qemu", "firecracker"], verbatim_doc_comment)]
-    peer_kind: String,
-    /// Kernel for the peer [default: the bench kernel for qemu, silo's ELF
-    /// vmlinux for firecracker].
-    #[arg(long)]
-    peer_kernel: Option<PathBuf>,
     /// Invocations in flight at once for the concurrent warm invokes: as
     /// many VMs against as many host-mode agents, one per slot.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Boots at once, silo against as many peers, for each count in turn
-    /// (comma-separated); both boot the peer's kernel image. Wall time from
-    /// spawn to all exited, boots finished, boots per second.
+    /// Boots at once, silo against as many of each peer, for each count in
+    /// turn (comma-separated); each pair boots its peer's kernel image.
+    /// Wall time from spawn to all exited, boots finished, boots per second.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 10])]
     boots_at_once: Vec<usize>,
     /// Rounds of each --boots-at-once count, alternating which VMM goes
@@ -109,14 +131,93 @@ pub struct BenchArgs {
     boots_at_once_rounds: usize,
 }
 
-impl BenchArgs {
-    /// The peer VMM binary: `--peer`, or the usual name for `--peer-kind`.
-    fn peer(&self) -> &str {
-        match (&self.peer, self.peer_kind.as_str()) {
-            (Some(p), _) => p,
-            (None, "firecracker") => "firecracker",
-            (None, _) => "qemu-system-x86_64",
+/// A peer VMM silo's cold boots are compared against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerKind {
+    /// QEMU `-M microvm`.
+    Qemu,
+    /// Firecracker, built by the user from its public source.
+    Firecracker,
+}
+
+impl PeerKind {
+    /// The name in flags and results.
+    fn name(self) -> &'static str {
+        match self {
+            PeerKind::Qemu => "qemu",
+            PeerKind::Firecracker => "firecracker",
         }
+    }
+}
+
+/// One peer of a run: which VMM, its binary, and the kernel image both it
+/// and silo boot for their pair of cold boots.
+#[derive(Clone, Debug)]
+struct Peer {
+    kind: PeerKind,
+    binary: String,
+    kernel: PathBuf,
+    /// QEMU's firmware directory (`-L`).
+    firmware: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// The binary of `kind`: `--peer` when it is the only peer, else
+    /// `--qemu` or `--firecracker`.
+    fn binary(&self, kind: PeerKind) -> Result<String, String> {
+        match (&self.peer, self.peer_kind.as_slice()) {
+            (Some(p), [only]) if *only == kind => Ok(p.clone()),
+            (Some(_), [_, _, ..]) => Err(
+                "--peer names the binary of a single --peer-kind; with several, use --qemu and --firecracker"
+                    .into(),
+            ),
+            _ => Ok(match kind {
+                PeerKind::Qemu => self.qemu.clone(),
+                PeerKind::Firecracker => self.firecracker.clone(),
+            }),
+        }
+    }
+
+    /// Whether Firecracker is among the peers.
+    fn with_firecracker(&self) -> bool {
+        self.peer_kind.contains(&PeerKind::Firecracker)
+    }
+
+    /// The peers, in --peer-kind order without repeats, each with its
+    /// binary and kernel (given, or built from this source tree).
+    fn peers(&self) -> Result<Vec<Peer>, String> {
+        let mut peers: Vec<Peer> = Vec::new();
+        for &kind in &self.peer_kind {
+            if peers.iter().any(|p| p.kind == kind) {
+                continue;
+            }
+            let kernel = match kind {
+                PeerKind::Qemu => match &self.qemu_kernel {
+                    Some(k) => k.clone(),
+                    None => built_kernel()?.bz_image,
+                },
+                PeerKind::Firecracker => match &self.firecracker_kernel {
+                    Some(k) => k.clone(),
+                    None => built_kernel()?.vmlinux,
+                },
+            };
+            let kernel =
+                std::fs::canonicalize(&kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
+            if kind == PeerKind::Firecracker && !is_elf(&kernel) {
+                return Err(format!(
+                    "Firecracker boots an uncompressed ELF vmlinux on x86_64, and {} is not one \
+                     (pass --firecracker-kernel path/to/vmlinux)",
+                    kernel.display()
+                ));
+            }
+            peers.push(Peer {
+                kind,
+                binary: self.binary(kind)?,
+                kernel,
+                firmware: self.peer_firmware.clone(),
+            });
+        }
+        Ok(peers)
     }
 }
 
@@ -141,13 +242,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn run_inner(args: BenchArgs) -> Result<(), String> {
-    // Equal work by default: against Firecracker (which boots only the
-    // ELF vmlinux on x86_64) silo boots the vmlinux too; against QEMU both
-    // boot the bzImage.
-    let kernel = match (&args.kernel, args.peer_kind.as_str()) {
-        (Some(k), _) => k.clone(),
-        (None, "firecracker") => built_kernel()?.vmlinux,
-        (None, _) => built_kernel()?.bz_image,
+    // Equal work: each peer's cold boots are paired with silo's of the same
+    // kernel image; the function VMs boot the vmlinux when Firecracker is a
+    // peer (it runs them too), else the bzImage.
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None if args.with_firecracker() => built_kernel()?.vmlinux,
+        None => built_kernel()?.bz_image,
     };
     let agent = agent_or_build(args.agent.as_ref())?;
     let function = function_or_build(args.function.as_ref())?;
@@ -157,31 +258,26 @@ fn run_inner(args: BenchArgs) -> Result<(), String> {
         agent: abs(agent)?,
         function: abs(function)?,
     };
-    let peer_kernel = match (&args.peer_kernel, args.peer_kind.as_str()) {
-        (Some(k), _) => abs(k.clone())?,
-        (None, "firecracker") => built_kernel()?.vmlinux,
-        (None, _) => files.kernel.clone(),
-    };
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
-    if args.peer_kind == "firecracker" && !is_elf(&peer_kernel) {
+    if args.with_firecracker() && !is_elf(&files.kernel) {
         return Err(format!(
-            "Firecracker boots an uncompressed ELF vmlinux on x86_64, and {} is not one \
-             (pass --peer-kernel path/to/vmlinux)",
-            peer_kernel.display()
+            "with Firecracker among the peers the function VMs run under it too, and it boots only \
+             an ELF vmlinux on x86_64: {} is not one (pass --kernel path/to/vmlinux)",
+            files.kernel.display()
         ));
     }
+    let peers = args.peers()?;
     run_here_or_in_test_host(
         args.here,
-        || run_here(&args, &files, &peer_kernel),
-        || in_test_host(&args, &files, &peer_kernel),
+        || run_here(&args, &files, &peers),
+        || in_test_host(&args, &files, &peers),
     )
 }
 
 /// The benchmark on this machine.
-fn run_here(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<(), String> {
-    let kernel = &files.kernel;
+fn run_here(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let initrd = match &args.initrd {
         Some(i) => i.clone(),
@@ -192,24 +288,38 @@ fn run_here(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<
             p
         }
     };
-    let kernel_kind = |k: &Path| if is_elf(k) { "ELF vmlinux" } else { "bzImage" };
     let mut results = json!({
-        "kernel": { "silo": kernel.display().to_string(), "silo_format": kernel_kind(kernel),
-                    "peer": peer_kernel.display().to_string(), "peer_format": kernel_kind(peer_kernel) },
         "host": if silo_images::testhost::hardware_kvm_usable() { "hardware KVM" } else { TEST_HOST },
-        "boots": args.boots, "invokes": args.invokes, "peer": args.peer(), "peer_kind": args.peer_kind,
-        "peer_version": peer_version(args.peer()),
+        "boots": args.boots, "invokes": args.invokes,
+        "function_vm_kernel": { "path": files.kernel.display().to_string(), "format": kernel_format(&files.kernel) },
         "concurrency": args.concurrency,
     });
+    let mut by_peer = serde_json::Map::new();
+    for p in peers {
+        by_peer.insert(
+            p.kind.name().into(),
+            json!({
+                "binary": p.binary, "version": peer_version(&p.binary),
+                "kernel": { "path": p.kernel.display().to_string(), "format": kernel_format(&p.kernel) },
+            }),
+        );
+    }
     eprintln!(
-        "[bench] {} interleaved cold boots each: silo vs {} ({})",
+        "[bench] {} interleaved cold boots each: silo vs {}",
         args.boots,
-        args.peer(),
-        args.peer_kind
+        peers
+            .iter()
+            .map(|p| format!("{} ({})", p.binary, p.kind.name()))
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
-    let (silo, peer) = cold_boots(args, kernel, peer_kernel, &initrd)?;
-    results["cold_boot"] = json!({ "silo": silo, "peer": peer });
-    results["boots_at_once"] = boots_at_once(args, peer_kernel, &initrd)?;
+    for (kind, cold) in cold_boots(args.boots, peers, &initrd)? {
+        by_peer[kind]["cold_boot"] = cold;
+    }
+    for p in peers {
+        by_peer[p.kind.name()]["boots_at_once"] = boots_at_once(args, p, &initrd)?;
+    }
+    results["peers"] = Value::Object(by_peer);
     eprintln!("[bench] warm invokes: VM over vsock vs host-mode agent over a Unix socket");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,13 +335,12 @@ fn run_here(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<
         args.boots
     );
     results["jail_cost"] = rt.block_on(jail_cost(args.boots, files))?;
-    if args.peer_kind == "firecracker" {
+    if let Some(fc) = peers.iter().find(|p| p.kind == PeerKind::Firecracker) {
         eprintln!(
             "[bench] {} function VMs each, silo and Firecracker, interleaved: spawn to agent ready and first answer",
             args.boots
         );
-        results["agent_ready"] =
-            rt.block_on(agent_ready_vs_firecracker(args, files, peer_kernel))?;
+        results["agent_ready"] = rt.block_on(agent_ready_vs_firecracker(args.boots, files, fc))?;
     }
     results["warm_invoke"] = rt.block_on(warm_invokes(args, files))?;
     eprintln!(
@@ -254,44 +363,59 @@ fn run_here(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<
     Ok(())
 }
 
-/// The benchmark inside the KVM test host, with `files`, the peer and its
-/// kernel copied in.
-fn in_test_host(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Result<(), String> {
+/// "ELF vmlinux" or "bzImage".
+fn kernel_format(k: &Path) -> &'static str {
+    if is_elf(k) {
+        "ELF vmlinux"
+    } else {
+        "bzImage"
+    }
+}
+
+/// The benchmark inside the KVM test host, with `files`, the peers and
+/// their kernels copied in.
+fn in_test_host(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<(), String> {
     eprintln!(
         "[bench] no hardware KVM here: running inside the KVM test host (emulated; ratios only)"
     );
-    let peer = which(args.peer()).ok_or_else(|| match args.peer_kind.as_str() {
-        "firecracker" => format!(
-            "peer VMM {} not found (build or download Firecracker and pass --peer path/to/firecracker)",
-            args.peer()
-        ),
-        _ => format!(
-            "peer VMM {} not found (apt-get install qemu-system-x86)",
-            args.peer()
-        ),
-    })?;
     let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).map_err(|e| e.to_string())?;
-    let host = test_host_with_this_program()
+    let mut host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(1800))
-        .binary_with_libs(&peer, "/bin/peer-vmm")
-        .map_err(|e| e.to_string())?
+        .timeout(Duration::from_secs(2400))
         .file(
             "/usr/share/qemu/qboot.rom",
             "/work/fw/bios-microvm.bin",
             0o644,
         )
-        .file(peer_kernel, "/work/peer-kernel", 0o644)
         .bytes("/work/guest.cpio", initrd, 0o644);
+    let mut peer_flags = String::new();
+    for p in peers {
+        let name = p.kind.name();
+        let binary = which(&p.binary).ok_or_else(|| match p.kind {
+            PeerKind::Firecracker => format!(
+                "peer VMM {} not found (build Firecracker and pass --firecracker path/to/firecracker)",
+                p.binary
+            ),
+            PeerKind::Qemu => format!(
+                "peer VMM {} not found (apt-get install qemu-system-x86)",
+                p.binary
+            ),
+        })?;
+        host = host
+            .binary_with_libs(&binary, &format!("/bin/peer-{name}"))
+            .map_err(|e| e.to_string())?
+            .file(&p.kernel, &format!("/work/{name}-kernel"), 0o644);
+        peer_flags += &format!(" --{name} /bin/peer-{name} --{name}-kernel {name}-kernel");
+    }
     let host = files.copied_into(host, "kernel");
+    let kinds: Vec<&str> = peers.iter().map(|p| p.kind.name()).collect();
     let cmd = format!(
-        "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer /bin/peer-vmm --peer-firmware fw \
-         --peer-kind {} --peer-kernel peer-kernel --concurrency {} \
-         --parallel {} --boots-at-once {} --boots-at-once-rounds {} --kernel kernel --initrd guest.cpio --agent agent --function counter \
-         --out r.json --plot r.svg && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
+        "SILO_LOG=warn silo bench --here --boots {} --invokes {} --peer-kind {}{peer_flags} --peer-firmware fw \
+         --concurrency {} --parallel {} --boots-at-once {} --boots-at-once-rounds {} --kernel kernel --initrd guest.cpio \
+         --agent agent --function counter --out r.json --plot r.svg && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
         args.boots,
         args.invokes,
-        args.peer_kind,
+        kinds.join(","),
         args.concurrency,
         args.parallel,
         args.boots_at_once
@@ -306,9 +430,14 @@ fn in_test_host(args: &BenchArgs, files: &GuestFiles, peer_kernel: &Path) -> Res
         .ok_or("no results in the test host output")?;
     let mut results: Value =
         serde_json::from_str(&json_text).map_err(|e| format!("results from the test host: {e}"))?;
-    // Name the peer as the user knows it, not by its path in the test host,
-    // and say where the times come from (inside, KVM looks like hardware).
-    results["peer"] = json!(peer.display().to_string());
+    // Name the peers as the user knows them, not by their paths in the test
+    // host, and say where the times come from (inside, KVM looks like
+    // hardware).
+    for p in peers {
+        results["peers"][p.kind.name()]["binary"] = json!(p.binary);
+        results["peers"][p.kind.name()]["kernel"]["path"] = json!(p.kernel.display().to_string());
+    }
+    results["function_vm_kernel"]["path"] = json!(files.kernel.display().to_string());
     results["host"] = json!(TEST_HOST);
     let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, text).map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -356,22 +485,71 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs `cmd` (cold boot `i` of `side`) to its exit: wall time from spawn
-/// to exit (ms), the guest's uptime at `/init` (ms) and the output;
-/// `spawn_err` words a failure to run it.
+/// What one cold boot measured, on the host clock from the process's spawn.
+struct TimedBoot {
+    /// To the process's exit (ms).
+    exit_ms: f64,
+    /// To the guest's init marker on the console (ms).
+    init_ms: f64,
+    /// The guest's own uptime in the marker (ms).
+    uptime_ms: f64,
+    /// Everything it wrote, stdout then stderr.
+    text: String,
+}
+
+/// The console line the guest's `/init` prints ([`GUEST_INIT`]).
+const INIT_MARKER: &[u8] = b"SILO_GUEST_INIT uptime=";
+
+/// Reads `r` to its end; returns what it read and when (ms since `t`) the
+/// whole [`INIT_MARKER`] line had arrived, if it did.
+fn read_until_marker(mut r: impl std::io::Read, t: Instant) -> (Vec<u8>, Option<f64>) {
+    let (mut buf, mut chunk, mut at) = (Vec::new(), [0u8; 4096], None);
+    while let Ok(n @ 1..) = r.read(&mut chunk) {
+        buf.extend_from_slice(&chunk[..n]);
+        if at.is_none() {
+            let line_done = buf
+                .windows(INIT_MARKER.len())
+                .position(|w| w == INIT_MARKER)
+                .is_some_and(|i| buf[i..].contains(&b'\n'));
+            if line_done {
+                at = Some(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    (buf, at)
+}
+
+/// Runs `cmd` (cold boot `i` of `side`) to its exit, reading its console
+/// as it comes; `spawn_err` words a failure to start it.
 fn timed_boot(
     cmd: &mut Command,
     spawn_err: impl FnOnce(std::io::Error) -> String,
     side: &str,
     i: usize,
-) -> Result<(f64, f64, String), String> {
+) -> Result<TimedBoot, String> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let t = Instant::now();
-    let out = cmd.output().map_err(spawn_err)?;
-    let wall = t.elapsed().as_secs_f64() * 1e3;
-    let text = output_text(&out);
-    let uptime = parse_uptime_ms(&text)
-        .ok_or_else(|| format!("{side} boot {i} printed no marker:\n{text}"))?;
-    Ok((wall, uptime, text))
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let out = child.stdout.take().expect("piped stdout");
+    let err = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || read_until_marker(out, t));
+    let err = std::thread::spawn(move || read_until_marker(err, t));
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let exit_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (out, out_at) = out.join().map_err(|_| "console reader panicked")?;
+    let (err, err_at) = err.join().map_err(|_| "console reader panicked")?;
+    let text = String::from_utf8_lossy(&out).to_string() + &String::from_utf8_lossy(&err);
+    let (Some(uptime_ms), Some(init_ms)) = (parse_uptime_ms(&text), out_at.or(err_at)) else {
+        return Err(format!(
+            "{side} boot {i} printed no marker ({status}):\n{text}"
+        ));
+    };
+    Ok(TimedBoot {
+        exit_ms,
+        init_ms,
+        uptime_ms,
+        text,
+    })
 }
 
 /// A finished process's stdout, then its stderr, as text.
@@ -426,131 +604,149 @@ fn firecracker_config(kernel: &Path, initrd: &Path) -> Value {
     })
 }
 
-/// The peer VMM's command line for one boot of `kernel` + `initrd` with
-/// the same memory, vCPUs and kernel command line as silo. For Firecracker
-/// it writes the configuration file first, at `config`.
-fn peer_command(
-    args: &BenchArgs,
-    kernel: &Path,
-    initrd: &Path,
-    config: &Path,
-) -> Result<Command, String> {
-    let mut cmd = Command::new(args.peer());
-    if args.peer_kind == "firecracker" {
-        // `--no-api` needs `--config-file` and boots at once, without an
-        // API socket; the guest's serial console goes to stdout, and a
-        // stdin that is not a terminal or a FIFO is left alone.
-        let text = firecracker_config(kernel, initrd).to_string();
-        std::fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
-        cmd.args(["--no-api", "--config-file"]).arg(config);
-    } else {
-        cmd.args([
-            "-M",
-            "microvm",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "128",
-            "-smp",
-            "1",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", CMDLINE]);
-        if let Some(fw) = &args.peer_firmware {
-            cmd.arg("-L").arg(fw);
+/// The command line of one boot of `peer` (its kernel, `initrd`) with the
+/// same memory, vCPUs and kernel command line as silo. For Firecracker it
+/// writes the configuration file first, at `config`.
+fn peer_command(peer: &Peer, initrd: &Path, config: &Path) -> Result<Command, String> {
+    let mut cmd = Command::new(&peer.binary);
+    match peer.kind {
+        PeerKind::Firecracker => {
+            // `--no-api` needs `--config-file` and boots at once, without
+            // an API socket; the guest's serial console goes to stdout, and
+            // a stdin that is not a terminal or a FIFO is left alone.
+            let text = firecracker_config(&peer.kernel, initrd).to_string();
+            std::fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+            cmd.args(["--no-api", "--config-file"]).arg(config);
+        }
+        PeerKind::Qemu => {
+            cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host"])
+                .args(["-m", "128", "-smp", "1"])
+                .args(["-nodefaults", "-no-user-config", "-display", "none"])
+                .args(["-serial", "stdio", "-no-reboot"])
+                .arg("-kernel")
+                .arg(&peer.kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .args(["-append", CMDLINE]);
+            if let Some(fw) = &peer.firmware {
+                cmd.arg("-L").arg(fw);
+            }
         }
     }
     cmd.stdin(Stdio::null());
     Ok(cmd)
 }
 
-fn cold_boots(
-    args: &BenchArgs,
-    kernel: &Path,
-    peer_kernel: &Path,
-    initrd: &Path,
-) -> Result<(Value, Value), String> {
-    let silo = silo_daemon::vm_env::vmm_binary().map_err(|e| e.to_string())?;
-    let (mut s_wall, mut s_guest, mut s_first_run, mut s_loaded) = (vec![], vec![], vec![], vec![]);
-    let (mut s_serial, mut s_exit) = (vec![], vec![]);
-    let (mut p_wall, mut p_guest) = (vec![], vec![]);
-    let fc_config = crate::scratch_path("silo-bench-fc").with_extension("json");
-    for i in 0..args.boots {
-        // silo
-        let mut cmd = Command::new(&silo);
-        cmd.args([
-            "--timeline",
-            "--mem-mib",
-            "128",
-            "--cmdline",
-            CMDLINE,
-            "--kernel",
-        ])
+/// silo-vmm's command line for one cold boot of `kernel` + `initrd`.
+fn silo_command(silo: &Path, kernel: &Path, initrd: &Path) -> Command {
+    let mut cmd = Command::new(silo);
+    cmd.args(["--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
         .arg(kernel)
         .arg("--initrd")
         .arg(initrd)
-        .env("SILO_LOG", "warn");
-        let (wall, uptime, text) = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
-        s_wall.push(wall);
-        s_guest.push(uptime);
-        if let Some(tl) = text
-            .split("SILO_TIMELINE ")
-            .nth(1)
-            .and_then(|l| l.lines().next())
-        {
-            if let Ok(v) = serde_json::from_str::<Value>(tl) {
-                for (k, samples) in [
-                    ("first_kvm_run_us", &mut s_first_run),
-                    ("kernel_loaded_us", &mut s_loaded),
-                    ("first_serial_byte_us", &mut s_serial),
-                    ("vm_exit_us", &mut s_exit),
-                ] {
+        .env("SILO_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `boots` cold boots of each peer, each next to a silo boot of the same
+/// kernel image and `initrd` (silo, peer 1, silo, peer 2, ...): per peer,
+/// both sides' figures and their ratios.
+fn cold_boots(
+    boots: usize,
+    peers: &[Peer],
+    initrd: &Path,
+) -> Result<Vec<(&'static str, Value)>, String> {
+    let silo = silo_daemon::vm_env::vmm_binary().map_err(|e| e.to_string())?;
+    let fc_config = crate::scratch_path("silo-bench-fc").with_extension("json");
+    // Per peer: silo's and the peer's exit, init and uptime samples, and
+    // silo's own timeline points.
+    let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); peers.len()];
+    let mut p: Vec<[Vec<f64>; 3]> = vec![Default::default(); peers.len()];
+    let mut tl: Vec<[Vec<f64>; 4]> = vec![Default::default(); peers.len()];
+    const TIMELINE: [&str; 4] = [
+        "kernel_loaded_us",
+        "first_kvm_run_us",
+        "first_serial_byte_us",
+        "vm_exit_us",
+    ];
+    for i in 0..boots {
+        for (j, peer) in peers.iter().enumerate() {
+            let mut cmd = silo_command(&silo, &peer.kernel, initrd);
+            cmd.arg("--timeline");
+            let b = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
+            let timeline = b
+                .text
+                .split("SILO_TIMELINE ")
+                .nth(1)
+                .and_then(|l| l.lines().next())
+                .and_then(|l| serde_json::from_str::<Value>(l).ok());
+            if let Some(v) = timeline {
+                for (k, samples) in TIMELINE.iter().zip(tl[j].iter_mut()) {
                     if let Some(x) = v[k].as_f64() {
                         samples.push(x / 1e3);
                     }
                 }
             }
+            let silo_b = b;
+            let mut cmd = peer_command(peer, initrd, &fc_config)?;
+            let spawn_err = |e: std::io::Error| format!("peer {}: {e}", peer.binary);
+            let b = timed_boot(&mut cmd, spawn_err, peer.kind.name(), i)?;
+            eprintln!(
+                "[bench] boot {}: silo {:.0} ms to init ({:.0} ms to exit, guest uptime {:.0} ms), {} {:.0} ms to init ({:.0} ms to exit, guest uptime {:.0} ms)",
+                i + 1,
+                silo_b.init_ms,
+                silo_b.exit_ms,
+                silo_b.uptime_ms,
+                peer.kind.name(),
+                b.init_ms,
+                b.exit_ms,
+                b.uptime_ms
+            );
+            for (side, b) in [(&mut s[j], silo_b), (&mut p[j], b)] {
+                side[0].push(b.exit_ms);
+                side[1].push(b.init_ms);
+                side[2].push(b.uptime_ms);
+            }
         }
-        // peer
-        let mut cmd = peer_command(args, peer_kernel, initrd, &fc_config)?;
-        let spawn_err = |e: std::io::Error| format!("peer {}: {e}", args.peer());
-        let (wall, uptime, _) = timed_boot(&mut cmd, spawn_err, "peer", i)?;
-        p_wall.push(wall);
-        p_guest.push(uptime);
-        eprintln!("[bench] boot {}: silo {:.0} ms (guest init at {:.0} ms), peer {:.0} ms (guest init at {:.0} ms)", i + 1, s_wall[i], s_guest[i], p_wall[i], p_guest[i]);
     }
     let _ = std::fs::remove_file(&fc_config);
-    let silo = json!({
-        "process_to_exit_ms": stats(s_wall.clone()),
-        "guest_uptime_at_init_ms": stats(s_guest.clone()),
-        "vmm_process_start_to_kernel_loaded_ms": stats(s_loaded),
-        "vmm_process_start_to_first_kvm_run_ms": stats(s_first_run),
-        "vmm_process_start_to_first_serial_byte_ms": stats(s_serial),
-        "vmm_process_start_to_vm_exit_ms": stats(s_exit),
-        "ratio_to_peer": {
-            "process_to_exit": median_ratio(&s_wall, &p_wall),
-            "guest_uptime_at_init": median_ratio(&s_guest, &p_guest),
-        }
-    });
-    let peer = json!({
-        "process_to_exit_ms": stats(p_wall),
-        "guest_uptime_at_init_ms": stats(p_guest),
-    });
-    Ok((silo, peer))
+    let side = |v: &[Vec<f64>; 3]| {
+        json!({
+            "process_to_exit_ms": stats(v[0].clone()),
+            "process_to_guest_init_ms": stats(v[1].clone()),
+            "guest_uptime_at_init_ms": stats(v[2].clone()),
+        })
+    };
+    Ok(peers
+        .iter()
+        .enumerate()
+        .map(|(j, peer)| {
+            let mut silo = side(&s[j]);
+            for (k, v) in TIMELINE.iter().zip(&tl[j]) {
+                let name = format!("vmm_process_start_to_{}_ms", k.trim_end_matches("_us"));
+                silo[name] = stats(v.clone());
+            }
+            let cold = json!({
+                "silo": silo,
+                "peer": side(&p[j]),
+                "ratio_silo_to_peer": {
+                    "process_to_exit": median_ratio(&s[j][0], &p[j][0]),
+                    "process_to_guest_init": median_ratio(&s[j][1], &p[j][1]),
+                    "guest_uptime_at_init": median_ratio(&s[j][2], &p[j][2]),
+                },
+            });
+            (peer.kind.name(), cold)
+        })
+        .collect())
 }
 
-/// `n` VMMs booting the same kernel and initramfs at once, for silo and
-/// for the peer (alternating which goes first, `--boots-at-once-rounds`
-/// times), for each count: wall time from spawning the first to the last
-/// one's exit (median over rounds), how many reached the guest marker,
-/// boots per second.
-fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value, String> {
+/// `n` VMMs booting `peer`'s kernel and `initrd` at once, for silo and for
+/// the peer (alternating which goes first, `--boots-at-once-rounds` times),
+/// for each count: wall time from spawning the first to the last one's
+/// exit (median over rounds), how many reached the guest marker, boots per
+/// second.
+fn boots_at_once(args: &BenchArgs, peer: &Peer, initrd: &Path) -> Result<Value, String> {
     let silo = silo_daemon::vm_env::vmm_binary().map_err(|e| e.to_string())?;
     let rounds = args.boots_at_once_rounds.max(1);
     let mut rows = Vec::new();
@@ -564,11 +760,11 @@ fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value
         for round in 0..rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order {
-                let (wall, done, ups) = boot_n_at_once(args, &silo, side == 0, n, kernel, initrd)?;
+                let (wall, done, ups) = boot_n_at_once(&silo, peer, side == 0, n, initrd)?;
                 eprintln!(
                     "[bench] {n} at once, round {}: {} {done}/{n} finished in {wall:.2} s",
                     round + 1,
-                    ["silo", "peer"][side]
+                    ["silo", peer.kind.name()][side]
                 );
                 walls[side].push(wall);
                 finished[side] += done;
@@ -593,15 +789,14 @@ fn boots_at_once(args: &BenchArgs, kernel: &Path, initrd: &Path) -> Result<Value
     Ok(json!(rows))
 }
 
-/// Boots `n` VMs at once with silo (`silo_side`) or the peer; returns the
-/// wall time in seconds, how many reached the guest marker, and their
-/// guest uptimes at init (ms).
+/// Boots `n` VMs of `peer`'s kernel at once with silo (`silo_side`) or the
+/// peer; returns the wall time in seconds, how many reached the guest
+/// marker, and their guest uptimes at init (ms).
 fn boot_n_at_once(
-    args: &BenchArgs,
     silo: &Path,
+    peer: &Peer,
     silo_side: bool,
     n: usize,
-    kernel: &Path,
     initrd: &Path,
 ) -> Result<(f64, usize, Vec<f64>), String> {
     let config = |i: usize| {
@@ -610,16 +805,9 @@ fn boot_n_at_once(
     let mut cmds = Vec::with_capacity(n);
     for i in 0..n {
         let mut cmd = if silo_side {
-            let mut c = Command::new(silo);
-            c.args(["--mem-mib", "128", "--cmdline", CMDLINE, "--kernel"])
-                .arg(kernel)
-                .arg("--initrd")
-                .arg(initrd)
-                .env("SILO_LOG", "warn")
-                .stdin(Stdio::null());
-            c
+            silo_command(silo, &peer.kernel, initrd)
         } else {
-            peer_command(args, kernel, initrd, &config(i))?
+            peer_command(peer, initrd, &config(i))?
         };
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmds.push(cmd);
@@ -960,16 +1148,16 @@ async fn firecracker_function_vm(
 /// neither jailed. The guest side of each (kernel uptime when the agent
 /// started and when it said Hello) comes from the agent's Hello.
 async fn agent_ready_vs_firecracker(
-    args: &BenchArgs,
+    boots: usize,
     files: &GuestFiles,
-    peer_kernel: &Path,
+    firecracker: &Peer,
 ) -> Result<Value, String> {
     let dir = crate::scratch_path("silo-bench-agent");
     let spec = function_spec(&dir, files)?;
     let fc_dir = dir.join("firecracker");
     let mut s = [vec![], vec![], vec![], vec![]];
     let mut p = [vec![], vec![], vec![], vec![]];
-    for i in 0..args.boots.max(1) {
+    for i in 0..boots.max(1) {
         let mut env = boot_vm(&spec, &dir).await?;
         let t = Instant::now();
         invoke_ok(&mut env, i, || {
@@ -983,7 +1171,8 @@ async fn agent_ready_vs_firecracker(
         s[3].push(env.boot.guest.kernel_uptime_at_ready_ns as f64 / 1e6);
         env.shutdown().await;
         let (ready, answered, boot) =
-            firecracker_function_vm(args.peer(), peer_kernel, &spec.initrd, &fc_dir, i).await?;
+            firecracker_function_vm(&firecracker.binary, &files.kernel, &spec.initrd, &fc_dir, i)
+                .await?;
         p[0].push(ready);
         p[1].push(answered);
         p[2].push(boot.kernel_uptime_at_agent_start_ns as f64 / 1e6);
@@ -1246,35 +1435,103 @@ mod tests {
         assert_eq!(keys.len(), 3, "only what Firecracker knows: {keys:?}");
     }
 
+    /// A peer of `kind` with `binary` and kernel `/k/vmlinux`.
+    fn peer(kind: PeerKind, binary: &str) -> Peer {
+        Peer {
+            kind,
+            binary: binary.into(),
+            kernel: "/k/vmlinux".into(),
+            firmware: None,
+        }
+    }
+
     #[test]
-    fn firecracker_command_line() {
+    fn peer_command_lines() {
+        let dir = crate::scratch_path("silo-bench-unit");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("fc.json");
+        let argv = |cmd: &Command| -> Vec<String> {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().to_string())
+                .collect()
+        };
+        let fc = peer(PeerKind::Firecracker, "/opt/fc");
+        let cmd = peer_command(&fc, Path::new("/i"), &cfg).unwrap();
+        assert_eq!(cmd.get_program(), "/opt/fc");
+        assert_eq!(
+            argv(&cmd),
+            ["--no-api", "--config-file", &cfg.display().to_string()]
+        );
+        let written: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+        assert_eq!(written["boot-source"]["kernel_image_path"], "/k/vmlinux");
+        let _ = std::fs::remove_dir_all(&dir);
+        let q = Peer {
+            firmware: Some("fw".into()),
+            ..peer(PeerKind::Qemu, "qemu-system-x86_64")
+        };
+        let a = argv(&peer_command(&q, Path::new("/i"), &cfg).unwrap());
+        for (flag, value) in [
+            ("-M", "microvm"),
+            ("-kernel", "/k/vmlinux"),
+            ("-initrd", "/i"),
+            ("-append", CMDLINE),
+            ("-L", "fw"),
+        ] {
+            let at = a
+                .iter()
+                .position(|x| x == flag)
+                .unwrap_or_else(|| panic!("{flag} in {a:?}"));
+            assert_eq!(a[at + 1], value);
+        }
+    }
+
+    #[test]
+    fn peers_and_their_binaries_from_flags() {
         use clap::Parser;
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             bench: BenchArgs,
         }
-        let cli = Cli::parse_from(["bench", "--peer-kind", "firecracker"]);
-        assert_eq!(cli.bench.peer(), "firecracker");
-        let dir = crate::scratch_path("silo-bench-unit");
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = dir.join("fc.json");
-        let cmd = peer_command(&cli.bench, Path::new("/k/vmlinux"), Path::new("/i"), &cfg).unwrap();
-        let argv: Vec<_> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().to_string())
-            .collect();
+        let args =
+            |a: &[&str]| Cli::parse_from(std::iter::once("bench").chain(a.iter().copied())).bench;
+        let a = args(&[]);
+        assert_eq!(a.peer_kind, [PeerKind::Qemu]);
+        assert_eq!(a.binary(PeerKind::Qemu).unwrap(), "qemu-system-x86_64");
+        assert!(!a.with_firecracker());
+        let a = args(&["--peer-kind", "firecracker", "--peer", "/opt/fc"]);
+        assert_eq!(a.binary(PeerKind::Firecracker).unwrap(), "/opt/fc");
+        let a = args(&[
+            "--peer-kind",
+            "qemu,firecracker",
+            "--firecracker",
+            "/opt/fc",
+            "--qemu",
+            "/opt/q",
+        ]);
+        assert_eq!(a.peer_kind, [PeerKind::Qemu, PeerKind::Firecracker]);
+        assert!(a.with_firecracker());
+        assert_eq!(a.binary(PeerKind::Firecracker).unwrap(), "/opt/fc");
+        assert_eq!(a.binary(PeerKind::Qemu).unwrap(), "/opt/q");
+        let a = args(&["--peer-kind", "qemu,firecracker", "--peer", "/opt/fc"]);
+        let e = a.binary(PeerKind::Firecracker).unwrap_err();
+        assert!(e.contains("--firecracker"), "{e}");
+        assert!(Cli::try_parse_from(["bench", "--peer-kind", "kvmtool"]).is_err());
+    }
+
+    #[test]
+    fn the_marker_is_timed_when_its_line_is_complete() {
+        let t = Instant::now();
+        let (text, at) = read_until_marker(&b"boot\nSILO_GUEST_INIT uptime=0.45\nbye\n"[..], t);
+        assert!(at.is_some());
         assert_eq!(
-            argv,
-            ["--no-api", "--config-file", &cfg.display().to_string()]
+            parse_uptime_ms(&String::from_utf8(text).unwrap()),
+            Some(450.0)
         );
-        let written: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-        assert_eq!(written["boot-source"]["kernel_image_path"], "/k/vmlinux");
-        let _ = std::fs::remove_dir_all(&dir);
-        let cli = Cli::parse_from(["bench"]);
-        assert_eq!(cli.bench.peer(), "qemu-system-x86_64");
-        let cli = Cli::parse_from(["bench", "--peer-kind", "firecracker", "--peer", "/opt/fc"]);
-        assert_eq!(cli.bench.peer(), "/opt/fc");
+        let (_, at) = read_until_marker(&b"SILO_GUEST_INIT uptime=0.4"[..], t);
+        assert_eq!(at, None, "a cut-off line");
+        let (_, at) = read_until_marker(&b"no marker\n"[..], t);
+        assert_eq!(at, None);
     }
 
     #[test]

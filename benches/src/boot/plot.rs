@@ -63,19 +63,37 @@ const PEER_GREY: &str = "#999999";
 pub(super) fn svg(r: &Value) -> String {
     let width = 840.0;
     let mut b = String::new();
-    let peer_name = match (r["peer_kind"].as_str(), r["peer_version"].as_str()) {
-        // "QEMU emulator version 7.2.22 (Debian ...)": the part before " (".
-        (_, Some(v)) => v.split(" (").next().unwrap_or(v).to_string(),
-        (Some("firecracker"), None) => "Firecracker".to_string(),
-        _ => "QEMU -M microvm".to_string(),
-    };
+    // Peers in a fixed order, each named by its version line when known
+    // ("QEMU emulator version 7.2.22 (Debian ...)": the part before " (").
+    let peers: Vec<(&str, String)> = ["qemu", "firecracker"]
+        .into_iter()
+        .filter(|k| r["peers"][k].is_object())
+        .map(|k| {
+            let name = match (k, r["peers"][k]["version"].as_str()) {
+                (_, Some(v)) => v.split(" (").next().unwrap_or(v).to_string(),
+                ("firecracker", None) => "Firecracker".to_string(),
+                _ => "QEMU -M microvm".to_string(),
+            };
+            (k, name)
+        })
+        .collect();
+    let peer_names = peers
+        .iter()
+        .map(|(k, name)| {
+            format!(
+                "{name} ({})",
+                r["peers"][k]["kernel"]["format"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let conc = r["warm_invoke_concurrent"]["concurrency"]
         .as_u64()
         .unwrap_or(0);
     b.push_str(&format!(
-        r##"<text x="10" y="26" font-size="18" font-weight="bold">silo bench</text><text x="10" y="46" fill="#444">{}; cold-boot peer: {}</text>"##,
+        r##"<text x="10" y="26" font-size="18" font-weight="bold">silo bench</text><text x="10" y="46" fill="#444">{}; cold-boot peers: {}</text>"##,
         esc(r["host"].as_str().unwrap_or("")),
-        esc(&peer_name)
+        esc(&peer_names)
     ));
 
     // (1) p50 bars.
@@ -85,17 +103,36 @@ pub(super) fn svg(r: &Value) -> String {
         y - 11.0, y, y - 11.0, y
     ));
     y += 14.0;
-    let mut rows = vec![
-        (
-            "cold boot, process start to exit (ms): silo vs peer VMM".to_string(),
-            &r["cold_boot"]["silo"]["process_to_exit_ms"]["p50"],
-            &r["cold_boot"]["peer"]["process_to_exit_ms"]["p50"],
-        ),
-        (
-            "cold boot, guest uptime at /init (ms): silo vs peer VMM".to_string(),
-            &r["cold_boot"]["silo"]["guest_uptime_at_init_ms"]["p50"],
-            &r["cold_boot"]["peer"]["guest_uptime_at_init_ms"]["p50"],
-        ),
+    let mut rows = Vec::new();
+    for (k, name) in &peers {
+        let cold = &r["peers"][k]["cold_boot"];
+        for (what, key) in [
+            ("process start to guest init", "process_to_guest_init_ms"),
+            ("guest uptime at /init", "guest_uptime_at_init_ms"),
+            ("process start to exit", "process_to_exit_ms"),
+        ] {
+            rows.push((
+                format!("cold boot, {what} (ms): silo vs {name}"),
+                &cold["silo"][key]["p50"],
+                &cold["peer"][key]["p50"],
+            ));
+        }
+        // Environments created per second at the largest count booted at once.
+        if let Some(row) = r["peers"][k]["boots_at_once"]
+            .as_array()
+            .and_then(|a| a.last())
+        {
+            rows.push((
+                format!(
+                    "{} booting at once, wall time to all exited (ms): silo vs {name}",
+                    row["n"]
+                ),
+                &row["silo"]["wall_ms"],
+                &row["peer"]["wall_ms"],
+            ));
+        }
+    }
+    rows.extend([
         (
             "warm invoke round trip, serial (ms): VM over vsock vs host-mode agent".to_string(),
             &r["warm_invoke"]["vm_over_vsock_ms"]["p50"],
@@ -106,7 +143,7 @@ pub(super) fn svg(r: &Value) -> String {
             &r["warm_invoke_concurrent"]["vm_over_vsock_ms"]["p50"],
             &r["warm_invoke_concurrent"]["host_mode_unix_socket_ms"]["p50"],
         ),
-    ];
+    ]);
     // Against Firecracker: the same function VM (agent and counter) under
     // both VMMs.
     if r["agent_ready"].is_object() {
@@ -430,11 +467,18 @@ mod tests {
             phases.insert(k.to_string(), st((j as f64 + 1.0) * 100.0));
         }
         json!({
-            "host": "a <test> & host", "peer_kind": "qemu", "peer_version": null,
-            "cold_boot": {
-                "silo": {"process_to_exit_ms": st(900.0), "guest_uptime_at_init_ms": st(400.0)},
-                "peer": {"process_to_exit_ms": st(1000.0), "guest_uptime_at_init_ms": st(300.0)},
-            },
+            "host": "a <test> & host",
+            "peers": {"qemu": {
+                "version": null, "kernel": {"format": "bzImage"},
+                "cold_boot": {
+                    "silo": {"process_to_exit_ms": st(900.0), "process_to_guest_init_ms": st(800.0), "guest_uptime_at_init_ms": st(400.0)},
+                    "peer": {"process_to_exit_ms": st(1000.0), "process_to_guest_init_ms": st(900.0), "guest_uptime_at_init_ms": st(300.0)},
+                },
+                "boots_at_once": [
+                    {"n": 1, "silo": {"wall_ms": 1000.0}, "peer": {"wall_ms": 1100.0}},
+                    {"n": 10, "silo": {"wall_ms": 9000.0}, "peer": {"wall_ms": 9900.0}},
+                ],
+            }},
             "function_vm_timeline": {"phases": phases, "samples": samples},
             "warm_invoke": {
                 "vm_over_vsock_ms": st(10.0), "host_mode_unix_socket_ms": st(5.0),
@@ -454,8 +498,13 @@ mod tests {
         assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
         assert_eq!(
             plot.matches("class=\"p50\"").count(),
-            8,
-            "four pairs of bars"
+            12,
+            "six pairs of bars: four cold-boot pairs against QEMU, two warm"
+        );
+        assert!(plot.contains("10 booting at once, wall time to all exited (ms): silo vs QEMU -M microvm; ratio 0.91"), "{plot}");
+        assert!(
+            plot.contains("QEMU -M microvm (bzImage)"),
+            "peer named with its kernel format"
         );
         assert_eq!(plot.matches("class=\"phase\"").count(), PHASES.len());
         assert_eq!(plot.matches("class=\"phase-vm\"").count(), 3 * PHASES.len());
@@ -483,6 +532,10 @@ mod tests {
         let mut r = results(3);
         let st =
             |p50: f64| json!({"n": 3, "min": p50, "p50": p50, "p95": p50, "p99": p50, "max": p50});
+        r["peers"]["firecracker"] = json!({
+            "version": "Firecracker v1.14.0", "kernel": {"format": "ELF vmlinux"},
+            "cold_boot": r["peers"]["qemu"]["cold_boot"].clone(),
+        });
         r["agent_ready"] = json!({
             "silo": {"spawn_to_agent_ready_ms": st(800.0), "spawn_to_first_answer_ms": st(900.0)},
             "firecracker": {"spawn_to_agent_ready_ms": st(850.0), "spawn_to_first_answer_ms": st(950.0)},
@@ -490,8 +543,14 @@ mod tests {
         let plot = svg(&r);
         assert_eq!(
             plot.matches("class=\"p50\"").count(),
-            12,
-            "six pairs of bars"
+            22,
+            "eleven pairs: four against QEMU, three against Firecracker, two function VMs, two warm"
+        );
+        assert!(
+            plot.contains(
+                "process start to guest init (ms): silo vs Firecracker v1.14.0; ratio 0.89"
+            ),
+            "{plot}"
         );
         assert!(plot.contains("spawn to agent ready (ms): silo vs Firecracker; ratio 0.94"));
     }
