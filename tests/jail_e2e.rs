@@ -60,6 +60,7 @@ for p in $(children $daemon); do
     echo "FACT $c memory.max $(cat $cg/memory.max)"
     echo "FACT $c cpu.max $(cat $cg/cpu.max | tr ' ' '/')"
     echo "FACT $c pids.max $(cat $cg/pids.max)"
+    echo "FACT $c cpu.weight $(cat $cg/cpu.weight)"
     nsenter -t $c -n nc -w 2 127.0.0.1 9000 </dev/null >/dev/null 2>&1 \
       && echo "FACT $c tcp_loopback connected" || echo "FACT $c tcp_loopback refused"
     own=0; other=0
@@ -180,6 +181,8 @@ fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
         // 128 MB with one full CPU at 256 MB (this test's config): half.
         assert_eq!(get(v, "cpu.max"), "50000/100000", "{out}");
         assert_eq!(get(v, "pids.max"), "32", "{out}");
+        // One vCPU and the devices thread, each weighing a task's 100.
+        assert_eq!(get(v, "cpu.weight"), "200", "{out}");
         assert_eq!(
             get(v, "tcp_loopback"),
             "refused",

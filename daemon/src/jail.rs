@@ -190,7 +190,7 @@ impl Jailer {
 
     /// Prepares the jail of one VM: a free id, `root` (the VM's directory,
     /// which must exist) owned by it, and a cgroup named after `root` with
-    /// `memory.max`, `pids.max` and no swap.
+    /// `memory.max`, `pids.max`, `cpu.weight` and no swap.
     pub fn lease(
         self: &Arc<Self>,
         root: &Path,
@@ -244,6 +244,7 @@ impl Jailer {
             e => Err(e),
         })?;
         lease.write("pids.max", &s.pids_max.to_string())?;
+        lease.write("cpu.weight", &lease.cpu_weight().to_string())?;
         Ok(lease)
     }
 }
@@ -303,6 +304,12 @@ impl Reservation {
 /// The CPU period `cpu.max` is written for.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// The weight of one task (the kernel's default `cpu.weight`).
+const CPU_WEIGHT_PER_THREAD: u32 = 100;
+
+/// The largest `cpu.weight` the kernel accepts.
+const CPU_WEIGHT_MAX: u32 = 10_000;
+
 impl JailLease {
     /// The VM's uid and gid.
     pub fn id(&self) -> u32 {
@@ -340,6 +347,14 @@ impl JailLease {
                 .min(all),
         };
         format!("{share} {CPU_PERIOD_US}")
+    }
+
+    /// The `cpu.weight` for this VM: what its busy threads (one per vCPU and
+    /// the devices thread) would weigh unjailed, where each competes as a
+    /// task of its own, instead of the one task's weight a cgroup has.
+    pub fn cpu_weight(&self) -> u32 {
+        let threads = u32::from(self.vcpus.max(1)) + 1;
+        (threads * CPU_WEIGHT_PER_THREAD).clamp(1, CPU_WEIGHT_MAX)
     }
 
     /// Applies the VM's CPU share (once it is ready: its boot ran at up to
@@ -406,6 +421,16 @@ mod tests {
             ..s
         };
         assert_eq!(lease(128, 2, off).cpu_max(), "200000 100000");
+    }
+
+    #[test]
+    fn cpu_weight_is_that_of_the_vmms_busy_threads() {
+        let s = JailSettings::default();
+        assert_eq!(lease(128, 1, s.clone()).cpu_weight(), 200);
+        assert_eq!(lease(128, 2, s.clone()).cpu_weight(), 300);
+        assert_eq!(lease(128, 99, s.clone()).cpu_weight(), 10_000);
+        // The kernel's maximum.
+        assert_eq!(lease(128, u8::MAX, s).cpu_weight(), 10_000);
     }
 
     #[test]

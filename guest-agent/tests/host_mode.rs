@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{fresh_dir, now_unix_ms, ok_json, Fixture};
-use silo_proto::{read_message, write_message, AgentConfig, Message, Outcome};
+use silo_proto::{write_message, AgentConfig, Message, Outcome};
 
 /// [`start_with`] the counter as its own `bootstrap`.
 fn start(name: &str, timeout_s: u32) -> (Fixture, Message) {
@@ -190,12 +190,7 @@ fn await_init_answers_once_the_runtime_asks_for_its_first_invocation() {
         Some("#!/bin/sh\nsleep 1\n: > init-done\nexec ./counter\n"),
     );
     write_message(&mut f.conn, &Message::AwaitInit).unwrap();
-    let done = loop {
-        match read_message(&mut f.conn).unwrap() {
-            Message::Log { .. } => continue,
-            other => break other,
-        }
-    };
+    let done = f.next_non_log();
     assert_eq!(done, Message::InitDone { error: None });
     assert!(
         f.dir.join("task/init-done").exists(),
@@ -215,12 +210,7 @@ fn await_init_reports_a_runtime_that_exits_during_init() {
         Some("#!/bin/sh\necho cannot start >&2\nexit 3\n"),
     );
     write_message(&mut f.conn, &Message::AwaitInit).unwrap();
-    let done = loop {
-        match read_message(&mut f.conn).unwrap() {
-            Message::Log { .. } => continue,
-            other => break other,
-        }
-    };
+    let done = f.next_non_log();
     let Message::InitDone { error: Some(e) } = done else {
         panic!("expected an init failure, got {done:?}");
     };

@@ -146,6 +146,17 @@ impl Fixture {
         }
     }
 
+    /// The agent's next message that is not a `Log` (log lines before it
+    /// are dropped).
+    pub fn next_non_log(&mut self) -> Message {
+        loop {
+            match read_message(&mut self.conn).unwrap() {
+                Message::Log { .. } => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// One invocation with request id `req-1`, `req-2`... in the order of
     /// these calls: its outcome and the log lines (tenant, line) that came
     /// with it.
