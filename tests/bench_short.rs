@@ -114,11 +114,6 @@ fn short_bench_writes_complete_json_and_a_plot() {
         for k in both {
             check(&side[k], k);
         }
-        // On the host clock the guest's /init line comes before the exit.
-        assert!(
-            p50(&side["process_to_guest_init_ms"]) <= p50(&side["process_to_exit_ms"]),
-            "{side}"
-        );
     }
     for k in [
         "process_to_exit",

@@ -544,6 +544,9 @@ fn timed_boot(
             "{side} boot {i} printed no marker ({status}):\n{text}"
         ));
     };
+    // The line was written before the process ended; a reader thread that
+    // ran only after the exit saw it late.
+    let init_ms = init_ms.min(exit_ms);
     Ok(TimedBoot {
         exit_ms,
         init_ms,
