@@ -321,6 +321,16 @@ struct Pool<E> {
     filling: usize,
 }
 
+/// Removes `key`'s pool once it is set to 0 and holds and boots nothing.
+fn forget_if_empty<E>(pools: &mut HashMap<FunctionKey, Pool<E>>, key: &FunctionKey) {
+    if pools
+        .get(key)
+        .is_some_and(|p| p.target == 0 && p.filling == 0 && p.ready.is_empty())
+    {
+        pools.remove(key);
+    }
+}
+
 struct State<E> {
     functions: HashMap<String, FunctionState>,
     idle: HashMap<Binding, Vec<Idle<E>>>,
@@ -988,6 +998,29 @@ where
         let rx = {
             let mut st = self.lock();
             let st = &mut *st;
+            // The pool shrank, went away or lost its function version since
+            // this boot was planned: give its reservation back, boot nothing.
+            let f = st.functions.entry(key.name.clone()).or_default();
+            let current = !f.deleted
+                && f.current_version
+                    .as_deref()
+                    .is_none_or(|v| v == key.version);
+            let pool = st
+                .pools
+                .get_mut(&key)
+                .filter(|p| p.generation == generation);
+            let wanted = current
+                && pool
+                    .as_ref()
+                    .is_some_and(|p| p.ready.len() + p.filling <= p.target);
+            if !wanted {
+                f.environments = f.environments.saturating_sub(1);
+                if let Some(pool) = pool {
+                    pool.filling -= 1;
+                }
+                forget_if_empty(&mut st.pools, &key);
+                return;
+            }
             if st.booting < self.admission.max_booting && st.queue.is_empty() {
                 st.booting += 1;
                 st.peak_booting = st.peak_booting.max(st.booting);
@@ -1054,6 +1087,7 @@ where
                         pool.filling -= 1;
                     }
                     f.environments = f.environments.saturating_sub(1);
+                    forget_if_empty(&mut st.pools, &key);
                     env
                 }
             }

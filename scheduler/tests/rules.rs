@@ -643,6 +643,26 @@ async fn a_failed_pool_boot_is_counted_and_not_retried_in_a_loop() {
     until(&s, "pool refilled", |st| pool_ready(st, "f") == 1).await;
 }
 
+/// A pool set back to 0 before its boots began boots nothing, and leaves
+/// no empty pool behind (the property test below caught a slot still taken
+/// after its pools were stopped: the boot began only then).
+#[tokio::test]
+async fn a_pool_shrunk_before_its_boot_begins_boots_nothing() {
+    let backend = MemoryBackend::default();
+    backend.create_ms.store(5, SeqCst);
+    let s = Scheduler::with_admission(backend.clone(), admission(1, 16));
+    let f = binding("f", "x").function;
+    // One thread: the planned boot cannot start before this task yields.
+    s.set_pool(&f, 1, &Limits::default()).await;
+    s.set_pool(&f, 0, &Limits::default()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let st = s.stats();
+    assert_eq!(st.booting, 0, "{st:?}");
+    assert!(st.pools.is_empty(), "no pool left: {st:?}");
+    assert!(backend.journal.lock().unwrap().created.is_empty());
+    assert_eq!(st.environments.get("f").copied().unwrap_or(0), 0, "{st:?}");
+}
+
 #[tokio::test]
 async fn pool_boots_wait_behind_cold_starts_and_a_waiting_invoke_takes_a_fresh_one() {
     let backend = MemoryBackend::default();
@@ -795,12 +815,16 @@ proptest! {
             for f in 0..2u8 {
                 s.set_pool(&binding(&format!("f{f}"), "t0").function, 0, &l).await;
             }
+            // A planned boot may not have begun yet: wait for the pools to
+            // be gone too, not only for no boot to be running.
             for _ in 0..400 {
-                if s.stats().booting == 0 { break; }
+                let st = s.stats();
+                if st.booting == 0 && st.pools.is_empty() { break; }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let st = s.stats();
             assert_eq!((st.booting, st.queued), (0, 0), "slots and queue drained");
+            assert!(st.pools.is_empty(), "pools stopped: {:?}", st.pools);
             s.shutdown().await;
             tokio::time::sleep(Duration::from_millis(30)).await;
             let j = backend.journal.lock().unwrap().clone();
