@@ -826,7 +826,13 @@ proptest! {
             assert_eq!((st.booting, st.queued), (0, 0), "slots and queue drained");
             assert!(st.pools.is_empty(), "pools stopped: {:?}", st.pools);
             s.shutdown().await;
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            // Environments are destroyed by tasks of their own: give them
+            // time on a loaded machine (the checks below say what is wrong).
+            for _ in 0..400 {
+                let j = backend.journal.lock().unwrap().clone();
+                if j.destroyed.len() >= j.created.len() { break; }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let j = backend.journal.lock().unwrap().clone();
             // Isolation: every request an environment served was for its own
             // binding. Pooled environments (created bound to no tenant) are
