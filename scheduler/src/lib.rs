@@ -236,6 +236,14 @@ struct FunctionState {
     tenant_in_flight: HashMap<Option<TenantId>, u32>,
 }
 
+impl FunctionState {
+    /// Whether pool boots of `version` are still wanted: the function is not
+    /// deleted and `version` is its current one (or none is set yet).
+    fn wants_pool_boots(&self, version: &str) -> bool {
+        !self.deleted && self.current_version.as_deref().is_none_or(|v| v == version)
+    }
+}
+
 /// Counters since start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counters {
@@ -967,11 +975,7 @@ where
                 return;
             };
             let f = st.functions.entry(key.name.clone()).or_default();
-            if f.deleted
-                || f.current_version
-                    .as_deref()
-                    .is_some_and(|v| v != key.version)
-            {
+            if !f.wants_pool_boots(&key.version) {
                 return;
             }
             let short = pool.target.saturating_sub(pool.ready.len() + pool.filling);
@@ -1001,10 +1005,7 @@ where
             // The pool shrank, went away or lost its function version since
             // this boot was planned: give its reservation back, boot nothing.
             let f = st.functions.entry(key.name.clone()).or_default();
-            let current = !f.deleted
-                && f.current_version
-                    .as_deref()
-                    .is_none_or(|v| v == key.version);
+            let current = f.wants_pool_boots(&key.version);
             let pool = st
                 .pools
                 .get_mut(&key)
@@ -1054,10 +1055,7 @@ where
             let id = st.next_id;
             st.next_id += 1;
             let f = st.functions.entry(key.name.clone()).or_default();
-            let current = !f.deleted
-                && f.current_version
-                    .as_deref()
-                    .is_none_or(|v| v == key.version);
+            let current = f.wants_pool_boots(&key.version);
             let pool = st
                 .pools
                 .get_mut(&key)
