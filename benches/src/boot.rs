@@ -677,8 +677,8 @@ fn cold_boots(
         for (j, peer) in peers.iter().enumerate() {
             let mut cmd = silo_command(&silo, &peer.kernel, initrd);
             cmd.arg("--timeline");
-            let b = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
-            let timeline = b
+            let silo_b = timed_boot(&mut cmd, |e| e.to_string(), "silo", i)?;
+            let timeline = silo_b
                 .text
                 .split("SILO_TIMELINE ")
                 .nth(1)
@@ -691,7 +691,6 @@ fn cold_boots(
                     }
                 }
             }
-            let silo_b = b;
             let mut cmd = peer_command(peer, initrd, &fc_config)?;
             let spawn_err = |e: std::io::Error| format!("peer {}: {e}", peer.binary);
             let b = timed_boot(&mut cmd, spawn_err, peer.kind.name(), i)?;
