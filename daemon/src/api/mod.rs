@@ -121,7 +121,8 @@ pub const DRAIN_SLACK: usize = 1024 * 1024;
 /// 1. a `Content-Length` over `limit` gets a 413 at once (413 after
 ///    draining, without buffering, when it is at most [`DRAIN_SLACK`] over);
 /// 2. a request that cannot authenticate whatever its body (no signature,
-///    an unknown key) gets its 403 before its body is read;
+///    an `Authorization` header that does not parse, an unknown key) gets
+///    its 403 before its body is read;
 /// 3. the body is read, at most `limit` bytes (a chunked body is cut off
 ///    past the limit, 413) and within `limits.body_read_timeout_s` (408);
 /// 4. the signature is checked.
@@ -192,23 +193,28 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-/// Refuses, from the headers alone, a request whose outcome cannot depend
-/// on its body: one without a signature, or signed with a key the daemon
-/// does not know (unless anonymous requests are allowed). The refusal is
+/// Refuses, from the headers alone, every request whose body the daemon
+/// has no reason to read: only a request whose `Authorization` header
+/// parses *and* names a key of the configuration may have its body read
+/// (the signature over it is checked after). One without a signature, with
+/// a header that does not parse, or signed with a key the daemon does not
+/// know gets its 403 here, before a byte of its body is read (with
+/// `--allow-unauthenticated` and no key configured, anonymous callers are
+/// admitted here as they are by the full check). The refusal is
 /// [`auth::authenticate`]'s own, asked with an empty body, so both agree.
 fn authenticate_headers(daemon: &Daemon, parts: &Parts) -> Result<(), ApiError> {
-    let known_key = match parts.headers.get("authorization") {
-        None => false,
-        Some(h) => match silo_aws::sigv4::parse_authorization(h.to_str().unwrap_or("")) {
-            Ok(a) => daemon
+    let known_key = parts
+        .headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| silo_aws::sigv4::parse_authorization(h).ok())
+        .is_some_and(|a| {
+            daemon
                 .config
                 .credentials
                 .iter()
-                .any(|c| c.access_key_id == a.access_key),
-            // Malformed: refused after the body, by the full check.
-            Err(_) => true,
-        },
-    };
+                .any(|c| c.access_key_id == a.access_key)
+        });
     if !known_key {
         auth::authenticate(daemon, parts, b"")?;
     }
