@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:9000"
 //! metrics_listen = "127.0.0.1:9101"  # optional: /metrics without a key
+//! metrics_tenant_series = 200 # tenants with series of their own in /metrics
 //! data_dir = "/var/lib/silo"
 //! run_dir = "/run/silo"   # VM run directories; default: "<data_dir>-run"
 //! console_bytes = 65536   # each VM's console ring; 0: console off
@@ -77,6 +78,11 @@ pub struct DaemonConfig {
     /// port alone (`9101` or `"9101"`) binds 127.0.0.1.
     #[serde(deserialize_with = "address_or_port")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Tenants with series of their own in `/metrics`, across functions:
+    /// the busiest; the others are summed per function under
+    /// `tenant_id="(other)"`, so that any number of tenants keeps the text
+    /// bounded.
+    pub metrics_tenant_series: usize,
     /// Where functions and code are kept (the store).
     pub data_dir: PathBuf,
     /// Where VMs' run directories (sockets, boot timelines) and function
@@ -233,6 +239,7 @@ impl Default for DaemonConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             metrics_listen: None,
+            metrics_tenant_series: crate::metrics::DEFAULT_TENANT_SERIES,
             data_dir: default_data_dir(),
             run_dir_setting: None,
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,

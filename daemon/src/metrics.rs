@@ -22,6 +22,9 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
     duration_sum: f64,
     duration_count: u64,
+    /// When it was last counted in (the table's clock): of two series with
+    /// as many invocations, the one counted in longer ago goes first.
+    touched: u64,
 }
 
 /// How one invocation ended, for the counters.
@@ -45,12 +48,104 @@ struct BootHistogram {
     count: u64,
 }
 
-/// Counters keyed by (function, tenant); tenant `""` for functions without
-/// tenant isolation.
+impl Series {
+    /// Adds `other`'s counts to these.
+    fn absorb(&mut self, other: &Series) {
+        self.invocations += other.invocations;
+        self.errors += other.errors;
+        self.throttles += other.throttles;
+        self.cold_starts += other.cold_starts;
+        for (b, o) in self.buckets.iter_mut().zip(other.buckets) {
+            *b += o;
+        }
+        self.duration_sum += other.duration_sum;
+        self.duration_count += other.duration_count;
+    }
+}
+
+/// Tenants with a series of their own, across all functions, unless the
+/// configuration says otherwise (`metrics_tenant_series`).
+pub const DEFAULT_TENANT_SERIES: usize = 200;
+
+/// The `tenant_id` label of the series that sums up a function's tenants
+/// without a series of their own: parentheses are not allowed in tenant
+/// ids, so no tenant's series can be mistaken for it.
+pub const OTHER_TENANTS: &str = "(other)";
+
+/// The series: at most `max_tenants` (function, tenant) ones; a function's
+/// tenants beyond them are summed in its [`OTHER_TENANTS`] series.
 #[derive(Default)]
+struct Table {
+    max_tenants: usize,
+    /// By (function, tenant); tenant `""` for functions without tenant
+    /// isolation (one per function: never evicted).
+    series: BTreeMap<(String, String), Series>,
+    /// Tenant series held in `series` (tenant not `""`).
+    tenants: usize,
+    /// Per function: what evicted tenants counted.
+    other: BTreeMap<String, Series>,
+    /// Counts calls of [`Table::entry`].
+    clock: u64,
+}
+
+impl Table {
+    /// The series of (`function`, `tenant`), made room for if new: when
+    /// `max_tenants` tenant series exist, the one with the fewest
+    /// invocations (of those, the one counted in longest ago) goes into its
+    /// function's [`OTHER_TENANTS`] series. Heavy tenants keep theirs; the
+    /// counts of every series only ever grow, summed over a function.
+    fn entry(&mut self, function: &str, tenant: &str) -> &mut Series {
+        self.clock += 1;
+        let now = self.clock;
+        let key = (function.to_string(), tenant.to_string());
+        if !tenant.is_empty() && !self.series.contains_key(&key) {
+            if self.tenants >= self.max_tenants {
+                let victim = self
+                    .series
+                    .iter()
+                    .filter(|((_, t), _)| !t.is_empty())
+                    .min_by_key(|(_, s)| (s.invocations, s.touched))
+                    .map(|(k, _)| k.clone());
+                match victim {
+                    Some(v) => {
+                        let evicted = self.series.remove(&v).expect("victim present");
+                        self.other.entry(v.0).or_default().absorb(&evicted);
+                        self.tenants -= 1;
+                    }
+                    // No room at all (`max_tenants` 0): straight to `other`.
+                    None => return self.other.entry(key.0).or_default(),
+                }
+            }
+            self.tenants += 1;
+        }
+        let s = self.series.entry(key).or_default();
+        s.touched = now;
+        s
+    }
+
+    /// Every series to render, by (function, tenant label).
+    fn rendered(&self) -> BTreeMap<(String, String), Series> {
+        let mut all = self.series.clone();
+        for (f, s) in &self.other {
+            all.insert((f.clone(), OTHER_TENANTS.to_string()), s.clone());
+        }
+        all
+    }
+}
+
+/// Counters keyed by (function, tenant); tenant `""` for functions without
+/// tenant isolation. At most [`Metrics::with_tenant_series`] tenants (the
+/// busiest) have series of their own, so that any number of tenants keeps
+/// `/metrics` bounded; the others' counts go to [`OTHER_TENANTS`].
 pub struct Metrics {
-    series: Mutex<BTreeMap<(String, String), Series>>,
+    series: Mutex<Table>,
     boots: Mutex<BootHistogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_tenant_series(DEFAULT_TENANT_SERIES)
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -60,6 +155,18 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
+    /// Metrics keeping series of their own for at most `max_tenants`
+    /// (function, tenant) pairs.
+    pub fn with_tenant_series(max_tenants: usize) -> Self {
+        Self {
+            series: Mutex::new(Table {
+                max_tenants,
+                ..Table::default()
+            }),
+            boots: Mutex::new(BootHistogram::default()),
+        }
+    }
+
     /// Records one invocation.
     pub fn record(
         &self,
@@ -70,9 +177,7 @@ impl Metrics {
         duration: Duration,
     ) {
         let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = m
-            .entry((function.to_string(), tenant.unwrap_or("").to_string()))
-            .or_default();
+        let s = m.entry(function, tenant.unwrap_or(""));
         s.invocations += 1;
         match ending {
             Ending::Ok => {}
@@ -114,7 +219,7 @@ impl Metrics {
             .series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .rendered();
         let mut out = String::new();
         let label =
             |f: &str, t: &str| format!("function=\"{}\",tenant_id=\"{}\"", escape(f), escape(t));
@@ -377,5 +482,83 @@ mod tests {
             assert_eq!(l.matches('{').count(), l.matches('}').count(), "{l}");
             assert!(l.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{l}");
         }
+    }
+
+    /// Issue 19, finding 7: 100,000 tenants (each invoking once, as a
+    /// tenant-per-request client would) leave `/metrics` as long as
+    /// `max_tenants` tenants do: the busy ones (every tenth invoke) keep
+    /// their exact series, the rest are summed under `(other)`, and no
+    /// invocation is lost.
+    #[test]
+    fn a_hundred_thousand_tenants_keep_the_text_bounded() {
+        const N: usize = 50;
+        let m = Metrics::with_tenant_series(N);
+        let heavy: Vec<String> = (0..5).map(|i| format!("heavy-{i}")).collect();
+        for i in 0..100_000u32 {
+            if i % 10 == 0 {
+                for h in &heavy {
+                    m.record("f", Some(h), Ending::Ok, false, Duration::from_millis(2));
+                }
+            }
+            let t = format!("tenant-{i}");
+            m.record(
+                "f",
+                Some(&t),
+                Ending::Ok,
+                i % 7 == 0,
+                Duration::from_millis(20),
+            );
+            m.record(
+                "g",
+                Some(&t),
+                Ending::Error,
+                false,
+                Duration::from_millis(1),
+            );
+        }
+        let text = m.render(&Stats::default());
+        // The text of N tenant series plus an `(other)` per function.
+        let full = Metrics::with_tenant_series(N);
+        for i in 0..N + 2 {
+            full.record(
+                "f",
+                Some(&format!("tenant-{i}")),
+                Ending::Ok,
+                true,
+                Duration::ZERO,
+            );
+        }
+        let bound = full.render(&Stats::default()).len() * 11 / 10;
+        eprintln!(
+            "{} bytes of /metrics for 100,000 tenants (bound {bound})",
+            text.len()
+        );
+        assert!(
+            text.len() <= bound,
+            "{} bytes, more than {bound}",
+            text.len()
+        );
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("silo_invocations_total{"))
+            .collect();
+        assert!(series.len() <= N + 2, "{} series", series.len());
+        for h in &heavy {
+            let line = format!("silo_invocations_total{{function=\"f\",tenant_id=\"{h}\"}} 10000");
+            assert!(
+                series.contains(&line.as_str()),
+                "{line} missing in {series:?}"
+            );
+        }
+        let total = |f: &str| -> u64 {
+            series
+                .iter()
+                .filter(|l| l.contains(&format!("function=\"{f}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        assert_eq!(total("f"), 100_000 + 50_000);
+        assert_eq!(total("g"), 100_000);
+        assert!(text.contains("silo_invocation_errors_total{function=\"g\",tenant_id=\"(other)\"}"));
     }
 }

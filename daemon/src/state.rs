@@ -112,7 +112,7 @@ impl Daemon {
             scheduler: Scheduler::with_admission(backend, admission),
             store,
             functions: Mutex::new(BTreeMap::new()),
-            metrics: Metrics::default(),
+            metrics: Metrics::with_tenant_series(config.metrics_tenant_series),
             events,
             images,
             run_dir,
