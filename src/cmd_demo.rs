@@ -233,6 +233,21 @@ fn custom_calls(endpoint: &str, function: &Path) -> Result<Vec<u64>, String> {
     invoke_three("counter", &client, |body| body["count"].as_u64())
 }
 
+/// The demo's own number for the environment the daemon calls `id` (an
+/// opaque id per function and tenant): 1 for the first one it saw, and so
+/// on.
+fn environment_number(id: &str) -> usize {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    match seen.iter().position(|s| s == id) {
+        Some(i) => i + 1,
+        None => {
+            seen.push(id.to_string());
+            seen.len()
+        }
+    }
+}
+
 /// Invokes `name` as tenant-A, tenant-A, tenant-B, printing a table; the
 /// counts `count` reads from each response.
 fn invoke_three(
@@ -268,7 +283,8 @@ fn invoke_three(
             "{:<6} {:<10} #{:<4} {:<6} {:>5} {:>10}",
             n + 1,
             tenant,
-            r.header("x-silo-environment-id").unwrap_or("?"),
+            r.header("x-silo-environment-id")
+                .map_or("?".to_string(), |id| environment_number(id).to_string()),
             if r.header("x-silo-cold-start") == Some("true") {
                 "cold"
             } else {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::daemon::{config, scratch, TestDaemon};
+use common::daemon::{config, scratch, TestDaemon, TENANT_A};
 
 /// How one stranger's upload went.
 #[derive(Debug)]
@@ -222,4 +222,289 @@ fn strangers_get_their_403_before_their_bodies_whatever_their_authorization() {
     assert_eq!(r.status, 200, "{}", r.text());
     drop(d);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A Lambda zip whose `bootstrap` differs by `n`.
+fn package(n: usize) -> Vec<u8> {
+    silo_initramfs::package::make_zip(&[(
+        "bootstrap",
+        0o755,
+        format!("#!/bin/sh\n# version {n}\nexit 0\n").as_bytes(),
+    )])
+}
+
+fn create(c: &silo_client::LambdaClient, name: &str, extra: serde_json::Value) {
+    let r = c.create_function(name, &package(0), true, extra).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+fn update_code(c: &silo_client::LambdaClient, name: &str, zip: &[u8]) -> silo_client::HttpResponse {
+    use base64::Engine;
+    let body = serde_json::json!({
+        "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)
+    });
+    c.request(
+        "PUT",
+        &format!("/2015-03-31/functions/{name}/code"),
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+/// The permission bits of `p`.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Every path under `dir` (itself included) with its permission bits.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    let mut out = vec![(dir.to_path_buf(), mode(dir), true)];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(modes_under(&p));
+        } else {
+            out.push((p.clone(), mode(&p), false));
+        }
+    }
+    out
+}
+
+/// Issue 19, finding 7: function records (which hold
+/// `Environment.Variables`), packages and the function images in the run
+/// directory are private to the daemon's user: the store's directories
+/// 0700 and files 0600, the run directory 0700; a store an older daemon
+/// left readable is tightened at start.
+#[test]
+fn records_code_and_images_are_private_to_the_daemon() {
+    let data = scratch("private-data");
+    let run = {
+        let mut name = data.file_name().unwrap().to_os_string();
+        name.push("-run");
+        data.with_file_name(name)
+    };
+    let check = |when: &str| {
+        let mut loose = Vec::new();
+        for sub in ["functions", "code"] {
+            for (p, m, dir) in modes_under(&data.join(sub)) {
+                if m != if dir { 0o700 } else { 0o600 } {
+                    loose.push(format!("{} {m:o}", p.display()));
+                }
+            }
+        }
+        let m = mode(&run);
+        if m != 0o700 {
+            loose.push(format!("{} {m:o}", run.display()));
+        }
+        let images = std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cpio"))
+            .count();
+        assert!(images > 0, "{when}: no function image in {}", run.display());
+        assert!(
+            loose.is_empty(),
+            "{when}: readable by others:\n{}",
+            loose.join("\n")
+        );
+    };
+    let mut d = TestDaemon::on_host(&config(""), &data, &[]);
+    create(
+        &d.admin(),
+        "secretive",
+        serde_json::json!({"Environment": {"Variables": {"DB_PASSWORD": "hunter2"}}}),
+    );
+    let record = std::fs::read_to_string(data.join("functions/secretive.json")).unwrap();
+    assert!(record.contains("hunter2"), "{record}");
+    check("after CreateFunction");
+    d.stop();
+    // As an older daemon left them: world-readable.
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["functions", "code"] {
+        for (p, _, dir) in modes_under(&data.join(sub)) {
+            let m = if dir { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+    }
+    let d = TestDaemon::on_host(&config(""), &data, &[]);
+    check("after a restart over a world-readable store");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+/// Issue 19, finding 7: a tenant key may not read a function's pool state
+/// (how many environments are ready and booting tells of every tenant's
+/// traffic): 403 AccessDeniedException as for the other admin operations.
+#[test]
+fn pool_state_is_for_admin_keys_only() {
+    let data = scratch("pool-read-data");
+    let d = TestDaemon::on_host(&config(""), &data, &[]);
+    let admin = d.admin();
+    create(&admin, "pooled", serde_json::json!({}));
+    let path = "/2015-03-31/functions/pooled/pool";
+    let r = d.client(TENANT_A).request("GET", path, &[], b"").unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        r.error_type(),
+        Some("AccessDeniedException"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("GetFunctionPool"), "{}", r.text());
+    let r = admin.request("GET", path, &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["PoolSize"], 0);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// Issue 19, finding 7: PutFunctionConcurrency and PutFunctionPool from 100
+/// clients at once, racing UpdateFunctionCode: none writes back a record read
+/// before the new code, so the stored record names code that is still in
+/// the store and the revision whose image the daemon registered for the
+/// scheduler; and the function survives a restart.
+#[test]
+fn settings_never_write_back_a_record_older_than_the_code() {
+    let data = scratch("race-data");
+    let run = {
+        let mut name = data.file_name().unwrap().to_os_string();
+        name.push("-run");
+        data.with_file_name(name)
+    };
+    // As on a host with many cores: handlers run truly in parallel and a
+    // thread can be preempted between reading a record and writing it.
+    let threads = [("TOKIO_WORKER_THREADS", "32")];
+    let mut d = TestDaemon::on_host_with_env(&config(""), &data, &[], &threads);
+    let admin = d.admin();
+    let r = admin
+        .create_function("raced", &package(0), true, serde_json::json!({}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Revisions in the order their UpdateFunctionCode returned.
+    let revisions = Arc::new(std::sync::Mutex::new(vec![r.json()["RevisionId"]
+        .as_str()
+        .unwrap()
+        .to_string()]));
+    // 100 clients PUT reserved concurrency and pool size over and over
+    // (100 at once) while UpdateFunctionCode runs 20 times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let puts: Vec<_> = (0..100)
+        .map(|i| {
+            let (c, stop) = (d.admin(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (path, body) = if i % 2 == 0 {
+                        (
+                            "/2017-10-31/functions/raced/concurrency",
+                            format!("{{\"ReservedConcurrentExecutions\": {}}}", i % 50),
+                        )
+                    } else {
+                        (
+                            "/2015-03-31/functions/raced/pool",
+                            "{\"PoolSize\": 0}".to_string(),
+                        )
+                    };
+                    let r = c.request("PUT", path, &[], body.as_bytes()).unwrap();
+                    assert_eq!(r.status, 200, "{path}: {}", r.text());
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // A reader: once an update returned, the record never shows an older
+    // revision again.
+    let reader = {
+        let (c, stop, revisions) = (d.admin(), stop.clone(), revisions.clone());
+        std::thread::spawn(move || {
+            let mut stale = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let known = revisions.lock().unwrap().len();
+                let r = c
+                    .request("GET", "/2015-03-31/functions/raced", &[], b"")
+                    .unwrap();
+                assert_eq!(r.status, 200, "{}", r.text());
+                let rev = r.json()["Configuration"]["RevisionId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let revisions = revisions.lock().unwrap();
+                if let Some(at) = revisions.iter().position(|x| *x == rev) {
+                    if at + 1 < known {
+                        stale.push(format!("revision {at} after update {} returned", known - 1));
+                    }
+                }
+            }
+            stale
+        })
+    };
+    let mut last_sha = String::new();
+    for n in 1..=20 {
+        let r = update_code(&admin, "raced", &package(n));
+        assert_eq!(r.status, 200, "{}", r.text());
+        last_sha = r.json()["CodeSha256"].as_str().unwrap().to_string();
+        let rev = r.json()["RevisionId"].as_str().unwrap().to_string();
+        revisions.lock().unwrap().push(rev);
+    }
+    // The PUTs go on a little after the last update.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let puts: usize = puts.into_iter().map(|t| t.join().unwrap()).sum();
+    let stale = reader.join().unwrap();
+    eprintln!("{puts} PUTs raced 20 UpdateFunctionCode");
+    assert!(
+        stale.is_empty(),
+        "an older record was written back over new code: {stale:?}"
+    );
+    let r = admin
+        .request("GET", "/2015-03-31/functions/raced", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let conf = r.json()["Configuration"].clone();
+    let (sha, rev) = (
+        conf["CodeSha256"].as_str().unwrap().to_string(),
+        conf["RevisionId"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(
+        sha, last_sha,
+        "the record names older code than the last UpdateFunctionCode's"
+    );
+    let hex: String = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(&sha)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let code = data.join(format!("code/{hex}.zip"));
+    assert!(
+        code.exists(),
+        "the record names code {sha}, not in the store"
+    );
+    let image = run.join(format!("raced-raced@{rev}.cpio"));
+    assert!(
+        image.exists(),
+        "revision {rev} has no registered image: the scheduler runs another; run dir: {:?}",
+        std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    d.stop();
+    let d = TestDaemon::on_host(&config(""), &data, &[]);
+    let r = d
+        .admin()
+        .request("GET", "/2015-03-31/functions/raced", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200, "after a restart: {}", r.text());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_dir_all(&run);
 }

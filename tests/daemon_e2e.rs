@@ -74,6 +74,14 @@ fn scenario(d: &TestDaemon) {
     assert_eq!((a1_cold, a2_cold, b1_cold), (true, false, true));
     assert_eq!(a_env, a_env2);
     assert_ne!(a_env, b_env);
+    // Opaque per (function, tenant) (issue 19, finding 7): not the host-wide
+    // number that counts every tenant's cold starts.
+    for id in [&a_env, &b_env] {
+        assert!(
+            id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "X-Silo-Environment-Id {id:?} is not opaque"
+        );
+    }
 
     // Three more tenants, two invokes each: each gets its own environment.
     // (Invokes in flight at once, many tenants at a time, are in

@@ -20,6 +20,7 @@ use crate::metrics::{Ending, Metrics};
 use crate::store::{FunctionRecord, Store, StoreError};
 use crate::vm_backend::{RegisterError, VmBackend, VmRequest};
 use crate::vm_env::{EnvError, InvokeResult};
+use silo_aws::id::random_uuid;
 
 /// What the daemon boots VMs from.
 #[derive(Debug, Clone)]
@@ -51,6 +52,10 @@ pub struct Daemon {
     pub metrics: Metrics,
     events: EventQueue,
     run_dir: PathBuf,
+    /// Held through each change of code or configuration.
+    changes: tokio::sync::Mutex<()>,
+    /// Random key of [`Daemon::environment_token`], new at every start.
+    env_token_key: String,
 }
 
 /// Errors starting the daemon.
@@ -59,6 +64,9 @@ pub enum StartError {
     /// The data directory cannot be used.
     #[error("data directory: {0}")]
     Store(#[from] StoreError),
+    /// The run directory cannot be made.
+    #[error("run directory: {0}")]
+    RunDir(#[from] RegisterError),
 }
 
 /// Errors changing the daemon's functions.
@@ -83,6 +91,7 @@ impl Daemon {
         let store = Store::open(&config.data_dir)?;
         let run_dir = config.run_dir();
         let _ = std::fs::remove_dir_all(&run_dir);
+        crate::vm_backend::make_run_dir(&run_dir)?;
         let backend = VmBackend::new(
             images.kernel.clone(),
             run_dir.clone(),
@@ -116,6 +125,8 @@ impl Daemon {
             events,
             images,
             run_dir,
+            changes: tokio::sync::Mutex::new(()),
+            env_token_key: format!("{}{}", random_uuid(), random_uuid()),
             config,
         });
         for rec in records {
@@ -238,16 +249,37 @@ impl Daemon {
         });
     }
 
-    /// Stores a changed pool size and applies it.
-    pub fn set_pool(&self, rec: &FunctionRecord) -> Result<(), FunctionError> {
+    /// Changes the pool size of function `name` (`None`: back to the
+    /// configuration's) and applies it; returns the record as stored.
+    pub fn set_pool(&self, name: &str, size: Option<u32>) -> Result<FunctionRecord, FunctionError> {
+        let rec = self.modify(name, |r| r.pool_size = size)?;
+        self.apply_pool(&rec);
+        Ok(rec)
+    }
+
+    /// Changes the record of function `name` with `change` and stores it,
+    /// read and written under one lock: a change made meanwhile (new code by
+    /// [`Daemon::update`]) is never written back over.
+    fn modify(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut FunctionRecord),
+    ) -> Result<FunctionRecord, FunctionError> {
         let mut fns = self.lock();
-        if !fns.contains_key(&rec.name) {
-            return Err(FunctionError::Deleted);
-        }
-        self.store.put(rec)?;
-        self.apply_pool(rec);
-        fns.insert(rec.name.clone(), rec.clone());
-        Ok(())
+        let rec = fns.get_mut(name).ok_or(FunctionError::Deleted)?;
+        let mut changed = rec.clone();
+        change(&mut changed);
+        self.store.put(&changed)?;
+        *rec = changed.clone();
+        Ok(changed)
+    }
+
+    /// Serializes changes of code and configuration (UpdateFunctionCode,
+    /// UpdateFunctionConfiguration): hold it from reading the record to
+    /// [`Daemon::update`]'s return, so that revisions reach the store and
+    /// the scheduler in the same order.
+    pub async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
     }
 
     /// The pool's (ready, booting) environments for function `name`.
@@ -261,11 +293,30 @@ impl Daemon {
 
     /// Replaces a function's record: new code or configuration means a new
     /// revision; environments of the old one finish their work and go.
-    pub async fn update(&self, rec: FunctionRecord, code: &[u8]) -> Result<(), FunctionError> {
+    /// Callers hold [`Daemon::changing`] from reading `rec` on; its reserved
+    /// concurrency and pool size are taken from the record as it is now.
+    /// Returns the record as stored.
+    pub async fn update(
+        &self,
+        rec: FunctionRecord,
+        code: &[u8],
+    ) -> Result<FunctionRecord, FunctionError> {
         self.register(&rec, code)?;
         let pin = self.store.put_code(&rec.code_sha256, code)?;
+        let mut rec = rec;
         let old = {
             let mut fns = self.lock();
+            let Some(current) = fns.get(&rec.name) else {
+                drop(fns);
+                self.scheduler
+                    .backend()
+                    .unregister(&Self::key(&rec).version);
+                return Err(FunctionError::Deleted);
+            };
+            // Reserved concurrency and pool size are [`Daemon::modify`]'s:
+            // as they are now, not as they were when `rec` was read.
+            rec.reserved_concurrency = current.reserved_concurrency;
+            rec.pool_size = current.pool_size;
             self.store.put(&rec)?;
             fns.insert(rec.name.clone(), rec.clone())
         };
@@ -279,7 +330,13 @@ impl Daemon {
                 .unregister(&Self::key(&old).version);
         }
         tracing::info!(function = %rec.name, revision_id = %rec.revision_id, idle_environments_destroyed = drained, "function updated");
-        Ok(())
+        Ok(rec)
+    }
+
+    /// The id callers see for environment `env_id` of `function` serving
+    /// `tenant` (`X-Silo-Environment-Id`): see [`environment_token`].
+    pub fn environment_token(&self, function: &str, tenant: Option<&str>, env_id: u64) -> String {
+        environment_token(&self.env_token_key, function, tenant, env_id)
     }
 
     /// A stored package.
@@ -287,16 +344,15 @@ impl Daemon {
         self.store.code(sha256_hex)
     }
 
-    /// Stores a changed reserved concurrency (no new revision: environments
-    /// stay; the new limit applies to the next invocation).
-    pub fn set_concurrency(&self, rec: &FunctionRecord) -> Result<(), FunctionError> {
-        let mut fns = self.lock();
-        if !fns.contains_key(&rec.name) {
-            return Err(FunctionError::Deleted);
-        }
-        self.store.put(rec)?;
-        fns.insert(rec.name.clone(), rec.clone());
-        Ok(())
+    /// Changes the reserved concurrency of function `name` (no new
+    /// revision: environments stay; the new limit applies to the next
+    /// invocation); returns the record as stored.
+    pub fn set_concurrency(
+        &self,
+        name: &str,
+        reserved: Option<u32>,
+    ) -> Result<FunctionRecord, FunctionError> {
+        self.modify(name, |r| r.reserved_concurrency = reserved)
     }
 
     /// Deletes a function and destroys its environments (busy ones when
@@ -424,6 +480,26 @@ impl Daemon {
     }
 }
 
+/// The opaque id of environment `env_id` of `function` serving `tenant`,
+/// under `key` (random per daemon start): the same for every invoke the
+/// environment serves, different for every other environment, and a keyed
+/// hash (16 hex digits) rather than the scheduler's number, which counts
+/// every tenant's cold starts host-wide and which no tenant may learn.
+pub fn environment_token(key: &str, function: &str, tenant: Option<&str>, env_id: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        key.as_bytes(),
+        function.as_bytes(),
+        tenant.unwrap_or("").as_bytes(),
+        &env_id.to_le_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// One of the `limits.event_workers` workers: runs queued Event
 /// invocations one at a time with Lambda-style retries (function errors
 /// twice more, throttles with backoff for a while); a retry waits in the
@@ -496,5 +572,36 @@ async fn reaper(daemon: Arc<Daemon>) {
         if n > 0 {
             tracing::info!(reaped = n, "idle environments reaped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19, finding 7: what a tenant sees of an environment's id is
+    /// opaque: not the scheduler's host-wide number (which would count the
+    /// other tenants' cold starts between two of its own), stable for one
+    /// environment, distinct across environments, tenants and daemons.
+    #[test]
+    fn environment_ids_shown_to_callers_are_opaque() {
+        let key = format!("{}{}", random_uuid(), random_uuid());
+        let mut seen = std::collections::HashSet::new();
+        for id in 1..=2_000u64 {
+            let t = environment_token(&key, "counter", Some("tenant-A"), id);
+            assert_eq!(t.len(), 16, "{t}");
+            assert!(t.bytes().all(|b| b.is_ascii_hexdigit()), "{t}");
+            assert_ne!(t, id.to_string(), "environment {id} shows as its number");
+            assert_eq!(t, environment_token(&key, "counter", Some("tenant-A"), id));
+            assert!(seen.insert(t), "two environments share an id");
+        }
+        let a = environment_token(&key, "counter", Some("tenant-A"), 7);
+        assert_ne!(a, environment_token(&key, "counter", Some("tenant-B"), 7));
+        assert_ne!(a, environment_token(&key, "other", Some("tenant-A"), 7));
+        let restarted = format!("{}{}", random_uuid(), random_uuid());
+        assert_ne!(
+            a,
+            environment_token(&restarted, "counter", Some("tenant-A"), 7)
+        );
     }
 }

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -149,7 +150,13 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
         std::process::id(),
         TMP_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
     f.write_all(data).map_err(io("writing", &tmp))?;
     f.sync_all().map_err(io("syncing", &tmp))?;
     drop(f);
@@ -159,12 +166,46 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
         .map_err(io("syncing directory", dir))
 }
 
+/// Mode of every file of the store: records hold environment variables
+/// (secrets), packages the functions' code; only the daemon's user reads
+/// them.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the store's directories (and of the data directory, when the
+/// daemon makes it).
+const DIR_MODE: u32 = 0o700;
+
+/// Makes `dir` (and missing parents) with [`DIR_MODE`], and sets that mode
+/// on `dir` if it existed.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+        .map_err(io("restricting", dir))
+}
+
 impl Store {
-    /// Opens (creating) the data directory.
+    /// Opens (creating) the data directory. The store's directories are
+    /// made (or, made by an older daemon, set) 0700 and its files 0600.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
+        if !root.exists() {
+            private_dir(root)?;
+        }
         for sub in ["functions", "code"] {
             let d = root.join(sub);
-            std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+            private_dir(&d)?;
+            for e in std::fs::read_dir(&d).map_err(io("listing", &d))?.flatten() {
+                let p = e.path();
+                let mode = match e.file_type() {
+                    Ok(t) if t.is_dir() => DIR_MODE,
+                    Ok(t) if t.is_file() => FILE_MODE,
+                    _ => continue,
+                };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                    .map_err(io("restricting", &p))?;
+            }
         }
         Ok(Self {
             root: root.to_path_buf(),

@@ -242,10 +242,7 @@ impl VmBackend {
                 }
             }
         }
-        std::fs::create_dir_all(&self.run_dir).map_err(|source| RegisterError::Io {
-            path: self.run_dir.clone(),
-            source,
-        })?;
+        make_run_dir(&self.run_dir)?;
         let initrd = self
             .run_dir
             .join(format!("{}-{version_key}.cpio", config.function_name));
@@ -276,6 +273,25 @@ impl VmBackend {
             let _ = std::fs::remove_file(&image.initrd);
         }
     }
+}
+
+/// Makes the run directory (and missing parents) 0700, owned by the
+/// daemon's user: the function images in it hold environment variables.
+/// They are 0644 themselves only so that a jailed VMM, running as its VM's
+/// own uid, can read its image through the read-only bind mount its jail
+/// makes of it; no other user can reach them through this directory.
+pub fn make_run_dir(dir: &std::path::Path) -> Result<(), RegisterError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| RegisterError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
 impl VmBackend {
@@ -392,7 +408,7 @@ impl Environment for VmEnvironment {
         if first {
             tracing::info!(
                 function = %self.binding.function.name,
-                tenant_id = %self.binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
+                tenant_id = ?self.binding.tenant.as_ref().map(|t| t.as_str()).unwrap_or("-"),
                 first_invocation_answered_ms = self.env.boot.timeline.first_invocation_answered_ms,
                 agent_ready_ms = self.env.boot.timeline.agent_ready_ms,
                 "first invocation answered (ms since VMM spawn)"

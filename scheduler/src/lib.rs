@@ -596,7 +596,7 @@ where
             match victim {
                 Some((_, b, i)) => {
                     let e = st.idle.get_mut(&b).expect("victim binding").remove(i);
-                    tracing::info!(function = %b.function.name, tenant_id = %b.tenant.as_ref().map(TenantId::as_str).unwrap_or("-"), env_id = e.id, "evicting least recently used idle environment");
+                    tracing::info!(function = %b.function.name, tenant_id = ?b.tenant.as_ref().map(TenantId::as_str).unwrap_or("-"), env_id = e.id, "evicting least recently used idle environment");
                     evicted = Some(e.env);
                     f.environments -= 1;
                     st.counters.evictions += 1;

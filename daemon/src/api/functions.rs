@@ -463,6 +463,7 @@ pub async fn update_code(
     a.principal.require_admin("UpdateFunctionCode")?;
     let input: ConfigInput = parse_json(&a.body)?;
     refuse_tenancy_change(&input)?;
+    let _changing = d.changing().await;
     let mut rec = lookup(&d, &raw)?;
     let b64 = input
         .zip_file
@@ -473,7 +474,8 @@ pub async fn update_code(
     rec.code_size = zip.len() as u64;
     rec.revision_id = random_uuid();
     rec.last_modified = now_iso8601();
-    d.update(rec.clone(), &zip)
+    let rec = d
+        .update(rec.clone(), &zip)
         .await
         .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
@@ -489,6 +491,7 @@ pub async fn update_configuration(
     a.principal.require_admin("UpdateFunctionConfiguration")?;
     let input: ConfigInput = parse_json(&a.body)?;
     refuse_tenancy_change(&input)?;
+    let _changing = d.changing().await;
     let mut rec = lookup(&d, &raw)?;
     check_config(&input, &mut rec)?;
     rec.revision_id = random_uuid();
@@ -499,7 +502,8 @@ pub async fn update_configuration(
     // A new runtime must be able to run the code it has (a custom runtime
     // needs a `bootstrap` in it).
     check_package(&code, &rec.runtime)?;
-    d.update(rec.clone(), &code)
+    let rec = d
+        .update(rec.clone(), &code)
         .await
         .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
@@ -528,10 +532,9 @@ pub async fn put_concurrency(
                 "ReservedConcurrentExecutions must be a number from 0 to 10000",
             )
         })? as u32;
-    let mut rec = lookup(&d, &raw)?;
-    rec.reserved_concurrency = Some(n);
-    d.set_concurrency(&rec)
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    let rec = lookup(&d, &raw)?;
+    d.set_concurrency(&rec.name, Some(n))
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(json!({ "ReservedConcurrentExecutions": n })).into_response())
 }
 
@@ -543,10 +546,9 @@ pub async fn delete_concurrency(
 ) -> Result<Response, ApiError> {
     let a = read_authed(&d, req, 0, "DeleteFunctionConcurrency").await?;
     a.principal.require_admin("DeleteFunctionConcurrency")?;
-    let mut rec = lookup(&d, &raw)?;
-    rec.reserved_concurrency = None;
-    d.set_concurrency(&rec)
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    let rec = lookup(&d, &raw)?;
+    d.set_concurrency(&rec.name, None)
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -577,21 +579,23 @@ pub async fn put_pool(
         .filter(|n| (0..=100).contains(n))
         .ok_or_else(|| ApiError::invalid_parameter("PoolSize must be a number from 0 to 100"))?
         as u32;
-    let mut rec = lookup(&d, &raw)?;
-    rec.pool_size = Some(n);
-    d.set_pool(&rec)
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    let rec = lookup(&d, &raw)?;
+    let rec = d
+        .set_pool(&rec.name, Some(n))
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(pool_body(&d, &rec)).into_response())
 }
 
 /// `GET /2015-03-31/functions/{name}/pool`: the pool's size, and how many of
-/// its environments are ready and booting.
+/// its environments are ready and booting (admin keys only).
 pub async fn get_pool(
     State(d): State<Arc<Daemon>>,
     Path(raw): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    read_authed(&d, req, 0, "GetFunctionPool").await?;
+    let a = read_authed(&d, req, 0, "GetFunctionPool").await?;
+    // Pool state tells of every tenant's traffic: administrators only.
+    a.principal.require_admin("GetFunctionPool")?;
     let rec = lookup(&d, &raw)?;
     Ok(Json(pool_body(&d, &rec)).into_response())
 }
@@ -605,10 +609,9 @@ pub async fn delete_pool(
 ) -> Result<Response, ApiError> {
     let a = read_authed(&d, req, 0, "DeleteFunctionPool").await?;
     a.principal.require_admin("DeleteFunctionPool")?;
-    let mut rec = lookup(&d, &raw)?;
-    rec.pool_size = None;
-    d.set_pool(&rec)
-        .map_err(|e| ApiError::service(format!("updating {}: {e}", rec.name)))?;
+    let rec = lookup(&d, &raw)?;
+    d.set_pool(&rec.name, None)
+        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

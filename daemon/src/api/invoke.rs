@@ -137,13 +137,18 @@ pub async fn invoke(
         InvocationType::RequestResponse => {
             async move {
                 let result = d.invoke(&rec, tenant, payload, &request_id).await;
+                let env = result
+                    .as_ref()
+                    .ok()
+                    .map(|r| d.environment_token(&rec.name, tenant_id.as_deref(), r.env_id));
                 let resp = respond(
                     result,
                     &request_id,
                     tail,
                     rec.memory_mib,
                     stack_trace_key(&rec.runtime),
-                );
+                )
+                .map(|r| with_environment_token(r, env.as_deref()));
                 match &resp {
                     Ok(r) => tracing::info!(status = r.status().as_u16(), "invocation answered"),
                     Err(e) => tracing::info!(
@@ -159,6 +164,20 @@ pub async fn invoke(
             .await
         }
     }
+}
+
+/// Replaces the scheduler's environment number in `X-Silo-Environment-Id`
+/// (a host-wide count of every tenant's cold starts) with `token`, the
+/// environment's opaque id for this (function, tenant).
+fn with_environment_token(mut r: Response, token: Option<&str>) -> Response {
+    let h = r.headers_mut();
+    if let (true, Some(v)) = (
+        h.contains_key("x-silo-environment-id"),
+        token.and_then(|t| HeaderValue::from_str(t).ok()),
+    ) {
+        h.insert("x-silo-environment-id", v);
+    }
+    r
 }
 
 fn with_request_id(mut r: Response, id: &str) -> Response {
