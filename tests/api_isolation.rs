@@ -224,6 +224,25 @@ fn strangers_get_their_403_before_their_bodies_whatever_their_authorization() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// Finding 1's refusal keeps `--allow-unauthenticated` working while no key
+/// is configured: an unsigned upload is read and the function created.
+#[test]
+fn unsigned_uploads_are_read_when_no_key_is_configured_and_the_flag_is_given() {
+    let data = scratch("anonymous-data");
+    let d = TestDaemon::on_host(
+        "[jail]\ncpu_full_at_mib = 0\n",
+        &data,
+        &["--allow-unauthenticated"],
+    );
+    let anonymous = silo_client::LambdaClient::new(&d.endpoint, None);
+    let r = anonymous
+        .create_function("open", &package(0), true, serde_json::json!({}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// A Lambda zip whose `bootstrap` differs by `n`.
 fn package(n: usize) -> Vec<u8> {
     silo_initramfs::package::make_zip(&[(
