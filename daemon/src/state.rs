@@ -52,8 +52,9 @@ pub struct Daemon {
     pub metrics: Metrics,
     events: EventQueue,
     run_dir: PathBuf,
-    /// Held through each change of code or configuration.
-    changes: tokio::sync::Mutex<()>,
+    /// Per function name: held through each change of its code or
+    /// configuration.
+    changes: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Random key of [`Daemon::environment_token`], new at every start.
     env_token_key: String,
 }
@@ -125,7 +126,7 @@ impl Daemon {
             events,
             images,
             run_dir,
-            changes: tokio::sync::Mutex::new(()),
+            changes: Mutex::new(BTreeMap::new()),
             env_token_key: format!("{}{}", random_uuid(), random_uuid()),
             config,
         });
@@ -274,12 +275,19 @@ impl Daemon {
         Ok(changed)
     }
 
-    /// Serializes changes of code and configuration (UpdateFunctionCode,
-    /// UpdateFunctionConfiguration): hold it from reading the record to
-    /// [`Daemon::update`]'s return, so that revisions reach the store and
-    /// the scheduler in the same order.
-    pub async fn changing(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.changes.lock().await
+    /// Serializes changes of function `name`'s code and configuration
+    /// (UpdateFunctionCode, UpdateFunctionConfiguration): hold it from
+    /// reading the record to [`Daemon::update`]'s return, so that revisions
+    /// reach the store and the scheduler in the same order.
+    pub async fn changing(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// The pool's (ready, booting) environments for function `name`.

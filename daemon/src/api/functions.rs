@@ -463,7 +463,7 @@ pub async fn update_code(
     a.principal.require_admin("UpdateFunctionCode")?;
     let input: ConfigInput = parse_json(&a.body)?;
     refuse_tenancy_change(&input)?;
-    let _changing = d.changing().await;
+    let _changing = d.changing(&function_name(&raw)?).await;
     let mut rec = lookup(&d, &raw)?;
     let b64 = input
         .zip_file
@@ -491,7 +491,7 @@ pub async fn update_configuration(
     a.principal.require_admin("UpdateFunctionConfiguration")?;
     let input: ConfigInput = parse_json(&a.body)?;
     refuse_tenancy_change(&input)?;
-    let _changing = d.changing().await;
+    let _changing = d.changing(&function_name(&raw)?).await;
     let mut rec = lookup(&d, &raw)?;
     check_config(&input, &mut rec)?;
     rec.revision_id = random_uuid();
