@@ -4,7 +4,8 @@
 //!   authentication, Lambda errors);
 //! - [`Daemon`] (in `state`): functions, the tenant scheduler, the queue of
 //!   asynchronous invocations and the idle reaper; [`config`], [`store`]
-//!   (the data directory) and [`metrics`] (Prometheus text);
+//!   (the data directory), [`metrics`] (Prometheus text) and
+//!   [`environment_id`] (the opaque environment ids callers see);
 //! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment,
 //!   each a `silo-vmm` process, as the scheduler's backend;
 //! - [`serve`]: the listener and the serving loop.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod console;
+pub mod environment_id;
 mod events;
 pub mod jail;
 pub mod metrics;
