@@ -280,7 +280,15 @@ impl TestDaemon {
             ("pmem", Some(img)) => (img, "rt.img"),
             _ => (rt.cpio(), "rt.cpio"),
         };
-        Self::with_vms_files(&cfg, vec![(file.0, format!("/work/{runtime}/{}", file.1))])
+        // With its manifest: the daemon checks the file against it.
+        let manifest = (
+            rt.manifest(),
+            format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
+        );
+        Self::with_vms_files(
+            &cfg,
+            vec![(file.0, format!("/work/{runtime}/{}", file.1)), manifest],
+        )
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
