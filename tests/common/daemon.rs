@@ -211,6 +211,16 @@ fn wait_ready(endpoint: &str, deadline: Duration, alive: impl Fn() -> bool) -> b
 impl TestDaemon {
     /// `silo serve` as a child of this test, with `config` and `data_dir`.
     pub fn on_host(config_toml: &str, data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::on_host_with_env(config_toml, data_dir, extra_args, &[])
+    }
+
+    /// [`TestDaemon::on_host`] with `env` added to the daemon's environment.
+    pub fn on_host_with_env(
+        config_toml: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let (kernel, agent) = images();
         let dir = scratch("daemon");
         std::fs::write(dir.join("silo.toml"), config_toml).unwrap();
@@ -228,6 +238,7 @@ impl TestDaemon {
             .arg("--agent")
             .arg(&agent)
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
