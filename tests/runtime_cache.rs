@@ -42,7 +42,8 @@ fn create_with(
         format!("[runtimes]\n\"python3.11\" = \"{}\"\n", r.display())
     });
     let cfg = format!("runtime_delivery = \"pmem\"\n{}\n{runtimes}", config(""));
-    let mut d = TestDaemon::on_host_with_env(&cfg, &scratch("runtime-cache-data"), &[], env);
+    let data = scratch("runtime-cache-data");
+    let mut d = TestDaemon::on_host_with_env(&cfg, &data, &[], env);
     let admin = d.admin();
     let zip = silo_initramfs::package::make_zip(&[(
         "lambda_function.py",
@@ -58,6 +59,7 @@ fn create_with(
         )
         .unwrap();
     let logs = d.stop();
+    let _ = std::fs::remove_dir_all(data);
     (r.status, r.text(), logs)
 }
 
@@ -94,4 +96,7 @@ fn a_runtime_image_changed_after_its_build_is_refused_naming_the_file() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(built.is_empty(), "the daemon built {built:?}");
+    for d in [good, bad, empty] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -15,8 +15,14 @@ fn runtime_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime")
 }
 
+/// This process's scratch directory `tag` (see [`scratch`]).
+fn scratch_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("silo-recipes-{tag}-{}", std::process::id()))
+}
+
+/// A new, empty [`scratch_dir`].
 fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("silo-recipes-{tag}-{}", std::process::id()));
+    let d = scratch_dir(tag);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -95,6 +101,9 @@ fn a_debian_package_whose_sha256_is_not_the_pinned_one_is_refused() {
         "{stderr}"
     );
     assert!(!unpacked_zlib(&work), "the refused .deb was unpacked");
+    for tag in ["pinned", "tampered"] {
+        let _ = std::fs::remove_dir_all(scratch_dir(tag));
+    }
 }
 
 /// Copies the files of `from` (a built entry) the daemon may use into a
@@ -161,4 +170,5 @@ fn a_runtime_entry_changed_after_its_build_is_refused_by_its_user_and_rebuilt_by
     );
     rebuilt.verified(SHARED_IMAGE).unwrap();
     std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::remove_dir_all(&copy.dir).unwrap();
 }
