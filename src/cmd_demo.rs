@@ -106,11 +106,15 @@ fn in_test_host(d: &Demo, delivery: &str) -> Result<(), String> {
     let host = test_host_with_this_program()
         .map_err(|e| e.to_string())?
         .timeout(Duration::from_secs(600));
-    let host = d.files.copied_into(host, "vmlinux").file(
-        d.python.cpio(),
-        "/work/python3.11/rt.cpio",
-        0o644,
-    );
+    let host = d
+        .files
+        .copied_into(host, "vmlinux")
+        .file(d.python.cpio(), "/work/python3.11/rt.cpio", 0o644)
+        .file(
+            d.python.manifest(),
+            "/work/python3.11/MANIFEST.sha256",
+            0o644,
+        );
     let host = match d.python.shared_image() {
         Some(img) => host.file(img, "/work/python3.11/rt.img", 0o644),
         None => host,

@@ -3,7 +3,9 @@
 //! runtimes' images (`python3.11`, `nodejs22.x`), the `silo-vmm` program when it is not
 //! installed beside `silo`, and the KVM test host image where hardware KVM
 //! is not usable), with progress on stderr, and prints where each one is.
-//! Everything else builds these on first use.
+//! The tests and `silo demo` build what they need on first use; `silo
+//! serve` builds the kernel and agent at start but never a runtime (it
+//! finds the ones built here).
 
 use std::process::ExitCode;
 

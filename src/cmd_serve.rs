@@ -128,11 +128,48 @@ impl ServeArgs {
     }
 }
 
+/// Names in `cfg.runtimes` every managed runtime the configuration leaves
+/// out whose cache entry `silo images build` (or a test, or `silo demo`)
+/// built from this `silo`'s source tree, when that tree is still there.
+/// Builds nothing: the daemon never runs a recipe; a function on a runtime
+/// that is not built is refused at creation, saying to run `silo images
+/// build`. The daemon checks an entry's file against its manifest when it
+/// first uses it.
+fn find_built_runtimes(cfg: &mut DaemonConfig) {
+    for name in silo_images::runtime::MANAGED_RUNTIMES {
+        if cfg.runtimes.contains_key(name) {
+            continue;
+        }
+        let recipe =
+            silo_images::artifacts::source_root().join(format!("images/runtime/{name}.sh"));
+        let found = if recipe.is_file() {
+            silo_images::runtime::built_runtime_image(name)
+        } else {
+            Ok(None)
+        };
+        match found {
+            Ok(Some(rt)) => {
+                tracing::info!(runtime = %name, dir = %rt.dir.display(), "managed runtime found built (checked against its manifest at first use)");
+                cfg.runtimes.insert(name.to_string(), rt.dir);
+            }
+            Ok(None) => tracing::warn!(
+                runtime = %name,
+                "managed runtime not built: functions on it are refused until `silo images build` \
+                 builds it (or [runtimes] names a built one)"
+            ),
+            Err(e) => {
+                tracing::error!(runtime = %name, error = %e, "cannot look up the managed runtime's build: functions on it are refused")
+            }
+        }
+    }
+}
+
 /// Runs `silo serve` until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs) -> ExitCode {
     let result = (|| {
-        let cfg = args.resolve()?;
+        let mut cfg = args.resolve()?;
         let images = args.images(&cfg)?;
+        find_built_runtimes(&mut cfg);
         silo_daemon::serve::run(cfg, images).map_err(|e| e.to_string())
     })();
     match result {

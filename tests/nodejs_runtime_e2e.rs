@@ -53,3 +53,13 @@ fn nodejs_init_errors_are_reported_as_lambda_does() {
 fn an_es_module_handler_runs_with_the_runtime_in_the_initramfs() {
     run("initramfs", "esm", 512);
 }
+
+/// Errors named `错误` (by `e.name` and by a class so named), `Érreur` and
+/// `bad\nname`: each an `Unhandled` function error of that type from the
+/// handler, not the function's timeout (the stand-in client sends the name
+/// in a header as UTF-8 bytes, or without it when it cannot, and never
+/// leaves a failed POST unreported).
+#[test]
+fn errors_named_outside_latin1_are_reported_not_timed_out() {
+    run("pmem", "error_names", 256);
+}

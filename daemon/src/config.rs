@@ -37,8 +37,8 @@
 //!                         # (a copy in each VM's initramfs)
 //!
 //! [runtimes]              # a managed runtime's built image (its cache
-//! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: built
-//!                         # on first use, as `silo images build` does
+//! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: the one
+//!                         # `silo images build` built (never the daemon)
 //! "nodejs22.x" = "/var/lib/silo/images/nodejs22.x"
 //! [jail]                  # every VMM runs jailed (docs/SECURITY.md)
 //! uid_base = 1000000000   # each live VM gets its own uid/gid from here
@@ -111,7 +111,8 @@ pub struct DaemonConfig {
     /// a new tenant's first invoke takes one); `PUT .../pool` overrides it.
     pub pools: std::collections::BTreeMap<String, u32>,
     /// Managed runtimes' built images by runtime id (`[runtimes]`): the
-    /// directory `silo images build` printed. Unset: built on first use.
+    /// directory `silo images build` printed. Unset: that build, if any
+    /// (the daemon never builds one).
     pub runtimes: std::collections::BTreeMap<String, PathBuf>,
     /// How a managed runtime's tree reaches its VMs.
     pub runtime_delivery: RuntimeDelivery,

@@ -15,7 +15,7 @@ use silo_scheduler::{Backend, Binding, Environment, FunctionKey};
 use crate::config::RuntimeDelivery;
 use crate::jail::JailMode;
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec, RESULT_GRACE};
-use silo_images::runtime::{runtime_image, RuntimeImage, MANAGED_RUNTIMES};
+use silo_images::runtime::{RuntimeImage, ARCHIVE, MANAGED_RUNTIMES, SHARED_IMAGE};
 
 /// Why a function version's image could not be registered.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,8 @@ pub struct FunctionImage {
 pub struct RuntimeSettings {
     /// Copy per VM or one shared image.
     pub delivery: RuntimeDelivery,
-    /// Built images by runtime id (the rest are built on first use).
+    /// Built images by runtime id (a function on another managed runtime
+    /// is refused: the daemon never builds one).
     pub dirs: BTreeMap<String, PathBuf>,
 }
 
@@ -155,8 +156,10 @@ impl VmBackend {
         MANAGED_RUNTIMES.contains(&runtime)
     }
 
-    /// The built image of managed runtime `name`: the configured one, else
-    /// built now (first use only; cached).
+    /// The built image of managed runtime `name`: the configured one, its
+    /// file for this delivery checked against the manifest written when it
+    /// was built (first use only; cached). Never builds: `silo images
+    /// build` does.
     fn runtime_image(&self, name: &str) -> Result<RuntimeImage, RegisterError> {
         let mut known = self.runtime_images.lock().expect("runtime images lock");
         if let Some(image) = known.get(name) {
@@ -166,41 +169,34 @@ impl VmBackend {
             runtime: name.to_string(),
             reason,
         };
-        let image = match self.runtimes.dirs.get(name) {
-            Some(dir) => RuntimeImage::at(name, dir),
-            None => {
-                tracing::info!(runtime = %name, "preparing the managed runtime's image (built on first use)");
-                runtime_image(name).map_err(|e| fail(e.to_string()))?
-            }
+        let Some(dir) = self.runtimes.dirs.get(name) else {
+            return Err(fail(
+                "not built: run `silo images build` (`silo serve` finds its builds at start) \
+                 or name a built one in [runtimes]"
+                    .into(),
+            ));
         };
-        if !image
-            .tree()
-            .join(silo_images::runtime::DESCRIPTOR)
-            .is_file()
-            && !image.cpio().is_file()
-            && image.shared_image().is_none()
-        {
-            return Err(fail(format!(
-                "{} holds no built runtime (run `silo images build`)",
-                image.dir.display()
-            )));
-        }
+        let image = RuntimeImage::at(name, dir);
+        let file = match self.runtimes.delivery {
+            RuntimeDelivery::Pmem => SHARED_IMAGE,
+            RuntimeDelivery::Initramfs => ARCHIVE,
+        };
+        let checked = image.verified(file).map_err(|e| {
+            tracing::error!(runtime = %name, error = %e, "refusing the managed runtime: it is not as it was built");
+            fail(e.to_string())
+        })?;
+        tracing::info!(runtime = %name, file = %checked.display(), "managed runtime checked against its manifest");
         known.insert(name.to_string(), image.clone());
         Ok(image)
     }
 
-    /// The shared read-only image of `runtime` for `--pmem` (made from its
-    /// tree if missing).
+    /// The shared read-only image of `runtime` for `--pmem` (checked by
+    /// [`VmBackend::runtime_image`]).
     fn pmem_image(&self, image: &RuntimeImage) -> Result<PathBuf, RegisterError> {
-        if let Some(img) = image.shared_image() {
-            return Ok(img);
-        }
-        image
-            .ensure_shared_image()
-            .map_err(|e| RegisterError::Runtime {
-                runtime: image.name.clone(),
-                reason: format!("making its shared image: {e}"),
-            })
+        image.shared_image().ok_or_else(|| RegisterError::Runtime {
+            runtime: image.name.clone(),
+            reason: format!("{} has no {SHARED_IMAGE}", image.dir.display()),
+        })
     }
 
     /// Keeps `bytes` of each VM's serial console in memory (0: console off).

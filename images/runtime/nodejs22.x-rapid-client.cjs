@@ -54,28 +54,61 @@ function request(method, urlPath, body, headers) {
       },
     );
     req.on('error', reject);
-    req.end(body);
+    // A Buffer, not a string: Node then writes the head on its own, each
+    // character of a header value as one byte (a string body would carry
+    // the head in the body's encoding).
+    req.end(body === undefined ? undefined : Buffer.from(body, 'utf8'));
   });
 }
 
 // The posts not yet answered: `next` goes after them.
 let posted = Promise.resolve();
 
-function post(what, id, body, extraHeaders) {
+// Exit status when the Runtime API cannot be told an invocation's outcome
+// (the invocation then ends as Runtime.ExitError, not as a timeout).
+const EXIT_POST_FAILED = 70;
+
+/**
+ * A header value as aws-lambda-cpp sends it (curl: the string's UTF-8
+ * bytes as they are), or undefined when it cannot be sent at all (control
+ * characters). Node writes a header string as Latin-1, one byte per
+ * character, and throws on a character past U+00FF: so the string handed
+ * to it holds one character per UTF-8 byte.
+ */
+function headerValue(text) {
+  if (typeof text !== 'string' || !text || /[\x00-\x08\x0a-\x1f\x7f]/.test(text)) return undefined;
+  return Buffer.from(text, 'utf8').toString('latin1');
+}
+
+/**
+ * POSTs `body` to `urlPath` with `headers` and the `optional` ones; if that
+ * fails (the request cannot be made, or is not accepted), once more
+ * without the optional headers; if that fails too, the runtime exits: a
+ * Runtime API that was never told the outcome would otherwise wait for it
+ * until the function's timeout.
+ */
+async function deliver(urlPath, body, headers, optional) {
+  const attempts = Object.keys(optional).length ? [{ ...headers, ...optional }, headers] : [headers];
+  for (const h of attempts) {
+    try {
+      const res = await request('POST', urlPath, body, h);
+      if (res.status === 202) return;
+      console.error(`[silo-rapid-client] POST ${urlPath}: HTTP ${res.status} ${res.body.slice(0, 1024)}`);
+    } catch (e) {
+      console.error(`[silo-rapid-client] POST ${urlPath}: ${e.message}`);
+    }
+  }
+  console.error(`[silo-rapid-client] POST ${urlPath} failed: exiting so the invocation ends now`);
+  process.exit(EXIT_POST_FAILED);
+}
+
+function post(what, id, body, optional) {
   const headers = {
     'Content-Type': 'application/json',
     'Content-Length': Buffer.byteLength(body),
-    ...extraHeaders,
   };
   const urlPath = `${API_PREFIX}${id}/${what}`;
-  posted = posted
-    .then(() => request('POST', urlPath, body, headers))
-    .then((res) => {
-      if (res.status !== 202) {
-        console.error(`[silo-rapid-client] POST ${urlPath}: HTTP ${res.status} ${res.body}`);
-      }
-    })
-    .catch((e) => console.error(`[silo-rapid-client] POST ${urlPath}: ${e.message}`));
+  posted = posted.then(() => deliver(urlPath, body, headers, optional));
 }
 
 const client = {
@@ -93,8 +126,8 @@ const client = {
   error(id, body, xrayCause) {
     const headers = {};
     try {
-      const type = JSON.parse(body).errorType;
-      if (typeof type === 'string' && type) headers['Lambda-Runtime-Function-Error-Type'] = type;
+      const type = headerValue(JSON.parse(body).errorType);
+      if (type) headers['Lambda-Runtime-Function-Error-Type'] = type;
     } catch {
       // Not JSON: the Runtime API takes the body as it is.
     }

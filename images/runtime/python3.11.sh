@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the `python3.11` runtime tree from registry packages only:
 # Debian bookworm's CPython 3.11 and the libraries it loads (apt-get download
-# + dpkg-deb -x, no install) and the official runtime interface client
+# + dpkg-deb -x, no install; versions and SHA-256 pinned in python3.11.debs) and the official runtime interface client
 # `awslambdaric` with its dependencies (PyPI wheels, pinned by hash in
 # python3.11.requirements.txt).
 #
@@ -9,8 +9,8 @@
 # Prints the directory holding `rt/` (the tree, with `rt/silo-runtime.json`)
 # and `rt.cpio` (the tree under /rt as an uncompressed newc archive) on its
 # last line. Cached by the hash of this script, lib.sh (the functions the
-# recipes share), the requirements file and the Debian packages' names,
-# versions and SHA-256 sums.
+# recipes share), the requirements file and the Debian pins; the entry's
+# MANIFEST.sha256 records the SHA-256 of each file built.
 set -euo pipefail
 export LC_ALL=C
 
@@ -19,15 +19,15 @@ cache="${1:-${SILO_CACHE_DIR:-$HOME/.cache/silo}}"
 runtime=python3.11
 
 # The interpreter, its standard library, and every shared library its
-# binary and the extension modules kept below load (checked with ldd).
-pkgs=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libgcc-s1
-      libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 liblzma5 libuuid1)
+# binary and the extension modules kept below load (checked with ldd),
+# pinned by version and SHA-256.
+pins="$here/python3.11.debs"
 
 # shellcheck source=lib.sh
 source "$here/lib.sh"
-resolve_debian_packages
-enter_build "$here/python3.11.sh" "$here/lib.sh" "$here/python3.11.requirements.txt"
-log "building (first use): ${#pkgs[@]} Debian packages and 3 PyPI wheels"
+read_debian_pins
+enter_build "$here/python3.11.sh" "$here/lib.sh" "$here/python3.11.requirements.txt" "$pins"
+log "building: $(wc -l <<<"$inputs") Debian packages and 3 PyPI wheels"
 fetch_debian_packages
 
 log "downloading the runtime interface client (PyPI wheels, hash-pinned)"

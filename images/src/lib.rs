@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod fsimage;
 pub mod guest;
 pub mod kernel;
+pub mod manifest;
 pub mod placement;
 pub mod runtime;
 pub mod testhost;
@@ -28,6 +29,9 @@ pub enum ImageError {
         /// Its exit status.
         status: std::process::ExitStatus,
     },
+    /// A cache entry does not match the manifest written when it was built.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -211,16 +211,16 @@ fn wait_ready(endpoint: &str, deadline: Duration, alive: impl Fn() -> bool) -> b
 impl TestDaemon {
     /// `silo serve` as a child of this test, with `config` and `data_dir`.
     pub fn on_host(config_toml: &str, data_dir: &Path, extra_args: &[&str]) -> Self {
-        Self::on_host_with_env(config_toml, data_dir, extra_args, &[])
+        Self::on_host_with_env::<&str>(config_toml, data_dir, extra_args, &[])
     }
 
     /// [`TestDaemon::on_host`] with `env` added to the daemon's environment
     /// (`TOKIO_WORKER_THREADS`, say).
-    pub fn on_host_with_env(
+    pub fn on_host_with_env<V: AsRef<std::ffi::OsStr>>(
         config_toml: &str,
         data_dir: &Path,
         extra_args: &[&str],
-        env: &[(&str, &str)],
+        env: &[(&str, V)],
     ) -> Self {
         let (kernel, agent) = images();
         let dir = scratch("daemon");
@@ -239,7 +239,7 @@ impl TestDaemon {
             .arg("--agent")
             .arg(&agent)
             .args(extra_args)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -292,7 +292,15 @@ impl TestDaemon {
             ("pmem", Some(img)) => (img, "rt.img"),
             _ => (rt.cpio(), "rt.cpio"),
         };
-        Self::with_vms_files(&cfg, vec![(file.0, format!("/work/{runtime}/{}", file.1))])
+        // With its manifest: the daemon checks the file against it.
+        let manifest = (
+            rt.manifest(),
+            format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
+        );
+        Self::with_vms_files(
+            &cfg,
+            vec![(file.0, format!("/work/{runtime}/{}", file.1)), manifest],
+        )
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
@@ -375,7 +383,7 @@ impl TestDaemon {
             .env("SILO_ENDPOINT", &self.endpoint)
             .env("ADMIN_KEY", ADMIN.0)
             .env("ADMIN_SECRET", ADMIN.1)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("AWS_PROFILE")
             .output()
             .unwrap();

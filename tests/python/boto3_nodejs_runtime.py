@@ -7,12 +7,17 @@ response body, and the tenant id from its log lines (LogType Tail). Other
 scenarios (SCENARIO): "errors" (Runtime.ImportModuleError and
 Runtime.HandlerNotFound as Lambda reports them), "esm" (an ES module
 handler, index.mjs; with DELIVERY=initramfs, first refused with too little
-memory for the runtime, then created with the memory the refusal names). Run by tests/nodejs_runtime_e2e.rs with
+memory for the runtime, then created with the memory the refusal names),
+"error_names" (errors whose name is not ASCII, or not even Latin-1, or holds
+a line break, each an Unhandled function error naming it, not a timeout).
+Run by tests/nodejs_runtime_e2e.rs with
 SILO_ENDPOINT, ADMIN_KEY, ADMIN_SECRET.
 """
 
+import json
 import os
 import re
+import time
 
 import botocore.exceptions
 
@@ -104,10 +109,40 @@ def esm(lam):
     print(f"esm ({memory} MiB):", body, flush=True)
 
 
+def error_names(lam):
+    code = (
+        "class \u9519\u8bef extends Error {\n"
+        "  constructor(m) { super(m); this.name = new.target.name; }\n"
+        "}\n"
+        "exports.handler = async (event) => {\n"
+        "  if (event.kind === 'class') throw new \u9519\u8bef('x');\n"
+        "  const e = new Error('x');\n"
+        "  e.name = event.name;\n"
+        "  throw e;\n"
+        "};\n"
+    )
+    create(lam, "error-names", "index.handler", {"index.js": code}, tenant=False)
+    cases = [
+        ({"kind": "name", "name": "\u9519\u8bef"}, "\u9519\u8bef"),
+        ({"kind": "class"}, "\u9519\u8bef"),
+        ({"kind": "name", "name": "\u00c9rreur"}, "\u00c9rreur"),
+        ({"kind": "name", "name": "bad\nname"}, "bad\nname"),
+    ]
+    for event, name in cases:
+        t = time.monotonic()
+        r = lam.invoke(FunctionName="error-names", Payload=json.dumps(event).encode())
+        elapsed = time.monotonic() - t
+        body = json.loads(r["Payload"].read())
+        print(f"error named {name!r}: {elapsed:.2f} s: {body}", flush=True)
+        # A timeout is an Unhandled error too, of type Sandbox.Timedout.
+        expect_function_error(r, body, name, "x")
+        assert body["errorMessage"] == "x", body
+
+
 def main():
     lam = client()
     scenario = os.environ.get("SCENARIO", "counter")
-    {"counter": counter, "errors": errors, "esm": esm}[scenario](lam)
+    {"counter": counter, "errors": errors, "esm": esm, "error_names": error_names}[scenario](lam)
     print("NODEJS_RUNTIME_OK", flush=True)
 
 
