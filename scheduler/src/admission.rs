@@ -22,6 +22,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::state::{Grant, Idle, Waiter};
+use crate::{Backend, Binding, Environment, Scheduler, ThrottleReason};
+
 /// Limits on environments booting at once, host-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
@@ -81,12 +84,137 @@ impl BootEstimate {
     }
 }
 
+/// How a cold start's wait for a boot slot ended.
+pub(crate) enum Admitted<E> {
+    Boot,
+    Warm(Idle<E>),
+}
+
+impl<B> Scheduler<B>
+where
+    B: Backend,
+    B::Env: Environment<Request = B::Request, Response = B::Response>,
+{
+    /// Waits for a boot slot (or an idle environment of `binding`) in
+    /// arrival order; refuses at once when the queue is full or the
+    /// environment could not be ready by `deadline`.
+    pub(crate) async fn admit(
+        &self,
+        binding: &Binding,
+        deadline: Instant,
+    ) -> Result<Admitted<B::Env>, ThrottleReason> {
+        let (ticket, rx) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let now = Instant::now();
+            // A free slot always boots: the estimate only judges waits (and
+            // refusing here could refuse forever after one slow boot, since
+            // no boot would then ever update the estimate).
+            if st.booting < self.admission.max_booting && st.queue.iter().all(|w| w.pool) {
+                st.booting += 1;
+                st.peak_booting = st.peak_booting.max(st.booting);
+                st.counters.cold_starts += 1;
+                return Ok(Admitted::Boot);
+            }
+            let invoke_waiters = st.queue.iter().filter(|w| !w.pool).count();
+            let refuse = if invoke_waiters >= self.admission.queue_capacity {
+                Some(ThrottleReason::ColdStartQueueFull)
+            } else if !st.boot_estimate.fits(
+                now,
+                invoke_waiters + 1,
+                self.admission.max_booting,
+                deadline,
+            ) {
+                Some(ThrottleReason::ColdStartDeadline)
+            } else {
+                None
+            };
+            if let Some(reason) = refuse {
+                st.counters.throttle(reason);
+                return Err(reason);
+            }
+            st.enqueue(binding, false)
+        };
+        let mut rx = rx;
+        let grant = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(Ok(g)) => Some(g),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // Timed out: leave the queue, unless a grant raced the timer.
+                let mut st = self.lock();
+                let before = st.queue.len();
+                st.queue.retain(|w| w.ticket != ticket);
+                if st.queue.len() == before {
+                    drop(st);
+                    rx.try_recv().ok()
+                } else {
+                    None
+                }
+            }
+        };
+        match grant {
+            Some(Grant::Boot) => Ok(Admitted::Boot),
+            Some(Grant::Warm(idle)) => Ok(Admitted::Warm(idle)),
+            None => {
+                self.lock()
+                    .counters
+                    .throttle(ThrottleReason::ColdStartDeadline);
+                Err(ThrottleReason::ColdStartDeadline)
+            }
+        }
+    }
+
+    /// A boot ended (`Some(duration)` if it succeeded): its slot goes to
+    /// the first waiter.
+    pub(crate) fn boot_done(&self, took: Option<Duration>) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.booting = st.booting.saturating_sub(1);
+        match took {
+            Some(d) => st.boot_estimate.record(d),
+            None => st.counters.create_failures += 1,
+        }
+        while st.booting < self.admission.max_booting && !st.queue.is_empty() {
+            // Arrival order, but a waiter whose tenant already has an
+            // environment booting or busy lets the first waiter of a tenant
+            // with none go first: its own will likely be handed one.
+            let has_env = |w: &Waiter<B::Env>| {
+                let in_flight = st
+                    .functions
+                    .get(&w.binding.function.name)
+                    .and_then(|f| f.tenant_in_flight.get(&w.binding.tenant))
+                    .copied()
+                    .unwrap_or(0) as usize;
+                let waiting = st.queue.iter().filter(|o| o.binding == w.binding).count();
+                in_flight > waiting
+            };
+            let pick = st
+                .queue
+                .iter()
+                .position(|w| !w.pool && !has_env(w))
+                .or_else(|| st.queue.iter().position(|w| !w.pool))
+                .unwrap_or(0);
+            let Some(w) = st.queue.remove(pick) else {
+                break;
+            };
+            st.booting += 1;
+            st.peak_booting = st.peak_booting.max(st.booting);
+            let cold = u64::from(!w.pool);
+            st.counters.cold_starts += cold;
+            if w.tx.send(Grant::Boot).is_err() {
+                st.booting -= 1;
+                st.counters.cold_starts -= cold;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn estimate_follows_measurements() {
+    pub(crate) fn estimate_follows_measurements() {
         let mut e = BootEstimate::default();
         assert!(e.mean().is_none());
         e.record(Duration::from_secs(4));
@@ -96,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn fits_refuses_only_what_cannot_be_ready() {
+    pub(crate) fn fits_refuses_only_what_cannot_be_ready() {
         let now = Instant::now();
         let mut e = BootEstimate::default();
         assert!(e.fits(now, 1000, 1, now));
@@ -107,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn host_default_has_a_slot() {
+    pub(crate) fn host_default_has_a_slot() {
         let a = Admission::for_host();
         assert!(a.max_booting >= 1 && a.queue_capacity > 0);
     }
