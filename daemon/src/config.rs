@@ -21,6 +21,8 @@
 //! event_workers = 4       # Event invocations running at once
 //! max_booting = 0         # microVMs booting at once; 0: one per host CPU
 //! cold_start_queue = 256  # cold starts waiting for a boot slot
+//! pool_boot_slots = 0     # of the boot slots, the most pool boots may
+//!                         # hold; 0: half of max_booting (at least 1)
 //! init_timeout_s = 120    # an environment must be ready this soon after
 //!                         # its invoke arrived, or the invoke gets a 429
 //! max_connections = 512   # open HTTP connections; more wait to be accepted
@@ -162,6 +164,10 @@ pub struct LimitsConfig {
     pub max_booting: usize,
     /// Cold starts waiting for a boot slot, at most; more are refused (429).
     pub cold_start_queue: usize,
+    /// Of the boot slots, the most that pool boots (which hold theirs
+    /// through the runtime's init) may take at once; 0 means half of
+    /// `max_booting`, at least 1.
+    pub pool_boot_slots: usize,
     /// Seconds within which a cold start's environment must be ready after
     /// its invoke arrived (waiting for a boot slot included). A cold start
     /// that could not make it is refused at once with a 429.
@@ -184,13 +190,19 @@ impl LimitsConfig {
     /// The scheduler's cold-start admission limits.
     pub fn admission(&self) -> silo_scheduler::Admission {
         let host = silo_scheduler::Admission::for_host();
+        let max_booting = if self.max_booting == 0 {
+            host.max_booting
+        } else {
+            self.max_booting
+        };
         silo_scheduler::Admission {
-            max_booting: if self.max_booting == 0 {
-                host.max_booting
-            } else {
-                self.max_booting
-            },
+            max_booting,
             queue_capacity: self.cold_start_queue,
+            pool_boot_slots: if self.pool_boot_slots == 0 {
+                (max_booting / 2).max(1)
+            } else {
+                self.pool_boot_slots.min(max_booting)
+            },
         }
     }
 }
@@ -217,6 +229,7 @@ impl Default for LimitsConfig {
             event_queue: 1000,
             max_booting: 0,
             cold_start_queue: 256,
+            pool_boot_slots: 0,
             init_timeout_s: 120,
             event_queue_per_tenant: 250,
             event_workers: 4,

@@ -32,16 +32,22 @@ pub struct Admission {
     pub max_booting: usize,
     /// Cold starts waiting for a boot slot, at most.
     pub queue_capacity: usize,
+    /// Of the boot slots, the most pool boots (whose runtime init runs
+    /// before their slot is freed) may hold at once; raised to 1, lowered
+    /// to `max_booting`.
+    pub pool_boot_slots: usize,
 }
 
 impl Admission {
     /// The default for this host: as many boots at once as the process may
-    /// use CPUs (a boot keeps one CPU busy), at least one; a queue of 256.
+    /// use CPUs (a boot keeps one CPU busy), at least one; a queue of 256;
+    /// half the boot slots for pool boots (at least one).
     pub fn for_host() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             max_booting: cpus.max(1),
             queue_capacity: 256,
+            pool_boot_slots: (cpus / 2).max(1),
         }
     }
 }
@@ -164,14 +170,20 @@ where
         }
     }
 
-    /// A boot ended (`Some(duration)` if it succeeded): its slot goes to
-    /// the first waiter.
-    pub(crate) fn boot_done(&self, took: Option<Duration>) {
+    /// A boot ended (`Some(duration)` if it succeeded; `pool`: a pool
+    /// boot): its slot goes to the first waiter. A pool boot's duration
+    /// (its runtime's init included) is not a cold start's and is not
+    /// recorded in the estimate.
+    pub(crate) fn boot_done(&self, took: Option<Duration>, pool: bool) {
         let mut st = self.lock();
         let st = &mut *st;
         st.booting = st.booting.saturating_sub(1);
+        if pool {
+            st.pool_booting = st.pool_booting.saturating_sub(1);
+        }
         match took {
-            Some(d) => st.boot_estimate.record(d),
+            Some(d) if !pool => st.boot_estimate.record(d),
+            Some(_) => {}
             None => st.counters.create_failures += 1,
         }
         while st.booting < self.admission.max_booting && !st.queue.is_empty() {
@@ -188,21 +200,25 @@ where
                 let waiting = st.queue.iter().filter(|o| o.binding == w.binding).count();
                 in_flight > waiting
             };
+            // Pool boots only within their share of the slots.
+            let pool_room = st.pool_booting < self.admission.pool_boot_slots;
             let pick = st
                 .queue
                 .iter()
                 .position(|w| !w.pool && !has_env(w))
                 .or_else(|| st.queue.iter().position(|w| !w.pool))
-                .unwrap_or(0);
-            let Some(w) = st.queue.remove(pick) else {
+                .or_else(|| pool_room.then_some(0));
+            let Some(w) = pick.and_then(|i| st.queue.remove(i)) else {
                 break;
             };
             st.booting += 1;
+            st.pool_booting += usize::from(w.pool);
             st.peak_booting = st.peak_booting.max(st.booting);
             let cold = u64::from(!w.pool);
             st.counters.cold_starts += cold;
             if w.tx.send(Grant::Boot).is_err() {
                 st.booting -= 1;
+                st.pool_booting -= usize::from(w.pool);
                 st.counters.cold_starts -= cold;
             }
         }
@@ -214,7 +230,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(crate) fn estimate_follows_measurements() {
+    fn estimate_follows_measurements() {
         let mut e = BootEstimate::default();
         assert!(e.mean().is_none());
         e.record(Duration::from_secs(4));
@@ -224,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    pub(crate) fn fits_refuses_only_what_cannot_be_ready() {
+    fn fits_refuses_only_what_cannot_be_ready() {
         let now = Instant::now();
         let mut e = BootEstimate::default();
         assert!(e.fits(now, 1000, 1, now));
@@ -235,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    pub(crate) fn host_default_has_a_slot() {
+    fn host_default_has_a_slot() {
         let a = Admission::for_host();
         assert!(a.max_booting >= 1 && a.queue_capacity > 0);
     }

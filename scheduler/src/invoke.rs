@@ -81,7 +81,7 @@ where
                         let boot_started = Instant::now();
                         tracing::info!(function = %binding.function.name, tenant_id, env_id = id, queued_ms = queued.as_millis() as u64, "creating environment (cold start)");
                         let created = self.backend.create(&binding).await;
-                        self.boot_done(created.is_ok().then(|| boot_started.elapsed()));
+                        self.boot_done(created.is_ok().then(|| boot_started.elapsed()), false);
                         match created {
                             Ok(env) => (env, id, true, Some(boot_started.elapsed())),
                             Err(e) => {

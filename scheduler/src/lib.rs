@@ -208,7 +208,7 @@ where
     }
 
     /// A scheduler with explicit cold-start admission limits (zeros are
-    /// raised to one boot slot and one queue entry).
+    /// raised to one boot slot, one queue entry and one pool boot slot).
     pub fn with_admission(backend: B, admission: Admission) -> Self {
         Self {
             backend: Arc::new(backend),
@@ -219,6 +219,7 @@ where
                 counters: Counters::default(),
                 booting: 0,
                 peak_booting: 0,
+                pool_booting: 0,
                 queue: VecDeque::new(),
                 next_ticket: 1,
                 boot_estimate: BootEstimate::default(),
@@ -227,6 +228,9 @@ where
             admission: Admission {
                 max_booting: admission.max_booting.max(1),
                 queue_capacity: admission.queue_capacity.max(1),
+                pool_boot_slots: admission
+                    .pool_boot_slots
+                    .clamp(1, admission.max_booting.max(1)),
             },
         }
     }

@@ -161,6 +161,7 @@ where
             counters: st.counters.clone(),
             booting: st.booting,
             peak_booting: st.peak_booting,
+            pool_booting: st.pool_booting,
             queued: st.queue.iter().filter(|w| !w.pool).count(),
             admission: self.admission,
             boot_estimate: st.boot_estimate.mean(),

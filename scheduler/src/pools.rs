@@ -142,8 +142,12 @@ where
                 forget_if_empty(&mut st.pools, &key);
                 return;
             }
-            if st.booting < self.admission.max_booting && st.queue.is_empty() {
+            if st.booting < self.admission.max_booting
+                && st.pool_booting < self.admission.pool_boot_slots
+                && st.queue.is_empty()
+            {
                 st.booting += 1;
+                st.pool_booting += 1;
                 st.peak_booting = st.peak_booting.max(st.booting);
                 None
             } else {
@@ -213,7 +217,7 @@ where
         // The slot is freed only now, after a waiting invoke had its chance
         // to take the new environment instead of a boot of its own.
         if let Some(took) = took {
-            self.boot_done(took);
+            self.boot_done(took, true);
         }
         match leftover {
             Some(env) => self.destroy_later(env),

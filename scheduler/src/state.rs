@@ -79,6 +79,8 @@ pub struct Stats {
     pub counters: Counters,
     /// Environments booting now.
     pub booting: usize,
+    /// Of `booting`, pool boots.
+    pub pool_booting: usize,
     /// Most environments ever booting at once.
     pub peak_booting: usize,
     /// Cold starts waiting for a boot slot now.
@@ -114,6 +116,8 @@ pub(crate) struct State<E> {
     pub(crate) counters: Counters,
     pub(crate) booting: usize,
     pub(crate) peak_booting: usize,
+    /// Of `booting`, pool boots.
+    pub(crate) pool_booting: usize,
     pub(crate) queue: VecDeque<Waiter<E>>,
     pub(crate) next_ticket: u64,
     pub(crate) boot_estimate: BootEstimate,

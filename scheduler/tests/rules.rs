@@ -243,6 +243,7 @@ fn admission(max_booting: usize, queue_capacity: usize) -> Admission {
     Admission {
         max_booting,
         queue_capacity,
+        pool_boot_slots: (max_booting / 2).max(1),
     }
 }
 
@@ -806,6 +807,7 @@ proptest! {
                     assert!(*n <= l.per_tenant, "{name}/{tenant:?}: {n} in flight over the tenant ceiling");
                 }
                 assert!(st.booting <= slots, "{} booting over {slots} slots", st.booting);
+                assert!(st.pool_booting <= (slots / 2).max(1), "{} pool boots over their share of {slots} slots", st.pool_booting);
                 assert!(st.queued <= queue, "{} queued over a queue of {queue}", st.queued);
             }
             for h in handles {
