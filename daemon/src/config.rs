@@ -13,11 +13,17 @@
 //! account_id = "000000000000"
 //!
 //! [limits]
-//! concurrency = 10        # per function, unless reserved concurrency is set
+//! concurrency = 0         # in-flight invocations host-wide of functions
+//!                         # without reserved concurrency; 0: sized from
+//!                         # the host (memory / 128 MiB, at least 16 per CPU)
+//! memory_mib = 0          # guest memory of VMs booting or booted, host-
+//!                         # wide; 0: three quarters of the host's memory
+//! tenant_environments = 0 # VMs one tenant may hold across functions;
+//!                         # 0: a quarter of concurrency, at least per_tenant
 //! per_tenant = 4          # in-flight invocations of one tenant
 //! idle_timeout_s = 300
 //! event_queue = 1000      # queued asynchronous (Event) invocations
-//! event_queue_per_tenant = 250 # of which one tenant may hold at most
+//! event_queue_per_tenant = 100 # of which one tenant may hold at most
 //! event_workers = 4       # Event invocations running at once
 //! max_booting = 0         # microVMs booting at once; 0: one per host CPU
 //! cold_start_queue = 256  # cold starts waiting for a boot slot
@@ -145,8 +151,17 @@ pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// In-flight invocations per function without reserved concurrency.
+    /// In-flight invocations, host-wide, of the functions without reserved
+    /// concurrency (one shared pool, as Lambda's unreserved account
+    /// concurrency); 0 means sized from the host's memory and CPUs.
     pub concurrency: u32,
+    /// Guest memory (MiB) of microVMs booting or booted, host-wide; a boot
+    /// that would exceed it evicts an idle VM or waits. 0 means three
+    /// quarters of the host's memory.
+    pub memory_mib: u64,
+    /// Environments one tenant may hold across all functions; 0 means a
+    /// quarter of the host-wide concurrency, at least `per_tenant`.
+    pub tenant_environments: u32,
     /// In-flight invocations of one tenant of one function.
     pub per_tenant: u32,
     /// Seconds an idle environment is kept.
@@ -195,9 +210,23 @@ impl LimitsConfig {
         } else {
             self.max_booting
         };
+        let or = |v: u64, auto: u64| if v == 0 { auto } else { v };
+        let memory_mib = or(self.memory_mib, host.memory_mib);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let host_concurrency = or(
+            u64::from(self.concurrency),
+            u64::from(silo_scheduler::Admission::concurrency_for(memory_mib, cpus)),
+        ) as u32;
+        let tenant_environments = or(
+            u64::from(self.tenant_environments),
+            u64::from((host_concurrency / 4).max(self.per_tenant)),
+        ) as u32;
         silo_scheduler::Admission {
             max_booting,
             queue_capacity: self.cold_start_queue,
+            memory_mib,
+            host_concurrency,
+            tenant_environments,
             pool_boot_slots: if self.pool_boot_slots == 0 {
                 (max_booting / 2).max(1)
             } else {
@@ -223,7 +252,9 @@ pub struct Credential {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            concurrency: 10,
+            concurrency: 0,
+            memory_mib: 0,
+            tenant_environments: 0,
             per_tenant: 4,
             idle_timeout_s: 300,
             event_queue: 1000,
@@ -231,7 +262,7 @@ impl Default for LimitsConfig {
             cold_start_queue: 256,
             pool_boot_slots: 0,
             init_timeout_s: 120,
-            event_queue_per_tenant: 250,
+            event_queue_per_tenant: 100,
             event_workers: 4,
             max_connections: 512,
             header_read_timeout_s: 10,
@@ -316,9 +347,6 @@ pub enum ConfigError {
 /// A value the types cannot refuse, refused by [`DaemonConfig::check`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidConfig {
-    /// `limits.concurrency` is 0.
-    #[error("limits.concurrency must be at least 1")]
-    Concurrency,
     /// `limits.per_tenant` is 0.
     #[error("limits.per_tenant must be at least 1")]
     PerTenant,
@@ -406,9 +434,6 @@ impl DaemonConfig {
 
     /// Checks values the types cannot.
     pub fn check(&self) -> Result<(), InvalidConfig> {
-        if self.limits.concurrency == 0 {
-            return Err(InvalidConfig::Concurrency);
-        }
         if self.limits.per_tenant == 0 {
             return Err(InvalidConfig::PerTenant);
         }
@@ -493,7 +518,7 @@ mod tests {
     fn empty_file_is_the_defaults_and_mistakes_are_named() {
         let cfg: DaemonConfig = toml::from_str("").unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(cfg.limits.concurrency, 10);
+        assert_eq!(cfg.limits.concurrency, 0, "sized from the host");
         let e = toml::from_str::<DaemonConfig>("listn = \"x\"").unwrap_err();
         assert!(e.to_string().contains("listn"), "{e}");
         let cfg: DaemonConfig = toml::from_str(

@@ -3,17 +3,16 @@
 //! Booting a microVM is the most expensive thing the scheduler asks of a
 //! host, and a burst of new tenants asks for many at once. Booting them all
 //! at once makes every boot slower and, past a point, none finishes in time.
-//! So at most [`Admission::max_booting`] environments boot at once; further
-//! cold starts wait in one first-come, first-served queue of at most
-//! [`Admission::queue_capacity`] entries, served in arrival order, except
-//! that a waiter whose tenant already has an environment booting or busy
-//! lets the first waiter of a tenant with none go first (new tenants are not
-//! held up by a second boot for one tenant). Each waiter carries its invoke's
-//! deadline: if the queue is full, or the measured boot time says the
-//! environment could not be ready before the deadline, the invoke is
-//! refused at once (a throttle), never failed after a long wait. A cold
-//! start that finds a slot free always boots (the estimate judges waits
-//! only, so one slow boot cannot refuse every later one).
+//! So at most [`Admission::max_booting`] environments boot at once, and the
+//! guest memory of environments booting or booted stays within
+//! [`Admission::memory_mib`]; further cold starts wait in one queue of at
+//! most [`Admission::queue_capacity`] entries, served in turn by tenant
+//! (see [`crate::fair`]). Each waiter carries its invoke's deadline: if the
+//! queue is full, or the measured boot time says the environment could not
+//! be ready before the deadline, the invoke is refused at once (a
+//! throttle), never failed after a long wait. A cold start that is granted
+//! a slot on arrival always boots (the estimate judges waits only, so one
+//! slow boot cannot refuse every later one).
 //!
 //! A waiter is served by whichever comes first: a boot slot, or an idle
 //! environment of its own binding released by a finished invocation (a warm
@@ -22,10 +21,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::state::{Grant, Idle, Waiter};
+use crate::fair::Party;
+use crate::state::{Grant, Idle};
 use crate::{Backend, Binding, Environment, Scheduler, ThrottleReason};
 
-/// Limits on environments booting at once, host-wide.
+/// Host-wide limits: boots at once, the queue, memory, the pool of
+/// unreserved concurrency and each tenant's share of environments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
     /// Environments booting at once, at most.
@@ -36,19 +37,65 @@ pub struct Admission {
     /// before their slot is freed) may hold at once; raised to 1, lowered
     /// to `max_booting`.
     pub pool_boot_slots: usize,
+    /// Guest memory (MiB) of environments booting or booted, host-wide, at
+    /// most.
+    pub memory_mib: u64,
+    /// In-flight invocations of functions without reserved concurrency,
+    /// host-wide, at most (Lambda's unreserved account concurrency).
+    pub host_concurrency: u32,
+    /// Environments one tenant may hold across all functions (busy, idle,
+    /// booting or waiting to boot), at most.
+    pub tenant_environments: u32,
 }
+
+/// The host's memory in MiB (`MemTotal`), if it can be read.
+pub fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Smallest guest memory of a function (MiB), the unit the host's
+/// concurrency is sized in.
+const SMALLEST_GUEST_MIB: u64 = 128;
 
 impl Admission {
     /// The default for this host: as many boots at once as the process may
     /// use CPUs (a boot keeps one CPU busy), at least one; a queue of 256;
-    /// half the boot slots for pool boots (at least one).
+    /// half the boot slots for pool boots (at least one); guest memory up
+    /// to three quarters of the host's; unreserved concurrency of as many
+    /// smallest (128 MiB) guests as that memory holds, at least 16 per CPU
+    /// ([`Admission::concurrency_for`]); a quarter of that per tenant (at
+    /// least 4).
     pub fn for_host() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let memory_mib = Self::memory_for(host_memory_mib());
+        let host_concurrency = Self::concurrency_for(memory_mib, cpus);
         Self {
             max_booting: cpus.max(1),
             queue_capacity: 256,
             pool_boot_slots: (cpus / 2).max(1),
+            memory_mib,
+            host_concurrency,
+            tenant_environments: (host_concurrency / 4).max(4),
         }
+    }
+
+    /// Default guest memory budget: three quarters of `host_mib` (4 GiB
+    /// when unknown), at least one smallest guest.
+    pub fn memory_for(host_mib: Option<u64>) -> u64 {
+        (host_mib.unwrap_or(4096) / 4 * 3).max(SMALLEST_GUEST_MIB)
+    }
+
+    /// Default host-wide concurrency: as many smallest guests as
+    /// `memory_mib` holds, and at least as many as the CPUs hold (16 per
+    /// CPU: a 128 MiB guest's CPU share is about 1/14). Beyond what memory
+    /// holds at once, cold starts wait for memory in the admission queue.
+    pub fn concurrency_for(memory_mib: u64, cpus: usize) -> u32 {
+        let by_memory = memory_mib / SMALLEST_GUEST_MIB;
+        let by_cpu = 16 * cpus.max(1) as u64;
+        by_memory.max(by_cpu).clamp(1, u64::from(u32::MAX)) as u32
     }
 }
 
@@ -101,47 +148,57 @@ where
     B: Backend,
     B::Env: Environment<Request = B::Request, Response = B::Response>,
 {
-    /// Waits for a boot slot (or an idle environment of `binding`) in
-    /// arrival order; refuses at once when the queue is full or the
-    /// environment could not be ready by `deadline`.
+    /// Waits for a boot slot and `mem` MiB of memory (or an idle
+    /// environment of `binding`), served in turn by tenant; refuses at once
+    /// when the queue is full or the environment could not be ready by
+    /// `deadline`.
     pub(crate) async fn admit(
         &self,
         binding: &Binding,
+        mem: u64,
         deadline: Instant,
     ) -> Result<Admitted<B::Env>, ThrottleReason> {
-        let (ticket, rx) = {
-            let mut st = self.lock();
-            let st = &mut *st;
-            let now = Instant::now();
-            // A free slot always boots: the estimate only judges waits (and
-            // refusing here could refuse forever after one slow boot, since
-            // no boot would then ever update the estimate).
-            if st.booting < self.admission.max_booting && st.queue.iter().all(|w| w.pool) {
-                st.booting += 1;
-                st.peak_booting = st.peak_booting.max(st.booting);
-                st.counters.cold_starts += 1;
-                return Ok(Admitted::Boot);
+        let (ticket, mut rx, evicted) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let waiting = st.queue.iter().filter(|w| !w.pool).count();
+            if waiting >= self.admission.queue_capacity {
+                st.counters.throttle(ThrottleReason::ColdStartQueueFull);
+                return Err(ThrottleReason::ColdStartQueueFull);
             }
-            let invoke_waiters = st.queue.iter().filter(|w| !w.pool).count();
-            let refuse = if invoke_waiters >= self.admission.queue_capacity {
-                Some(ThrottleReason::ColdStartQueueFull)
-            } else if !st.boot_estimate.fits(
-                now,
-                invoke_waiters + 1,
-                self.admission.max_booting,
-                deadline,
-            ) {
-                Some(ThrottleReason::ColdStartDeadline)
-            } else {
-                None
-            };
-            if let Some(reason) = refuse {
-                st.counters.throttle(reason);
-                return Err(reason);
+            let (ticket, mut rx) = st.enqueue(binding, false, mem);
+            let evicted = st.dispatch(&self.admission);
+            if let Ok(grant) = rx.try_recv() {
+                drop(guard);
+                for idle in evicted {
+                    self.destroy_later(idle.env, idle.mem);
+                }
+                return Ok(match grant {
+                    Grant::Boot => Admitted::Boot,
+                    Grant::Warm(idle) => Admitted::Warm(idle),
+                });
             }
-            st.enqueue(binding, false)
+            // Not served at once: judged by the estimate (a slot found
+            // free always boots; refusing then could refuse forever after
+            // one slow boot, since no boot would update the estimate).
+            let ahead = st.ahead_of(ticket, &Party::of(binding));
+            if !st
+                .boot_estimate
+                .fits(Instant::now(), ahead, self.admission.max_booting, deadline)
+            {
+                st.queue.retain(|w| w.ticket != ticket);
+                st.counters.throttle(ThrottleReason::ColdStartDeadline);
+                drop(guard);
+                for idle in evicted {
+                    self.destroy_later(idle.env, idle.mem);
+                }
+                return Err(ThrottleReason::ColdStartDeadline);
+            }
+            (ticket, rx, evicted)
         };
-        let mut rx = rx;
+        for idle in evicted {
+            self.destroy_later(idle.env, idle.mem);
+        }
         let grant = match tokio::time::timeout_at(deadline.into(), &mut rx).await {
             Ok(Ok(g)) => Some(g),
             Ok(Err(_)) => None,
@@ -170,58 +227,19 @@ where
         }
     }
 
-    /// A boot ended (`Some(duration)` if it succeeded; `pool`: a pool
-    /// boot): its slot goes to the first waiter. A pool boot's duration
-    /// (its runtime's init included) is not a cold start's and is not
-    /// recorded in the estimate.
-    pub(crate) fn boot_done(&self, took: Option<Duration>, pool: bool) {
-        let mut st = self.lock();
-        let st = &mut *st;
-        st.booting = st.booting.saturating_sub(1);
-        if pool {
-            st.pool_booting = st.pool_booting.saturating_sub(1);
-        }
-        match took {
-            Some(d) if !pool => st.boot_estimate.record(d),
-            Some(_) => {}
-            None => st.counters.create_failures += 1,
-        }
-        while st.booting < self.admission.max_booting && !st.queue.is_empty() {
-            // Arrival order, but a waiter whose tenant already has an
-            // environment booting or busy lets the first waiter of a tenant
-            // with none go first: its own will likely be handed one.
-            let has_env = |w: &Waiter<B::Env>| {
-                let in_flight = st
-                    .functions
-                    .get(&w.binding.function.name)
-                    .and_then(|f| f.tenant_in_flight.get(&w.binding.tenant))
-                    .copied()
-                    .unwrap_or(0) as usize;
-                let waiting = st.queue.iter().filter(|o| o.binding == w.binding).count();
-                in_flight > waiting
-            };
-            // Pool boots only within their share of the slots.
-            let pool_room = st.pool_booting < self.admission.pool_boot_slots;
-            let pick = st
-                .queue
-                .iter()
-                .position(|w| !w.pool && !has_env(w))
-                .or_else(|| st.queue.iter().position(|w| !w.pool))
-                .or_else(|| pool_room.then_some(0));
-            let Some(w) = pick.and_then(|i| st.queue.remove(i)) else {
-                break;
-            };
-            st.booting += 1;
-            st.pool_booting += usize::from(w.pool);
-            st.peak_booting = st.peak_booting.max(st.booting);
-            let cold = u64::from(!w.pool);
-            st.counters.cold_starts += cold;
-            if w.tx.send(Grant::Boot).is_err() {
-                st.booting -= 1;
-                st.pool_booting -= usize::from(w.pool);
-                st.counters.cold_starts -= cold;
+    /// A boot ended (`Some(duration)` if it succeeded; `party` is None for
+    /// a pool boot): its slot, and its memory if it failed, go to the next
+    /// waiters. A pool boot's duration (its runtime's init included) is not
+    /// a cold start's and is not recorded in the estimate.
+    pub(crate) fn boot_done(&self, took: Option<Duration>, party: Option<&Party>, mem: u64) {
+        {
+            let mut st = self.lock();
+            st.boot_ended(party, mem, took.is_some());
+            if let (Some(d), Some(_)) = (took, party) {
+                st.boot_estimate.record(d);
             }
         }
+        self.dispatch();
     }
 }
 

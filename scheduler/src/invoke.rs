@@ -4,16 +4,31 @@
 use std::time::Instant;
 
 use crate::admission::Admitted;
-use crate::state::{hand_to_waiter, Idle};
+use crate::fair::Party;
+use crate::state::{hand_to_waiter, Idle, State};
 use crate::{
-    Backend, Binding, Environment, InvokeReport, Limits, ScheduleError, Scheduler, TenantId,
-    ThrottleReason,
+    Backend, Binding, Environment, InvokeReport, Limits, ScheduleError, Scheduler, ThrottleReason,
 };
 
 pub(crate) enum Slot<E> {
     Warm(Idle<E>),
     Pooled(Idle<E>),
-    Cold { id: u64, evicted: Option<E> },
+    /// A reservation for a new environment; `evicted` idle environments
+    /// made room for it (under the function's cap or the tenant's share).
+    Cold {
+        id: u64,
+        evicted: Vec<Idle<E>>,
+    },
+}
+
+/// How an invocation gives its environment back.
+pub(crate) enum Release<E> {
+    /// It served: keep it (idle) unless its version is retired.
+    Idle { env: E, id: u64, mem: u64 },
+    /// It failed and the caller destroys it.
+    Failed { mem: u64 },
+    /// No environment: a cold start refused or whose boot failed.
+    Reservation,
 }
 
 impl<B> Scheduler<B>
@@ -46,6 +61,7 @@ where
         let tenant = binding.tenant.as_ref().map(|t| t.as_str().to_string());
         let tenant_id = tenant.as_deref().unwrap_or("-");
         let deadline = Instant::now() + limits.init_deadline;
+        let mem = u64::from(limits.memory_mib);
         let slot = self.acquire(&binding, &limits)?;
         let from_pool = matches!(slot, Slot::Pooled(_));
         // A cold start refills the pool at once (its own boot queues with
@@ -55,38 +71,39 @@ where
         if matches!(slot, Slot::Cold { .. }) {
             self.refill(&binding.function);
         }
-        let (mut env, id, cold, init) = match slot {
-            Slot::Warm(idle) => (idle.env, idle.id, false, None),
+        let (mut env, id, cold, init, mem) = match slot {
+            Slot::Warm(idle) => (idle.env, idle.id, false, None, idle.mem),
             Slot::Pooled(idle) => {
                 tracing::info!(function = %binding.function.name, tenant_id, env_id = idle.id, "pre-booted environment bound to this tenant");
-                (idle.env, idle.id, false, None)
+                (idle.env, idle.id, false, None, idle.mem)
             }
             Slot::Cold { id, evicted } => {
-                if let Some(old) = evicted {
-                    self.destroy_later(old);
+                for old in evicted {
+                    self.destroy_later(old.env, old.mem);
                 }
                 let started = Instant::now();
-                match self.admit(&binding, deadline).await {
+                match self.admit(&binding, mem, deadline).await {
                     Err(reason) => {
                         tracing::info!(function = %binding.function.name, tenant_id, reason = reason.as_str(), "cold start refused");
-                        self.release(&binding, None, true);
+                        self.release(&binding, &limits, Release::Reservation);
                         return Err(ScheduleError::Throttled(reason));
                     }
                     Ok(Admitted::Warm(idle)) => {
                         tracing::info!(function = %binding.function.name, tenant_id, env_id = idle.id, waited_ms = started.elapsed().as_millis() as u64, "queued cold start served by an idle environment of its tenant");
-                        (idle.env, idle.id, false, None)
+                        (idle.env, idle.id, false, None, idle.mem)
                     }
                     Ok(Admitted::Boot) => {
                         let queued = started.elapsed();
                         let boot_started = Instant::now();
                         tracing::info!(function = %binding.function.name, tenant_id, env_id = id, queued_ms = queued.as_millis() as u64, "creating environment (cold start)");
                         let created = self.backend.create(&binding).await;
-                        self.boot_done(created.is_ok().then(|| boot_started.elapsed()), false);
+                        let took = created.is_ok().then(|| boot_started.elapsed());
+                        self.boot_done(took, Some(&Party::of(&binding)), mem);
                         match created {
-                            Ok(env) => (env, id, true, Some(boot_started.elapsed())),
+                            Ok(env) => (env, id, true, took, mem),
                             Err(e) => {
                                 tracing::warn!(function = %binding.function.name, tenant_id, env_id = id, error = %e, "environment creation failed");
-                                self.release(&binding, None, true);
+                                self.release(&binding, &limits, Release::Reservation);
                                 return Err(ScheduleError::Create(e));
                             }
                         }
@@ -100,7 +117,7 @@ where
         }
         match result {
             Ok(response) => {
-                self.release(&binding, Some((env, id)), false);
+                self.release(&binding, &limits, Release::Idle { env, id, mem });
                 Ok(InvokeReport {
                     response,
                     cold_start: cold,
@@ -112,14 +129,17 @@ where
             Err(e) => {
                 tracing::warn!(function = %binding.function.name, tenant_id, env_id = id, error = %e, "environment failed; destroying it");
                 self.lock().counters.env_failures += 1;
-                self.release(&binding, None, true);
+                self.release(&binding, &limits, Release::Failed { mem });
                 env.destroy().await;
-                self.lock().counters.destroyed += 1;
+                self.lock().env_destroyed(mem);
+                self.dispatch();
                 Err(ScheduleError::Environment(e))
             }
         }
     }
 
+    /// Takes an environment for `binding` within `limits` (see
+    /// [`crate::fair`] for the shares), or a reservation for a new one.
     pub(crate) fn acquire(
         &self,
         binding: &Binding,
@@ -127,101 +147,119 @@ where
     ) -> Result<Slot<B::Env>, ScheduleError<B::Error>> {
         let mut st = self.lock();
         let st = &mut *st;
-        let f = st
-            .functions
-            .entry(binding.function.name.clone())
-            .or_default();
-        if f.current_version.as_deref() != Some(binding.function.version.as_str()) && !f.deleted {
-            f.current_version = Some(binding.function.version.clone());
+        let throttle = |st: &mut State<B::Env>, reason| {
+            st.counters.throttle(reason);
+            Err(ScheduleError::Throttled(reason))
+        };
+        let name = &binding.function.name;
+        {
+            let f = st.functions.entry(name.clone()).or_default();
+            if f.current_version.as_deref() != Some(binding.function.version.as_str()) && !f.deleted
+            {
+                f.current_version = Some(binding.function.version.clone());
+            }
+            f.deleted = false;
         }
-        f.deleted = false;
+        let f = &st.functions[name];
         let tenant_now = f
             .tenant_in_flight
             .get(&binding.tenant)
             .copied()
             .unwrap_or(0);
-        let throttle = if f.in_flight >= limits.concurrency {
-            Some(ThrottleReason::FunctionConcurrency)
-        } else if tenant_now >= limits.per_tenant {
-            Some(ThrottleReason::TenantConcurrency)
-        } else {
-            None
-        };
-        if let Some(reason) = throttle {
-            st.counters.throttle(reason);
-            return Err(ScheduleError::Throttled(reason));
+        if limits.reserved && f.in_flight >= limits.concurrency {
+            return throttle(st, ThrottleReason::FunctionConcurrency);
+        }
+        if !limits.reserved && st.unreserved_in_flight >= self.admission.host_concurrency {
+            return throttle(st, ThrottleReason::HostConcurrency);
+        }
+        if tenant_now >= limits.per_tenant {
+            return throttle(st, ThrottleReason::TenantConcurrency);
         }
         // Warm: the most recently used idle environment of this binding.
         if let Some(idle) = st.idle.get_mut(binding).and_then(Vec::pop) {
-            f.in_flight += 1;
-            *f.tenant_in_flight
-                .entry(binding.tenant.clone())
-                .or_default() += 1;
-            st.counters.invocations += 1;
+            begin(st, binding, limits);
             return Ok(Slot::Warm(idle));
         }
+        // The tenant's share across functions (see `crate::fair`).
+        let at_share = binding.tenant.as_ref().is_some_and(|t| {
+            st.tenant_envs.get(t).copied().unwrap_or(0) >= self.admission.tenant_environments
+        });
         // A pre-booted environment of this function version, bound to no
-        // tenant yet: it becomes this binding's for life.
+        // tenant yet: it becomes this binding's for life (and counts in
+        // its tenant's share, so not for a tenant at its share).
         if let Some(idle) = st
             .pools
             .get_mut(&binding.function)
+            .filter(|_| !at_share)
             .and_then(|p| p.ready.pop())
         {
-            f.in_flight += 1;
-            *f.tenant_in_flight
-                .entry(binding.tenant.clone())
-                .or_default() += 1;
-            st.counters.invocations += 1;
+            begin(st, binding, limits);
+            if let Some(t) = &binding.tenant {
+                *st.tenant_envs.entry(t.clone()).or_default() += 1;
+            }
             st.counters.pool_takes += 1;
             return Ok(Slot::Pooled(idle));
         }
-        // Cold: make room under the cap by evicting the LRU idle environment
-        // of any tenant of this function.
-        let mut evicted = None;
-        if f.environments >= limits.env_cap() {
-            let victim = st
-                .idle
-                .iter()
-                .filter(|(b, v)| b.function.name == binding.function.name && !v.is_empty())
-                .flat_map(|(b, v)| {
-                    v.iter()
-                        .enumerate()
-                        .map(move |(i, e)| (e.last_used, b.clone(), i))
-                })
-                .min_by_key(|(t, _, _)| *t);
-            match victim {
-                Some((_, b, i)) => {
-                    let e = st.idle.get_mut(&b).expect("victim binding").remove(i);
-                    tracing::info!(function = %b.function.name, tenant_id = %b.tenant.as_ref().map(TenantId::as_str).unwrap_or("-"), env_id = e.id, "evicting least recently used idle environment");
-                    evicted = Some(e.env);
-                    f.environments -= 1;
-                    st.counters.evictions += 1;
-                }
-                None => {
-                    st.counters.throttle(ThrottleReason::EnvironmentCap);
-                    return Err(ScheduleError::Throttled(ThrottleReason::EnvironmentCap));
-                }
-            }
+        // Cold. A function bigger than the host's memory never boots.
+        if u64::from(limits.memory_mib) > self.admission.memory_mib {
+            return throttle(st, ThrottleReason::HostMemory);
         }
-        f.environments += 1;
-        f.in_flight += 1;
-        *f.tenant_in_flight
-            .entry(binding.tenant.clone())
-            .or_default() += 1;
+        // At the tenant's share: evict its own least recently used idle
+        // environment; none idle: throttled.
+        let tenant_victim = if at_share {
+            match st.lru_idle(|b| b.tenant == binding.tenant) {
+                Some(v) => Some(v),
+                None => return throttle(st, ThrottleReason::TenantEnvironments),
+            }
+        } else {
+            None
+        };
+        // The function's cap: evict the LRU idle environment of any tenant
+        // of this function (the tenant's victim may be one).
+        let at_cap = st.functions[name].environments >= limits.env_cap();
+        let covered = tenant_victim
+            .as_ref()
+            .is_some_and(|(b, _)| &b.function.name == name);
+        let function_victim = if at_cap && !covered {
+            match st.lru_idle(|b| &b.function.name == name) {
+                Some(v) => Some(v),
+                None => return throttle(st, ThrottleReason::EnvironmentCap),
+            }
+        } else {
+            None
+        };
+        let mut evicted = Vec::new();
+        if let Some(v) = tenant_victim {
+            evicted.push(st.evict(&v));
+        }
+        if let Some(v) = function_victim {
+            evicted.push(st.evict(&v));
+        }
+        st.functions
+            .get_mut(name)
+            .expect("entry made above")
+            .environments += 1;
+        if let Some(t) = &binding.tenant {
+            *st.tenant_envs.entry(t.clone()).or_default() += 1;
+        }
+        begin(st, binding, limits);
         let id = st.next_id;
         st.next_id += 1;
-        st.counters.invocations += 1;
         Ok(Slot::Cold { id, evicted })
     }
 
-    /// Ends an invocation: the environment goes back to idle, or, if it
-    /// failed (`None`) or its function version is retired, is dropped from
-    /// the count (the caller or a task destroys it).
-    pub(crate) fn release(&self, binding: &Binding, env: Option<(B::Env, u64)>, _failed: bool) {
+    /// Ends an invocation: the environment goes back to idle (or to a
+    /// waiting cold start of its binding), or, if it failed or its function
+    /// version is retired, leaves the counts (and is destroyed).
+    pub(crate) fn release(&self, binding: &Binding, limits: &Limits, what: Release<B::Env>) {
         let mut to_destroy = None;
+        let mut waiting = false;
         {
             let mut st = self.lock();
             let st = &mut *st;
+            if !limits.reserved {
+                st.unreserved_in_flight = st.unreserved_in_flight.saturating_sub(1);
+            }
             let f = st
                 .functions
                 .entry(binding.function.name.clone())
@@ -235,41 +273,59 @@ where
             }
             let retired = f.deleted
                 || f.current_version.as_deref() != Some(binding.function.version.as_str());
-            match env {
-                Some((env, id)) if !retired => {
+            let name = &binding.function.name;
+            let tenant = binding.tenant.as_ref();
+            match what {
+                Release::Idle { env, id, mem } if !retired => {
                     let idle = Idle {
                         env,
                         id,
                         last_used: Instant::now(),
+                        mem,
                     };
                     // A cold start of this binding waiting for a boot slot
                     // takes it instead, and gives back its reservation.
                     match hand_to_waiter(&mut st.queue, |b| b == binding, idle) {
                         None => {
-                            f.environments = f.environments.saturating_sub(1);
+                            st.reservation_dropped(name, tenant);
                             st.counters.warm_handoffs += 1;
-                            return;
                         }
-                        Some(idle) => st.idle.entry(binding.clone()).or_default().push(idle),
+                        Some(idle) => {
+                            st.idle.entry(binding.clone()).or_default().push(idle);
+                            // A boot waiting for memory may evict it.
+                            waiting = !st.queue.is_empty();
+                        }
                     }
                 }
-                Some((env, _)) => {
-                    f.environments = f.environments.saturating_sub(1);
-                    to_destroy = Some(env);
+                Release::Idle { env, mem, .. } => {
+                    st.env_leaving(name, tenant, mem);
+                    to_destroy = Some((env, mem));
                 }
-                None => f.environments = f.environments.saturating_sub(1),
+                Release::Failed { mem } => st.env_leaving(name, tenant, mem),
+                Release::Reservation => st.reservation_dropped(name, tenant),
             }
         }
-        if let Some(env) = to_destroy {
-            self.destroy_later(env);
+        if let Some((env, mem)) = to_destroy {
+            self.destroy_later(env, mem);
+        }
+        if waiting {
+            self.dispatch();
         }
     }
+}
 
-    pub(crate) fn destroy_later(&self, env: B::Env) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            env.destroy().await;
-            this.lock().counters.destroyed += 1;
-        });
+/// Counts an accepted invocation of `binding` as in flight.
+fn begin<E>(st: &mut State<E>, binding: &Binding, limits: &Limits) {
+    let f = st
+        .functions
+        .entry(binding.function.name.clone())
+        .or_default();
+    f.in_flight += 1;
+    *f.tenant_in_flight
+        .entry(binding.tenant.clone())
+        .or_default() += 1;
+    if !limits.reserved {
+        st.unreserved_in_flight += 1;
     }
+    st.counters.invocations += 1;
 }

@@ -6,18 +6,21 @@
 //! most recently used: warm) or creates one (cold start); each environment
 //! runs one invocation at a time, so parallel invokes of one tenant scale out.
 //!
-//! Limits per function: in-flight invocations never exceed its concurrency;
+//! Limits per function: in-flight invocations never exceed its reserved
+//! concurrency, or, without a reservation, draw on one host-wide pool;
 //! environments (busy, idle or being created) never exceed
 //! `ceil(2.5 x concurrency)`: at the cap the least recently used *idle*
 //! environment of any tenant is destroyed first, and with none idle the
 //! invoke is throttled; one tenant's in-flight invocations never exceed the
-//! per-tenant ceiling. Idle environments are reaped after the idle timeout.
-//! An environment that fails is destroyed; no other is touched.
+//! per-tenant ceiling. Shares that hold across functions (a tenant's
+//! environments, its turn at the boot slots, host memory) are in [`fair`].
+//! Idle environments are reaped after the idle timeout. An environment
+//! that fails is destroyed; no other is touched.
 //!
 //! Cold starts pass [`admission`] control: a bounded number boot at once,
-//! the rest wait in a bounded first-come, first-served queue with their
-//! invoke's deadline, or are refused at once when they could not be served
-//! in time. A waiting cold start takes an idle environment of its own
+//! within the host's memory, the rest wait in a bounded queue served in
+//! turn by tenant with their invoke's deadline, or are refused at once
+//! when they could not be served in time. A waiting cold start takes an idle environment of its own
 //! binding if one is released before a boot slot is free.
 //!
 //! A function version may keep a **pool** of environments booted ahead of
@@ -34,6 +37,7 @@
 
 pub mod admission;
 mod backend;
+pub mod fair;
 mod invoke;
 mod lifecycle;
 pub mod memory_backend;
@@ -41,16 +45,14 @@ mod pools;
 mod state;
 mod tenant;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use admission::Admission;
+pub use admission::{host_memory_mib, Admission};
 pub use backend::{Backend, Environment};
 pub use state::{Counters, Stats};
 pub use tenant::{InvalidTenantId, TenantId};
 
-use admission::BootEstimate;
 use state::State;
 
 /// A function version: new code means new environments.
@@ -74,8 +76,13 @@ pub struct Binding {
 /// Per-function limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// Most in-flight invocations of the function.
+    /// Most in-flight invocations of the function when `reserved`;
+    /// otherwise only the base of the environment cap (the function draws
+    /// on the host-wide pool, [`Admission::host_concurrency`]).
     pub concurrency: u32,
+    /// Whether `concurrency` is reserved for the function (Lambda's
+    /// PutFunctionConcurrency); unreserved functions share the host's pool.
+    pub reserved: bool,
     /// Most in-flight invocations of one tenant.
     pub per_tenant: u32,
     /// Environments per unit of concurrency (Lambda: 2.5).
@@ -85,16 +92,21 @@ pub struct Limits {
     /// An invoke needing a cold start must have its environment ready
     /// within this long of its arrival, or is refused (see [`admission`]).
     pub init_deadline: Duration,
+    /// Guest memory of one environment (MiB), counted against the host's
+    /// [`Admission::memory_mib`].
+    pub memory_mib: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             concurrency: 100,
+            reserved: false,
             per_tenant: 10,
             env_cap_factor: 2.5,
             idle_timeout: Duration::from_secs(300),
             init_deadline: Duration::from_secs(120),
+            memory_mib: 128,
         }
     }
 }
@@ -109,10 +121,17 @@ impl Limits {
 /// Why an invoke was throttled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ThrottleReason {
-    /// The function's concurrency is used up.
+    /// The function's reserved concurrency is used up.
     FunctionConcurrency,
-    /// This tenant's in-flight ceiling is reached.
+    /// The host-wide pool of unreserved concurrency is used up.
+    HostConcurrency,
+    /// This tenant's in-flight ceiling (per function) is reached.
     TenantConcurrency,
+    /// This tenant holds its share of environments across functions, all
+    /// busy.
+    TenantEnvironments,
+    /// The function's memory exceeds the host's whole guest memory budget.
+    HostMemory,
     /// The environment cap is reached and none is idle.
     EnvironmentCap,
     /// The queue of cold starts waiting for a boot slot is full.
@@ -125,9 +144,12 @@ pub enum ThrottleReason {
 
 impl ThrottleReason {
     /// Every reason, for metrics.
-    pub const ALL: [ThrottleReason; 5] = [
+    pub const ALL: [ThrottleReason; 8] = [
         Self::FunctionConcurrency,
+        Self::HostConcurrency,
         Self::TenantConcurrency,
+        Self::TenantEnvironments,
+        Self::HostMemory,
         Self::EnvironmentCap,
         Self::ColdStartQueueFull,
         Self::ColdStartDeadline,
@@ -137,7 +159,10 @@ impl ThrottleReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::FunctionConcurrency => "function_concurrency",
+            Self::HostConcurrency => "host_concurrency",
             Self::TenantConcurrency => "tenant_concurrency",
+            Self::TenantEnvironments => "tenant_environments",
+            Self::HostMemory => "host_memory",
             Self::EnvironmentCap => "environment_cap",
             Self::ColdStartQueueFull => "cold_start_queue_full",
             Self::ColdStartDeadline => "cold_start_deadline",
@@ -208,31 +233,28 @@ where
     }
 
     /// A scheduler with explicit cold-start admission limits (zeros are
-    /// raised to one boot slot, one queue entry and one pool boot slot).
+    /// raised to one: boot slot, queue entry, pool boot slot, MiB,
+    /// invocation, environment per tenant).
     pub fn with_admission(backend: B, admission: Admission) -> Self {
         Self {
             backend: Arc::new(backend),
-            state: Arc::new(Mutex::new(State {
-                functions: HashMap::new(),
-                idle: HashMap::new(),
-                next_id: 1,
-                counters: Counters::default(),
-                booting: 0,
-                peak_booting: 0,
-                pool_booting: 0,
-                queue: VecDeque::new(),
-                next_ticket: 1,
-                boot_estimate: BootEstimate::default(),
-                pools: HashMap::new(),
-            })),
+            state: Arc::new(Mutex::new(State::new())),
             admission: Admission {
                 max_booting: admission.max_booting.max(1),
                 queue_capacity: admission.queue_capacity.max(1),
                 pool_boot_slots: admission
                     .pool_boot_slots
                     .clamp(1, admission.max_booting.max(1)),
+                memory_mib: admission.memory_mib.max(1),
+                host_concurrency: admission.host_concurrency.max(1),
+                tenant_environments: admission.tenant_environments.max(1),
             },
         }
+    }
+
+    /// The admission limits and shares in force.
+    pub fn admission(&self) -> Admission {
+        self.admission
     }
 
     /// The backend environments are created with.

@@ -11,61 +11,63 @@ where
     B: Backend,
     B::Env: Environment<Request = B::Request, Response = B::Response>,
 {
-    pub(crate) fn take_idle(&self, pred: impl Fn(&Binding, &Idle<B::Env>) -> bool) -> Vec<B::Env> {
+    /// Takes idle environments matching `pred` out of the counts, for
+    /// destruction (with their memory).
+    pub(crate) fn take_idle(
+        &self,
+        pred: impl Fn(&Binding, &Idle<B::Env>) -> bool,
+    ) -> Vec<(B::Env, u64)> {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut out = Vec::new();
+        let mut taken = Vec::new();
         for (b, list) in st.idle.iter_mut() {
             let mut i = 0;
             while i < list.len() {
                 if pred(b, &list[i]) {
-                    out.push(list.remove(i).env);
-                    if let Some(f) = st.functions.get_mut(&b.function.name) {
-                        f.environments = f.environments.saturating_sub(1);
-                    }
+                    taken.push((b.clone(), list.remove(i)));
                 } else {
                     i += 1;
                 }
             }
         }
         st.idle.retain(|_, v| !v.is_empty());
-        out
-    }
-
-    pub(crate) async fn destroy_all(&self, envs: Vec<B::Env>) -> usize {
-        let n = envs.len();
-        for e in envs {
-            e.destroy().await;
-        }
-        self.lock().counters.destroyed += n as u64;
-        n
+        taken
+            .into_iter()
+            .map(|(b, idle)| {
+                st.env_leaving(&b.function.name, b.tenant.as_ref(), idle.mem);
+                (idle.env, idle.mem)
+            })
+            .collect()
     }
 
     /// Takes pooled environments matching `pred` out of their pools (and
-    /// out of the environment count), for destruction.
+    /// out of the counts), for destruction (with their memory).
     pub(crate) fn take_pooled(
         &self,
         pred: impl Fn(&FunctionKey, &Idle<B::Env>) -> bool,
         drop_pools: impl Fn(&FunctionKey) -> bool,
-    ) -> Vec<B::Env> {
+    ) -> Vec<(B::Env, u64)> {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut out = Vec::new();
+        let mut taken = Vec::new();
         for (key, pool) in st.pools.iter_mut() {
             let mut i = 0;
             while i < pool.ready.len() {
                 if pred(key, &pool.ready[i]) {
-                    out.push(pool.ready.remove(i).env);
-                    if let Some(f) = st.functions.get_mut(&key.name) {
-                        f.environments = f.environments.saturating_sub(1);
-                    }
+                    taken.push((key.name.clone(), pool.ready.remove(i)));
                 } else {
                     i += 1;
                 }
             }
         }
         st.pools.retain(|k, _| !drop_pools(k));
-        out
+        taken
+            .into_iter()
+            .map(|(name, idle)| {
+                st.env_leaving(&name, None, idle.mem);
+                (idle.env, idle.mem)
+            })
+            .collect()
     }
 
     /// Destroys environments idle for longer than `idle_timeout`, pooled
@@ -106,15 +108,15 @@ where
             st.pools
                 .iter()
                 .find(|(k, _)| k.name == key.name && k.version != key.version)
-                .map(|(_, p)| (p.target, p.cap))
+                .map(|(_, p)| (p.target, p.cap, p.mem))
         };
         let stale = |k: &FunctionKey| k.name == key.name && k.version != key.version;
         let mut envs =
             self.take_idle(|b, _| b.function.name == key.name && b.function.version != key.version);
         envs.extend(self.take_pooled(|k, _| stale(k), stale));
         let n = self.destroy_all(envs).await;
-        if let Some((target, cap)) = carried {
-            self.set_pool_with_cap(key, target, cap);
+        if let Some((target, cap, mem)) = carried {
+            self.set_pool_with_cap(key, target, cap, mem);
         }
         n
     }
@@ -170,6 +172,9 @@ where
                 .iter()
                 .map(|(k, p)| (k.name.clone(), (p.target, p.ready.len(), p.filling)))
                 .collect(),
+            memory_used: st.memory_used,
+            unreserved_in_flight: st.unreserved_in_flight,
+            tenant_environments: st.tenant_envs.clone(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub(crate) struct Pool<E> {
     pub(crate) cap: u32,
     pub(crate) ready: Vec<Idle<E>>,
     pub(crate) filling: usize,
+    /// Guest memory (MiB) of one of its environments.
+    pub(crate) mem: u64,
 }
 
 /// Removes `key`'s pool once it is set to 0 and holds and boots nothing.
@@ -50,25 +52,35 @@ where
                 cap: limits.env_cap(),
                 ready: Vec::new(),
                 filling: 0,
+                mem: u64::from(limits.memory_mib),
             });
             pool.target = size;
             pool.cap = limits.env_cap();
+            pool.mem = u64::from(limits.memory_mib);
             let extra = pool.ready.len().saturating_sub(size);
-            let envs: Vec<B::Env> = pool.ready.drain(..extra).map(|i| i.env).collect();
-            if let Some(f) = st.functions.get_mut(&function.name) {
-                f.environments = f.environments.saturating_sub(envs.len() as u32);
-            }
+            let envs: Vec<Idle<B::Env>> = pool.ready.drain(..extra).collect();
             if size == 0 && pool.filling == 0 {
                 st.pools.remove(function);
             }
-            envs
+            envs.into_iter()
+                .map(|i| {
+                    st.env_leaving(&function.name, None, i.mem);
+                    (i.env, i.mem)
+                })
+                .collect()
         };
         let n = self.destroy_all(surplus).await;
         self.refill(function);
         n
     }
 
-    pub(crate) fn set_pool_with_cap(&self, function: &FunctionKey, size: usize, cap: u32) {
+    pub(crate) fn set_pool_with_cap(
+        &self,
+        function: &FunctionKey,
+        size: usize,
+        cap: u32,
+        mem: u64,
+    ) {
         let mut st = self.lock();
         let generation = st.next_ticket;
         st.next_ticket += 1;
@@ -80,6 +92,7 @@ where
                 cap,
                 ready: Vec::new(),
                 filling: 0,
+                mem,
             },
         );
         drop(st);
@@ -119,7 +132,7 @@ where
             function: key.clone(),
             tenant: None,
         };
-        let rx = {
+        let (rx, mem, evicted) = {
             let mut st = self.lock();
             let st = &mut *st;
             // The pool shrank, went away or lost its function version since
@@ -134,30 +147,29 @@ where
                 && pool
                     .as_ref()
                     .is_some_and(|p| p.ready.len() + p.filling <= p.target);
-            if !wanted {
+            let Some(pool) = pool.filter(|_| wanted) else {
                 f.environments = f.environments.saturating_sub(1);
-                if let Some(pool) = pool {
+                if let Some(pool) = st
+                    .pools
+                    .get_mut(&key)
+                    .filter(|p| p.generation == generation)
+                {
                     pool.filling -= 1;
                 }
                 forget_if_empty(&mut st.pools, &key);
                 return;
-            }
-            if st.booting < self.admission.max_booting
-                && st.pool_booting < self.admission.pool_boot_slots
-                && st.queue.is_empty()
-            {
-                st.booting += 1;
-                st.pool_booting += 1;
-                st.peak_booting = st.peak_booting.max(st.booting);
-                None
-            } else {
-                Some(st.enqueue(&binding, true).1)
-            }
+            };
+            let mem = pool.mem;
+            // Behind every waiting invoke, within the pool's share of the
+            // slots (see `crate::fair`).
+            let (_, rx) = st.enqueue(&binding, true, mem);
+            let evicted = st.dispatch(&self.admission);
+            (rx, mem, evicted)
         };
-        let granted = match rx {
-            None => true,
-            Some(rx) => matches!(rx.await, Ok(Grant::Boot)),
-        };
+        for idle in evicted {
+            self.destroy_later(idle.env, idle.mem);
+        }
+        let granted = matches!(rx.await, Ok(Grant::Boot));
         let mut failed = false;
         let (created, took) = if granted {
             let started = Instant::now();
@@ -192,6 +204,7 @@ where
                         env,
                         id,
                         last_used: Instant::now(),
+                        mem,
                     };
                     // An invoke of this function waiting for a boot slot
                     // takes it at once, and gives back its reservation.
@@ -209,6 +222,9 @@ where
                         pool.filling -= 1;
                     }
                     f.environments = f.environments.saturating_sub(1);
+                    if env.is_some() {
+                        st.memory_leaving += mem;
+                    }
                     forget_if_empty(&mut st.pools, &key);
                     env
                 }
@@ -217,10 +233,10 @@ where
         // The slot is freed only now, after a waiting invoke had its chance
         // to take the new environment instead of a boot of its own.
         if let Some(took) = took {
-            self.boot_done(took, true);
+            self.boot_done(took, None, mem);
         }
         match leftover {
-            Some(env) => self.destroy_later(env),
+            Some(env) => self.destroy_later(env, mem),
             // A failed boot is not retried at once (a function whose runtime
             // cannot start would boot VMs in a loop): the pool refills on
             // the function's next cold start.

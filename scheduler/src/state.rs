@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::admission::{Admission, BootEstimate};
+use crate::fair::Party;
 use crate::pools::Pool;
 use crate::{Binding, FunctionKey, TenantId, ThrottleReason};
 
@@ -15,6 +16,8 @@ pub(crate) struct Idle<E> {
     pub(crate) env: E,
     pub(crate) id: u64,
     pub(crate) last_used: Instant,
+    /// Guest memory (MiB) it holds, counted in the host's budget.
+    pub(crate) mem: u64,
 }
 
 #[derive(Default)]
@@ -89,6 +92,14 @@ pub struct Stats {
     pub admission: Admission,
     /// Current estimate of one boot's duration, once one was measured.
     pub boot_estimate: Option<Duration>,
+    /// Guest memory (MiB) of environments booting or booted now (those
+    /// being destroyed included).
+    pub memory_used: u64,
+    /// In-flight invocations of functions without reserved concurrency.
+    pub unreserved_in_flight: u32,
+    /// Environments (busy, idle, booting or waiting to boot) per tenant,
+    /// across functions.
+    pub tenant_environments: HashMap<TenantId, u32>,
     /// Pools per function name: (target size, ready, booting).
     pub pools: HashMap<String, (usize, usize, usize)>,
 }
@@ -107,6 +118,8 @@ pub(crate) struct Waiter<E> {
     pub(crate) tx: oneshot::Sender<Grant<E>>,
     /// A pool refill: served only when no invoke waits.
     pub(crate) pool: bool,
+    /// Guest memory (MiB) its environment will take.
+    pub(crate) mem: u64,
 }
 
 pub(crate) struct State<E> {
@@ -122,6 +135,16 @@ pub(crate) struct State<E> {
     pub(crate) next_ticket: u64,
     pub(crate) boot_estimate: BootEstimate,
     pub(crate) pools: HashMap<FunctionKey, Pool<E>>,
+    /// Guest memory (MiB) of environments booting or booted.
+    pub(crate) memory_used: u64,
+    /// Of `memory_used`, environments being destroyed.
+    pub(crate) memory_leaving: u64,
+    /// In-flight invocations of functions without reserved concurrency.
+    pub(crate) unreserved_in_flight: u32,
+    /// Environments per tenant, across functions (see [`crate::fair`]).
+    pub(crate) tenant_envs: HashMap<TenantId, u32>,
+    /// Invokes' boots in progress per party (fair queueing).
+    pub(crate) party_booting: HashMap<Party, usize>,
 }
 
 impl<E> State<E> {
@@ -130,6 +153,7 @@ impl<E> State<E> {
         &mut self,
         binding: &Binding,
         pool: bool,
+        mem: u64,
     ) -> (u64, oneshot::Receiver<Grant<E>>) {
         let (tx, rx) = oneshot::channel();
         let ticket = self.next_ticket;
@@ -139,8 +163,62 @@ impl<E> State<E> {
             binding: binding.clone(),
             tx,
             pool,
+            mem,
         });
         (ticket, rx)
+    }
+
+    /// A state with no environments.
+    pub(crate) fn new() -> Self {
+        Self {
+            functions: HashMap::new(),
+            idle: HashMap::new(),
+            next_id: 1,
+            counters: Counters::default(),
+            booting: 0,
+            peak_booting: 0,
+            pool_booting: 0,
+            queue: VecDeque::new(),
+            next_ticket: 1,
+            boot_estimate: BootEstimate::default(),
+            pools: HashMap::new(),
+            memory_used: 0,
+            memory_leaving: 0,
+            unreserved_in_flight: 0,
+            tenant_envs: HashMap::new(),
+            party_booting: HashMap::new(),
+        }
+    }
+
+    /// One environment less for `function` and `tenant` (None: pooled or
+    /// without tenant isolation), without memory: a reservation that never
+    /// booted, or one served by an environment that already counts.
+    pub(crate) fn reservation_dropped(&mut self, function: &str, tenant: Option<&TenantId>) {
+        if let Some(f) = self.functions.get_mut(function) {
+            f.environments = f.environments.saturating_sub(1);
+        }
+        if let Some(t) = tenant {
+            if let Some(n) = self.tenant_envs.get_mut(t) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.tenant_envs.remove(t);
+                }
+            }
+        }
+    }
+
+    /// An environment stops counting because it is being destroyed; its
+    /// `mem` is freed when [`State::env_destroyed`] says it is gone.
+    pub(crate) fn env_leaving(&mut self, function: &str, tenant: Option<&TenantId>, mem: u64) {
+        self.reservation_dropped(function, tenant);
+        self.memory_leaving += mem;
+    }
+
+    /// An environment that was leaving is destroyed: its memory is free.
+    pub(crate) fn env_destroyed(&mut self, mem: u64) {
+        self.memory_used = self.memory_used.saturating_sub(mem);
+        self.memory_leaving = self.memory_leaving.saturating_sub(mem);
+        self.counters.destroyed += 1;
     }
 }
 
