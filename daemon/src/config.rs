@@ -20,7 +20,7 @@
 //!                         # wide; 0: three quarters of the host's memory
 //! tenant_environments = 0 # VMs one tenant may hold across functions;
 //!                         # 0: a quarter of concurrency, at least per_tenant
-//! per_tenant = 4          # in-flight invocations of one tenant
+//! per_tenant = 8          # in-flight invocations of one tenant
 //! idle_timeout_s = 300
 //! event_queue = 1000      # queued asynchronous (Event) invocations
 //! event_queue_per_tenant = 100 # of which one tenant may hold at most

@@ -98,7 +98,7 @@ impl Default for LimitsConfig {
             concurrency: 0,
             memory_mib: 0,
             tenant_environments: 0,
-            per_tenant: 4,
+            per_tenant: 8,
             idle_timeout_s: 300,
             event_queue: 1000,
             max_booting: 0,
