@@ -142,6 +142,7 @@ async fn a_tenant_flooding_64_functions_does_not_hold_up_another_tenants_first_c
     .unwrap();
     let waited = started.elapsed() - r.init_duration.unwrap();
     stop.store(true, SeqCst);
+    eprintln!("tenant-B's first cold start waited {waited:?} for a boot slot");
     assert!(r.cold_start);
     assert!(
         waited < Duration::from_millis(2 * BOOT_MS),
