@@ -160,7 +160,9 @@ impl<E> State<E> {
             let mem = self.queue[i].mem;
             if self.memory_used + mem > admission.memory_mib {
                 // Room that destructions under way will free counts first.
-                while (self.memory_used - self.memory_leaving) + mem > admission.memory_mib {
+                while self.memory_used.saturating_sub(self.memory_leaving) + mem
+                    > admission.memory_mib
+                {
                     match self.evict_for_memory() {
                         Some(idle) => evicted.push(idle),
                         None => break,
