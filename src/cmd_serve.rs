@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// Static guest agent [default: build it from this source tree].
     #[arg(long)]
     pub agent: Option<PathBuf>,
-    /// In-flight invocations per function (without reserved concurrency).
+    /// In-flight invocations host-wide of functions without reserved
+    /// concurrency [default: sized from the host].
     #[arg(long)]
     pub concurrency: Option<u32>,
     /// In-flight invocations of one tenant of one function.

@@ -102,3 +102,46 @@ echo DAEMON_LOG_BEGIN; cat daemon.log; echo DAEMON_LOG_END
         assert!(l.contains("tenant_id") && l.contains("reason"), "{l}");
     }
 }
+
+/// Issue 19, finding 4: with the DEFAULT limits (only the test rig's CPU
+/// share setting), a burst of 6 new tenants x 6 invokes, 12 in flight, is
+/// answered in full: the function has no reserved concurrency, so it draws
+/// on the host-wide pool, and cold starts beyond the boot slots wait in the
+/// admission queue instead of being refused.
+#[test]
+fn a_burst_against_default_limits_is_answered_in_full() {
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:9415\"\n{}",
+        common::daemon::config("")
+    );
+    let serve = script_start_daemon(9414, Some("info"));
+    let create = script_create_function("counter", "--bootstrap counter", 30, "create.json");
+    let script = format!(
+        r#"set -u
+{serve}{create}silo burst --name counter --shape 6x6@12 > burst.json; echo "BURST_EXIT $?"
+echo BURST_JSON_BEGIN; cat burst.json; echo BURST_JSON_END
+wget -qO- http://127.0.0.1:9415/metrics > metrics.txt
+echo METRICS_BEGIN; grep -E '^silo_(cold_start|throttl|environments|host)' metrics.txt; echo METRICS_END
+kill -TERM $daemon; wait $daemon
+echo DAEMON_LOG_BEGIN; grep -E 'refused|admission|WARN|ERROR' daemon.log | tail -n 40; echo DAEMON_LOG_END
+"#
+    );
+    let run = run_with_kvm(script_files(config), &script, Duration::from_secs(900));
+    let out = &run.output;
+    let report: Value =
+        serde_json::from_str(common::section(out, "BURST_JSON_BEGIN", "BURST_JSON_END").trim())
+            .unwrap_or_else(|e| panic!("burst report: {e}\n{out}"));
+    let violations = report["violations"].as_array().unwrap();
+    assert!(violations.is_empty(), "{violations:#?}\n{out}");
+    assert_eq!(report["invokes"], 36);
+    assert_eq!(
+        (
+            report["answered"].as_u64(),
+            report["refused"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(36), Some(0), Some(0)),
+        "refusals by reason: {}\n{out}",
+        report["refusals_by_reason"]
+    );
+}

@@ -14,14 +14,22 @@
 //! account_id = "000000000000"
 //!
 //! [limits]
-//! concurrency = 10        # per function, unless reserved concurrency is set
-//! per_tenant = 4          # in-flight invocations of one tenant
+//! concurrency = 0         # in-flight invocations host-wide of functions
+//!                         # without reserved concurrency; 0: sized from
+//!                         # the host (memory / 128 MiB, at least 16 per CPU)
+//! memory_mib = 0          # guest memory of VMs booting or booted, host-
+//!                         # wide; 0: three quarters of the host's memory
+//! tenant_environments = 0 # VMs one tenant may hold across functions;
+//!                         # 0: a quarter of concurrency, at least per_tenant
+//! per_tenant = 8          # in-flight invocations of one tenant
 //! idle_timeout_s = 300
 //! event_queue = 1000      # queued asynchronous (Event) invocations
-//! event_queue_per_tenant = 250 # of which one tenant may hold at most
+//! event_queue_per_tenant = 100 # of which one tenant may hold at most
 //! event_workers = 4       # Event invocations running at once
 //! max_booting = 0         # microVMs booting at once; 0: one per host CPU
 //! cold_start_queue = 256  # cold starts waiting for a boot slot
+//! pool_boot_slots = 0     # of the boot slots, the most pool boots may
+//!                         # hold; 0: half of max_booting (at least 1)
 //! init_timeout_s = 120    # an environment must be ready this soon after
 //!                         # its invoke arrived, or the invoke gets a 429
 //! max_connections = 512   # open HTTP connections; more wait to be accepted
@@ -146,61 +154,9 @@ pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 /// Largest `limits.max_header_bytes`.
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
-/// Scheduling limits.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// In-flight invocations per function without reserved concurrency.
-    pub concurrency: u32,
-    /// In-flight invocations of one tenant of one function.
-    pub per_tenant: u32,
-    /// Seconds an idle environment is kept.
-    pub idle_timeout_s: u64,
-    /// Asynchronous invocations queued at most (waiting, running or
-    /// waiting to be retried); more are refused with a 429.
-    pub event_queue: usize,
-    /// Of [`event_queue`](Self::event_queue), the most one tenant (or one
-    /// function without tenant isolation) may hold.
-    pub event_queue_per_tenant: usize,
-    /// Asynchronous invocations running at once; one tenant gets at most
-    /// half of them (at least one).
-    pub event_workers: usize,
-    /// MicroVMs booting at once, host-wide; 0 means one per host CPU.
-    pub max_booting: usize,
-    /// Cold starts waiting for a boot slot, at most; more are refused (429).
-    pub cold_start_queue: usize,
-    /// Seconds within which a cold start's environment must be ready after
-    /// its invoke arrived (waiting for a boot slot included). A cold start
-    /// that could not make it is refused at once with a 429.
-    pub init_timeout_s: u64,
-    /// Open HTTP connections at most; further connections wait in the
-    /// listen backlog until one closes.
-    pub max_connections: usize,
-    /// Seconds within which a request's line and headers must arrive, from
-    /// the connection's start or the end of its previous response; also how
-    /// long an idle keep-alive connection is kept.
-    pub header_read_timeout_s: u64,
-    /// Seconds within which a request's body must arrive once its handler
-    /// starts reading it (408 otherwise).
-    pub body_read_timeout_s: u64,
-    /// Bytes of request line and headers at most (431 otherwise).
-    pub max_header_bytes: usize,
-}
+mod limits;
 
-impl LimitsConfig {
-    /// The scheduler's cold-start admission limits.
-    pub fn admission(&self) -> silo_scheduler::Admission {
-        let host = silo_scheduler::Admission::for_host();
-        silo_scheduler::Admission {
-            max_booting: if self.max_booting == 0 {
-                host.max_booting
-            } else {
-                self.max_booting
-            },
-            queue_capacity: self.cold_start_queue,
-        }
-    }
-}
+pub use limits::LimitsConfig;
 
 /// One access key.
 #[derive(Debug, Clone, Deserialize)]
@@ -213,26 +169,6 @@ pub struct Credential {
     /// If set, the key may only invoke as these tenants and may not change
     /// functions.
     pub tenants: Option<Vec<String>>,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            concurrency: 10,
-            per_tenant: 4,
-            idle_timeout_s: 300,
-            event_queue: 1000,
-            max_booting: 0,
-            cold_start_queue: 256,
-            init_timeout_s: 120,
-            event_queue_per_tenant: 250,
-            event_workers: 4,
-            max_connections: 512,
-            header_read_timeout_s: 10,
-            body_read_timeout_s: 60,
-            max_header_bytes: 16 * 1024,
-        }
-    }
 }
 
 impl Default for DaemonConfig {
@@ -311,9 +247,6 @@ pub enum ConfigError {
 /// A value the types cannot refuse, refused by [`DaemonConfig::check`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidConfig {
-    /// `limits.concurrency` is 0.
-    #[error("limits.concurrency must be at least 1")]
-    Concurrency,
     /// `limits.per_tenant` is 0.
     #[error("limits.per_tenant must be at least 1")]
     PerTenant,
@@ -401,9 +334,6 @@ impl DaemonConfig {
 
     /// Checks values the types cannot.
     pub fn check(&self) -> Result<(), InvalidConfig> {
-        if self.limits.concurrency == 0 {
-            return Err(InvalidConfig::Concurrency);
-        }
         if self.limits.per_tenant == 0 {
             return Err(InvalidConfig::PerTenant);
         }
@@ -488,7 +418,7 @@ mod tests {
     fn empty_file_is_the_defaults_and_mistakes_are_named() {
         let cfg: DaemonConfig = toml::from_str("").unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(cfg.limits.concurrency, 10);
+        assert_eq!(cfg.limits.concurrency, 0, "sized from the host");
         let e = toml::from_str::<DaemonConfig>("listn = \"x\"").unwrap_err();
         assert!(e.to_string().contains("listn"), "{e}");
         let cfg: DaemonConfig = toml::from_str(

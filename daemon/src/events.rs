@@ -277,6 +277,29 @@ mod tests {
         )
     }
 
+    /// Issue 19, finding 4: with the default limits, four tenants holding
+    /// their full shares (across functions) leave room for a fifth.
+    #[test]
+    fn a_fifth_tenant_is_accepted_while_four_hold_their_full_shares() {
+        let l = crate::config::LimitsConfig::default();
+        let q = EventQueue::new(l.event_queue, l.event_queue_per_tenant, l.event_workers);
+        for t in 0..4 {
+            let tenant = format!("hog-{t}");
+            let mut n = 0;
+            // Spread over functions: the share is the tenant's, not the
+            // function's.
+            while q.push(job(&format!("f{}", n % 7), Some(&tenant))).is_ok() {
+                n += 1;
+            }
+            assert_eq!(n, l.event_queue_per_tenant, "{tenant}'s full share");
+            assert_eq!(
+                q.push(job("other", Some(&tenant))),
+                Err(QueueFull::TenantShare)
+            );
+        }
+        assert_eq!(q.push(job("f0", Some("fifth"))), Ok(()));
+    }
+
     #[test]
     fn the_queue_and_each_share_are_bounded_retries_included() {
         let q = EventQueue::new(10, 4, 4);

@@ -109,7 +109,11 @@ impl Daemon {
             max_booting = admission.max_booting,
             cold_start_queue = admission.queue_capacity,
             init_timeout_s = config.limits.init_timeout_s,
-            "cold-start admission"
+            pool_boot_slots = admission.pool_boot_slots,
+            memory_mib = admission.memory_mib,
+            concurrency = admission.host_concurrency,
+            tenant_environments = admission.tenant_environments,
+            "cold-start admission and host-wide shares"
         );
         let l = &config.limits;
         let events = EventQueue::new(l.event_queue, l.event_queue_per_tenant, l.event_workers);
@@ -387,13 +391,19 @@ impl Daemon {
 
     fn limits(&self, rec: &FunctionRecord) -> Limits {
         let l = &self.config.limits;
-        let concurrency = rec.reserved_concurrency.unwrap_or(l.concurrency);
+        // Unreserved functions share the host's pool; their environment cap
+        // is based on it.
+        let concurrency = rec
+            .reserved_concurrency
+            .unwrap_or(self.scheduler.admission().host_concurrency);
         Limits {
             concurrency,
+            reserved: rec.reserved_concurrency.is_some(),
             per_tenant: l.per_tenant.min(concurrency.max(1)),
             env_cap_factor: 2.5,
             idle_timeout: Duration::from_secs(l.idle_timeout_s),
             init_deadline: Duration::from_secs(l.init_timeout_s),
+            memory_mib: rec.memory_mib,
         }
     }
 

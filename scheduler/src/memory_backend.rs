@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{Backend, Binding, Environment};
+use crate::{Backend, Binding, Environment, FunctionKey};
 
 /// A test request: which binding the caller meant, and how the environment
 /// should behave.
@@ -41,6 +41,9 @@ pub struct MemoryBackend {
     pub fail_creates: Arc<std::sync::atomic::AtomicBool>,
     /// How long a creation takes (milliseconds), like a VM boot.
     pub create_ms: Arc<AtomicU64>,
+    /// How long a pooled creation takes (milliseconds), the runtime's init
+    /// included; 0: as long as any creation (`create_ms`).
+    pub create_pooled_ms: Arc<AtomicU64>,
     /// Creations in progress now.
     pub creating: Arc<AtomicU64>,
     /// Most creations ever in progress at once.
@@ -73,9 +76,28 @@ impl Backend for MemoryBackend {
     type Response = (u64, u64);
 
     async fn create(&self, binding: &Binding) -> Result<MemEnv, MemError> {
+        self.create_taking(binding, self.create_ms.load(Ordering::SeqCst))
+            .await
+    }
+
+    async fn create_pooled(&self, function: &FunctionKey) -> Result<MemEnv, MemError> {
+        let binding = Binding {
+            function: function.clone(),
+            tenant: None,
+        };
+        let ms = match self.create_pooled_ms.load(Ordering::SeqCst) {
+            0 => self.create_ms.load(Ordering::SeqCst),
+            ms => ms,
+        };
+        self.create_taking(&binding, ms).await
+    }
+}
+
+impl MemoryBackend {
+    /// A creation taking `ms` milliseconds.
+    async fn create_taking(&self, binding: &Binding, ms: u64) -> Result<MemEnv, MemError> {
         let now = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
         self.creating_max.fetch_max(now, Ordering::SeqCst);
-        let ms = self.create_ms.load(Ordering::SeqCst);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         } else {

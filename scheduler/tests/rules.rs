@@ -32,6 +32,7 @@ fn req(b: &Binding, ms: u64, crash: bool) -> MemRequest {
 fn limits(concurrency: u32, per_tenant: u32) -> Limits {
     Limits {
         concurrency,
+        reserved: true,
         per_tenant,
         ..Limits::default()
     }
@@ -243,6 +244,10 @@ fn admission(max_booting: usize, queue_capacity: usize) -> Admission {
     Admission {
         max_booting,
         queue_capacity,
+        pool_boot_slots: (max_booting / 2).max(1),
+        memory_mib: 1 << 40,
+        host_concurrency: 100_000,
+        tenant_environments: 100_000,
     }
 }
 
@@ -770,13 +775,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
     #[test]
-    fn isolation_caps_and_no_leaks_under_random_load(ops in proptest::collection::vec(op(), 1..40), slots in 1usize..3, queue in 1usize..4, boot_ms in 0u64..15) {
+    fn isolation_caps_and_no_leaks_under_random_load(ops in proptest::collection::vec(op(), 1..40), slots in 1usize..3, queue in 1usize..4, boot_ms in 0u64..15, share in 1u32..4, guests in 1u64..6, host in 1u32..5) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let backend = MemoryBackend::default();
             backend.create_ms.store(boot_ms, SeqCst);
-            let s = Scheduler::with_admission(backend.clone(), admission(slots, queue));
-            let l = Limits { concurrency: 3, per_tenant: 2, env_cap_factor: 1.5, idle_timeout: Duration::ZERO, ..Limits::default() };
+            // Tenants' shares, host memory for `guests` guests and a host
+            // pool of `host` in flight for the unreserved function f1.
+            let adm = Admission { memory_mib: guests * 128, host_concurrency: host, tenant_environments: share, ..admission(slots, queue) };
+            let s = Scheduler::with_admission(backend.clone(), adm);
+            let l = Limits { concurrency: 3, reserved: true, per_tenant: 2, env_cap_factor: 1.5, idle_timeout: Duration::ZERO, ..Limits::default() };
+            let limits_of = move |f: u8| Limits { reserved: f == 0, ..l };
             let mut handles = Vec::new();
             for o in ops {
                 match o {
@@ -784,7 +793,7 @@ proptest! {
                         let b = binding(&format!("f{f}"), &format!("t{t}"));
                         let s2 = s.clone();
                         handles.push(tokio::spawn(async move {
-                            s2.invoke(b.clone(), l, req(&b, u64::from(ms), crash)).await.map(|_| ())
+                            s2.invoke(b.clone(), limits_of(f), req(&b, u64::from(ms), crash)).await.map(|_| ())
                         }));
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -799,13 +808,18 @@ proptest! {
                 for (name, n) in &st.environments {
                     assert!(*n <= l.env_cap(), "{name}: {n} environments over the cap");
                 }
-                for (name, n) in &st.in_flight {
-                    assert!(*n <= l.concurrency, "{name}: {n} in flight over concurrency");
+                // Reserved concurrency holds for f0; f1 draws on the host pool.
+                assert!(st.in_flight.get("f0").copied().unwrap_or(0) <= l.concurrency, "f0 in flight over its reserved concurrency");
+                assert!(st.unreserved_in_flight <= host, "{} unreserved in flight over the host's {host}", st.unreserved_in_flight);
+                for (tenant, n) in &st.tenant_environments {
+                    assert!(*n <= share, "{tenant:?} holds {n} environments over its share of {share}");
                 }
+                assert!(st.memory_used <= guests * 128, "{} MiB of guests over {} MiB", st.memory_used, guests * 128);
                 for ((name, tenant), n) in &st.tenant_in_flight {
                     assert!(*n <= l.per_tenant, "{name}/{tenant:?}: {n} in flight over the tenant ceiling");
                 }
                 assert!(st.booting <= slots, "{} booting over {slots} slots", st.booting);
+                assert!(st.pool_booting <= (slots / 2).max(1), "{} pool boots over their share of {slots} slots", st.pool_booting);
                 assert!(st.queued <= queue, "{} queued over a queue of {queue}", st.queued);
             }
             for h in handles {
@@ -830,10 +844,11 @@ proptest! {
             // time on a loaded machine (the checks below say what is wrong).
             for _ in 0..400 {
                 let j = backend.journal.lock().unwrap().clone();
-                if j.destroyed.len() >= j.created.len() { break; }
+                if j.destroyed.len() >= j.created.len() && s.stats().memory_used == 0 { break; }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let j = backend.journal.lock().unwrap().clone();
+            assert_eq!(s.stats().memory_used, 0, "memory freed with the environments");
             // Isolation: every request an environment served was for its own
             // binding. Pooled environments (created bound to no tenant) are
             // bound by their first invocation: of their function version,

@@ -319,9 +319,12 @@ fn respond(
         }
         Err(ScheduleError::Throttled(reason)) => {
             let (msg, code) = match reason {
-                ThrottleReason::FunctionConcurrency => ("Rate Exceeded: the function's concurrency is in use", "ReservedFunctionConcurrentInvocationLimitExceeded"),
-                ThrottleReason::TenantConcurrency => ("Rate Exceeded: this tenant's concurrency ceiling is reached", "TenantConcurrentInvocationLimitExceeded"),
-                ThrottleReason::EnvironmentCap => ("Rate Exceeded: the function's execution environment cap is reached and none is idle", "ConcurrentInvocationLimitExceeded"),
+                ThrottleReason::FunctionConcurrency => ("Rate Exceeded: the function's reserved concurrency is in use", "ReservedFunctionConcurrentInvocationLimitExceeded"),
+                ThrottleReason::HostConcurrency => ("Rate Exceeded: the host's concurrency for functions without reserved concurrency is in use", "ConcurrentInvocationLimitExceeded"),
+                ThrottleReason::TenantConcurrency => ("Rate Exceeded: this tenant's concurrency ceiling for this function is reached", "TenantConcurrentInvocationLimitExceeded"),
+                ThrottleReason::TenantEnvironments => ("Rate Exceeded: this tenant holds its share of the host's execution environments, all busy", "TenantExecutionEnvironmentLimitExceeded"),
+                ThrottleReason::HostMemory => ("Rate Exceeded: the function's memory exceeds what this host may give all its environments", "HostMemoryLimitExceeded"),
+                ThrottleReason::EnvironmentCap => ("Rate Exceeded: the function's execution environment cap is reached and none is idle", "FunctionExecutionEnvironmentLimitExceeded"),
                 ThrottleReason::ColdStartQueueFull => ("Rate Exceeded: too many new execution environments are waiting to boot on this host; retry later", "ColdStartQueueFull"),
                 ThrottleReason::ColdStartDeadline => ("Rate Exceeded: a new execution environment could not be ready within the init timeout while others boot; retry later", "ColdStartDeadlineExceeded"),
             };
