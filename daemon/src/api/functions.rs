@@ -1,6 +1,7 @@
 //! Function management: CreateFunction, GetFunction, GetFunctionConfiguration,
 //! ListFunctions, DeleteFunction, UpdateFunctionCode,
-//! UpdateFunctionConfiguration, Put/DeleteFunctionConcurrency.
+//! UpdateFunctionConfiguration (the concurrency and pool settings are in
+//! [`super::function_settings`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +75,7 @@ struct ConfigInput {
     zip_file: Option<String>,
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_content(format!("Could not parse request body into json: {e}"))
     })
@@ -251,7 +252,7 @@ fn configuration_for(d: &Daemon, r: &FunctionRecord, principal: &Principal) -> V
     v
 }
 
-fn lookup(d: &Daemon, raw: &str) -> Result<FunctionRecord, ApiError> {
+pub(super) fn lookup(d: &Daemon, raw: &str) -> Result<FunctionRecord, ApiError> {
     let name = function_name(raw)?;
     d.get(&name)
         .ok_or_else(|| ApiError::not_found(format!("Function not found: {}", d.arn(&name))))
@@ -340,7 +341,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
 
 /// A function change the daemon could not make: the caller's to fix when
 /// its memory cannot hold the runtime (400), else the daemon's (500).
-fn change_error(what: String, e: crate::state::FunctionError) -> ApiError {
+pub(super) fn change_error(what: String, e: crate::state::FunctionError) -> ApiError {
     use crate::state::FunctionError;
     use crate::vm_backend::RegisterError;
     match e {
@@ -507,112 +508,6 @@ pub async fn update_configuration(
         .await
         .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
     Ok(Json(configuration(&d, &rec)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ConcurrencyInput {
-    reserved_concurrent_executions: Option<i64>,
-}
-
-/// `PUT /2017-10-31/functions/{name}/concurrency`
-pub async fn put_concurrency(
-    State(d): State<Arc<Daemon>>,
-    Path(raw): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, 1 << 16, "PutFunctionConcurrency").await?;
-    a.principal.require_admin("PutFunctionConcurrency")?;
-    let input: ConcurrencyInput = parse_json(&a.body)?;
-    let n = input
-        .reserved_concurrent_executions
-        .filter(|n| (0..=10_000).contains(n))
-        .ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "ReservedConcurrentExecutions must be a number from 0 to 10000",
-            )
-        })? as u32;
-    let rec = lookup(&d, &raw)?;
-    d.set_concurrency(&rec.name, Some(n))
-        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
-    Ok(Json(json!({ "ReservedConcurrentExecutions": n })).into_response())
-}
-
-/// `DELETE /2017-10-31/functions/{name}/concurrency`
-pub async fn delete_concurrency(
-    State(d): State<Arc<Daemon>>,
-    Path(raw): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, 0, "DeleteFunctionConcurrency").await?;
-    a.principal.require_admin("DeleteFunctionConcurrency")?;
-    let rec = lookup(&d, &raw)?;
-    d.set_concurrency(&rec.name, None)
-        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PoolInput {
-    pool_size: Option<i64>,
-}
-
-fn pool_body(d: &Daemon, rec: &FunctionRecord) -> Value {
-    let (ready, booting) = d.pool_state(&rec.name);
-    json!({ "PoolSize": d.pool_size(rec), "Ready": ready, "Booting": booting })
-}
-
-/// `PUT /2015-03-31/functions/{name}/pool` (a silo extension): keep
-/// `PoolSize` environments booted ahead of time, bound to no tenant until a
-/// new tenant's first invoke takes one.
-pub async fn put_pool(
-    State(d): State<Arc<Daemon>>,
-    Path(raw): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, 1 << 16, "PutFunctionPool").await?;
-    a.principal.require_admin("PutFunctionPool")?;
-    let input: PoolInput = parse_json(&a.body)?;
-    let n = input
-        .pool_size
-        .filter(|n| (0..=100).contains(n))
-        .ok_or_else(|| ApiError::invalid_parameter("PoolSize must be a number from 0 to 100"))?
-        as u32;
-    let rec = lookup(&d, &raw)?;
-    let rec = d
-        .set_pool(&rec.name, Some(n))
-        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
-    Ok(Json(pool_body(&d, &rec)).into_response())
-}
-
-/// `GET /2015-03-31/functions/{name}/pool`: the pool's size, and how many of
-/// its environments are ready and booting (admin keys only).
-pub async fn get_pool(
-    State(d): State<Arc<Daemon>>,
-    Path(raw): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, 0, "GetFunctionPool").await?;
-    // Pool state tells of every tenant's traffic: administrators only.
-    a.principal.require_admin("GetFunctionPool")?;
-    let rec = lookup(&d, &raw)?;
-    Ok(Json(pool_body(&d, &rec)).into_response())
-}
-
-/// `DELETE /2015-03-31/functions/{name}/pool`: back to the configuration's
-/// pool size (none unless `[pools]` names the function).
-pub async fn delete_pool(
-    State(d): State<Arc<Daemon>>,
-    Path(raw): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let a = read_authed(&d, req, 0, "DeleteFunctionPool").await?;
-    a.principal.require_admin("DeleteFunctionPool")?;
-    let rec = lookup(&d, &raw)?;
-    d.set_pool(&rec.name, None)
-        .map_err(|e| change_error(format!("updating {}", rec.name), e))?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+mod function_settings;
 mod functions;
 mod invoke;
 
@@ -52,13 +53,13 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route(
             "/2015-03-31/functions/{name}/pool",
-            put(functions::put_pool)
-                .get(functions::get_pool)
-                .delete(functions::delete_pool),
+            put(function_settings::put_pool)
+                .get(function_settings::get_pool)
+                .delete(function_settings::delete_pool),
         )
         .route(
             "/2017-10-31/functions/{name}/concurrency",
-            put(functions::put_concurrency).delete(functions::delete_concurrency),
+            put(function_settings::put_concurrency).delete(function_settings::delete_concurrency),
         )
         .route(
             "/2015-03-31/functions/{name}/invocations",
