@@ -18,6 +18,7 @@ pub mod console;
 mod events;
 pub mod jail;
 pub mod metrics;
+pub mod runtime_copies;
 pub mod serve;
 mod state;
 pub mod store;

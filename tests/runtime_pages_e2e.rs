@@ -1,0 +1,207 @@
+//! Issue 19, finding 2: two tenants' VMs of a `python3.11` function never
+//! map the same host page of the runtime's image (virtio-pmem, DAX), read
+//! from the host's page tables: `/proc/<vmm>/pagemap` over each jailed VMM's
+//! pmem mapping (as root, where the daemon runs: in the KVM test host on
+//! these machines). A tenant's own two VMs may share pages, and do: that
+//! proves the reading sees shared pages when there are some.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::daemon::{config, scratch, TestDaemon};
+use silo_client::InvokeOptions;
+
+/// Prints `VMM <pid> <dev> <inode> <range>` for every `silo-vmm` process
+/// (the jailed child, by its host pid) with a shared read-only file mapping
+/// (its pmem image); with `QUERY_STRING=pfns`, each followed by the page
+/// frame numbers (hex, the low 52 bits of each present pagemap entry).
+const PAGEMAP_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  [ "$(cat $d/comm 2>/dev/null)" = silo-vmm ] || continue
+  grep ' r--s ' $d/maps 2>/dev/null | while read range perms off dev inode path; do
+    [ "$inode" = 0 ] && continue
+    echo "VMM $p $dev $inode $range"
+    [ "$QUERY_STRING" = pfns ] || continue
+    s=$((0x${range%-*} / 4096)); e=$((0x${range#*-} / 4096))
+    dd if=$d/pagemap bs=8 skip=$s count=$((e - s)) 2>/dev/null | od -An -v -tx8 -w8 \
+      | grep '^ *[89a-f]' | sed 's/^ *...//'
+  done
+done
+echo END
+"#;
+
+/// Touches more of the runtime than the bare interpreter: a few C
+/// extensions (hashlib, zlib, decimal), and sleeps when asked so that a
+/// second invoke needs a second VM.
+const HANDLER: &str = r#"import hashlib, json, time, zlib, decimal
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    digest = hashlib.sha256(zlib.compress(json.dumps(event).encode())).hexdigest()
+    return {"tenant": context.tenant_id, "digest": digest, "d": str(decimal.Decimal(1) / 7)}
+"#;
+
+/// One VMM's pmem mapping and the frames present in it.
+#[derive(Debug, Default)]
+struct Mapping {
+    file: String,
+    pfns: BTreeSet<u64>,
+}
+
+/// Parses the CGI's output: VMM pid -> its mapping.
+fn parse(out: &str) -> BTreeMap<u32, Mapping> {
+    let mut vmms: BTreeMap<u32, Mapping> = BTreeMap::new();
+    let mut current = None;
+    for l in out.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("VMM ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let pid: u32 = f[0].parse().expect("pid");
+            vmms.entry(pid).or_default().file = format!("{} {}", f[1], f[2]);
+            current = Some(pid);
+        } else if let (Some(pid), Ok(pfn)) = (current, u64::from_str_radix(l, 16)) {
+            vmms.get_mut(&pid).unwrap().pfns.insert(pfn);
+        }
+    }
+    assert!(out.contains("END"), "the CGI did not finish:\n{out}");
+    vmms
+}
+
+/// Runs the inspection where the daemon runs, as root.
+fn inspect(d: &TestDaemon, query: &str) -> BTreeMap<u32, Mapping> {
+    let out = d.cgi("pagemap", query).unwrap_or_else(|| {
+        let o = std::process::Command::new("sh")
+            .args(["-c", PAGEMAP_CGI])
+            .env("QUERY_STRING", query)
+            .output()
+            .expect("sh");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    parse(&out)
+}
+
+fn invoke(d: &TestDaemon, tenant: &str, payload: &str) {
+    let r = d
+        .admin()
+        .invoke(
+            "pages",
+            payload.as_bytes(),
+            &InvokeOptions {
+                tenant: Some(tenant.into()),
+                ..Default::default()
+            },
+        )
+        .expect("invoke");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-amz-function-error").is_none(), "{}", r.text());
+    assert!(r.text().contains(tenant), "{}", r.text());
+}
+
+/// The VMM that appeared since `before`.
+fn new_vmm(d: &TestDaemon, before: &BTreeSet<u32>) -> u32 {
+    let now: BTreeSet<u32> = inspect(d, "list").into_keys().collect();
+    let new: Vec<u32> = now.difference(before).copied().collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "one new VMM expected: before {before:?}, now {now:?}"
+    );
+    new[0]
+}
+
+#[test]
+fn two_tenants_vms_share_no_page_of_the_runtime_image() {
+    let cgi_dir = scratch("pagemap-cgi");
+    let cgi = cgi_dir.join("pagemap");
+    std::fs::write(&cgi, PAGEMAP_CGI).unwrap();
+    let files: Vec<(PathBuf, String)> = vec![(cgi, "/work/cgi/pagemap".into())];
+    let d = TestDaemon::with_runtime_and("python3.11", &config(""), "pmem", files);
+    let logs = d.run_scenario(|d| {
+        let zip = silo_initramfs::package::make_zip(&[("app.py", 0o644, HANDLER.as_bytes())]);
+        let r = d
+            .admin()
+            .create_function(
+                "pages",
+                &zip,
+                true,
+                serde_json::json!({"Runtime": "python3.11", "Handler": "app.handler", "Timeout": 60}),
+            )
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.text());
+        let mut seen = BTreeSet::new();
+        invoke(d, "tenant-A", "{}");
+        let a1 = new_vmm(d, &seen);
+        seen.insert(a1);
+        invoke(d, "tenant-B", "{}");
+        let b1 = new_vmm(d, &seen);
+        seen.insert(b1);
+        // A second VM of tenant A: its first VM is busy sleeping.
+        let busy = {
+            let endpoint = d.endpoint.clone();
+            let admin = d.admin();
+            std::thread::spawn(move || {
+                let r = admin
+                    .invoke(
+                        "pages",
+                        br#"{"sleep": 20}"#,
+                        &InvokeOptions {
+                            tenant: Some("tenant-A".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+                assert_eq!(r.status, 200, "{}", r.text());
+            })
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        invoke(d, "tenant-A", "{}");
+        let a2 = new_vmm(d, &seen);
+        busy.join().unwrap();
+        let vmms = inspect(d, "pfns");
+        let get = |pid: u32| {
+            vmms.get(&pid)
+                .unwrap_or_else(|| panic!("VMM {pid} has no pmem mapping: {vmms:?}"))
+        };
+        let (a1, a2, b1) = (get(a1), get(a2), get(b1));
+        let common = |x: &Mapping, y: &Mapping| x.pfns.intersection(&y.pfns).count();
+        let report = format!(
+            "tenant-A VM 1: file {} {} pages present; tenant-A VM 2: file {} {} pages; \
+             tenant-B: file {} {} pages; common A1/B {}, A2/B {}, A1/A2 {}",
+            a1.file,
+            a1.pfns.len(),
+            a2.file,
+            a2.pfns.len(),
+            b1.file,
+            b1.pfns.len(),
+            common(a1, b1),
+            common(a2, b1),
+            common(a1, a2)
+        );
+        eprintln!("{report}");
+        for m in [a1, a2, b1] {
+            assert!(
+                m.pfns.len() >= 64,
+                "the guest touched too little of its image to tell: {report}"
+            );
+        }
+        assert_eq!(
+            common(a1, b1) + common(a2, b1),
+            0,
+            "tenants' VMs map the same host pages of the runtime image: {report}"
+        );
+        assert_ne!(a1.file, b1.file, "{report}");
+        // Control: the same tenant's VMs map one copy and share its pages,
+        // so the reading above does see shared pages where there are any.
+        assert_eq!(a1.file, a2.file, "{report}");
+        assert!(common(a1, a2) >= 64, "{report}");
+    });
+    assert!(
+        logs.contains("runtime_sharing=\"tenant\""),
+        "the daemon logs the sharing in force at start:\n{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&cgi_dir);
+}
