@@ -20,6 +20,7 @@ use silo_client::InvokeOptions;
 /// frame numbers (hex, the low 52 bits of each present pagemap entry).
 const PAGEMAP_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
+if [ "$QUERY_STRING" = dmesg ]; then dmesg | tail -60; ps; echo END; exit 0; fi
 for d in /proc/[0-9]*; do
   p=${d#/proc/}
   [ "$(cat $d/comm 2>/dev/null)" = silo-vmm ] || continue
@@ -113,6 +114,65 @@ fn new_vmm(d: &TestDaemon, before: &BTreeSet<u32>) -> u32 {
     new[0]
 }
 
+/// Invokes, printing the test host's kernel log and processes if that fails.
+fn invoke_or_dmesg(d: &TestDaemon, tenant: &str, before: &str) {
+    if let Err(e) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invoke(d, tenant, "{}")))
+    {
+        eprintln!("{before}");
+        eprintln!("{}", d.cgi("pagemap", "dmesg").unwrap_or_default());
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// Checks that tenant A's VMs (`a1`, and `a2` if given) and tenant B's
+/// (`b1`) have no page frame in common over their pmem mappings, that each
+/// has enough present to tell, and that A's two VMs share pages (one
+/// copy); returns what it read.
+fn check_tenants(vmms: &BTreeMap<u32, Mapping>, a1: u32, b1: u32, a2: Option<u32>) -> String {
+    let get = |pid: u32| {
+        vmms.get(&pid)
+            .unwrap_or_else(|| panic!("VMM {pid} has no pmem mapping: {vmms:?}"))
+    };
+    let common = |x: &Mapping, y: &Mapping| x.pfns.intersection(&y.pfns).count();
+    let (a1, b1) = (get(a1), get(b1));
+    let mut report = format!(
+        "tenant-A VM 1: file {} {} pages present; tenant-B VM: file {} {} pages; common A1/B {}",
+        a1.file,
+        a1.pfns.len(),
+        b1.file,
+        b1.pfns.len(),
+        common(a1, b1)
+    );
+    if let Some(a2) = a2.map(get) {
+        report += &format!(
+            "; tenant-A VM 2: file {} {} pages; common A2/B {}, A1/A2 {}",
+            a2.file,
+            a2.pfns.len(),
+            common(a2, b1),
+            common(a1, a2)
+        );
+    }
+    eprintln!("{report}");
+    for m in [a1, b1].into_iter().chain(a2.map(get)) {
+        assert!(
+            m.pfns.len() >= 64,
+            "the guest touched too little of its image to tell: {report}"
+        );
+        assert_eq!(
+            common(m, b1) * usize::from(!std::ptr::eq(m, b1)),
+            0,
+            "tenants' VMs map the same host pages of the runtime image: {report}"
+        );
+    }
+    assert_ne!(a1.file, b1.file, "{report}");
+    if let Some(a2) = a2.map(get) {
+        assert_eq!(a1.file, a2.file, "{report}");
+        assert!(common(a1, a2) >= 64, "{report}");
+    }
+    report
+}
+
 #[test]
 fn two_tenants_vms_share_no_page_of_the_runtime_image() {
     let cgi_dir = scratch("pagemap-cgi");
@@ -139,65 +199,31 @@ fn two_tenants_vms_share_no_page_of_the_runtime_image() {
         invoke(d, "tenant-B", "{}");
         let b1 = new_vmm(d, &seen);
         seen.insert(b1);
-        // A second VM of tenant A: its first VM is busy sleeping.
+        let vmms = inspect(d, "pfns");
+        let report = check_tenants(&vmms, a1, b1, None);
+        // A second VM of tenant A (its first VM is busy sleeping): it maps
+        // what tenant A's first maps, which proves the reading above does
+        // see pages two VMs share where there are any.
         let busy = {
-            let endpoint = d.endpoint.clone();
             let admin = d.admin();
             std::thread::spawn(move || {
-                let r = admin
-                    .invoke(
-                        "pages",
-                        br#"{"sleep": 20}"#,
-                        &InvokeOptions {
-                            tenant: Some("tenant-A".into()),
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap_or_else(|e| panic!("{endpoint}: {e}"));
-                assert_eq!(r.status, 200, "{}", r.text());
+                admin.invoke(
+                    "pages",
+                    br#"{"sleep": 20}"#,
+                    &InvokeOptions {
+                        tenant: Some("tenant-A".into()),
+                        ..Default::default()
+                    },
+                )
             })
         };
         std::thread::sleep(Duration::from_secs(3));
-        invoke(d, "tenant-A", "{}");
+        invoke_or_dmesg(d, "tenant-A", &report);
         let a2 = new_vmm(d, &seen);
-        busy.join().unwrap();
+        let r = busy.join().unwrap().expect("invoke");
+        assert_eq!(r.status, 200, "{}", r.text());
         let vmms = inspect(d, "pfns");
-        let get = |pid: u32| {
-            vmms.get(&pid)
-                .unwrap_or_else(|| panic!("VMM {pid} has no pmem mapping: {vmms:?}"))
-        };
-        let (a1, a2, b1) = (get(a1), get(a2), get(b1));
-        let common = |x: &Mapping, y: &Mapping| x.pfns.intersection(&y.pfns).count();
-        let report = format!(
-            "tenant-A VM 1: file {} {} pages present; tenant-A VM 2: file {} {} pages; \
-             tenant-B: file {} {} pages; common A1/B {}, A2/B {}, A1/A2 {}",
-            a1.file,
-            a1.pfns.len(),
-            a2.file,
-            a2.pfns.len(),
-            b1.file,
-            b1.pfns.len(),
-            common(a1, b1),
-            common(a2, b1),
-            common(a1, a2)
-        );
-        eprintln!("{report}");
-        for m in [a1, a2, b1] {
-            assert!(
-                m.pfns.len() >= 64,
-                "the guest touched too little of its image to tell: {report}"
-            );
-        }
-        assert_eq!(
-            common(a1, b1) + common(a2, b1),
-            0,
-            "tenants' VMs map the same host pages of the runtime image: {report}"
-        );
-        assert_ne!(a1.file, b1.file, "{report}");
-        // Control: the same tenant's VMs map one copy and share its pages,
-        // so the reading above does see shared pages where there are any.
-        assert_eq!(a1.file, a2.file, "{report}");
-        assert!(common(a1, a2) >= 64, "{report}");
+        check_tenants(&vmms, a1, b1, Some(a2));
     });
     assert!(
         logs.contains("runtime_sharing=\"tenant\""),
