@@ -386,6 +386,67 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Pages of `path` in the page cache (mincore over a read-only map).
+    fn resident_pages(path: &Path) -> usize {
+        let f = std::fs::File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a fresh read-only shared mapping of a file this test
+        // opened, never dereferenced; unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `vec` has one byte per page of the mapping `addr..len`.
+        let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(addr, len) };
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    /// A fresh copy takes no page-cache memory until a VM touches it
+    /// (where the file system has a page cache to drop from: not tmpfs).
+    #[tokio::test]
+    async fn a_fresh_copy_is_not_in_the_page_cache() {
+        let d = scratch("cache");
+        let src = d.join("big.img");
+        let data: Vec<u8> = (0..8 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, data).unwrap();
+        let copies = RuntimeCopies::new(d.join("copies"), RuntimeSharing::Tenant);
+        let l = copies
+            .image_for(&src, ImageUser::Tenant("A"))
+            .await
+            .unwrap();
+        // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+        let fs_type = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(libc::statfs(c.as_ptr(), &mut st), 0);
+            st.f_type
+        };
+        if fs_type == libc::TMPFS_MAGIC {
+            eprintln!("{} is on tmpfs: a copy is its memory", d.display());
+        } else {
+            assert_eq!(
+                resident_pages(l.path()),
+                0,
+                "the copy's pages stayed cached"
+            );
+        }
+        drop(l);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     /// VMs of one tenant booting at once wait for one copy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_first_vms_of_a_tenant_share_one_copy() {
