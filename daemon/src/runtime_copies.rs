@@ -191,6 +191,11 @@ impl RuntimeCopies {
                 _copy: None,
             });
         }
+        let shared_by = match user {
+            ImageUser::Tenant(_) => "one tenant's VMs",
+            ImageUser::Function(_) => "one function's VMs (not PER_TENANT)",
+            ImageUser::Private => "one pooled VM",
+        };
         let owner = match user {
             ImageUser::Tenant(t) => Some(Owner::Tenant(t.to_string())),
             ImageUser::Function(f) => Some(Owner::Function(f.to_string())),
@@ -235,8 +240,9 @@ impl RuntimeCopies {
                     if r.is_ok() {
                         tracing::info!(
                             image = %to.display(),
+                            shared_by,
                             copy_ms = started.elapsed().as_secs_f64() * 1e3,
-                            "copied a runtime image for a tenant's VMs"
+                            "copied a runtime image"
                         );
                     }
                     r
