@@ -3,7 +3,8 @@
 //! from the host's page tables: `/proc/<vmm>/pagemap` over each jailed VMM's
 //! pmem mapping (as root, where the daemon runs: in the KVM test host on
 //! these machines). A tenant's own two VMs may share pages, and do: that
-//! proves the reading sees shared pages when there are some.
+//! proves the reading sees shared pages when there are some. Pooled VMs
+//! (booted before any tenant is known) share no page with any other VM.
 
 mod common;
 
@@ -114,6 +115,21 @@ fn new_vmm(d: &TestDaemon, before: &BTreeSet<u32>) -> u32 {
     new[0]
 }
 
+/// Creates the per-tenant python3.11 function `pages` of [`HANDLER`].
+fn create_pages(d: &TestDaemon) {
+    let zip = silo_initramfs::package::make_zip(&[("app.py", 0o644, HANDLER.as_bytes())]);
+    let r = d
+        .admin()
+        .create_function(
+            "pages",
+            &zip,
+            true,
+            serde_json::json!({"Runtime": "python3.11", "Handler": "app.handler", "Timeout": 60}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 /// Invokes, printing the test host's kernel log and processes if that fails.
 fn invoke_or_dmesg(d: &TestDaemon, tenant: &str, before: &str) {
     if let Err(e) =
@@ -175,23 +191,9 @@ fn check_tenants(vmms: &BTreeMap<u32, Mapping>, a1: u32, b1: u32, a2: Option<u32
 
 #[test]
 fn two_tenants_vms_share_no_page_of_the_runtime_image() {
-    let cgi_dir = scratch("pagemap-cgi");
-    let cgi = cgi_dir.join("pagemap");
-    std::fs::write(&cgi, PAGEMAP_CGI).unwrap();
-    let files: Vec<(PathBuf, String)> = vec![(cgi, "/work/cgi/pagemap".into())];
-    let d = TestDaemon::with_runtime_and("python3.11", &config(""), "pmem", files);
+    let (d, cgi_dir) = daemon("");
     let logs = d.run_scenario(|d| {
-        let zip = silo_initramfs::package::make_zip(&[("app.py", 0o644, HANDLER.as_bytes())]);
-        let r = d
-            .admin()
-            .create_function(
-                "pages",
-                &zip,
-                true,
-                serde_json::json!({"Runtime": "python3.11", "Handler": "app.handler", "Timeout": 60}),
-            )
-            .unwrap();
-        assert_eq!(r.status, 201, "{}", r.text());
+        create_pages(d);
         let mut seen = BTreeSet::new();
         invoke(d, "tenant-A", "{}");
         let a1 = new_vmm(d, &seen);
@@ -229,5 +231,73 @@ fn two_tenants_vms_share_no_page_of_the_runtime_image() {
         logs.contains("runtime_sharing=\"tenant\""),
         "the daemon logs the sharing in force at start:\n{logs}"
     );
+    let _ = std::fs::remove_dir_all(&cgi_dir);
+}
+
+/// A daemon with the python3.11 runtime on pmem and the pagemap CGI, and
+/// the scratch directory to remove afterwards.
+fn daemon(extra_config: &str) -> (TestDaemon, PathBuf) {
+    let cgi_dir = scratch("pagemap-cgi");
+    let cgi = cgi_dir.join("pagemap");
+    std::fs::write(&cgi, PAGEMAP_CGI).unwrap();
+    let files: Vec<(PathBuf, String)> = vec![(cgi, "/work/cgi/pagemap".into())];
+    let d = TestDaemon::with_runtime_and("python3.11", &config(extra_config), "pmem", files);
+    (d, cgi_dir)
+}
+
+/// With a pool of one: the pooled VM tenant A takes, the one booted to
+/// replace it and tenant B's VM each map a file of their own and share no
+/// page (a pooled VM is booted before its tenant is known, so it shares
+/// with no one).
+#[test]
+fn pooled_vms_share_no_page_with_any_other_vm() {
+    let (d, cgi_dir) = daemon("[pools]\npages = 1\n");
+    d.run_scenario(|d| {
+        create_pages(d);
+        // Waits until `n` VMMs map their image and each has touched it
+        // (a pooled VM's runtime finished its init).
+        let wait_for = |n: usize| {
+            let until = std::time::Instant::now() + Duration::from_secs(300);
+            loop {
+                let vmms = inspect(d, "pfns");
+                if vmms.len() >= n && vmms.values().all(|m| m.pfns.len() >= 64) {
+                    return vmms;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{n} VMMs with their image touched expected: {vmms:?}"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        };
+        wait_for(1);
+        invoke(d, "tenant-A", "{}");
+        invoke(d, "tenant-B", "{}");
+        // Tenant A's (the first pooled VM), tenant B's (the replacement,
+        // or a cold start) and the pool's next one.
+        let vmms = wait_for(3);
+        let summary: Vec<String> = vmms
+            .iter()
+            .map(|(pid, m)| format!("VMM {pid}: file {} {} pages", m.file, m.pfns.len()))
+            .collect();
+        let files: BTreeSet<&String> = vmms.values().map(|m| &m.file).collect();
+        assert_eq!(
+            files.len(),
+            vmms.len(),
+            "VMs share an image file: {summary:?}"
+        );
+        for (p, m) in &vmms {
+            for (q, n) in &vmms {
+                if p < q {
+                    let common = m.pfns.intersection(&n.pfns).count();
+                    assert_eq!(
+                        common, 0,
+                        "VMMs {p} and {q} share {common} pages: {summary:?}"
+                    );
+                }
+            }
+        }
+        eprintln!("{summary:?}");
+    });
     let _ = std::fs::remove_dir_all(&cgi_dir);
 }
