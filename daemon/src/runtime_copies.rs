@@ -499,6 +499,24 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// `runtime_sharing` in the configuration: per tenant unless "host"
+    /// is written out; anything else is refused.
+    #[test]
+    fn the_configuration_shares_per_tenant_unless_told_host() {
+        use crate::config::DaemonConfig;
+        let parse = |t: &str| toml::from_str::<DaemonConfig>(t).map(|c| c.runtime_sharing);
+        assert_eq!(parse("").unwrap(), RuntimeSharing::Tenant);
+        assert_eq!(
+            parse("runtime_sharing = \"tenant\"").unwrap(),
+            RuntimeSharing::Tenant
+        );
+        assert_eq!(
+            parse("runtime_sharing = \"host\"").unwrap(),
+            RuntimeSharing::Host
+        );
+        assert!(parse("runtime_sharing = \"all\"").is_err());
+    }
+
     /// A copy that cannot be made fails that VM's boot, names both files,
     /// and leaves nothing behind; the next boot tries again.
     #[tokio::test]
