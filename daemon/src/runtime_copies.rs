@@ -231,12 +231,19 @@ impl RuntimeCopies {
         copy.made
             .get_or_try_init(|| {
                 let (dir, from, to) = (self.dir.clone(), source.to_path_buf(), copy.path.clone());
+                // The copying thread holds the copy too: if this boot is
+                // given up meanwhile, the file is removed once written.
+                let held = copy.clone();
                 async move {
                     let to2 = to.clone();
                     let started = Instant::now();
-                    let r = tokio::task::spawn_blocking(move || copy_image(&dir, &from, &to2))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    let r = tokio::task::spawn_blocking(move || {
+                        let r = copy_image(&dir, &from, &to2);
+                        drop(held);
+                        r
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                     if r.is_ok() {
                         tracing::info!(
                             image = %to.display(),
@@ -515,6 +522,35 @@ mod tests {
             RuntimeSharing::Host
         );
         assert!(parse("runtime_sharing = \"all\"").is_err());
+    }
+
+    /// A boot given up while its copy is being made leaves no file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_boot_given_up_mid_copy_leaves_no_file() {
+        let d = scratch("abort");
+        let src = d.join("big.img");
+        std::fs::write(&src, vec![7u8; 32 << 20]).unwrap();
+        let copies = Arc::new(RuntimeCopies::new(d.join("copies"), RuntimeSharing::Tenant));
+        for delay_ms in [0, 1, 5, 20] {
+            let (c, s) = (copies.clone(), src.clone());
+            let task =
+                tokio::spawn(
+                    async move { c.image_for(&s, ImageUser::Tenant("A")).await.map(drop) },
+                );
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            task.abort();
+            let _ = task.await;
+            let until = Instant::now() + std::time::Duration::from_secs(20);
+            while std::fs::read_dir(d.join("copies")).map_or(0, |r| r.count()) > 0 {
+                assert!(
+                    Instant::now() < until,
+                    "a copy was left behind (abort after {delay_ms} ms)"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(copies.live_copies(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     /// A copy that cannot be made fails that VM's boot, names both files,
