@@ -11,7 +11,8 @@
 //! - [`python`]: cold starts of a Python function (managed runtime) against
 //!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
 //! - [`pmem_memory`]: host memory of N VMs reading the same files from one
-//!   shared virtio-pmem image against the files in each VM's initramfs.
+//!   shared virtio-pmem image against the files in each VM's initramfs,
+//!   and against a copy of the image per tenant ([`pmem_tenants`]).
 //!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
@@ -20,6 +21,7 @@ pub mod api;
 pub mod boot;
 pub mod guest_files;
 pub mod pmem_memory;
+pub mod pmem_tenants;
 pub mod python;
 
 /// Logs to stderr, filtered by `SILO_LOG` (default `info`), in colour on a

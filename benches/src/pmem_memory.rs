@@ -4,7 +4,10 @@
 //!
 //! Both variants boot N VMs at once with the same kernel, memory size and
 //! `/init`; a third, `idle`, mounts the image and reads nothing (the cost of
-//! an idle VM, to subtract). Each guest reads every file of the set (about `--mib` MiB of
+//! an idle VM, to subtract); a fourth, `pmem-per-tenant`, gives the VMs of
+//! each of `--tenants` tenants their tenant's copy of the image, made as
+//! the daemon makes it by default (`pmem_tenants`), against `pmem` where
+//! every VM maps the one image. Each guest reads every file of the set (about `--mib` MiB of
 //! pseudo-random data, so nothing is deduplicated or zero), prints a marker
 //! and stays idle. With every VM idle the harness records, per variant: the
 //! host's `MemFree` drop since before the boots, every VMM's `Rss` and `Pss`
@@ -53,6 +56,14 @@ pub struct PmemMemoryArgs {
     /// Guest kernel [default: silo's vmlinux].
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Tenants the VMs belong to in the `pmem-per-tenant` variant (VMs go
+    /// to tenants in turn).
+    #[arg(long, default_value_t = 3)]
+    tenants: usize,
+    /// Also time copying these images on this host (e.g. a runtime's
+    /// `rt.img`), as a tenant's first boot does.
+    #[arg(long)]
+    copy_image: Vec<PathBuf>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-pmem-memory.json")]
     out: PathBuf,
@@ -101,16 +112,22 @@ fn run_inner(args: PmemMemoryArgs) -> Result<(), String> {
     }
     let kernel = kernel_or_vmlinux(args.kernel.as_ref())?;
     if let Some(inputs) = &args.inputs {
-        return run_here(&args, &kernel, inputs);
+        return run_here(&args, &kernel, inputs, Value::Null);
     }
+    let copies = if args.copy_image.is_empty() {
+        Value::Null
+    } else {
+        eprintln!("[pmem-memory] timing image copies on this host");
+        crate::pmem_tenants::copy_latency(&args.copy_image, 5)?
+    };
     let dir = crate::scratch_path("silo-bench-pmem");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(err)?;
     let result = prepare(&args, &dir).and_then(|()| {
         run_here_or_in_test_host(
             args.here,
-            || run_here(&args, &kernel, &dir),
-            || in_test_host(&args, &kernel, &dir),
+            || run_here(&args, &kernel, &dir, copies.clone()),
+            || in_test_host(&args, &kernel, &dir, copies.clone()),
         )
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -198,7 +215,12 @@ fn initramfs(init: &str, files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String>
     w.finish().map_err(err)
 }
 
-fn in_test_host(args: &PmemMemoryArgs, kernel: &Path, dir: &Path) -> Result<(), String> {
+fn in_test_host(
+    args: &PmemMemoryArgs,
+    kernel: &Path,
+    dir: &Path,
+    copies_here: Value,
+) -> Result<(), String> {
     eprintln!("[pmem-memory] no hardware KVM here: running inside the KVM test host");
     let mut host = test_host_with_this_program()
         .map_err(err)?
@@ -221,14 +243,17 @@ fn in_test_host(args: &PmemMemoryArgs, kernel: &Path, dir: &Path) -> Result<(), 
     }
     let cmd = format!(
         "SILO_LOG=warn silo bench-pmem-memory --here --inputs in --kernel kernel --vms {} --mib {} \
-         --mem-mib {} --boots {}{extra} --out r.json && echo PMEM_JSON_BEGIN && cat r.json && echo PMEM_JSON_END",
-        args.vms, args.mib, args.mem_mib, args.boots
+         --mem-mib {} --boots {} --tenants {}{extra} --out r.json && echo PMEM_JSON_BEGIN && cat r.json && echo PMEM_JSON_END",
+        args.vms, args.mib, args.mem_mib, args.boots, args.tenants
     );
     let out = run_checked(&host, "the pmem memory benchmark", &cmd).map_err(err)?;
     let text = between_markers(&out.output, "PMEM_JSON_BEGIN", "PMEM_JSON_END")
         .ok_or("no results from the test host")?;
     let mut results: Value = serde_json::from_str(&text).map_err(err)?;
     results["host"] = json!("KVM test host (emulated: compare ratios)");
+    if !copies_here.is_null() {
+        results["copy_latency_outside_test_host"] = copies_here;
+    }
     finish(args, &results)
 }
 
@@ -236,8 +261,10 @@ fn finish(args: &PmemMemoryArgs, results: &Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(results).map_err(err)?;
     std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;
     println!("{text}");
-    if let Some(s) = results.get("summary") {
-        eprintln!("[pmem-memory] {s}");
+    for k in ["summary", "per_tenant_summary"] {
+        if let Some(s) = results.get(k) {
+            eprintln!("[pmem-memory] {s}");
+        }
     }
     Ok(())
 }
@@ -302,14 +329,28 @@ fn variant(
 ) -> Result<Value, String> {
     let vmm = vmm_path()?;
     let (initrd, image) = match name {
-        "pmem" => (inputs.join("pmem.cpio"), Some(inputs.join("runtime.img"))),
+        "pmem" | "pmem-per-tenant" => (inputs.join("pmem.cpio"), Some(inputs.join("runtime.img"))),
         "idle" => (inputs.join("idle.cpio"), Some(inputs.join("runtime.img"))),
         _ => (inputs.join("copy.cpio"), None),
     };
     let shared_file = image.clone().unwrap_or_else(|| initrd.clone());
-    let shared_kib = std::fs::metadata(&shared_file).map_err(err)?.len() / 1024;
+    let mut shared_kib = std::fs::metadata(&shared_file).map_err(err)?.len() / 1024;
     std::thread::sleep(Duration::from_secs(2));
     let before = meminfo()?;
+    // Per tenant: no VM maps the image itself (it is not counted); the
+    // copies, made now, are in the MemFree drop as far as they stay in
+    // memory (in full on a tmpfs).
+    let tenant_copies = match (name, &image) {
+        ("pmem-per-tenant", Some(img)) => {
+            shared_kib = 0;
+            Some(crate::pmem_tenants::TenantCopies::make(
+                img,
+                args.tenants,
+                &work.join("copies"),
+            )?)
+        }
+        _ => None,
+    };
     let mut children = Vec::new();
     let started = Instant::now();
     for i in 0..args.vms {
@@ -325,8 +366,14 @@ fn variant(
             .arg(format!("file:{}", log.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        if let Some(img) = &image {
-            cmd.arg("--pmem").arg(img);
+        match (&tenant_copies, &image) {
+            (Some(copies), _) => {
+                cmd.arg("--pmem").arg(copies.image_for_vm(i));
+            }
+            (None, Some(img)) => {
+                cmd.arg("--pmem").arg(img);
+            }
+            (None, None) => {}
         }
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", vmm.display()))?;
         children.push((child, log));
@@ -398,6 +445,7 @@ fn variant(
         "sum_pss_file_kib": sum("Pss_File"),
         "sum_pss_shmem_kib": sum("Pss_Shmem"),
         "per_vmm": vmms,
+        "tenant_copy_ms": tenant_copies.as_ref().map(|c| c.copy_ms.clone()),
         "guest_lines": guest_lines,
         "meminfo_before": before,
         "meminfo_after": after,
@@ -468,7 +516,12 @@ fn boot_cost(
     Ok(res)
 }
 
-fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), String> {
+fn run_here(
+    args: &PmemMemoryArgs,
+    kernel: &Path,
+    inputs: &Path,
+    copies_here: Value,
+) -> Result<(), String> {
     let work = crate::scratch_path("silo-pmem-run");
     std::fs::create_dir_all(&work).map_err(err)?;
     let mut results = json!({
@@ -485,6 +538,7 @@ fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), S
     }
     let idle = variant(args, kernel, inputs, "idle", &work)?;
     let pmem = variant(args, kernel, inputs, "pmem", &work)?;
+    let per_tenant = variant(args, kernel, inputs, "pmem-per-tenant", &work)?;
     let copy = variant(args, kernel, inputs, "initramfs", &work)?;
     let ratio = |k: &str| {
         let p = pmem[k].as_f64().unwrap_or(0.0);
@@ -523,8 +577,15 @@ fn run_here(args: &PmemMemoryArgs, kernel: &Path, inputs: &Path) -> Result<(), S
         "pmem": per_vm(&pmem) - per_vm(&idle),
         "initramfs": per_vm(&copy) - per_vm(&idle),
     });
+    let (tenants, line) = crate::pmem_tenants::compare(args.vms, &pmem, &per_tenant, args.tenants);
+    results["per_tenant_summary"] = json!(line);
+    results["per_tenant_vs_shared"] = tenants;
+    if !copies_here.is_null() {
+        results["copy_latency"] = copies_here;
+    }
     results["idle"] = idle;
     results["pmem"] = pmem;
+    results["pmem_per_tenant"] = per_tenant;
     results["initramfs"] = copy;
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::io::stderr().flush();

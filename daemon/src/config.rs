@@ -43,6 +43,10 @@
 //!                         # read-only image shared by
 //!                         # every VM, virtio-pmem with DAX) or "initramfs"
 //!                         # (a copy in each VM's initramfs)
+//! runtime_sharing = "tenant" # which VMs map the same pmem image pages:
+//!                         # "tenant" (a tenant's own copy) or "host"
+//!                         # (every VM: an opt-in side channel, see
+//!                         # docs/SECURITY.md)
 //!
 //! [runtimes]              # a managed runtime's built image (its cache
 //! "python3.11" = "/var/lib/silo/images/python3.11" # entry); unset: the one
@@ -124,6 +128,9 @@ pub struct DaemonConfig {
     pub runtimes: std::collections::BTreeMap<String, PathBuf>,
     /// How a managed runtime's tree reaches its VMs.
     pub runtime_delivery: RuntimeDelivery,
+    /// Which VMs may map the same pages of a runtime's pmem image
+    /// ([`crate::runtime_copies`]).
+    pub runtime_sharing: crate::runtime_copies::RuntimeSharing,
     /// Accept unsigned requests as an administrator (`--allow-unauthenticated`;
     /// a flag, never read from the file).
     #[serde(skip)]
@@ -187,6 +194,7 @@ impl Default for DaemonConfig {
             pools: std::collections::BTreeMap::new(),
             runtimes: std::collections::BTreeMap::new(),
             runtime_delivery: RuntimeDelivery::default(),
+            runtime_sharing: Default::default(),
             kernel: None,
             agent: None,
             allow_unauthenticated: false,

@@ -102,8 +102,10 @@ impl Daemon {
         .with_runtimes(crate::vm_backend::RuntimeSettings {
             delivery: config.runtime_delivery,
             dirs: config.runtimes.clone(),
+            sharing: config.runtime_sharing,
         })
         .with_console_bytes(config.console_bytes);
+        crate::runtime_copies::log_sharing(config.runtime_sharing);
         let admission = config.limits.admission();
         tracing::info!(
             max_booting = admission.max_booting,

@@ -2,7 +2,8 @@
 //! initramfs is built once; each environment is a [`VmEnv`] bound to one
 //! (function, tenant) binding for its life. A function on a managed runtime
 //! (`python3.11`, `nodejs22.x`) gets the runtime's tree too: appended to its initramfs, or
-//! as the one read-only image every VM of the runtime shares (`--pmem`).
+//! as a read-only image (`--pmem`) which, by default, only one tenant's VMs
+//! share ([`crate::runtime_copies`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use silo_scheduler::{Backend, Binding, Environment, FunctionKey};
 
 use crate::config::RuntimeDelivery;
 use crate::jail::JailMode;
+use crate::runtime_copies::{ImageLease, ImageUser, RuntimeCopies, RuntimeSharing};
 use crate::vm_env::{EnvError, InvokeResult, VmEnv, VmLabel, VmSpec, RESULT_GRACE};
 use silo_images::runtime::{RuntimeImage, ARCHIVE, MANAGED_RUNTIMES, SHARED_IMAGE};
 
@@ -106,6 +108,8 @@ pub struct RuntimeSettings {
     /// Built images by runtime id (a function on another managed runtime
     /// is refused: the daemon never builds one).
     pub dirs: BTreeMap<String, PathBuf>,
+    /// Which VMs may map the same pmem image pages.
+    pub sharing: RuntimeSharing,
 }
 
 /// Boots microVMs for the scheduler.
@@ -117,6 +121,8 @@ pub struct VmBackend {
     runtimes: RuntimeSettings,
     /// Managed runtimes' images found or built so far (once per daemon).
     runtime_images: Mutex<HashMap<String, RuntimeImage>>,
+    /// The copies of pmem images VMs map (per tenant by default).
+    copies: RuntimeCopies,
     console_bytes: usize,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
 }
@@ -135,6 +141,7 @@ impl VmBackend {
     pub fn new(kernel: PathBuf, run_dir: PathBuf, boot_timeout: Duration, jail: JailMode) -> Self {
         Self {
             kernel,
+            copies: RuntimeCopies::new(run_dir.join("runtime-copies"), RuntimeSharing::default()),
             run_dir,
             boot_timeout,
             jail,
@@ -147,6 +154,7 @@ impl VmBackend {
 
     /// Takes managed runtimes from `settings`.
     pub fn with_runtimes(mut self, settings: RuntimeSettings) -> Self {
+        self.copies = RuntimeCopies::swept(self.run_dir.join("runtime-copies"), settings.sharing);
         self.runtimes = settings;
         self
     }
@@ -314,10 +322,23 @@ impl VmBackend {
     }
 }
 
+/// Who may share a VM's runtime image pages: its tenant's VMs; every VM
+/// of its function when that is not `PER_TENANT` (no tenant); none when it
+/// is pooled (bound to a tenant only at its first invoke).
+fn image_user(binding: &Binding, pooled: bool) -> ImageUser<'_> {
+    match (&binding.tenant, pooled) {
+        (_, true) => ImageUser::Private,
+        (Some(t), false) => ImageUser::Tenant(t.as_str()),
+        (None, false) => ImageUser::Function(&binding.function.name),
+    }
+}
+
 /// A VM bound to one binding.
 pub struct VmEnvironment {
     env: VmEnv,
     binding: Binding,
+    /// The runtime image copy the VM maps, removed after its last VM.
+    _runtime: Option<ImageLease>,
 }
 
 impl Backend for VmBackend {
@@ -334,7 +355,7 @@ impl Backend for VmBackend {
             function: function.clone(),
             tenant: None,
         };
-        let mut vm = self.create(&binding).await?;
+        let mut vm = self.boot(&binding, true).await?;
         let timeout_s = self
             .functions
             .lock()
@@ -350,7 +371,28 @@ impl Backend for VmBackend {
     }
 
     async fn create(&self, binding: &Binding) -> Result<VmEnvironment, EnvError> {
-        let spec = self.spec_for(binding)?;
+        self.boot(binding, false).await
+    }
+}
+
+impl VmBackend {
+    /// Boots a VM for `binding` (`pooled`: bound to a tenant only later).
+    /// Its pmem image is the one its users may share: its tenant's copy,
+    /// its function's when not `PER_TENANT`, its own when pooled.
+    async fn boot(&self, binding: &Binding, pooled: bool) -> Result<VmEnvironment, EnvError> {
+        let mut spec = self.spec_for(binding)?;
+        let runtime = match &spec.pmem {
+            Some(source) => {
+                let lease = self
+                    .copies
+                    .image_for(source, image_user(binding, pooled))
+                    .await
+                    .map_err(|e| EnvError::Setup(e.to_string()))?;
+                spec.pmem = Some(lease.path().to_path_buf());
+                Some(lease)
+            }
+            None => None,
+        };
         let label = VmLabel {
             function: binding.function.name.clone(),
             tenant_id: binding.tenant.as_ref().map(|t| t.as_str().to_string()),
@@ -371,6 +413,7 @@ impl Backend for VmBackend {
         Ok(VmEnvironment {
             env,
             binding: binding.clone(),
+            _runtime: runtime,
         })
     }
 }
@@ -446,6 +489,34 @@ mod tests {
             assert!(text.contains(part), "{text} does not say {part}");
         }
         assert!(check_initramfs_fits("nodejs22.x", 115_000_000, 354).is_ok());
+    }
+    /// A pooled VM shares its image with no one, even before it is bound;
+    /// a tenant's VMs with that tenant's; a function without tenants' VMs
+    /// with that function's.
+    #[test]
+    fn who_shares_a_vms_runtime_image() {
+        let function = FunctionKey {
+            name: "f".into(),
+            version: "f@1".into(),
+        };
+        let bound = Binding {
+            function: function.clone(),
+            tenant: Some(TenantId::parse("tenant-A").unwrap()),
+        };
+        let unbound = Binding {
+            function,
+            tenant: None,
+        };
+        assert!(matches!(
+            image_user(&bound, false),
+            ImageUser::Tenant("tenant-A")
+        ));
+        assert!(matches!(
+            image_user(&unbound, false),
+            ImageUser::Function("f")
+        ));
+        assert!(matches!(image_user(&unbound, true), ImageUser::Private));
+        assert!(matches!(image_user(&bound, true), ImageUser::Private));
     }
     use crate::vm_env::new_vm_dir;
     use silo_scheduler::{FunctionKey, TenantId};

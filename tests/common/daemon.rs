@@ -277,6 +277,17 @@ impl TestDaemon {
     /// of it is copied into it and named in the configuration's
     /// `[runtimes]`.
     pub fn with_runtime(runtime: &str, config_toml: &str, delivery: &str) -> Self {
+        Self::with_runtime_and(runtime, config_toml, delivery, Vec::new())
+    }
+
+    /// [`TestDaemon::with_runtime`] with `files` (host path, path in the
+    /// test host) copied into the test host too.
+    pub fn with_runtime_and(
+        runtime: &str,
+        config_toml: &str,
+        delivery: &str,
+        mut files: Vec<(PathBuf, String)>,
+    ) -> Self {
         let rt = silo_images::runtime::runtime_image(runtime)
             .unwrap_or_else(|e| panic!("{runtime} runtime: {e}"));
         let head = format!("runtime_delivery = \"{delivery}\"\n");
@@ -293,14 +304,12 @@ impl TestDaemon {
             _ => (rt.cpio(), "rt.cpio"),
         };
         // With its manifest: the daemon checks the file against it.
-        let manifest = (
+        files.push((file.0, format!("/work/{runtime}/{}", file.1)));
+        files.push((
             rt.manifest(),
             format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
-        );
-        Self::with_vms_files(
-            &cfg,
-            vec![(file.0, format!("/work/{runtime}/{}", file.1)), manifest],
-        )
+        ));
+        Self::with_vms_files(&cfg, files)
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
@@ -316,6 +325,7 @@ impl TestDaemon {
         let script = "mkdir -p /srv/cgi-bin\n\
              printf '#!/bin/sh\\ntouch /tmp/stop\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nstopping\\\\n\"\\n' > /srv/cgi-bin/stop\n\
              chmod 755 /srv/cgi-bin/stop\n\
+             for f in /work/cgi/*; do [ -f \"$f\" ] && cp \"$f\" /srv/cgi-bin/ && chmod 755 \"/srv/cgi-bin/${f##*/}\"; done\n\
              httpd -p 8081 -h /srv\n\
              SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
              --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
@@ -442,6 +452,21 @@ impl TestDaemon {
             }
             None => String::new(),
         }
+    }
+
+    /// The output of the CGI script `name` that the test copied into the
+    /// test host as `/work/cgi/<name>` (run there as root, beside the
+    /// daemon), called with `query` as its `QUERY_STRING`; test-host mode
+    /// only (`None` otherwise).
+    pub fn cgi(&self, name: &str, query: &str) -> Option<String> {
+        let Some(Where::TestHost { stop_port, .. }) = &self.place else {
+            return None;
+        };
+        let c = LambdaClient::new(&format!("http://127.0.0.1:{stop_port}"), None);
+        let r = c
+            .request("GET", &format!("/cgi-bin/{name}?{query}"), &[], b"")
+            .expect("the test host's CGI");
+        Some(r.text())
     }
 
     /// The daemon's process id, host mode only.
