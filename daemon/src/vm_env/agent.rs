@@ -150,7 +150,7 @@ pub async fn accept_agent(
         drop(accepted);
         tracing::warn!(
             function = %label.function,
-            tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+            tenant_id = ?label.tenant_id.as_deref().unwrap_or("-"),
             expected_pid = expected.pid,
             expected_uid = ?expected.uid,
             peer_pid = ?peer.pid,
@@ -168,7 +168,9 @@ pub async fn accept_agent(
         .map_err(|_| AcceptError::NoHello(timeout))?
         .map_err(AcceptError::Hello)?;
     let Message::Hello { boot, .. } = hello else {
-        return Err(AcceptError::NotHello(format!("{hello:?}")));
+        return Err(AcceptError::NotHello(
+            super::invoke::message_kind(&hello).to_string(),
+        ));
     };
     Ok((conn, boot))
 }

@@ -6,6 +6,7 @@ use silo_proto::asynchronous::{read_message, write_message};
 use silo_proto::{ErrorInfo, LogStream, Message, Outcome};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::guest_text::{guest_text, guest_text_tail};
 use super::{EnvError, InvokeResult, VmEnv, LOG_TAIL, RESULT_GRACE};
 
 /// Sends `msg` (an invoke for request `id`) over `conn` and reads frames
@@ -31,12 +32,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 }) if request_id == id => return Ok(outcome),
                 Ok(Message::Result { request_id, .. }) => {
                     return Err(EnvError::Protocol(format!(
-                        "result for unknown request {request_id}"
+                        "result for unknown request {}",
+                        guest_text(&request_id)
                     )))
                 }
                 Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
                 Ok(other) => {
-                    return Err(EnvError::Protocol(format!("unexpected message {other:?}")))
+                    return Err(EnvError::Protocol(format!(
+                        "unexpected message {}",
+                        message_kind(&other)
+                    )))
                 }
                 Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
             }
@@ -45,6 +50,20 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::time::timeout(limit, run)
         .await
         .map_err(|_| EnvError::TimedOut)?
+}
+
+/// The name of a message's kind, for an error about it (its fields are the
+/// guest's and may be megabytes).
+pub(super) fn message_kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "Hello",
+        Message::Invoke { .. } => "Invoke",
+        Message::Result { .. } => "Result",
+        Message::Log { .. } => "Log",
+        Message::Shutdown => "Shutdown",
+        Message::AwaitInit => "AwaitInit",
+        Message::InitDone { .. } => "InitDone",
+    }
 }
 
 /// Keeps a function output line (and the agent's own `[silo]` lines) in
@@ -78,7 +97,8 @@ async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
                 Ok(other) => {
                     return Err(EnvError::Protocol(format!(
-                        "unexpected message while awaiting init: {other:?}"
+                        "unexpected message while awaiting init: {}",
+                        message_kind(&other)
                     )))
                 }
                 Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
@@ -112,14 +132,14 @@ impl VmEnv {
             Ok(None) => Ok(()),
             Ok(Some(e)) => Err(EnvError::InitFailed(format!(
                 "{}: {}{}",
-                e.error_type,
-                e.error_message,
+                guest_text(&e.error_type),
+                guest_text(&e.error_message),
                 if tail.is_empty() {
                     String::new()
                 } else {
                     format!(
-                        "; its output ends with:\n{}",
-                        String::from_utf8_lossy(&tail)
+                        "; its output ends with {}",
+                        guest_text_tail(&String::from_utf8_lossy(&tail))
                     )
                 }
             ))),

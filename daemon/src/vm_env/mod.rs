@@ -12,11 +12,14 @@
 //! - [`invoke`]: invocations and the runtime's init over the channel
 //!   ([`VmEnv::invoke`], [`VmEnv::await_init`]);
 //! - [`shutdown`]: ending the VM and giving back its jail;
-//! - [`timeline`]: the boot's phases in one clock domain.
+//! - [`timeline`]: the boot's phases in one clock domain;
+//! - [`guest_text`]: guest-controlled text bounded and escaped for logs
+//!   and errors.
 //!
 //! The console and VMM log rings are [`crate::console`].
 
 mod agent;
+mod guest_text;
 mod invoke;
 mod shutdown;
 mod spawn;
@@ -35,6 +38,7 @@ use tokio::process::Child;
 use crate::console::Console;
 
 pub use agent::{accept_agent, AcceptError, ExpectedVmm, RejectedPeer};
+pub use guest_text::{guest_text, guest_text_tail, GUEST_TEXT_MAX};
 #[cfg(test)]
 pub(crate) use spawn::new_vm_dir;
 pub use spawn::vmm_binary;
@@ -91,6 +95,20 @@ pub enum EnvError {
     /// The runtime of a pre-booted environment could not finish its init.
     #[error("the function's runtime failed its init: {0}")]
     InitFailed(String),
+}
+
+impl EnvError {
+    /// What an API caller is told: no host path, console or VMM log (those
+    /// are logged, escaped and bounded); the function's own init error, as
+    /// Lambda reports it.
+    pub fn caller_message(&self) -> String {
+        match self {
+            Self::Setup(_) => "the execution environment could not be prepared".into(),
+            Self::Boot(_) => "the execution environment's microVM did not start".into(),
+            Self::Protocol(_) => "the execution environment's guest agent failed".into(),
+            Self::FunctionCrashed(_) | Self::TimedOut | Self::InitFailed(_) => self.to_string(),
+        }
+    }
 }
 
 /// The result of one invocation.

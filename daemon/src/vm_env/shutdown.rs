@@ -6,10 +6,8 @@ use std::time::Duration;
 use silo_proto::asynchronous::write_message;
 use silo_proto::Message;
 
+use super::guest_text::guest_text_tail;
 use super::VmEnv;
-
-/// Bytes of console and VMM log tail logged when a failed VM ends.
-const FAILURE_TAIL: usize = 2048;
 
 /// How long the `Shutdown` frame may take to be written.
 const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
@@ -50,7 +48,7 @@ impl VmEnv {
         if let Some((total, kept)) = self.console.serial_stats() {
             tracing::info!(
                 function = %self.label.function,
-                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                tenant_id = ?self.label.tenant_id.as_deref().unwrap_or("-"),
                 console_bytes_total = total,
                 console_bytes_kept = kept,
                 "microVM console at shutdown"
@@ -58,13 +56,12 @@ impl VmEnv {
         }
         if self.broken {
             // Guest-written bytes: the last few, escaped, once per failed VM.
-            let tail = self.console.tail(20);
-            let tail = &tail[tail.floor_char_boundary(tail.len().saturating_sub(FAILURE_TAIL))..];
+            let tail = guest_text_tail(&self.console.tail(20));
             tracing::warn!(
                 function = %self.label.function,
-                tenant_id = self.label.tenant_id.as_deref().unwrap_or("-"),
+                tenant_id = ?self.label.tenant_id.as_deref().unwrap_or("-"),
                 vmm_exited_before_shutdown = ?exited_before,
-                console_tail = ?tail,
+                console_tail = %tail,
                 "microVM ended after a failure; its console and VMM log end with"
             );
         }

@@ -11,6 +11,7 @@ use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
 use super::agent::{accept_agent, AcceptError, ExpectedVmm};
+use super::guest_text::guest_text_tail;
 use super::timeline::{monotonic_ns, read_timeline, BootReport};
 use super::{EnvError, VmEnv, VmLabel, VmSpec};
 use crate::console::Console;
@@ -80,7 +81,7 @@ impl VmEnv {
             JailMode::Insecure => {
                 tracing::warn!(
                     function = %label.function,
-                    tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+                    tenant_id = ?label.tenant_id.as_deref().unwrap_or("-"),
                     "booting an UNJAILED microVM (--insecure-no-jail)"
                 );
                 None
@@ -188,9 +189,10 @@ impl VmEnv {
         };
         let (conn, boot) = match accepted {
             Some(r) => r.map_err(|e| match e {
-                AcceptError::TimedOut { .. } => {
-                    EnvError::Boot(format!("{e}; console tail:\n{}", console.tail(20)))
-                }
+                AcceptError::TimedOut { .. } => EnvError::Boot(format!(
+                    "{e}; console tail: {}",
+                    guest_text_tail(&console.tail(20))
+                )),
                 e => EnvError::Boot(e.to_string()),
             })?,
             None => {
@@ -203,8 +205,8 @@ impl VmEnv {
                 let mut console = console;
                 console.finish(Duration::from_secs(1)).await;
                 return Err(EnvError::Boot(format!(
-                    "the VMM exited ({status}) before the guest agent connected; console tail:\n{}",
-                    console.tail(20)
+                    "the VMM exited ({status}) before the guest agent connected; console tail: {}",
+                    guest_text_tail(&console.tail(20))
                 )));
             }
         };
@@ -215,7 +217,7 @@ impl VmEnv {
             if let Err(e) = lease.limit_cpu() {
                 tracing::warn!(
                     function = %label.function,
-                    tenant_id = %label.tenant_id.as_deref().unwrap_or("-"),
+                    tenant_id = ?label.tenant_id.as_deref().unwrap_or("-"),
                     error = %e, "cannot apply the VM's CPU share"
                 );
             }
