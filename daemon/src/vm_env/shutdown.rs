@@ -39,6 +39,11 @@ impl VmEnv {
         {
             let _ = self.child.kill().await;
         }
+        // Jailed, the spawned process is the jailer: whatever else of the VM
+        // is left dies with its cgroup before its directory goes.
+        if let Some(lease) = &self.jail {
+            lease.kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(lease) = self.jail.take() {
             let _ = tokio::task::spawn_blocking(move || lease.release()).await;
@@ -71,6 +76,9 @@ impl VmEnv {
 impl Drop for VmEnv {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        if let Some(lease) = &self.jail {
+            lease.kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         // A jail lease still held is released on its own thread.
         drop(self.jail.take());

@@ -104,8 +104,9 @@ impl VmEnv {
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
         if let Some(lease) = &lease {
+            // The directory is the VM's uid's: never follow a link put there.
             let id = Some(lease.id());
-            std::os::unix::fs::chown(&agent_socket, id, id)
+            std::os::unix::fs::lchown(&agent_socket, id, id)
                 .map_err(|e| EnvError::Setup(format!("agent socket: {e}")))?;
         }
         let started = Instant::now();
@@ -150,6 +151,8 @@ impl VmEnv {
         // SAFETY: between fork and exec only async-signal-safe calls are
         // made (prctl, getppid); no allocation, no locks. A VMM must not
         // outlive the daemon that owns it, even if the daemon is SIGKILLed.
+        // (A jailed VMM's uid change clears this death signal: its jail sets
+        // it again after the change and re-checks its parent.)
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -263,6 +266,9 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
             let _ = c.start_kill();
+        }
+        if let Some(lease) = &self.jail {
+            lease.kill();
         }
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
