@@ -70,7 +70,8 @@ for p in $(children $daemon); do
     [ -S /proc/$c/root/vsock_1024 ] && own=1
     echo "FACT $c own_agent_socket $own"
     echo "FACT $c other_vm_dirs_visible $other"
-    echo "FACT $c host_fds $(ls -l /proc/$c/fd | grep -c 'silo-data/store\|daemon.log')"
+    echo "FACT $c fds $(ls -l /proc/$c/fd | awk 'NR > 1 { print $NF }' | tr '\n' ',')"
+    echo "FACT $c host_fds $(ls -l /proc/$c/fd | grep -c '/tmp/silo-data/\|daemon.log')"
   done
 done
 echo "FACT host vm_dirs $(echo $dirs | wc -w)"
@@ -334,4 +335,75 @@ fn a_killed_daemon_leaves_no_vmm_and_its_successor_sweeps_the_cgroups() {
         );
     }
     assert_eq!(get("host", "cgroups_left"), "0", "{out}");
+}
+
+/// A jailed VMM that stops reading (stopped with SIGSTOP, as a guest that
+/// never drains its vsock would leave it) while the daemon writes a 2 MB
+/// invoke with a 3 s timeout.
+const SCRIPT_STOPS_READING: &str = r#"
+start
+silo create-function --name counter --bootstrap counter --per-tenant --timeout 3 >/dev/null \
+  || { cat /tmp/daemon.log; exit 1; }
+silo invoke --name counter --tenant tenant-A >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer=$(children $daemon)
+vmm=$(children $jailer)
+echo "FACT vmm uid $(awk '/^Uid:/ { print $2 }' /proc/$vmm/status)"
+kill -STOP $vmm
+printf '{"pad":"' > big.json
+head -c 2000000 /dev/zero | tr '\0' a >> big.json
+printf '"}' >> big.json
+wget -q -O answer.json --header 'X-Amz-Tenant-Id: tenant-A' --post-file big.json \
+  http://127.0.0.1:9000/2015-03-31/functions/counter/invocations 2>wget.err &
+w=$!
+i=0
+while alive $w && [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done
+alive $w && echo "FACT invoke answered no" || echo "FACT invoke answered yes"
+echo "FACT invoke body $(tr -d '\n' < answer.json | head -c 300)$(tr -d '\n' < wget.err)"
+i=0
+while { alive $vmm || alive $jailer; } && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
+alive $vmm && echo "FACT vmm left yes" || echo "FACT vmm left no"
+alive $jailer && echo "FACT jailer left yes" || echo "FACT jailer left no"
+echo "FACT host jailed $(jailed)"
+kill -TERM $daemon; wait $daemon
+"#;
+
+/// The invoke write shares the invoke's deadline against a real jailed
+/// VMM: one that stops reading makes the invoke end `Sandbox.Timedout`
+/// instead of hanging, and the environment's end kills the VMM itself (pid
+/// 1 of its pid namespace, below the jailer the daemon spawned), not only
+/// the process the daemon spawned.
+#[test]
+fn a_jailed_vmm_that_stops_reading_times_out_the_invoke_and_is_killed() {
+    let (kernel, agent, counter) = (
+        silo_images::kernel::guest_kernel().expect("guest kernel"),
+        silo_images::artifacts::guest_agent().expect("static guest agent"),
+        silo_images::artifacts::counter_function().expect("counter function"),
+    );
+    let run = run_with_kvm(
+        vec![
+            ("vmlinux", WorkFile::Host(kernel.vmlinux)),
+            ("agent", WorkFile::Host(agent)),
+            ("counter", WorkFile::Host(counter)),
+        ],
+        &format!("{SCRIPT_COMMON}{SCRIPT_STOPS_READING}"),
+        Duration::from_secs(900),
+    );
+    let out = &run.output;
+    let facts = facts(out);
+    let get = |who: &str, key: &str| fact(&facts, out, who, key);
+    let uid: u64 = get("vmm", "uid").parse().expect("the VMM's uid");
+    assert!(uid >= 1_000_000_000, "control: the VMM is jailed:\n{out}");
+    assert_eq!(
+        get("invoke", "answered"),
+        "yes",
+        "the invoke to a VMM that stops reading never ended:\n{out}"
+    );
+    assert!(get("invoke", "body").contains("Sandbox.Timedout"), "{out}");
+    assert_eq!(
+        get("vmm", "left"),
+        "no",
+        "the jailed VMM still runs:\n{out}"
+    );
+    assert_eq!(get("jailer", "left"), "no", "{out}");
+    assert_eq!(get("host", "jailed"), "", "{out}");
 }
