@@ -256,16 +256,22 @@ vm_cgroups() { ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | tr '\n' ','; }
 "#;
 
 /// Two tenants' VMs, tenant-A's busy in a long invoke (printing as fast as
-/// it can), and the daemon killed with SIGKILL.
+/// it can), tenant-B's VMM stopped (SIGSTOP: a VMM that does not end by
+/// itself), and the daemon killed with SIGKILL.
 const SCRIPT_DAEMON_KILLED: &str = r#"
 start
 silo create-function --name counter --bootstrap counter --per-tenant --timeout 600 >/dev/null \
   || { cat /tmp/daemon.log; exit 1; }
 silo invoke --name counter --tenant tenant-A >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer_a=$(children $daemon)
 silo invoke --name counter --tenant tenant-B >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer_b=$(children $daemon | grep -vx "$jailer_a")
 silo invoke --name counter --tenant tenant-A --payload '{"action":"flood","lines":1000000000}' \
   >/dev/null 2>&1 &
 sleep 3
+# tenant-B's VMM no longer runs its guest: it cannot notice the daemon's
+# death nor end by itself (as a VMM whose guest ignores it would not).
+kill -STOP $(children $jailer_b)
 before=$(vm_cgroups)
 echo "FACT before cgroups $before"
 echo "FACT before jailed $(jailed)"
@@ -286,7 +292,8 @@ echo "FACT host cgroups_left $(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -
 "#;
 
 /// A daemon killed with SIGKILL leaves no VM behind: 2 s later no process
-/// runs with a VM's uid, even the VMM of a VM busy in a long invoke; the
+/// runs with a VM's uid, neither the VMM of a VM busy in a long invoke nor
+/// one that would not end by itself; the
 /// daemon restarted on the same configuration finds and removes the VM
 /// cgroups of the dead one before it hands out any uid, and serves both
 /// tenants again.
