@@ -80,6 +80,13 @@ pub enum EnvError {
     /// Setting up the VM's directory or socket failed.
     #[error("preparing the VM: {0}")]
     Setup(String),
+    /// The host cannot jail VMMs (the reason) and the daemon was not
+    /// started with `--insecure-no-jail`.
+    #[error(
+        "this host cannot jail microVMs ({0}); start the daemon with --insecure-no-jail to run \
+         them unjailed"
+    )]
+    NoJail(String),
     /// The VMM process failed or the agent never said hello.
     #[error("the VM did not start: {0}")]
     Boot(String),
@@ -104,6 +111,10 @@ impl EnvError {
     pub fn caller_message(&self) -> String {
         match self {
             Self::Setup(_) => "the execution environment could not be prepared".into(),
+            // The reason may name host paths: it is in the daemon's log.
+            Self::NoJail(_) => "this host cannot jail microVMs (the daemon's log says why); \
+                                start the daemon with --insecure-no-jail to run them unjailed"
+                .into(),
             Self::Boot(_) => "the execution environment's microVM did not start".into(),
             Self::Protocol(_) => "the execution environment's guest agent failed".into(),
             Self::FunctionCrashed(_) | Self::TimedOut | Self::InitFailed(_) => self.to_string(),

@@ -88,10 +88,7 @@ impl VmEnv {
             }
             JailMode::Unavailable(why) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(EnvError::Setup(format!(
-                    "this host cannot jail microVMs ({why}); start the daemon with \
-                     --insecure-no-jail to run them unjailed"
-                )));
+                return Err(EnvError::NoJail(why.clone()));
             }
         };
         // Inside a jail the VM's directory is the VMM's `/`.

@@ -484,6 +484,7 @@ async fn a_boot_failure_reports_the_tail_of_a_flooded_console() {
         "#!/bin/sh\n\
          yes 'console flood line' | head -c 262144\n\
          echo 'the last console line'\n\
+         echo \"vmm: cannot open $0\" >&2\n\
          echo 'vmm: the last log line' >&2\n\
          exec sleep 60\n",
     )
@@ -501,11 +502,21 @@ async fn a_boot_failure_reports_the_tail_of_a_flooded_console() {
         pmem: None,
         jail: JailMode::Insecure,
     };
-    let err = match VmEnv::boot(&spec, &dir).await {
+    let e = match VmEnv::boot(&spec, &dir).await {
         Ok(_) => panic!("a VM without an agent booted"),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
     std::env::remove_var("SILO_VMM");
+    let err = e.to_string();
+    // The log's error names the tail (and the host path the VMM printed);
+    // what an API caller is told names neither.
+    let host_path = fake.display().to_string();
+    assert!(err.contains(&host_path), "{err}");
+    let caller = e.caller_message();
+    assert!(
+        !caller.contains(&host_path) && !caller.contains("console line"),
+        "{caller}"
+    );
     assert!(err.contains("console tail"), "{err}");
     assert!(err.contains("the last console line"), "{err}");
     assert!(err.contains("vmm: the last log line"), "{err}");
