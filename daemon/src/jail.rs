@@ -108,6 +108,31 @@ impl JailMode {
     }
 }
 
+impl JailMode {
+    /// [`JailMode::new`] for the daemon, which owns `cgroup_parent`: before
+    /// any id is leased, the VM cgroups a killed predecessor left there are
+    /// killed and removed (a VMM left behind would otherwise keep running
+    /// as an id handed to another VM). If one cannot be removed, no VM
+    /// boots. (`silo run` and the benchmarks use [`JailMode::new`]: they
+    /// must not kill a running daemon's VMs.)
+    pub fn for_daemon(settings: &JailSettings, insecure: bool) -> Self {
+        let mode = Self::new(settings, insecure);
+        if !matches!(mode, Self::Jailed(_)) {
+            return mode;
+        }
+        match sweep_leftover_cgroups(&settings.cgroup_parent) {
+            Ok(()) => mode,
+            Err(why) => {
+                tracing::error!(
+                    reason = %why,
+                    "this host cannot jail microVMs safely: no VM will boot"
+                );
+                Self::Unavailable(why)
+            }
+        }
+    }
+}
+
 /// Hands out per-VM ids and cgroups.
 #[derive(Debug)]
 pub struct Jailer {
@@ -182,9 +207,6 @@ impl Jailer {
         enable(above)?;
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         enable(parent)?;
-        // Before any id is leased: a VMM left by a daemon that was killed
-        // would otherwise keep running as an id handed to another VM.
-        sweep_leftover_cgroups(parent)?;
         Ok(Self {
             settings: settings.clone(),
             used: Mutex::new(BTreeSet::new()),
