@@ -70,7 +70,8 @@ for p in $(children $daemon); do
     [ -S /proc/$c/root/vsock_1024 ] && own=1
     echo "FACT $c own_agent_socket $own"
     echo "FACT $c other_vm_dirs_visible $other"
-    echo "FACT $c host_fds $(ls -l /proc/$c/fd | grep -c 'silo-data/store\|daemon.log')"
+    echo "FACT $c fds $(ls -l /proc/$c/fd | awk 'NR > 1 { print $NF }' | tr '\n' ',')"
+    echo "FACT $c host_fds $(ls -l /proc/$c/fd | grep -c '/tmp/silo-data/\|daemon.log')"
   done
 done
 echo "FACT host vm_dirs $(echo $dirs | wc -w)"
@@ -78,6 +79,40 @@ kill -TERM $daemon; wait $daemon
 echo "FACT host daemon_exit $?"
 echo "FACT host cgroups_left $(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -l)"
 "#;
+
+/// The `FACT <who> <key> <value>` lines of `out`, by who and key.
+fn facts(out: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut facts: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for l in out.lines() {
+        let l = l.trim().trim_start_matches("[testhost] ");
+        let mut it = l.splitn(4, ' ');
+        if it.next() != Some("FACT") {
+            continue;
+        }
+        let (Some(who), Some(key)) = (it.next(), it.next()) else {
+            continue;
+        };
+        facts
+            .entry(who.to_string())
+            .or_default()
+            .insert(key.to_string(), it.next().unwrap_or("").to_string());
+    }
+    facts
+}
+
+/// One fact; panics showing `out` if it is missing.
+fn fact(
+    facts: &BTreeMap<String, BTreeMap<String, String>>,
+    out: &str,
+    who: &str,
+    key: &str,
+) -> String {
+    facts
+        .get(who)
+        .and_then(|f| f.get(key))
+        .cloned()
+        .unwrap_or_else(|| panic!("no fact {who} {key} in:\n{out}"))
+}
 
 #[test]
 fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
@@ -94,27 +129,8 @@ fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
         Duration::from_secs(900),
     );
     let out = &run.output;
-    let mut facts: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for l in out.lines() {
-        let mut it = l.trim().splitn(4, ' ');
-        if it.next() != Some("FACT") {
-            continue;
-        }
-        let (Some(who), Some(key)) = (it.next(), it.next()) else {
-            continue;
-        };
-        facts
-            .entry(who.to_string())
-            .or_default()
-            .insert(key.to_string(), it.next().unwrap_or("").to_string());
-    }
-    let get = |who: &str, key: &str| -> String {
-        facts
-            .get(who)
-            .and_then(|f| f.get(key))
-            .cloned()
-            .unwrap_or_else(|| panic!("no fact {who} {key} in:\n{out}"))
-    };
+    let facts = facts(out);
+    let get = |who: &str, key: &str| fact(&facts, out, who, key);
     let vmms: Vec<&String> = facts
         .keys()
         .filter(|k| k.bytes().all(|b| b.is_ascii_digit()))
@@ -210,4 +226,191 @@ fn every_vmm_is_jailed_in_its_own_uid_root_network_and_cgroup() {
         "0",
         "VM cgroups left after the daemon stopped:\n{out}"
     );
+}
+
+/// Shell functions for the scripts below: `start` (re)starts the daemon on
+/// the same configuration and data directory, its pid in `$daemon`;
+/// `jailed` lists the live processes (not zombies) whose uid is a VM's
+/// (>= the default `jail.uid_base`); `alive PID`; `children PID`.
+const SCRIPT_COMMON: &str = r#"
+printf '[jail]\ncpu_full_at_mib = 0\n' > silo.toml
+start() {
+  silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data --kernel vmlinux \
+    --agent agent --allow-unauthenticated >> /tmp/daemon.log 2>&1 &
+  daemon=$!
+  i=0
+  until wget -q -O /dev/null http://127.0.0.1:9000/2015-03-31/functions/ 2>/dev/null; do
+    i=$((i+1)); [ $i -ge 900 ] && { echo "daemon not up"; cat /tmp/daemon.log; exit 1; }
+    sleep 0.2
+  done
+}
+jailed() { for s in /proc/[0-9]*/status; do
+  awk '/^State:/ { st = $2 } /^Uid:/ { u = $2 }
+       END { if (u >= 1000000000 && st != "Z") { split(FILENAME, a, "/"); print a[3] } }' "$s" 2>/dev/null
+done | tr '\n' ','; }
+alive() { [ -r /proc/$1/status ] && ! grep -q '^State:.*Z' /proc/$1/status 2>/dev/null; }
+children() { for s in /proc/[0-9]*/status; do
+  awk -v p="$1" -v f="$s" '/^PPid:/ { if ($2 == p) { split(f, a, "/"); print a[3] } }' "$s" 2>/dev/null
+done; }
+vm_cgroups() { ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | tr '\n' ','; }
+"#;
+
+/// Two tenants' VMs, tenant-A's busy in a long invoke (printing as fast as
+/// it can), tenant-B's VMM stopped (SIGSTOP: a VMM that does not end by
+/// itself), and the daemon killed with SIGKILL.
+const SCRIPT_DAEMON_KILLED: &str = r#"
+start
+silo create-function --name counter --bootstrap counter --per-tenant --timeout 600 >/dev/null \
+  || { cat /tmp/daemon.log; exit 1; }
+silo invoke --name counter --tenant tenant-A >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer_a=$(children $daemon)
+silo invoke --name counter --tenant tenant-B >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer_b=$(children $daemon | grep -vx "$jailer_a")
+silo invoke --name counter --tenant tenant-A --payload '{"action":"flood","lines":1000000000}' \
+  >/dev/null 2>&1 &
+sleep 3
+# tenant-B's VMM no longer runs its guest: it cannot notice the daemon's
+# death nor end by itself (as a VMM whose guest ignores it would not).
+kill -STOP $(children $jailer_b)
+before=$(vm_cgroups)
+echo "FACT before cgroups $before"
+echo "FACT before jailed $(jailed)"
+kill -KILL $daemon
+sleep 2
+echo "FACT killed jailed $(jailed)"
+echo "FACT killed cgroups $(vm_cgroups)"
+start
+left=0
+for c in $(echo $before | tr ',' ' '); do [ -d $c ] && left=$((left+1)); done
+echo "FACT restarted old_cgroups_left $left"
+echo "FACT restarted sweep_logged $(grep -c 'VM cgroups left by an earlier daemon' /tmp/daemon.log)"
+for t in tenant-A tenant-B; do
+  echo "FACT $t answer $(silo invoke --name counter --tenant $t 2>&1 | tr -d '\n' | head -c 300)"
+done
+kill -TERM $daemon; wait $daemon
+echo "FACT host cgroups_left $(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -l)"
+"#;
+
+/// A daemon killed with SIGKILL leaves no VM behind: 2 s later no process
+/// runs with a VM's uid, neither the VMM of a VM busy in a long invoke nor
+/// one that would not end by itself; the
+/// daemon restarted on the same configuration finds and removes the VM
+/// cgroups of the dead one before it hands out any uid, and serves both
+/// tenants again.
+#[test]
+fn a_killed_daemon_leaves_no_vmm_and_its_successor_sweeps_the_cgroups() {
+    let (kernel, agent, counter) = (
+        silo_images::kernel::guest_kernel().expect("guest kernel"),
+        silo_images::artifacts::guest_agent().expect("static guest agent"),
+        silo_images::artifacts::counter_function().expect("counter function"),
+    );
+    let run = run_with_kvm(
+        vec![
+            ("vmlinux", WorkFile::Host(kernel.vmlinux)),
+            ("agent", WorkFile::Host(agent)),
+            ("counter", WorkFile::Host(counter)),
+        ],
+        &format!("{SCRIPT_COMMON}{SCRIPT_DAEMON_KILLED}"),
+        Duration::from_secs(900),
+    );
+    let out = &run.output;
+    let facts = facts(out);
+    let get = |who: &str, key: &str| fact(&facts, out, who, key);
+    let before = get("before", "cgroups");
+    assert_eq!(
+        before.split(',').filter(|c| !c.is_empty()).count(),
+        2,
+        "one VM per tenant before the kill:\n{out}"
+    );
+    assert_ne!(get("before", "jailed"), "", "control: VMMs ran:\n{out}");
+    assert_eq!(
+        get("killed", "jailed"),
+        "",
+        "processes with a VM's uid still run 2 s after the daemon was killed:\n{out}"
+    );
+    assert_eq!(
+        get("restarted", "old_cgroups_left"),
+        "0",
+        "the restarted daemon left the dead one's VM cgroups:\n{out}"
+    );
+    assert_eq!(get("restarted", "sweep_logged"), "1", "{out}");
+    for t in ["tenant-A", "tenant-B"] {
+        let answer = get(t, "answer");
+        assert!(
+            answer.contains(&format!("\"tenant_id\":\"{t}\"")),
+            "{t} not served after the restart: {answer}\n{out}"
+        );
+    }
+    assert_eq!(get("host", "cgroups_left"), "0", "{out}");
+}
+
+/// A jailed VMM that stops reading (stopped with SIGSTOP, as a guest that
+/// never drains its vsock would leave it) while the daemon writes a 2 MB
+/// invoke with a 3 s timeout.
+const SCRIPT_STOPS_READING: &str = r#"
+start
+silo create-function --name counter --bootstrap counter --per-tenant --timeout 3 >/dev/null \
+  || { cat /tmp/daemon.log; exit 1; }
+silo invoke --name counter --tenant tenant-A >/dev/null || { cat /tmp/daemon.log; exit 1; }
+jailer=$(children $daemon)
+vmm=$(children $jailer)
+echo "FACT vmm uid $(awk '/^Uid:/ { print $2 }' /proc/$vmm/status)"
+kill -STOP $vmm
+printf '{"pad":"' > big.json
+head -c 2000000 /dev/zero | tr '\0' a >> big.json
+printf '"}' >> big.json
+wget -q -O answer.json --header 'X-Amz-Tenant-Id: tenant-A' --post-file big.json \
+  http://127.0.0.1:9000/2015-03-31/functions/counter/invocations 2>wget.err &
+w=$!
+i=0
+while alive $w && [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done
+alive $w && echo "FACT invoke answered no" || echo "FACT invoke answered yes"
+echo "FACT invoke body $(tr -d '\n' < answer.json | head -c 300)$(tr -d '\n' < wget.err)"
+i=0
+while { alive $vmm || alive $jailer; } && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
+alive $vmm && echo "FACT vmm left yes" || echo "FACT vmm left no"
+alive $jailer && echo "FACT jailer left yes" || echo "FACT jailer left no"
+echo "FACT host jailed $(jailed)"
+kill -TERM $daemon; wait $daemon
+"#;
+
+/// The invoke write shares the invoke's deadline against a real jailed
+/// VMM: one that stops reading makes the invoke end `Sandbox.Timedout`
+/// instead of hanging, and the environment's end kills the VMM itself (pid
+/// 1 of its pid namespace, below the jailer the daemon spawned), not only
+/// the process the daemon spawned.
+#[test]
+fn a_jailed_vmm_that_stops_reading_times_out_the_invoke_and_is_killed() {
+    let (kernel, agent, counter) = (
+        silo_images::kernel::guest_kernel().expect("guest kernel"),
+        silo_images::artifacts::guest_agent().expect("static guest agent"),
+        silo_images::artifacts::counter_function().expect("counter function"),
+    );
+    let run = run_with_kvm(
+        vec![
+            ("vmlinux", WorkFile::Host(kernel.vmlinux)),
+            ("agent", WorkFile::Host(agent)),
+            ("counter", WorkFile::Host(counter)),
+        ],
+        &format!("{SCRIPT_COMMON}{SCRIPT_STOPS_READING}"),
+        Duration::from_secs(900),
+    );
+    let out = &run.output;
+    let facts = facts(out);
+    let get = |who: &str, key: &str| fact(&facts, out, who, key);
+    let uid: u64 = get("vmm", "uid").parse().expect("the VMM's uid");
+    assert!(uid >= 1_000_000_000, "control: the VMM is jailed:\n{out}");
+    assert_eq!(
+        get("invoke", "answered"),
+        "yes",
+        "the invoke to a VMM that stops reading never ended:\n{out}"
+    );
+    assert!(get("invoke", "body").contains("Sandbox.Timedout"), "{out}");
+    assert_eq!(
+        get("vmm", "left"),
+        "no",
+        "the jailed VMM still runs:\n{out}"
+    );
+    assert_eq!(get("jailer", "left"), "no", "{out}");
+    assert_eq!(get("host", "jailed"), "", "{out}");
 }

@@ -108,6 +108,31 @@ impl JailMode {
     }
 }
 
+impl JailMode {
+    /// [`JailMode::new`] for the daemon, which owns `cgroup_parent`: before
+    /// any id is leased, the VM cgroups a killed predecessor left there are
+    /// killed and removed (a VMM left behind would otherwise keep running
+    /// as an id handed to another VM). If one cannot be removed, no VM
+    /// boots. (`silo run` and the benchmarks use [`JailMode::new`]: they
+    /// must not kill a running daemon's VMs.)
+    pub fn for_daemon(settings: &JailSettings, insecure: bool) -> Self {
+        let mode = Self::new(settings, insecure);
+        if !matches!(mode, Self::Jailed(_)) {
+            return mode;
+        }
+        match sweep_leftover_cgroups(&settings.cgroup_parent) {
+            Ok(()) => mode,
+            Err(why) => {
+                tracing::error!(
+                    reason = %why,
+                    "this host cannot jail microVMs safely: no VM will boot"
+                );
+                Self::Unavailable(why)
+            }
+        }
+    }
+}
+
 /// Hands out per-VM ids and cgroups.
 #[derive(Debug)]
 pub struct Jailer {
@@ -249,6 +274,70 @@ impl Jailer {
     }
 }
 
+/// How long killing and removing one VM's cgroup may take.
+const CGROUP_REMOVE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Kills every process in `cgroup` (`cgroup.kill`) and removes it once they
+/// are gone, waiting up to [`CGROUP_REMOVE_LIMIT`]. Gone already is fine.
+fn kill_and_remove(cgroup: &Path) -> std::io::Result<()> {
+    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+    let start = Instant::now();
+    loop {
+        match std::fs::remove_dir(cgroup) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if start.elapsed() < CGROUP_REMOVE_LIMIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The VM cgroups (`vm-*`) under `parent` that a previous daemon left (it
+/// was killed before it could remove them): each is killed and removed,
+/// and what was found is logged. A VM cgroup that cannot be removed is an
+/// error: its processes would keep ids this daemon is about to hand out.
+fn sweep_leftover_cgroups(parent: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(parent).map_err(|e| format!("listing {}: {e}", parent.display()))?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_vm = name.to_str().is_some_and(|n| n.starts_with("vm-"));
+        if is_vm && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.push(entry.path());
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let processes: usize = found
+        .iter()
+        .map(|c| {
+            std::fs::read_to_string(c.join("cgroup.procs"))
+                .map(|p| p.lines().count())
+                .unwrap_or(0)
+        })
+        .sum();
+    tracing::warn!(
+        cgroups = found.len(),
+        processes,
+        names = ?found.iter().filter_map(|c| c.file_name()).collect::<Vec<_>>(),
+        "VM cgroups left by an earlier daemon: killing and removing them before any VM boots"
+    );
+    for cgroup in &found {
+        kill_and_remove(cgroup).map_err(|e| {
+            format!(
+                "cannot remove the leftover VM cgroup {} ({e}): its processes may still run \
+                 with ids this daemon would hand out",
+                cgroup.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// One VM's jail: its id and cgroup, given back when dropped or
 /// [`JailLease::release`]d.
 pub struct JailLease {
@@ -272,22 +361,14 @@ impl Reservation {
     /// Kills whatever is left in the cgroup, removes it and frees the id.
     /// Blocks up to a few seconds.
     fn give_back(self) {
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
-        let start = Instant::now();
-        let removed = loop {
-            match std::fs::remove_dir(&self.cgroup) {
-                Ok(()) => break true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break true,
-                Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => {
-                    tracing::error!(
-                        cgroup = %self.cgroup.display(), error = %e,
-                        "cannot remove a VM's cgroup: its id stays reserved"
-                    );
-                    break false;
-                }
+        let removed = match kill_and_remove(&self.cgroup) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    cgroup = %self.cgroup.display(), error = %e,
+                    "cannot remove a VM's cgroup: its id stays reserved"
+                );
+                false
             }
         };
         // An id goes back only once no process of that VM can be left.
@@ -361,6 +442,13 @@ impl JailLease {
     /// one CPU per vCPU).
     pub fn limit_cpu(&self) -> Result<(), JailSetupError> {
         self.write("cpu.max", &self.cpu_max())
+    }
+
+    /// Kills every process left in the VM's cgroup (`cgroup.kill`) without
+    /// waiting: done before the VM's directory is removed, so that no
+    /// process of the VM is left to use it.
+    pub fn kill(&self) {
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
     }
 
     fn write(&self, file: &str, value: &str) -> Result<(), JailSetupError> {

@@ -97,7 +97,7 @@ impl Daemon {
             images.kernel.clone(),
             run_dir.clone(),
             Duration::from_secs(config.limits.init_timeout_s),
-            crate::jail::JailMode::new(&config.jail, config.insecure_no_jail),
+            crate::jail::JailMode::for_daemon(&config.jail, config.insecure_no_jail),
         )
         .with_runtimes(crate::vm_backend::RuntimeSettings {
             delivery: config.runtime_delivery,

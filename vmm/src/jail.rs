@@ -9,8 +9,10 @@
 //! 3. it forks: the child is pid 1 of the new pid namespace and becomes the
 //!    VMM; the parent stays behind only to wait for it and pass on its exit
 //!    status, so the daemon's handle on "the VMM process" keeps working. The
-//!    child dies with the parent (`PR_SET_PDEATHSIG`), and everything in the
-//!    namespace dies with the child;
+//!    parent dies with the daemon and the child with the parent
+//!    (`PR_SET_PDEATHSIG`, set after each one's last uid change, which would
+//!    clear it, then the parent re-checked), and everything in the namespace
+//!    dies with the child;
 //! 4. the child opens `/dev/kvm`, binds each input file (kernel, initrd)
 //!    read-only into the per-VM directory and makes that directory its root
 //!    (`pivot_root`; on a host whose root is the initial ramfs, which cannot
@@ -138,6 +140,9 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
     if !euid.is_root() {
         return Err(JailError::NotRoot(euid.as_raw()));
     }
+    // The daemon: the jailer parent must die with it (re-checked once its
+    // death signal is set for good, after the last credential change).
+    let daemon = nix::unistd::getppid();
     if cfg.uid == 0 || cfg.gid == 0 {
         return Err(JailError::RootId);
     }
@@ -173,13 +178,21 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Parent { child } => {
             drop(alive_r);
-            wait_and_exit(cfg, child, alive_w)
+            wait_and_exit(cfg, child, alive_w, daemon)
         }
         ForkResult::Child => {
             drop(alive_w);
+            crate::kvm::preopen()?;
+            nix::unistd::sethostname("silo-vm").map_err(sys("sethostname"))?;
+            change_root(&cfg.root, inputs)?;
+            lower_limits(limits)?;
+            drop_privileges(cfg.uid, cfg.gid)?;
+            // A uid change clears the death signal: it is set only now,
+            // after the last one.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys("PR_SET_PDEATHSIG"))?;
-            // The parent may have died before the line above: then the
-            // pipe's write end is gone and there is nobody to report to.
+            // The parent may have died before the line above (as pid 1 of
+            // its namespace the child cannot ask getppid): then the pipe's
+            // write end is gone and there is nobody to report to.
             let mut fds = [nix::poll::PollFd::new(
                 alive_r.as_fd(),
                 nix::poll::PollFlags::POLLIN,
@@ -188,11 +201,6 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
                 std::process::exit(1);
             }
             drop(alive_r);
-            crate::kvm::preopen()?;
-            nix::unistd::sethostname("silo-vm").map_err(sys("sethostname"))?;
-            change_root(&cfg.root, inputs)?;
-            lower_limits(limits)?;
-            drop_privileges(cfg.uid, cfg.gid)?;
             Ok(())
         }
     }
@@ -213,11 +221,28 @@ fn close_inherited_descriptors() -> Result<(), JailError> {
     Ok(())
 }
 
-/// The jailer parent: drops to the VM's ids, filters itself down to
-/// `wait4` and exit, waits for the VMM and exits with its status.
-fn wait_and_exit(cfg: &JailConfig, child: nix::unistd::Pid, alive: std::os::fd::OwnedFd) -> ! {
+/// The jailer parent: drops to the VM's ids, sets its death signal again
+/// (the uid change cleared the one the daemon set before exec) and checks
+/// that `daemon` is still its parent, filters itself down to `wait4` and
+/// exit, waits for the VMM and exits with its status.
+fn wait_and_exit(
+    cfg: &JailConfig,
+    child: nix::unistd::Pid,
+    alive: std::os::fd::OwnedFd,
+    daemon: nix::unistd::Pid,
+) -> ! {
     if let Err(e) = drop_privileges(cfg.uid, cfg.gid) {
         eprintln!("silo-vmm: {e}");
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        std::process::exit(1);
+    }
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        eprintln!("silo-vmm: jail: PR_SET_PDEATHSIG: {e}");
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        std::process::exit(1);
+    }
+    // The daemon died before the line above: nobody would kill this VMM.
+    if nix::unistd::getppid() != daemon {
         let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         std::process::exit(1);
     }

@@ -365,7 +365,7 @@ fn respond(
         Err(ScheduleError::Environment(e)) => Ok(function_error(
             &ErrorInfo {
                 error_type: "Runtime.ExitError".into(),
-                error_message: format!("RequestId: {id} Error: {e}"),
+                error_message: format!("RequestId: {id} Error: {}", e.caller_message()),
                 stack_trace: Vec::new(),
             },
             None,
@@ -378,7 +378,8 @@ fn respond(
         Err(ScheduleError::Create(e)) => {
             tracing::error!(error = %e, "could not create an execution environment");
             Err(ApiError::service(format!(
-                "could not start an execution environment: {e}"
+                "could not start an execution environment: {}",
+                e.caller_message()
             )))
         }
         Err(ScheduleError::Internal(e)) => Err(ApiError::service(e)),

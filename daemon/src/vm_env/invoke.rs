@@ -1,0 +1,207 @@
+//! Invocations and the runtime's init over the agent channel.
+
+use std::time::{Duration, Instant};
+
+use silo_proto::asynchronous::{read_message, write_message};
+use silo_proto::{ErrorInfo, LogStream, Message, Outcome};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::guest_text::{guest_text, guest_text_tail};
+use super::{EnvError, InvokeResult, VmEnv, LOG_TAIL, RESULT_GRACE};
+
+/// Sends `msg` (an invoke for request `id`) over `conn` and reads frames
+/// until its result, collecting the invocation's log lines into `tail`;
+/// the write and the wait together must finish within `limit`, else
+/// [`EnvError::TimedOut`].
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    msg: &Message,
+    id: &str,
+    limit: Duration,
+    tail: &mut Vec<u8>,
+) -> Result<Outcome, EnvError> {
+    let run = async {
+        write_message(conn, msg)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending invoke: {e}")))?;
+        loop {
+            match read_message(conn).await {
+                Ok(Message::Result {
+                    request_id,
+                    outcome,
+                }) if request_id == id => return Ok(outcome),
+                Ok(Message::Result { request_id, .. }) => {
+                    return Err(EnvError::Protocol(format!(
+                        "result for unknown request {}",
+                        guest_text(&request_id)
+                    )))
+                }
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
+                Ok(other) => {
+                    return Err(EnvError::Protocol(format!(
+                        "unexpected message {}",
+                        message_kind(&other)
+                    )))
+                }
+                Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| EnvError::TimedOut)?
+}
+
+/// The name of a message's kind, for an error about it (its fields are the
+/// guest's and may be megabytes).
+pub(super) fn message_kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "Hello",
+        Message::Invoke { .. } => "Invoke",
+        Message::Result { .. } => "Result",
+        Message::Log { .. } => "Log",
+        Message::Shutdown => "Shutdown",
+        Message::AwaitInit => "AwaitInit",
+        Message::InitDone { .. } => "InitDone",
+    }
+}
+
+/// Keeps a function output line (and the agent's own `[silo]` lines) in
+/// `tail`, which holds at most about two [`LOG_TAIL`]s.
+fn keep_log(tail: &mut Vec<u8>, line: &str, stream: LogStream) {
+    if stream != LogStream::Agent || line.starts_with("[silo]") {
+        tail.extend_from_slice(line.as_bytes());
+        tail.push(b'\n');
+        if tail.len() > 2 * LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+    }
+}
+
+/// Sends [`Message::AwaitInit`] over `conn` and reads frames until the
+/// agent's [`Message::InitDone`], collecting output into `tail`; within
+/// `limit`, else [`EnvError::TimedOut`]. `Ok(Some(..))`: the runtime cannot
+/// serve.
+async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    limit: Duration,
+    tail: &mut Vec<u8>,
+) -> Result<Option<ErrorInfo>, EnvError> {
+    let run = async {
+        write_message(conn, &Message::AwaitInit)
+            .await
+            .map_err(|e| EnvError::Protocol(format!("sending AwaitInit: {e}")))?;
+        loop {
+            match read_message(conn).await {
+                Ok(Message::InitDone { error }) => return Ok(error),
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
+                Ok(other) => {
+                    return Err(EnvError::Protocol(format!(
+                        "unexpected message while awaiting init: {}",
+                        message_kind(&other)
+                    )))
+                }
+                Err(e) => return Err(EnvError::Protocol(format!("{e}"))),
+            }
+        }
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| EnvError::TimedOut)?
+}
+
+impl VmEnv {
+    /// For a pre-booted environment (bound to no tenant yet): returns once
+    /// the function's runtime has finished its init (Lambda's init phase:
+    /// it asked for its first invocation), within `limit`. A runtime that
+    /// exits, reports an init error or does not finish in time fails it
+    /// ([`EnvError::InitFailed`], [`EnvError::TimedOut`]); the environment
+    /// must then be destroyed.
+    pub async fn await_init(&mut self, limit: Duration) -> Result<(), EnvError> {
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
+        let mut tail = std::mem::take(&mut self.init_tail);
+        let r = exchange_init(&mut self.conn, limit, &mut tail).await;
+        if tail.len() > LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+        let r = match r {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(EnvError::InitFailed(format!(
+                "{}: {}{}",
+                guest_text(&e.error_type),
+                guest_text(&e.error_message),
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; its output ends with {}",
+                        guest_text_tail(&String::from_utf8_lossy(&tail))
+                    )
+                }
+            ))),
+            Err(e) => Err(e),
+        };
+        self.init_tail = tail;
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// Runs one invocation: sending it and waiting for its result together
+    /// take at most `deadline` (the function's timeout) plus
+    /// [`RESULT_GRACE`], else [`EnvError::TimedOut`]. After any error the
+    /// channel is not written to again; the environment must be destroyed.
+    pub async fn invoke(
+        &mut self,
+        msg: Message,
+        deadline: Duration,
+    ) -> Result<InvokeResult, EnvError> {
+        let Message::Invoke { request_id, .. } = &msg else {
+            return Err(EnvError::Protocol(
+                "invoke() takes an Invoke message".into(),
+            ));
+        };
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
+        let id = request_id.clone();
+        let started = Instant::now();
+        let mut tail: Vec<u8> = std::mem::take(&mut self.init_tail);
+        // One deadline for the write and the wait: a guest that stops
+        // reading cannot hold the invocation (and its slot) past it.
+        let outcome = exchange(
+            &mut self.conn,
+            &msg,
+            &id,
+            deadline + RESULT_GRACE,
+            &mut tail,
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        if tail.len() > LOG_TAIL {
+            tail.drain(..tail.len() - LOG_TAIL);
+        }
+        if self.boot.timeline.first_invocation_answered_ms.is_none() {
+            self.boot.timeline.first_invocation_answered_ms =
+                Some(self.started.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(InvokeResult {
+            outcome,
+            log_tail: tail,
+            duration: started.elapsed(),
+        })
+    }
+}
