@@ -24,6 +24,17 @@ Options:
       --vsock-cid <VSOCK_CID>          Guest context id of the vsock device (>= 3); needs --vsock-uds
       --vsock-uds <VSOCK_UDS>          Host Unix socket of the vsock device; guest connections to host
                                        port P reach `<PATH>_<P>`
+      --net-tap <NAME>                 Give the guest a virtio-net interface (eth0) on the existing tap NAME
+                                       (opened before the jail; without it the guest has no network interface)
+      --net-mac <MAC>                  The guest's MAC address [default: 06:00:a9:fe:00:02]
+      --net-rx-rate <BYTES_PER_S[,BURST_BYTES]>
+                                       Limit what the guest receives: a token bucket of BYTES_PER_S bytes
+                                       refilled every second, plus BURST_BYTES once at start (Firecracker's
+                                       size, one-time burst, refill time = 1 s). Needs --net-tap
+      --net-tx-rate <BYTES_PER_S[,BURST_BYTES]>
+                                       Limit what the guest sends, likewise. Needs --net-tap
+      --net-pps <PACKETS_PER_S>        Limit frames per second in each direction (a bucket of PACKETS_PER_S
+                                       operations refilled every second). Needs --net-tap
       --pmem <PATH>                    Share a read-only image with the guest through virtio-pmem (the file is
                                        mapped read-only and shared: VMs mapping the same file share the host's
                                        page cache; the guest sees /dev/pmem0, /dev/pmem1, ... in flag order and
@@ -39,6 +50,8 @@ Options:
       --jail-uid <UID>                 The VM's own unprivileged user id (not 0)
       --jail-gid <GID>                 The VM's own group id (not 0)
       --jail-cgroup <DIR>              cgroup v2 directory (limits written by the caller) to join first
+      --jail-netns <PATH>              Join this network namespace (an nsfs file such as /run/netns/NAME)
+                                       instead of a new empty one; --net-tap is opened there
   -h, --help                           Print help
 
 Environment:
@@ -67,6 +80,8 @@ pub struct VmmArgs {
     pub vsock_uds: Option<PathBuf>,
     /// Read-only images for virtio-pmem, in order.
     pub pmem: Vec<PathBuf>,
+    /// The virtio-net device, if any.
+    pub net: Option<crate::device_manager::NetConfig>,
     /// Print the timeline on stderr at the end.
     pub timeline: bool,
     /// Write the early timeline to this file.
@@ -137,6 +152,11 @@ const FLAGS: &[(&str, bool)] = &[
     ("--vsock-cid", true),
     ("--vsock-uds", true),
     ("--pmem", true),
+    ("--net-tap", true),
+    ("--net-mac", true),
+    ("--net-rx-rate", true),
+    ("--net-tx-rate", true),
+    ("--net-pps", true),
     ("--timeline", false),
     ("--timeline-file", true),
     ("--allow-pvm", false),
@@ -145,6 +165,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--jail-uid", true),
     ("--jail-gid", true),
     ("--jail-cgroup", true),
+    ("--jail-netns", true),
 ];
 
 /// Flags that may be given more than once (each use adds a value).
@@ -160,6 +181,22 @@ pub fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             _ => Err(format!("`{s}` is not stdout, off or file:PATH")),
         },
     }
+}
+
+/// Parses `--net-rx-rate`/`--net-tx-rate`: `BYTES_PER_S[,BURST_BYTES]`,
+/// both positive integers.
+pub fn parse_rate(s: &str) -> Result<crate::bandwidth::BucketConfig, String> {
+    let (rate, burst) = match s.split_once(',') {
+        Some((r, b)) => (r, Some(b)),
+        None => (s, None),
+    };
+    let positive = |v: &str, what: &str| match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{what} `{v}` is not a positive integer")),
+    };
+    let rate = positive(rate, "rate")?;
+    let burst = burst.map(|b| positive(b, "burst")).transpose()?.unwrap_or(0);
+    Ok(crate::bandwidth::BucketConfig::per_second(rate, burst))
 }
 
 fn number<T: std::str::FromStr>(flag: &'static str, value: &OsString) -> Result<T, CliError>
@@ -250,9 +287,10 @@ where
         None => DEFAULT_CMDLINE.to_string(),
         Some(v) => text("--cmdline", &v)?.to_string(),
     };
+    let net = parse_net(&get)?;
     let jail = match get("--jail-root") {
         None => {
-            for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup"] {
+            for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup", "--jail-netns"] {
                 if has(flag) {
                     return Err(CliError::Required("--jail-root <DIR>"));
                 }
@@ -270,6 +308,8 @@ where
                 &get("--jail-gid").ok_or(CliError::Required("--jail-gid <GID>"))?,
             )?,
             cgroup: get("--jail-cgroup").map(PathBuf::from),
+            netns: get("--jail-netns").map(PathBuf::from),
+            tap: net.as_ref().map(|n| n.tap.clone()),
         }),
     };
     Ok(Command::Run(Box::new(VmmArgs {
@@ -292,12 +332,68 @@ where
             .filter(|(f, _)| *f == "--pmem")
             .map(|(_, v)| PathBuf::from(v.clone().unwrap_or_default()))
             .collect(),
+        net,
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),
         allow_pvm: has("--allow-pvm"),
         managed: has("--managed"),
         jail,
     })))
+}
+
+/// The `--net-*` flags as a device configuration (`None` without
+/// `--net-tap`; the other net flags need it).
+fn parse_net(
+    get: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<crate::device_manager::NetConfig>, CliError> {
+    use crate::devices::virtio::net::{parse_mac, tap, NetLimits};
+    let invalid = |flag: &'static str, value: &str, reason: String| CliError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason,
+    };
+    let Some(name) = get("--net-tap") else {
+        for flag in ["--net-mac", "--net-rx-rate", "--net-tx-rate", "--net-pps"] {
+            if get(flag).is_some() {
+                return Err(CliError::Required("--net-tap <NAME>"));
+            }
+        }
+        return Ok(None);
+    };
+    let name = text("--net-tap", &name)?.to_string();
+    tap::check_name(&name).map_err(|e| invalid("--net-tap", &name, e.to_string()))?;
+    let mac = match get("--net-mac") {
+        None => None,
+        Some(v) => {
+            let s = text("--net-mac", &v)?;
+            Some(parse_mac(s).map_err(|r| invalid("--net-mac", s, r))?)
+        }
+    };
+    let rate = |flag: &'static str| -> Result<_, CliError> {
+        match get(flag) {
+            None => Ok(None),
+            Some(v) => {
+                let s = text(flag, &v)?;
+                parse_rate(s).map(Some).map_err(|r| invalid(flag, s, r))
+            }
+        }
+    };
+    let packets = match get("--net-pps") {
+        None => None,
+        Some(v) => match number::<u64>("--net-pps", &v)? {
+            0 => return Err(invalid("--net-pps", "0", "must be positive".into())),
+            n => Some(crate::bandwidth::BucketConfig::per_second(n, 0)),
+        },
+    };
+    Ok(Some(crate::device_manager::NetConfig {
+        tap: name,
+        mac,
+        limits: NetLimits {
+            rx_bytes: rate("--net-rx-rate")?,
+            tx_bytes: rate("--net-tx-rate")?,
+            packets,
+        },
+    }))
 }
 
 /// The most verbose level named in `SILO_LOG` (`warn`, or directives such
@@ -431,6 +527,54 @@ mod tests {
         let e = run(&["--kernel", "/k", "--pmem"]).unwrap_err().to_string();
         assert!(e.contains("'--pmem'"), "{e}");
         assert!(USAGE.contains("--pmem <PATH>"));
+    }
+
+    #[test]
+    fn net_flags() {
+        use crate::bandwidth::BucketConfig;
+        use crate::devices::virtio::net::DEFAULT_MAC;
+        assert!(run(&["--kernel", "/k"]).unwrap().net.is_none());
+        let a = run(&[
+            "--kernel",
+            "/k",
+            "--net-tap",
+            "silo-tap0",
+            "--net-rx-rate",
+            "1000000,500000",
+            "--net-tx-rate=2000",
+            "--net-pps",
+            "100",
+        ])
+        .unwrap();
+        let n = a.net.unwrap();
+        assert_eq!(n.tap, "silo-tap0");
+        assert_eq!(n.mac, None);
+        assert_eq!(
+            n.limits.rx_bytes,
+            Some(BucketConfig::per_second(1_000_000, 500_000))
+        );
+        assert_eq!(n.limits.tx_bytes, Some(BucketConfig::per_second(2000, 0)));
+        assert_eq!(n.limits.packets, Some(BucketConfig::per_second(100, 0)));
+        let a = run(&["--kernel", "/k", "--net-tap", "t", "--net-mac", "06:00:a9:fe:00:02"]).unwrap();
+        assert_eq!(a.net.unwrap().mac, Some(DEFAULT_MAC));
+        let e = |args: &[&str]| run(args).unwrap_err().to_string();
+        assert!(e(&["--kernel", "/k", "--net-pps", "5"]).contains("--net-tap"));
+        assert!(e(&["--kernel", "/k", "--net-tap", "a/b"]).contains("'--net-tap'"));
+        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-mac", "01:00:00:00:00:00"])
+            .contains("multicast"));
+        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-rx-rate", "0"]).contains("positive"));
+        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-tx-rate", "5,x"]).contains("burst"));
+        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-pps", "0"]).contains("'--net-pps'"));
+        let a = run(&[
+            "--kernel", "/k", "--net-tap", "t", "--jail-root", "/r", "--jail-uid", "5",
+            "--jail-gid", "5", "--jail-netns", "/run/netns/vm-1",
+        ])
+        .unwrap();
+        let j = a.jail.unwrap();
+        assert_eq!(j.netns, Some(PathBuf::from("/run/netns/vm-1")));
+        assert_eq!(j.tap.as_deref(), Some("t"));
+        assert!(e(&["--kernel", "/k", "--jail-netns", "/n"]).contains("--jail-root"));
+        assert!(USAGE.contains("--net-rx-rate <BYTES_PER_S[,BURST_BYTES]>"));
     }
 
     #[test]
