@@ -346,11 +346,20 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
+/// Whether a chain ends where it says it ends: virtio-queue's iterator
+/// stops silently after as many descriptors as the queue has (a loop) or
+/// at an index beyond the table, and yields nothing for a head beyond it.
+fn well_formed(chain: &DescriptorChain<&GuestMemory>) -> bool {
+    matches!(chain.clone().last(), Some(d) if !d.has_next())
+}
+
 /// Why a TX chain was not sent.
 #[derive(Debug, thiserror::Error)]
 enum TxFault {
     #[error("a device-writable descriptor in a TX chain")]
     Writable,
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
     #[error("descriptor chain outside guest memory or malformed: {0}")]
     Chain(virtio_queue::Error),
     #[error("{0} bytes: shorter than a virtio-net and an Ethernet header")]
@@ -363,6 +372,9 @@ enum TxFault {
 /// header plus an Ethernet frame of at most [`MAX_FRAME_LEN`] bytes.
 /// Returns its length with the header.
 fn tx_frame_len(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Result<usize, TxFault> {
+    if !well_formed(&chain) {
+        return Err(TxFault::Broken);
+    }
     if chain.clone().any(|d| d.is_write_only()) {
         return Err(TxFault::Writable);
     }
@@ -383,6 +395,8 @@ fn tx_frame_len(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Resu
 enum RxFault {
     #[error("a device-readable descriptor in an RX chain")]
     ReadOnly,
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
     #[error("descriptor chain outside guest memory or malformed: {0}")]
     Chain(virtio_queue::Error),
     #[error("{have} bytes of buffer for a {need}-byte frame and header")]
@@ -398,6 +412,9 @@ fn write_frame(
     chain: DescriptorChain<&GuestMemory>,
     frame: &[u8],
 ) -> Result<u32, RxFault> {
+    if !well_formed(&chain) {
+        return Err(RxFault::Broken);
+    }
     if chain.clone().any(|d| !d.is_write_only()) {
         return Err(RxFault::ReadOnly);
     }
