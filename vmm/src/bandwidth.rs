@@ -75,11 +75,20 @@ impl TokenBucket {
                 // Keep `last` so small steps accumulate.
                 return;
             }
+            let size = i128::from(self.cfg.size);
             let add = i128::try_from(add).unwrap_or(i128::MAX);
-            self.tokens = self
-                .tokens
-                .saturating_add(add)
-                .min(i128::from(self.cfg.size));
+            let tokens = self.tokens.saturating_add(add);
+            if tokens >= size {
+                self.tokens = size;
+            } else {
+                self.tokens = tokens;
+                // Advance by the time those tokens took, keeping the
+                // fraction of a token already earned.
+                let used_ns = (add as u128).saturating_mul(refill_ns) / u128::from(self.cfg.size);
+                let used = Duration::from_nanos(u64::try_from(used_ns).unwrap_or(u64::MAX));
+                self.last = Some(last + used);
+                return;
+            }
         }
         self.last = Some(now);
     }
@@ -214,9 +223,10 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Limiter::new(Some(BucketConfig::per_second(100, 0)), None);
         assert!(l.consume(1500, t0).is_ok());
-        // 1400 bytes of debt plus 100 for the next frame: 1.5 s.
-        assert_eq!(l.consume(100, t0).unwrap_err(), ms(1500));
-        assert!(l.consume(100, t0 + ms(1500)).is_ok());
+        // 1400 bytes of debt plus 100 for the next frame at 100 B/s: 15 s.
+        assert_eq!(l.consume(100, t0).unwrap_err(), ms(15_000));
+        assert!(l.consume(100, t0 + ms(14_999)).is_err());
+        assert!(l.consume(100, t0 + ms(15_000)).is_ok());
     }
 
     #[test]
