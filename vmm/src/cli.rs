@@ -195,7 +195,10 @@ pub fn parse_rate(s: &str) -> Result<crate::bandwidth::BucketConfig, String> {
         _ => Err(format!("{what} `{v}` is not a positive integer")),
     };
     let rate = positive(rate, "rate")?;
-    let burst = burst.map(|b| positive(b, "burst")).transpose()?.unwrap_or(0);
+    let burst = burst
+        .map(|b| positive(b, "burst"))
+        .transpose()?
+        .unwrap_or(0);
     Ok(crate::bandwidth::BucketConfig::per_second(rate, burst))
 }
 
@@ -555,19 +558,46 @@ mod tests {
         );
         assert_eq!(n.limits.tx_bytes, Some(BucketConfig::per_second(2000, 0)));
         assert_eq!(n.limits.packets, Some(BucketConfig::per_second(100, 0)));
-        let a = run(&["--kernel", "/k", "--net-tap", "t", "--net-mac", "06:00:a9:fe:00:02"]).unwrap();
+        let a = run(&[
+            "--kernel",
+            "/k",
+            "--net-tap",
+            "t",
+            "--net-mac",
+            "06:00:a9:fe:00:02",
+        ])
+        .unwrap();
         assert_eq!(a.net.unwrap().mac, Some(DEFAULT_MAC));
         let e = |args: &[&str]| run(args).unwrap_err().to_string();
         assert!(e(&["--kernel", "/k", "--net-pps", "5"]).contains("--net-tap"));
         assert!(e(&["--kernel", "/k", "--net-tap", "a/b"]).contains("'--net-tap'"));
-        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-mac", "01:00:00:00:00:00"])
-            .contains("multicast"));
-        assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-rx-rate", "0"]).contains("positive"));
+        assert!(e(&[
+            "--kernel",
+            "/k",
+            "--net-tap",
+            "t",
+            "--net-mac",
+            "01:00:00:00:00:00"
+        ])
+        .contains("multicast"));
+        assert!(
+            e(&["--kernel", "/k", "--net-tap", "t", "--net-rx-rate", "0"]).contains("positive")
+        );
         assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-tx-rate", "5,x"]).contains("burst"));
         assert!(e(&["--kernel", "/k", "--net-tap", "t", "--net-pps", "0"]).contains("'--net-pps'"));
         let a = run(&[
-            "--kernel", "/k", "--net-tap", "t", "--jail-root", "/r", "--jail-uid", "5",
-            "--jail-gid", "5", "--jail-netns", "/run/netns/vm-1",
+            "--kernel",
+            "/k",
+            "--net-tap",
+            "t",
+            "--jail-root",
+            "/r",
+            "--jail-uid",
+            "5",
+            "--jail-gid",
+            "5",
+            "--jail-netns",
+            "/run/netns/vm-1",
         ])
         .unwrap();
         let j = a.jail.unwrap();

@@ -163,10 +163,8 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
         .netns
         .as_ref()
         .map(|p| {
-            std::fs::File::open(p).map_err(io(format!(
-                "opening the network namespace {}",
-                p.display()
-            )))
+            std::fs::File::open(p)
+                .map_err(io(format!("opening the network namespace {}", p.display())))
         })
         .transpose()?;
     let mut namespaces = CloneFlags::CLONE_NEWNS

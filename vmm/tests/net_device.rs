@@ -48,7 +48,10 @@ fn in_netns(body: impl FnOnce() + Send + 'static) {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -68,7 +71,14 @@ fn host_side() -> UdpSocket {
     ip(&["addr", "add", "10.0.0.1/24", "dev", TAP]);
     ip(&["link", "set", "dev", TAP, "up"]);
     ip(&[
-        "neigh", "replace", "10.0.0.2", "lladdr", "06:00:a9:fe:00:02", "dev", TAP, "nud",
+        "neigh",
+        "replace",
+        "10.0.0.2",
+        "lladdr",
+        "06:00:a9:fe:00:02",
+        "dev",
+        TAP,
+        "nud",
         "permanent",
     ]);
     let sock = UdpSocket::bind(SocketAddrV4::new(HOST_IP, HOST_PORT)).unwrap();
@@ -146,7 +156,11 @@ impl Rig {
     fn driver_init(&mut self) {
         self.probe(1, "net");
         self.w(reg::DEVICE_FEATURES_SEL, 0);
-        assert_eq!(self.r(reg::DEVICE_FEATURES), 1 << 5, "only MAC in bits 0-31");
+        assert_eq!(
+            self.r(reg::DEVICE_FEATURES),
+            1 << 5,
+            "only MAC in bits 0-31"
+        );
         self.w(reg::DEVICE_FEATURES_SEL, 1);
         assert_eq!(self.r(reg::DEVICE_FEATURES), 1, "VERSION_1");
         self.w(reg::DRIVER_FEATURES_SEL, 0);
@@ -293,7 +307,9 @@ fn hostile_tx_chains_are_returned_unused_and_the_next_frame_goes_out() {
             assert_eq!(host_recv(rig, &sock), vec![n; 32], "good frame {n}");
         };
         let addr = buf_addr(TX, 1);
-        rig.mem.write_slice(&udp_frame(b"bad"), GuestAddress(addr + 12)).unwrap();
+        rig.mem
+            .write_slice(&udp_frame(b"bad"), GuestAddress(addr + 12))
+            .unwrap();
         let len = (NET_HDR_LEN + udp_frame(b"bad").len()) as u32;
         // Device-writable descriptor in a TX chain.
         rig.push_chain(TX, &[(addr, len, true)]);
@@ -350,10 +366,15 @@ fn hostile_rx_chains_are_returned_unused_and_the_frame_waits_for_a_good_one() {
         rig.push_chain(RX, &[(a, 1024, false), (a + 1024, 2048, true)]);
         rig.kick(RX);
         host_send(&sock, b"to a good buffer");
-        rig.until("four bad RX chains returned", |r| r.stats().rx_bad_chains == 4);
+        rig.until("four bad RX chains returned", |r| {
+            r.stats().rx_bad_chains == 4
+        });
         assert_eq!(rig.used(RX), vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
         assert_eq!(rig.stats().rx_frames, 0);
-        assert!(rig.dev.lock().unwrap().device().buffered_bytes() > 0, "frame held");
+        assert!(
+            rig.dev.lock().unwrap().device().buffered_bytes() > 0,
+            "frame held"
+        );
         rig.post_rx(10, 1, 2048);
         let mut frames = Vec::new();
         rig.until("the frame in the good buffer", |r| {
@@ -492,7 +513,11 @@ fn rx_byte_limit_defers_frames_and_a_reset_refills_nothing() {
         host_send(&sock, &[10; 100]);
         rig.until("one frame after the reset", |r| r.stats().rx_frames == 4);
         rig.pump();
-        assert_eq!(rig.stats().rx_frames, 4, "the bucket was not refilled by the reset");
+        assert_eq!(
+            rig.stats().rx_frames,
+            4,
+            "the bucket was not refilled by the reset"
+        );
     });
 }
 
