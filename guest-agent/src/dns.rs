@@ -35,8 +35,8 @@ pub enum DnsError {
 pub fn servers(cmdline: &str) -> Result<Option<Vec<IpAddr>>, DnsError> {
     let Some(value) = cmdline
         .split_ascii_whitespace()
-        .filter_map(|w| w.strip_prefix(PARAM))
-        .last()
+        .rev()
+        .find_map(|w| w.strip_prefix(PARAM))
     else {
         return Ok(None);
     };

@@ -520,11 +520,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
                     self.process_tx();
                 }
             }
-            TOKEN_TAP => {
-                if active {
-                    self.process_rx();
-                }
-            }
+            TOKEN_TAP if active => self.process_rx(),
             TOKEN_TIMER => {
                 let _ = self.timer.wait();
                 self.timer_armed = false;
