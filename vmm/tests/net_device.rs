@@ -272,6 +272,17 @@ fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
 }
 
 #[test]
+fn a_missing_tap_is_refused_not_created() {
+    in_netns(|| {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let e = Net::new(TAP, None, NetLimits::default(), irq).err().unwrap();
+        assert!(e.to_string().contains("no tap interface"), "{e}");
+        let out = Command::new("ip").args(["link", "show", TAP]).output().unwrap();
+        assert!(!out.status.success(), "the VMM created {TAP}");
+    });
+}
+
+#[test]
 fn linux_probe_then_frames_both_ways_through_a_real_tap() {
     in_netns(|| {
         let sock = host_side();

@@ -52,6 +52,9 @@ pub enum NetError {
     /// The tap name is not a valid interface name.
     #[error("invalid tap interface name \"{0}\" (1 to 15 printable bytes, no '/' or ':')")]
     TapName(String),
+    /// No interface of that name in the VMM's network namespace.
+    #[error("no tap interface {0} in this network namespace (the daemon creates it)")]
+    NoSuchTap(String),
     /// `/dev/net/tun` could not be opened.
     #[error("cannot open /dev/net/tun: {0}")]
     OpenTun(#[source] std::io::Error),

@@ -44,9 +44,17 @@ pub fn check_name(name: &str) -> Result<(), NetError> {
 
 impl Tap {
     /// Opens `/dev/net/tun` and attaches to the existing tap `name`
-    /// (`TUNSETIFF` with `IFF_TAP | IFF_NO_PI`), non-blocking.
+    /// (`TUNSETIFF` with `IFF_TAP | IFF_NO_PI`), non-blocking. An interface
+    /// missing from this network namespace is an error: `TUNSETIFF` would
+    /// create it (the VMM is still root here), down and unconfigured.
     pub fn open(name: &str) -> Result<Self, NetError> {
         check_name(name)?;
+        let cname = std::ffi::CString::new(name).map_err(|_| NetError::TapName(name.into()))?;
+        // SAFETY: a NUL-terminated string that outlives the call; the
+        // function only reads it.
+        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+            return Err(NetError::NoSuchTap(name.to_string()));
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
