@@ -25,7 +25,7 @@ use silo_vmm::devices::virtio::mmio::MmioTransport;
 use silo_vmm::devices::virtio::net::{
     Net, NetBackend, NetLimits, MAX_FRAME_LEN, NET_HDR_LEN, TAP_READ_LEN,
 };
-use silo_vmm::devices::virtio::{Interrupt, VirtioSubscriber};
+use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
 use silo_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;

@@ -275,9 +275,14 @@ fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
 fn a_missing_tap_is_refused_not_created() {
     in_netns(|| {
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let e = Net::new(TAP, None, NetLimits::default(), irq).err().unwrap();
+        let e = Net::new(TAP, None, NetLimits::default(), irq)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("no tap interface"), "{e}");
-        let out = Command::new("ip").args(["link", "show", TAP]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["link", "show", TAP])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "the VMM created {TAP}");
     });
 }
