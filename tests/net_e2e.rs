@@ -5,7 +5,10 @@
 //! command line (no DHCP, no tools), then the guest pings 169.254.0.1
 //! (ARP and ICMP both ways) and sends a line over TCP, which the listener
 //! on the tap's address receives. A second run with no `--net-tap` shows
-//! the guest has no eth0 at all.
+//! the guest has no eth0 at all. A third test runs the VMM jailed (its own
+//! uid, root and namespaces) with its seccomp filters, joining a prepared
+//! network namespace with `--jail-netns`, where the tap lives, and with
+//! rate limits on.
 
 mod common;
 
@@ -97,4 +100,65 @@ echo SCRIPT_END"
         "a guest without --net-tap has no eth0:\n{out}"
     );
     assert!(without.contains("VMM_EXIT_NO_NET=0"), "VMM exit:\n{out}");
+}
+
+#[test]
+fn a_jailed_vmm_joins_the_prepared_network_namespace_and_serves_its_tap() {
+    let kernel = silo_images::kernel::guest_kernel().expect("guest kernel build");
+    let initrd = silo_images::guest::busybox_initramfs(GUEST_INIT).expect("guest initramfs");
+    let testhost = silo_images::testhost::image().expect("test host image");
+    // The namespace is held by a sleeping process; /proc/PID/ns/net is an
+    // nsfs file like /run/netns/NAME. The tap exists only in there.
+    let script = format!(
+        "insmod tun.ko 2>/dev/null
+unshare -n sleep 600 &
+NSPID=$!
+sleep 1
+in_ns() {{ nsenter -t $NSPID -n \"$@\"; }}
+in_ns tunctl -t silotap0 || echo TUNCTL_FAILED
+in_ns ip addr add 169.254.0.1/30 dev silotap0
+in_ns ip link set silotap0 up
+ip link show silotap0 >/dev/null 2>&1 && echo TAP_VISIBLE_OUTSIDE
+(in_ns timeout 120 nc -l -p 7777 > got.txt &)
+mkdir -p /run/vm1 && chown 1000:1000 /run/vm1
+echo RUN_JAILED
+silo-vmm --kernel vmlinux --initrd guest.cpio --mem-mib 128 --net-tap silotap0 \
+  --net-pps 50 --net-rx-rate 1000000,100000 --net-tx-rate 1000000 \
+  --cmdline '{CMDLINE}' --managed \
+  --jail-root /run/vm1 --jail-uid 1000 --jail-gid 1000 --jail-netns /proc/$NSPID/ns/net
+echo VMM_EXIT=$?
+sleep 1
+echo LISTENER_BEGIN; cat got.txt; echo LISTENER_END
+kill $NSPID"
+    );
+    let run = run_with_kvm(
+        vec![
+            ("vmlinux", WorkFile::Host(kernel.vmlinux)),
+            ("guest.cpio", WorkFile::Bytes(initrd)),
+            ("tun.ko", WorkFile::Host(testhost.join("modules/tun.ko"))),
+        ],
+        &script,
+        Duration::from_secs(600),
+    );
+    let out = &run.output;
+    assert!(!out.contains("TUNCTL_FAILED"), "tap setup:\n{out}");
+    assert!(
+        !out.contains("TAP_VISIBLE_OUTSIDE"),
+        "the tap is only in the VM's namespace:\n{out}"
+    );
+    let jailed = section(out, "RUN_JAILED", "LISTENER_BEGIN");
+    assert!(
+        jailed.contains("IP-Config: Complete"),
+        "eth0 configured from ip=:\n{out}"
+    );
+    assert!(
+        jailed.contains("3 packets transmitted, 3 packets received"),
+        "ping through the tap in the joined namespace:\n{out}"
+    );
+    assert!(jailed.contains("VMM_EXIT=0"), "VMM exit:\n{out}");
+    let got = section(out, "LISTENER_BEGIN", "LISTENER_END");
+    assert!(
+        got.contains("SILO_NET_HELLO_FROM_GUEST"),
+        "the guest's TCP line reached the namespace's listener:\n{out}"
+    );
 }
