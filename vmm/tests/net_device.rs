@@ -272,6 +272,29 @@ fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
 }
 
 #[test]
+fn driver_ok_with_a_queue_missing_needs_reset_and_a_reset_recovers() {
+    in_netns(|| {
+        let sock = host_side();
+        let mem = create_guest_memory(64).unwrap();
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let dev = Net::new(TAP, None, NetLimits::default(), interrupt.clone()).unwrap();
+        let mut rig = Rig(MmioRig::new(dev, mem, interrupt, QSIZE));
+        rig.probe(1, "net");
+        rig.accept_version_1();
+        rig.setup_queue(RX);
+        // No TX queue: DRIVER_OK must not activate the device.
+        rig.w(reg::STATUS, 15);
+        assert_eq!(rig.r(reg::STATUS) & 0x40, 0x40, "DEVICE_NEEDS_RESET");
+        assert!(!rig.dev.lock().unwrap().is_activated());
+        rig.w(reg::STATUS, 0);
+        rig.clear_queues();
+        rig.driver_init();
+        rig.send(0, &udp_frame(b"after the reset"));
+        assert_eq!(host_recv(&mut rig, &sock), b"after the reset");
+    });
+}
+
+#[test]
 fn a_missing_tap_is_refused_not_created() {
     in_netns(|| {
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
