@@ -28,6 +28,10 @@ struct Args {
     api_addr: String,
     /// A managed runtime's tree (host mode; a guest finds it at /rt).
     runtime_root: Option<PathBuf>,
+    /// The kernel command line to read `silo.dns=` from (`/proc/cmdline`).
+    kernel_cmdline: Option<PathBuf>,
+    /// Where to write the resolver configuration (`/etc/resolv.conf`).
+    resolv_conf: Option<PathBuf>,
 }
 
 impl Args {
@@ -39,12 +43,18 @@ impl Args {
             connect_unix: None,
             api_addr: "127.0.0.1:9001".into(),
             runtime_root: None,
+            kernel_cmdline: Some(PathBuf::from("/proc/cmdline")),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
         }
     }
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args::guest();
+    let mut a = Args {
+        kernel_cmdline: None,
+        resolv_conf: None,
+        ..Args::guest()
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -56,6 +66,12 @@ fn parse_args() -> Result<Args, String> {
             "--api-addr" => a.api_addr = it.next().ok_or("--api-addr needs HOST:PORT")?,
             "--runtime-root" => {
                 a.runtime_root = Some(it.next().ok_or("--runtime-root needs a path")?.into())
+            }
+            "--kernel-cmdline" => {
+                a.kernel_cmdline = Some(it.next().ok_or("--kernel-cmdline needs a path")?.into())
+            }
+            "--resolv-conf" => {
+                a.resolv_conf = Some(it.next().ok_or("--resolv-conf needs a path")?.into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -104,6 +120,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes the resolver configuration from `silo.dns=` on the kernel command
+/// line (the kernel configured eth0 from `ip=` before init), before any
+/// runtime starts. In host mode only with `--kernel-cmdline` and
+/// `--resolv-conf` (tests).
+fn configure_dns(args: &Args) -> Result<(), String> {
+    let (Some(cmdline), Some(resolv)) = (&args.kernel_cmdline, &args.resolv_conf) else {
+        return Ok(());
+    };
+    silo_guest_agent::dns::configure(cmdline, resolv)
+        .map(|_| ())
+        .map_err(|e| format!("resolver configuration: {e}"))
+}
+
 fn run(args: &Args, started_ns: u64, pid1: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| format!("cannot read settings {}: {e}", args.config.display()))?;
@@ -112,6 +141,7 @@ fn run(args: &Args, started_ns: u64, pid1: bool) -> Result<(), String> {
     if pid1 {
         pid1::mount_tmp(config.tmp_mib).map_err(|e| format!("mounting /tmp: {e}"))?;
     }
+    configure_dns(args)?;
     let stream = match &args.connect_unix {
         Some(path) => host::connect_unix(path),
         None => host::connect_vsock(config.host_port),

@@ -217,3 +217,42 @@ fn await_init_reports_a_runtime_that_exits_during_init() {
     assert_eq!(e.error_type, "Runtime.ExitError", "{e:?}");
     assert!(e.error_message.contains('3'), "{e:?}");
 }
+
+/// `silo.dns=` on the kernel command line becomes the resolver
+/// configuration before the agent says hello (so before any runtime
+/// starts); as PID 1 the agent reads /proc/cmdline and writes
+/// /etc/resolv.conf, here the files given in host mode.
+#[test]
+fn resolvers_from_the_kernel_command_line_are_written_before_hello() {
+    let dir = fresh_dir("agent", "dns");
+    let cmdline = dir.join("cmdline");
+    let resolv = dir.join("etc/resolv.conf");
+    std::fs::write(
+        &cmdline,
+        "console=ttyS0 ip=169.254.0.2::169.254.0.1:255.255.255.252::eth0:off silo.dns=192.0.2.53,198.51.100.53\n",
+    )
+    .unwrap();
+    let config = AgentConfig {
+        function_name: "dns".into(),
+        task_root: dir.join("task").display().to_string(),
+        ..AgentConfig::default()
+    };
+    let extra = [
+        "--kernel-cmdline".into(),
+        cmdline.clone().into_os_string(),
+        "--resolv-conf".into(),
+        resolv.clone().into_os_string(),
+    ];
+    let (_f, hello) = common::Fixture::start_with_args(
+        dir.clone(),
+        &config,
+        None,
+        Duration::from_secs(60),
+        &extra,
+    );
+    assert!(matches!(hello, Message::Hello { .. }), "{hello:?}");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        "nameserver 192.0.2.53\nnameserver 198.51.100.53\n"
+    );
+}

@@ -2,7 +2,7 @@
 # Fetch the KVM test host's kernel and KVM modules from Debian's packages.
 #
 # Usage: images/testhost/fetch.sh [CACHE_DIR]
-# Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM and virtio-net)
+# Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM, virtio-net, tun)
 # and `modules/net.order` (networking modules in load order) on its last line.
 # Installs qemu-system-x86, busybox-static and cpio when missing. Cached by
 # the hash of this script.
@@ -61,12 +61,13 @@ extract() {
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
   extract "$m" || { log "module $m not found in $versioned"; exit 1; }
 done
-# virtio-net over PCI for user-mode networking (port forwarding), in load
-# order; a driver built into this kernel is simply not listed.
+# virtio-net over PCI for user-mode networking (port forwarding), and tun
+# (/dev/net/tun: the taps of silo's own virtio-net), in load order; a
+# driver built into this kernel is simply not listed.
 : > "$stage/modules/net.order"
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
          drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
-         drivers/net/net_failover drivers/net/virtio_net; do
+         drivers/net/net_failover drivers/net/virtio_net drivers/net/tun; do
   if extract "$m"; then
     basename "$m" >> "$stage/modules/net.order"
   elif ! grep -q "/$m.ko" root/lib/modules/*/modules.builtin 2>/dev/null; then

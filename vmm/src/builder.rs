@@ -243,11 +243,23 @@ impl<'a> VmBuilder<'a> {
             .map_err(|source| VmmError::Bus { what, source })
     }
 
-    /// Attaches the configured virtio devices (vsock, when configured).
+    /// Attaches the configured virtio devices (vsock and net, when
+    /// configured).
     pub fn attach_virtio_devices(&mut self) -> Result<&mut Self, VmmError> {
         if let Some(vsock) = &self.cfg.vsock {
             self.virtio
                 .attach_vsock(&self.vm, &self.mem, &mut self.mmio, vsock)?;
+        }
+        self.attach_net()?;
+        Ok(self)
+    }
+
+    /// Attaches the virtio-net device on the configured tap (none without
+    /// one: the guest then has no network interface at all).
+    pub fn attach_net(&mut self) -> Result<&mut Self, VmmError> {
+        if let Some(net) = &self.cfg.net {
+            self.virtio
+                .attach_net(&self.vm, &self.mem, &mut self.mmio, net)?;
         }
         Ok(self)
     }

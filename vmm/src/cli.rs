@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use crate::vm::{SerialOutput, DEFAULT_CMDLINE};
 
+mod net;
+pub use net::parse_rate;
+
 /// Usage text printed by `--help`.
 pub const USAGE: &str = "\
 Boot one microVM (one process per VM; normally spawned by the daemon)
@@ -24,6 +27,17 @@ Options:
       --vsock-cid <VSOCK_CID>          Guest context id of the vsock device (>= 3); needs --vsock-uds
       --vsock-uds <VSOCK_UDS>          Host Unix socket of the vsock device; guest connections to host
                                        port P reach `<PATH>_<P>`
+      --net-tap <NAME>                 Give the guest a virtio-net interface (eth0) on the existing tap NAME
+                                       (opened before the jail; without it the guest has no network interface)
+      --net-mac <MAC>                  The guest's MAC address [default: 06:00:a9:fe:00:02]
+      --net-rx-rate <BYTES_PER_S[,BURST_BYTES]>
+                                       Limit what the guest receives: a token bucket of BYTES_PER_S bytes
+                                       refilled every second, plus BURST_BYTES once at start (Firecracker's
+                                       size, one-time burst, refill time = 1 s). Needs --net-tap
+      --net-tx-rate <BYTES_PER_S[,BURST_BYTES]>
+                                       Limit what the guest sends, likewise. Needs --net-tap
+      --net-pps <PACKETS_PER_S>        Limit frames per second in each direction (a bucket of PACKETS_PER_S
+                                       operations refilled every second). Needs --net-tap
       --pmem <PATH>                    Share a read-only image with the guest through virtio-pmem (the file is
                                        mapped read-only and shared: VMs mapping the same file share the host's
                                        page cache; the guest sees /dev/pmem0, /dev/pmem1, ... in flag order and
@@ -39,6 +53,8 @@ Options:
       --jail-uid <UID>                 The VM's own unprivileged user id (not 0)
       --jail-gid <GID>                 The VM's own group id (not 0)
       --jail-cgroup <DIR>              cgroup v2 directory (limits written by the caller) to join first
+      --jail-netns <PATH>              Join this network namespace (an nsfs file such as /run/netns/NAME)
+                                       instead of a new empty one; --net-tap is opened there
   -h, --help                           Print help
 
 Environment:
@@ -67,6 +83,8 @@ pub struct VmmArgs {
     pub vsock_uds: Option<PathBuf>,
     /// Read-only images for virtio-pmem, in order.
     pub pmem: Vec<PathBuf>,
+    /// The virtio-net device, if any.
+    pub net: Option<crate::device_manager::NetConfig>,
     /// Print the timeline on stderr at the end.
     pub timeline: bool,
     /// Write the early timeline to this file.
@@ -137,6 +155,11 @@ const FLAGS: &[(&str, bool)] = &[
     ("--vsock-cid", true),
     ("--vsock-uds", true),
     ("--pmem", true),
+    ("--net-tap", true),
+    ("--net-mac", true),
+    ("--net-rx-rate", true),
+    ("--net-tx-rate", true),
+    ("--net-pps", true),
     ("--timeline", false),
     ("--timeline-file", true),
     ("--allow-pvm", false),
@@ -145,6 +168,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--jail-uid", true),
     ("--jail-gid", true),
     ("--jail-cgroup", true),
+    ("--jail-netns", true),
 ];
 
 /// Flags that may be given more than once (each use adds a value).
@@ -250,9 +274,10 @@ where
         None => DEFAULT_CMDLINE.to_string(),
         Some(v) => text("--cmdline", &v)?.to_string(),
     };
+    let net = net::parse_net(&get)?;
     let jail = match get("--jail-root") {
         None => {
-            for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup"] {
+            for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup", "--jail-netns"] {
                 if has(flag) {
                     return Err(CliError::Required("--jail-root <DIR>"));
                 }
@@ -270,6 +295,8 @@ where
                 &get("--jail-gid").ok_or(CliError::Required("--jail-gid <GID>"))?,
             )?,
             cgroup: get("--jail-cgroup").map(PathBuf::from),
+            netns: get("--jail-netns").map(PathBuf::from),
+            tap: net.as_ref().map(|n| n.tap.clone()),
         }),
     };
     Ok(Command::Run(Box::new(VmmArgs {
@@ -292,6 +319,7 @@ where
             .filter(|(f, _)| *f == "--pmem")
             .map(|(_, v)| PathBuf::from(v.clone().unwrap_or_default()))
             .collect(),
+        net,
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),
         allow_pvm: has("--allow-pvm"),

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Net, NetError, NetLimits};
 use crate::devices::virtio::pmem::Pmem;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
@@ -30,12 +31,27 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// Host side of a VM's virtio-net device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The existing tap interface (in the VMM's network namespace).
+    pub tap: String,
+    /// The guest's MAC address ([`crate::devices::virtio::net::DEFAULT_MAC`]
+    /// when `None`).
+    pub mac: Option<[u8; 6]>,
+    /// Rate limits.
+    pub limits: NetLimits,
+}
+
 /// Errors from creating or wiring devices.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The net device could not be created (its tap, its descriptors).
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// KVM refused an irqfd or ioeventfd.
     #[error("KVM {op} failed: {source}")]
     Kvm {
@@ -153,6 +169,23 @@ impl MmioDeviceManager {
         })?;
         let slot = self.slots.last().copied().expect("slot just allocated");
         tracing::debug!(base = slot.base, irq = slot.irq, cid = cfg.guest_cid, uds = %cfg.uds_path.display(), "vsock attached");
+        Ok(transport)
+    }
+
+    /// Creates the virtio-net device on its tap and attaches it (see
+    /// [`MmioDeviceManager::attach_virtio_device`]).
+    pub fn attach_net(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        mmio_bus: &mut Bus,
+        cfg: &NetConfig,
+    ) -> Result<Arc<Mutex<MmioTransport<Net>>>, DeviceError> {
+        let transport = self.attach_virtio_device(vm, mem, mmio_bus, |interrupt| {
+            Ok(Net::new(&cfg.tap, cfg.mac, cfg.limits, interrupt)?)
+        })?;
+        let slot = self.slots.last().copied().expect("slot just allocated");
+        tracing::debug!(base = slot.base, irq = slot.irq, tap = %cfg.tap, "virtio-net attached");
         Ok(transport)
     }
 

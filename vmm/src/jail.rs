@@ -5,7 +5,9 @@
 //! 1. the process joins the per-VM cgroup v2 directory the daemon made (its
 //!    `memory.max`, `cpu.max` and `pids.max` then bound everything below);
 //! 2. it leaves the host's mount, pid, network, IPC, UTS and cgroup
-//!    namespaces (the new network namespace is empty: not even `lo` is up);
+//!    namespaces (the new network namespace is empty: not even `lo` is up),
+//!    or, with `--jail-netns`, joins the VM's network namespace the daemon
+//!    prepared (its tap inside) instead of creating an empty one;
 //! 3. it forks: the child is pid 1 of the new pid namespace and becomes the
 //!    VMM; the parent stays behind only to wait for it and pass on its exit
 //!    status, so the daemon's handle on "the VMM process" keeps working. The
@@ -13,7 +15,8 @@
 //!    (`PR_SET_PDEATHSIG`, set after each one's last uid change, which would
 //!    clear it, then the parent re-checked), and everything in the namespace
 //!    dies with the child;
-//! 4. the child opens `/dev/kvm`, binds each input file (kernel, initrd)
+//! 4. the child opens `/dev/kvm` and the VM's tap (in the joined network
+//!    namespace; the jail's root has no `/dev/net/tun`), binds each input file (kernel, initrd)
 //!    read-only into the per-VM directory and makes that directory its root
 //!    (`pivot_root`; on a host whose root is the initial ramfs, which cannot
 //!    be pivoted, the directory is moved over `/` and chrooted into);
@@ -21,7 +24,7 @@
 //!    drops to the per-VM uid and gid with no supplementary groups, which
 //!    clears every capability, and sets `no_new_privs`.
 //!
-//! What is left inside: an open KVM handle, the read-only inputs at
+//! What is left inside: an open KVM handle, the tap if any, the read-only inputs at
 //! `/<name>`, and the directory's own sockets and timeline file.
 
 use std::os::fd::AsFd;
@@ -46,6 +49,11 @@ pub struct JailConfig {
     pub gid: u32,
     /// The cgroup v2 directory the VMM joins, limits already written.
     pub cgroup: Option<PathBuf>,
+    /// The network namespace (an nsfs file such as `/run/netns/NAME`) the
+    /// VMM joins instead of a new, empty one.
+    pub netns: Option<PathBuf>,
+    /// The tap interface opened inside, before the root change.
+    pub tap: Option<String>,
 }
 
 /// A file the VMM reads inside the jail, bound read-only at `/<name>`.
@@ -115,6 +123,9 @@ pub enum JailError {
     /// KVM could not be opened before entering the jail.
     #[error("jail: opening KVM: {0}")]
     Kvm(#[from] crate::kvm::KvmError),
+    /// The tap could not be opened before entering the jail.
+    #[error("jail: opening the tap: {0}")]
+    Tap(#[from] crate::devices::virtio::net::NetError),
     /// After dropping privileges the process could still become root.
     #[error("jail: privileges were not dropped (setresuid(0) succeeded)")]
     StillPrivileged,
@@ -152,17 +163,32 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
         std::fs::write(&procs, "0")
             .map_err(io(format!("joining the cgroup {}", procs.display())))?;
     }
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(sys(
+    // Opened before the mount namespace changes, joined right after.
+    let netns = cfg
+        .netns
+        .as_ref()
+        .map(|p| {
+            std::fs::File::open(p)
+                .map_err(io(format!("opening the network namespace {}", p.display())))
+        })
+        .transpose()?;
+    let mut namespaces = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWCGROUP;
+    if netns.is_none() {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(namespaces).map_err(sys(
         "unshare (mount, pid, net, ipc, uts, cgroup namespaces)",
     ))?;
+    if let (Some(file), Some(path)) = (netns, &cfg.netns) {
+        nix::sched::setns(file, CloneFlags::CLONE_NEWNET).map_err(sys(format!(
+            "joining the network namespace {}",
+            path.display()
+        )))?;
+    }
     // Nothing mounted from here on propagates back to the host.
     mount(
         None::<&str>,
@@ -183,6 +209,9 @@ pub fn enter(cfg: &JailConfig, inputs: &[ReadOnlyInput], limits: Limits) -> Resu
         ForkResult::Child => {
             drop(alive_w);
             crate::kvm::preopen()?;
+            if let Some(tap) = &cfg.tap {
+                crate::devices::virtio::net::tap::preopen(tap)?;
+            }
             nix::unistd::sethostname("silo-vm").map_err(sys("sethostname"))?;
             change_root(&cfg.root, inputs)?;
             lower_limits(limits)?;

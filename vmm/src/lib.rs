@@ -2,8 +2,9 @@
 //!
 //! One process runs one microVM: KVM VM and vCPUs, guest memory, a Linux
 //! kernel loaded per the x86 boot protocol, an 8250 serial console, an i8042
-//! for guest reset, and virtio-mmio devices (vsock) driven by an event loop.
+//! for guest reset, and virtio-mmio devices (vsock, pmem, net) driven by an event loop.
 
+pub mod bandwidth;
 pub mod boot;
 pub mod builder;
 pub mod cli;
@@ -20,7 +21,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use builder::{RunningVm, VmBuilder};
-pub use device_manager::VsockConfig;
+pub use device_manager::{NetConfig, VsockConfig};
 pub use vm::{run, SerialOutput, VmConfig, VmExit, VmReport, VmmError};
 
 /// Keeps glibc from shrinking a thread's malloc heap, which it does only

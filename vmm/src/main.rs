@@ -93,6 +93,7 @@ fn run(args: VmmArgs) -> ExitCode {
         vcpus: args.vcpus,
         serial: args.serial,
         vsock,
+        net: args.net,
         pmem: args.pmem,
         allow_pvm: args.allow_pvm,
         timeline_file: args.timeline_file,

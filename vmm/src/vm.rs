@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Optional vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Optional virtio-net device on a tap.
+    pub net: Option<crate::device_manager::NetConfig>,
     /// Read-only images shared through virtio-pmem, in order: the guest
     /// sees them as `/dev/pmem0`, `/dev/pmem1`, ...
     pub pmem: Vec<PathBuf>,
@@ -74,6 +76,7 @@ impl VmConfig {
             vcpus: 1,
             serial: SerialOutput::Stdout,
             vsock: None,
+            net: None,
             pmem: Vec::new(),
             allow_pvm: false,
             timeline_file: None,

@@ -73,6 +73,17 @@ impl Fixture {
         runtime_root: Option<&Path>,
         read_timeout: Duration,
     ) -> (Fixture, Message) {
+        Self::start_with_args(dir, config, runtime_root, read_timeout, &[])
+    }
+
+    /// [`Fixture::start`] with `extra` arguments for the agent.
+    pub fn start_with_args(
+        dir: PathBuf,
+        config: &AgentConfig,
+        runtime_root: Option<&Path>,
+        read_timeout: Duration,
+        extra: &[std::ffi::OsString],
+    ) -> (Fixture, Message) {
         std::fs::write(dir.join("agent.json"), serde_json::to_vec(config).unwrap()).unwrap();
         let sock = dir.join("agent.sock");
         let listener = UnixListener::bind(&sock).unwrap();
@@ -88,6 +99,7 @@ impl Fixture {
         if let Some(root) = runtime_root {
             command.arg("--runtime-root").arg(root);
         }
+        command.args(extra);
         let agent = command.spawn().unwrap();
         let (mut conn, _) = listener.accept().unwrap();
         conn.set_read_timeout(Some(read_timeout)).unwrap();

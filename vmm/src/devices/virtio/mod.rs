@@ -1,6 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x).
 
 pub mod mmio;
+pub mod net;
 pub mod pmem;
 pub mod vsock;
 
@@ -74,7 +75,7 @@ pub enum ActivateError {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (19 for vsock, 27 for pmem).
+    /// Virtio device id (1 for net, 19 for vsock, 27 for pmem).
     fn device_type(&self) -> u32;
     /// Feature bits offered.
     fn avail_features(&self) -> u64;

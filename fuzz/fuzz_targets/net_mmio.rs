@@ -1,0 +1,346 @@
+//! The guest-facing virtio-net device as a hostile guest drives it:
+//! virtio-mmio register reads and writes, descriptor tables, rings and
+//! frames written into a small guest memory, queue notifications through
+//! the queue eventfds and the real device event loop, with and without
+//! rate limits (whose timer the loop serves); and the host side as a
+//! datagram socket pair standing for the tap (frames of any size, from
+//! empty to 64 KiB, written to the guest; frames from the guest read).
+//!
+//! Findings: any panic; the device holding more than one host frame
+//! (`Net::buffered_bytes`); a frame reaching the host that is shorter than
+//! an Ethernet header or longer than `MAX_FRAME_LEN`.
+#![no_main]
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use libfuzzer_sys::fuzz_target;
+use silo_vmm::bandwidth::BucketConfig;
+use silo_vmm::devices::bus::BusDevice;
+use silo_vmm::devices::virtio::mmio::MmioTransport;
+use silo_vmm::devices::virtio::net::{
+    Net, NetBackend, NetLimits, MAX_FRAME_LEN, NET_HDR_LEN, TAP_READ_LEN,
+};
+use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
+use silo_vmm::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory: 1 MiB (pages are only touched where the input writes).
+const MEM: u64 = 1 << 20;
+
+fn qbase(q: usize) -> u64 {
+    0x1_0000 + q as u64 * 0x1_0000
+}
+fn desc_addr(q: usize) -> u64 {
+    qbase(q)
+}
+fn avail_addr(q: usize) -> u64 {
+    qbase(q) + 0x1000
+}
+fn used_addr(q: usize) -> u64 {
+    qbase(q) + 0x2000
+}
+
+/// The tap's stand-in: one end of a datagram socket pair (frame
+/// boundaries kept, non-blocking).
+struct PairBackend(UnixDatagram);
+
+impl NetBackend for PairBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.recv(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        self.0.send(frame)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Reads the input as a stream of small integers; zeros once exhausted.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        a
+    }
+    fn u8(&mut self) -> u8 {
+        self.bytes(1).first().copied().unwrap_or(0)
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) | u16::from(self.u8()) << 8
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from(self.u16()) | u32::from(self.u16()) << 16
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+    /// An address mostly inside guest memory, sometimes anywhere.
+    fn addr(&mut self) -> u64 {
+        match self.u8() % 8 {
+            0 => self.u64(),
+            _ => u64::from(self.u32()) % MEM,
+        }
+    }
+}
+
+struct Rig {
+    dev: Arc<Mutex<MmioTransport<Net<PairBackend>>>>,
+    evts: Vec<EventFd>,
+    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    mem: GuestMemory,
+    host: UnixDatagram,
+    avail_idx: [u16; 2],
+}
+
+impl Rig {
+    fn new(limits: NetLimits) -> Self {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("memory");
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let (dev_end, host) = UnixDatagram::pair().expect("socketpair");
+        dev_end.set_nonblocking(true).expect("nonblocking");
+        host.set_nonblocking(true).expect("nonblocking");
+        let net = Net::with_backend(PairBackend(dev_end), None, limits, interrupt.clone())
+            .expect("net device");
+        let evts = net
+            .queue_events()
+            .iter()
+            .map(|e| e.try_clone().expect("eventfd clone"))
+            .collect();
+        let dev = Arc::new(Mutex::new(MmioTransport::new(net, mem.clone(), interrupt)));
+        let mut manager =
+            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().expect("epoll");
+        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
+        Rig {
+            dev,
+            evts,
+            manager,
+            mem,
+            host,
+            avail_idx: [0; 2],
+        }
+    }
+
+    fn w(&self, off: u64, v: u32) {
+        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
+    }
+
+    /// The Linux driver's setup sequence (MAC and VERSION_1 accepted),
+    /// queues of `size` at fixed places.
+    fn driver_init(&mut self, size: u16) {
+        self.w(0x70, 0);
+        self.w(0x70, 1);
+        self.w(0x70, 3);
+        self.w(0x24, 0);
+        self.w(0x20, 1 << 5);
+        self.w(0x24, 1);
+        self.w(0x20, 1);
+        self.w(0x70, 11);
+        for q in 0..2 {
+            self.w(0x30, q as u32);
+            self.w(0x38, u32::from(size));
+            self.w(0x80, desc_addr(q) as u32);
+            self.w(0x84, 0);
+            self.w(0x90, avail_addr(q) as u32);
+            self.w(0x94, 0);
+            self.w(0xa0, used_addr(q) as u32);
+            self.w(0xa4, 0);
+            self.w(0x44, 1);
+        }
+        self.w(0x70, 15);
+        self.avail_idx = [0; 2];
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..8 {
+            match self.manager.run_with_timeout(0) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn publish(&mut self, q: usize, head: u16) {
+        let slot = u64::from(self.avail_idx[q] % 256);
+        let _ = self
+            .mem
+            .write_obj(head, GuestAddress(avail_addr(q) + 4 + slot * 2));
+        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+        let _ = self
+            .mem
+            .write_obj(self.avail_idx[q], GuestAddress(avail_addr(q) + 2));
+    }
+
+    fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = desc_addr(q) + u64::from(idx % 256) * 16;
+        let _ = self.mem.write_obj(addr, GuestAddress(d));
+        let _ = self.mem.write_obj(len, GuestAddress(d + 8));
+        let _ = self.mem.write_obj(flags, GuestAddress(d + 12));
+        let _ = self.mem.write_obj(next, GuestAddress(d + 14));
+    }
+
+    fn kick(&mut self, q: usize) {
+        let _ = self.evts[q].write(1);
+        self.pump();
+    }
+
+    fn step(&mut self, inp: &mut Input<'_>) {
+        match inp.u8() % 12 {
+            0 => {
+                let off = u64::from(inp.u8()) * 4 % 0x110;
+                let v = inp.u32();
+                self.w(off, v);
+            }
+            1 => {
+                let off = u64::from(inp.u16() % 0x1000);
+                let len = [1usize, 2, 4, 8][usize::from(inp.u8() % 4)];
+                let mut b = [0u8; 8];
+                self.dev.lock().unwrap().read(off, &mut b[..len]);
+            }
+            2 => {
+                let at = inp.addr();
+                let n = usize::from(inp.u8());
+                let data = inp.bytes(n).to_vec();
+                let _ = self.mem.write_slice(&data, GuestAddress(at));
+            }
+            3 => {
+                let q = usize::from(inp.u8() % 2);
+                let (idx, addr, len) = (inp.u16(), inp.addr(), inp.u32());
+                let (flags, next) = (inp.u16(), inp.u16());
+                self.write_desc(q, idx, addr, len, flags, next);
+            }
+            4 => {
+                let q = usize::from(inp.u8() % 2);
+                let head = inp.u16();
+                self.publish(q, head);
+            }
+            5 => {
+                // A TX frame: header and frame of input size (sometimes
+                // split in two descriptors), published and kicked.
+                let idx = u16::from(inp.u8()) * 2;
+                let at = 0x4_0000 + u64::from(idx % 64) * 0x800;
+                let len = match inp.u8() % 8 {
+                    0 => inp.u32() % 0x1_0000,
+                    _ => u32::from(inp.u16() % 1600),
+                };
+                let fill = inp.u8();
+                let _ = self
+                    .mem
+                    .write_slice(&vec![fill; (len as usize).min(0x800)], GuestAddress(at));
+                if inp.u8() % 2 == 0 {
+                    self.write_desc(1, idx, at, len, 0, 0);
+                } else {
+                    let first = len.min(NET_HDR_LEN as u32);
+                    self.write_desc(1, idx, at, first, 1, idx + 1);
+                    self.write_desc(1, idx + 1, at + u64::from(first), len - first, 0, 0);
+                }
+                self.publish(1, idx);
+                self.kick(1);
+            }
+            6 => {
+                // RX buffers: write-only descriptors of input size.
+                let n = inp.u8() % 8 + 1;
+                for _ in 0..n {
+                    let idx = u16::from(inp.u8());
+                    let len = if inp.u8() % 8 == 0 { inp.u32() } else { 1530 };
+                    let at = 0x8_0000 + u64::from(idx % 64) * 0x800;
+                    self.write_desc(0, idx, at, len, 2, 0);
+                    self.publish(0, idx);
+                }
+                self.kick(0);
+            }
+            7 => {
+                let q = usize::from(inp.u8() % 2);
+                self.kick(q);
+            }
+            8 => {
+                // The host sends frames of any size to the guest.
+                let n = inp.u8() % 8 + 1;
+                for _ in 0..n {
+                    let len = match inp.u8() % 8 {
+                        0 => usize::from(inp.u16()),
+                        1 => 0,
+                        _ => usize::from(inp.u16() % 1600),
+                    };
+                    let fill = inp.u8();
+                    let _ = self.host.send(&vec![fill; len]);
+                }
+                self.pump();
+            }
+            9 => self.drain_host(),
+            10 => {
+                let size = 1u16 << (inp.u8() % 9);
+                self.driver_init(size);
+            }
+            _ => {
+                // Let a rate limiter's timer fire.
+                let _ = self.manager.run_with_timeout(2);
+                self.pump();
+            }
+        }
+        self.check_bounds();
+    }
+
+    /// Reads what the guest sent; every frame is a sane Ethernet frame.
+    fn drain_host(&mut self) {
+        let mut b = vec![0u8; 70_000];
+        loop {
+            match self.host.recv(&mut b) {
+                Ok(n) => assert!(
+                    (14..=MAX_FRAME_LEN).contains(&n),
+                    "a {n}-byte frame reached the host"
+                ),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("host side: {e}"),
+            }
+        }
+    }
+
+    fn check_bounds(&mut self) {
+        {
+            let dev = self.dev.lock().unwrap();
+            let held = dev.device().buffered_bytes();
+            assert!(held <= TAP_READ_LEN, "device holds {held} bytes");
+        }
+        self.drain_host();
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut inp = Input(data);
+    let limits = match inp.u8() % 4 {
+        0 => NetLimits {
+            rx_bytes: Some(BucketConfig::per_second(u64::from(inp.u16()) + 1, 0)),
+            tx_bytes: Some(BucketConfig::per_second(u64::from(inp.u16()) + 1, 0)),
+            packets: Some(BucketConfig {
+                size: u64::from(inp.u8()) + 1,
+                one_time_burst: u64::from(inp.u8()),
+                refill_time: Duration::from_millis(1),
+            }),
+        },
+        _ => NetLimits::default(),
+    };
+    let mut rig = Rig::new(limits);
+    if inp.u8() & 1 == 1 {
+        rig.driver_init(16);
+    }
+    let mut steps = 0;
+    while !inp.empty() && steps < 256 {
+        rig.step(&mut inp);
+        steps += 1;
+    }
+    rig.pump();
+    rig.check_bounds();
+});

@@ -1,0 +1,535 @@
+//! The virtio-net device proper: its two queues, configuration space (the
+//! MAC address), and the moving of frames between the guest's queues and a
+//! [`NetBackend`], under the per-direction rate limiters.
+//!
+//! Hostile input is consumed and counted, never fatal: a TX chain with a
+//! device-writable descriptor, outside guest memory, shorter than a header
+//! and an Ethernet header, or carrying more than [`MAX_FRAME_LEN`] bytes is
+//! returned unused; an RX chain that is read-only, outside guest memory or
+//! too small for the waiting frame is returned unused and the frame waits
+//! for the next one. The device holds at most one frame from the host (in
+//! a buffer allocated once); while the guest posts no RX buffers, further
+//! frames stay in the tap's kernel queue, which drops beyond its length, so
+//! a guest that never refills RX costs nothing but its own traffic.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::tap::{self, Tap};
+use super::{
+    NetBackend, NetError, DEFAULT_MAC, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, NET_HDR_LEN,
+    QUEUE_SIZE, TAP_READ_LEN,
+};
+use crate::bandwidth::{BucketConfig, Limiter};
+use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
+use crate::memory::GuestMemory;
+
+/// Virtio device id of net.
+pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+/// `VIRTIO_NET_F_MAC`: the configuration space holds the MAC address.
+const F_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+
+const RXQ: usize = 0;
+const TXQ: usize = 1;
+const QUEUE_COUNT: usize = 2;
+const TOKEN_RX: u32 = RXQ as u32;
+const TOKEN_TX: u32 = TXQ as u32;
+const TOKEN_TAP: u32 = 2;
+const TOKEN_TIMER: u32 = 3;
+/// Shortest Ethernet frame the device passes on (destination, source, type).
+const ETH_HLEN: usize = 14;
+
+/// Rate limits of one device: bytes per direction, and packets (applied to
+/// each direction separately).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetLimits {
+    /// Bytes the guest may receive.
+    pub rx_bytes: Option<BucketConfig>,
+    /// Bytes the guest may send.
+    pub tx_bytes: Option<BucketConfig>,
+    /// Frames per direction.
+    pub packets: Option<BucketConfig>,
+}
+
+/// What the device did so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Bytes delivered to the guest (frames only, no headers).
+    pub rx_bytes: u64,
+    /// Frames sent to the host.
+    pub tx_frames: u64,
+    /// Bytes sent to the host.
+    pub tx_bytes: u64,
+    /// RX chains returned unused (read-only, outside memory, too small).
+    pub rx_bad_chains: u64,
+    /// TX chains returned unused (writable, outside memory, too short).
+    pub tx_bad_chains: u64,
+    /// Frames from the host larger than [`MAX_FRAME_LEN`], dropped.
+    pub rx_oversized: u64,
+    /// Guest frames larger than [`MAX_FRAME_LEN`], dropped.
+    pub tx_oversized: u64,
+    /// Guest frames the host refused (tap queue full or interface down).
+    pub tx_send_errors: u64,
+    /// Times a frame had to wait for the RX limiter.
+    pub rx_throttled: u64,
+    /// Times a frame had to wait for the TX limiter.
+    pub tx_throttled: u64,
+}
+
+/// The virtio-net device, with its host side behind backend `B`.
+pub struct Net<B: NetBackend = Tap> {
+    mac: [u8; 6],
+    backend: B,
+    interrupt: Interrupt,
+    queue_evts: [EventFd; QUEUE_COUNT],
+    timer: TimerFd,
+    timer_armed: bool,
+    mem: Option<GuestMemory>,
+    queues: Vec<Queue>,
+    /// The one frame from the host the device may hold, and its length.
+    rx_buf: Vec<u8>,
+    rx_pending: Option<usize>,
+    /// Whether the held frame was already charged to the RX limiter.
+    rx_charged: bool,
+    tx_buf: Vec<u8>,
+    rx_limit: Limiter,
+    tx_limit: Limiter,
+    stats: NetStats,
+}
+
+impl Net<Tap> {
+    /// A device on the tap interface `tap_name` (the one the jail opened
+    /// before changing root, or opened now), guest MAC `mac`.
+    pub fn new(
+        tap_name: &str,
+        mac: Option<[u8; 6]>,
+        limits: NetLimits,
+        interrupt: Interrupt,
+    ) -> Result<Self, NetError> {
+        let tap = match tap::take_preopened(tap_name) {
+            Some(t) => t,
+            None => Tap::open(tap_name)?,
+        };
+        Self::with_backend(tap, mac, limits, interrupt)
+    }
+}
+
+impl<B: NetBackend> Net<B> {
+    /// A device over `backend`. Creates every descriptor it will use (queue
+    /// eventfds, the limiter timer) now, at build time.
+    pub fn with_backend(
+        backend: B,
+        mac: Option<[u8; 6]>,
+        limits: NetLimits,
+        interrupt: Interrupt,
+    ) -> Result<Self, NetError> {
+        let fd = |what| move |source| NetError::Fd { what, source };
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(fd("queue eventfd"));
+        let timer = TimerFd::new().map_err(|e| fd("timerfd")(std::io::Error::from(e)))?;
+        // SAFETY: F_SETFL on a descriptor this function owns; no memory is
+        // passed. Non-blocking: a read after a re-arm must not wait.
+        if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(fd("timerfd")(std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            mac: mac.unwrap_or(DEFAULT_MAC),
+            backend,
+            interrupt,
+            queue_evts: [evt()?, evt()?],
+            timer,
+            timer_armed: false,
+            mem: None,
+            queues: Vec::new(),
+            rx_buf: vec![0; TAP_READ_LEN],
+            rx_pending: None,
+            rx_charged: false,
+            tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            rx_limit: Limiter::new(limits.rx_bytes, limits.packets),
+            tx_limit: Limiter::new(limits.tx_bytes, limits.packets),
+            stats: NetStats::default(),
+        })
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// What the device did so far.
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            rx_throttled: self.rx_limit.throttled(),
+            tx_throttled: self.tx_limit.throttled(),
+            ..self.stats
+        }
+    }
+
+    /// Bytes of host frames the device holds (at most one frame, at most
+    /// [`TAP_READ_LEN`] bytes): the fuzzer checks the bound.
+    pub fn buffered_bytes(&self) -> usize {
+        self.rx_pending.unwrap_or(0)
+    }
+
+    /// The host-side backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether the limiter timer is armed.
+    pub fn throttled(&self) -> bool {
+        self.timer_armed
+    }
+
+    fn arm_timer(&mut self, wait: Duration) {
+        if self.timer_armed {
+            return;
+        }
+        match self.timer.reset(wait, None) {
+            Ok(()) => self.timer_armed = true,
+            Err(e) => tracing::warn!(error = %e, "virtio-net limiter timer could not be armed"),
+        }
+    }
+
+    /// Delivers frames from the host into the guest's RX buffers, as long
+    /// as there are frames, buffers and RX budget (at most
+    /// [`MAX_CHAINS_PER_EVENT`] steps, then the device re-kicks itself).
+    pub fn process_rx(&mut self) {
+        let Some(mem) = self.mem.clone() else { return };
+        let mut used_any = false;
+        for step in 0.. {
+            if step == 2 * MAX_CHAINS_PER_EVENT {
+                let _ = self.queue_evts[RXQ].write(1);
+                break;
+            }
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.backend.recv(&mut self.rx_buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        crate::guest_fault!(error = %e, "virtio-net: reading the tap failed");
+                        break;
+                    }
+                },
+            };
+            if len > MAX_FRAME_LEN {
+                self.stats.rx_oversized += 1;
+                crate::guest_fault!(
+                    len,
+                    max = MAX_FRAME_LEN,
+                    "virtio-net: oversized frame from the host dropped"
+                );
+                self.rx_pending = None;
+                continue;
+            }
+            self.rx_pending = Some(len);
+            if !self.rx_charged {
+                if let Err(wait) = self.rx_limit.consume(len as u64, Instant::now()) {
+                    self.arm_timer(wait);
+                    break;
+                }
+                self.rx_charged = true;
+            }
+            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&mem) else {
+                // No buffer: the frame waits here, the next ones in the tap,
+                // until the guest posts buffers and kicks RX.
+                break;
+            };
+            let head = chain.head_index();
+            let used = match write_frame(&mem, chain, &self.rx_buf[..len]) {
+                Ok(n) => {
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += len as u64;
+                    self.rx_pending = None;
+                    self.rx_charged = false;
+                    n
+                }
+                Err(e) => {
+                    self.stats.rx_bad_chains += 1;
+                    crate::guest_fault!(error = %e, head, "virtio-net: bad RX descriptor chain returned unused");
+                    0
+                }
+            };
+            if self.queues[RXQ].add_used(&mem, head, used).is_err() {
+                crate::guest_fault!(head, "virtio-net: RX used ring update failed");
+            }
+            used_any = true;
+        }
+        if used_any {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Sends the guest's TX frames to the host, as long as the TX budget
+    /// allows (at most [`MAX_CHAINS_PER_EVENT`] chains, then the device
+    /// re-kicks itself).
+    pub fn process_tx(&mut self) {
+        let Some(mem) = self.mem.clone() else { return };
+        let mut used_any = false;
+        for served in 0.. {
+            if served == MAX_CHAINS_PER_EVENT {
+                let _ = self.queue_evts[TXQ].write(1);
+                break;
+            }
+            let Some(chain) = self.queues[TXQ].pop_descriptor_chain(&mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match tx_frame_len(&mem, chain.clone()) {
+                Ok(total) => {
+                    let frame = (total - NET_HDR_LEN) as u64;
+                    if let Err(wait) = self.tx_limit.consume(frame, Instant::now()) {
+                        // Served when the timer fires.
+                        self.queues[TXQ].go_to_previous_position();
+                        self.arm_timer(wait);
+                        break;
+                    }
+                    self.send_tx(&mem, chain, total);
+                }
+                Err(TxFault::Oversized(len)) => {
+                    self.stats.tx_oversized += 1;
+                    crate::guest_fault!(
+                        len,
+                        max = NET_HDR_LEN + MAX_FRAME_LEN,
+                        "virtio-net: oversized TX frame dropped"
+                    );
+                }
+                Err(e) => {
+                    self.stats.tx_bad_chains += 1;
+                    crate::guest_fault!(error = %e, head, "virtio-net: malformed TX descriptor chain dropped");
+                }
+            }
+            if self.queues[TXQ].add_used(&mem, head, 0).is_err() {
+                crate::guest_fault!(head, "virtio-net: TX used ring update failed");
+            }
+            used_any = true;
+        }
+        if used_any {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Copies a checked TX chain of `total` bytes out of guest memory and
+    /// sends its frame (without the virtio-net header).
+    fn send_tx(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, total: usize) {
+        let copied = Reader::new(mem, chain)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|mut r| r.read_exact(&mut self.tx_buf[..total]));
+        if let Err(e) = copied {
+            self.stats.tx_bad_chains += 1;
+            crate::guest_fault!(error = %e, "virtio-net: TX chain unreadable");
+            return;
+        }
+        match self.backend.send(&self.tx_buf[NET_HDR_LEN..total]) {
+            Ok(_) => {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += (total - NET_HDR_LEN) as u64;
+            }
+            Err(e) => {
+                // A full tap queue or a down interface: the frame is lost,
+                // as on a wire.
+                self.stats.tx_send_errors += 1;
+                crate::guest_fault!(error = %e, "virtio-net: the host refused a frame");
+            }
+        }
+    }
+}
+
+/// Whether a chain ends where it says it ends: virtio-queue's iterator
+/// stops silently after as many descriptors as the queue has (a loop) or
+/// at an index beyond the table, and yields nothing for a head beyond it.
+fn well_formed(chain: &DescriptorChain<&GuestMemory>) -> bool {
+    matches!(chain.clone().last(), Some(d) if !d.has_next())
+}
+
+/// Why a TX chain was not sent.
+#[derive(Debug, thiserror::Error)]
+enum TxFault {
+    #[error("a device-writable descriptor in a TX chain")]
+    Writable,
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
+    #[error("descriptor chain outside guest memory or malformed: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("{0} bytes: shorter than a virtio-net and an Ethernet header")]
+    Short(usize),
+    #[error("{0} bytes: larger than the negotiated frame size")]
+    Oversized(usize),
+}
+
+/// Checks a TX chain: readable descriptors only, all inside guest memory,
+/// header plus an Ethernet frame of at most [`MAX_FRAME_LEN`] bytes.
+/// Returns its length with the header.
+fn tx_frame_len(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Result<usize, TxFault> {
+    if !well_formed(&chain) {
+        return Err(TxFault::Broken);
+    }
+    if chain.clone().any(|d| d.is_write_only()) {
+        return Err(TxFault::Writable);
+    }
+    let total = Reader::new(mem, chain)
+        .map_err(TxFault::Chain)?
+        .available_bytes();
+    if total < NET_HDR_LEN + ETH_HLEN {
+        return Err(TxFault::Short(total));
+    }
+    if total > NET_HDR_LEN + MAX_FRAME_LEN {
+        return Err(TxFault::Oversized(total));
+    }
+    Ok(total)
+}
+
+/// Why an RX chain could not take a frame.
+#[derive(Debug, thiserror::Error)]
+enum RxFault {
+    #[error("a device-readable descriptor in an RX chain")]
+    ReadOnly,
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
+    #[error("descriptor chain outside guest memory or malformed: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("{have} bytes of buffer for a {need}-byte frame and header")]
+    TooSmall { have: usize, need: usize },
+    #[error("cannot write the frame: {0}")]
+    Access(std::io::Error),
+}
+
+/// Writes `virtio_net_hdr_v1` (no offloads, one buffer) and `frame` into
+/// an RX chain; returns the bytes written.
+fn write_frame(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    frame: &[u8],
+) -> Result<u32, RxFault> {
+    if !well_formed(&chain) {
+        return Err(RxFault::Broken);
+    }
+    if chain.clone().any(|d| !d.is_write_only()) {
+        return Err(RxFault::ReadOnly);
+    }
+    let mut w = Writer::new(mem, chain).map_err(RxFault::Chain)?;
+    let need = NET_HDR_LEN + frame.len();
+    if w.available_bytes() < need {
+        return Err(RxFault::TooSmall {
+            have: w.available_bytes(),
+            need,
+        });
+    }
+    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: 0;
+    // num_buffers (le16): 1.
+    let mut hdr = [0u8; NET_HDR_LEN];
+    hdr[10] = 1;
+    w.write_all(&hdr).map_err(RxFault::Access)?;
+    w.write_all(frame).map_err(RxFault::Access)?;
+    Ok(need as u32)
+}
+
+impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+    fn avail_features(&self) -> u64 {
+        F_MAC
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; QUEUE_COUNT]
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config { u8 mac[6]; ... } (only MAC offered).
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.mac.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        queues: Vec<Queue>,
+        _features: u64,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_COUNT {
+            return Err(ActivateError::Other(format!(
+                "virtio-net needs 2 queues, got {}",
+                queues.len()
+            )));
+        }
+        if mem.num_regions() == 0 {
+            return Err(ActivateError::Other("no guest memory".into()));
+        }
+        self.queues = queues;
+        self.mem = Some(mem);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        // Runs on a vCPU thread: no system calls. The limiters keep their
+        // state (a reset refills no bucket); a timer still armed fires into
+        // an inactive device and is ignored.
+        self.mem = None;
+        self.queues.clear();
+        self.rx_pending = None;
+        self.rx_charged = false;
+        self.timer_armed = false;
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn init_events(&mut self, ops: &mut EventOps) {
+        let fds = [
+            (self.queue_evts[RXQ].as_raw_fd(), TOKEN_RX, EventSet::IN),
+            (self.queue_evts[TXQ].as_raw_fd(), TOKEN_TX, EventSet::IN),
+            // Edge-triggered: frames left in the tap (no RX buffer, no
+            // budget) do not wake the loop again; an RX kick or the timer
+            // resumes reading.
+            (
+                self.backend.raw_fd(),
+                TOKEN_TAP,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            ),
+            (self.timer.as_raw_fd(), TOKEN_TIMER, EventSet::IN),
+        ];
+        for (fd, token, set) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
+                tracing::error!(error = ?e, token, "cannot register a virtio-net fd with the event loop");
+            }
+        }
+    }
+    fn process_event(&mut self, events: Events, _ops: &mut EventOps) {
+        // The device is active exactly while it holds the driver's memory.
+        let active = self.mem.is_some();
+        match events.data() {
+            token @ (TOKEN_RX | TOKEN_TX) => {
+                let _ = self.queue_evts[token as usize].read();
+                if active && token == TOKEN_RX {
+                    self.process_rx();
+                } else if active {
+                    self.process_tx();
+                }
+            }
+            TOKEN_TAP if active => self.process_rx(),
+            TOKEN_TIMER => {
+                let _ = self.timer.wait();
+                self.timer_armed = false;
+                if active {
+                    self.process_rx();
+                    self.process_tx();
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The virtio-net device (id 1): one RX and one TX queue between the guest
+//! and a tap interface on the host ([`tap::Tap`]), served on the devices
+//! thread, with token-bucket rate limiting per direction
+//! ([`crate::bandwidth`]).
+//!
+//! The device offers only `VIRTIO_NET_F_MAC` (and `VIRTIO_F_VERSION_1`): no
+//! checksum or segmentation offloads, no mergeable buffers, no control
+//! queue. So every frame is a plain Ethernet frame of at most
+//! [`MAX_FRAME_LEN`] bytes behind a 12-byte `virtio_net_hdr_v1`, and both
+//! directions go through one bounce buffer allocated once.
+
+mod device;
+pub mod tap;
+
+use std::os::fd::RawFd;
+
+pub use device::{Net, NetLimits, NetStats, VIRTIO_ID_NET};
+
+/// Queue size of RX and TX.
+pub const QUEUE_SIZE: u16 = 256;
+/// Length of `virtio_net_hdr_v1` (with `num_buffers`), which a virtio 1.x
+/// driver puts before every frame in both directions.
+pub const NET_HDR_LEN: usize = 12;
+/// The largest frame the device passes: an Ethernet frame with a 1500-byte
+/// payload and one VLAN tag (1514 + 4), the most a guest can send without
+/// segmentation offloads, which are not offered. Larger frames from either
+/// side are dropped and counted.
+pub const MAX_FRAME_LEN: usize = 1518;
+/// Size of the bounce buffer reads from the tap go into: a frame larger
+/// than [`MAX_FRAME_LEN`] is read whole (then dropped), never split.
+pub const TAP_READ_LEN: usize = 65_535;
+/// Chains served per queue per event before the device yields the thread
+/// to other devices (it re-kicks itself for the rest).
+pub const MAX_CHAINS_PER_EVENT: usize = 256;
+/// The guest's MAC address when none is given.
+pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xa9, 0xfe, 0x00, 0x02];
+
+/// Where frames go to and come from on the host: the tap in the VMM, a
+/// socket pair in tests and the fuzzer. Both calls are non-blocking.
+pub trait NetBackend: Send {
+    /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Sends one frame.
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize>;
+    /// The descriptor the device loop waits on for frames.
+    fn raw_fd(&self) -> RawFd;
+}
+
+/// Errors creating the net device (never caused by the guest).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap name is not a valid interface name.
+    #[error("invalid tap interface name \"{0}\" (1 to 15 printable bytes, no '/' or ':')")]
+    TapName(String),
+    /// No interface of that name in the VMM's network namespace.
+    #[error("no tap interface {0} in this network namespace (the daemon creates it)")]
+    NoSuchTap(String),
+    /// `/dev/net/tun` could not be opened.
+    #[error("cannot open /dev/net/tun: {0}")]
+    OpenTun(#[source] std::io::Error),
+    /// `TUNSETIFF` refused the interface.
+    #[error("cannot attach to tap interface {name}: {source}")]
+    Attach {
+        /// The interface.
+        name: String,
+        /// The errno.
+        source: std::io::Error,
+    },
+    /// An eventfd or timerfd could not be created.
+    #[error("cannot create the virtio-net {what}: {source}")]
+    Fd {
+        /// Which descriptor.
+        what: &'static str,
+        /// The errno.
+        source: std::io::Error,
+    },
+}
+
+/// Parses a MAC address written `aa:bb:cc:dd:ee:ff`; it must be unicast.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("`{s}` is not six colon-separated hex bytes"));
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(format!("`{s}` is not six colon-separated hex bytes"));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("`{p}` is not a hex byte"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("`{s}` is a multicast address"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_multicast_is_refused() {
+        assert_eq!(parse_mac("06:00:a9:fe:00:02").unwrap(), DEFAULT_MAC);
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        for bad in ["", "06:00:a9:fe:00", "06:00:a9:fe:00:0g", "6:0:a9:fe:0:2"] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+}

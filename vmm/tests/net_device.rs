@@ -1,0 +1,609 @@
+//! The virtio-net device driven as Linux's `virtio_net` drives it (probe,
+//! feature negotiation, two queues, RX buffers posted, TX chains with a
+//! `virtio_net_hdr_v1`), with the real event loop and a real tap interface
+//! on this machine: each test runs on its own thread in a private network
+//! namespace (root needed), where `ip` creates a persistent tap with
+//! 10.0.0.1/24 on it, as the daemon does for a VM. Frames go both ways
+//! through host UDP sockets.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::ops::{Deref, DerefMut};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{reg, MmioRig};
+use silo_vmm::bandwidth::BucketConfig;
+use silo_vmm::devices::virtio::net::{
+    Net, NetLimits, NetStats, DEFAULT_MAC, MAX_FRAME_LEN, NET_HDR_LEN,
+};
+use silo_vmm::devices::virtio::Interrupt;
+use silo_vmm::memory::create_guest_memory;
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const QSIZE: u16 = 64;
+const RX: usize = 0;
+const TX: usize = 1;
+const TAP: &str = "silotap0";
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const HOST_PORT: u16 = 5000;
+const GUEST_PORT: u16 = 6000;
+/// Generous: the machine is shared and slow.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `body` on a fresh thread in a new, private network namespace (a
+/// thread's namespace is its own: the test process is not affected).
+fn in_netns(body: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): the net device tests need root");
+        body();
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The host side in this namespace: a persistent tap with HOST_IP and a
+/// fixed MAC, the guest's MAC as a permanent neighbour (no ARP), and a UDP
+/// socket on HOST_IP:HOST_PORT.
+fn host_side() -> UdpSocket {
+    // No IPv6 chatter (router solicitations, MLD) on the new interface.
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+    ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
+    ip(&["link", "set", "dev", TAP, "address", "02:00:00:00:00:01"]);
+    ip(&["addr", "add", "10.0.0.1/24", "dev", TAP]);
+    ip(&["link", "set", "dev", TAP, "up"]);
+    ip(&[
+        "neigh",
+        "replace",
+        "10.0.0.2",
+        "lladdr",
+        "06:00:a9:fe:00:02",
+        "dev",
+        TAP,
+        "nud",
+        "permanent",
+    ]);
+    let sock = UdpSocket::bind(SocketAddrV4::new(HOST_IP, HOST_PORT)).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    sock
+}
+
+fn buf_addr(q: usize, i: u64) -> u64 {
+    0x80_0000 + q as u64 * 0x40_0000 + i * 0x1000
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying a UDP datagram from the guest to the host.
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&DEFAULT_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    iph.extend_from_slice(&GUEST_IP.octets());
+    iph.extend_from_slice(&HOST_IP.octets());
+    let c = checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&GUEST_PORT.to_be_bytes());
+    f.extend_from_slice(&HOST_PORT.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+struct Rig(MmioRig<Net>);
+
+impl Deref for Rig {
+    type Target = MmioRig<Net>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Rig {
+    /// A net device on the tap, probed as Linux probes it.
+    fn new(limits: NetLimits) -> Self {
+        let mem = create_guest_memory(64).unwrap();
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let dev = Net::new(TAP, None, limits, interrupt.clone()).unwrap();
+        let mut rig = Rig(MmioRig::new(dev, mem, interrupt, QSIZE));
+        rig.driver_init();
+        rig
+    }
+
+    /// virtio_mmio + virtio_net at probe: reset, ACKNOWLEDGE, DRIVER; MAC
+    /// and VERSION_1 offered and accepted; FEATURES_OK; the MAC read from
+    /// config space; RX and TX queues (no control queue); DRIVER_OK.
+    fn driver_init(&mut self) {
+        self.probe(1, "net");
+        self.w(reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(
+            self.r(reg::DEVICE_FEATURES),
+            1 << 5,
+            "only MAC in bits 0-31"
+        );
+        self.w(reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(self.r(reg::DEVICE_FEATURES), 1, "VERSION_1");
+        self.w(reg::DRIVER_FEATURES_SEL, 0);
+        self.w(reg::DRIVER_FEATURES, 1 << 5);
+        self.w(reg::DRIVER_FEATURES_SEL, 1);
+        self.w(reg::DRIVER_FEATURES, 1);
+        self.w(reg::STATUS, 11);
+        assert_eq!(self.r(reg::STATUS) & 8, 8, "FEATURES_OK accepted");
+        let mut mac = [0u8; 6];
+        for (i, b) in mac.iter_mut().enumerate() {
+            let mut one = [0u8; 1];
+            silo_vmm::devices::bus::BusDevice::read(
+                &mut *self.dev.lock().unwrap(),
+                reg::CONFIG + i as u64,
+                &mut one,
+            );
+            *b = one[0];
+        }
+        assert_eq!(mac, DEFAULT_MAC);
+        self.w(reg::QUEUE_SEL, 2);
+        assert_eq!(self.r(reg::QUEUE_NUM_MAX), 0, "no control queue");
+        self.setup_queue(RX);
+        self.setup_queue(TX);
+        self.driver_ok();
+    }
+
+    fn stats(&self) -> NetStats {
+        self.dev.lock().unwrap().device().stats()
+    }
+
+    /// Posts `n` RX buffers of `len` bytes starting at buffer `first`.
+    fn post_rx(&mut self, first: u64, n: u64, len: u32) {
+        for i in first..first + n {
+            self.push_chain(RX, &[(buf_addr(RX, i), len, true)]);
+        }
+        self.kick(RX);
+    }
+
+    /// Puts `hdr + frame` at TX buffer `slot` and sends it as one chain.
+    fn send(&mut self, slot: u64, frame: &[u8]) -> u16 {
+        let addr = buf_addr(TX, slot);
+        let mut bytes = vec![0u8; NET_HDR_LEN];
+        bytes.extend_from_slice(frame);
+        self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+        let head = self.push_chain(TX, &[(addr, bytes.len() as u32, false)]);
+        self.kick(TX);
+        head
+    }
+
+    /// Pumps the loop until `done` or [`WAIT`]; panics with `what`.
+    fn until(&mut self, what: &str, mut done: impl FnMut(&mut Self) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            self.manager.run_with_timeout(10).unwrap();
+        }
+    }
+
+    /// The RX frames (without the virtio-net header) delivered since the
+    /// last call, each checked to carry a header with num_buffers 1.
+    fn rx_frames(&mut self) -> Vec<Vec<u8>> {
+        let used = self.used(RX);
+        used.into_iter()
+            .filter(|&(_, len)| len > 0)
+            .map(|(head, len)| {
+                let d = self.queues[RX].desc + u64::from(head) * 16;
+                let addr: u64 = self.mem.read_obj(GuestAddress(d)).unwrap();
+                let mut b = vec![0u8; len as usize];
+                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                assert_eq!(&b[..NET_HDR_LEN], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+                b.split_off(NET_HDR_LEN)
+            })
+            .collect()
+    }
+}
+
+/// Waits for a datagram on the host socket.
+fn host_recv(rig: &mut Rig, sock: &UdpSocket) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let mut got = None;
+    rig.until("a datagram on the host", |_| match sock.recv(&mut buf) {
+        Ok(n) => {
+            got = Some(buf[..n].to_vec());
+            true
+        }
+        Err(_) => false,
+    });
+    got.unwrap()
+}
+
+/// Whether the host socket has nothing waiting (after pumping the loop).
+fn host_quiet(rig: &mut Rig, sock: &UdpSocket) -> bool {
+    rig.pump();
+    let mut buf = [0u8; 2048];
+    sock.recv(&mut buf).is_err()
+}
+
+/// Sends a datagram from the host to the guest's address.
+fn host_send(sock: &UdpSocket, payload: &[u8]) {
+    sock.send_to(payload, SocketAddrV4::new(GUEST_IP, GUEST_PORT))
+        .unwrap();
+}
+
+/// The UDP payload of a frame the host sent to the guest (None for other
+/// frames).
+fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
+    (frame.len() >= 42 && frame[..6] == DEFAULT_MAC && frame[12..14] == [8, 0] && frame[23] == 17)
+        .then(|| &frame[42..])
+}
+
+#[test]
+fn driver_ok_with_a_queue_missing_needs_reset_and_a_reset_recovers() {
+    in_netns(|| {
+        let sock = host_side();
+        let mem = create_guest_memory(64).unwrap();
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let dev = Net::new(TAP, None, NetLimits::default(), interrupt.clone()).unwrap();
+        let mut rig = Rig(MmioRig::new(dev, mem, interrupt, QSIZE));
+        rig.probe(1, "net");
+        rig.accept_version_1();
+        rig.setup_queue(RX);
+        // No TX queue: DRIVER_OK must not activate the device.
+        rig.w(reg::STATUS, 15);
+        assert_eq!(rig.r(reg::STATUS) & 0x40, 0x40, "DEVICE_NEEDS_RESET");
+        assert!(!rig.dev.lock().unwrap().is_activated());
+        rig.w(reg::STATUS, 0);
+        rig.clear_queues();
+        rig.driver_init();
+        rig.send(0, &udp_frame(b"after the reset"));
+        assert_eq!(host_recv(&mut rig, &sock), b"after the reset");
+    });
+}
+
+#[test]
+fn a_missing_tap_is_refused_not_created() {
+    in_netns(|| {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let e = Net::new(TAP, None, NetLimits::default(), irq)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no tap interface"), "{e}");
+        let out = Command::new("ip")
+            .args(["link", "show", TAP])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the VMM created {TAP}");
+    });
+}
+
+#[test]
+fn linux_probe_then_frames_both_ways_through_a_real_tap() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        // Guest to host.
+        rig.send(0, &udp_frame(b"hello from the guest"));
+        assert_eq!(host_recv(&mut rig, &sock), b"hello from the guest");
+        assert_eq!(rig.used(TX), vec![(0, 0)]);
+        // Host to guest.
+        rig.post_rx(0, 8, 1526 + 4);
+        host_send(&sock, b"hello from the host");
+        let mut frames = Vec::new();
+        rig.until("a frame in an RX buffer", |r| {
+            frames.extend(r.rx_frames());
+            frames.iter().any(|f| udp_payload(f).is_some())
+        });
+        let f = frames.iter().find(|f| udp_payload(f).is_some()).unwrap();
+        assert_eq!(udp_payload(f).unwrap(), b"hello from the host");
+        assert_eq!(&f[6..12], &HOST_MAC, "source MAC is the tap's");
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_bad_chains, s.rx_bad_chains), (1, 0, 0));
+        assert!(s.rx_frames >= 1);
+    });
+}
+
+#[test]
+fn hostile_tx_chains_are_returned_unused_and_the_next_frame_goes_out() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        let good = |rig: &mut Rig, n: u8| {
+            rig.send(100 + u64::from(n), &udp_frame(&[n; 32]));
+            assert_eq!(host_recv(rig, &sock), vec![n; 32], "good frame {n}");
+        };
+        let addr = buf_addr(TX, 1);
+        rig.mem
+            .write_slice(&udp_frame(b"bad"), GuestAddress(addr + 12))
+            .unwrap();
+        let len = (NET_HDR_LEN + udp_frame(b"bad").len()) as u32;
+        // Device-writable descriptor in a TX chain.
+        rig.push_chain(TX, &[(addr, len, true)]);
+        rig.kick(TX);
+        good(&mut rig, 1);
+        // Zero length, then header only (no Ethernet header).
+        rig.push_chain(TX, &[(addr, 0, false)]);
+        rig.push_chain(TX, &[(addr, NET_HDR_LEN as u32, false)]);
+        rig.kick(TX);
+        good(&mut rig, 2);
+        // Outside guest RAM, and straddling its end.
+        rig.push_chain(TX, &[(0xffff_0000_0000, 100, false)]);
+        rig.push_chain(TX, &[((64 << 20) - 8, 100, false)]);
+        rig.kick(TX);
+        good(&mut rig, 3);
+        // A descriptor that points at itself (short: the loop stays under
+        // the frame size limit).
+        let idx = rig.queues[TX].next_desc;
+        rig.write_desc(TX, idx, addr, 16, 1, idx);
+        rig.queues[TX].next_desc = (idx + 1) % QSIZE;
+        rig.make_available(TX, idx);
+        rig.kick(TX);
+        good(&mut rig, 4);
+        // A head index beyond the queue.
+        rig.make_available(TX, QSIZE + 5);
+        rig.kick(TX);
+        good(&mut rig, 5);
+        // An oversized frame (1600 bytes of Ethernet) is dropped whole.
+        let mut big = udp_frame(&[0xee; 1600 - 42]);
+        big.truncate(1600);
+        rig.send(2, &big);
+        good(&mut rig, 6);
+        assert!(host_quiet(&mut rig, &sock), "no bad frame reached the host");
+        let s = rig.stats();
+        assert_eq!(s.tx_frames, 6);
+        assert_eq!(s.tx_oversized, 1);
+        assert_eq!(s.tx_bad_chains, 7, "{s:?}");
+        // Every chain with a valid head got a used entry of length 0.
+        let used = rig.used(TX);
+        assert_eq!(used.len(), 13, "{used:?}");
+        assert!(used.iter().all(|&(_, len)| len == 0));
+    });
+}
+
+#[test]
+fn hostile_rx_chains_are_returned_unused_and_the_frame_waits_for_a_good_one() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        let a = buf_addr(RX, 0);
+        rig.push_chain(RX, &[(a, 2048, false)]);
+        rig.push_chain(RX, &[(a, 20, true)]);
+        rig.push_chain(RX, &[(0xffff_0000_0000, 2048, true)]);
+        rig.push_chain(RX, &[(a, 1024, false), (a + 1024, 2048, true)]);
+        rig.kick(RX);
+        host_send(&sock, b"to a good buffer");
+        rig.until("four bad RX chains returned", |r| {
+            r.stats().rx_bad_chains == 4
+        });
+        assert_eq!(rig.used(RX), vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(rig.stats().rx_frames, 0);
+        assert!(
+            rig.dev.lock().unwrap().device().buffered_bytes() > 0,
+            "frame held"
+        );
+        rig.post_rx(10, 1, 2048);
+        let mut frames = Vec::new();
+        rig.until("the frame in the good buffer", |r| {
+            frames.extend(r.rx_frames());
+            !frames.is_empty()
+        });
+        assert_eq!(udp_payload(&frames[0]).unwrap(), b"to a good buffer");
+    });
+}
+
+#[test]
+fn a_guest_that_never_refills_rx_holds_one_frame_and_tx_still_flows() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        for i in 0..500u32 {
+            host_send(&sock, &i.to_be_bytes());
+        }
+        // The kernel may hand the frames to the tap a little later.
+        rig.until("a frame held", |r| {
+            r.dev.lock().unwrap().device().buffered_bytes() > 0
+        });
+        rig.pump();
+        {
+            let dev = rig.dev.lock().unwrap();
+            let held = dev.device().buffered_bytes();
+            assert!(held > 0 && held <= MAX_FRAME_LEN, "held {held}");
+            assert_eq!(dev.device().stats().rx_frames, 0);
+        }
+        // The loop is idle: nothing wakes it while frames wait in the tap.
+        assert_eq!(rig.manager.run_with_timeout(200).unwrap(), 0, "loop spins");
+        rig.send(0, &udp_frame(b"tx while rx is stuck"));
+        assert_eq!(host_recv(&mut rig, &sock), b"tx while rx is stuck");
+        // Buffers at last: the held frame (the first datagram) comes first.
+        rig.post_rx(0, 32, 2048);
+        let mut frames = Vec::new();
+        rig.until("32 frames", |r| {
+            frames.extend(r.rx_frames());
+            frames.len() == 32
+        });
+        // In order from the first datagram (the one held), none lost.
+        let got: Vec<u32> = frames
+            .iter()
+            .filter_map(|f| udp_payload(f))
+            .map(|p| u32::from_be_bytes(p.try_into().unwrap()))
+            .collect();
+        assert!(got.len() >= 30, "{} UDP frames of 32", got.len());
+        assert_eq!(got, (0..got.len() as u32).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn a_thousand_malformed_frames_leave_the_device_serving() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        let addr = buf_addr(TX, 3);
+        for i in 0..1000u32 {
+            match i % 4 {
+                0 => rig.push_chain(TX, &[(addr, 1600 + 12, false)]),
+                1 => rig.push_chain(TX, &[(addr, 64, true)]),
+                2 => rig.push_chain(TX, &[(addr, 3, false)]),
+                _ => rig.push_chain(TX, &[(0xdead_0000_0000, 64, false)]),
+            };
+            if i % 32 == 31 {
+                rig.kick(TX);
+            }
+        }
+        rig.kick(TX);
+        rig.send(0, &udp_frame(b"still serving"));
+        assert_eq!(host_recv(&mut rig, &sock), b"still serving");
+        let s = rig.stats();
+        assert_eq!(s.tx_oversized + s.tx_bad_chains, 1000);
+        assert_eq!(s.tx_frames, 1);
+    });
+}
+
+#[test]
+fn packet_limit_defers_tx_frames_until_the_bucket_refills() {
+    in_netns(|| {
+        let sock = host_side();
+        let limits = NetLimits {
+            packets: Some(BucketConfig::per_second(5, 0)),
+            ..NetLimits::default()
+        };
+        let mut rig = Rig::new(limits);
+        for i in 0..8u8 {
+            let addr = buf_addr(TX, u64::from(i));
+            let mut bytes = vec![0u8; NET_HDR_LEN];
+            bytes.extend_from_slice(&udp_frame(&[i]));
+            rig.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            rig.push_chain(TX, &[(addr, bytes.len() as u32, false)]);
+        }
+        rig.kick(TX);
+        // Five frames pass at once; three wait (not returned to the guest).
+        assert_eq!(rig.stats().tx_frames, 5);
+        assert!(rig.stats().tx_throttled >= 1);
+        assert!(rig.dev.lock().unwrap().device().throttled(), "timer armed");
+        assert_eq!(rig.used(TX).len(), 5);
+        // The timer lets the rest through, in order.
+        let mut got = Vec::new();
+        rig.until("eight datagrams", |r| {
+            let mut b = [0u8; 16];
+            while let Ok(n) = sock.recv(&mut b) {
+                got.extend_from_slice(&b[..n]);
+            }
+            let _ = r;
+            got.len() == 8
+        });
+        assert_eq!(got, (0..8).collect::<Vec<u8>>());
+        assert_eq!(rig.used(TX).len(), 3);
+    });
+}
+
+#[test]
+fn rx_byte_limit_defers_frames_and_a_reset_refills_nothing() {
+    in_netns(|| {
+        let sock = host_side();
+        let limits = NetLimits {
+            rx_bytes: Some(BucketConfig::per_second(200, 0)),
+            ..NetLimits::default()
+        };
+        let mut rig = Rig::new(limits);
+        rig.post_rx(0, 8, 2048);
+        for i in 0..3u8 {
+            host_send(&sock, &[i; 100]);
+        }
+        // 142-byte frames, 200 bytes a second: the first passes now.
+        rig.until("the first frame", |r| r.stats().rx_frames == 1);
+        rig.pump();
+        assert_eq!(rig.stats().rx_frames, 1);
+        assert!(rig.stats().rx_throttled >= 1);
+        let mut frames = rig.rx_frames();
+        rig.until("all three frames", |r| {
+            frames.extend(r.rx_frames());
+            frames.len() == 3
+        });
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(udp_payload(f).unwrap(), [i as u8; 100]);
+        }
+        // A driver reset and re-probe keep the limiter's state.
+        rig.w(reg::STATUS, 0);
+        rig.clear_queues();
+        rig.driver_init();
+        rig.post_rx(20, 4, 2048);
+        host_send(&sock, &[9; 100]);
+        host_send(&sock, &[10; 100]);
+        rig.until("one frame after the reset", |r| r.stats().rx_frames == 4);
+        rig.pump();
+        assert_eq!(
+            rig.stats().rx_frames,
+            4,
+            "the bucket was not refilled by the reset"
+        );
+    });
+}
+
+/// Everything the device does on the devices thread (tap reads and writes,
+/// queue eventfds, arming and reading the limiter's timerfd, the interrupt)
+/// passes that thread's seccomp filter; a violation kills the test process.
+#[test]
+fn net_traffic_passes_the_devices_seccomp_filter() {
+    in_netns(|| {
+        let sock = host_side();
+        let limits = NetLimits {
+            packets: Some(BucketConfig::per_second(2, 0)),
+            ..NetLimits::default()
+        };
+        let mut rig = Rig::new(limits);
+        let prog = silo_vmm::seccomp::filter(
+            silo_vmm::seccomp::ThreadKind::Devices,
+            std::process::id() as libc::pid_t,
+        )
+        .unwrap();
+        seccompiler::apply_filter(&prog).unwrap();
+        for i in 0..4u8 {
+            rig.send(u64::from(i), &udp_frame(&[i]));
+        }
+        rig.post_rx(0, 4, 2048);
+        host_send(&sock, b"in");
+        let mut got = 0;
+        let mut frames = Vec::new();
+        rig.until("four datagrams out and one frame in", |r| {
+            let mut b = [0u8; 16];
+            while sock.recv(&mut b).is_ok() {
+                got += 1;
+            }
+            frames.extend(r.rx_frames());
+            got == 4 && !frames.is_empty()
+        });
+        assert!(rig.stats().tx_throttled >= 1, "the timer was used");
+    });
+}
