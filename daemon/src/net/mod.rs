@@ -90,11 +90,15 @@ impl NetworkConfig {
         let p = &self.name_prefix;
         if p.is_empty()
             || p.len() > 6
-            || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             return Err("network.name_prefix: 1 to 6 of a-z and 0-9".into());
         }
-        if self.slots == 0 || u64::from(self.first_slot) + u64::from(self.slots) > u64::from(slot::MAX_SLOTS) {
+        if self.slots == 0
+            || u64::from(self.first_slot) + u64::from(self.slots) > u64::from(slot::MAX_SLOTS)
+        {
             return Err(format!(
                 "network: first_slot + slots must be at most {} and slots at least 1",
                 slot::MAX_SLOTS
@@ -108,7 +112,9 @@ impl NetworkConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The host lacks what networking needs.
-    #[error("networking is enabled ([network] enabled = true) but this host cannot provide it: {0}")]
+    #[error(
+        "networking is enabled ([network] enabled = true) but this host cannot provide it: {0}"
+    )]
     Unavailable(String),
     /// A command failed.
     #[error("{0}: {1}")]
@@ -153,7 +159,9 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
     let mut missing = Vec::new();
     for (program, arg, package) in [("nft", "--version", "nftables"), ("ip", "-V", "iproute2")] {
         if slot::run(program, &[arg], None).is_err() {
-            missing.push(format!("the `{program}` program (Debian package {package})"));
+            missing.push(format!(
+                "the `{program}` program (Debian package {package})"
+            ));
         }
     }
     if !std::path::Path::new("/dev/net/tun").exists() {
@@ -166,7 +174,9 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
             Ok(()) => {
                 let path = std::path::Path::new(slot::NETNS_DIR).join(&probe);
                 let table = format!("add table inet {prefix}probe\n");
-                if let Err(e) = slot::in_netns(&path, move || slot::run("nft", &["-f", "-"], Some(&table))) {
+                if let Err(e) =
+                    slot::in_netns(&path, move || slot::run("nft", &["-f", "-"], Some(&table)))
+                {
                     missing.push(format!("nftables in a namespace ({e})"));
                 }
                 let _ = slot::run("ip", &["netns", "delete", &probe], None);
@@ -176,7 +186,10 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(NetError::Unavailable(format!("missing {}", missing.join("; "))))
+        Err(NetError::Unavailable(format!(
+            "missing {}",
+            missing.join("; ")
+        )))
     }
 }
 
@@ -186,13 +199,21 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
 pub fn sweep(prefix: &str) -> usize {
     let names = Names::new(prefix);
     let mut removed = 0;
-    for entry in std::fs::read_dir(slot::NETNS_DIR).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(slot::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Some(s) = entry.file_name().to_str().and_then(|n| names.netns_slot(n)) {
             slot::destroy(&names, s);
             removed += 1;
         }
     }
-    for entry in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Some(name) = entry.file_name().to_str() {
             if names.veth_slot(name).is_some() {
                 let _ = slot::run("ip", &["link", "del", name], None);
@@ -228,7 +249,8 @@ impl Network {
         if swept > 0 {
             tracing::info!(removed = swept, "removed leftover VM namespaces and veths");
         }
-        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        let forwarding =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
         if forwarding.trim() != "1" {
             slot::sysctl("net.ipv4.ip_forward", "1")?;
             tracing::info!("turned IPv4 forwarding on (net.ipv4.ip_forward = 1) for VM networks");
@@ -284,7 +306,11 @@ impl Network {
     /// rules of its running VMs. Returns how many VMs were updated. A VM
     /// booted without an interface (policy `none`) gets none: a new policy
     /// reaches its traffic only in VMs booted after.
-    pub fn set_policy(&self, function: &str, policy: Option<EgressPolicy>) -> Result<usize, NetError> {
+    pub fn set_policy(
+        &self,
+        function: &str,
+        policy: Option<EgressPolicy>,
+    ) -> Result<usize, NetError> {
         let slots: Vec<u32> = {
             let mut s = self.slots.lock().expect("slots");
             match policy {
@@ -306,7 +332,11 @@ impl Network {
 
     /// A network for one VM of `function`, or `None` if its policy is
     /// `none` (no interface at all). Blocking: call from a blocking thread.
-    pub fn lease(self: &Arc<Self>, function: &str, link: &GuestLink) -> Result<Option<VmNet>, NetError> {
+    pub fn lease(
+        self: &Arc<Self>,
+        function: &str,
+        link: &GuestLink,
+    ) -> Result<Option<VmNet>, NetError> {
         let policy = self.policy_for(function);
         if !policy.has_interface() {
             return Ok(None);
@@ -316,7 +346,10 @@ impl Network {
             match st.ready.pop() {
                 Some(s) => (s, true),
                 None => {
-                    let s = st.free.pop_first().ok_or(NetError::NoSlot(self.cfg.slots))?;
+                    let s = st
+                        .free
+                        .pop_first()
+                        .ok_or(NetError::NoSlot(self.cfg.slots))?;
                     (s, false)
                 }
             }
@@ -325,7 +358,10 @@ impl Network {
         let made = if prepared {
             Ok(())
         } else {
-            tracing::debug!(slot = s, "no prepared network slot: preparing one on the cold path");
+            tracing::debug!(
+                slot = s,
+                "no prepared network slot: preparing one on the cold path"
+            );
             slot::create(&self.names, s, self.base_ruleset())
         };
         let attached = made.and_then(|()| slot::attach(&self.names, s, link, ruleset));

@@ -52,7 +52,9 @@ impl std::str::FromStr for AllowEntry {
             ))
         };
         let (net, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        let port: u16 = port.parse().map_err(|_| bad("the port is not 1 to 65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port is not 1 to 65535"))?;
         if port == 0 {
             return Err(bad("the port is not 1 to 65535"));
         }
@@ -131,7 +133,9 @@ impl<'de> Deserialize<'de> for EgressPolicy {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         match Repr::deserialize(d).map_err(|_| {
-            D::Error::custom(r#"an egress policy is "internet", "none" or {"Allow": ["A.B.C.D/LEN:PORT", ...]}"#)
+            D::Error::custom(
+                r#"an egress policy is "internet", "none" or {"Allow": ["A.B.C.D/LEN:PORT", ...]}"#,
+            )
         })? {
             Repr::Word(w) if w == "internet" => Ok(Self::Internet),
             Repr::Word(w) if w == "none" => Ok(Self::None),
@@ -185,7 +189,9 @@ mod tests {
         }
         assert!(serde_json::from_str::<EgressPolicy>(r#""everything""#).is_err());
         assert!(serde_json::from_str::<EgressPolicy>(r#"{"Allow":["x"]}"#).is_err());
-        let many: Vec<String> = (0..=MAX_ALLOW_ENTRIES).map(|i| format!("10.0.0.1:{}", i + 1)).collect();
+        let many: Vec<String> = (0..=MAX_ALLOW_ENTRIES)
+            .map(|i| format!("10.0.0.1:{}", i + 1))
+            .collect();
         assert!(EgressPolicy::allow(&many).is_err());
     }
 }

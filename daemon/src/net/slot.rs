@@ -104,7 +104,7 @@ pub fn ns_addr(s: u32) -> Ipv4Addr {
 }
 
 /// Runs `program args`, feeding it `input`; its stderr in the error.
-pub(crate) fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), NetError> {
+pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), NetError> {
     let what = || format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
@@ -130,13 +130,16 @@ pub(crate) fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(NetError::Command(what(), err.trim().chars().take(500).collect()))
+        Err(NetError::Command(
+            what(),
+            err.trim().chars().take(500).collect(),
+        ))
     }
 }
 
 /// Runs `f` on a thread that entered the network namespace at `path` (so
 /// do the processes it starts).
-pub(crate) fn in_netns<T: Send + 'static>(
+pub fn in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {
@@ -155,7 +158,8 @@ pub(crate) fn in_netns<T: Send + 'static>(
 /// Writes a sysctl of the calling thread's network namespace.
 pub(crate) fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    std::fs::write(&path, value).map_err(|e| NetError::Command(format!("write {path}"), e.to_string()))
+    std::fs::write(&path, value)
+        .map_err(|e| NetError::Command(format!("write {path}"), e.to_string()))
 }
 
 /// Creates slot `s`: namespace, veth pair, addresses, route, forwarding,
@@ -167,15 +171,14 @@ pub fn create(names: &Names, s: u32, ruleset: String) -> Result<(), NetError> {
         run("ip", &["netns", "add", &ns], None)?;
         run(
             "ip",
-            &["link", "add", &hv, "type", "veth", "peer", "name", NS_VETH, "netns", &ns],
+            &[
+                "link", "add", &hv, "type", "veth", "peer", "name", NS_VETH, "netns", &ns,
+            ],
             None,
         )?;
         // The host end: IPv6 off before it comes up (no link-local address).
         sysctl(&format!("net.ipv6.conf.{hv}.disable_ipv6"), "1")?;
-        let host = format!(
-            "addr add {}/30 dev {hv}\nlink set {hv} up\n",
-            host_addr(s)
-        );
+        let host = format!("addr add {}/30 dev {hv}\nlink set {hv} up\n", host_addr(s));
         run("ip", &["-b", "-"], Some(&host))?;
         let inside = format!(
             "link set lo up\naddr add {}/30 dev {NS_VETH}\nlink set {NS_VETH} up\n\
@@ -223,9 +226,7 @@ pub fn attach(names: &Names, s: u32, link: &GuestLink, ruleset: String) -> Resul
             format!("link add {TAP} type veth peer name eth0 netns {peer_netns}\n")
         }
     };
-    let batch = format!(
-        "{make}addr add {GATEWAY_ADDR}/30 dev {TAP}\nlink set {TAP} up\n"
-    );
+    let batch = format!("{make}addr add {GATEWAY_ADDR}/30 dev {TAP}\nlink set {TAP} up\n");
     in_netns(&names.netns_path(s), move || {
         run("nft", &["-f", "-"], Some(&ruleset))?;
         run("ip", &["-b", "-"], Some(&batch))
@@ -234,7 +235,9 @@ pub fn attach(names: &Names, s: u32, link: &GuestLink, ruleset: String) -> Resul
 
 /// Replaces slot `s`'s ruleset.
 pub fn apply(names: &Names, s: u32, ruleset: String) -> Result<(), NetError> {
-    in_netns(&names.netns_path(s), move || run("nft", &["-f", "-"], Some(&ruleset)))
+    in_netns(&names.netns_path(s), move || {
+        run("nft", &["-f", "-"], Some(&ruleset))
+    })
 }
 
 /// Removes slot `s` (best effort: what is already gone is fine). The

@@ -1,0 +1,433 @@
+//! One network per VM, without a guest: the daemon's network slots (as
+//! `[network]` makes them for VMs) with a stand-in guest. Each VM's tap is
+//! replaced by a veth whose other end is `eth0` of a "guest" namespace
+//! configured as the real guest configures itself (169.254.0.2/30, default
+//! route through 169.254.0.1); an "internet" namespace holds a small HTTP
+//! server on a documentation address (203.0.113.10), a public address
+//! (192.88.99.10), a private one (10.99.0.10) and 169.254.169.254, reached
+//! from the slots' host veths by a policy routing rule (so the rest of the
+//! host's routing is untouched). The host itself listens on the same port
+//! (standing for the daemon's API), as does the second VM's namespace.
+//!
+//! Needs root (network namespaces, nftables); skipped otherwise.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use silo_daemon::net::slot::{self, run};
+use silo_daemon::net::{sweep, EgressPolicy, GuestLink, Network, NetworkConfig};
+
+const PREFIX: &str = "silot";
+const INET_NS: &str = "silotinet";
+const INET_HOST_VETH: &str = "silotih";
+const GUESTS: [&str; 2] = ["silotg0", "silotg1"];
+const RULE_TABLE: &str = "7781";
+const BODY: &str = "hello from the internet";
+
+/// A path that should be open answers within this (namespaces on one host:
+/// milliseconds).
+const OPEN: Duration = Duration::from_secs(10);
+/// A path that should be closed: no answer within this.
+const CLOSED: Duration = Duration::from_secs(2);
+
+fn ns_path(name: &str) -> PathBuf {
+    Path::new(slot::NETNS_DIR).join(name)
+}
+
+fn sh(args: &[&str]) {
+    run(args[0], &args[1..], None).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn cleanup_world() {
+    let _ = run("ip", &["rule", "del", "lookup", RULE_TABLE], None);
+    let _ = run("ip", &["rule", "del", "lookup", RULE_TABLE], None);
+    let _ = run("ip", &["link", "del", INET_HOST_VETH], None);
+    for ns in GUESTS.iter().chain([&INET_NS]) {
+        let _ = run("ip", &["netns", "del", ns], None);
+    }
+}
+
+/// An HTTP server answering `BODY` to every connection, on `port` of every
+/// address of the namespace at `ns` (or the host's, for `None`).
+fn serve(ns: Option<PathBuf>, port: u16) {
+    let listener = match ns {
+        Some(p) => slot::in_netns(&p, move || {
+            TcpListener::bind(("0.0.0.0", port))
+                .map_err(|e| silo_daemon::net::NetError::Command("bind".into(), e.to_string()))
+        })
+        .unwrap(),
+        None => TcpListener::bind(("0.0.0.0", port)).unwrap(),
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
+        }
+    });
+}
+
+/// Whether a GET from the guest namespace `guest` to `dst` gets `BODY`
+/// back within `limit`.
+fn fetch(guest: &str, dst: SocketAddrV4, limit: Duration) -> bool {
+    slot::in_netns(&ns_path(guest), move || {
+        let answered = (|| -> std::io::Result<bool> {
+            let mut c = TcpStream::connect_timeout(&SocketAddr::V4(dst), limit)?;
+            c.set_read_timeout(Some(limit))?;
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out.ends_with(BODY))
+        })();
+        Ok(answered.unwrap_or(false))
+    })
+    .unwrap()
+}
+
+/// Checks every `(what, dst, open)` at once (closed ones take [`CLOSED`]
+/// each); panics naming the ones that differ.
+fn check(guest: &str, stage: &str, cases: &[(&str, SocketAddrV4, bool)]) {
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|&(what, dst, open)| {
+            let guest = guest.to_owned();
+            let h =
+                std::thread::spawn(move || fetch(&guest, dst, if open { OPEN } else { CLOSED }));
+            (what, dst, open, h)
+        })
+        .collect();
+    let wrong: Vec<String> = handles
+        .into_iter()
+        .filter_map(|(what, dst, open, h)| {
+            let got = h.join().unwrap();
+            (got != open).then(|| {
+                format!(
+                    "{what} ({dst}): {}",
+                    if got {
+                        "OPEN, should be closed"
+                    } else {
+                        "closed, should be open"
+                    }
+                )
+            })
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{stage}: {wrong:#?}");
+}
+
+/// Configures a stand-in guest as the real guest configures `eth0`.
+fn configure_guest(guest: &str) {
+    let batch = "link set lo up\naddr add 169.254.0.2/30 dev eth0\nlink set eth0 up\n\
+                 route add default via 169.254.0.1\n";
+    slot::in_netns(&ns_path(guest), move || {
+        run("ip", &["-b", "-"], Some(batch))
+    })
+    .unwrap();
+}
+
+fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}
+
+#[test]
+fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
+    if unsafe_free_euid() != 0 {
+        eprintln!("needs root (network namespaces, nftables): skipped");
+        return;
+    }
+    cleanup_world();
+    sweep(PREFIX);
+    // The "internet": a namespace behind a veth from the host.
+    for ns in GUESTS.iter().chain([&INET_NS]) {
+        sh(&["ip", "netns", "add", ns]);
+    }
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        INET_HOST_VETH,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        INET_NS,
+    ]);
+    sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", INET_HOST_VETH]);
+    sh(&["ip", "link", "set", INET_HOST_VETH, "up"]);
+    slot::in_netns(&ns_path(INET_NS), || {
+        run(
+            "ip",
+            &["-b", "-"],
+            Some(
+                "link set lo up\naddr add 203.0.113.10/24 dev eth0\naddr add 192.88.99.10/32 dev eth0\n\
+                 addr add 10.99.0.10/32 dev eth0\naddr add 169.254.169.254/32 dev eth0\n\
+                 link set eth0 up\nroute add default via 203.0.113.1\n",
+            ),
+        )
+    })
+    .unwrap();
+    // Only traffic arriving from this test's slots is routed there.
+    sh(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "203.0.113.10",
+        "table",
+        RULE_TABLE,
+    ]);
+    sh(&[
+        "ip",
+        "rule",
+        "add",
+        "iif",
+        "silotv8000",
+        "lookup",
+        RULE_TABLE,
+        "priority",
+        "7781",
+    ]);
+
+    // The host's "API" (any free port), and the same port everywhere else.
+    let host_api = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let port = host_api.local_addr().unwrap().port();
+    drop(host_api);
+    serve(None, port);
+    serve(Some(ns_path(INET_NS)), port);
+
+    let allow_server = EgressPolicy::allow(&[format!("203.0.113.0/24:{port}")]).unwrap();
+    let mut functions = std::collections::BTreeMap::new();
+    functions.insert("fn-none".to_owned(), EgressPolicy::None);
+    functions.insert("fn-a".to_owned(), allow_server.clone());
+    let net = Network::start(NetworkConfig {
+        enabled: true,
+        egress: EgressPolicy::Internet,
+        functions,
+        dns: Some(Vec::new()),
+        name_prefix: PREFIX.into(),
+        first_slot: 8000,
+        slots: 4,
+        ready_slots: 2,
+        ..NetworkConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Policy `none`: no interface at all.
+    assert!(net
+        .lease(
+            "fn-none",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[0].into()
+            }
+        )
+        .unwrap()
+        .is_none());
+
+    let vm_a = net
+        .lease(
+            "fn-a",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[0].into(),
+            },
+        )
+        .unwrap()
+        .expect("an interface");
+    assert_eq!(
+        vm_a.slot(),
+        8000,
+        "the test's routing rule names slot 8000's veth"
+    );
+    let vm_b = net
+        .lease(
+            "fn-b",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[1].into(),
+            },
+        )
+        .unwrap()
+        .expect("an interface");
+    configure_guest(GUESTS[0]);
+    configure_guest(GUESTS[1]);
+    // The second VM's namespace listens too (its address is all another VM
+    // could name).
+    serve(Some(vm_b.netns_path()), port);
+    // And so does the first VM's own namespace (its gateway address).
+    serve(Some(vm_a.netns_path()), port);
+
+    let at = |a: [u8; 4]| SocketAddrV4::new(Ipv4Addr::from(a), port);
+    let server = at([203, 0, 113, 10]);
+    let public = at([192, 88, 99, 10]);
+    let private = at([10, 99, 0, 10]);
+    let metadata = at([169, 254, 169, 254]);
+    let host_inet = at([203, 0, 113, 1]);
+    let host_veth = SocketAddrV4::new(slot::host_addr(vm_a.slot()), port);
+    let other_vm = SocketAddrV4::new(slot::ns_addr(vm_b.slot()), port);
+    let gateway = SocketAddrV4::new(slot::GATEWAY_ADDR, port);
+    let always_closed = [
+        (
+            "the host's address on an allowed network (its API port)",
+            host_inet,
+            false,
+        ),
+        ("the host's end of the VM's veth", host_veth, false),
+        ("another VM's namespace", other_vm, false),
+        ("the VM's own namespace (its gateway)", gateway, false),
+        ("169.254.169.254", metadata, false),
+    ];
+
+    let mut cases = vec![
+        ("the allowed server", server, true),
+        ("a public address not allowed", public, false),
+        ("a private address not allowed", private, false),
+    ];
+    cases.extend(always_closed);
+    check(GUESTS[0], "allow-list with the server", &cases);
+
+    // Changed live: the allow-list without the server.
+    assert_eq!(
+        net.set_policy(
+            "fn-a",
+            Some(EgressPolicy::allow(&[format!("192.0.2.1/32:{port}")]).unwrap())
+        )
+        .unwrap(),
+        1
+    );
+    check(
+        GUESTS[0],
+        "allow-list without the server",
+        &[("the server", server, false)],
+    );
+
+    // `internet`: public addresses only.
+    net.set_policy("fn-a", Some(EgressPolicy::Internet))
+        .unwrap();
+    let mut cases = vec![
+        ("a public address", public, true),
+        ("a documentation address", server, false),
+        ("a private address", private, false),
+    ];
+    cases.extend(always_closed);
+    check(GUESTS[0], "internet", &cases);
+
+    // An allow-list naming a private address reaches it (a tenant's
+    // database), and still not the always-denied ones.
+    net.set_policy(
+        "fn-a",
+        Some(
+            EgressPolicy::allow(&[
+                format!("10.99.0.10/32:{port}"),
+                format!("169.254.0.0/16:{port}"),
+                format!("203.0.113.1/32:{port}"),
+            ])
+            .unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut cases = vec![
+        ("an allowed private address", private, true),
+        ("a public address", public, false),
+    ];
+    cases.extend(always_closed);
+    check(
+        GUESTS[0],
+        "allow-list naming private and always-denied addresses",
+        &cases,
+    );
+
+    // A spoofed source address is dropped (the same destination answers
+    // with the guest's own).
+    net.set_policy("fn-a", Some(EgressPolicy::Internet))
+        .unwrap();
+    let spoof = |src: Option<&str>| {
+        let batch = match src {
+            Some(a) => {
+                format!("addr add {a}/32 dev eth0\nroute replace default via 169.254.0.1 src {a}\n")
+            }
+            None => "route replace default via 169.254.0.1 src 169.254.0.2\n".to_owned(),
+        };
+        slot::in_netns(&ns_path(GUESTS[0]), move || {
+            run("ip", &["-b", "-"], Some(&batch))
+        })
+        .unwrap();
+    };
+    spoof(Some("10.0.0.99"));
+    check(
+        GUESTS[0],
+        "spoofed source 10.0.0.99",
+        &[("a public address", public, false)],
+    );
+    spoof(Some("169.254.0.6"));
+    check(
+        GUESTS[0],
+        "spoofed source 169.254.0.6",
+        &[("a public address", public, false)],
+    );
+    spoof(None);
+    check(
+        GUESTS[0],
+        "the guest's own source again",
+        &[("a public address", public, true)],
+    );
+
+    // `none` set live: nothing passes.
+    net.set_policy("fn-a", Some(EgressPolicy::None)).unwrap();
+    check(
+        GUESTS[0],
+        "none, set live",
+        &[("a public address", public, false)],
+    );
+
+    // Released: the namespace, its veth and its rules are gone.
+    let (ns_a, veth_a) = (vm_a.netns_path(), vm_a.host_veth());
+    vm_a.release();
+    assert!(!ns_a.exists(), "{} is left", ns_a.display());
+    assert!(
+        !exists(&format!("/sys/class/net/{veth_a}")),
+        "{veth_a} is left"
+    );
+
+    // A daemon that ended without releasing (killed): the next start's
+    // sweep removes its namespaces, veths and table.
+    let (ns_b, veth_b) = (vm_b.netns_path(), vm_b.host_veth());
+    std::mem::forget(vm_b);
+    drop(net);
+    assert!(ns_b.exists());
+    sweep(PREFIX);
+    assert!(!ns_b.exists(), "{} is left after the sweep", ns_b.display());
+    assert!(
+        !exists(&format!("/sys/class/net/{veth_b}")),
+        "{veth_b} is left after the sweep"
+    );
+    let left: Vec<_> = std::fs::read_dir(slot::NETNS_DIR)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("silot-"))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(
+        run("nft", &["list", "table", "inet", PREFIX], None).is_err(),
+        "the host's table is left after the sweep"
+    );
+    cleanup_world();
+}
+
+fn unsafe_free_euid() -> u32 {
+    // /proc/self/status: "Uid: real effective saved fs".
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(u32::MAX)
+}
