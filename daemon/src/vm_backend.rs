@@ -119,6 +119,8 @@ pub struct VmBackend {
     runtime_images: Mutex<HashMap<String, RuntimeImage>>,
     console_bytes: usize,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
+    /// VMs' networks (`[network]`), if enabled.
+    network: Option<Arc<crate::net::Network>>,
 }
 
 /// One invocation for a VM environment.
@@ -142,6 +144,7 @@ impl VmBackend {
             runtime_images: Mutex::new(HashMap::new()),
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             functions: Mutex::new(HashMap::new()),
+            network: None,
         }
     }
 
@@ -203,6 +206,17 @@ impl VmBackend {
     pub fn with_console_bytes(mut self, bytes: usize) -> Self {
         self.console_bytes = bytes;
         self
+    }
+
+    /// Gives VMs networks from `network` (`[network] enabled`).
+    pub fn with_network(mut self, network: Option<Arc<crate::net::Network>>) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// The VMs' networking, if enabled.
+    pub fn network(&self) -> Option<&Arc<crate::net::Network>> {
+        self.network.as_ref()
     }
 
     /// Builds and registers the image of a function version.
@@ -355,7 +369,8 @@ impl Backend for VmBackend {
             function: binding.function.name.clone(),
             tenant_id: binding.tenant.as_ref().map(|t| t.as_str().to_string()),
         };
-        let env = VmEnv::boot_for(&spec, &self.run_dir, &label).await?;
+        let env =
+            VmEnv::boot_networked(&spec, &self.run_dir, &label, self.network.as_ref()).await?;
         let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,

@@ -194,6 +194,8 @@ pub struct VmEnv {
     init_tail: Vec<u8>,
     /// Boot measurements.
     pub boot: BootReport,
+    /// The VM's network slot, given back when the VM is gone.
+    net: Option<crate::net::VmNet>,
 }
 
 static NEXT_VM: AtomicU64 = AtomicU64::new(0);
@@ -518,6 +520,17 @@ impl VmEnv {
         run_dir: &Path,
         label: &VmLabel,
     ) -> Result<Self, EnvError> {
+        Self::boot_networked(spec, run_dir, label, None).await
+    }
+
+    /// [`VmEnv::boot_for`] with a network from `network` (`[network]`;
+    /// `None`: loopback only), per the function's egress policy.
+    pub async fn boot_networked(
+        spec: &VmSpec,
+        run_dir: &Path,
+        label: &VmLabel,
+        network: Option<&std::sync::Arc<crate::net::Network>>,
+    ) -> Result<Self, EnvError> {
         let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
@@ -543,6 +556,10 @@ impl VmEnv {
                 )));
             }
         };
+        // Its network (prepared ahead), before the VMM that joins it.
+        let net = crate::net::attach(network, label, lease.as_ref().map(JailLease::id))
+            .await
+            .map_err(|e| EnvError::Setup(format!("network: {e}")))?;
         // Inside a jail the VM's directory is the VMM's `/`.
         let inside = |name: &str| match &lease {
             Some(_) => Path::new("/").join(name),
@@ -584,6 +601,7 @@ impl VmEnv {
             .arg("--timeline-file")
             .arg(inside("timeline.json"))
             .arg("--managed")
+            .args(net.iter().flat_map(crate::net::VmNet::vmm_args))
             .args(
                 spec.pmem
                     .iter()
@@ -685,6 +703,7 @@ impl VmEnv {
                 guest: boot,
                 timeline,
             },
+            net,
         })
     }
 
@@ -711,6 +730,7 @@ impl VmEnv {
                 guest,
                 timeline: BootTimeline::default(),
             },
+            net: None,
         }
     }
 
@@ -863,6 +883,9 @@ impl VmEnv {
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(lease) = self.jail.take() {
             let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+        }
+        if let Some(net) = self.net.take() {
+            let _ = tokio::task::spawn_blocking(move || net.release()).await;
         }
         // The VMM is gone: what it wrote is in the rings within moments.
         self.console.finish(Duration::from_secs(1)).await;

@@ -10,6 +10,7 @@ pub mod error;
 mod function_settings;
 mod functions;
 mod invoke;
+mod network;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             put(function_settings::put_pool)
                 .get(function_settings::get_pool)
                 .delete(function_settings::delete_pool),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/network",
+            put(network::put_network).get(network::get_network),
         )
         .route(
             "/2017-10-31/functions/{name}/concurrency",

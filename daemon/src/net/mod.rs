@@ -7,6 +7,7 @@
 //! in [`slot`], the rules in [`rules`]; docs/ARCHITECTURE.md and
 //! docs/SECURITY.md describe the model.
 
+mod functions;
 pub mod policy;
 pub mod rules;
 pub mod slot;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
+pub use functions::{start_for, PolicySource};
 pub use policy::{AllowEntry, EgressPolicy, PolicyError};
 pub use slot::GuestLink;
 use slot::Names;
@@ -437,6 +439,32 @@ impl Network {
         st.active.remove(&s);
         st.free.insert(s);
     }
+}
+
+/// The network of a VM of `label`'s function from `network` (`None`
+/// without networking, or when its policy is `none`). The VMM joins the
+/// namespace through its jail: an unjailed VM (`--insecure-no-jail`) gets
+/// no network.
+pub async fn attach(
+    network: Option<&Arc<Network>>,
+    label: &crate::vm_env::VmLabel,
+    jail_uid: Option<u32>,
+) -> Result<Option<VmNet>, NetError> {
+    let Some(network) = network else {
+        return Ok(None);
+    };
+    let Some(uid) = jail_uid else {
+        tracing::warn!(
+            function = %label.function,
+            tenant_id = ?label.tenant_id.as_deref().unwrap_or("-"),
+            "an unjailed microVM gets no network"
+        );
+        return Ok(None);
+    };
+    let (network, function) = (Arc::clone(network), label.function.clone());
+    tokio::task::spawn_blocking(move || network.lease(&function, &GuestLink::Tap { uid }))
+        .await
+        .map_err(|e| NetError::Command("a network thread".into(), e.to_string()))?
 }
 
 /// One VM's network: its slot, given back (namespace, veth, tap and rules
