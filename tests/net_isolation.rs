@@ -222,7 +222,7 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         )
     })
     .unwrap();
-    // Only traffic arriving from this test's slots is routed there.
+    // Traffic arriving from the first VM's veth is routed there (rule below).
     sh(&[
         "ip",
         "route",
@@ -232,17 +232,6 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         "203.0.113.10",
         "table",
         RULE_TABLE,
-    ]);
-    sh(&[
-        "ip",
-        "rule",
-        "add",
-        "iif",
-        "silotv8000",
-        "lookup",
-        RULE_TABLE,
-        "priority",
-        "7781",
     ]);
 
     // The host's "API" (any free port), and the same port everywhere else.
@@ -270,6 +259,71 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
 
+    // What the daemon gives a real VM: a persistent tap owned by its uid,
+    // and the VMM's flags and kernel command line naming it.
+    let prepared = std::time::Instant::now() + Duration::from_secs(60);
+    while net.ready_slots() < 2 {
+        assert!(
+            std::time::Instant::now() < prepared,
+            "slots were not prepared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let vm = net
+        .lease("fn-tap", &GuestLink::Tap { uid: 4242 })
+        .unwrap()
+        .expect("an interface");
+    eprintln!(
+        "a VM's network from a prepared slot took {:?}",
+        started.elapsed()
+    );
+    let out = std::process::Command::new("ip")
+        .args(["-n", &vm.netns(), "-d", "link", "show", "tap0"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("tun type tap")
+            && shown.contains("persist on")
+            && shown.contains("user 4242"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("169.254.0.1") || {
+            let a = std::process::Command::new("ip")
+                .args(["-n", &vm.netns(), "addr", "show", "tap0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&a.stdout).contains("169.254.0.1/30")
+        }
+    );
+    let args: Vec<String> = vm
+        .vmm_args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let ns_file = vm.netns_path().display().to_string();
+    assert_eq!(
+        &args[..4],
+        ["--jail-netns", ns_file.as_str(), "--net-tap", "tap0"],
+        "{args:?}"
+    );
+    let cmdline = &args[args.iter().position(|a| a == "--cmdline").unwrap() + 1];
+    assert!(
+        cmdline.contains(" ip=169.254.0.2::169.254.0.1:255.255.255.252::eth0:off"),
+        "{cmdline}"
+    );
+    assert!(
+        !cmdline.contains("silo.dns"),
+        "no resolvers configured: {cmdline}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--net-bandwidth")),
+        "no limit configured: {args:?}"
+    );
+    vm.release();
+
     // Policy `none`: no interface at all.
     assert!(net
         .lease(
@@ -290,11 +344,12 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         )
         .unwrap()
         .expect("an interface");
-    assert_eq!(
-        vm_a.slot(),
-        8000,
-        "the test's routing rule names slot 8000's veth"
-    );
+    // Only traffic arriving from this VM's veth is routed to the "internet"
+    // (the host's own routing is untouched).
+    let veth = vm_a.host_veth();
+    sh(&[
+        "ip", "rule", "add", "iif", &veth, "lookup", RULE_TABLE, "priority", "7781",
+    ]);
     let vm_b = net
         .lease(
             "fn-b",
