@@ -64,13 +64,23 @@ fn serve(ns: Option<PathBuf>, port: u16) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut c) = conn else { continue };
-            let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf);
-            let _ = write!(
-                c,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{BODY}",
-                BODY.len()
-            );
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let n = c.read(&mut buf).unwrap_or(0);
+                if buf[..n].starts_with(b"ECHO") {
+                    // Echoes every read until the peer closes.
+                    let _ = c.write_all(&buf[..n]);
+                    while let Ok(n @ 1..) = c.read(&mut buf) {
+                        let _ = c.write_all(&buf[..n]);
+                    }
+                    return;
+                }
+                let _ = write!(
+                    c,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                );
+            });
         }
     });
 }
@@ -396,6 +406,35 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
     cases.extend(always_closed);
     check(GUESTS[0], "allow-list with the server", &cases);
 
+    // Traffic so far was the VM's before a tenant took it: counted as
+    // unbound; from binding on, as the tenant's.
+    vm_a.bind("tenant-A");
+    let until = std::time::Instant::now() + OPEN;
+    while !net
+        .render_metrics()
+        .contains("function=\"fn-a\",tenant_id=\"(unbound)\"")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "binding did not count the unbound traffic"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A connection open when the policy changes is cut: its next packets
+    // meet the new policy.
+    let mut open = slot::in_netns(&ns_path(GUESTS[0]), move || {
+        TcpStream::connect_timeout(&SocketAddr::V4(server), OPEN)
+            .map_err(|e| silo_daemon::net::NetError::Command("connect".into(), e.to_string()))
+    })
+    .unwrap();
+    open.set_read_timeout(Some(CLOSED)).unwrap();
+    let mut echo = |msg: &[u8]| -> bool {
+        let mut got = vec![0u8; msg.len()];
+        open.write_all(msg).is_ok() && open.read_exact(&mut got).is_ok() && got == msg
+    };
+    assert!(echo(b"ECHO one"), "the open connection does not echo");
+
     // Changed live: the allow-list without the server.
     assert_eq!(
         net.set_policy(
@@ -405,6 +444,11 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         .unwrap(),
         1
     );
+    assert!(
+        !echo(b"ECHO two"),
+        "a connection opened before the change still passes"
+    );
+    drop(open);
     check(
         GUESTS[0],
         "allow-list without the server",
@@ -494,9 +538,33 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         &[("a public address", public, false)],
     );
 
-    // Released: the namespace, its veth and its rules are gone.
+    // Released: the namespace, its veth and its rules are gone, and its
+    // traffic is counted (live policy changes did not reset the counters).
     let (ns_a, veth_a) = (vm_a.netns_path(), vm_a.host_veth());
     vm_a.release();
+    let metrics = net.render_metrics();
+    let counted = |tenant: &str, name: &str| -> u64 {
+        let key = format!("{name}{{function=\"fn-a\",tenant_id=\"{tenant}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+    };
+    for tenant in ["(unbound)", "tenant-A"] {
+        for name in [
+            "silo_network_egress_bytes_total",
+            "silo_network_ingress_bytes_total",
+        ] {
+            assert!(counted(tenant, name) > 0, "{tenant} {name}: {metrics}");
+        }
+    }
+    // What was counted before each policy change is in there too: more
+    // than the last stage alone (one HTTP exchange and three datagrams).
+    assert!(
+        counted("tenant-A", "silo_network_egress_packets_total") > 20,
+        "{metrics}"
+    );
     assert!(!ns_a.exists(), "{} is left", ns_a.display());
     assert!(
         !exists(&format!("/sys/class/net/{veth_a}")),

@@ -110,7 +110,10 @@ impl Daemon {
             dirs: config.runtimes.clone(),
         })
         .with_console_bytes(config.console_bytes)
-        .with_network(crate::net::start_for(&config.network)?);
+        .with_network(crate::net::start_for(
+            &config.network,
+            config.metrics_tenant_series,
+        )?);
         let admission = config.limits.admission();
         tracing::info!(
             max_booting = admission.max_booting,

@@ -409,6 +409,17 @@ impl Environment for VmEnvironment {
                 .unwrap_or_default();
             *deadline_unix_ms = (now + req.timeout).as_millis() as u64;
         }
+        // A pooled VM taken by a tenant: its traffic is that tenant's from
+        // now on (docs/DAEMON.md, one network per VM).
+        if let (
+            Some(net),
+            Message::Invoke {
+                tenant_id: Some(t), ..
+            },
+        ) = (self.env.network(), &req.message)
+        {
+            net.bind(t);
+        }
         let first = self
             .env
             .boot

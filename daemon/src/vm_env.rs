@@ -916,6 +916,11 @@ impl VmEnv {
     pub fn console(&self) -> &Console {
         &self.console
     }
+
+    /// The VM's network, if it has one.
+    pub fn network(&self) -> Option<&crate::net::VmNet> {
+        self.net.as_ref()
+    }
 }
 
 impl Drop for VmEnv {

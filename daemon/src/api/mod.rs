@@ -94,11 +94,11 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response,
 }
 
 async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        d.render_metrics(),
-    )
-        .into_response()
+    let mut text = d.render_metrics();
+    if let Some(net) = d.network() {
+        text.push_str(&net.render_metrics());
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn unknown(req: Request) -> ApiError {

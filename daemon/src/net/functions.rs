@@ -10,11 +10,11 @@ use crate::Daemon;
 
 /// Starts networking if `[network] enabled` (else `None`): refuses to
 /// start rather than run VMs without their rules.
-pub fn start_for(cfg: &NetworkConfig) -> Result<Option<Arc<Network>>, NetError> {
+pub fn start_for(cfg: &NetworkConfig, series: usize) -> Result<Option<Arc<Network>>, NetError> {
     if !cfg.enabled {
         return Ok(None);
     }
-    let net = Network::start(cfg.clone())?;
+    let net = Network::start_with_series(cfg.clone(), series)?;
     tracing::info!(
         prefix = %cfg.name_prefix,
         first_slot = cfg.first_slot,

@@ -11,6 +11,7 @@ mod functions;
 pub mod policy;
 pub mod rules;
 pub mod slot;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -145,6 +146,7 @@ pub struct Network {
     dns: Vec<Ipv4Addr>,
     slots: Mutex<Slots>,
     refilling: AtomicBool,
+    traffic: traffic::Totals,
 }
 
 impl std::fmt::Debug for Network {
@@ -245,6 +247,12 @@ impl Network {
     /// IPv4 forwarding on (`net.ipv4.ip_forward = 1`), installs the host's
     /// table and starts preparing slots.
     pub fn start(cfg: NetworkConfig) -> Result<Arc<Self>, NetError> {
+        Self::start_with_series(cfg, crate::metrics::DEFAULT_TENANT_SERIES)
+    }
+
+    /// [`Network::start`], keeping traffic series for at most `series`
+    /// (function, tenant) pairs (`metrics_tenant_series`).
+    pub fn start_with_series(cfg: NetworkConfig, series: usize) -> Result<Arc<Self>, NetError> {
         cfg.validate().map_err(NetError::Unavailable)?;
         preflight(&cfg.name_prefix)?;
         let swept = sweep(&cfg.name_prefix);
@@ -276,6 +284,7 @@ impl Network {
             dns,
             cfg,
             refilling: AtomicBool::new(false),
+            traffic: traffic::Totals::new(series),
         });
         net.refill();
         Ok(net)
@@ -325,7 +334,8 @@ impl Network {
                 .map(|(slot, _)| *slot)
                 .collect()
         };
-        let ruleset = rules::vm_ruleset(self.names.table(), &self.policy_for(function), &self.dns);
+        let ruleset =
+            rules::policy_update(self.names.table(), &self.policy_for(function), &self.dns);
         for s in &slots {
             slot::apply(&self.names, *s, ruleset.clone())?;
         }
@@ -382,6 +392,8 @@ impl Network {
         Ok(Some(VmNet {
             net: Arc::clone(self),
             slot: s,
+            function: function.to_owned(),
+            tenant: Arc::new(Mutex::new(None)),
             released: false,
         }))
     }
@@ -433,7 +445,16 @@ impl Network {
         }
     }
 
-    fn release(&self, s: u32) {
+    /// Traffic per function and tenant, as Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        self.traffic.render()
+    }
+
+    fn release(&self, s: u32, function: &str, tenant: Option<&str>) {
+        match traffic::read(&self.names, s, false) {
+            Ok(t) => self.traffic.add(function, tenant.unwrap_or(""), &t),
+            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
+        }
         slot::destroy(&self.names, s);
         let mut st = self.slots.lock().expect("slots");
         st.active.remove(&s);
@@ -462,9 +483,14 @@ pub async fn attach(
         return Ok(None);
     };
     let (network, function) = (Arc::clone(network), label.function.clone());
-    tokio::task::spawn_blocking(move || network.lease(&function, &GuestLink::Tap { uid }))
-        .await
-        .map_err(|e| NetError::Command("a network thread".into(), e.to_string()))?
+    let net =
+        tokio::task::spawn_blocking(move || network.lease(&function, &GuestLink::Tap { uid }))
+            .await
+            .map_err(|e| NetError::Command("a network thread".into(), e.to_string()))??;
+    if let (Some(net), Some(tenant)) = (&net, &label.tenant_id) {
+        net.set_tenant(tenant);
+    }
+    Ok(net)
 }
 
 /// One VM's network: its slot, given back (namespace, veth, tap and rules
@@ -472,6 +498,9 @@ pub async fn attach(
 pub struct VmNet {
     net: Arc<Network>,
     slot: u32,
+    function: String,
+    /// The tenant its traffic is counted for, once bound.
+    tenant: Arc<Mutex<Option<String>>>,
     /// Whether the slot was given back already.
     released: bool,
 }
@@ -543,11 +572,41 @@ impl VmNet {
         a
     }
 
+    /// Counts the VM's traffic for `tenant` from now on (a VM booted for
+    /// that tenant: nothing was sent before).
+    pub fn set_tenant(&self, tenant: &str) {
+        self.tenant
+            .lock()
+            .expect("tenant")
+            .get_or_insert_with(|| tenant.to_owned());
+    }
+
+    /// A pooled VM taken by `tenant`: what it sent until now is counted as
+    /// no tenant's ([`traffic::UNBOUND`]), the rest as `tenant`'s. The
+    /// counters are read on a thread of their own, so packets of the first
+    /// moments after binding may count as unbound.
+    pub fn bind(&self, tenant: &str) {
+        {
+            let mut t = self.tenant.lock().expect("tenant");
+            if t.is_some() {
+                return;
+            }
+            *t = Some(tenant.to_owned());
+        }
+        let (net, s, function) = (Arc::clone(&self.net), self.slot, self.function.clone());
+        std::thread::spawn(move || match traffic::read(&net.names, s, true) {
+            Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
+            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
+        });
+    }
+
     /// Gives the slot back now (blocking: namespace, veth, tap and rules
     /// are gone when it returns).
     pub fn release(mut self) {
         self.released = true;
-        self.net.release(self.slot);
+        let tenant = self.tenant.lock().expect("tenant").clone();
+        self.net
+            .release(self.slot, &self.function, tenant.as_deref());
         self.net.refill();
     }
 }
@@ -558,10 +617,11 @@ impl Drop for VmNet {
             return;
         }
         let net = Arc::clone(&self.net);
-        let s = self.slot;
+        let (s, function) = (self.slot, std::mem::take(&mut self.function));
+        let tenant = self.tenant.lock().expect("tenant").clone();
         // Blocking commands: never on an async worker.
         std::thread::spawn(move || {
-            net.release(s);
+            net.release(s, &function, tenant.as_deref());
             net.refill();
         });
     }

@@ -71,6 +71,26 @@ pub fn vm_ruleset(table: &str, policy: &EgressPolicy, dns: &[Ipv4Addr]) -> Strin
          \x20   jump egress\n  }}",
         ALWAYS_DENIED.join(", ")
     );
+    s.push_str(&egress_chain(policy, dns));
+    // The guest may not address the namespace itself (its gateway address
+    // answers ARP only); the namespace sends nothing of its own but ICMP
+    // errors and replies.
+    let _ = writeln!(
+        s,
+        "  chain input {{\n    type filter hook input priority 0; policy drop;\n\
+         \x20   iifname \"lo\" accept\n  }}\n\
+         \x20 chain output {{\n    type filter hook output priority 0; policy drop;\n\
+         \x20   oifname \"lo\" accept\n    meta l4proto icmp accept\n  }}\n\
+         \x20 chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n\
+         \x20   oifname \"{NS_VETH}\" masquerade\n  }}\n}}"
+    );
+    s
+}
+
+/// The `egress` chain's definition for `policy` (rules only: the named
+/// counters it updates are the table's).
+fn egress_chain(policy: &EgressPolicy, dns: &[Ipv4Addr]) -> String {
+    let mut s = String::new();
     let _ = writeln!(s, "  chain egress {{");
     if policy.has_interface() && !dns.is_empty() {
         let list = dns
@@ -103,19 +123,19 @@ pub fn vm_ruleset(table: &str, policy: &EgressPolicy, dns: &[Ipv4Addr]) -> Strin
         }
     }
     let _ = writeln!(s, "  }}");
-    // The guest may not address the namespace itself (its gateway address
-    // answers ARP only); the namespace sends nothing of its own but ICMP
-    // errors and replies.
-    let _ = writeln!(
-        s,
-        "  chain input {{\n    type filter hook input priority 0; policy drop;\n\
-         \x20   iifname \"lo\" accept\n  }}\n\
-         \x20 chain output {{\n    type filter hook output priority 0; policy drop;\n\
-         \x20   oifname \"lo\" accept\n    meta l4proto icmp accept\n  }}\n\
-         \x20 chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n\
-         \x20   oifname \"{NS_VETH}\" masquerade\n  }}\n}}"
-    );
     s
+}
+
+/// Replaces only the `egress` chain of a VM's table (one transaction; the
+/// table's counters keep counting): a live policy change.
+pub fn policy_update(table: &str, policy: &EgressPolicy, dns: &[Ipv4Addr]) -> String {
+    format!(
+        "flush chain inet {table} egress
+table inet {table} {{
+{}}}
+",
+        egress_chain(policy, dns)
+    )
 }
 
 /// The host's table: replaces any earlier one. `veths`: the wildcard of

@@ -137,6 +137,25 @@ pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), NetE
     }
 }
 
+/// Runs `program args` and returns its standard output.
+pub fn run_output(program: &str, args: &[&str]) -> Result<String, NetError> {
+    let what = || format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetError::Command(what(), e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(NetError::Command(
+            what(),
+            err.trim().chars().take(500).collect(),
+        ))
+    }
+}
+
 /// Runs `f` on a thread that entered the network namespace at `path` (so
 /// do the processes it starts).
 pub fn in_netns<T: Send + 'static>(
