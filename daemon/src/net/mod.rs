@@ -7,109 +7,25 @@
 //! in [`slot`], the rules in [`rules`]; docs/ARCHITECTURE.md and
 //! docs/SECURITY.md describe the model.
 
+mod config;
 mod functions;
 pub mod policy;
 pub mod rules;
 pub mod slot;
 pub mod traffic;
+mod vm;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsString;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
-
+pub use config::{NetworkConfig, VMM_BASE_CMDLINE};
 pub use functions::{start_for, PolicySource};
 pub use policy::{AllowEntry, EgressPolicy, PolicyError};
 pub use slot::GuestLink;
 use slot::Names;
-
-/// The kernel command line the VMM uses by default (silo-vmm's `--cmdline`
-/// default), which a VM with a network extends: passing `--cmdline`
-/// replaces the default, so it is repeated here.
-pub const VMM_BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet pty.legacy_count=0";
-
-/// The `[network]` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkConfig {
-    /// Give VMs a network at all (false: loopback only, as before).
-    pub enabled: bool,
-    /// The egress policy of functions without one of their own.
-    pub egress: EgressPolicy,
-    /// Per function name: its policy (the API's `PUT .../network`
-    /// overrides it).
-    pub functions: BTreeMap<String, EgressPolicy>,
-    /// Resolvers the guests are told of (and may reach on port 53 unless
-    /// their policy is `none`). Unset: the host's IPv4 resolvers from
-    /// /etc/resolv.conf, minus loopback and link-local ones (a guest cannot
-    /// reach those).
-    pub dns: Option<Vec<Ipv4Addr>>,
-    /// Names of this daemon's namespaces (`<prefix>-<slot>`), host veths
-    /// (`<prefix>v<slot>`) and nft tables (`inet <prefix>`): 1 to 6 of
-    /// `[a-z0-9]`. Two daemons on one host need different prefixes and
-    /// slot ranges.
-    pub name_prefix: String,
-    /// The first slot this daemon uses.
-    pub first_slot: u32,
-    /// Slots (VMs with a network at once); `first_slot + slots` <= 8192.
-    pub slots: u32,
-    /// Slots kept prepared ahead (namespace, veth, rules), off the cold
-    /// path.
-    pub ready_slots: u32,
-    /// Per-VM bandwidth limit in bytes per second, each direction; 0: none.
-    pub bandwidth_bytes_per_s: u64,
-    /// Per-VM one-time burst above the bandwidth limit, in bytes.
-    pub burst_bytes: u64,
-    /// Per-VM packet rate limit, each direction; 0: none.
-    pub packets_per_s: u64,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            egress: EgressPolicy::Internet,
-            functions: BTreeMap::new(),
-            dns: None,
-            name_prefix: "silo".into(),
-            first_slot: 0,
-            slots: 1024,
-            ready_slots: 4,
-            bandwidth_bytes_per_s: 0,
-            burst_bytes: 0,
-            packets_per_s: 0,
-        }
-    }
-}
-
-impl NetworkConfig {
-    /// Checks names and ranges.
-    pub fn validate(&self) -> Result<(), String> {
-        let p = &self.name_prefix;
-        if p.is_empty()
-            || p.len() > 6
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
-            return Err("network.name_prefix: 1 to 6 of a-z and 0-9".into());
-        }
-        if self.slots == 0
-            || u64::from(self.first_slot) + u64::from(self.slots) > u64::from(slot::MAX_SLOTS)
-        {
-            return Err(format!(
-                "network: first_slot + slots must be at most {} and slots at least 1",
-                slot::MAX_SLOTS
-            ));
-        }
-        Ok(())
-    }
-}
+pub use vm::{attach, VmNet};
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -459,170 +375,5 @@ impl Network {
         let mut st = self.slots.lock().expect("slots");
         st.active.remove(&s);
         st.free.insert(s);
-    }
-}
-
-/// The network of a VM of `label`'s function from `network` (`None`
-/// without networking, or when its policy is `none`). The VMM joins the
-/// namespace through its jail: an unjailed VM (`--insecure-no-jail`) gets
-/// no network.
-pub async fn attach(
-    network: Option<&Arc<Network>>,
-    label: &crate::vm_env::VmLabel,
-    jail_uid: Option<u32>,
-) -> Result<Option<VmNet>, NetError> {
-    let Some(network) = network else {
-        return Ok(None);
-    };
-    let Some(uid) = jail_uid else {
-        tracing::warn!(
-            function = %label.function,
-            tenant_id = ?label.tenant_id.as_deref().unwrap_or("-"),
-            "an unjailed microVM gets no network"
-        );
-        return Ok(None);
-    };
-    let (network, function) = (Arc::clone(network), label.function.clone());
-    let net =
-        tokio::task::spawn_blocking(move || network.lease(&function, &GuestLink::Tap { uid }))
-            .await
-            .map_err(|e| NetError::Command("a network thread".into(), e.to_string()))??;
-    if let (Some(net), Some(tenant)) = (&net, &label.tenant_id) {
-        net.set_tenant(tenant);
-    }
-    Ok(net)
-}
-
-/// One VM's network: its slot, given back (namespace, veth, tap and rules
-/// removed) when dropped.
-pub struct VmNet {
-    net: Arc<Network>,
-    slot: u32,
-    function: String,
-    /// The tenant its traffic is counted for, once bound.
-    tenant: Arc<Mutex<Option<String>>>,
-    /// Whether the slot was given back already.
-    released: bool,
-}
-
-impl std::fmt::Debug for VmNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmNet").field("slot", &self.slot).finish()
-    }
-}
-
-impl VmNet {
-    /// The slot number.
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    /// The namespace's file (what the VMM's jail enters).
-    pub fn netns_path(&self) -> PathBuf {
-        self.net.names.netns_path(self.slot)
-    }
-
-    /// The namespace's name (`ip netns`).
-    pub fn netns(&self) -> String {
-        self.net.names.netns(self.slot)
-    }
-
-    /// The host end of the slot's veth pair.
-    pub fn host_veth(&self) -> String {
-        self.net.names.host_veth(self.slot)
-    }
-
-    /// The kernel command line: the VMM's default plus the guest's
-    /// addressing (`ip=`) and resolvers (`silo.dns=`).
-    pub fn cmdline(&self) -> String {
-        let mut s = format!(
-            "{VMM_BASE_CMDLINE} ip={}::{}:255.255.255.252::eth0:off",
-            slot::GUEST_ADDR,
-            slot::GATEWAY_ADDR
-        );
-        if !self.net.dns.is_empty() {
-            let list: Vec<String> = self.net.dns.iter().map(ToString::to_string).collect();
-            s.push_str(&format!(" silo.dns={}", list.join(",")));
-        }
-        s
-    }
-
-    /// The VMM's arguments for this network: `--jail-netns`, `--net-tap`,
-    /// the rate limits, and `--cmdline`.
-    pub fn vmm_args(&self) -> Vec<OsString> {
-        let c = &self.net.cfg;
-        let mut a: Vec<OsString> = vec![
-            "--jail-netns".into(),
-            self.netns_path().into(),
-            "--net-tap".into(),
-            slot::TAP.into(),
-            "--cmdline".into(),
-            self.cmdline().into(),
-        ];
-        for (flag, v) in [
-            ("--net-bandwidth-bytes-per-s", c.bandwidth_bytes_per_s),
-            ("--net-burst-bytes", c.burst_bytes),
-            ("--net-packets-per-s", c.packets_per_s),
-        ] {
-            if v > 0 {
-                a.push(flag.into());
-                a.push(v.to_string().into());
-            }
-        }
-        a
-    }
-
-    /// Counts the VM's traffic for `tenant` from now on (a VM booted for
-    /// that tenant: nothing was sent before).
-    pub fn set_tenant(&self, tenant: &str) {
-        self.tenant
-            .lock()
-            .expect("tenant")
-            .get_or_insert_with(|| tenant.to_owned());
-    }
-
-    /// A pooled VM taken by `tenant`: what it sent until now is counted as
-    /// no tenant's ([`traffic::UNBOUND`]), the rest as `tenant`'s. The
-    /// counters are read on a thread of their own, so packets of the first
-    /// moments after binding may count as unbound.
-    pub fn bind(&self, tenant: &str) {
-        {
-            let mut t = self.tenant.lock().expect("tenant");
-            if t.is_some() {
-                return;
-            }
-            *t = Some(tenant.to_owned());
-        }
-        let (net, s, function) = (Arc::clone(&self.net), self.slot, self.function.clone());
-        std::thread::spawn(move || match traffic::read(&net.names, s, true) {
-            Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
-            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
-        });
-    }
-
-    /// Gives the slot back now (blocking: namespace, veth, tap and rules
-    /// are gone when it returns).
-    pub fn release(mut self) {
-        self.released = true;
-        let tenant = self.tenant.lock().expect("tenant").clone();
-        self.net
-            .release(self.slot, &self.function, tenant.as_deref());
-        self.net.refill();
-    }
-}
-
-impl Drop for VmNet {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let net = Arc::clone(&self.net);
-        let (s, function) = (self.slot, std::mem::take(&mut self.function));
-        let tenant = self.tenant.lock().expect("tenant").clone();
-        // Blocking commands: never on an async worker.
-        std::thread::spawn(move || {
-            net.release(s, &function, tenant.as_deref());
-            net.refill();
-        });
     }
 }
