@@ -156,6 +156,8 @@ fn an_enabled_daemon_prepares_slots_ahead_and_sweeps_what_a_killed_one_left() {
     let cfg = config(
         "[network]\nenabled = true\nname_prefix = \"silota\"\nfirst_slot = 8100\nslots = 4\nready_slots = 2\ndns = []\n",
     );
+    // The daemon turns IPv4 forwarding on; the test puts back what it found.
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let data = scratch("net-start");
     let mut d = TestDaemon::on_host(&cfg, &data, &[]);
     let ready = || {
@@ -225,6 +227,7 @@ fn an_enabled_daemon_prepares_slots_ahead_and_sweeps_what_a_killed_one_left() {
     silo_daemon::net::sweep("silota");
     assert_eq!(ready(), 0);
     assert!(!common_nft_table("silota"));
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding).unwrap();
 }
 
 fn common_nft_table(name: &str) -> bool {

@@ -31,6 +31,8 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
     }
     cleanup_world();
     sweep(PREFIX);
+    // The daemon turns IPv4 forwarding on; the test puts back what it found.
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     // The "internet": a namespace behind a veth from the host.
     for ns in GUESTS.iter().chain([&INET_NS]) {
         sh(&["ip", "netns", "add", ns]);
@@ -425,4 +427,5 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         "the host's table is left after the sweep"
     );
     cleanup_world();
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding).unwrap();
 }
