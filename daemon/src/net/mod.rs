@@ -252,10 +252,19 @@ impl Network {
         };
         let ruleset =
             rules::policy_update(self.names.table(), &self.policy_for(function), &self.dns);
+        // Every VM gets the new rules even if one fails (the first error is
+        // returned; a VM already gone is skipped).
+        let mut first_error = None;
         for s in &slots {
-            slot::apply(&self.names, *s, ruleset.clone())?;
+            if let Err(e) = slot::apply(&self.names, *s, ruleset.clone()) {
+                let still_running = self.slots.lock().expect("slots").active.contains_key(s);
+                if still_running {
+                    tracing::error!(slot = s, function = %function, error = %e, "cannot apply a VM's new egress policy");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(slots.len())
+        first_error.map_or(Ok(slots.len()), Err)
     }
 
     /// A network for one VM of `function`, or `None` if its policy is
