@@ -61,6 +61,15 @@
 //! cpu_min_percent = 5     # the smallest share of a CPU
 //! pids_max = 32
 //!
+//! [network]               # one network per VM (docs/DAEMON.md); off:
+//! enabled = false         # loopback only
+//! egress = "internet"     # or "none", or { allow = ["10.1.2.3/32:5432"] }
+//! dns = ["192.0.2.53"]    # default: the host's (non-loopback) resolvers
+//! ready_slots = 4         # namespaces prepared ahead
+//! bandwidth_bytes_per_s = 0 # per VM and direction; 0: unlimited
+//! [network.functions]     # per function (the API's PUT .../network wins)
+//! "my-fn" = "none"
+//!
 //! [pools]                 # microVMs booted ahead of time, bound to no
 //! counter = 2             # tenant until a new tenant's first invoke
 //!
@@ -137,6 +146,9 @@ pub struct DaemonConfig {
     pub allow_unauthenticated: bool,
     /// The per-VM jail: ids, cgroup parent, limits (see docs/SECURITY.md).
     pub jail: crate::jail::JailSettings,
+    /// One network per VM and the functions' egress policies (off by
+    /// default).
+    pub network: crate::net::NetworkConfig,
     /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
     /// the file). Logged on every boot.
     #[serde(skip)]
@@ -199,6 +211,7 @@ impl Default for DaemonConfig {
             agent: None,
             allow_unauthenticated: false,
             jail: crate::jail::JailSettings::default(),
+            network: crate::net::NetworkConfig::default(),
             insecure_no_jail: false,
         }
     }
@@ -255,6 +268,9 @@ pub enum ConfigError {
 /// A value the types cannot refuse, refused by [`DaemonConfig::check`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidConfig {
+    /// `[network]` names or ranges are invalid.
+    #[error("{0}")]
+    Network(String),
     /// `limits.per_tenant` is 0.
     #[error("limits.per_tenant must be at least 1")]
     PerTenant,
@@ -352,6 +368,7 @@ impl DaemonConfig {
             return Err(InvalidConfig::InitTimeout);
         }
         self.jail.check().map_err(InvalidConfig::Jail)?;
+        self.network.validate().map_err(InvalidConfig::Network)?;
         let l = &self.limits;
         if l.event_queue == 0 || l.event_queue_per_tenant == 0 || l.event_workers == 0 {
             return Err(InvalidConfig::EventQueue);

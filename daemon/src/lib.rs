@@ -20,6 +20,7 @@ pub mod environment_id;
 mod events;
 pub mod jail;
 pub mod metrics;
+pub mod net;
 pub mod runtime_copies;
 pub mod serve;
 mod state;

@@ -47,7 +47,7 @@ pub struct Daemon {
     images: Images,
     store: Store,
     functions: Mutex<BTreeMap<String, FunctionRecord>>,
-    scheduler: Scheduler<VmBackend>,
+    pub(crate) scheduler: Scheduler<VmBackend>,
     /// Invocation counters.
     pub metrics: Metrics,
     events: EventQueue,
@@ -68,6 +68,9 @@ pub enum StartError {
     /// The run directory cannot be made.
     #[error("run directory: {0}")]
     RunDir(#[from] RegisterError),
+    /// `[network]` is enabled but the host cannot provide it.
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
 }
 
 /// Errors changing the daemon's functions.
@@ -82,6 +85,9 @@ pub enum FunctionError {
     /// The function went away while it was being changed.
     #[error("the function was deleted meanwhile")]
     Deleted,
+    /// A running VM's network rules could not be re-applied.
+    #[error("network: {0}")]
+    Network(crate::net::NetError),
 }
 
 impl Daemon {
@@ -104,7 +110,11 @@ impl Daemon {
             dirs: config.runtimes.clone(),
             sharing: config.runtime_sharing,
         })
-        .with_console_bytes(config.console_bytes);
+        .with_console_bytes(config.console_bytes)
+        .with_network(crate::net::start_for(
+            &config.network,
+            config.metrics_tenant_series,
+        )?);
         crate::runtime_copies::log_sharing(config.runtime_sharing);
         let admission = config.limits.admission();
         tracing::info!(
@@ -138,6 +148,7 @@ impl Daemon {
         });
         for rec in records {
             let name = rec.name.clone();
+            daemon.apply_network(&rec);
             match daemon.store.code(&rec.code_sha256) {
                 Ok(code) => {
                     if let Err(e) = daemon.register(&rec, &code) {
@@ -267,7 +278,7 @@ impl Daemon {
     /// Changes the record of function `name` with `change` and stores it,
     /// read and written under one lock: a change made meanwhile (new code by
     /// [`Daemon::update`]) is never written back over.
-    fn modify(
+    pub(crate) fn modify(
         &self,
         name: &str,
         change: impl FnOnce(&mut FunctionRecord),
@@ -381,6 +392,9 @@ impl Daemon {
             self.store.delete(name)?;
             fns.remove(name)
         };
+        if let Some(net) = self.network() {
+            let _ = net.set_policy(name, None);
+        }
         let destroyed = self.scheduler.retire_function(name).await;
         if let Some(old) = old {
             self.scheduler

@@ -60,6 +60,10 @@ pub struct FunctionRecord {
     /// set through the API (else the configuration's `[pools]` entry).
     #[serde(default)]
     pub pool_size: Option<u32>,
+    /// The egress policy set through the API, if any (else the
+    /// configuration's); see [`crate::net`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::EgressPolicy>,
 }
 
 /// Errors of the store.
@@ -338,6 +342,7 @@ mod tests {
             last_modified: "2026-11-24T00:00:00.000+0000".into(),
             reserved_concurrency: None,
             pool_size: None,
+            network: None,
         }
     }
 

@@ -125,6 +125,8 @@ pub struct VmBackend {
     copies: RuntimeCopies,
     console_bytes: usize,
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
+    /// VMs' networks (`[network]`), if enabled.
+    network: Option<Arc<crate::net::Network>>,
 }
 
 /// One invocation for a VM environment.
@@ -149,6 +151,7 @@ impl VmBackend {
             runtime_images: Mutex::new(HashMap::new()),
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             functions: Mutex::new(HashMap::new()),
+            network: None,
         }
     }
 
@@ -211,6 +214,17 @@ impl VmBackend {
     pub fn with_console_bytes(mut self, bytes: usize) -> Self {
         self.console_bytes = bytes;
         self
+    }
+
+    /// Gives VMs networks from `network` (`[network] enabled`).
+    pub fn with_network(mut self, network: Option<Arc<crate::net::Network>>) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// The VMs' networking, if enabled.
+    pub fn network(&self) -> Option<&Arc<crate::net::Network>> {
+        self.network.as_ref()
     }
 
     /// Builds and registers the image of a function version.
@@ -397,7 +411,8 @@ impl VmBackend {
             function: binding.function.name.clone(),
             tenant_id: binding.tenant.as_ref().map(|t| t.as_str().to_string()),
         };
-        let env = VmEnv::boot_for(&spec, &self.run_dir, &label).await?;
+        let env =
+            VmEnv::boot_networked(&spec, &self.run_dir, &label, self.network.as_ref()).await?;
         let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,
@@ -436,6 +451,17 @@ impl Environment for VmEnvironment {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
             *deadline_unix_ms = (now + req.timeout).as_millis() as u64;
+        }
+        // A pooled VM taken by a tenant: its traffic is that tenant's from
+        // now on (docs/DAEMON.md, one network per VM).
+        if let (
+            Some(net),
+            Message::Invoke {
+                tenant_id: Some(t), ..
+            },
+        ) = (self.env.network(), &req.message)
+        {
+            net.bind(t);
         }
         let first = self
             .env

@@ -309,6 +309,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         last_modified: now_iso8601(),
         reserved_concurrency: None,
         pool_size: None,
+        network: None,
     };
     if input.runtime.is_none() {
         return Err(ApiError::invalid_parameter(format!(

@@ -10,6 +10,7 @@ pub mod error;
 mod function_settings;
 mod functions;
 mod invoke;
+mod network;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
                 .delete(function_settings::delete_pool),
         )
         .route(
+            "/2015-03-31/functions/{name}/network",
+            put(network::put_network).get(network::get_network),
+        )
+        .route(
             "/2017-10-31/functions/{name}/concurrency",
             put(function_settings::put_concurrency).delete(function_settings::delete_concurrency),
         )
@@ -89,11 +94,11 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response,
 }
 
 async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        d.render_metrics(),
-    )
-        .into_response()
+    let mut text = d.render_metrics();
+    if let Some(net) = d.network() {
+        text.push_str(&net.render_metrics());
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn unknown(req: Request) -> ApiError {

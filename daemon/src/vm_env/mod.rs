@@ -155,6 +155,8 @@ pub struct VmEnv {
     init_tail: Vec<u8>,
     /// Boot measurements.
     pub boot: BootReport,
+    /// The VM's network slot, given back when the VM is gone.
+    pub(super) net: Option<crate::net::VmNet>,
 }
 
 /// Whom a VM serves, for its log lines only (never part of a path or an
@@ -197,5 +199,10 @@ impl VmEnv {
     /// The VM's console and VMM log rings.
     pub fn console(&self) -> &Console {
         &self.console
+    }
+
+    /// The VM's network, if it has one.
+    pub fn network(&self) -> Option<&crate::net::VmNet> {
+        self.net.as_ref()
     }
 }

@@ -48,6 +48,9 @@ impl VmEnv {
         if let Some(lease) = self.jail.take() {
             let _ = tokio::task::spawn_blocking(move || lease.release()).await;
         }
+        if let Some(net) = self.net.take() {
+            let _ = tokio::task::spawn_blocking(move || net.release()).await;
+        }
         // The VMM is gone: what it wrote is in the rings within moments.
         self.console.finish(Duration::from_secs(1)).await;
         if let Some((total, kept)) = self.console.serial_stats() {

@@ -69,6 +69,17 @@ impl VmEnv {
         run_dir: &Path,
         label: &VmLabel,
     ) -> Result<Self, EnvError> {
+        Self::boot_networked(spec, run_dir, label, None).await
+    }
+
+    /// [`VmEnv::boot_for`] with a network from `network` (`[network]`;
+    /// `None`: loopback only), per the function's egress policy.
+    pub async fn boot_networked(
+        spec: &VmSpec,
+        run_dir: &Path,
+        label: &VmLabel,
+        network: Option<&std::sync::Arc<crate::net::Network>>,
+    ) -> Result<Self, EnvError> {
         let dir = new_vm_dir(run_dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EnvError::Setup(format!("{}: {e}", dir.display())))?;
@@ -91,6 +102,10 @@ impl VmEnv {
                 return Err(EnvError::NoJail(why.clone()));
             }
         };
+        // Its network (prepared ahead), before the VMM that joins it.
+        let net = crate::net::attach(network, label, lease.as_ref().map(JailLease::id))
+            .await
+            .map_err(|e| EnvError::Setup(format!("network: {e}")))?;
         // Inside a jail the VM's directory is the VMM's `/`.
         let inside = |name: &str| match &lease {
             Some(_) => Path::new("/").join(name),
@@ -133,6 +148,7 @@ impl VmEnv {
             .arg("--timeline-file")
             .arg(inside("timeline.json"))
             .arg("--managed")
+            .args(net.iter().flat_map(crate::net::VmNet::vmm_args))
             .args(
                 spec.pmem
                     .iter()
@@ -237,6 +253,7 @@ impl VmEnv {
                 guest: boot,
                 timeline,
             },
+            net,
         })
     }
 }

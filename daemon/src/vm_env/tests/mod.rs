@@ -398,6 +398,7 @@ impl VmEnv {
                 guest,
                 timeline: BootTimeline::default(),
             },
+            net: None,
         }
     }
 }

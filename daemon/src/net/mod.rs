@@ -1,0 +1,388 @@
+//! One network per VM (`[network]`, off by default): each VM's VMM joins a
+//! network namespace of its own, prepared ahead of time (a small pool of
+//! ready slots), with a tap for the guest and a veth pair to the host; the
+//! guest's egress is filtered by nftables in the namespace (always-denied
+//! ranges, then the function's [`EgressPolicy`]) and again on the host
+//! (nothing reaches the host itself or another VM). The address scheme is
+//! in [`slot`], the rules in [`rules`]; docs/ARCHITECTURE.md and
+//! docs/SECURITY.md describe the model.
+
+mod config;
+mod functions;
+pub mod policy;
+pub mod rules;
+pub mod slot;
+pub mod traffic;
+mod vm;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use config::{NetworkConfig, VMM_BASE_CMDLINE};
+pub use functions::{start_for, PolicySource};
+pub use policy::{AllowEntry, EgressPolicy, PolicyError};
+pub use slot::GuestLink;
+use slot::Names;
+pub use vm::{attach, VmNet};
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The host lacks what networking needs.
+    #[error(
+        "networking is enabled ([network] enabled = true) but this host cannot provide it: {0}"
+    )]
+    Unavailable(String),
+    /// A command failed.
+    #[error("{0}: {1}")]
+    Command(String, String),
+    /// Every slot is in use.
+    #[error("every network slot ({0}) is in use")]
+    NoSlot(u32),
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Prepared, unused.
+    ready: Vec<u32>,
+    /// Not prepared, unused.
+    free: BTreeSet<u32>,
+    /// In use, by function name.
+    active: HashMap<u32, String>,
+    /// Policies set through the API, by function name.
+    overrides: HashMap<String, EgressPolicy>,
+}
+
+/// The daemon's networking: slots, their pool and the functions' policies.
+pub struct Network {
+    cfg: NetworkConfig,
+    names: Names,
+    dns: Vec<Ipv4Addr>,
+    slots: Mutex<Slots>,
+    refilling: AtomicBool,
+    traffic: traffic::Totals,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("prefix", &self.cfg.name_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is missing for networking, if anything: `nft`, `ip`, the tun
+/// device, or the right to make a network namespace and nft tables.
+pub fn preflight(prefix: &str) -> Result<(), NetError> {
+    let mut missing = Vec::new();
+    for (program, arg, package) in [("nft", "--version", "nftables"), ("ip", "-V", "iproute2")] {
+        if slot::run(program, &[arg], None).is_err() {
+            missing.push(format!(
+                "the `{program}` program (Debian package {package})"
+            ));
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun (the tun module)".into());
+    }
+    if missing.is_empty() {
+        let probe = format!("{prefix}-probe");
+        match slot::run("ip", &["netns", "add", &probe], None) {
+            Err(e) => missing.push(format!("making a network namespace ({e})")),
+            Ok(()) => {
+                let path = std::path::Path::new(slot::NETNS_DIR).join(&probe);
+                let table = format!("add table inet {prefix}probe\n");
+                if let Err(e) =
+                    slot::in_netns(&path, move || slot::run("nft", &["-f", "-"], Some(&table)))
+                {
+                    missing.push(format!("nftables in a namespace ({e})"));
+                }
+                let _ = slot::run("ip", &["netns", "delete", &probe], None);
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(NetError::Unavailable(format!(
+            "missing {}",
+            missing.join("; ")
+        )))
+    }
+}
+
+/// Removes every namespace, host veth and host nft table named with
+/// `prefix` (left by a daemon that did not end cleanly): run at start.
+/// Returns how many namespaces and veths it removed.
+pub fn sweep(prefix: &str) -> usize {
+    let names = Names::new(prefix);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(slot::NETNS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(s) = entry.file_name().to_str().and_then(|n| names.netns_slot(n)) {
+            slot::destroy(&names, s);
+            removed += 1;
+        }
+    }
+    for entry in std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(name) = entry.file_name().to_str() {
+            if names.veth_slot(name).is_some() {
+                let _ = slot::run("ip", &["link", "del", name], None);
+                removed += 1;
+            }
+        }
+    }
+    let _ = slot::run("nft", &["delete", "table", "inet", names.table()], None);
+    removed
+}
+
+/// The host's IPv4 resolvers a guest can reach (not loopback, not
+/// link-local), from /etc/resolv.conf.
+pub fn host_resolvers() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_link_local() && !a.is_unspecified())
+        .take(3)
+        .collect()
+}
+
+impl Network {
+    /// Checks the host ([`preflight`]), sweeps leftovers ([`sweep`]), turns
+    /// IPv4 forwarding on (`net.ipv4.ip_forward = 1`), installs the host's
+    /// table and starts preparing slots.
+    pub fn start(cfg: NetworkConfig) -> Result<Arc<Self>, NetError> {
+        Self::start_with_series(cfg, crate::metrics::DEFAULT_TENANT_SERIES)
+    }
+
+    /// [`Network::start`], keeping traffic series for at most `series`
+    /// (function, tenant) pairs (`metrics_tenant_series`).
+    pub fn start_with_series(cfg: NetworkConfig, series: usize) -> Result<Arc<Self>, NetError> {
+        cfg.validate().map_err(NetError::Unavailable)?;
+        preflight(&cfg.name_prefix)?;
+        let swept = sweep(&cfg.name_prefix);
+        if swept > 0 {
+            tracing::info!(removed = swept, "removed leftover VM namespaces and veths");
+        }
+        let forwarding =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        if forwarding.trim() != "1" {
+            slot::sysctl("net.ipv4.ip_forward", "1")?;
+            tracing::info!("turned IPv4 forwarding on (net.ipv4.ip_forward = 1) for VM networks");
+        }
+        let names = Names::new(&cfg.name_prefix);
+        slot::run(
+            "nft",
+            &["-f", "-"],
+            Some(&rules::host_ruleset(names.table(), &names.host_veths())),
+        )?;
+        let dns = cfg.dns.clone().unwrap_or_else(host_resolvers);
+        if dns.is_empty() {
+            tracing::warn!("no resolver a guest can reach ([network] dns unset, none usable in /etc/resolv.conf): guests get no DNS");
+        }
+        let net = Arc::new(Self {
+            slots: Mutex::new(Slots {
+                free: (cfg.first_slot..cfg.first_slot + cfg.slots).collect(),
+                ..Slots::default()
+            }),
+            names,
+            dns,
+            cfg,
+            refilling: AtomicBool::new(false),
+            traffic: traffic::Totals::new(series),
+        });
+        net.refill();
+        Ok(net)
+    }
+
+    /// The resolvers guests are told of.
+    pub fn dns(&self) -> &[Ipv4Addr] {
+        &self.dns
+    }
+
+    /// Slots prepared and unused.
+    pub fn ready_slots(&self) -> usize {
+        self.slots.lock().expect("slots").ready.len()
+    }
+
+    /// `function`'s policy: set through the API, else `[network.functions]`,
+    /// else `[network] egress`.
+    pub fn policy_for(&self, function: &str) -> EgressPolicy {
+        if let Some(p) = self.slots.lock().expect("slots").overrides.get(function) {
+            return p.clone();
+        }
+        self.cfg
+            .functions
+            .get(function)
+            .unwrap_or(&self.cfg.egress)
+            .clone()
+    }
+
+    /// Sets (or with `None` clears) `function`'s policy and re-applies the
+    /// rules of its running VMs. Returns how many VMs were updated. A VM
+    /// booted without an interface (policy `none`) gets none: a new policy
+    /// reaches its traffic only in VMs booted after.
+    pub fn set_policy(
+        &self,
+        function: &str,
+        policy: Option<EgressPolicy>,
+    ) -> Result<usize, NetError> {
+        let slots: Vec<u32> = {
+            let mut s = self.slots.lock().expect("slots");
+            match policy {
+                Some(p) => s.overrides.insert(function.to_owned(), p),
+                None => s.overrides.remove(function),
+            };
+            s.active
+                .iter()
+                .filter(|(_, f)| f.as_str() == function)
+                .map(|(slot, _)| *slot)
+                .collect()
+        };
+        let ruleset =
+            rules::policy_update(self.names.table(), &self.policy_for(function), &self.dns);
+        // Every VM gets the new rules even if one fails (the first error is
+        // returned; a VM already gone is skipped).
+        let mut first_error = None;
+        for s in &slots {
+            if let Err(e) = slot::apply(&self.names, *s, ruleset.clone()) {
+                let still_running = self.slots.lock().expect("slots").active.contains_key(s);
+                if still_running {
+                    tracing::error!(slot = s, function = %function, error = %e, "cannot apply a VM's new egress policy");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(slots.len()), Err)
+    }
+
+    /// A network for one VM of `function`, or `None` if its policy is
+    /// `none` (no interface at all). Blocking: call from a blocking thread.
+    pub fn lease(
+        self: &Arc<Self>,
+        function: &str,
+        link: &GuestLink,
+    ) -> Result<Option<VmNet>, NetError> {
+        let policy = self.policy_for(function);
+        if !policy.has_interface() {
+            return Ok(None);
+        }
+        let (s, prepared) = {
+            let mut st = self.slots.lock().expect("slots");
+            match st.ready.pop() {
+                Some(s) => (s, true),
+                None => {
+                    let s = st
+                        .free
+                        .pop_first()
+                        .ok_or(NetError::NoSlot(self.cfg.slots))?;
+                    (s, false)
+                }
+            }
+        };
+        let ruleset = rules::vm_ruleset(self.names.table(), &policy, &self.dns);
+        let made = if prepared {
+            Ok(())
+        } else {
+            tracing::debug!(
+                slot = s,
+                "no prepared network slot: preparing one on the cold path"
+            );
+            slot::create(&self.names, s, self.base_ruleset())
+        };
+        let attached = made.and_then(|()| slot::attach(&self.names, s, link, ruleset));
+        if let Err(e) = attached {
+            slot::destroy(&self.names, s);
+            self.slots.lock().expect("slots").free.insert(s);
+            self.refill();
+            return Err(e);
+        }
+        self.slots
+            .lock()
+            .expect("slots")
+            .active
+            .insert(s, function.to_owned());
+        self.refill();
+        Ok(Some(VmNet {
+            net: Arc::clone(self),
+            slot: s,
+            function: function.to_owned(),
+            tenant: Arc::new(Mutex::new(None)),
+            released: false,
+        }))
+    }
+
+    /// A prepared slot's ruleset: nothing passes until a VM's policy
+    /// replaces it.
+    fn base_ruleset(&self) -> String {
+        rules::vm_ruleset(self.names.table(), &EgressPolicy::None, &[])
+    }
+
+    /// Prepares slots on a thread of its own until `ready_slots` are.
+    fn refill(self: &Arc<Self>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let net = Arc::clone(self);
+        std::thread::spawn(move || {
+            loop {
+                let s = {
+                    let mut st = net.slots.lock().expect("slots");
+                    if st.ready.len() >= net.cfg.ready_slots as usize {
+                        break;
+                    }
+                    match st.free.pop_first() {
+                        Some(s) => s,
+                        None => break,
+                    }
+                };
+                let made = slot::create(&net.names, s, net.base_ruleset());
+                let mut st = net.slots.lock().expect("slots");
+                match made {
+                    Ok(()) => st.ready.push(s),
+                    Err(e) => {
+                        st.free.insert(s);
+                        tracing::warn!(slot = s, error = %e, "cannot prepare a network slot");
+                        break;
+                    }
+                }
+            }
+            net.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Removes the prepared slots (the daemon is ending).
+    pub fn close(&self) {
+        let ready = std::mem::take(&mut self.slots.lock().expect("slots").ready);
+        for s in ready {
+            slot::destroy(&self.names, s);
+        }
+    }
+
+    /// Traffic per function and tenant, as Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        self.traffic.render()
+    }
+
+    fn release(&self, s: u32, function: &str, tenant: Option<&str>) {
+        match traffic::read(&self.names, s, false) {
+            Ok(t) => self.traffic.add(function, tenant.unwrap_or(""), &t),
+            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
+        }
+        slot::destroy(&self.names, s);
+        let mut st = self.slots.lock().expect("slots");
+        st.active.remove(&s);
+        st.free.insert(s);
+    }
+}

@@ -1,0 +1,431 @@
+//! One network per VM, without a guest: the daemon's network slots (as
+//! `[network]` makes them for VMs) with a stand-in guest. Each VM's tap is
+//! replaced by a veth whose other end is `eth0` of a "guest" namespace
+//! configured as the real guest configures itself (169.254.0.2/30, default
+//! route through 169.254.0.1); an "internet" namespace holds a small HTTP
+//! server on a documentation address (203.0.113.10), a public address
+//! (192.88.99.10), a private one (10.99.0.10) and 169.254.169.254, reached
+//! from the slots' host veths by a policy routing rule (so the rest of the
+//! host's routing is untouched). The host itself listens on the same port
+//! (standing for the daemon's API), as does the second VM's namespace.
+//!
+//! Needs root (network namespaces, nftables); skipped otherwise.
+
+mod net_world;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::time::Duration;
+
+use net_world::*;
+use silo_daemon::net::slot::{self, run};
+use silo_daemon::net::{sweep, EgressPolicy, GuestLink, Network, NetworkConfig};
+
+const PREFIX: &str = "silot";
+
+#[test]
+fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
+    if euid() != 0 {
+        eprintln!("needs root (network namespaces, nftables): skipped");
+        return;
+    }
+    cleanup_world();
+    sweep(PREFIX);
+    // The daemon turns IPv4 forwarding on; the test puts back what it found.
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    // The "internet": a namespace behind a veth from the host.
+    for ns in GUESTS.iter().chain([&INET_NS]) {
+        sh(&["ip", "netns", "add", ns]);
+    }
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        INET_HOST_VETH,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        INET_NS,
+    ]);
+    sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", INET_HOST_VETH]);
+    sh(&["ip", "link", "set", INET_HOST_VETH, "up"]);
+    slot::in_netns(&ns_path(INET_NS), || {
+        run(
+            "ip",
+            &["-b", "-"],
+            Some(
+                "link set lo up\naddr add 203.0.113.10/24 dev eth0\naddr add 192.88.99.10/32 dev eth0\n\
+                 addr add 10.99.0.10/32 dev eth0\naddr add 169.254.169.254/32 dev eth0\n\
+                 link set eth0 up\nroute add default via 203.0.113.1\n",
+            ),
+        )
+    })
+    .unwrap();
+    // Traffic arriving from the first VM's veth is routed there (rule below).
+    sh(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "203.0.113.10",
+        "table",
+        RULE_TABLE,
+    ]);
+
+    // The host's "API" (any free port), and the same port everywhere else.
+    let host_api = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let port = host_api.local_addr().unwrap().port();
+    drop(host_api);
+    serve(None, port);
+    serve(Some(ns_path(INET_NS)), port);
+    let sink = udp_sink(ns_path(INET_NS), port);
+
+    let allow_server = EgressPolicy::allow(&[format!("203.0.113.0/24:{port}")]).unwrap();
+    let mut functions = std::collections::BTreeMap::new();
+    functions.insert("fn-none".to_owned(), EgressPolicy::None);
+    functions.insert("fn-a".to_owned(), allow_server.clone());
+    let net = Network::start(NetworkConfig {
+        enabled: true,
+        egress: EgressPolicy::Internet,
+        functions,
+        dns: Some(Vec::new()),
+        name_prefix: PREFIX.into(),
+        first_slot: 8000,
+        slots: 4,
+        ready_slots: 2,
+        ..NetworkConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // What the daemon gives a real VM: a persistent tap owned by its uid,
+    // and the VMM's flags and kernel command line naming it.
+    let prepared = std::time::Instant::now() + Duration::from_secs(60);
+    while net.ready_slots() < 2 {
+        assert!(
+            std::time::Instant::now() < prepared,
+            "slots were not prepared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let vm = net
+        .lease("fn-tap", &GuestLink::Tap { uid: 4242 })
+        .unwrap()
+        .expect("an interface");
+    eprintln!(
+        "a VM's network from a prepared slot took {:?}",
+        started.elapsed()
+    );
+    let out = std::process::Command::new("ip")
+        .args(["-n", &vm.netns(), "-d", "link", "show", "tap0"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("tun type tap")
+            && shown.contains("persist on")
+            && shown.contains("user 4242"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("169.254.0.1") || {
+            let a = std::process::Command::new("ip")
+                .args(["-n", &vm.netns(), "addr", "show", "tap0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&a.stdout).contains("169.254.0.1/30")
+        }
+    );
+    let args: Vec<String> = vm
+        .vmm_args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let ns_file = vm.netns_path().display().to_string();
+    assert_eq!(
+        &args[..4],
+        ["--jail-netns", ns_file.as_str(), "--net-tap", "tap0"],
+        "{args:?}"
+    );
+    let cmdline = &args[args.iter().position(|a| a == "--cmdline").unwrap() + 1];
+    assert!(
+        cmdline.contains(" ip=169.254.0.2::169.254.0.1:255.255.255.252::eth0:off"),
+        "{cmdline}"
+    );
+    assert!(
+        !cmdline.contains("silo.dns"),
+        "no resolvers configured: {cmdline}"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--net-bandwidth")),
+        "no limit configured: {args:?}"
+    );
+    vm.release();
+
+    // Policy `none`: no interface at all.
+    assert!(net
+        .lease(
+            "fn-none",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[0].into()
+            }
+        )
+        .unwrap()
+        .is_none());
+
+    let vm_a = net
+        .lease(
+            "fn-a",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[0].into(),
+            },
+        )
+        .unwrap()
+        .expect("an interface");
+    // Only traffic arriving from this VM's veth is routed to the "internet"
+    // (the host's own routing is untouched).
+    let veth = vm_a.host_veth();
+    sh(&[
+        "ip", "rule", "add", "iif", &veth, "lookup", RULE_TABLE, "priority", "7781",
+    ]);
+    let vm_b = net
+        .lease(
+            "fn-b",
+            &GuestLink::Veth {
+                peer_netns: GUESTS[1].into(),
+            },
+        )
+        .unwrap()
+        .expect("an interface");
+    configure_guest(GUESTS[0]);
+    configure_guest(GUESTS[1]);
+    // The second VM's namespace listens too (its address is all another VM
+    // could name).
+    serve(Some(vm_b.netns_path()), port);
+    // And so does the first VM's own namespace (its gateway address).
+    serve(Some(vm_a.netns_path()), port);
+
+    let at = |a: [u8; 4]| SocketAddrV4::new(Ipv4Addr::from(a), port);
+    let server = at([203, 0, 113, 10]);
+    let public = at([192, 88, 99, 10]);
+    let private = at([10, 99, 0, 10]);
+    let metadata = at([169, 254, 169, 254]);
+    let host_inet = at([203, 0, 113, 1]);
+    let host_veth = SocketAddrV4::new(slot::host_addr(vm_a.slot()), port);
+    let other_vm = SocketAddrV4::new(slot::ns_addr(vm_b.slot()), port);
+    let gateway = SocketAddrV4::new(slot::GATEWAY_ADDR, port);
+    let always_closed = [
+        (
+            "the host's address on an allowed network (its API port)",
+            host_inet,
+            false,
+        ),
+        ("the host's end of the VM's veth", host_veth, false),
+        ("another VM's namespace", other_vm, false),
+        ("the VM's own namespace (its gateway)", gateway, false),
+        ("169.254.169.254", metadata, false),
+    ];
+
+    let mut cases = vec![
+        ("the allowed server", server, true),
+        ("a public address not allowed", public, false),
+        ("a private address not allowed", private, false),
+    ];
+    cases.extend(always_closed);
+    check(GUESTS[0], "allow-list with the server", &cases);
+
+    // Traffic so far was the VM's before a tenant took it: counted as
+    // unbound; from binding on, as the tenant's.
+    vm_a.bind("tenant-A");
+    let until = std::time::Instant::now() + OPEN;
+    while !net
+        .render_metrics()
+        .contains("function=\"fn-a\",tenant_id=\"(unbound)\"")
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "binding did not count the unbound traffic"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A connection open when the policy changes is cut: its next packets
+    // meet the new policy.
+    let mut open = slot::in_netns(&ns_path(GUESTS[0]), move || {
+        TcpStream::connect_timeout(&SocketAddr::V4(server), OPEN)
+            .map_err(|e| silo_daemon::net::NetError::Command("connect".into(), e.to_string()))
+    })
+    .unwrap();
+    open.set_read_timeout(Some(CLOSED)).unwrap();
+    let mut echo = |msg: &[u8]| -> bool {
+        let mut got = vec![0u8; msg.len()];
+        open.write_all(msg).is_ok() && open.read_exact(&mut got).is_ok() && got == msg
+    };
+    assert!(echo(b"ECHO one"), "the open connection does not echo");
+
+    // Changed live: the allow-list without the server.
+    assert_eq!(
+        net.set_policy(
+            "fn-a",
+            Some(EgressPolicy::allow(&[format!("192.0.2.1/32:{port}")]).unwrap())
+        )
+        .unwrap(),
+        1
+    );
+    assert!(
+        !echo(b"ECHO two"),
+        "a connection opened before the change still passes"
+    );
+    drop(open);
+    check(
+        GUESTS[0],
+        "allow-list without the server",
+        &[("the server", server, false)],
+    );
+
+    // `internet`: public addresses only.
+    net.set_policy("fn-a", Some(EgressPolicy::Internet))
+        .unwrap();
+    let mut cases = vec![
+        ("a public address", public, true),
+        ("a documentation address", server, false),
+        ("a private address", private, false),
+    ];
+    cases.extend(always_closed);
+    check(GUESTS[0], "internet", &cases);
+
+    // An allow-list naming a private address reaches it (a tenant's
+    // database), and still not the always-denied ones.
+    net.set_policy(
+        "fn-a",
+        Some(
+            EgressPolicy::allow(&[
+                format!("10.99.0.10/32:{port}"),
+                format!("169.254.0.0/16:{port}"),
+                format!("203.0.113.1/32:{port}"),
+            ])
+            .unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut cases = vec![
+        ("an allowed private address", private, true),
+        ("a public address", public, false),
+    ];
+    cases.extend(always_closed);
+    check(
+        GUESTS[0],
+        "allow-list naming private and always-denied addresses",
+        &cases,
+    );
+
+    // A spoofed source address is dropped (the same destination answers
+    // with the guest's own).
+    net.set_policy("fn-a", Some(EgressPolicy::Internet))
+        .unwrap();
+    let spoof = |src: Option<&str>| {
+        let batch = match src {
+            Some(a) => {
+                format!("addr add {a}/32 dev eth0\nroute replace default via 169.254.0.1 src {a}\n")
+            }
+            None => "route replace default via 169.254.0.1 src 169.254.0.2\n".to_owned(),
+        };
+        slot::in_netns(&ns_path(GUESTS[0]), move || {
+            run("ip", &["-b", "-"], Some(&batch))
+        })
+        .unwrap();
+    };
+    // (UDP: a spoofed packet's answer could never come back anyway; what
+    // must not happen is the packet leaving.)
+    for src in ["10.0.0.99", "169.254.0.6"] {
+        spoof(Some(src));
+        send_udp(GUESTS[0], public, &format!("from {src}"));
+    }
+    spoof(None);
+    send_udp(GUESTS[0], public, "from the guest");
+    assert!(
+        arrives(&sink, "from the guest", OPEN),
+        "the guest's own datagram did not arrive"
+    );
+    let got = sink.lock().unwrap().clone();
+    assert!(
+        got.iter().all(|m| m == "from the guest"),
+        "spoofed datagrams arrived: {got:?}"
+    );
+    check(
+        GUESTS[0],
+        "the guest's own source again",
+        &[("a public address", public, true)],
+    );
+
+    // `none` set live: nothing passes.
+    net.set_policy("fn-a", Some(EgressPolicy::None)).unwrap();
+    check(
+        GUESTS[0],
+        "none, set live",
+        &[("a public address", public, false)],
+    );
+
+    // Released: the namespace, its veth and its rules are gone, and its
+    // traffic is counted (live policy changes did not reset the counters).
+    let (ns_a, veth_a) = (vm_a.netns_path(), vm_a.host_veth());
+    vm_a.release();
+    let metrics = net.render_metrics();
+    let counted = |tenant: &str, name: &str| -> u64 {
+        let key = format!("{name}{{function=\"fn-a\",tenant_id=\"{tenant}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+    };
+    for tenant in ["(unbound)", "tenant-A"] {
+        for name in [
+            "silo_network_egress_bytes_total",
+            "silo_network_ingress_bytes_total",
+        ] {
+            assert!(counted(tenant, name) > 0, "{tenant} {name}: {metrics}");
+        }
+    }
+    // What was counted before each policy change is in there too: more
+    // than the last stage alone (one HTTP exchange and three datagrams).
+    assert!(
+        counted("tenant-A", "silo_network_egress_packets_total") > 20,
+        "{metrics}"
+    );
+    assert!(!ns_a.exists(), "{} is left", ns_a.display());
+    assert!(
+        !exists(&format!("/sys/class/net/{veth_a}")),
+        "{veth_a} is left"
+    );
+
+    // A daemon that ended without releasing (killed): the next start's
+    // sweep removes its namespaces, veths and table.
+    let (ns_b, veth_b) = (vm_b.netns_path(), vm_b.host_veth());
+    std::mem::forget(vm_b);
+    drop(net);
+    assert!(ns_b.exists());
+    sweep(PREFIX);
+    assert!(!ns_b.exists(), "{} is left after the sweep", ns_b.display());
+    assert!(
+        !exists(&format!("/sys/class/net/{veth_b}")),
+        "{veth_b} is left after the sweep"
+    );
+    let left: Vec<_> = std::fs::read_dir(slot::NETNS_DIR)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("silot-"))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(
+        run("nft", &["list", "table", "inet", PREFIX], None).is_err(),
+        "the host's table is left after the sweep"
+    );
+    cleanup_world();
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding).unwrap();
+}
