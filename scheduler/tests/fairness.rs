@@ -6,28 +6,11 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use silo_scheduler::memory_backend::{MemRequest, MemoryBackend};
-use silo_scheduler::{
-    Admission, Binding, FunctionKey, Limits, ScheduleError, Scheduler, TenantId, ThrottleReason,
-};
+use silo_scheduler::memory_backend::MemoryBackend;
+use silo_scheduler::{Admission, Limits, ScheduleError, Scheduler, TenantId, ThrottleReason};
 
-fn binding(f: &str, t: &str) -> Binding {
-    Binding {
-        function: FunctionKey {
-            name: f.into(),
-            version: "v1".into(),
-        },
-        tenant: Some(TenantId::parse(t).unwrap()),
-    }
-}
-
-fn req(b: &Binding, ms: u64, crash: bool) -> MemRequest {
-    MemRequest {
-        binding: b.clone(),
-        delay: Duration::from_millis(ms),
-        crash,
-    }
-}
+mod common;
+use common::{binding, req};
 
 fn admission(max_booting: usize, queue_capacity: usize) -> Admission {
     Admission {

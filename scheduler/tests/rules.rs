@@ -5,29 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use silo_scheduler::memory_backend::{MemRequest, MemoryBackend};
-use silo_scheduler::{
-    Admission, Binding, FunctionKey, Limits, ScheduleError, Scheduler, TenantId, ThrottleReason,
-};
+use silo_scheduler::memory_backend::MemoryBackend;
+use silo_scheduler::{Admission, Binding, Limits, ScheduleError, Scheduler, ThrottleReason};
 use std::sync::atomic::Ordering::SeqCst;
 
-fn binding(f: &str, t: &str) -> Binding {
-    Binding {
-        function: FunctionKey {
-            name: f.into(),
-            version: "v1".into(),
-        },
-        tenant: Some(TenantId::parse(t).unwrap()),
-    }
-}
-
-fn req(b: &Binding, ms: u64, crash: bool) -> MemRequest {
-    MemRequest {
-        binding: b.clone(),
-        delay: Duration::from_millis(ms),
-        crash,
-    }
-}
+mod common;
+use common::{binding, req};
 
 fn limits(concurrency: u32, per_tenant: u32) -> Limits {
     Limits {
