@@ -11,6 +11,8 @@
 //! an Ethernet header or longer than `MAX_FRAME_LEN`.
 #![no_main]
 
+mod common;
+
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -30,21 +32,7 @@ use silo_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest memory: 1 MiB (pages are only touched where the input writes).
-const MEM: u64 = 1 << 20;
-
-fn qbase(q: usize) -> u64 {
-    0x1_0000 + q as u64 * 0x1_0000
-}
-fn desc_addr(q: usize) -> u64 {
-    qbase(q)
-}
-fn avail_addr(q: usize) -> u64 {
-    qbase(q) + 0x1000
-}
-fn used_addr(q: usize) -> u64 {
-    qbase(q) + 0x2000
-}
+use common::{avail_addr, desc_addr, used_addr, Input, MEM};
 
 /// The tap's stand-in: one end of a datagram socket pair (frame
 /// boundaries kept, non-blocking).
@@ -59,40 +47,6 @@ impl NetBackend for PairBackend {
     }
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
-    }
-}
-
-/// Reads the input as a stream of small integers; zeros once exhausted.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes(1).first().copied().unwrap_or(0)
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | u16::from(self.u8()) << 8
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | u32::from(self.u16()) << 16
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-    /// An address mostly inside guest memory, sometimes anywhere.
-    fn addr(&mut self) -> u64 {
-        match self.u8() % 8 {
-            0 => self.u64(),
-            _ => u64::from(self.u32()) % MEM,
-        }
     }
 }
 
@@ -173,22 +127,11 @@ impl Rig {
     }
 
     fn publish(&mut self, q: usize, head: u16) {
-        let slot = u64::from(self.avail_idx[q] % 256);
-        let _ = self
-            .mem
-            .write_obj(head, GuestAddress(avail_addr(q) + 4 + slot * 2));
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        let _ = self
-            .mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail_addr(q) + 2));
+        common::publish(&self.mem, &mut self.avail_idx[q], q, head);
     }
 
     fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let d = desc_addr(q) + u64::from(idx % 256) * 16;
-        let _ = self.mem.write_obj(addr, GuestAddress(d));
-        let _ = self.mem.write_obj(len, GuestAddress(d + 8));
-        let _ = self.mem.write_obj(flags, GuestAddress(d + 12));
-        let _ = self.mem.write_obj(next, GuestAddress(d + 14));
+        common::write_desc(&self.mem, q, idx, addr, len, flags, next);
     }
 
     fn kick(&mut self, q: usize) {
