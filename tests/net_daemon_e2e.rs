@@ -15,7 +15,10 @@
 //! address but not the documentation or private ones, 169.254.169.254, the
 //! daemon's API on any of the host's addresses, or any slot's addresses
 //! (where A's VM is); with an allow-list opening port 9000 everywhere, the
-//! host's API addresses stay closed (the host's own table); policy `none`
+//! host's API addresses stay closed (the host's own table); a datagram
+//! with a spoofed source (a raw socket: the function is root in its VM)
+//! never reaches the "internet" while the same from the guest's address
+//! does; policy `none`
 //! leaves a guest only `lo`; live policy changes reach the same warm VM
 //! (blocked, then allowed again); and once functions are deleted, then
 //! the daemon stopped, no namespace, host veth, tap or nft table of silo is
@@ -35,7 +38,7 @@ use silo_client::{InvokeOptions, LambdaClient};
 /// `OPEN <status> <body>` for any HTTP answer or `BLOCKED <error>`; plus
 /// its interfaces and the VM's boot id (the same warm VM answers alike).
 const HANDLER: &str = r#"
-import os, threading, urllib.request, urllib.error
+import os, socket, struct, threading, urllib.request, urllib.error
 
 def fetch(url, timeout, out):
     try:
@@ -46,8 +49,25 @@ def fetch(url, timeout, out):
     except Exception as e:
         out[url] = "BLOCKED %s" % (repr(e)[:160],)
 
+def send_udp(u):
+    # A datagram with the guest's own address, and a raw one (the function
+    # runs as root in its VM) claiming another source.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(b"GENUINE", (u["dst"], u["genuine_port"]))
+    payload = b"SPOOFED"
+    udp = struct.pack("!HHHH", 40000, u["spoofed_port"], 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(u["src"]), socket.inet_aton(u["dst"]))
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    for _ in range(3):
+        r.sendto(ip + udp, (u["dst"], 0))
+    return "sent"
+
 def handler(event, context):
     out = {}
+    if "udp" in event:
+        out["udp"] = send_udp(event["udp"])
     threads = [threading.Thread(target=fetch, args=(u, event.get("timeout", 3), out))
                for u in event.get("urls", [])]
     for t in threads:
@@ -82,8 +102,16 @@ set -x
 mkdir -p /srv/world
 echo hello-from-the-internet > /srv/world/index.html
 /bin/ip netns exec world httpd -p 80 -h /srv/world
+printf 'table ip w {\n chain in {\n  type filter hook input priority 0;\n  udp dport 7001 counter\n  udp dport 7002 counter\n }\n}\n' | /bin/ip netns exec world nft -f -
 sleep 0.5
 printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 203.0.113.10 80 | grep -q hello-from-the-internet && echo WORLD_READY
+"#;
+
+/// CGI `udp`: how many datagrams the "internet" received on UDP 7001
+/// (spoofed) and 7002 (genuine).
+const UDP: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+/bin/ip netns exec world nft list table ip w | grep -o 'dport [0-9]* counter packets [0-9]*'
 "#;
 
 /// CGI `state`: silo's namespaces (with any tap in them), host veths and
@@ -127,7 +155,11 @@ fn host_api_urls() -> Vec<String> {
 }
 
 fn invoke(c: &LambdaClient, function: &str, tenant: &str, urls: &[String]) -> Value {
-    let payload = json!({"urls": urls, "timeout": 3}).to_string();
+    invoke_with(c, function, tenant, json!({"urls": urls, "timeout": 3}))
+}
+
+fn invoke_with(c: &LambdaClient, function: &str, tenant: &str, event: Value) -> Value {
+    let payload = event.to_string();
     let r = c
         .invoke(
             function,
@@ -200,7 +232,7 @@ fn real_guests_reach_what_their_policy_allows_and_nothing_of_other_tenants_or_th
     }
     let dir = scratch("net-daemon-e2e");
     let mut files: Vec<(PathBuf, String)> = Vec::new();
-    for (name, text) in [("world", WORLD), ("state", STATE)] {
+    for (name, text) in [("world", WORLD), ("state", STATE), ("udp", UDP)] {
         std::fs::write(dir.join(name), text).unwrap();
         files.push((dir.join(name), format!("/work/cgi/{name}")));
     }
@@ -259,6 +291,26 @@ fn real_guests_reach_what_their_policy_allows_and_nothing_of_other_tenants_or_th
         ];
         cases.extend(api.iter().map(|u| (u.as_str(), false)));
         expect(&b1, "tenant B, internet", &cases);
+
+        // A spoofed source address is dropped; the same datagram from the
+        // guest's own address arrives.
+        let udp = json!({"dst": "192.88.99.10", "src": "192.88.99.77",
+                         "spoofed_port": 7001, "genuine_port": 7002});
+        let u = invoke_with(&admin, "fetch-b", "tenant-B", json!({"udp": udp}));
+        assert_eq!(u["results"]["udp"], "sent", "{u}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let got = d.cgi("udp", "").expect("test host");
+            if !got.contains("dport 7002 counter packets 0") || std::time::Instant::now() > deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(
+            got.contains("dport 7002 counter packets") && !got.contains("dport 7002 counter packets 0"),
+            "the genuine datagrams did not arrive:\n{got}"
+        );
+        assert!(got.contains("dport 7001 counter packets 0\n"), "a spoofed datagram got out:\n{got}");
 
         // B live on an allow-list opening port 9000 everywhere: the host's
         // table still keeps the API closed; the public server is closed now.
