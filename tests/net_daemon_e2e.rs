@@ -20,7 +20,8 @@
 //! never reaches the "internet" while the same from the guest's address
 //! does; policy `none`
 //! leaves a guest only `lo`; live policy changes reach the same warm VM
-//! (blocked, then allowed again); and once functions are deleted, then
+//! (blocked, then allowed again); each tenant's traffic is in `/metrics`
+//! once its VM ended; and once functions are deleted, then
 //! the daemon stopped, no namespace, host veth, tap or nft table of silo is
 //! left.
 
@@ -366,6 +367,18 @@ fn real_guests_reach_what_their_policy_allows_and_nothing_of_other_tenants_or_th
                 "the deleted functions' networks are still there:\n{s}"
             );
             std::thread::sleep(Duration::from_secs(2));
+        }
+        // Their traffic, counted per tenant when the VMs ended.
+        let m = admin.request("GET", "/metrics", &[], b"").unwrap().text();
+        for (f, t) in [("fetch-a", "tenant-A"), ("fetch-b", "tenant-B")] {
+            for name in [
+                "silo_network_egress_bytes_total",
+                "silo_network_ingress_bytes_total",
+            ] {
+                let series = format!("{name}{{function=\"{f}\",tenant_id=\"{t}\"}}");
+                let v = common::metric(&m, &series);
+                assert!(v.is_some_and(|v| v > 0.0), "{series}: {v:?}\n{m}");
+            }
         }
     });
     let left = logs
