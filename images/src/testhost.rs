@@ -321,7 +321,7 @@ impl TestHost {
     /// and iproute2's `ip` (from this host, with their shared libraries;
     /// `ip` at `/bin/ip` in place of busybox's), and the kernel modules
     /// `modules/nft.order` lists (veth and the nftables modules, in load
-    /// order) loaded at boot. Tests without it start as before.
+    /// order; and tun) loaded at boot. Tests without it start as before.
     pub fn with_netfilter(self) -> Result<Self, TestHostError> {
         let mut host = self;
         for (name, guest) in [("nft", "/bin/nft"), ("ip", "/bin/ip")] {
@@ -389,8 +389,12 @@ impl TestHost {
         }
         if self.netfilter {
             let order = image.join("modules").join("nft.order");
-            let text = std::fs::read_to_string(&order)
+            let mut text = std::fs::read_to_string(&order)
                 .map_err(ImageError::io(format!("reading {}", order.display())))?;
+            if self.port_forwards.is_empty() {
+                // The taps' /dev/net/tun (net.order loads it otherwise).
+                text.insert_str(0, "tun\n");
+            }
             modules.extend(text.split_whitespace().map(str::to_string));
             w.file("/modules/nft.order", 0o644, text.as_bytes())
                 .map_err(io("adding nft.order".into()))?;

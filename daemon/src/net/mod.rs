@@ -96,10 +96,39 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
             Ok(()) => {
                 let path = std::path::Path::new(slot::NETNS_DIR).join(&probe);
                 let table = format!("add table inet {prefix}probe\n");
-                if let Err(e) =
-                    slot::in_netns(&path, move || slot::run("nft", &["-f", "-"], Some(&table)))
-                {
-                    missing.push(format!("nftables in a namespace ({e})"));
+                // Then every expression the rulesets use (each needs its
+                // kernel module: a host without module autoloading fails
+                // here, not on every VM) and a veth pair.
+                let full = format!(
+                    "{}{}",
+                    rules::vm_ruleset(
+                        &format!("{prefix}probe"),
+                        &EgressPolicy::Internet,
+                        &[Ipv4Addr::new(192, 0, 2, 53)]
+                    ),
+                    rules::host_ruleset(&format!("{prefix}probeh"), "probev*")
+                );
+                let found = slot::in_netns(&path, move || {
+                    let mut missing = Vec::new();
+                    if let Err(e) = slot::run("nft", &["-f", "-"], Some(&table)) {
+                        missing.push(format!("nftables in a namespace ({e})"));
+                    } else if let Err(e) = slot::run("nft", &["-f", "-"], Some(&full)) {
+                        missing.push(format!(
+                            "the nftables features of silo's rules (kernel modules nf_tables, \
+                             nft_objref, nft_ct, nft_chain_nat, nft_masq, nft_fib_inet) ({e})"
+                        ));
+                    }
+                    let veth = [
+                        "link", "add", "probev0", "type", "veth", "peer", "name", "probep0",
+                    ];
+                    if let Err(e) = slot::run("ip", &veth, None) {
+                        missing.push(format!("veth pairs (the veth module) ({e})"));
+                    }
+                    Ok(missing)
+                });
+                match found {
+                    Ok(m) => missing.extend(m),
+                    Err(e) => missing.push(format!("entering a network namespace ({e})")),
                 }
                 let _ = slot::run("ip", &["netns", "delete", &probe], None);
             }
