@@ -383,6 +383,7 @@ fn real_guests_reach_what_their_policy_allows_and_nothing_of_other_tenants_or_th
             }
         }
     });
+    let _ = std::fs::remove_dir_all(&dir);
     let left = logs
         .lines()
         .find(|l| l.contains("left: "))
