@@ -510,6 +510,10 @@ impl Daemon {
     /// Destroys every idle environment (daemon shutdown).
     pub async fn shutdown(&self) -> usize {
         let n = self.scheduler.shutdown().await;
+        if let Some(net) = self.network().cloned() {
+            // Prepared slots and the host's table go with the daemon.
+            let _ = tokio::task::spawn_blocking(move || net.close()).await;
+        }
         let _ = std::fs::remove_dir_all(&self.run_dir);
         n
     }

@@ -164,6 +164,7 @@ pub struct TestHost {
     cpus: u32,
     timeout: Duration,
     port_forwards: Vec<(u16, u16)>,
+    netfilter: bool,
     slot: Option<HostSlot>,
 }
 
@@ -208,6 +209,7 @@ impl TestHost {
             cpus: 1,
             timeout: Duration::from_secs(600),
             port_forwards: Vec::new(),
+            netfilter: false,
             slot: None,
         }
     }
@@ -315,6 +317,28 @@ impl TestHost {
         Ok(host)
     }
 
+    /// Makes the test host able to run silo's `[network]`: Debian's `nft`
+    /// and iproute2's `ip` (from this host, with their shared libraries;
+    /// `ip` at `/bin/ip` in place of busybox's), and the kernel modules
+    /// `modules/nft.order` lists (veth and the nftables modules, in load
+    /// order; and tun) loaded at boot. Tests without it start as before.
+    pub fn with_netfilter(self) -> Result<Self, TestHostError> {
+        let mut host = self;
+        for (name, guest) in [("nft", "/bin/nft"), ("ip", "/bin/ip")] {
+            let path = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.is_file())
+                .ok_or(TestHostError::Missing {
+                    path: PathBuf::from(format!("/usr/sbin/{name}")),
+                    hint: "apt-get install nftables iproute2",
+                })?;
+            host = host.binary_with_libs(path, guest)?;
+        }
+        host.netfilter = true;
+        Ok(host)
+    }
+
     /// Forwards `127.0.0.1:host_port` on this host to `guest_port` in the
     /// test host (QEMU user-mode networking on a virtio-net NIC; the test
     /// host is `10.0.2.15/24`, gateway `10.0.2.2`). Until a server listens in
@@ -362,6 +386,18 @@ impl TestHost {
             modules.extend(text.split_whitespace().map(str::to_string));
             w.file("/modules/net.order", 0o644, text.as_bytes())
                 .map_err(io("adding net.order".into()))?;
+        }
+        if self.netfilter {
+            let order = image.join("modules").join("nft.order");
+            let mut text = std::fs::read_to_string(&order)
+                .map_err(ImageError::io(format!("reading {}", order.display())))?;
+            if self.port_forwards.is_empty() {
+                // The taps' /dev/net/tun (net.order loads it otherwise).
+                text.insert_str(0, "tun\n");
+            }
+            modules.extend(text.split_whitespace().map(str::to_string));
+            w.file("/modules/nft.order", 0o644, text.as_bytes())
+                .map_err(io("adding nft.order".into()))?;
         }
         for m in &modules {
             let p = image.join("modules").join(format!("{m}.ko"));
@@ -623,42 +659,5 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, TestHostError> {
     Ok(libs)
 }
 
-/// The test host's `/init`.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "[testhost] no cgroup2"
-ifconfig lo 127.0.0.1 up
-# KVM takes the TSC frequency its guests' clocks are built on when it loads:
-# load it only once this kernel has refined its TSC calibration (about 2 s
-# after boot), never on the quick early estimate. Sessions whose KVM loaded
-# on an early estimate that was off (2594.4 against 2596.1 MHz) ran every
-# guest's timers and serial interrupts into stalls, under silo and under
-# Firecracker alike. Up to 5 s; the values go in one log line.
-i=0
-until dmesg | grep -q 'Refined TSC clocksource calibration' || [ $i -ge 50 ]; do
-  sleep 0.1; i=$((i+1))
-done
-echo "[testhost] tsc: $(dmesg | grep -oE '(Detected|calibration:) [0-9.]+ MHz' | tr '\n' ' ')after $((i / 10)).$((i % 10)) s"
-for m in irqbypass kvm kvm-amd; do
-  insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
-done
-if [ -f /modules/net.order ]; then
-  for m in $(cat /modules/net.order); do
-    insmod /modules/$m.ko || echo "[testhost] insmod $m failed"
-  done
-  ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up || echo "[testhost] no eth0"
-  route add default gw 10.0.2.2
-fi
-[ -c /dev/kvm ] || echo "[testhost] no /dev/kvm after loading kvm-amd"
-echo SILO_TESTHOST_BEGIN
-cd /work
-sh /command.sh
-echo "SILO_TESTHOST_EXIT=$?"
-poweroff -f
-"#;
+/// The test host's `/init` (busybox `sh`).
+const INIT: &str = include_str!("../testhost/init.sh");

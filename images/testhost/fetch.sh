@@ -2,8 +2,11 @@
 # Fetch the KVM test host's kernel and KVM modules from Debian's packages.
 #
 # Usage: images/testhost/fetch.sh [CACHE_DIR]
-# Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM, virtio-net, tun)
-# and `modules/net.order` (networking modules in load order) on its last line.
+# Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM, virtio-net, tun,
+# veth, nftables), `modules/net.order` (networking modules in load order) and
+# `modules/nft.order` (what silo's `[network]` needs: veth and the nftables
+# modules its rulesets use, with their dependencies, in load order) on its
+# last line.
 # Installs qemu-system-x86, busybox-static and cpio when missing. Cached by
 # the hash of this script.
 set -euo pipefail
@@ -19,6 +22,7 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+command -v depmod >/dev/null || [[ -x /usr/sbin/depmod ]] || need+=(kmod)
 if ((${#need[@]})); then
   log "installing ${need[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,7 +30,8 @@ if ((${#need[@]})); then
   $sudo_cmd apt-get install -y -q "${need[@]}" >&2
 fi
 
-if [[ -f "$out/vmlinuz" && -f "$out/modules/kvm-amd.ko" && -f "$out/modules/net.order" ]]; then
+if [[ -f "$out/vmlinuz" && -f "$out/modules/kvm-amd.ko" && -f "$out/modules/net.order" \
+      && -f "$out/modules/nft.order" ]]; then
   echo "$out"
   exit 0
 fi
@@ -73,6 +78,31 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
   elif ! grep -q "/$m.ko" root/lib/modules/*/modules.builtin 2>/dev/null; then
     log "module $m is neither in $versioned nor built in"; exit 1
   fi
+done
+# silo's [network] (opt-in for the tests that run it): veth, and the
+# nftables pieces of its rulesets (named counters' objref, ct state,
+# masquerade in nat chains, fib),
+# each after what modules.dep (made here with depmod: the package ships
+# none) says it needs; built-in ones are simply not listed.
+kver="$(ls root/lib/modules | head -1)"
+PATH="$PATH:/usr/sbin:/sbin" depmod -b root "$kver"
+dep="root/lib/modules/$kver/modules.dep"
+: > "$stage/modules/nft.order"
+for m in veth nf_tables nft_objref nft_ct nft_chain_nat nft_masq nft_fib_inet; do
+  line="$(grep -E "/$m\.ko(\.[a-z]+)?:" "$dep" || true)"
+  if [[ -z "$line" ]]; then
+    grep -qE "/$m\.ko" root/lib/modules/*/modules.builtin || { log "module $m is neither in $versioned nor built in"; exit 1; }
+    continue
+  fi
+  # modules.dep lists a module's whole dependency closure; loading it in
+  # reverse order (as modprobe does) puts each before its users.
+  for f in $(echo "${line#*:}" | tr ' ' '\n' | tac) "${line%%:*}"; do
+    rel="${f#kernel/}"; rel="${rel%.ko*}"
+    name="$(basename "$rel")"
+    grep -qx "$name" "$stage/modules/nft.order" && continue
+    extract "$rel" || { log "module $rel not found in $versioned"; exit 1; }
+    echo "$name" >> "$stage/modules/nft.order"
+  done
 done
 echo "$versioned" > "$stage/PACKAGE"
 rm -rf "$out"

@@ -286,7 +286,20 @@ impl TestDaemon {
         runtime: &str,
         config_toml: &str,
         delivery: &str,
+        files: Vec<(PathBuf, String)>,
+    ) -> Self {
+        Self::with_runtime_opts(runtime, config_toml, delivery, files, false)
+    }
+
+    /// [`TestDaemon::with_runtime_and`]; `netfilter`: the test host can run
+    /// the daemon's `[network]` ([`TestHost::with_netfilter`]: `nft`, `ip`,
+    /// veth and the nftables modules).
+    pub fn with_runtime_opts(
+        runtime: &str,
+        config_toml: &str,
+        delivery: &str,
         mut files: Vec<(PathBuf, String)>,
+        netfilter: bool,
     ) -> Self {
         let rt = silo_images::runtime::runtime_image(runtime)
             .unwrap_or_else(|e| panic!("{runtime} runtime: {e}"));
@@ -296,7 +309,7 @@ impl TestDaemon {
                 "{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"{}\"\n",
                 rt.dir.display()
             );
-            return Self::with_vms_files(&cfg, Vec::new());
+            return Self::with_vms_opts(&cfg, Vec::new(), netfilter);
         }
         let cfg = format!("{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"/work/{runtime}\"\n");
         let file = match (delivery, rt.shared_image()) {
@@ -309,12 +322,24 @@ impl TestDaemon {
             rt.manifest(),
             format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
         ));
-        Self::with_vms_files(&cfg, files)
+        Self::with_vms_opts(&cfg, files, netfilter)
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
     /// host) copied into the test host.
     pub fn with_vms_files(config_toml: &str, files: Vec<(PathBuf, String)>) -> Self {
+        Self::with_vms_opts(config_toml, files, false)
+    }
+
+    /// [`TestDaemon::with_vms_files`]; `netfilter` as in
+    /// [`TestDaemon::with_runtime_opts`]. In the test host, the script
+    /// `/work/after_stop.sh`, if the test includes one, runs once the
+    /// daemon has ended, its output in what [`TestDaemon::stop`] returns.
+    pub fn with_vms_opts(
+        config_toml: &str,
+        files: Vec<(PathBuf, String)>,
+        netfilter: bool,
+    ) -> Self {
         if hardware_kvm_usable() {
             let data = scratch("daemon-data");
             return Self::on_host(config_toml, &data, &[]);
@@ -332,7 +357,8 @@ impl TestDaemon {
              pid=$!\n\
              i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done\n\
              kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
-             echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n"
+             echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n\
+             if [ -f /work/after_stop.sh ]; then echo AFTER_STOP_BEGIN; sh /work/after_stop.sh 2>&1; echo AFTER_STOP_END; fi\n"
             .to_string();
         // Wait for the machine's one test-host slot before any clock starts.
         let slot = HostSlot::acquire().expect("test host slot");
@@ -347,6 +373,9 @@ impl TestDaemon {
             .bytes("/work/silo.toml", config_toml.as_bytes().to_vec(), 0o644)
             .port_forward(api_port, 9000)
             .port_forward(stop_port, 8081);
+        if netfilter {
+            host = host.with_netfilter().expect("nft and ip for the test host");
+        }
         for (from, to) in files {
             host = host.file(from, &to, 0o644);
         }

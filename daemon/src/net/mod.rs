@@ -62,6 +62,8 @@ pub struct Network {
     dns: Vec<Ipv4Addr>,
     slots: Mutex<Slots>,
     refilling: AtomicBool,
+    /// Set by [`Network::close`]: no slot is prepared any more.
+    closed: AtomicBool,
     traffic: traffic::Totals,
 }
 
@@ -94,10 +96,39 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
             Ok(()) => {
                 let path = std::path::Path::new(slot::NETNS_DIR).join(&probe);
                 let table = format!("add table inet {prefix}probe\n");
-                if let Err(e) =
-                    slot::in_netns(&path, move || slot::run("nft", &["-f", "-"], Some(&table)))
-                {
-                    missing.push(format!("nftables in a namespace ({e})"));
+                // Then every expression the rulesets use (each needs its
+                // kernel module: a host without module autoloading fails
+                // here, not on every VM) and a veth pair.
+                let full = format!(
+                    "{}{}",
+                    rules::vm_ruleset(
+                        &format!("{prefix}probe"),
+                        &EgressPolicy::Internet,
+                        &[Ipv4Addr::new(192, 0, 2, 53)]
+                    ),
+                    rules::host_ruleset(&format!("{prefix}probeh"), "probev*")
+                );
+                let found = slot::in_netns(&path, move || {
+                    let mut missing = Vec::new();
+                    if let Err(e) = slot::run("nft", &["-f", "-"], Some(&table)) {
+                        missing.push(format!("nftables in a namespace ({e})"));
+                    } else if let Err(e) = slot::run("nft", &["-f", "-"], Some(&full)) {
+                        missing.push(format!(
+                            "the nftables features of silo's rules (kernel modules nf_tables, \
+                             nft_objref, nft_ct, nft_chain_nat, nft_masq, nft_fib_inet) ({e})"
+                        ));
+                    }
+                    let veth = [
+                        "link", "add", "probev0", "type", "veth", "peer", "name", "probep0",
+                    ];
+                    if let Err(e) = slot::run("ip", &veth, None) {
+                        missing.push(format!("veth pairs (the veth module) ({e})"));
+                    }
+                    Ok(missing)
+                });
+                match found {
+                    Ok(m) => missing.extend(m),
+                    Err(e) => missing.push(format!("entering a network namespace ({e})")),
                 }
                 let _ = slot::run("ip", &["netns", "delete", &probe], None);
             }
@@ -200,6 +231,7 @@ impl Network {
             dns,
             cfg,
             refilling: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             traffic: traffic::Totals::new(series),
         });
         net.refill();
@@ -337,6 +369,9 @@ impl Network {
         let net = Arc::clone(self);
         std::thread::spawn(move || {
             loop {
+                if net.closed.load(Ordering::Acquire) {
+                    break;
+                }
                 let s = {
                     let mut st = net.slots.lock().expect("slots");
                     if st.ready.len() >= net.cfg.ready_slots as usize {
@@ -362,11 +397,33 @@ impl Network {
         });
     }
 
-    /// Removes the prepared slots (the daemon is ending).
+    /// Removes the prepared slots and, once no VM holds a slot, the host's
+    /// table (the daemon is ending, its VMs destroyed). Blocks up to 30 s
+    /// for a slot being prepared.
     pub fn close(&self) {
-        let ready = std::mem::take(&mut self.slots.lock().expect("slots").ready);
+        self.closed.store(true, Ordering::Release);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.refilling.load(Ordering::Acquire) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (ready, active) = {
+            let mut st = self.slots.lock().expect("slots");
+            (std::mem::take(&mut st.ready), st.active.len())
+        };
         for s in ready {
             slot::destroy(&self.names, s);
+        }
+        if active == 0 {
+            let table = self.names.table();
+            if let Err(e) = slot::run("nft", &["delete", "table", "inet", table], None) {
+                tracing::warn!(error = %e, "cannot remove the host's nft table");
+            }
+        } else {
+            // Its rules still guard those VMs; the next start sweeps it.
+            tracing::warn!(
+                vms = active,
+                "VMs still hold network slots: the host's nft table stays"
+            );
         }
     }
 
