@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use base64::Engine;
 
@@ -84,8 +85,36 @@ pub struct InvokeArgs {
     /// Print the last 4 KB of the invocation's log to stderr.
     #[arg(long)]
     log_tail: bool,
+    /// Seconds to wait for the answer [default: the function's timeout, read
+    /// with GetFunctionConfiguration, plus 180 s for a cold start].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: Option<u64>,
     #[command(flatten)]
     conn: Connection,
+}
+
+/// What `silo invoke` allows beyond the function's own timeout by default:
+/// a cold start waits at most the daemon's `init_timeout_s` (120 s by
+/// default) for its environment, the daemon gives the agent 5 s beyond the
+/// function's timeout to report, and the rest is margin.
+pub const COLD_START_ALLOWANCE: Duration = Duration::from_secs(180);
+
+/// The function timeout assumed when the function's configuration cannot
+/// be read (Lambda's largest).
+const MAX_FUNCTION_TIMEOUT_S: u64 = 900;
+
+/// How long `silo invoke` waits for its answer: `--read-timeout` if given,
+/// else the function's `Timeout` from its configuration (`config`, the
+/// GetFunctionConfiguration answer, if it could be read) plus
+/// [`COLD_START_ALLOWANCE`]; Lambda's largest timeout when it is not known.
+pub fn read_timeout(flag: Option<u64>, config: Option<&serde_json::Value>) -> Duration {
+    if let Some(s) = flag {
+        return Duration::from_secs(s);
+    }
+    let function = config
+        .and_then(|c| c["Timeout"].as_u64())
+        .unwrap_or(MAX_FUNCTION_TIMEOUT_S);
+    Duration::from_secs(function) + COLD_START_ALLOWANCE
 }
 
 fn finish(r: Result<HttpResponse, silo_client::ClientError>) -> ExitCode {
@@ -145,18 +174,53 @@ pub fn create(args: CreateArgs) -> ExitCode {
     )
 }
 
-/// Runs `silo invoke`.
+/// Runs `silo invoke`: gives up, saying so, when no answer comes within
+/// [`read_timeout`].
 pub fn invoke(args: InvokeArgs) -> ExitCode {
     let opts = InvokeOptions {
         tenant: args.tenant.clone(),
         invocation_type: args.invocation_type.clone(),
         log_tail: args.log_tail,
     };
-    finish(
-        args.conn
-            .client()
-            .invoke(&args.name, args.payload.as_bytes(), &opts),
-    )
+    let client = args.conn.client();
+    let config = match args.read_timeout {
+        Some(_) => None,
+        None => client
+            .clone()
+            .with_timeout(Duration::from_secs(30))
+            .get_function_configuration(&args.name)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.json()),
+    };
+    let limit = read_timeout(args.read_timeout, config.as_ref());
+    let r = client
+        .with_timeout(limit)
+        .invoke(&args.name, args.payload.as_bytes(), &opts);
+    if let Err(e) = &r {
+        if e.timed_out() {
+            let why = match (args.read_timeout, &config) {
+                (Some(_), _) => "--read-timeout".to_string(),
+                (None, Some(c)) => format!(
+                    "the function's timeout of {} s plus {} s for a cold start; --read-timeout sets another",
+                    c["Timeout"].as_u64().unwrap_or(MAX_FUNCTION_TIMEOUT_S),
+                    COLD_START_ALLOWANCE.as_secs()
+                ),
+                (None, None) => format!(
+                    "the function's configuration could not be read: Lambda's longest timeout plus {} s \
+                     for a cold start; --read-timeout sets another",
+                    COLD_START_ALLOWANCE.as_secs()
+                ),
+            };
+            eprintln!(
+                "silo invoke: no answer from the daemon within {} s ({why}); the invocation may still \
+                 be running, or the daemon may be stuck: see its log and /metrics",
+                limit.as_secs()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    finish(r)
 }
 
 /// Flags for `silo burst`.
@@ -194,5 +258,31 @@ pub fn burst(args: BurstArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default read timeout is the function's timeout plus the cold
+    /// start allowance; Lambda's longest timeout when the configuration
+    /// could not be read; the flag wins.
+    #[test]
+    fn the_read_timeout_follows_the_functions_timeout() {
+        let cfg = serde_json::json!({"FunctionName": "f", "Timeout": 30});
+        assert_eq!(
+            read_timeout(None, Some(&cfg)),
+            Duration::from_secs(30) + COLD_START_ALLOWANCE
+        );
+        assert_eq!(
+            read_timeout(None, None),
+            Duration::from_secs(900) + COLD_START_ALLOWANCE
+        );
+        assert_eq!(
+            read_timeout(None, Some(&serde_json::json!({}))),
+            Duration::from_secs(900) + COLD_START_ALLOWANCE
+        );
+        assert_eq!(read_timeout(Some(7), Some(&cfg)), Duration::from_secs(7));
     }
 }

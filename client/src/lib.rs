@@ -70,6 +70,10 @@ pub struct InvokeOptions {
     pub log_tail: bool,
 }
 
+/// How long a request may take in full by default (see
+/// [`LambdaClient::with_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// The client.
 #[derive(Clone)]
 pub struct LambdaClient {
@@ -77,6 +81,7 @@ pub struct LambdaClient {
     credentials: Option<Credentials>,
     region: String,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 /// Transport failures (no HTTP answer at all).
@@ -86,6 +91,32 @@ pub struct ClientError {
     method: String,
     url: String,
     reason: String,
+    timed_out: bool,
+}
+
+impl ClientError {
+    /// Whether the request was given up because its answer did not come
+    /// within the client's timeout ([`LambdaClient::with_timeout`]).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+}
+
+/// Whether `e` or an error it was caused by is an I/O time-out.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }
 
 impl LambdaClient {
@@ -97,9 +128,18 @@ impl LambdaClient {
             region: "us-east-1".into(),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(10))
-                .timeout(Duration::from_secs(900))
                 .build(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// This client with each request given at most `timeout` in full
+    /// (sending, waiting for the answer, reading it; [`DEFAULT_TIMEOUT`]
+    /// unless set): a request not answered by then fails with an error
+    /// whose [`ClientError::timed_out`] is true.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends one request, signed if the client has credentials.
@@ -111,12 +151,13 @@ impl LambdaClient {
         body: &[u8],
     ) -> Result<HttpResponse, ClientError> {
         let url = format!("{}{}", self.endpoint, path_and_query);
-        let err = |reason: String| ClientError {
+        let err = |reason: String, timed_out: bool| ClientError {
             method: method.into(),
             url: url.clone(),
             reason,
+            timed_out,
         };
-        let mut req = self.agent.request(method, &url);
+        let mut req = self.agent.request(method, &url).timeout(self.timeout);
         for (n, v) in headers {
             req = req.set(n, v);
         }
@@ -135,7 +176,7 @@ impl LambdaClient {
         let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(err(e.to_string(), is_timeout(&e))),
         };
         let status = resp.status();
         let headers = resp
@@ -151,7 +192,7 @@ impl LambdaClient {
         resp.into_reader()
             .take(64 << 20)
             .read_to_end(&mut body)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.to_string(), is_timeout(&e)))?;
         Ok(HttpResponse {
             status,
             headers,
@@ -237,6 +278,16 @@ impl LambdaClient {
             "/2015-03-31/functions",
             &[("content-type", "application/json")],
             &bytes,
+        )
+    }
+
+    /// GetFunctionConfiguration.
+    pub fn get_function_configuration(&self, name: &str) -> Result<HttpResponse, ClientError> {
+        self.request(
+            "GET",
+            &format!("/2015-03-31/functions/{name}/configuration"),
+            &[],
+            b"",
         )
     }
 
