@@ -440,7 +440,7 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
 /// address), so taking it for a VM only gives the tap to the VM's uid (two
 /// ioctls); the function's rules land while the VM boots
 /// (`lease_while_booting`), and until `rules_applied` returns the prepared
-/// rules pass nothing.
+/// rules pass nothing; the slot's replacement is prepared only then.
 #[test]
 fn a_prepared_slot_holds_the_guests_tap_before_any_vm_takes_it() {
     if euid() != 0 {
@@ -467,12 +467,15 @@ fn a_prepared_slot_holds_the_guests_tap_before_any_vm_takes_it() {
         assert!(std::time::Instant::now() < until, "no slot was prepared");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let prepared: Vec<String> = std::fs::read_dir(slot::NETNS_DIR)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("silop-"))
-        .collect();
+    let slot_namespaces = || -> Vec<String> {
+        std::fs::read_dir(slot::NETNS_DIR)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("silop-"))
+            .collect()
+    };
+    let prepared = slot_namespaces();
     assert_eq!(prepared.len(), 1, "{prepared:?}");
     let ns = prepared[0].clone();
     let ip_out = |args: &[&str]| {
@@ -520,6 +523,14 @@ fn a_prepared_slot_holds_the_guests_tap_before_any_vm_takes_it() {
         ip_out(&["-d", "link", "show", "tap0"]).contains("user 4243"),
         "the tap was not given to the VM's uid"
     );
+    // The slot's replacement is prepared only once the VM is up, not while
+    // it boots (where it would compete for the CPU).
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        slot_namespaces(),
+        vec![ns.clone()],
+        "a replacement slot was prepared while the VM booted"
+    );
     rt.block_on(vm.rules_applied()).unwrap();
     eprintln!(
         "taking a prepared slot took {taken:?}; with the function's rules {:?}",
@@ -530,6 +541,14 @@ fn a_prepared_slot_holds_the_guests_tap_before_any_vm_takes_it() {
         "the function's rules are not in place once applied: {}",
         egress()
     );
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while net.ready_slots() < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no replacement slot once the VM was up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     vm.release();
     net.close();
     sweep(P);

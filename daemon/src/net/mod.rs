@@ -317,6 +317,7 @@ impl Network {
         };
         // On an error the slot goes back as `vm` drops.
         self.apply_policy(vm.slot, function)?;
+        self.refill();
         Ok(Some(vm))
     }
 
@@ -326,6 +327,8 @@ impl Network {
     /// on a thread of their own while the VM boots, and awaited with
     /// [`VmNet::rules_applied`] before the VM is used. Until then the
     /// guest's traffic is dropped (the prepared rules), never let through.
+    /// The slot taken is replaced only then, so that preparing the next
+    /// one does not compete with this VM's boot for the CPU.
     /// Blocking: call from a blocking thread.
     pub fn lease_while_booting(
         self: &Arc<Self>,
@@ -397,7 +400,6 @@ impl Network {
             .expect("slots")
             .active
             .insert(s, function.to_owned());
-        self.refill();
         Ok(Some(VmNet {
             net: Arc::clone(self),
             slot: s,

@@ -76,14 +76,18 @@ impl VmNet {
     }
 
     /// Waits until the function's rules are in place, if they were being
-    /// applied while the VM booted.
+    /// applied while the VM booted, then has the slot replaced in the pool
+    /// (not earlier: preparing it would compete with the boot).
     pub async fn rules_applied(&mut self) -> Result<(), NetError> {
         let Some(rx) = self.pending.as_mut().and_then(|p| p.done.take()) else {
             return Ok(());
         };
-        rx.await.map_err(|_| {
+        let applied = rx.await.map_err(|_| {
             NetError::Command("applying a VM's rules".into(), "the thread ended".into())
-        })?
+        });
+        // The VM is up: now prepare the slot that replaces its own.
+        self.net.refill();
+        applied?
     }
 
     /// Joins the thread applying the first rules, if any.
