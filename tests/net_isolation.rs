@@ -23,12 +23,17 @@ use silo_daemon::net::{sweep, EgressPolicy, GuestLink, Network, NetworkConfig};
 
 const PREFIX: &str = "silot";
 
+/// The tests of this file one at a time: each turns IPv4 forwarding on and
+/// puts back what it found.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
     if euid() != 0 {
         eprintln!("needs root (network namespaces, nftables): skipped");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     cleanup_world();
     sweep(PREFIX);
     // The daemon turns IPv4 forwarding on; the test puts back what it found.
@@ -427,5 +432,126 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
         "the host's table is left after the sweep"
     );
     cleanup_world();
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding).unwrap();
+}
+
+/// A VM's cold start does no network work a slot could do ahead: a
+/// prepared slot already holds the guest's tap (up, with the gateway's
+/// address), so taking it for a VM only gives the tap to the VM's uid (two
+/// ioctls); the function's rules land while the VM boots
+/// (`lease_while_booting`), and until `rules_applied` returns the prepared
+/// rules pass nothing; the slot's replacement is prepared only then.
+#[test]
+fn a_prepared_slot_holds_the_guests_tap_before_any_vm_takes_it() {
+    if euid() != 0 {
+        eprintln!("needs root (network namespaces, nftables): skipped");
+        return;
+    }
+    const P: &str = "silop";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    sweep(P);
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let net = Network::start(NetworkConfig {
+        enabled: true,
+        egress: EgressPolicy::Internet,
+        dns: Some(Vec::new()),
+        name_prefix: P.into(),
+        first_slot: 8100,
+        slots: 2,
+        ready_slots: 1,
+        ..NetworkConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while net.ready_slots() < 1 {
+        assert!(std::time::Instant::now() < until, "no slot was prepared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let slot_namespaces = || -> Vec<String> {
+        std::fs::read_dir(slot::NETNS_DIR)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("silop-"))
+            .collect()
+    };
+    let prepared = slot_namespaces();
+    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    let ns = prepared[0].clone();
+    let ip_out = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let egress = || {
+        let ns = ns.clone();
+        slot::in_netns(&ns_path(&ns), || {
+            silo_daemon::net::slot::run_output("nft", &["list", "chain", "inet", "silop", "egress"])
+        })
+        .unwrap()
+    };
+    // Before any VM: the tap is there, up, addressed, owned by nobody yet.
+    let link = ip_out(&["-d", "link", "show", "tap0"]);
+    assert!(
+        link.contains("tun type tap") && link.contains("persist on") && !link.contains("user "),
+        "the prepared slot has no unowned tap: {link}"
+    );
+    assert!(
+        ip_out(&["addr", "show", "tap0"]).contains("169.254.0.1/30"),
+        "the prepared tap has no gateway address"
+    );
+    assert!(
+        !egress().contains("accept"),
+        "a prepared slot lets traffic out"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut vm = net
+        .lease_while_booting("fn", &GuestLink::Tap { uid: 4243 })
+        .unwrap()
+        .expect("an interface");
+    let taken = started.elapsed();
+    assert_eq!(vm.netns(), ns, "the prepared slot was not the one taken");
+    assert!(
+        ip_out(&["-d", "link", "show", "tap0"]).contains("user 4243"),
+        "the tap was not given to the VM's uid"
+    );
+    // The slot's replacement is prepared only once the VM is up, not while
+    // it boots (where it would compete for the CPU).
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        slot_namespaces(),
+        vec![ns.clone()],
+        "a replacement slot was prepared while the VM booted"
+    );
+    rt.block_on(vm.rules_applied()).unwrap();
+    eprintln!(
+        "taking a prepared slot took {taken:?}; with the function's rules {:?}",
+        started.elapsed()
+    );
+    assert!(
+        egress().contains("counter name \"egress\" accept"),
+        "the function's rules are not in place once applied: {}",
+        egress()
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while net.ready_slots() < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no replacement slot once the VM was up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm.release();
+    net.close();
+    sweep(P);
+    assert!(!ns_path(&ns).exists(), "{ns} is left");
     std::fs::write("/proc/sys/net/ipv4/ip_forward", forwarding).unwrap();
 }

@@ -20,6 +20,7 @@ mod args;
 mod cold;
 mod function_vms;
 mod invokes;
+pub(crate) mod network_cost;
 mod plot;
 mod results;
 
@@ -30,6 +31,7 @@ use function_vms::{agent_ready_vs_firecracker, function_timelines, jail_cost};
 use invokes::{concurrent_invokes, creations, warm_invokes};
 use plot::svg;
 pub use results::PHASES;
+pub(crate) use results::{median as results_median, stats as results_stats};
 
 /// The `host` of results measured in the KVM test host.
 pub(crate) const TEST_HOST: &str = "KVM test host (emulated: compare ratios)";
@@ -145,6 +147,11 @@ fn run_here(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<(), 
         args.boots
     );
     results["jail_cost"] = rt.block_on(jail_cost(args.boots, files))?;
+    eprintln!(
+        "[bench] {} function VM cold starts each, with and without a network, interleaved",
+        args.boots
+    );
+    results["network_cost"] = rt.block_on(network_cost::network_cost(args.boots, files))?;
     if let Some(fc) = peers.iter().find(|p| p.kind == PeerKind::Firecracker) {
         eprintln!(
             "[bench] {} function VMs each, silo and Firecracker, interleaved: spawn to agent ready and first answer",
@@ -198,6 +205,11 @@ fn in_test_host(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<
             0o644,
         )
         .bytes("/work/guest.cpio", initrd, 0o644);
+    // `network_cost` needs nft, ip and their kernel modules; without them
+    // on this host it is skipped and says so.
+    if crate::net::netfilter_tools_here() {
+        host = host.with_netfilter().map_err(|e| e.to_string())?;
+    }
     let mut peer_flags = String::new();
     for p in peers {
         let name = p.kind.name();
@@ -262,7 +274,7 @@ fn in_test_host(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<
 }
 
 /// Whether `path` starts with the ELF magic.
-pub(super) fn is_elf(path: &Path) -> bool {
+pub(crate) fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))

@@ -14,12 +14,16 @@
 //!   shared virtio-pmem image against the files in each VM's initramfs,
 //!   and against a copy of the image per tenant ([`pmem_tenants`]).
 //!
+//! - [`net`]: guest egress throughput and round trips against Firecracker
+//!   and the host, and what a network adds to a cold start.
+//!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
 
 pub mod api;
 pub mod boot;
 pub mod guest_files;
+pub mod net;
 pub mod pmem_memory;
 pub mod pmem_tenants;
 pub mod python;
@@ -67,6 +71,9 @@ pub enum BenchCommand {
     BenchPython(python::PythonBenchArgs),
     /// Measure host memory of N VMs sharing one pmem image vs the same files in each initramfs.
     BenchPmemMemory(pmem_memory::PmemMemoryArgs),
+    /// Measure networking: guest egress throughput and round trips against
+    /// Firecracker and the host, and what a network adds to a cold start.
+    BenchNet(net::NetBenchArgs),
 }
 
 impl BenchCommand {
@@ -77,6 +84,7 @@ impl BenchCommand {
             BenchCommand::BenchApi(args) => api::run(args),
             BenchCommand::BenchPython(args) => python::run(args),
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
+            BenchCommand::BenchNet(args) => net::run(args),
         }
     }
 }

@@ -4,11 +4,15 @@
 //! the queue eventfds and the real device event loop, with and without
 //! rate limits (whose timer the loop serves); and the host side as a
 //! datagram socket pair standing for the tap (frames of any size, from
-//! empty to 64 KiB, written to the guest; frames from the guest read).
+//! empty to 64 KiB, written to the guest; frames from the guest read),
+//! plain or, like the tap, with a virtio-net header each way (then the
+//! device offers the TX offloads).
 //!
 //! Findings: any panic; the device holding more than one host frame
 //! (`Net::buffered_bytes`); a frame reaching the host that is shorter than
-//! an Ethernet header or longer than `MAX_FRAME_LEN`.
+//! an Ethernet header or longer than `MAX_FRAME_LEN` (with headers: a
+//! header that `check_tx_header` refuses for all offloads, or a TCP
+//! segment longer than `MAX_GSO_FRAME_LEN`).
 #![no_main]
 
 mod common;
@@ -24,6 +28,7 @@ use libfuzzer_sys::fuzz_target;
 use silo_vmm::bandwidth::BucketConfig;
 use silo_vmm::devices::bus::BusDevice;
 use silo_vmm::devices::virtio::mmio::MmioTransport;
+use silo_vmm::devices::virtio::net::offload::{check_tx_header, OFFLOAD_FEATURES};
 use silo_vmm::devices::virtio::net::{
     Net, NetBackend, NetLimits, MAX_FRAME_LEN, NET_HDR_LEN, TAP_READ_LEN,
 };
@@ -35,8 +40,8 @@ use vmm_sys_util::eventfd::EventFd;
 use common::{avail_addr, desc_addr, used_addr, Input, MEM};
 
 /// The tap's stand-in: one end of a datagram socket pair (frame
-/// boundaries kept, non-blocking).
-struct PairBackend(UnixDatagram);
+/// boundaries kept, non-blocking), with virtio-net headers or without.
+struct PairBackend(UnixDatagram, bool);
 
 impl NetBackend for PairBackend {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -48,6 +53,9 @@ impl NetBackend for PairBackend {
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+    fn vnet_hdr(&self) -> bool {
+        self.1
+    }
 }
 
 struct Rig {
@@ -57,16 +65,17 @@ struct Rig {
     mem: GuestMemory,
     host: UnixDatagram,
     avail_idx: [u16; 2],
+    vnet: bool,
 }
 
 impl Rig {
-    fn new(limits: NetLimits) -> Self {
+    fn new(limits: NetLimits, vnet: bool) -> Self {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("memory");
         let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
         let (dev_end, host) = UnixDatagram::pair().expect("socketpair");
         dev_end.set_nonblocking(true).expect("nonblocking");
         host.set_nonblocking(true).expect("nonblocking");
-        let net = Net::with_backend(PairBackend(dev_end), None, limits, interrupt.clone())
+        let net = Net::with_backend(PairBackend(dev_end, vnet), None, limits, interrupt.clone())
             .expect("net device");
         let evts = net
             .queue_events()
@@ -84,6 +93,7 @@ impl Rig {
             mem,
             host,
             avail_idx: [0; 2],
+            vnet,
         }
     }
 
@@ -241,6 +251,14 @@ impl Rig {
         let mut b = vec![0u8; 70_000];
         loop {
             match self.host.recv(&mut b) {
+                Ok(n) if self.vnet => {
+                    assert!(n >= NET_HDR_LEN + 14, "a {n}-byte frame reached the host");
+                    let hdr = &b[..NET_HDR_LEN];
+                    assert!(
+                        check_tx_header(hdr, n - NET_HDR_LEN, OFFLOAD_FEATURES).is_ok(),
+                        "a refused header reached the host: {hdr:?} ({n} bytes)"
+                    );
+                }
                 Ok(n) => assert!(
                     (14..=MAX_FRAME_LEN).contains(&n),
                     "a {n}-byte frame reached the host"
@@ -263,7 +281,8 @@ impl Rig {
 
 fuzz_target!(|data: &[u8]| {
     let mut inp = Input(data);
-    let limits = match inp.u8() % 4 {
+    let select = inp.u8();
+    let limits = match select % 4 {
         0 => NetLimits {
             rx_bytes: Some(BucketConfig::per_second(u64::from(inp.u16()) + 1, 0)),
             tx_bytes: Some(BucketConfig::per_second(u64::from(inp.u16()) + 1, 0)),
@@ -275,7 +294,7 @@ fuzz_target!(|data: &[u8]| {
         },
         _ => NetLimits::default(),
     };
-    let mut rig = Rig::new(limits);
+    let mut rig = Rig::new(limits, select & 4 != 0);
     if inp.u8() & 1 == 1 {
         rig.driver_init(16);
     }

@@ -32,6 +32,9 @@ const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const HOST_PORT: u16 = 5000;
 const GUEST_PORT: u16 = 6000;
+/// Features 0-31 the device offers on a tap: CSUM (0), MAC (5), HOST_TSO4
+/// (11), HOST_TSO6 (12).
+const OFFERED: u32 = 1 | 1 << 5 | 1 << 11 | 1 << 12;
 /// Generous: the machine is shared and slow.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -58,6 +61,24 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until the kernel's link watch has brought the tap's queue up
+/// after the device attached (operational state UP; with `IFF_VNET_HDR` it
+/// takes up to a second, and frames sent before are dropped).
+fn tap_ready() {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", TAP])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("state UP") {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "the tap never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The host side in this namespace: a persistent tap with HOST_IP and a
@@ -147,24 +168,26 @@ impl Rig {
         let dev = Net::new(TAP, None, limits, interrupt.clone()).unwrap();
         let mut rig = Rig(MmioRig::new(dev, mem, interrupt, QSIZE));
         rig.driver_init();
+        tap_ready();
         rig
     }
 
-    /// virtio_mmio + virtio_net at probe: reset, ACKNOWLEDGE, DRIVER; MAC
-    /// and VERSION_1 offered and accepted; FEATURES_OK; the MAC read from
+    /// virtio_mmio + virtio_net at probe: reset, ACKNOWLEDGE, DRIVER; MAC,
+    /// the TX offloads (CSUM, HOST_TSO4, HOST_TSO6) and VERSION_1 offered
+    /// and accepted, as Linux accepts them; FEATURES_OK; the MAC read from
     /// config space; RX and TX queues (no control queue); DRIVER_OK.
     fn driver_init(&mut self) {
         self.probe(1, "net");
         self.w(reg::DEVICE_FEATURES_SEL, 0);
         assert_eq!(
             self.r(reg::DEVICE_FEATURES),
-            1 << 5,
-            "only MAC in bits 0-31"
+            OFFERED,
+            "MAC and the TX offloads in bits 0-31, nothing towards the guest"
         );
         self.w(reg::DEVICE_FEATURES_SEL, 1);
         assert_eq!(self.r(reg::DEVICE_FEATURES), 1, "VERSION_1");
         self.w(reg::DRIVER_FEATURES_SEL, 0);
-        self.w(reg::DRIVER_FEATURES, 1 << 5);
+        self.w(reg::DRIVER_FEATURES, OFFERED);
         self.w(reg::DRIVER_FEATURES_SEL, 1);
         self.w(reg::DRIVER_FEATURES, 1);
         self.w(reg::STATUS, 11);
@@ -201,8 +224,13 @@ impl Rig {
 
     /// Puts `hdr + frame` at TX buffer `slot` and sends it as one chain.
     fn send(&mut self, slot: u64, frame: &[u8]) -> u16 {
+        self.send_with_hdr(slot, [0; NET_HDR_LEN], frame)
+    }
+
+    /// [`Rig::send`] with the guest's header `hdr`.
+    fn send_with_hdr(&mut self, slot: u64, hdr: [u8; NET_HDR_LEN], frame: &[u8]) -> u16 {
         let addr = buf_addr(TX, slot);
-        let mut bytes = vec![0u8; NET_HDR_LEN];
+        let mut bytes = hdr.to_vec();
         bytes.extend_from_slice(frame);
         self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
         let head = self.push_chain(TX, &[(addr, bytes.len() as u32, false)]);
@@ -333,6 +361,55 @@ fn linux_probe_then_frames_both_ways_through_a_real_tap() {
         let s = rig.stats();
         assert_eq!((s.tx_frames, s.tx_bad_chains, s.rx_bad_chains), (1, 0, 0));
         assert!(s.rx_frames >= 1);
+    });
+}
+
+/// A guest that negotiated `VIRTIO_NET_F_CSUM` leaves checksums to the host
+/// (`NEEDS_CSUM`, the partial sum in the field, as Linux does): the header
+/// must reach the tap, or the host drops the datagram as corrupt. Headers
+/// the guest did not negotiate or that point outside the frame never reach
+/// it.
+#[test]
+fn a_partial_checksum_reaches_the_host_and_bad_offload_headers_do_not() {
+    in_netns(|| {
+        let sock = host_side();
+        let mut rig = Rig::new(NetLimits::default());
+        let mut frame = udp_frame(b"checksum left to the host");
+        // A partial sum, not the real checksum: only the host completes it.
+        frame[40..42].copy_from_slice(&0x1234u16.to_be_bytes());
+        let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[0] = 1; // NEEDS_CSUM
+        hdr[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: UDP header
+        hdr[8..10].copy_from_slice(&6u16.to_le_bytes()); // csum_offset: its checksum
+        rig.send_with_hdr(0, hdr, &frame);
+        assert_eq!(host_recv(&mut rig, &sock), b"checksum left to the host");
+        // Checksum position past the frame, unknown flags, UDP fragmentation
+        // offload (never offered), segmentation without a segment size.
+        let mut bad = Vec::new();
+        let mut h = hdr;
+        h[6..8].copy_from_slice(&(frame.len() as u16).to_le_bytes());
+        bad.push(h);
+        let mut h = hdr;
+        h[0] = 0x3;
+        bad.push(h);
+        let mut h = hdr;
+        h[1] = 3;
+        h[4..6].copy_from_slice(&1000u16.to_le_bytes());
+        bad.push(h);
+        let mut h = hdr;
+        h[1] = 1;
+        bad.push(h);
+        for (i, h) in bad.into_iter().enumerate() {
+            rig.send_with_hdr(1 + i as u64, h, &frame);
+        }
+        rig.send(9, &udp_frame(b"after"));
+        assert_eq!(host_recv(&mut rig, &sock), b"after");
+        assert!(
+            host_quiet(&mut rig, &sock),
+            "a bad header's frame reached the host"
+        );
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_bad_chains), (2, 4), "{s:?}");
     });
 }
 

@@ -158,6 +158,13 @@ pub(super) fn svg(r: &Value) -> String {
             ));
         }
     }
+    if r["network_cost"]["with_network"].is_object() {
+        rows.push((
+            "function VM, VMM spawn to agent ready (ms): with a network vs without".to_string(),
+            &r["network_cost"]["with_network"]["agent_ready_ms"]["p50"],
+            &r["network_cost"]["without_network"]["agent_ready_ms"]["p50"],
+        ));
+    }
     for (label, a, p) in &rows {
         let (a, p) = (a.as_f64().unwrap_or(0.0), p.as_f64().unwrap_or(0.0));
         let max = a.max(p).max(1e-9);

@@ -29,7 +29,7 @@ pub(super) fn quantile(v: &[f64], p: f64) -> f64 {
     quantile_sorted(&v, p)
 }
 
-pub(super) fn stats(mut v: Vec<f64>) -> Value {
+pub(crate) fn stats(mut v: Vec<f64>) -> Value {
     if v.is_empty() {
         return Value::Null;
     }
@@ -38,7 +38,7 @@ pub(super) fn stats(mut v: Vec<f64>) -> Value {
     json!({"n": v.len(), "min": v[0], "p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max": v[v.len() - 1]})
 }
 
-pub(super) fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)

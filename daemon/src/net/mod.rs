@@ -62,6 +62,9 @@ pub struct Network {
     dns: Vec<Ipv4Addr>,
     slots: Mutex<Slots>,
     refilling: AtomicBool,
+    /// Held while a slot's egress rules are computed and applied: a VM's
+    /// first rules and a live policy change never interleave.
+    rules: Mutex<()>,
     /// Set by [`Network::close`]: no slot is prepared any more.
     closed: AtomicBool,
     traffic: traffic::Totals,
@@ -231,6 +234,7 @@ impl Network {
             dns,
             cfg,
             refilling: AtomicBool::new(false),
+            rules: Mutex::new(()),
             closed: AtomicBool::new(false),
             traffic: traffic::Totals::new(series),
         });
@@ -270,6 +274,7 @@ impl Network {
         function: &str,
         policy: Option<EgressPolicy>,
     ) -> Result<usize, NetError> {
+        let _rules = self.rules.lock().expect("rules");
         let slots: Vec<u32> = {
             let mut s = self.slots.lock().expect("slots");
             match policy {
@@ -300,14 +305,66 @@ impl Network {
     }
 
     /// A network for one VM of `function`, or `None` if its policy is
-    /// `none` (no interface at all). Blocking: call from a blocking thread.
+    /// `none` (no interface at all), with the function's rules in place.
+    /// Blocking: call from a blocking thread.
     pub fn lease(
         self: &Arc<Self>,
         function: &str,
         link: &GuestLink,
     ) -> Result<Option<VmNet>, NetError> {
-        let policy = self.policy_for(function);
-        if !policy.has_interface() {
+        let Some(vm) = self.take(function, link)? else {
+            return Ok(None);
+        };
+        // On an error the slot goes back as `vm` drops.
+        self.apply_policy(vm.slot, function)?;
+        self.refill();
+        Ok(Some(vm))
+    }
+
+    /// [`Network::lease`] off the cold path: the slot (namespace, veth, tap
+    /// and the rules denying everything, all prepared ahead) is taken and
+    /// its tap given to the VM's uid now; the function's rules are applied
+    /// on a thread of their own while the VM boots, and awaited with
+    /// [`VmNet::rules_applied`] before the VM is used. Until then the
+    /// guest's traffic is dropped (the prepared rules), never let through.
+    /// The slot taken is replaced only then, so that preparing the next
+    /// one does not compete with this VM's boot for the CPU.
+    /// Blocking: call from a blocking thread.
+    pub fn lease_while_booting(
+        self: &Arc<Self>,
+        function: &str,
+        link: &GuestLink,
+    ) -> Result<Option<VmNet>, NetError> {
+        let Some(mut vm) = self.take(function, link)? else {
+            return Ok(None);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (net, s, f) = (Arc::clone(self), vm.slot, function.to_owned());
+        let thread = std::thread::spawn(move || {
+            let _ = tx.send(net.apply_policy(s, &f));
+        });
+        vm.pending = Some(vm::PendingRules {
+            thread,
+            done: Some(rx),
+        });
+        Ok(Some(vm))
+    }
+
+    /// Slot `s`'s egress chain from `function`'s policy as it is now
+    /// (serialized with [`Network::set_policy`], so the last policy set
+    /// wins).
+    fn apply_policy(&self, s: u32, function: &str) -> Result<(), NetError> {
+        let _rules = self.rules.lock().expect("rules");
+        let ruleset =
+            rules::policy_update(self.names.table(), &self.policy_for(function), &self.dns);
+        slot::apply(&self.names, s, ruleset)
+    }
+
+    /// Takes a slot for a VM of `function` (a prepared one, else one made
+    /// now) and gives it `link`; `None` if the policy is `none`. The slot
+    /// keeps the rules denying everything until [`Network::apply_policy`].
+    fn take(self: &Arc<Self>, function: &str, link: &GuestLink) -> Result<Option<VmNet>, NetError> {
+        if !self.policy_for(function).has_interface() {
             return Ok(None);
         }
         let (s, prepared) = {
@@ -323,7 +380,6 @@ impl Network {
                 }
             }
         };
-        let ruleset = rules::vm_ruleset(self.names.table(), &policy, &self.dns);
         let made = if prepared {
             Ok(())
         } else {
@@ -333,8 +389,7 @@ impl Network {
             );
             slot::create(&self.names, s, self.base_ruleset())
         };
-        let attached = made.and_then(|()| slot::attach(&self.names, s, link, ruleset));
-        if let Err(e) = attached {
+        if let Err(e) = made.and_then(|()| slot::attach(&self.names, s, link)) {
             slot::destroy(&self.names, s);
             self.slots.lock().expect("slots").free.insert(s);
             self.refill();
@@ -345,13 +400,13 @@ impl Network {
             .expect("slots")
             .active
             .insert(s, function.to_owned());
-        self.refill();
         Ok(Some(VmNet {
             net: Arc::clone(self),
             slot: s,
             function: function.to_owned(),
             tenant: Arc::new(Mutex::new(None)),
             released: false,
+            pending: None,
         }))
     }
 

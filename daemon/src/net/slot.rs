@@ -182,7 +182,10 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
 }
 
 /// Creates slot `s`: namespace, veth pair, addresses, route, forwarding,
-/// IPv6 off, and the namespace's ruleset denying everything (`ruleset`).
+/// IPv6 off, the namespace's ruleset denying everything (`ruleset`), and
+/// the guest's tap (up, with the gateway's address, owned by root until a
+/// VM takes the slot: [`attach`]). All of it ahead of any VM: a VM's cold
+/// start only gives the tap its owner and the function's rules.
 pub fn create(names: &Names, s: u32, ruleset: String) -> Result<(), NetError> {
     let ns = names.netns(s);
     let hv = names.host_veth(s);
@@ -201,7 +204,8 @@ pub fn create(names: &Names, s: u32, ruleset: String) -> Result<(), NetError> {
         run("ip", &["-b", "-"], Some(&host))?;
         let inside = format!(
             "link set lo up\naddr add {}/30 dev {NS_VETH}\nlink set {NS_VETH} up\n\
-             route add default via {}\n",
+             route add default via {}\n\
+             tuntap add dev {TAP} mode tap\naddr add {GATEWAY_ADDR}/30 dev {TAP}\nlink set {TAP} up\n",
             ns_addr(s),
             host_addr(s)
         );
@@ -236,20 +240,68 @@ pub enum GuestLink {
     },
 }
 
-/// Gives slot `s` its guest link and applies `ruleset` (the function's
-/// policy), in one visit to the namespace.
-pub fn attach(names: &Names, s: u32, link: &GuestLink, ruleset: String) -> Result<(), NetError> {
-    let make = match link {
-        GuestLink::Tap { uid } => format!("tuntap add dev {TAP} mode tap user {uid} group {uid}\n"),
-        GuestLink::Veth { peer_netns } => {
-            format!("link add {TAP} type veth peer name eth0 netns {peer_netns}\n")
+/// Gives slot `s` (made by [`create`]) its guest link: the tap's owner
+/// becomes the VM's uid and gid (two ioctls, no program run), or for tests
+/// the tap is replaced by a veth into the stand-in guest's namespace. The
+/// rules are the caller's ([`apply`]).
+pub fn attach(names: &Names, s: u32, link: &GuestLink) -> Result<(), NetError> {
+    match link {
+        GuestLink::Tap { uid } => {
+            let uid = *uid;
+            in_netns(&names.netns_path(s), move || set_tap_owner(TAP, uid))
         }
-    };
-    let batch = format!("{make}addr add {GATEWAY_ADDR}/30 dev {TAP}\nlink set {TAP} up\n");
-    in_netns(&names.netns_path(s), move || {
-        run("nft", &["-f", "-"], Some(&ruleset))?;
-        run("ip", &["-b", "-"], Some(&batch))
-    })
+        GuestLink::Veth { peer_netns } => {
+            let batch = format!(
+                "link del {TAP}\nlink add {TAP} type veth peer name eth0 netns {peer_netns}\n\
+                 addr add {GATEWAY_ADDR}/30 dev {TAP}\nlink set {TAP} up\n"
+            );
+            in_netns(&names.netns_path(s), move || {
+                run("ip", &["-b", "-"], Some(&batch))
+            })
+        }
+    }
+}
+
+/// Makes the persistent tap `name` of the calling thread's namespace owned
+/// by `uid` (user and group): attaches to it through `/dev/net/tun`, sets
+/// `TUNSETOWNER` and `TUNSETGROUP`, and lets go (the tap persists).
+fn set_tap_owner(name: &str, uid: u32) -> Result<(), NetError> {
+    use std::os::fd::AsRawFd;
+    let what = |step: &str| format!("tap {name}: {step}");
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| NetError::Command(what("open /dev/net/tun"), e.to_string()))?;
+    // SAFETY: an all-zero ifreq is a valid value of the C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    let fd = tun.as_raw_fd();
+    // SAFETY: TUNSETIFF reads and writes the `ifreq` on this stack frame;
+    // TUNSETOWNER and TUNSETGROUP take an integer argument, no pointer. The
+    // descriptor is ours for the calls.
+    unsafe {
+        if libc::ioctl(fd, libc::TUNSETIFF, &mut req) < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(NetError::Command(what("TUNSETIFF"), e.to_string()));
+        }
+        if libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(uid)) < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(NetError::Command(what("TUNSETOWNER"), e.to_string()));
+        }
+        if libc::ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(uid)) < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(NetError::Command(what("TUNSETGROUP"), e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Replaces slot `s`'s ruleset.

@@ -4,8 +4,10 @@
 //!
 //! Hostile input is consumed and counted, never fatal: a TX chain with a
 //! device-writable descriptor, outside guest memory, shorter than a header
-//! and an Ethernet header, or carrying more than [`MAX_FRAME_LEN`] bytes is
-//! returned unused; an RX chain that is read-only, outside guest memory or
+//! and an Ethernet header, carrying more than [`MAX_FRAME_LEN`] bytes (a
+//! TCP segment for the host to cut: [`MAX_GSO_FRAME_LEN`]), or with a
+//! header the guest did not negotiate ([`super::offload`]) is returned
+//! unused; an RX chain that is read-only, outside guest memory or
 //! too small for the waiting frame is returned unused and the frame waits
 //! for the next one. The device holds at most one frame from the host (in
 //! a buffer allocated once); while the guest posts no RX buffers, further
@@ -22,10 +24,11 @@ use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::offload::{check_tx_header, HeaderFault, OFFLOAD_FEATURES};
 use super::tap::{self, Tap};
 use super::{
-    NetBackend, NetError, DEFAULT_MAC, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, NET_HDR_LEN,
-    QUEUE_SIZE, TAP_READ_LEN,
+    NetBackend, NetError, DEFAULT_MAC, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, MAX_GSO_FRAME_LEN,
+    NET_HDR_LEN, QUEUE_SIZE, TAP_READ_LEN,
 };
 use crate::bandwidth::{BucketConfig, Limiter};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
@@ -95,6 +98,8 @@ pub struct Net<B: NetBackend = Tap> {
     timer_armed: bool,
     mem: Option<GuestMemory>,
     queues: Vec<Queue>,
+    /// The features the driver acknowledged (at activation).
+    acked: u64,
     /// The one frame from the host the device may hold, and its length.
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
@@ -149,10 +154,11 @@ impl<B: NetBackend> Net<B> {
             timer_armed: false,
             mem: None,
             queues: Vec::new(),
+            acked: 0,
             rx_buf: vec![0; TAP_READ_LEN],
             rx_pending: None,
             rx_charged: false,
-            tx_buf: vec![0; NET_HDR_LEN + MAX_FRAME_LEN],
+            tx_buf: vec![0; NET_HDR_LEN + MAX_GSO_FRAME_LEN],
             rx_limit: Limiter::new(limits.rx_bytes, limits.packets),
             tx_limit: Limiter::new(limits.tx_bytes, limits.packets),
             stats: NetStats::default(),
@@ -176,7 +182,16 @@ impl<B: NetBackend> Net<B> {
     /// Bytes of host frames the device holds (at most one frame, at most
     /// [`TAP_READ_LEN`] bytes): the fuzzer checks the bound.
     pub fn buffered_bytes(&self) -> usize {
-        self.rx_pending.unwrap_or(0)
+        self.rx_pending.map_or(0, |n| n - self.rx_hdr_len())
+    }
+
+    /// Bytes of header before each frame read from the backend.
+    fn rx_hdr_len(&self) -> usize {
+        if self.backend.vnet_hdr() {
+            NET_HDR_LEN
+        } else {
+            0
+        }
     }
 
     /// The host-side backend.
@@ -204,6 +219,7 @@ impl<B: NetBackend> Net<B> {
     /// [`MAX_CHAINS_PER_EVENT`] steps, then the device re-kicks itself).
     pub fn process_rx(&mut self) {
         let Some(mem) = self.mem.clone() else { return };
+        let off = self.rx_hdr_len();
         let mut used_any = false;
         for step in 0.. {
             if step == 2 * MAX_CHAINS_PER_EVENT {
@@ -214,6 +230,8 @@ impl<B: NetBackend> Net<B> {
                 Some(len) => len,
                 None => match self.backend.recv(&mut self.rx_buf) {
                     Ok(0) => break,
+                    // A read shorter than its header: nothing to deliver.
+                    Ok(n) if n < off => continue,
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -223,10 +241,10 @@ impl<B: NetBackend> Net<B> {
                     }
                 },
             };
-            if len > MAX_FRAME_LEN {
+            if len - off > MAX_FRAME_LEN {
                 self.stats.rx_oversized += 1;
                 crate::guest_fault!(
-                    len,
+                    len = len - off,
                     max = MAX_FRAME_LEN,
                     "virtio-net: oversized frame from the host dropped"
                 );
@@ -235,7 +253,7 @@ impl<B: NetBackend> Net<B> {
             }
             self.rx_pending = Some(len);
             if !self.rx_charged {
-                if let Err(wait) = self.rx_limit.consume(len as u64, Instant::now()) {
+                if let Err(wait) = self.rx_limit.consume((len - off) as u64, Instant::now()) {
                     self.arm_timer(wait);
                     break;
                 }
@@ -247,10 +265,10 @@ impl<B: NetBackend> Net<B> {
                 break;
             };
             let head = chain.head_index();
-            let used = match write_frame(&mem, chain, &self.rx_buf[..len]) {
+            let used = match write_frame(&mem, chain, &self.rx_buf[off..len]) {
                 Ok(n) => {
                     self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += len as u64;
+                    self.stats.rx_bytes += (len - off) as u64;
                     self.rx_pending = None;
                     self.rx_charged = false;
                     n
@@ -286,7 +304,12 @@ impl<B: NetBackend> Net<B> {
                 break;
             };
             let head = chain.head_index();
-            match tx_frame_len(&mem, chain.clone()) {
+            let max = if self.acked & OFFLOAD_FEATURES != 0 {
+                MAX_GSO_FRAME_LEN
+            } else {
+                MAX_FRAME_LEN
+            };
+            match tx_frame_len(&mem, chain.clone(), max) {
                 Ok(total) => {
                     let frame = (total - NET_HDR_LEN) as u64;
                     if let Err(wait) = self.tx_limit.consume(frame, Instant::now()) {
@@ -301,7 +324,7 @@ impl<B: NetBackend> Net<B> {
                     self.stats.tx_oversized += 1;
                     crate::guest_fault!(
                         len,
-                        max = NET_HDR_LEN + MAX_FRAME_LEN,
+                        max = NET_HDR_LEN + max,
                         "virtio-net: oversized TX frame dropped"
                     );
                 }
@@ -331,7 +354,25 @@ impl<B: NetBackend> Net<B> {
             crate::guest_fault!(error = %e, "virtio-net: TX chain unreadable");
             return;
         }
-        match self.backend.send(&self.tx_buf[NET_HDR_LEN..total]) {
+        let frame_len = total - NET_HDR_LEN;
+        match check_tx_header(&self.tx_buf[..NET_HDR_LEN], frame_len, self.acked) {
+            Ok(hdr) => self.tx_buf[..NET_HDR_LEN].copy_from_slice(&hdr),
+            Err(e) => {
+                if matches!(e, HeaderFault::Oversized { .. }) {
+                    self.stats.tx_oversized += 1;
+                } else {
+                    self.stats.tx_bad_chains += 1;
+                }
+                crate::guest_fault!(error = %e, "virtio-net: TX frame's header refused");
+                return;
+            }
+        }
+        let start = if self.backend.vnet_hdr() {
+            0
+        } else {
+            NET_HDR_LEN
+        };
+        match self.backend.send(&self.tx_buf[start..total]) {
             Ok(_) => {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += (total - NET_HDR_LEN) as u64;
@@ -369,9 +410,13 @@ enum TxFault {
 }
 
 /// Checks a TX chain: readable descriptors only, all inside guest memory,
-/// header plus an Ethernet frame of at most [`MAX_FRAME_LEN`] bytes.
-/// Returns its length with the header.
-fn tx_frame_len(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Result<usize, TxFault> {
+/// header plus an Ethernet frame of at most `max` bytes. Returns its
+/// length with the header.
+fn tx_frame_len(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    max: usize,
+) -> Result<usize, TxFault> {
     if !well_formed(&chain) {
         return Err(TxFault::Broken);
     }
@@ -384,7 +429,7 @@ fn tx_frame_len(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Resu
     if total < NET_HDR_LEN + ETH_HLEN {
         return Err(TxFault::Short(total));
     }
-    if total > NET_HDR_LEN + MAX_FRAME_LEN {
+    if total > NET_HDR_LEN + max {
         return Err(TxFault::Oversized(total));
     }
     Ok(total)
@@ -440,7 +485,11 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         VIRTIO_ID_NET
     }
     fn avail_features(&self) -> u64 {
-        F_MAC
+        if self.backend.vnet_hdr() {
+            F_MAC | OFFLOAD_FEATURES
+        } else {
+            F_MAC
+        }
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; QUEUE_COUNT]
@@ -460,7 +509,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         &mut self,
         mem: GuestMemory,
         queues: Vec<Queue>,
-        _features: u64,
+        features: u64,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_COUNT {
             return Err(ActivateError::Other(format!(
@@ -473,6 +522,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         }
         self.queues = queues;
         self.mem = Some(mem);
+        self.acked = features;
         Ok(())
     }
     fn reset(&mut self) {

@@ -3,13 +3,18 @@
 //! thread, with token-bucket rate limiting per direction
 //! ([`crate::bandwidth`]).
 //!
-//! The device offers only `VIRTIO_NET_F_MAC` (and `VIRTIO_F_VERSION_1`): no
-//! checksum or segmentation offloads, no mergeable buffers, no control
-//! queue. So every frame is a plain Ethernet frame of at most
-//! [`MAX_FRAME_LEN`] bytes behind a 12-byte `virtio_net_hdr_v1`, and both
-//! directions go through one bounce buffer allocated once.
+//! The device offers `VIRTIO_NET_F_MAC` (and `VIRTIO_F_VERSION_1`) and,
+//! on a backend that carries virtio-net headers (the tap), the TX offloads
+//! of [`offload`]: checksum and TCP segmentation left to the host. Nothing
+//! towards the guest: no receive offloads, no mergeable buffers, no control
+//! queue. So every frame from the host is a plain Ethernet frame of at
+//! most [`MAX_FRAME_LEN`] bytes, every guest frame one of at most
+//! [`MAX_FRAME_LEN`] bytes or a TCP segment of at most
+//! [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`; each
+//! direction goes through one bounce buffer allocated once.
 
 mod device;
+pub mod offload;
 pub mod tap;
 
 use std::os::fd::RawFd;
@@ -26,6 +31,10 @@ pub const NET_HDR_LEN: usize = 12;
 /// segmentation offloads, which are not offered. Larger frames from either
 /// side are dropped and counted.
 pub const MAX_FRAME_LEN: usize = 1518;
+/// The largest TCP segment a guest may hand over for the host to cut
+/// (segmentation offload): Linux's 64 KiB limit on a GSO packet plus an
+/// Ethernet header and a VLAN tag.
+pub const MAX_GSO_FRAME_LEN: usize = 65_536 + 18;
 /// Size of the bounce buffer reads from the tap go into: a frame larger
 /// than [`MAX_FRAME_LEN`] is read whole (then dropped), never split.
 pub const TAP_READ_LEN: usize = 65_535;
@@ -44,6 +53,12 @@ pub trait NetBackend: Send {
     fn send(&mut self, frame: &[u8]) -> std::io::Result<usize>;
     /// The descriptor the device loop waits on for frames.
     fn raw_fd(&self) -> RawFd;
+    /// Whether every frame both ways carries a [`NET_HDR_LEN`]-byte
+    /// virtio-net header (a tap with `IFF_VNET_HDR`): then the device
+    /// offers the guest the TX offloads ([`offload`]).
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
 }
 
 /// Errors creating the net device (never caused by the guest).

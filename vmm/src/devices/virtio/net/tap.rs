@@ -1,9 +1,12 @@
 //! The host side of virtio-net: a tap interface that already exists (the
 //! daemon creates it, persistent, owned by the VM's uid, in the VM's network
 //! namespace). The VMM opens `/dev/net/tun` and attaches to it with
-//! `TUNSETIFF` (`IFF_TAP | IFF_NO_PI`: plain Ethernet frames, no offloads,
-//! no virtio-net header) while it can still open files, before the jail's
-//! root change and the seccomp filters; the file keeps the namespace it was
+//! `TUNSETIFF` (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`: Ethernet frames
+//! behind a 12-byte virtio-net header, `TUNSETVNETHDRSZ`, so that the
+//! guest's checksum and segmentation offloads reach the host's stack;
+//! `TUNSETOFFLOAD` 0: frames towards the guest come complete and
+//! checksummed) while it can still open files, before the jail's root
+//! change and the seccomp filters; the file keeps the namespace it was
 //! opened in. Each frame moves in exactly one `read` or `write`.
 
 use std::fs::File;
@@ -66,15 +69,27 @@ impl Tap {
         for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
             *dst = src as libc::c_char;
         }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes one `ifreq`, which lives on
-        // this stack frame for the call; the fd is ours.
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if r < 0 {
-            return Err(NetError::Attach {
-                name: name.to_string(),
-                source: std::io::Error::last_os_error(),
-            });
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        let attach_err = || NetError::Attach {
+            name: name.to_string(),
+            source: std::io::Error::last_os_error(),
+        };
+        let fd = file.as_raw_fd();
+        let hdr_len = super::NET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETIFF reads and writes one `ifreq`, TUNSETVNETHDRSZ
+        // reads one int, both on this stack frame for the call;
+        // TUNSETOFFLOAD takes its flags by value. The fd is ours.
+        unsafe {
+            if libc::ioctl(fd, libc::TUNSETIFF, &mut req) < 0 {
+                return Err(attach_err());
+            }
+            if libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr_len) < 0 {
+                return Err(attach_err());
+            }
+            if libc::ioctl(fd, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) < 0 {
+                return Err(attach_err());
+            }
         }
         Ok(Self {
             file,
@@ -118,6 +133,9 @@ impl NetBackend for Tap {
     }
     fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+    fn vnet_hdr(&self) -> bool {
+        true
     }
 }
 
