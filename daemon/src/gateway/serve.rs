@@ -46,12 +46,24 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Marks a response whose request's body was read.
+#[derive(Clone, Copy)]
+struct BodyRead;
+
 /// Handles one gateway request.
 async fn handle(State(d): State<Arc<Daemon>>, req: Request) -> Response {
     let request_id = random_uuid();
+    let has_body = req.headers().contains_key("transfer-encoding")
+        || header(req.headers(), "content-length").is_some_and(|n| n != "0");
     let mut resp = handle_inner(&d, req, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("apigw-requestid", v);
+    }
+    if has_body && resp.extensions().get::<BodyRead>().is_none() {
+        // Refused before its body was read: the connection cannot carry
+        // another request, and the client must know not to reuse it.
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
     }
     resp
 }
@@ -175,11 +187,13 @@ async fn serve_route(
     });
     let payload = event.to_string().into_bytes();
     if payload.len() > silo_proto::MAX_PAYLOAD {
-        return answer(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+        let mut r = answer(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+        r.extensions_mut().insert(BodyRead);
+        return r;
     }
     let tenant_log = tenant.as_ref().map(|t| t.as_str().to_string());
     let span = tracing::info_span!("gateway", function = %rec.name, tenant_id = ?tenant_log.as_deref().unwrap_or("-"), request_id = %request_id);
-    async move {
+    let mut resp = async move {
         let result = d.invoke(&rec, tenant, payload, request_id).await;
         let resp = match result {
             Ok(report) => match &report.response.outcome {
@@ -214,7 +228,9 @@ async fn serve_route(
         resp
     }
     .instrument(span)
-    .await
+    .await;
+    resp.extensions_mut().insert(BodyRead);
+    resp
 }
 
 /// Reads a body up to the invoke payload limit, within the body timeout.
