@@ -139,3 +139,62 @@ fn responses_map_as_api_gateway_maps_them() {
         );
     }
 }
+
+#[test]
+fn no_spelling_of_a_tenant_header_reaches_the_function() {
+    // Deterministic pseudo-random case and spellings over 2,000 requests.
+    let bases = [
+        "x-amz-tenant-id",
+        "x-amzn-tenant-id",
+        "lambda-runtime-aws-tenant-id",
+        "x-tenant-id",
+        "tenant",
+        "x-silo-tenant",
+        "x-amz-tenantid",
+        "tenant-id",
+        "x-forwarded-tenant",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..2000 {
+        let mut h = headers(&[("host", "h")]);
+        for _ in 0..(next() % 4 + 1) {
+            let base = bases[(next() % bases.len() as u64) as usize];
+            let name: String = base
+                .chars()
+                .map(|c| {
+                    if next() % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("tenant-B"),
+            );
+        }
+        let e = request_event(&RequestParts {
+            route_key: "$default",
+            method: "GET",
+            raw_path: "/",
+            raw_query: "",
+            headers: &h,
+            path_parameters: &BTreeMap::new(),
+            source_ip: "127.0.0.1".into(),
+            jwt: None,
+            request_id: "r",
+            account_id: "0",
+            now_ms: 0,
+            body: b"",
+        });
+        let text = e["headers"].to_string();
+        assert!(!text.contains("tenant"), "{text}");
+    }
+}
