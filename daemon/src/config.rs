@@ -70,6 +70,15 @@
 //! [network.functions]     # per function (the API's PUT .../network wins)
 //! "my-fn" = "none"
 //!
+//! [gateway]               # the HTTP front door (docs/DAEMON.md); off
+//! listen = "0.0.0.0:8080" # unless listen is set
+//! tenant_rps = 50         # per tenant, with tenant_burst = 100
+//! [gateway.authorizers.main] # JWT: issuer, audiences, jwks_url or
+//! issuer = "https://id.example.com/" # jwks_file, tenant_claim
+//! audiences = ["orders-api"]
+//! jwks_url = "http://id.internal/jwks.json"
+//! tenant_claim = "tenant_id"
+//!
 //! [pools]                 # microVMs booted ahead of time, bound to no
 //! counter = 2             # tenant until a new tenant's first invoke
 //!
@@ -149,6 +158,8 @@ pub struct DaemonConfig {
     /// One network per VM and the functions' egress policies (off by
     /// default).
     pub network: crate::net::NetworkConfig,
+    /// The HTTP gateway (`[gateway]`, off unless `listen` is set).
+    pub gateway: crate::gateway::GatewayConfig,
     /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
     /// the file). Logged on every boot.
     #[serde(skip)]
@@ -212,6 +223,7 @@ impl Default for DaemonConfig {
             allow_unauthenticated: false,
             jail: crate::jail::JailSettings::default(),
             network: crate::net::NetworkConfig::default(),
+            gateway: crate::gateway::GatewayConfig::default(),
             insecure_no_jail: false,
         }
     }
@@ -271,6 +283,9 @@ pub enum InvalidConfig {
     /// `[network]` names or ranges are invalid.
     #[error("{0}")]
     Network(String),
+    /// `[gateway]` settings are invalid.
+    #[error("{0}")]
+    Gateway(String),
     /// `limits.per_tenant` is 0.
     #[error("limits.per_tenant must be at least 1")]
     PerTenant,
@@ -369,6 +384,7 @@ impl DaemonConfig {
         }
         self.jail.check().map_err(InvalidConfig::Jail)?;
         self.network.validate().map_err(InvalidConfig::Network)?;
+        self.gateway.validate().map_err(InvalidConfig::Gateway)?;
         let l = &self.limits;
         if l.event_queue == 0 || l.event_queue_per_tenant == 0 || l.event_workers == 0 {
             return Err(InvalidConfig::EventQueue);

@@ -8,7 +8,9 @@
 //!   [`environment_id`] (the opaque environment ids callers see);
 //! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment,
 //!   each a `silo-vmm` process, as the scheduler's backend;
-//! - [`serve`]: the listener and the serving loop.
+//! - [`serve`]: the listener and the serving loop;
+//! - [`gateway`]: the HTTP front door (routes to functions, JWT
+//!   authorizers, per-tenant rate limits) on its own listener.
 //!
 //! The guest kernel and agent come from the caller ([`Images`]); this crate
 //! neither builds them nor knows about the KVM test host.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod console;
 pub mod environment_id;
 mod events;
+pub mod gateway;
 pub mod jail;
 pub mod metrics;
 pub mod net;

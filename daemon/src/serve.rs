@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 
 use crate::config::{DaemonConfig, LimitsConfig};
@@ -46,6 +45,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where unauthenticated `/metrics` is served, if configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP gateway listens, if configured.
+    pub gateway_addr: Option<SocketAddr>,
     /// The daemon.
     pub daemon: Arc<Daemon>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -92,6 +93,14 @@ pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, ServeEr
         Some(l) => Some(l.local_addr().map_err(ServeError::Io)?),
         None => None,
     };
+    let gateway_listener = match cfg.gateway.listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let gateway_addr = match &gateway_listener {
+        Some(l) => Some(l.local_addr().map_err(ServeError::Io)?),
+        None => None,
+    };
     let daemon = Daemon::start(cfg, images)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let limits = daemon.config.limits;
@@ -101,6 +110,14 @@ pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, ServeEr
         limits,
         rx.clone(),
     )];
+    if let Some(l) = gateway_listener {
+        tasks.push(spawn_server(
+            l,
+            crate::gateway::router(daemon.clone()),
+            limits,
+            rx.clone(),
+        ));
+    }
     if let Some(l) = metrics_listener {
         tasks.push(spawn_server(
             l,
@@ -112,6 +129,7 @@ pub async fn start(cfg: DaemonConfig, images: Images) -> Result<Running, ServeEr
     Ok(Running {
         addr,
         metrics_addr,
+        gateway_addr,
         daemon,
         stop: tx,
         tasks,
@@ -128,6 +146,7 @@ pub fn run(cfg: DaemonConfig, images: Images) -> Result<(), ServeError> {
         tracing::info!(
             listen = %running.addr,
             metrics_listen = %running.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "none (/metrics needs an admin key)".into()),
+            gateway_listen = %running.gateway_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into()),
             data_dir = %d.config.data_dir.display(),
             functions = d.list().len(),
             authentication = match (d.config.allow_unauthenticated, d.config.credentials.is_empty()) {
@@ -184,9 +203,9 @@ async fn serve_connections(
             },
             _ = stopped(&mut stop) => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause, go on.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -197,8 +216,16 @@ async fn serve_connections(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // The peer's address reaches handlers as `ConnectInfo` (the
+        // gateway's `sourceIp`).
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower_service::Service::call(&mut app.clone(), req)
+            });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -57,6 +57,8 @@ pub struct Daemon {
     changes: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Random key of [`Daemon::environment_token`], new at every start.
     env_token_key: String,
+    /// The HTTP gateway's routes, authorizers and rate limits.
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// Errors starting the daemon.
@@ -68,6 +70,9 @@ pub enum StartError {
     /// The run directory cannot be made.
     #[error("run directory: {0}")]
     RunDir(#[from] RegisterError),
+    /// The gateway's stored routes cannot be read.
+    #[error("gateway: {0}")]
+    Gateway(#[from] crate::gateway::routes::RoutesError),
     /// `[network]` is enabled but the host cannot provide it.
     #[error(transparent)]
     Network(#[from] crate::net::NetError),
@@ -130,6 +135,7 @@ impl Daemon {
         let l = &config.limits;
         let events = EventQueue::new(l.event_queue, l.event_queue_per_tenant, l.event_workers);
         let event_workers = l.event_workers.max(1);
+        let gateway = crate::gateway::Gateway::new(&config.gateway, &config.data_dir)?;
         let (records, bad) = store.load();
         for b in bad {
             tracing::error!(file = %b, "skipping an unreadable function record");
@@ -144,6 +150,7 @@ impl Daemon {
             run_dir,
             changes: Mutex::new(BTreeMap::new()),
             env_token_key: format!("{}{}", random_uuid(), random_uuid()),
+            gateway,
             config,
         });
         for rec in records {

@@ -146,7 +146,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 /// Writes `data` to `path` atomically and durably.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("store paths have a parent");
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
@@ -180,7 +180,7 @@ const DIR_MODE: u32 = 0o700;
 
 /// Makes `dir` (and missing parents) with [`DIR_MODE`], and sets that mode
 /// on `dir` if it existed.
-fn private_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)

@@ -122,3 +122,4 @@ fn rand_suffix() -> u64 {
         .subsec_nanos() as u64
 }
 pub mod daemon;
+pub mod jwt;

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 mod function_settings;
 mod functions;
+mod gateway_routes;
 mod invoke;
 mod network;
 
@@ -69,6 +70,16 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
+        )
+        .route(
+            "/2015-03-31/gateway/routes",
+            get(gateway_routes::list_routes),
+        )
+        .route(
+            "/2015-03-31/gateway/routes/{route}",
+            put(gateway_routes::put_route)
+                .get(gateway_routes::get_route)
+                .delete(gateway_routes::delete_route),
         )
         .route("/metrics", get(metrics))
         .fallback(unknown)
