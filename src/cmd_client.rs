@@ -98,6 +98,14 @@ fn finish(r: Result<HttpResponse, silo_client::ClientError>) -> ExitCode {
             }
             let _ = std::io::stdout().write_all(&r.body);
             println!();
+            if r.status == 202 {
+                // An Event: the id its run will carry (and a function can
+                // deduplicate on).
+                eprintln!(
+                    "silo: accepted, request id {}",
+                    r.header("x-amzn-requestid").unwrap_or("-")
+                );
+            }
             match (r.status, r.error_type(), r.header("x-amz-function-error")) {
                 (200..=299, None, None) => ExitCode::SUCCESS,
                 (s, Some(kind), _) => {
