@@ -66,6 +66,43 @@ pub struct CreateArgs {
     conn: Connection,
 }
 
+/// Flags for `silo update-function-code`.
+#[derive(clap::Args, Debug)]
+pub struct UpdateCodeArgs {
+    /// Function name.
+    #[arg(long)]
+    name: String,
+    /// A single executable to package as `bootstrap`.
+    #[arg(long)]
+    bootstrap: PathBuf,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+/// Runs `silo update-function-code` (a new revision: new VMs).
+pub fn update_code(args: UpdateCodeArgs) -> ExitCode {
+    let code = match std::fs::read(&args.bootstrap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "silo update-function-code: {}: {e}",
+                args.bootstrap.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let body = serde_json::json!({
+        "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)
+    });
+    finish(args.conn.client().request(
+        "PUT",
+        &format!("/2015-03-31/functions/{}/code", args.name),
+        &[],
+        body.to_string().as_bytes(),
+    ))
+}
+
 /// Flags for `silo invoke`.
 #[derive(clap::Args, Debug)]
 pub struct InvokeArgs {

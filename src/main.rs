@@ -33,6 +33,8 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Create a function on a running daemon.
     CreateFunction(cmd_client::CreateArgs),
+    /// Replace a function's code on a running daemon.
+    UpdateFunctionCode(cmd_client::UpdateCodeArgs),
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
     /// Failed Event invocations on a running daemon (list, remove).
@@ -76,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => cmd_serve::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::CreateFunction(args) => cmd_client::create(args),
+        Command::UpdateFunctionCode(args) => cmd_client::update_code(args),
         Command::Invoke(args) => cmd_client::invoke(args),
         Command::Events(args) => cmd_events::run(args),
         Command::Burst(args) => cmd_client::burst(args),

@@ -120,7 +120,10 @@ umount full
         .map(str::to_string)
         .collect();
     let lost: Vec<&String> = accepted.difference(&succeeded).collect();
-    assert!(lost.is_empty(), "accepted events never succeeded: {lost:?}\n{out}");
+    assert!(
+        lost.is_empty(),
+        "accepted events never succeeded: {lost:?}\n{out}"
+    );
     assert!(out.contains("EVENTS_MISSING 0"), "{out}");
     for cycle in 1..=3 {
         assert!(

@@ -96,8 +96,12 @@ pub struct EventStoreError {
 
 /// A durable queue of accepted events and the store of failed ones.
 ///
-/// Every call that returns `Ok` has made its change durable (synced to
-/// disk, or committed in the database) before returning.
+/// [`accept`](Self::accept) and [`remove_failed`](Self::remove_failed)
+/// are durable (synced to disk, or committed in the database) when they
+/// return `Ok`. The ends of an event ([`done`](Self::done),
+/// [`give_up`](Self::give_up), [`record_errors`](Self::record_errors))
+/// survive a crash of the daemon and may be undone by a power loss, which
+/// only makes the event run again: delivery is at least once.
 pub trait EventStore: Send + Sync {
     /// Stores a newly accepted event; returns its id.
     fn accept(&self, event: &NewEvent) -> Result<EventId, EventStoreError>;
