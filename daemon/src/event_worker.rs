@@ -242,10 +242,19 @@ pub(crate) async fn event_worker(
         let (share, mut job) = (taken.share, taken.job);
         let span = tracing::info_span!("event", function = %job.function, tenant_id = ?job.tenant.as_ref().map_or("-", |t| t.as_str()), request_id = %job.request_id);
         let Some(rec) = daemon.get(&job.function) else {
+            // Deleted, or its record could not be read at this start: kept
+            // with the failed events rather than dropped, so that a record
+            // the operator repairs loses nothing.
             span.in_scope(|| {
-                tracing::warn!("function deleted before its queued event ran; dropping the event")
+                tracing::warn!(
+                    "the event's function does not exist; moving the event to the failed events"
+                )
             });
-            finish(&daemon, &share, &job, None).await;
+            let why = format!(
+                "ResourceNotFoundException: function {} does not exist (deleted, or its record could not be read at start)",
+                job.function
+            );
+            finish(&daemon, &share, &job, Some((why, job.errors))).await;
             continue;
         };
         let cfg = rec.event_invoke_config.unwrap_or_default();
