@@ -227,3 +227,45 @@ fn events_accepted_before_kill_9_run_after_the_restart() {
     drop(d);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `--log-format json`: every line the daemon logs is one JSON object, and
+/// an invocation's lines carry its tenant (quoted, as in text logs).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let data = scratch("durable-json");
+    let mut d = TestDaemon::on_host(&config(""), &data, &["--log-format", "json"]);
+    let admin = d.admin();
+    create_counter(&admin);
+    let r = admin
+        .invoke(
+            "counter",
+            b"{}",
+            &InvokeOptions {
+                tenant: Some("a b=c".into()),
+                invocation_type: Some("Event".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let logs = d.stop();
+    let mut queued = None;
+    // (cargo's lines, when the daemon builds its VMM program first, are
+    // not the daemon's log)
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let cargo = ["Blocking", "Compiling", "Finished", "Updating", "Locking"]
+            .iter()
+            .any(|w| line.trim_start().starts_with(w));
+        if cargo {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{logs}"));
+        if v["fields"]["message"] == "event invocation queued" {
+            queued = Some(v);
+        }
+    }
+    let q = queued.unwrap_or_else(|| panic!("no 'event invocation queued' line:\n{logs}"));
+    assert_eq!(q["span"]["tenant_id"], "\"a b=c\"", "{q}");
+    let _ = std::fs::remove_dir_all(&data);
+}
