@@ -400,6 +400,28 @@ mod tests {
         q.push(job("f", Some("c"))).unwrap();
     }
 
+    /// A place reserved while the event is being stored counts against
+    /// the queue and the share; cancelled (the store failed), it is free
+    /// again; an event read back after a restart is queued whatever the
+    /// limits.
+    #[test]
+    fn reserved_places_count_until_pushed_or_cancelled() {
+        let q = EventQueue::new(3, 2, 4);
+        let share = share_of("f", Some(&TenantId::parse("t").unwrap()));
+        q.reserve(&share).unwrap();
+        q.reserve(&share).unwrap();
+        assert_eq!(q.reserve(&share), Err(QueueFull::TenantShare));
+        q.cancel(&share);
+        assert_eq!(q.held(), 1);
+        q.push_reserved(job("f", Some("t")));
+        assert!(q.take_ready(Instant::now()).is_ok());
+        q.reserve(&share_of("g", None)).unwrap();
+        q.reserve(&share_of("h", None)).unwrap();
+        assert_eq!(q.reserve(&share_of("i", None)), Err(QueueFull::Queue));
+        q.push_recovered(job("f", Some("t")));
+        assert_eq!(q.held(), 4);
+    }
+
     #[test]
     fn workers_take_shares_in_turn_and_one_share_gets_half_of_them() {
         let q = EventQueue::new(100, 100, 4);
