@@ -59,7 +59,7 @@ sample() { # $1: phase
   : > lat.txt
   echo "{\"t\":$(($(date +%s) - start)),\"phase\":\"$1\",\"rss_kib\":$rss,\"fds\":$fds,\"threads\":$threads,\"vm_cgroups\":$cgroups,\"jail_uids\":$uids,\"run_dir_entries\":$rundirs,\"warm_p50_ms\":${lat%%,*},\"warm_p99_ms\":$(echo $lat | cut -d, -f2),\"warm_invokes\":${lat##*,}}" >> soak.jsonl
 }
-# (busybox date has no %N: the uptime clock, to the millisecond)
+# (busybox date has no %N: the uptime clock, in 10 ms steps)
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 
 start=$(date +%s)
