@@ -26,7 +26,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> LambdaClient {
+    pub(crate) fn client(&self) -> LambdaClient {
         let creds = match (&self.access_key_id, &self.secret_access_key) {
             (Some(a), Some(s)) => Some(Credentials {
                 access_key: a.clone(),
@@ -65,6 +65,43 @@ pub struct CreateArgs {
     timeout: u32,
     #[command(flatten)]
     conn: Connection,
+}
+
+/// Flags for `silo update-function-code`.
+#[derive(clap::Args, Debug)]
+pub struct UpdateCodeArgs {
+    /// Function name.
+    #[arg(long)]
+    name: String,
+    /// A single executable to package as `bootstrap`.
+    #[arg(long)]
+    bootstrap: PathBuf,
+    #[command(flatten)]
+    conn: Connection,
+}
+
+/// Runs `silo update-function-code` (a new revision: new VMs).
+pub fn update_code(args: UpdateCodeArgs) -> ExitCode {
+    let code = match std::fs::read(&args.bootstrap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "silo update-function-code: {}: {e}",
+                args.bootstrap.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+    let body = serde_json::json!({
+        "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip)
+    });
+    finish(args.conn.client().request(
+        "PUT",
+        &format!("/2015-03-31/functions/{}/code", args.name),
+        &[],
+        body.to_string().as_bytes(),
+    ))
 }
 
 /// Flags for `silo invoke`.
@@ -127,6 +164,14 @@ fn finish(r: Result<HttpResponse, silo_client::ClientError>) -> ExitCode {
             }
             let _ = std::io::stdout().write_all(&r.body);
             println!();
+            if r.status == 202 {
+                // An Event: the id its run will carry (and a function can
+                // deduplicate on).
+                eprintln!(
+                    "silo: accepted, request id {}",
+                    r.header("x-amzn-requestid").unwrap_or("-")
+                );
+            }
             match (r.status, r.error_type(), r.header("x-amz-function-error")) {
                 (200..=299, None, None) => ExitCode::SUCCESS,
                 (s, Some(kind), _) => {

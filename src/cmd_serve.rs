@@ -48,6 +48,20 @@ pub struct ServeArgs {
     /// Seconds an idle environment is kept before it is destroyed.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Log lines as text, or as JSON objects (one per line, for journald
+    /// and log shippers).
+    #[arg(long, value_enum, env = "SILO_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `silo serve` writes its log (stderr).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl ServeArgs {

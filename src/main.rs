@@ -9,6 +9,7 @@
 
 mod cmd_client;
 mod cmd_demo;
+mod cmd_events;
 mod cmd_images;
 mod cmd_run;
 mod cmd_serve;
@@ -32,8 +33,12 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Create a function on a running daemon.
     CreateFunction(cmd_client::CreateArgs),
+    /// Replace a function's code on a running daemon.
+    UpdateFunctionCode(cmd_client::UpdateCodeArgs),
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
+    /// Failed Event invocations on a running daemon (list, remove).
+    Events(cmd_events::EventsArgs),
     /// A burst of new tenants against a running daemon (JSON report).
     Burst(cmd_client::BurstArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
@@ -48,7 +53,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    silo_benches::init_tracing();
+    match &cli.command {
+        Command::Serve(a) if a.log_format == cmd_serve::LogFormat::Json => {
+            silo_benches::init_tracing_json()
+        }
+        _ => silo_benches::init_tracing(),
+    }
     // Commands that boot microVMs need the VMM program: found beside this
     // executable, or built from the source tree before any thread starts.
     if matches!(
@@ -68,7 +78,9 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => cmd_serve::run(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::CreateFunction(args) => cmd_client::create(args),
+        Command::UpdateFunctionCode(args) => cmd_client::update_code(args),
         Command::Invoke(args) => cmd_client::invoke(args),
+        Command::Events(args) => cmd_events::run(args),
         Command::Burst(args) => cmd_client::burst(args),
         Command::Bench(args) => boot::run(args),
         Command::BenchApi(args) => api::run(args),

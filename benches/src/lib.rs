@@ -41,6 +41,20 @@ pub fn init_tracing() {
         .init();
 }
 
+/// [`init_tracing`] with one JSON object per line (`silo serve
+/// --log-format json`): timestamp, level, message, fields and the spans'
+/// fields (`tenant_id`, `request_id`...).
+pub fn init_tracing_json() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SILO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// `<temp dir>/<prefix>-<this process's id>`: a path of this run's own.
 pub(crate) fn scratch_path(prefix: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))

@@ -21,6 +21,10 @@ use tokio::sync::Notify;
 /// One queued asynchronous invocation and its retry state.
 #[derive(Debug)]
 pub(crate) struct EventJob {
+    /// Its id in the durable [`EventStore`](crate::event_store::EventStore).
+    pub id: crate::event_store::EventId,
+    /// When it was accepted (ms since the Unix epoch: survives restarts).
+    pub accepted_unix_ms: u64,
     /// The function.
     pub function: String,
     /// The tenant, for PER_TENANT functions.
@@ -33,15 +37,16 @@ pub(crate) struct EventJob {
     pub errors: u32,
     /// The next throttle backoff.
     pub backoff: Duration,
-    /// When it was queued.
-    pub queued_at: Instant,
     /// Not to run before this.
     pub ready_at: Instant,
 }
 
 impl EventJob {
-    /// A new event, ready now.
+    /// A new event, ready now: `id` as stored, accepted at
+    /// `accepted_unix_ms`, with `errors` function errors so far.
     pub fn new(
+        id: crate::event_store::EventId,
+        accepted_unix_ms: u64,
         function: String,
         tenant: Option<TenantId>,
         payload: Vec<u8>,
@@ -49,23 +54,30 @@ impl EventJob {
     ) -> Self {
         let now = Instant::now();
         Self {
+            id,
+            accepted_unix_ms,
             function,
             tenant,
             payload,
             request_id,
             errors: 0,
             backoff: Duration::from_millis(200),
-            queued_at: now,
             ready_at: now,
         }
     }
 
     /// Whose share it counts against: its tenant, else its function.
     fn share(&self) -> String {
-        match &self.tenant {
-            Some(t) => format!("tenant:{}", t.as_str()),
-            None => format!("function:{}", self.function),
-        }
+        share_of(&self.function, self.tenant.as_ref())
+    }
+}
+
+/// Whose share an event of `function` for `tenant` counts against: its
+/// tenant, else its function.
+pub(crate) fn share_of(function: &str, tenant: Option<&TenantId>) -> String {
+    match tenant {
+        Some(t) => format!("tenant:{}", t.as_str()),
+        None => format!("function:{function}"),
     }
 }
 
@@ -97,6 +109,8 @@ impl QueueFull {
 struct Lane {
     waiting: VecDeque<EventJob>,
     running: usize,
+    /// Places taken by events being written to the durable store.
+    reserved: usize,
 }
 
 #[derive(Default)]
@@ -148,21 +162,67 @@ impl EventQueue {
         self.lock().held
     }
 
-    /// Queues an event, unless the queue or its share is full.
-    pub fn push(&self, job: EventJob) -> Result<(), QueueFull> {
+    /// Takes a place in the queue for an event of `share` (see
+    /// [`share_of`]), unless the queue or the share is full. The event is
+    /// then stored durably and handed over with
+    /// [`push_reserved`](Self::push_reserved), or the place given back with
+    /// [`cancel`](Self::cancel).
+    pub fn reserve(&self, share: &str) -> Result<(), QueueFull> {
+        let mut s = self.lock();
+        if s.held >= self.capacity {
+            return Err(QueueFull::Queue);
+        }
+        let used = s
+            .lanes
+            .get(share)
+            .map_or(0, |l| l.waiting.len() + l.running + l.reserved);
+        if used >= self.per_tenant {
+            return Err(QueueFull::TenantShare);
+        }
+        if !s.lanes.contains_key(share) {
+            s.turn.push_back(share.to_string());
+        }
+        s.lanes.entry(share.to_string()).or_default().reserved += 1;
+        s.held += 1;
+        Ok(())
+    }
+
+    /// Gives back a place taken with [`reserve`](Self::reserve) (the event
+    /// could not be stored).
+    pub fn cancel(&self, share: &str) {
+        let mut s = self.lock();
+        let emptied = match s.lanes.get_mut(share) {
+            Some(lane) => {
+                lane.reserved = lane.reserved.saturating_sub(1);
+                lane.running == 0 && lane.waiting.is_empty() && lane.reserved == 0
+            }
+            None => false,
+        };
+        if emptied {
+            s.lanes.remove(share);
+            s.turn.retain(|t| t != share);
+        }
+        s.held = s.held.saturating_sub(1);
+    }
+
+    /// Queues an event into the place [`reserve`](Self::reserve)d for it.
+    pub fn push_reserved(&self, job: EventJob) {
         let share = job.share();
         {
             let mut s = self.lock();
-            if s.held >= self.capacity {
-                return Err(QueueFull::Queue);
-            }
-            let used = s
-                .lanes
-                .get(&share)
-                .map_or(0, |l| l.waiting.len() + l.running);
-            if used >= self.per_tenant {
-                return Err(QueueFull::TenantShare);
-            }
+            let lane = s.lanes.entry(share).or_default();
+            lane.reserved = lane.reserved.saturating_sub(1);
+            lane.waiting.push_back(job);
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Queues an event accepted before a restart, whatever the limits (it
+    /// was accepted under them).
+    pub fn push_recovered(&self, job: EventJob) {
+        let share = job.share();
+        {
+            let mut s = self.lock();
             if !s.lanes.contains_key(&share) {
                 s.turn.push_back(share.clone());
             }
@@ -170,6 +230,15 @@ impl EventQueue {
             s.held += 1;
         }
         self.wake.notify_waiters();
+    }
+
+    /// Queues an event, unless the queue or its share is full (tests: the
+    /// daemon stores the event between [`reserve`](Self::reserve) and
+    /// [`push_reserved`](Self::push_reserved)).
+    #[cfg(test)]
+    pub fn push(&self, job: EventJob) -> Result<(), QueueFull> {
+        self.reserve(&job.share())?;
+        self.push_reserved(job);
         Ok(())
     }
 
@@ -237,7 +306,7 @@ impl EventQueue {
                     if let Some(job) = retry {
                         lane.waiting.push_back(job);
                     }
-                    lane.running == 0 && lane.waiting.is_empty()
+                    lane.running == 0 && lane.waiting.is_empty() && lane.reserved == 0
                 }
                 None => false,
             };
@@ -270,6 +339,8 @@ mod tests {
 
     fn job(function: &str, tenant: Option<&str>) -> EventJob {
         EventJob::new(
+            0,
+            0,
             function.into(),
             tenant.map(|t| TenantId::parse(t).unwrap()),
             b"{}".to_vec(),
@@ -327,6 +398,28 @@ mod tests {
         q.finish(&t.share);
         assert_eq!(q.held(), 9);
         q.push(job("f", Some("c"))).unwrap();
+    }
+
+    /// A place reserved while the event is being stored counts against
+    /// the queue and the share; cancelled (the store failed), it is free
+    /// again; an event read back after a restart is queued whatever the
+    /// limits.
+    #[test]
+    fn reserved_places_count_until_pushed_or_cancelled() {
+        let q = EventQueue::new(3, 2, 4);
+        let share = share_of("f", Some(&TenantId::parse("t").unwrap()));
+        q.reserve(&share).unwrap();
+        q.reserve(&share).unwrap();
+        assert_eq!(q.reserve(&share), Err(QueueFull::TenantShare));
+        q.cancel(&share);
+        assert_eq!(q.held(), 1);
+        q.push_reserved(job("f", Some("t")));
+        assert!(q.take_ready(Instant::now()).is_ok());
+        q.reserve(&share_of("g", None)).unwrap();
+        q.reserve(&share_of("h", None)).unwrap();
+        assert_eq!(q.reserve(&share_of("i", None)), Err(QueueFull::Queue));
+        q.push_recovered(job("f", Some("t")));
+        assert_eq!(q.held(), 4);
     }
 
     #[test]

@@ -55,10 +55,23 @@ pub struct Running {
 
 impl Running {
     /// Stops accepting, finishes in-flight requests, destroys idle VMs.
+    ///
+    /// In order: `/readyz` turns 503 and the event workers take no new
+    /// event; the listeners close; requests in flight and the events being
+    /// run get [`SHUTDOWN_GRACE`] to finish (queued events stay in the event
+    /// store, and so does one still running then: it runs again after the
+    /// next start); then every VM is shut down.
     pub async fn stop(self) -> usize {
+        let events = self.daemon.stop_event_workers(SHUTDOWN_GRACE);
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let servers = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        let (finished, ()) = tokio::join!(events, servers);
+        if !finished {
+            tracing::warn!("events still running at the end of the grace period stay queued in the event store and run again after the next start");
         }
         self.daemon.shutdown().await
     }
@@ -176,7 +189,7 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// In-flight requests get this long to finish once the daemon stops.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Accepts connections (at most `limits.max_connections` open at once) and
 /// serves each with the header limits, until `stop`.

@@ -12,10 +12,10 @@ use silo_proto::{AgentConfig, Message, Outcome};
 use silo_scheduler::{
     Binding, FunctionKey, InvokeReport, Limits, ScheduleError, Scheduler, TenantId,
 };
-use tracing::Instrument;
 
 use crate::config::DaemonConfig;
-use crate::events::{EventJob, EventQueue, QueueFull};
+use crate::event_store::{EventStore, SqliteEventStore};
+use crate::events::EventQueue;
 use crate::metrics::{Ending, Metrics};
 use crate::store::{FunctionRecord, Store, StoreError};
 use crate::vm_backend::{RegisterError, VmBackend, VmRequest};
@@ -34,12 +34,6 @@ pub struct Images {
 /// The result of a synchronous invocation through the scheduler.
 pub type InvokeOutcome = Result<InvokeReport<InvokeResult>, ScheduleError<EnvError>>;
 
-/// Function errors of an Event invocation are retried this many times, as
-/// Lambda's default `MaximumRetryAttempts`.
-const EVENT_RETRIES: u32 = 2;
-/// Throttled Event invocations are retried for about this long.
-const EVENT_THROTTLE_RETRY: Duration = Duration::from_secs(120);
-
 /// The daemon.
 pub struct Daemon {
     /// Configuration in force.
@@ -50,7 +44,12 @@ pub struct Daemon {
     pub(crate) scheduler: Scheduler<VmBackend>,
     /// Invocation counters.
     pub metrics: Metrics,
-    events: EventQueue,
+    pub(crate) events: EventQueue,
+    /// Where accepted events live until done ([`crate::event_worker`]).
+    pub(crate) event_store: Arc<dyn EventStore>,
+    /// Turns true when the event workers are to stop.
+    event_stop: tokio::sync::watch::Sender<bool>,
+    event_workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     run_dir: PathBuf,
     /// Per function name: held through each change of its code or
     /// configuration.
@@ -76,6 +75,9 @@ pub enum StartError {
     /// `[network]` is enabled but the host cannot provide it.
     #[error(transparent)]
     Network(#[from] crate::net::NetError),
+    /// The event store cannot be opened or read.
+    #[error("event store: {0}")]
+    Events(#[from] crate::event_store::EventStoreError),
 }
 
 /// Errors changing the daemon's functions.
@@ -101,14 +103,20 @@ impl Daemon {
     /// tokio runtime.
     pub fn start(config: DaemonConfig, images: Images) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&config.data_dir)?;
+        let event_store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&config.data_dir)?);
         let run_dir = config.run_dir();
-        let _ = std::fs::remove_dir_all(&run_dir);
+        let left_run_entries = crate::recovery::reap_run_dir(&run_dir);
         crate::vm_backend::make_run_dir(&run_dir)?;
+        let jail = crate::jail::JailMode::for_daemon(&config.jail, config.insecure_no_jail);
+        let left_processes = match jail {
+            crate::jail::JailMode::Jailed(_) => crate::recovery::reap_jail_uids(&config.jail),
+            _ => 0,
+        };
         let backend = VmBackend::new(
             images.kernel.clone(),
             run_dir.clone(),
             Duration::from_secs(config.limits.init_timeout_s),
-            crate::jail::JailMode::for_daemon(&config.jail, config.insecure_no_jail),
+            jail,
         )
         .with_runtimes(crate::vm_backend::RuntimeSettings {
             delivery: config.runtime_delivery,
@@ -146,6 +154,9 @@ impl Daemon {
             functions: Mutex::new(BTreeMap::new()),
             metrics: Metrics::with_tenant_series(config.metrics_tenant_series),
             events,
+            event_store,
+            event_stop: tokio::sync::watch::channel(false).0,
+            event_workers: Mutex::new(Vec::new()),
             images,
             run_dir,
             changes: Mutex::new(BTreeMap::new()),
@@ -172,9 +183,26 @@ impl Daemon {
             daemon.apply_pool(&rec);
             daemon.lock().insert(name, rec);
         }
-        for _ in 0..event_workers {
-            tokio::spawn(event_worker(daemon.clone()));
-        }
+        let recovered = daemon.recover_events()?;
+        tracing::info!(
+            run_dir_entries = left_run_entries,
+            jail_uid_processes = left_processes,
+            events = recovered,
+            store = %daemon.config.data_dir.join(crate::event_store::sqlite::FILE_NAME).display(),
+            "recovery: leftovers of an earlier run reaped, queued events read back"
+        );
+        let workers = (0..event_workers)
+            .map(|_| {
+                tokio::spawn(crate::event_worker::event_worker(
+                    daemon.clone(),
+                    daemon.event_stop.subscribe(),
+                ))
+            })
+            .collect();
+        *daemon
+            .event_workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = workers;
         tokio::spawn(reaper(daemon.clone()));
         Ok(daemon)
     }
@@ -486,23 +514,6 @@ impl Daemon {
         result
     }
 
-    /// Queues an asynchronous invocation, unless the queue or the tenant's
-    /// share of it is full.
-    pub fn enqueue(
-        &self,
-        function: &str,
-        tenant: Option<TenantId>,
-        payload: Vec<u8>,
-        request_id: String,
-    ) -> Result<(), QueueFull> {
-        self.events.push(EventJob::new(
-            function.to_string(),
-            tenant,
-            payload,
-            request_id,
-        ))
-    }
-
     /// Asynchronous invocations held in the queue (waiting, running or
     /// waiting to be retried).
     pub fn events_held(&self) -> usize {
@@ -512,6 +523,35 @@ impl Daemon {
     /// The Prometheus text of the metrics.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&self.scheduler.stats())
+    }
+
+    /// Stops the event workers: each finishes the event it runs, within
+    /// `grace`; what is still queued (or did not finish) stays in the event
+    /// store and runs after the next start. Returns whether all finished.
+    pub async fn stop_event_workers(&self, grace: Duration) -> bool {
+        let _ = self.event_stop.send(true);
+        let workers =
+            std::mem::take(&mut *self.event_workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = futures_join_all(workers);
+        tokio::time::timeout(grace, all).await.is_ok()
+    }
+
+    /// Whether VMs can boot jailed (or unjailed with `--insecure-no-jail`).
+    pub fn jail_ready(&self) -> bool {
+        !matches!(
+            self.scheduler.backend().jail(),
+            crate::jail::JailMode::Unavailable(_)
+        )
+    }
+
+    /// The guest kernel and agent the daemon boots VMs from.
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    /// Whether the daemon is stopping (SIGTERM): `/readyz` fails.
+    pub fn stopping(&self) -> bool {
+        *self.event_stop.borrow()
     }
 
     /// Destroys every idle environment (daemon shutdown).
@@ -526,65 +566,10 @@ impl Daemon {
     }
 }
 
-/// One of the `limits.event_workers` workers: runs queued Event
-/// invocations one at a time with Lambda-style retries (function errors
-/// twice more, throttles with backoff for a while); a retry waits in the
-/// queue, not on this worker.
-async fn event_worker(daemon: Arc<Daemon>) {
-    loop {
-        let taken = daemon.events.next().await;
-        let (share, mut job) = (taken.share, taken.job);
-        let span = tracing::info_span!("event", function = %job.function, tenant_id = ?job.tenant.as_ref().map_or("-", |t| t.as_str()), request_id = %job.request_id);
-        let Some(rec) = daemon.get(&job.function) else {
-            span.in_scope(|| {
-                tracing::warn!("function deleted before its queued event ran; dropping the event")
-            });
-            daemon.events.finish(&share);
-            continue;
-        };
-        let result = daemon
-            .invoke(
-                &rec,
-                job.tenant.clone(),
-                job.payload.clone(),
-                &job.request_id,
-            )
-            .instrument(span.clone())
-            .await;
-        let _in = span.enter();
-        match result {
-            Ok(r) if matches!(r.response.outcome, Outcome::Ok(_)) => {
-                tracing::info!(cold_start = r.cold_start, "event invocation succeeded");
-                daemon.events.finish(&share);
-            }
-            Err(ScheduleError::Throttled(reason))
-                if job.queued_at.elapsed() < EVENT_THROTTLE_RETRY =>
-            {
-                tracing::info!(
-                    ?reason,
-                    retry_in_ms = job.backoff.as_millis() as u64,
-                    "event invocation throttled; will retry"
-                );
-                job.ready_at = Instant::now() + job.backoff;
-                job.backoff = (job.backoff * 2).min(Duration::from_secs(10));
-                daemon.events.retry(&share, job);
-            }
-            other => {
-                let why = match &other {
-                    Ok(r) => format!("{:?}", r.response.outcome),
-                    Err(e) => e.to_string(),
-                };
-                if job.errors >= EVENT_RETRIES {
-                    tracing::warn!(error = %why, attempts = job.errors + 1, "event invocation failed; giving up");
-                    daemon.events.finish(&share);
-                } else {
-                    job.errors += 1;
-                    tracing::info!(error = %why, attempt = job.errors, "event invocation failed; retrying");
-                    job.ready_at = Instant::now() + Duration::from_secs(u64::from(job.errors));
-                    daemon.events.retry(&share, job);
-                }
-            }
-        }
+/// Awaits every task of `tasks`.
+async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

@@ -64,6 +64,10 @@ pub struct FunctionRecord {
     /// configuration's); see [`crate::net`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::EgressPolicy>,
+    /// Its asynchronous invocation settings
+    /// (PutFunctionEventInvokeConfig), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_invoke_config: Option<crate::event_worker::EventInvokeConfig>,
 }
 
 /// Errors of the store.
@@ -343,6 +347,7 @@ mod tests {
             reserved_concurrency: None,
             pool_size: None,
             network: None,
+            event_invoke_config: None,
         }
     }
 

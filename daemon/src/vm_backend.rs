@@ -227,6 +227,11 @@ impl VmBackend {
         self.network.as_ref()
     }
 
+    /// How VMMs are jailed.
+    pub fn jail(&self) -> &JailMode {
+        &self.jail
+    }
+
     /// Builds and registers the image of a function version.
     pub fn register(
         &self,

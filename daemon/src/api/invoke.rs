@@ -125,8 +125,15 @@ pub async fn invoke(
                     "Request must be smaller than {MAX_EVENT_PAYLOAD} bytes for an asynchronous (Event) invocation"
                 )));
             }
-            if let Err(full) = d.enqueue(&name, tenant, payload, request_id.clone()) {
-                return Err(ApiError::throttled(full.to_string(), full.reason()));
+            match d.enqueue(&name, tenant, payload, request_id.clone()).await {
+                Ok(()) => {}
+                Err(crate::event_worker::EnqueueError::Full(full)) => {
+                    return Err(ApiError::throttled(full.to_string(), full.reason()))
+                }
+                Err(e @ crate::event_worker::EnqueueError::Store(_)) => {
+                    span.in_scope(|| tracing::error!(error = %e, "event invocation refused"));
+                    return Err(ApiError::service(e.to_string()));
+                }
             }
             span.in_scope(|| tracing::info!("event invocation queued"));
             Ok(with_request_id(

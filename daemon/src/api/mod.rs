@@ -7,9 +7,11 @@
 
 pub mod auth;
 pub mod error;
+mod event_config;
 mod function_settings;
 mod functions;
 mod gateway_routes;
+mod health;
 mod invoke;
 mod network;
 
@@ -81,6 +83,20 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
                 .get(gateway_routes::get_route)
                 .delete(gateway_routes::delete_route),
         )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_config::put_config)
+                .post(event_config::update_config)
+                .get(event_config::get_config)
+                .delete(event_config::delete_config),
+        )
+        .route("/silo/failed-events", get(event_config::list_failed))
+        .route(
+            "/silo/failed-events/{id}",
+            axum::routing::delete(event_config::delete_failed),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
