@@ -149,6 +149,8 @@ pub struct DaemonConfig {
     /// One network per VM and the functions' egress policies (off by
     /// default).
     pub network: crate::net::NetworkConfig,
+    /// Function logs kept on the host (`[logs]`, see [`crate::logs`]).
+    pub logs: crate::logs::LogsConfig,
     /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
     /// the file). Logged on every boot.
     #[serde(skip)]
@@ -212,6 +214,7 @@ impl Default for DaemonConfig {
             allow_unauthenticated: false,
             jail: crate::jail::JailSettings::default(),
             network: crate::net::NetworkConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
             insecure_no_jail: false,
         }
     }

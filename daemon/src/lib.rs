@@ -8,6 +8,7 @@
 //!   [`environment_id`] (the opaque environment ids callers see);
 //! - [`vm_env`] and [`vm_backend`]: one microVM per execution environment,
 //!   each a `silo-vmm` process, as the scheduler's backend;
+//! - [`logs`]: function logs per tenant (store, formats, queries, usage);
 //! - [`serve`]: the listener and the serving loop.
 //!
 //! The guest kernel and agent come from the caller ([`Images`]); this crate
@@ -19,6 +20,7 @@ pub mod console;
 pub mod environment_id;
 mod events;
 pub mod jail;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod runtime_copies;

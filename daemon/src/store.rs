@@ -64,6 +64,9 @@ pub struct FunctionRecord {
     /// configuration's); see [`crate::net`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::EgressPolicy>,
+    /// `LoggingConfig`: the log format and levels.
+    #[serde(default)]
+    pub logging: crate::logs::LoggingConfig,
 }
 
 /// Errors of the store.
@@ -343,6 +346,7 @@ mod tests {
             reserved_concurrency: None,
             pool_size: None,
             network: None,
+            logging: Default::default(),
         }
     }
 

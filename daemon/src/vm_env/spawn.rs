@@ -254,6 +254,8 @@ impl VmEnv {
                 timeline,
             },
             net,
+            logs: None,
+            pooled: false,
         })
     }
 }
