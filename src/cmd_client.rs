@@ -25,7 +25,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> LambdaClient {
+    pub(crate) fn client(&self) -> LambdaClient {
         let creds = match (&self.access_key_id, &self.secret_access_key) {
             (Some(a), Some(s)) => Some(Credentials {
                 access_key: a.clone(),

@@ -10,6 +10,7 @@
 mod cmd_client;
 mod cmd_demo;
 mod cmd_images;
+mod cmd_logs;
 mod cmd_run;
 mod cmd_serve;
 
@@ -34,6 +35,10 @@ enum Command {
     CreateFunction(cmd_client::CreateArgs),
     /// Invoke a function on a running daemon.
     Invoke(cmd_client::InvokeArgs),
+    /// A function's log on a running daemon (one tenant's with --tenant).
+    Logs(cmd_logs::LogsArgs),
+    /// Usage per function and tenant on a running daemon.
+    Usage(cmd_logs::UsageArgs),
     /// A burst of new tenants against a running daemon (JSON report).
     Burst(cmd_client::BurstArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
@@ -70,6 +75,8 @@ fn main() -> std::process::ExitCode {
         Command::CreateFunction(args) => cmd_client::create(args),
         Command::Invoke(args) => cmd_client::invoke(args),
         Command::Burst(args) => cmd_client::burst(args),
+        Command::Logs(args) => cmd_logs::logs(args),
+        Command::Usage(args) => cmd_logs::usage(args),
         Command::Bench(args) => boot::run(args),
         Command::BenchApi(args) => api::run(args),
         Command::Run(args) => cmd_run::run(args),

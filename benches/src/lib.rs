@@ -12,7 +12,9 @@
 //!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
 //! - [`pmem_memory`]: host memory of N VMs reading the same files from one
 //!   shared virtio-pmem image against the files in each VM's initramfs,
-//!   and against a copy of the image per tenant ([`pmem_tenants`]).
+//!   and against a copy of the image per tenant ([`pmem_tenants`]);
+//! - [`logs_store`]: the function-log pipeline's ingest rate and queries
+//!   (`silo-bench bench-logs`).
 //!
 //! Without hardware KVM both run again inside the KVM test host
 //! ([`silo_images::placement`]).
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod boot;
 pub mod guest_files;
+pub mod logs_store;
 pub mod pmem_memory;
 pub mod pmem_tenants;
 pub mod python;
@@ -67,6 +70,8 @@ pub enum BenchCommand {
     BenchPython(python::PythonBenchArgs),
     /// Measure host memory of N VMs sharing one pmem image vs the same files in each initramfs.
     BenchPmemMemory(pmem_memory::PmemMemoryArgs),
+    /// Measure the function-log pipeline: sustained ingest, and queries over a large store.
+    BenchLogs(logs_store::LogsBenchArgs),
 }
 
 impl BenchCommand {
@@ -77,6 +82,7 @@ impl BenchCommand {
             BenchCommand::BenchApi(args) => api::run(args),
             BenchCommand::BenchPython(args) => python::run(args),
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
+            BenchCommand::BenchLogs(args) => logs_store::run(args),
         }
     }
 }

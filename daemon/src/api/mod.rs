@@ -10,6 +10,7 @@ pub mod error;
 mod function_settings;
 mod functions;
 mod invoke;
+mod logs;
 mod network;
 
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/2015-03-31/functions/{name}/invocations",
             post(invoke::invoke),
         )
+        .route("/", post(logs::dispatch))
+        .route("/2015-03-31/functions/{name}/usage", get(logs::usage))
         .route("/metrics", get(metrics))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())
