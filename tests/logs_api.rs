@@ -147,6 +147,15 @@ fn a_tenant_key_reads_only_its_own_tenants_events_whatever_it_asks() {
         json!({"logGroupName": group, "retentionInDays": 1}),
     );
     assert_eq!(s, 403, "{v}");
+    // The JSON 1.1 error shape the SDKs' logs clients read.
+    assert_eq!(v["__type"], "AccessDeniedException", "{v}");
+    let (s, v) = call(
+        &admin,
+        "FilterLogEvents",
+        json!({"logGroupName": "/aws/lambda/nothing"}),
+    );
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["__type"], "ResourceNotFoundException", "{v}");
     let (s, v) = call(
         &admin,
         "PutRetentionPolicy",

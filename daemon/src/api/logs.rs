@@ -118,8 +118,27 @@ fn amz_json(v: Value) -> Response {
     r
 }
 
-/// `POST /` with a `Logs_20140328.*` target.
-pub async fn dispatch(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response, ApiError> {
+/// `POST /` with a `Logs_20140328.*` target. Errors in the JSON 1.1
+/// protocol's shape (`{"__type", "message"}` beside `x-amzn-ErrorType`),
+/// which the SDKs' logs clients read.
+pub async fn dispatch(State(d): State<Arc<Daemon>>, req: Request) -> Response {
+    match operation(d, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let body = json!({ "__type": e.kind, "message": e.message });
+            let mut r = (e.status, body.to_string()).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
+            h.insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind));
+            r
+        }
+    }
+}
+
+async fn operation(d: Arc<Daemon>, req: Request) -> Result<Response, ApiError> {
     let a = read_authed(&d, req, MAX_REQUEST, "CloudWatch Logs").await?;
     let op = a
         .parts

@@ -247,3 +247,64 @@ fn write_batch(
         .evicted_segments
         .store(store.evicted_segments, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every record also reaches the export file as one JSON line with
+    /// its group, stream, tenant and message; and a full buffer drops and
+    /// counts instead of blocking.
+    #[test]
+    fn records_are_exported_and_a_full_buffer_drops() {
+        let dir = std::env::temp_dir().join(format!("silo-logs-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let export = dir.join("export.jsonl");
+        let settings = |buffer_bytes| PipelineSettings {
+            root: dir.join("store"),
+            buffer_events: 16,
+            buffer_bytes,
+            bounds: Bounds {
+                max_function_bytes: 1 << 20,
+                max_tenant_bytes: 1 << 20,
+            },
+            export: Export::File(export.clone()),
+        };
+        let usage = Arc::new(UsageBook::open(dir.clone()));
+        let sink = start(settings(1 << 20), usage.clone()).unwrap();
+        let entry = |i: usize| Entry {
+            function: "f".into(),
+            stream: "s".into(),
+            tenant: Some("tenant \"A\"".into()),
+            ts_ms: 1_000 + i as u64,
+            message: format!("line {i}\u{1b}[2J"),
+        };
+        for i in 0..3 {
+            sink.send(entry(i));
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut lines = Vec::new();
+        while Instant::now() < until && lines.len() < 3 {
+            std::thread::sleep(Duration::from_millis(50));
+            lines = std::fs::read_to_string(&export)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+        }
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["logGroup"], "/aws/lambda/f");
+        assert_eq!(v["tenantId"], "tenant \"A\"");
+        assert_eq!(v["message"], "line 0\u{1b}[2J");
+        assert!(!lines[0].contains('\u{1b}'), "control characters escaped");
+        // A buffer of 100 bytes holds one 64-byte-overhead event at most.
+        let tight = start(settings(100), usage).unwrap();
+        for i in 0..1000 {
+            tight.send(entry(i));
+        }
+        assert!(tight.counters.dropped.load(Ordering::Relaxed) > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
