@@ -226,6 +226,24 @@ pub fn run(args: LogsBenchArgs) -> std::process::ExitCode {
         },
     );
     let scan_s = t.elapsed().as_secs_f64();
+    // A JSON pattern matching no line: every line of the tenant parsed.
+    let p = Pattern::parse("{ $.level = \"ERROR\" || $.level = \"FATAL\" }").expect("pattern");
+    let t = Instant::now();
+    let (none, _) = query::events(
+        &root,
+        &EventQuery {
+            function: "bench",
+            scope: &narrowed,
+            streams: &[],
+            stream_prefix: "",
+            start_ms: None,
+            end_ms: None,
+            pattern: &p,
+            limit: 10_000,
+            after: None,
+        },
+    );
+    let json_scan_s = t.elapsed().as_secs_f64();
     out["query"] = json!({
         "lines_per_tenant": args.lines,
         "stored_bytes": stored,
@@ -234,6 +252,8 @@ pub fn run(args: LogsBenchArgs) -> std::process::ExitCode {
         "first_page_events": n1,
         "scan_of_one_tenant_for_one_line_s": scan_s,
         "scan_found": found.len(),
+        "json_pattern_scan_of_one_tenant_s": json_scan_s,
+        "json_scan_found": none.len(),
     });
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());

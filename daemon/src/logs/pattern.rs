@@ -136,6 +136,63 @@ impl Pattern {
         Ok(Self::Terms { all, any, none })
     }
 
+    /// The tenant every match must have (`{ $.tenantId = "t" }`, alone or
+    /// in an `&&`), if any.
+    pub fn required_tenant(&self) -> Option<&str> {
+        fn of(x: &Expr) -> Option<&str> {
+            match x {
+                Expr::And(a, b) => of(a).or_else(|| of(b)),
+                Expr::Cmp {
+                    path,
+                    op: Op::Eq,
+                    value: Lit::Str(s),
+                } if path.len() == 1 && path[0] == "tenantId" && !s.contains('*') => Some(s),
+                _ => None,
+            }
+        }
+        match self {
+            Self::Json(x) => of(x),
+            _ => None,
+        }
+    }
+
+    /// Text every match's stored line must contain as it is (terms, and
+    /// the values of `=` comparisons joined by `&&`; text JSON would
+    /// escape is left out): a cheap test before parsing.
+    pub fn raw_terms(&self) -> Vec<String> {
+        fn verbatim(t: &str) -> bool {
+            !t.is_empty() && !t.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+        }
+        fn of(x: &Expr, out: &mut Vec<String>) {
+            match x {
+                Expr::And(a, b) => {
+                    of(a, out);
+                    of(b, out);
+                }
+                Expr::Cmp {
+                    path,
+                    op: Op::Eq,
+                    value: Lit::Str(s),
+                } if !(path.len() == 1 && path[0] == "tenantId") => {
+                    // The longest piece between wildcards.
+                    if let Some(p) = s.split('*').max_by_key(|p| p.len()).filter(|p| verbatim(p)) {
+                        out.push(p.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        match self {
+            Self::Terms { all, .. } => all.iter().filter(|t| verbatim(t)).cloned().collect(),
+            Self::Json(x) => {
+                let mut out = Vec::new();
+                of(x, &mut out);
+                out
+            }
+            Self::All => Vec::new(),
+        }
+    }
+
     /// Whether `e` matches.
     pub fn matches(&self, e: &Event<'_>) -> bool {
         match self {
@@ -417,6 +474,24 @@ mod tests {
         assert!(m(r#"{ ($.n < 1) || $.a.b = c }"#, msg, None));
         assert!(m(r#"{ $.message = "h*" }"#, msg, None));
         assert!(m(r#"{ $.level != "ERROR" }"#, msg, None));
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        assert_eq!(
+            p(r#"{ $.n > 1 && $.tenantId = "a" }"#).required_tenant(),
+            Some("a")
+        );
+        assert_eq!(
+            p(r#"{ $.tenantId = "a" || $.n > 1 }"#).required_tenant(),
+            None
+        );
+        assert_eq!(p(r#"{ $.tenantId = "a*" }"#).required_tenant(), None);
+        assert_eq!(p(r#"ERROR x\y"#).raw_terms(), ["ERROR"]);
+        assert_eq!(
+            p(r#"{ $.level = "ERROR" && $.m = "ab*c" && $.tenantId = "t" }"#).raw_terms(),
+            ["ERROR", "ab"]
+        );
+        assert!(p(r#"{ $.level = "ERROR" || $.n = 1 }"#)
+            .raw_terms()
+            .is_empty());
         assert!(!m(r#"{ $.missing = "x" }"#, msg, None));
         for bad in [
             "{ $.a = }",

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::pattern::{Event, Pattern};
-use super::store::{read_segment, retention_days, segment_path, segments, tenant_key, Stored};
+use super::store::{
+    read_segment_where, retention_days, segment_path, segments, tenant_key, Stored,
+};
 
 /// Whose events a caller may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +134,7 @@ fn scan(
     root: &Path,
     function: &str,
     scope: &Scope,
+    pre: &dyn Fn(&str) -> bool,
     mut each: impl FnMut(&str, u64, u64, Stored) -> bool,
 ) {
     if !super::store::valid_function(function) {
@@ -141,7 +144,7 @@ fn scan(
     for (key, dir) in scope.dirs(&root.join(function)) {
         'tenant: for (seq, _, _) in segments(&dir) {
             let mut go = true;
-            read_segment(&segment_path(&dir, seq), |off, s| {
+            read_segment_where(&segment_path(&dir, seq), pre, |off, s| {
                 if go && s.t >= from {
                     go = each(&key, seq, off, s);
                 }
@@ -156,7 +159,7 @@ fn scan(
 /// The streams of `function` holding events of the scope, by name.
 pub fn streams(root: &Path, function: &str, scope: &Scope, prefix: &str) -> Vec<StreamInfo> {
     let mut by: BTreeMap<String, StreamInfo> = BTreeMap::new();
-    scan(root, function, scope, |_, _, _, s| {
+    scan(root, function, scope, &|_| true, |_, _, _, s| {
         if s.s.starts_with(prefix) {
             let i = by.entry(s.s.clone()).or_insert_with(|| StreamInfo {
                 name: s.s.clone(),
@@ -248,7 +251,17 @@ pub fn events(root: &Path, q: &EventQuery<'_>) -> (Vec<Found>, bool) {
     let mut more = false;
     let mut per_tenant = 0usize;
     let mut current = String::new();
-    scan(root, q.function, q.scope, |key, seq, off, s| {
+    // A pattern naming one tenant opens only that tenant's directory (if
+    // the scope has it); terms every match must hold are looked for in
+    // the raw line before it is parsed.
+    let narrowed = q
+        .pattern
+        .required_tenant()
+        .map(|t| q.scope.narrowed(Some(t)));
+    let scope = narrowed.as_ref().unwrap_or(q.scope);
+    let terms = q.pattern.raw_terms();
+    let pre = |raw: &str| terms.iter().all(|t| raw.contains(t.as_str()));
+    scan(root, q.function, scope, &pre, |key, seq, off, s| {
         if key != current {
             current = key.to_string();
             per_tenant = 0;
@@ -302,7 +315,7 @@ pub fn last_events(
     before: Option<&Cursor>,
 ) -> Vec<Found> {
     let mut found = Vec::new();
-    scan(root, function, scope, |key, seq, off, s| {
+    scan(root, function, scope, &|_| true, |key, seq, off, s| {
         if s.s == stream {
             let cursor = Cursor {
                 t: s.t,

@@ -88,7 +88,17 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 
 /// Reads a segment's events with their byte offsets (a torn last line,
 /// or any line that does not parse, is skipped).
-pub fn read_segment(path: &Path, mut each: impl FnMut(u64, Stored)) {
+pub fn read_segment(path: &Path, each: impl FnMut(u64, Stored)) {
+    read_segment_where(path, &|_| true, each)
+}
+
+/// [`read_segment`] for the lines whose raw text passes `pre` (a cheap
+/// test that spares parsing the lines that cannot match).
+pub fn read_segment_where(
+    path: &Path,
+    pre: &dyn Fn(&str) -> bool,
+    mut each: impl FnMut(u64, Stored),
+) {
     let Ok(f) = File::open(path) else { return };
     let mut r = BufReader::with_capacity(256 * 1024, f);
     let mut line = Vec::new();
@@ -98,8 +108,9 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(u64, Stored)) {
         match r.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if line.ends_with(b"\n") {
-                    if let Ok(s) = serde_json::from_slice::<Stored>(&line) {
+                let raw = std::str::from_utf8(&line).unwrap_or("");
+                if raw.ends_with('\n') && pre(raw) {
+                    if let Ok(s) = serde_json::from_str::<Stored>(raw) {
                         each(offset, s);
                     }
                 }
