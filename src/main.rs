@@ -11,6 +11,7 @@ mod cmd_client;
 mod cmd_demo;
 mod cmd_events;
 mod cmd_images;
+mod cmd_logs;
 mod cmd_run;
 mod cmd_serve;
 
@@ -39,6 +40,10 @@ enum Command {
     Invoke(cmd_client::InvokeArgs),
     /// Failed Event invocations on a running daemon (list, remove).
     Events(cmd_events::EventsArgs),
+    /// A function's log on a running daemon (one tenant's with --tenant).
+    Logs(cmd_logs::LogsArgs),
+    /// Usage per function and tenant on a running daemon.
+    Usage(cmd_logs::UsageArgs),
     /// A burst of new tenants against a running daemon (JSON report).
     Burst(cmd_client::BurstArgs),
     /// Measure cold boots against a peer VMM and warm invokes against host mode.
@@ -82,6 +87,8 @@ fn main() -> std::process::ExitCode {
         Command::Invoke(args) => cmd_client::invoke(args),
         Command::Events(args) => cmd_events::run(args),
         Command::Burst(args) => cmd_client::burst(args),
+        Command::Logs(args) => cmd_logs::logs(args),
+        Command::Usage(args) => cmd_logs::usage(args),
         Command::Bench(args) => boot::run(args),
         Command::BenchApi(args) => api::run(args),
         Command::Run(args) => cmd_run::run(args),

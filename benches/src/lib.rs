@@ -12,7 +12,9 @@
 //!   a custom-runtime function, phase by phase (`silo-bench bench-python`).
 //! - [`pmem_memory`]: host memory of N VMs reading the same files from one
 //!   shared virtio-pmem image against the files in each VM's initramfs,
-//!   and against a copy of the image per tenant ([`pmem_tenants`]).
+//!   and against a copy of the image per tenant ([`pmem_tenants`]);
+//! - [`logs_store`]: the function-log pipeline's ingest rate and queries
+//!   (`silo-bench bench-logs`).
 //!
 //! - [`net`]: guest egress throughput and round trips against Firecracker
 //!   and the host, and what a network adds to a cold start.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod boot;
 pub mod guest_files;
+pub mod logs_store;
 pub mod net;
 pub mod pmem_memory;
 pub mod pmem_tenants;
@@ -88,6 +91,8 @@ pub enum BenchCommand {
     /// Measure networking: guest egress throughput and round trips against
     /// Firecracker and the host, and what a network adds to a cold start.
     BenchNet(net::NetBenchArgs),
+    /// Measure the function-log pipeline: sustained ingest, and queries over a large store.
+    BenchLogs(logs_store::LogsBenchArgs),
 }
 
 impl BenchCommand {
@@ -99,6 +104,7 @@ impl BenchCommand {
             BenchCommand::BenchPython(args) => python::run(args),
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
             BenchCommand::BenchNet(args) => net::run(args),
+            BenchCommand::BenchLogs(args) => logs_store::run(args),
         }
     }
 }

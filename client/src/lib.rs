@@ -150,6 +150,34 @@ impl LambdaClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<HttpResponse, ClientError> {
+        self.request_for("lambda", method, path_and_query, headers, body)
+    }
+
+    /// A CloudWatch Logs operation of the daemon (`POST /`, JSON 1.1,
+    /// signed for the `logs` service), e.g. `FilterLogEvents`.
+    pub fn logs(&self, operation: &str, input: &Value) -> Result<HttpResponse, ClientError> {
+        let target = format!("Logs_20140328.{operation}");
+        self.request_for(
+            "logs",
+            "POST",
+            "/",
+            &[
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amz-target", &target),
+            ],
+            input.to_string().as_bytes(),
+        )
+    }
+
+    /// [`LambdaClient::request`] signed for `service`.
+    fn request_for(
+        &self,
+        service: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse, ClientError> {
         let url = format!("{}{}", self.endpoint, path_and_query);
         let err = |reason: String, timed_out: bool| ClientError {
             method: method.into(),
@@ -165,7 +193,9 @@ impl LambdaClient {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
-        for (n, v) in self.signature_headers(method, path_and_query, headers, body, now) {
+        for (n, v) in
+            self.signature_headers_for(service, method, path_and_query, headers, body, now)
+        {
             req = req.set(&n, &v);
         }
         let result = if body.is_empty() && method != "POST" && method != "PUT" {
@@ -213,6 +243,19 @@ impl LambdaClient {
         body: &[u8],
         now_unix: i64,
     ) -> Vec<(String, String)> {
+        self.signature_headers_for("lambda", method, path_and_query, headers, body, now_unix)
+    }
+
+    /// [`LambdaClient::signature_headers`] for `service`.
+    fn signature_headers_for(
+        &self,
+        service: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        now_unix: i64,
+    ) -> Vec<(String, String)> {
         let Some(c) = &self.credentials else {
             return Vec::new();
         };
@@ -242,7 +285,7 @@ impl LambdaClient {
             &c.access_key,
             &c.secret,
             &self.region,
-            "lambda",
+            service,
             now_unix,
         );
         vec![("x-amz-date".into(), date), ("authorization".into(), auth)]

@@ -160,6 +160,8 @@ pub struct DaemonConfig {
     pub network: crate::net::NetworkConfig,
     /// The HTTP gateway (`[gateway]`, off unless `listen` is set).
     pub gateway: crate::gateway::GatewayConfig,
+    /// Function logs kept on the host (`[logs]`, see [`crate::logs`]).
+    pub logs: crate::logs::LogsConfig,
     /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
     /// the file). Logged on every boot.
     #[serde(skip)]
@@ -224,6 +226,7 @@ impl Default for DaemonConfig {
             jail: crate::jail::JailSettings::default(),
             network: crate::net::NetworkConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
             insecure_no_jail: false,
         }
     }

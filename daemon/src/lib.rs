@@ -11,6 +11,8 @@
 //! - [`serve`]: the listener and the serving loop;
 //! - [`gateway`]: the HTTP front door (routes to functions, JWT
 //!   authorizers, per-tenant rate limits) on its own listener.
+//! - [`logs`]: function logs per tenant (store, formats, queries, usage);
+//! - [`serve`]: the listener and the serving loop.
 //!
 //! The guest kernel and agent come from the caller ([`Images`]); this crate
 //! neither builds them nor knows about the KVM test host.
@@ -24,6 +26,7 @@ pub mod event_worker;
 mod events;
 pub mod gateway;
 pub mod jail;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod recovery;

@@ -58,6 +58,8 @@ pub struct Daemon {
     env_token_key: String,
     /// The HTTP gateway's routes, authorizers and rate limits.
     pub gateway: crate::gateway::Gateway,
+    /// Function logs and usage per tenant.
+    pub logs: crate::logs::Logs,
 }
 
 /// Errors starting the daemon.
@@ -78,6 +80,9 @@ pub enum StartError {
     /// The event store cannot be opened or read.
     #[error("event store: {0}")]
     Events(#[from] crate::event_store::EventStoreError),
+    /// The log store or its export sink cannot be opened.
+    #[error("function logs: {0}")]
+    Logs(std::io::Error),
 }
 
 /// Errors changing the daemon's functions.
@@ -104,6 +109,8 @@ impl Daemon {
     pub fn start(config: DaemonConfig, images: Images) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&config.data_dir)?;
         let event_store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+        let logs =
+            crate::logs::Logs::start(&config.data_dir, &config.logs).map_err(StartError::Logs)?;
         let run_dir = config.run_dir();
         let left_run_entries = crate::recovery::reap_run_dir(&run_dir);
         crate::vm_backend::make_run_dir(&run_dir)?;
@@ -124,6 +131,7 @@ impl Daemon {
             sharing: config.runtime_sharing,
         })
         .with_console_bytes(config.console_bytes)
+        .with_logs(logs.sink().cloned())
         .with_network(crate::net::start_for(
             &config.network,
             config.metrics_tenant_series,
@@ -162,6 +170,7 @@ impl Daemon {
             changes: Mutex::new(BTreeMap::new()),
             env_token_key: format!("{}{}", random_uuid(), random_uuid()),
             gateway,
+            logs,
             config,
         });
         for rec in records {
@@ -227,13 +236,19 @@ impl Daemon {
     }
 
     fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), RegisterError> {
+        let mut environment = rec.environment.clone();
+        environment.extend(rec.logging.runtime_environment());
+        environment.insert(
+            "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+            format!("/aws/lambda/{}", rec.name),
+        );
         let cfg = AgentConfig {
             function_name: rec.name.clone(),
             function_arn: self.arn(&rec.name),
             handler: rec.handler.clone(),
             memory_mib: rec.memory_mib,
             timeout_s: rec.timeout_s,
-            environment: rec.environment.clone(),
+            environment,
             region: self.config.region.clone(),
             ..AgentConfig::default()
         };
@@ -243,6 +258,7 @@ impl Daemon {
             cfg,
             code,
             &rec.runtime,
+            rec.logging.clone(),
         )
     }
 
@@ -511,6 +527,26 @@ impl Daemon {
         };
         self.metrics
             .record(&rec.name, t, ending, cold, started.elapsed());
+        self.logs.usage().record(
+            &rec.name,
+            t,
+            match ending {
+                Ending::Ok => crate::logs::usage::Outcome::Ok,
+                Ending::Error => crate::logs::usage::Outcome::Error,
+                Ending::Throttled => crate::logs::usage::Outcome::Throttled,
+            },
+            result.as_ref().is_ok_and(|r| r.cold_start),
+            match &result {
+                Ok(r) => Some(r.response.duration),
+                Err(ScheduleError::Environment(EnvError::FunctionCrashed(r))) => Some(r.duration),
+                _ => None,
+            },
+            rec.memory_mib,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        );
         result
     }
 
@@ -522,7 +558,9 @@ impl Daemon {
 
     /// The Prometheus text of the metrics.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.scheduler.stats())
+        let mut text = self.metrics.render(&self.scheduler.stats());
+        text.push_str(&self.logs.render_metrics());
+        text
     }
 
     /// Stops the event workers: each finishes the event it runs, within
@@ -562,6 +600,7 @@ impl Daemon {
             let _ = tokio::task::spawn_blocking(move || net.close()).await;
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        self.logs.shutdown();
         n
     }
 }

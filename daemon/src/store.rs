@@ -68,6 +68,9 @@ pub struct FunctionRecord {
     /// (PutFunctionEventInvokeConfig), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_invoke_config: Option<crate::event_worker::EventInvokeConfig>,
+    /// `LoggingConfig`: the log format and levels.
+    #[serde(default)]
+    pub logging: crate::logs::LoggingConfig,
 }
 
 /// Errors of the store.
@@ -348,6 +351,7 @@ mod tests {
             pool_size: None,
             network: None,
             event_invoke_config: None,
+            logging: Default::default(),
         }
     }
 

@@ -98,6 +98,10 @@ pub struct FunctionImage {
     pub initrd: PathBuf,
     /// The managed runtime's shared image, when delivered by pmem.
     pub pmem: Option<PathBuf>,
+    /// The runtime id.
+    pub runtime: String,
+    /// The function's log format and levels.
+    pub logging: crate::logs::LoggingConfig,
 }
 
 /// Where managed runtimes' images come from and how they reach VMs.
@@ -127,6 +131,8 @@ pub struct VmBackend {
     functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
     /// VMs' networks (`[network]`), if enabled.
     network: Option<Arc<crate::net::Network>>,
+    /// Where VMs' function logs go, if kept.
+    logs: Option<crate::logs::LogSink>,
 }
 
 /// One invocation for a VM environment.
@@ -152,6 +158,7 @@ impl VmBackend {
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             functions: Mutex::new(HashMap::new()),
             network: None,
+            logs: None,
         }
     }
 
@@ -232,6 +239,12 @@ impl VmBackend {
         &self.jail
     }
 
+    /// Sends every VM's function log to `logs` (`None`: kept nowhere).
+    pub fn with_logs(mut self, logs: Option<crate::logs::LogSink>) -> Self {
+        self.logs = logs;
+        self
+    }
+
     /// Builds and registers the image of a function version.
     pub fn register(
         &self,
@@ -240,6 +253,7 @@ impl VmBackend {
         config: AgentConfig,
         package: &[u8],
         runtime: &str,
+        logging: crate::logs::LoggingConfig,
     ) -> Result<(), RegisterError> {
         let managed = Self::is_managed(runtime);
         let mut image = if managed {
@@ -279,6 +293,8 @@ impl VmBackend {
                 config,
                 initrd,
                 pmem,
+                runtime: runtime.to_string(),
+                logging,
             }),
         );
         Ok(())
@@ -320,6 +336,15 @@ pub fn make_run_dir(dir: &std::path::Path) -> Result<(), RegisterError> {
 impl VmBackend {
     /// What a VM of `binding` boots: from the function version only (the
     /// tenant is not part of any path or argument).
+    /// The registered image of a function version.
+    fn image(&self, version: &str) -> Option<Arc<FunctionImage>> {
+        self.functions
+            .lock()
+            .expect("functions lock")
+            .get(version)
+            .cloned()
+    }
+
     fn spec_for(&self, binding: &Binding) -> Result<VmSpec, EnvError> {
         let image = self
             .functions
@@ -416,8 +441,17 @@ impl VmBackend {
             function: binding.function.name.clone(),
             tenant_id: binding.tenant.as_ref().map(|t| t.as_str().to_string()),
         };
-        let env =
+        let mut env =
             VmEnv::boot_networked(&spec, &self.run_dir, &label, self.network.as_ref()).await?;
+        if let (Some(sink), Some(image)) = (&self.logs, self.image(&binding.function.version)) {
+            env.set_log_tap(crate::logs::LogTap::new(
+                sink.clone(),
+                &binding.function.name,
+                &image.runtime,
+                image.config.memory_mib,
+                image.logging.clone(),
+            ));
+        }
         let t = &env.boot.timeline;
         tracing::info!(
             function = %binding.function.name,
@@ -570,6 +604,8 @@ mod tests {
                 config: AgentConfig::default(),
                 initrd: run_dir.join(format!("counter-{version}.cpio")),
                 pmem: None,
+                runtime: "provided.al2023".into(),
+                logging: Default::default(),
             }),
         );
         for tenant in ["../x", "tenant A", "/etc/passwd", "a/../../b", "..", "x"] {

@@ -247,6 +247,8 @@ pub struct TestDaemon {
     pub data_dir: PathBuf,
     log: PathBuf,
     place: Option<Where>,
+    /// Host mode: the configuration and extra arguments, for a restart.
+    host_args: Option<(String, Vec<String>)>,
 }
 
 fn wait_ready(endpoint: &str, deadline: Duration, alive: impl Fn() -> bool) -> bool {
@@ -307,6 +309,10 @@ impl TestDaemon {
             data_dir: data_dir.to_path_buf(),
             log,
             place: Some(Where::Host(child)),
+            host_args: Some((
+                config_toml.to_string(),
+                extra_args.iter().map(|a| a.to_string()).collect(),
+            )),
         };
         let ok = wait_ready(&d.endpoint, Duration::from_secs(60), || true);
         if !ok {
@@ -408,11 +414,15 @@ impl TestDaemon {
              printf '#!/bin/sh\\ntouch /tmp/stop\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nstopping\\\\n\"\\n' > /srv/cgi-bin/stop\n\
              chmod 755 /srv/cgi-bin/stop\n\
              for f in /work/cgi/*; do [ -f \"$f\" ] && cp \"$f\" /srv/cgi-bin/ && chmod 755 \"/srv/cgi-bin/${f##*/}\"; done\n\
+             printf '#!/bin/sh\ntouch /tmp/restart\nwhile [ -f /tmp/restart ]; do sleep 0.1; done\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nrestarted\\\\n\"\n' > /srv/cgi-bin/restart\n\
+             chmod 755 /srv/cgi-bin/restart\n\
              httpd -p 8081 -h /srv\n\
-             SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
-             --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
-             pid=$!\n\
-             i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done\n\
+             start() { SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
+             --kernel vmlinux --agent agent >> /tmp/daemon.log 2>&1 & pid=$!; }\n\
+             start\n\
+             i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do \
+             if [ -f /tmp/restart ]; then kill -TERM $pid; wait $pid; echo \"DAEMON_RESTART $?\"; start; rm -f /tmp/restart; fi; \
+             sleep 0.1; i=$((i+1)); done\n\
              kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
              echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n\
              if [ -f /work/after_stop.sh ]; then echo AFTER_STOP_BEGIN; sh /work/after_stop.sh 2>&1; echo AFTER_STOP_END; fi\n"
@@ -444,6 +454,7 @@ impl TestDaemon {
             data_dir: PathBuf::new(),
             log: PathBuf::new(),
             place: Some(Where::TestHost { run, stop_port }),
+            host_args: None,
         };
         if !ok {
             let logs = d.stop();
@@ -463,6 +474,30 @@ impl TestDaemon {
             std::panic::resume_unwind(e);
         }
         logs
+    }
+
+    /// Runs the Python client script `tests/python/<script>` as
+    /// [`TestDaemon::run_python_client`] does, leaving the daemon running.
+    pub fn python_client(&self, script: &str, env: &[(&str, &str)]) -> ClientRun {
+        let out = Command::new("python3")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python")
+                    .join(script),
+            )
+            .env("SILO_ENDPOINT", &self.endpoint)
+            .env("ADMIN_KEY", ADMIN.0)
+            .env("ADMIN_SECRET", ADMIN.1)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap();
+        ClientRun {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            daemon_log: String::new(),
+        }
     }
 
     /// Runs the Python client script `tests/python/<script>` (boto3: see
@@ -553,6 +588,36 @@ impl TestDaemon {
             .request("GET", &format!("/cgi-bin/{name}?{query}"), &[], b"")
             .expect("the test host's CGI");
         Some(r.text())
+    }
+
+    /// Restarts the daemon (SIGTERM, then a new one on the same data
+    /// directory) and waits until it answers again.
+    pub fn restart(&mut self) {
+        match &self.place {
+            Some(Where::TestHost { stop_port, .. }) => {
+                let c = LambdaClient::new(&format!("http://127.0.0.1:{stop_port}"), None);
+                let r = c
+                    .request("GET", "/cgi-bin/restart", &[], b"")
+                    .expect("the test host's restart CGI");
+                assert!(r.text().contains("restarted"), "{}", r.text());
+                assert!(
+                    wait_ready(&self.endpoint, Duration::from_secs(300), || true),
+                    "the daemon did not come back"
+                );
+            }
+            Some(Where::Host(_)) => {
+                let (config, extra) = self
+                    .host_args
+                    .clone()
+                    .expect("host mode keeps its arguments");
+                let data = self.data_dir.clone();
+                let _ = self.stop();
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                let fresh = Self::on_host(&config, &data, &extra);
+                *self = fresh;
+            }
+            None => panic!("the daemon is stopped"),
+        }
     }
 
     /// The daemon's process id, host mode only.

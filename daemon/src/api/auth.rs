@@ -134,11 +134,14 @@ pub fn authenticate_at(
             ))
         };
     };
-    if auth.service != "lambda" {
+    // The CloudWatch Logs operations (`POST /` with a `Logs_20140328.*`
+    // target) are signed for `logs`, everything else for `lambda`.
+    let service = super::logs::signing_service(parts);
+    if auth.service != service {
         return Err(ApiError::forbidden(
             "InvalidSignatureException",
             format!(
-                "Credential should be scoped to correct service: 'lambda', not {:?}",
+                "Credential should be scoped to correct service: '{service}', not {:?}",
                 auth.service
             ),
         ));

@@ -69,6 +69,7 @@ struct ConfigInput {
     memory_size: Option<u32>,
     environment: Option<EnvironmentInput>,
     tenancy_config: Option<TenancyInput>,
+    logging_config: Option<crate::logs::format::LoggingInput>,
     package_type: Option<String>,
     architectures: Option<Vec<String>>,
     code: Option<CodeInput>,
@@ -190,6 +191,11 @@ fn check_config(input: &ConfigInput, rec: &mut FunctionRecord) -> Result<(), Api
         }
         rec.environment = vars;
     }
+    if let Some(l) = &input.logging_config {
+        rec.logging
+            .apply(l, &rec.name)
+            .map_err(ApiError::invalid_parameter)?;
+    }
     if let Some(p) = &input.package_type {
         if p != "Zip" {
             return Err(ApiError::invalid_parameter(format!(
@@ -233,6 +239,7 @@ pub fn configuration(d: &Daemon, r: &FunctionRecord) -> Value {
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
         "EphemeralStorage": { "Size": 512 },
+        "LoggingConfig": r.logging.api_shape(&r.name),
     });
     if r.per_tenant {
         v["TenancyConfig"] = json!({ "TenantIsolationMode": "PER_TENANT" });
@@ -311,6 +318,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         pool_size: None,
         network: None,
         event_invoke_config: None,
+        logging: Default::default(),
     };
     if input.runtime.is_none() {
         return Err(ApiError::invalid_parameter(format!(

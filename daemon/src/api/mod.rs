@@ -13,6 +13,7 @@ mod functions;
 mod gateway_routes;
 mod health;
 mod invoke;
+mod logs;
 mod network;
 
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/", post(logs::dispatch))
+        .route("/2015-03-31/functions/{name}/usage", get(logs::usage))
         .route("/metrics", get(metrics))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -8,6 +8,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::guest_text::{guest_text, guest_text_tail};
 use super::{EnvError, InvokeResult, VmEnv, LOG_TAIL, RESULT_GRACE};
+use crate::logs::{LogTap, Platform, Report};
+
+/// Where an exchange's log lines go beside the tail: the environment's
+/// tap, with the tenant and request the daemon knows (never the guest's
+/// claim).
+#[derive(Clone, Copy)]
+struct Tap<'a> {
+    tap: Option<&'a LogTap>,
+    tenant: Option<&'a str>,
+    request_id: Option<&'a str>,
+}
 
 /// Sends `msg` (an invoke for request `id`) over `conn` and reads frames
 /// until its result, collecting the invocation's log lines into `tail`;
@@ -19,6 +30,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     id: &str,
     limit: Duration,
     tail: &mut Vec<u8>,
+    log: Tap<'_>,
 ) -> Result<Outcome, EnvError> {
     let run = async {
         write_message(conn, msg)
@@ -36,7 +48,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                         guest_text(&request_id)
                     )))
                 }
-                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream, log),
                 Ok(other) => {
                     return Err(EnvError::Protocol(format!(
                         "unexpected message {}",
@@ -67,8 +79,12 @@ pub(super) fn message_kind(msg: &Message) -> &'static str {
 }
 
 /// Keeps a function output line (and the agent's own `[silo]` lines) in
-/// `tail`, which holds at most about two [`LOG_TAIL`]s.
-fn keep_log(tail: &mut Vec<u8>, line: &str, stream: LogStream) {
+/// `tail`, which holds at most about two [`LOG_TAIL`]s, and hands it to
+/// the log tap (which never blocks).
+fn keep_log(tail: &mut Vec<u8>, line: &str, stream: LogStream, log: Tap<'_>) {
+    if let Some(t) = log.tap {
+        t.line(log.tenant, log.request_id, stream, line);
+    }
     if stream != LogStream::Agent || line.starts_with("[silo]") {
         tail.extend_from_slice(line.as_bytes());
         tail.push(b'\n');
@@ -86,6 +102,7 @@ async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut S,
     limit: Duration,
     tail: &mut Vec<u8>,
+    log: Tap<'_>,
 ) -> Result<Option<ErrorInfo>, EnvError> {
     let run = async {
         write_message(conn, &Message::AwaitInit)
@@ -94,7 +111,7 @@ async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             match read_message(conn).await {
                 Ok(Message::InitDone { error }) => return Ok(error),
-                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream),
+                Ok(Message::Log { line, stream, .. }) => keep_log(tail, &line, stream, log),
                 Ok(other) => {
                     return Err(EnvError::Protocol(format!(
                         "unexpected message while awaiting init: {}",
@@ -124,7 +141,16 @@ impl VmEnv {
             ));
         }
         let mut tail = std::mem::take(&mut self.init_tail);
-        let r = exchange_init(&mut self.conn, limit, &mut tail).await;
+        self.pooled = true;
+        if let Some(t) = &self.logs {
+            t.init_start(None, self.started.elapsed());
+        }
+        let log = Tap {
+            tap: self.logs.as_ref(),
+            tenant: None,
+            request_id: None,
+        };
+        let r = exchange_init(&mut self.conn, limit, &mut tail, log).await;
         if tail.len() > LOG_TAIL {
             tail.drain(..tail.len() - LOG_TAIL);
         }
@@ -161,7 +187,12 @@ impl VmEnv {
         msg: Message,
         deadline: Duration,
     ) -> Result<InvokeResult, EnvError> {
-        let Message::Invoke { request_id, .. } = &msg else {
+        let Message::Invoke {
+            request_id,
+            tenant_id,
+            ..
+        } = &msg
+        else {
             return Err(EnvError::Protocol(
                 "invoke() takes an Invoke message".into(),
             ));
@@ -172,8 +203,30 @@ impl VmEnv {
             ));
         }
         let id = request_id.clone();
+        let tenant = tenant_id.clone();
+        // A cold start's first invocation: its init is this environment's
+        // life so far (the scheduler's create), as the REPORT's Init
+        // Duration.
+        let cold_init = (self.boot.timeline.first_invocation_answered_ms.is_none() && !self.pooled)
+            .then(|| self.started.elapsed());
+        if let Some(t) = &self.logs {
+            if let Some(init) = cold_init {
+                t.init_start(tenant.as_deref(), init);
+            }
+            t.platform(
+                tenant.as_deref(),
+                Some(&id),
+                Duration::ZERO,
+                Platform::Start,
+            );
+        }
         let started = Instant::now();
         let mut tail: Vec<u8> = std::mem::take(&mut self.init_tail);
+        let log = Tap {
+            tap: self.logs.as_ref(),
+            tenant: tenant.as_deref(),
+            request_id: Some(&id),
+        };
         // One deadline for the write and the wait: a guest that stops
         // reading cannot hold the invocation (and its slot) past it.
         let outcome = exchange(
@@ -182,8 +235,19 @@ impl VmEnv {
             &id,
             deadline + RESULT_GRACE,
             &mut tail,
+            log,
         )
         .await;
+        let duration = started.elapsed();
+        let status = match &outcome {
+            Ok(Outcome::Ok(_)) => "success",
+            Ok(Outcome::Err(e)) if e.error_type == "Sandbox.Timedout" => "timeout",
+            Ok(Outcome::Err(e)) if e.error_type == "Runtime.ExitError" => "failure",
+            Ok(Outcome::Err(_)) => "error",
+            Err(EnvError::TimedOut) => "timeout",
+            Err(_) => "failure",
+        };
+        self.log_end(tenant.as_deref(), &id, duration, cold_init, status);
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -201,7 +265,32 @@ impl VmEnv {
         Ok(InvokeResult {
             outcome,
             log_tail: tail,
-            duration: started.elapsed(),
+            duration,
         })
+    }
+
+    /// END and REPORT of an invocation, with the daemon's own measures.
+    fn log_end(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        duration: Duration,
+        init: Option<Duration>,
+        status: &str,
+    ) {
+        let Some(t) = &self.logs else { return };
+        t.platform(tenant, Some(id), Duration::ZERO, Platform::End { status });
+        t.platform(
+            tenant,
+            Some(id),
+            Duration::ZERO,
+            Platform::Report(Report {
+                duration,
+                memory_mib: t.memory_mib(),
+                max_memory_mib: self.peak_memory_mib(t.memory_mib()),
+                init,
+                status,
+            }),
+        );
     }
 }

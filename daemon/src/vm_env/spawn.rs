@@ -260,6 +260,8 @@ impl VmEnv {
                 timeline,
             },
             net,
+            logs: None,
+            pooled: false,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The VM environment's tests, with fake VMMs and fake agents.
 
 mod guest_logs;
+mod log_tap;
 
 use super::*;
 use crate::console::Console;
@@ -399,6 +400,8 @@ impl VmEnv {
                 timeline: BootTimeline::default(),
             },
             net: None,
+            logs: None,
+            pooled: false,
         }
     }
 }
