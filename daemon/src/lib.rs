@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod console;
+pub mod creds;
 pub mod environment_id;
 mod events;
 pub mod jail;

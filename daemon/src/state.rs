@@ -200,6 +200,7 @@ impl Daemon {
             timeout_s: rec.timeout_s,
             environment: rec.environment.clone(),
             region: self.config.region.clone(),
+            container_credentials: self.tenant_role(rec).is_some(),
             ..AgentConfig::default()
         };
         self.scheduler.backend().register(
@@ -208,7 +209,27 @@ impl Daemon {
             cfg,
             code,
             &rec.runtime,
-        )
+        )?;
+        self.scheduler
+            .backend()
+            .set_tenant_role(&Self::key(rec).version, self.tenant_role(rec));
+        Ok(())
+    }
+
+    /// `rec`'s effective tenant role: the API's, else the configuration's
+    /// (PER_TENANT functions only).
+    pub fn tenant_role(&self, rec: &FunctionRecord) -> Option<crate::creds::TenantRole> {
+        if !rec.per_tenant {
+            return None;
+        }
+        rec.tenant_role
+            .clone()
+            .or_else(|| self.config.tenant_roles.get(&rec.name).cloned())
+    }
+
+    /// Drops function `name`'s cached tenant credentials.
+    pub fn forget_credentials(&self, name: &str) {
+        self.scheduler.backend().broker().forget_function(name);
     }
 
     /// A function's record.
@@ -395,6 +416,7 @@ impl Daemon {
         if let Some(net) = self.network() {
             let _ = net.set_policy(name, None);
         }
+        self.forget_credentials(name);
         let destroyed = self.scheduler.retire_function(name).await;
         if let Some(old) = old {
             self.scheduler

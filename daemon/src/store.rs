@@ -64,6 +64,10 @@ pub struct FunctionRecord {
     /// configuration's); see [`crate::net`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::net::EgressPolicy>,
+    /// The tenant role set through the API, if any (else the
+    /// configuration's); see [`crate::creds`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_role: Option<crate::creds::TenantRole>,
 }
 
 /// Errors of the store.
@@ -343,6 +347,7 @@ mod tests {
             reserved_concurrency: None,
             pool_size: None,
             network: None,
+            tenant_role: None,
         }
     }
 

@@ -310,6 +310,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         reserved_concurrency: None,
         pool_size: None,
         network: None,
+        tenant_role: None,
     };
     if input.runtime.is_none() {
         return Err(ApiError::invalid_parameter(format!(
