@@ -1,0 +1,98 @@
+//! The agent's container-credentials endpoint with a real botocore: a
+//! custom runtime (Python with the host's boto3) makes its STS client at
+//! module level, before any tenant is bound, as Lambda functions do. It
+//! loads the endpoint's unbound credentials (expired, authorizing nothing)
+//! without failing; after the host sends the tenant's credentials, the same
+//! client signs with them (botocore fetched again). The token is required;
+//! `AWS_ACCESS_KEY_ID` is never set.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{fresh_dir, now_unix_ms, ok_json, Fixture};
+use silo_proto::{write_message, AgentConfig, Message, TenantCredentials};
+
+const BOOTSTRAP: &str = r#"
+import json, os, urllib.request, urllib.error
+import boto3
+# Module level, during init: no tenant is bound yet.
+sts = boto3.client("sts", region_name="us-east-1")
+# What it loaded (the raw field: reading `access_key` would refresh).
+at_init = sts._request_signer._credentials._access_key
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        r.read()
+    now = sts._request_signer._credentials.get_frozen_credentials()
+    uri = os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    try:
+        urllib.request.urlopen(uri)
+        no_token = "served"
+    except urllib.error.HTTPError as e:
+        no_token = e.code
+    out = {"at_init": at_init, "now": now.access_key, "token": now.token,
+           "no_token": no_token, "env_key": "AWS_ACCESS_KEY_ID" in os.environ, "uri": uri}
+    urllib.request.urlopen(urllib.request.Request(api + rid + "/response", data=json.dumps(out).encode(), method="POST")).read()
+"#;
+
+fn python_with_boto3() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys, boto3; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "boto3 is not installed for python3 (.ci/run installs it)"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_module_level_client_gets_the_tenants_credentials_after_binding() {
+    let dir = fresh_dir("agent-creds", "boto3");
+    let bootstrap = dir.join("task/bootstrap");
+    std::fs::write(
+        &bootstrap,
+        format!("#!{}\n{BOOTSTRAP}", python_with_boto3()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = AgentConfig {
+        function_name: "creds".into(),
+        timeout_s: 60,
+        task_root: dir.join("task").display().to_string(),
+        container_credentials: true,
+        ..AgentConfig::default()
+    };
+    let (mut f, hello) = Fixture::start(dir, &config, None, Duration::from_secs(120));
+    assert!(matches!(hello, Message::Hello { .. }), "{hello:?}");
+    // As for a pooled VM: the runtime's init runs to its first `next`
+    // before any tenant is bound.
+    write_message(&mut f.conn, &Message::AwaitInit).unwrap();
+    assert_eq!(f.next_non_log(), Message::InitDone { error: None });
+    write_message(
+        &mut f.conn,
+        &Message::Credentials(TenantCredentials {
+            access_key_id: "ASIATENANTA000000001".into(),
+            secret_access_key: "secret-a".into(),
+            token: "token-a".into(),
+            expiration: "2099-01-01T00:00:00Z".into(),
+        }),
+    )
+    .unwrap();
+    let (o, _) = f.invoke("tenant-A", "{}", now_unix_ms() + 60_000);
+    let v = ok_json(&o);
+    assert_eq!(v["at_init"], "ASIASILOUNBOUNDVM000", "{v}");
+    assert_eq!(v["now"], "ASIATENANTA000000001", "{v}");
+    assert_eq!(v["token"], "token-a", "{v}");
+    assert_eq!(v["no_token"], 403, "{v}");
+    assert_eq!(v["env_key"], false, "{v}");
+    assert!(
+        v["uri"].as_str().unwrap().starts_with("http://127.0.0.1:"),
+        "{v}"
+    );
+}
