@@ -264,6 +264,24 @@ mod tests {
         }
     }
 
+    /// The example of docs/DAEMON.md is a configuration the daemon takes.
+    #[test]
+    fn the_documented_example_is_accepted() {
+        let doc = include_str!("../../../docs/DAEMON.md");
+        let start = doc.find("[tenant_roles.reports]").expect("the example");
+        let block = &doc[start..start + doc[start..].find("```").expect("its end")];
+        let cfg: crate::config::DaemonConfig = toml::from_str(block).unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.tenant_roles.len(), 2);
+        let orders = cfg.tenant_roles["orders"].check("orders").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&orders.render("tenant A", "orders")).unwrap();
+        assert_eq!(
+            v["Statement"][0]["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"][0],
+            "tenant A"
+        );
+    }
+
     #[test]
     fn session_names_keep_fitting_ids_and_hash_the_rest() {
         assert_eq!(session_name("tenant-A"), "tenant-A");
