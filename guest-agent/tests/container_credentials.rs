@@ -4,7 +4,11 @@
 //! loads the endpoint's unbound credentials (expired, authorizing nothing)
 //! without failing; after the host sends the tenant's credentials, the same
 //! client signs with them (botocore fetched again). The token is required;
-//! `AWS_ACCESS_KEY_ID` is never set.
+//! `AWS_ACCESS_KEY_ID` is never set. The same with the AWS SDK for
+//! JavaScript v3 (`@aws-sdk/client-sts`, from npm, cached under
+//! `~/.cache/silo`), on this host's Node.js. The same with the AWS SDK for
+//! JavaScript v3 (`@aws-sdk/client-sts`, from npm, cached under
+//! `~/.cache/silo`), on this host's Node.js.
 
 mod common;
 
@@ -60,12 +64,82 @@ fn a_module_level_client_gets_the_tenants_credentials_after_binding() {
         format!("#!{}\n{BOOTSTRAP}", python_with_boto3()),
     )
     .unwrap();
+    bound_after_init(dir, Default::default());
+}
+
+/// The JavaScript SDK's version, pinned.
+const JS_SDK: &str = "3.1178.0";
+
+const JS_BOOTSTRAP: &str = r#"
+const { STSClient } = require("@aws-sdk/client-sts");
+// Module level, during init: no tenant is bound yet.
+const sts = new STSClient({ region: "us-east-1" });
+const api = `http://${process.env.AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/`;
+(async () => {
+  // An init that already resolves credentials (say, to read its config).
+  const atInit = await sts.config.credentials();
+  for (;;) {
+    const r = await fetch(api + "next");
+    const id = r.headers.get("lambda-runtime-aws-request-id");
+    await r.text();
+    const now = await sts.config.credentials();
+    let noToken;
+    try { noToken = (await fetch(process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI)).status; } catch (e) { noToken = String(e); }
+    const out = { at_init: atInit.accessKeyId, now: now.accessKeyId, token: now.sessionToken,
+                  no_token: noToken, env_key: "AWS_ACCESS_KEY_ID" in process.env,
+                  uri: process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI };
+    await fetch(api + id + "/response", { method: "POST", body: JSON.stringify(out) });
+  }
+})();
+"#;
+
+/// `@aws-sdk/client-sts` installed (once) under `~/.cache/silo`.
+fn js_sdk() -> std::path::PathBuf {
+    let home = std::env::var("HOME").expect("HOME");
+    let dir = std::path::PathBuf::from(home).join(format!(".cache/silo/aws-sdk-js-{JS_SDK}"));
+    if !dir.join("node_modules/@aws-sdk/client-sts").is_dir() {
+        let ok = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg(format!("@aws-sdk/client-sts@{JS_SDK}"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "npm install @aws-sdk/client-sts@{JS_SDK} failed");
+    }
+    dir.join("node_modules")
+}
+
+#[test]
+fn the_javascript_sdk_gets_the_tenants_credentials_after_binding() {
+    let node = Command::new("sh")
+        .args(["-c", "command -v node"])
+        .output()
+        .expect("sh");
+    let node = String::from_utf8(node.stdout).unwrap().trim().to_string();
+    assert!(!node.is_empty(), "no node on this host");
+    let modules = js_sdk();
+    let dir = fresh_dir("agent-creds", "js");
+    let bootstrap = dir.join("task/bootstrap");
+    std::fs::write(&bootstrap, format!("#!{node}\n{JS_BOOTSTRAP}")).unwrap();
+    let env = [("NODE_PATH".to_string(), modules.display().to_string())].into();
+    bound_after_init(dir, env);
+}
+
+/// Runs `dir/task/bootstrap` as a custom runtime with a tenant role: init
+/// unbound (AwaitInit), then tenant A's credentials and an invoke; checks
+/// what the runtime's SDK client saw.
+fn bound_after_init(
+    dir: std::path::PathBuf,
+    environment: std::collections::BTreeMap<String, String>,
+) {
+    let bootstrap = dir.join("task/bootstrap");
     std::fs::set_permissions(&bootstrap, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = AgentConfig {
         function_name: "creds".into(),
         timeout_s: 60,
         task_root: dir.join("task").display().to_string(),
         container_credentials: true,
+        environment,
         ..AgentConfig::default()
     };
     let (mut f, hello) = Fixture::start(dir, &config, None, Duration::from_secs(120));
