@@ -334,7 +334,9 @@ impl TestDaemon {
     /// [`TestDaemon::with_vms_files`]; `netfilter` as in
     /// [`TestDaemon::with_runtime_opts`]. In the test host, the script
     /// `/work/after_stop.sh`, if the test includes one, runs once the
-    /// daemon has ended, its output in what [`TestDaemon::stop`] returns.
+    /// daemon has ended, its output in what [`TestDaemon::stop`] returns;
+    /// `/work/daemon.env`, if included, is sourced before the daemon starts
+    /// (exported variables: its environment).
     pub fn with_vms_opts(
         config_toml: &str,
         files: Vec<(PathBuf, String)>,
@@ -352,6 +354,7 @@ impl TestDaemon {
              chmod 755 /srv/cgi-bin/stop\n\
              for f in /work/cgi/*; do [ -f \"$f\" ] && cp \"$f\" /srv/cgi-bin/ && chmod 755 \"/srv/cgi-bin/${f##*/}\"; done\n\
              httpd -p 8081 -h /srv\n\
+             if [ -f /work/daemon.env ]; then . /work/daemon.env; fi\n\
              SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
              --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
              pid=$!\n\
