@@ -20,7 +20,7 @@ use common::{fresh_dir, now_unix_ms, ok_json, Fixture};
 use silo_proto::{write_message, AgentConfig, Message, TenantCredentials};
 
 const BOOTSTRAP: &str = r#"
-import json, os, urllib.request, urllib.error
+import json, os, time, urllib.request, urllib.error
 import boto3
 # Module level, during init: no tenant is bound yet.
 sts = boto3.client("sts", region_name="us-east-1")
@@ -38,7 +38,16 @@ while True:
         no_token = "served"
     except urllib.error.HTTPError as e:
         no_token = e.code
-    out = {"at_init": at_init, "now": now.access_key, "token": now.token,
+    # Fetches as the SDKs make them, a connection each (the figures:
+    # printed, not asserted).
+    req = urllib.request.Request(uri, headers={"Authorization": os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]})
+    times = []
+    for _ in range(21):
+        t0 = time.perf_counter()
+        urllib.request.urlopen(req).read()
+        times.append((time.perf_counter() - t0) * 1e3)
+    fetch_ms = {"first": times[0], "median": sorted(times)[10]}
+    out = {"at_init": at_init, "now": now.access_key, "token": now.token, "fetch_ms": fetch_ms,
            "no_token": no_token, "env_key": "AWS_ACCESS_KEY_ID" in os.environ, "uri": uri}
     urllib.request.urlopen(urllib.request.Request(api + rid + "/response", data=json.dumps(out).encode(), method="POST")).read()
 "#;
@@ -160,6 +169,9 @@ fn bound_after_init(
     .unwrap();
     let (o, _) = f.invoke("tenant-A", "{}", now_unix_ms() + 60_000);
     let v = ok_json(&o);
+    if let Some(ms) = v.get("fetch_ms") {
+        eprintln!("credentials fetches from the agent's endpoint (ms): {ms}");
+    }
     assert_eq!(v["at_init"], "ASIASILOUNBOUNDVM000", "{v}");
     assert_eq!(v["now"], "ASIATENANTA000000001", "{v}");
     assert_eq!(v["token"], "token-a", "{v}");
