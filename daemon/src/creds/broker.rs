@@ -18,6 +18,10 @@ use super::{session_name, TenantRole};
 /// refreshed in the background from twice this on).
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 
+/// From this many cached entries on (then at each power of two), expired
+/// ones are dropped.
+const PRUNE_AT: usize = 1024;
+
 /// A tenant's credentials for one function.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RoleCredentials {
@@ -135,6 +139,15 @@ impl Broker {
             .as_secs() as i64;
         let slot = {
             let mut slots = self.slots.lock().expect("broker slots");
+            if slots.len() >= PRUNE_AT && slots.len().is_power_of_two() {
+                // Bounded by the tenants with live sessions: expired (or
+                // failed) entries nobody is using go.
+                let now = (self.clock)();
+                slots.retain(|_, s| match s.try_lock() {
+                    Ok(held) => held.as_ref().is_some_and(|c| c.expiration_unix > now),
+                    Err(_) => true,
+                });
+            }
             slots
                 .entry(Self::key(function, tenant, role))
                 .or_default()
@@ -301,5 +314,52 @@ impl Broker {
             ));
         }
         out
+    }
+}
+
+impl Broker {
+    /// How many (function, tenant, role) entries the cache holds.
+    pub fn entries(&self) -> usize {
+        self.slots.lock().expect("broker slots").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many tenants whose credentials could not be had (or expired) do not
+    /// grow the cache without bound.
+    #[tokio::test]
+    async fn the_cache_forgets_what_it_cannot_use() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let broker = Broker::with(
+            ChainSource {
+                env: Some(HashMap::from([
+                    ("AWS_ACCESS_KEY_ID".into(), "AKID".into()),
+                    ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+                ])),
+            },
+            Arc::new(sts::now_unix),
+        );
+        let role = TenantRole {
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            sts_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            sts_region: None,
+            duration_seconds: 900,
+            session_policy: r#"{"S":"${tenant_id}"}"#.into(),
+        };
+        for i in 0..(PRUNE_AT + 10) {
+            let e = broker
+                .credentials("f", &format!("t{i}"), &role, Duration::from_secs(60))
+                .await
+                .unwrap_err();
+            assert_eq!(e.reason(), "unreachable");
+        }
+        assert!(broker.entries() < 20, "{} entries", broker.entries());
     }
 }
