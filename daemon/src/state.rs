@@ -216,22 +216,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// `rec`'s effective tenant role: the API's, else the configuration's
-    /// (PER_TENANT functions only).
-    pub fn tenant_role(&self, rec: &FunctionRecord) -> Option<crate::creds::TenantRole> {
-        if !rec.per_tenant {
-            return None;
-        }
-        rec.tenant_role
-            .clone()
-            .or_else(|| self.config.tenant_roles.get(&rec.name).cloned())
-    }
-
-    /// Drops function `name`'s cached tenant credentials.
-    pub fn forget_credentials(&self, name: &str) {
-        self.scheduler.backend().broker().forget_function(name);
-    }
-
     /// A function's record.
     pub fn get(&self, name: &str) -> Option<FunctionRecord> {
         self.lock().get(name).cloned()

@@ -126,11 +126,11 @@ pub struct VmBackend {
     /// The copies of pmem images VMs map (per tenant by default).
     copies: RuntimeCopies,
     console_bytes: usize,
-    functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
+    pub(crate) functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
     /// VMs' networks (`[network]`), if enabled.
     network: Option<Arc<crate::net::Network>>,
     /// Tenants' credentials for functions with a tenant role.
-    broker: Arc<crate::creds::Broker>,
+    pub(crate) broker: Arc<crate::creds::Broker>,
 }
 
 /// One invocation for a VM environment.
@@ -157,22 +157,6 @@ impl VmBackend {
             functions: Mutex::new(HashMap::new()),
             network: None,
             broker: crate::creds::Broker::new(),
-        }
-    }
-
-    /// The tenant-credentials broker.
-    pub fn broker(&self) -> &Arc<crate::creds::Broker> {
-        &self.broker
-    }
-
-    /// Sets the tenant role of the registered function version
-    /// `version_key`.
-    pub fn set_tenant_role(&self, version_key: &str, role: Option<crate::creds::TenantRole>) {
-        let mut fns = self.functions.lock().expect("functions lock");
-        if let Some(image) = fns.get_mut(version_key) {
-            let mut changed = (**image).clone();
-            changed.tenant_role = role;
-            *image = Arc::new(changed);
         }
     }
 
@@ -375,13 +359,8 @@ pub struct VmEnvironment {
     binding: Binding,
     /// The runtime image copy the VM maps, removed after its last VM.
     _runtime: Option<ImageLease>,
-    /// The function's tenant role and the broker, if it has one.
-    creds: Option<(Arc<crate::creds::Broker>, crate::creds::TenantRole)>,
-    /// The tenant whose credentials this VM got first (a pooled VM's is
-    /// its first invoke's): it never gets another's.
-    creds_tenant: Option<String>,
-    /// The function's timeout: credentials handed to the VM outlast it.
-    timeout: Duration,
+    /// Its tenant's credentials, if the function has a tenant role.
+    creds: Option<crate::creds::vm::VmCredentials>,
 }
 
 impl Backend for VmBackend {
@@ -424,24 +403,8 @@ impl VmBackend {
     /// its function's when not `PER_TENANT`, its own when pooled.
     async fn boot(&self, binding: &Binding, pooled: bool) -> Result<VmEnvironment, EnvError> {
         let mut spec = self.spec_for(binding)?;
-        let (role, timeout) = {
-            let fns = self.functions.lock().expect("functions lock");
-            let image = fns.get(&binding.function.version);
-            (
-                image.and_then(|i| i.tenant_role.clone()),
-                Duration::from_secs(u64::from(image.map_or(3, |i| i.config.timeout_s))),
-            )
-        };
-        // The tenant's credentials are fetched while the VM boots (cached
-        // for the invoke), not after.
-        if let (Some(role), Some(tenant)) = (&role, &binding.tenant) {
-            self.broker.prefetch(
-                &binding.function.name,
-                tenant.as_str(),
-                role,
-                credentials_validity(timeout),
-            );
-        }
+        // The tenant's credentials are fetched while the VM boots, not after.
+        let creds = self.vm_credentials(binding);
         let runtime = match &spec.pmem {
             Some(source) => {
                 let lease = self
@@ -476,9 +439,7 @@ impl VmBackend {
             env,
             binding: binding.clone(),
             _runtime: runtime,
-            creds: role.map(|r| (self.broker.clone(), r)),
-            creds_tenant: None,
-            timeout,
+            creds,
         })
     }
 }
@@ -513,7 +474,11 @@ impl Environment for VmEnvironment {
         {
             net.bind(t);
         }
-        self.push_credentials(&req.message).await?;
+        if let Some(creds) = &mut self.creds {
+            creds
+                .push(&mut self.env, &self.binding, &req.message)
+                .await?;
+        }
         let first = self
             .env
             .boot
@@ -542,62 +507,6 @@ impl Environment for VmEnvironment {
 
     async fn destroy(self) {
         self.env.shutdown().await;
-    }
-}
-
-/// How long credentials handed to a VM must stay valid: the function's
-/// timeout and a minute (the broker adds its own floor).
-fn credentials_validity(timeout: Duration) -> Duration {
-    timeout + Duration::from_secs(60)
-}
-
-impl VmEnvironment {
-    /// Sends the VM its tenant's credentials before an invoke, if its
-    /// function has a tenant role. The tenant is the binding's (for a
-    /// pooled VM: the one its first invoke bound it to, which the
-    /// scheduler keeps it to), never anything the guest sent.
-    async fn push_credentials(&mut self, msg: &Message) -> Result<(), EnvError> {
-        let Some((broker, role)) = &self.creds else {
-            return Ok(());
-        };
-        let Message::Invoke { tenant_id, .. } = msg else {
-            return Ok(());
-        };
-        let tenant = match (&self.binding.tenant, tenant_id) {
-            (Some(bound), Some(t)) if bound.as_str() == t => t.clone(),
-            (None, Some(t)) => t.clone(),
-            _ => {
-                return Err(EnvError::Protocol(
-                    "an invoke for another tenant than the VM's binding".into(),
-                ))
-            }
-        };
-        if self
-            .creds_tenant
-            .as_ref()
-            .is_some_and(|first| *first != tenant)
-        {
-            return Err(EnvError::Protocol(
-                "a VM that had one tenant's credentials asked to serve another".into(),
-            ));
-        }
-        let c = broker
-            .credentials(
-                &self.binding.function.name,
-                &tenant,
-                role,
-                credentials_validity(self.timeout),
-            )
-            .await?;
-        self.creds_tenant = Some(tenant);
-        self.env
-            .send(&Message::Credentials(silo_proto::TenantCredentials {
-                access_key_id: c.issued.access_key_id,
-                secret_access_key: c.issued.secret_access_key,
-                token: c.issued.session_token,
-                expiration: crate::creds::sts::format_rfc3339(c.issued.expiration_unix),
-            }))
-            .await
     }
 }
 

@@ -15,12 +15,15 @@
 //! - [`sts`]: the STS Query API's `AssumeRole`, signed with `aws-sigv4`;
 //! - [`chain`]: the daemon's own credentials (environment, profile file,
 //!   instance role);
-//! - [`broker`]: the cache per (function, tenant), refreshed ahead.
+//! - [`broker`]: the cache per (function, tenant), refreshed ahead;
+//! - [`vm`]: a VM's side: its binding's tenant only, sent to its agent.
 
 pub mod broker;
 pub mod chain;
+mod functions;
 pub mod sts;
 pub mod template;
+pub mod vm;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
