@@ -78,6 +78,9 @@
 //! audiences = ["orders-api"]
 //! jwks_url = "http://id.internal/jwks.json"
 //! tenant_claim = "tenant_id"
+//! [tenant_roles."my-fn"]  # tenant-scoped credentials (docs/DAEMON.md)
+//! role_arn = "arn:aws:iam::123456789012:role/tenants"
+//! session_policy = '{"Version":"2012-10-17","Statement":[...${tenant_id}...]}'
 //!
 //! [pools]                 # microVMs booted ahead of time, bound to no
 //! counter = 2             # tenant until a new tenant's first invoke
@@ -140,6 +143,9 @@ pub struct DaemonConfig {
     /// Pre-booted environments per function name (bound to no tenant until
     /// a new tenant's first invoke takes one); `PUT .../pool` overrides it.
     pub pools: std::collections::BTreeMap<String, u32>,
+    /// Tenant roles per function name (`[tenant_roles."name"]`;
+    /// `PUT .../tenant-role` overrides it): see [`crate::creds`].
+    pub tenant_roles: std::collections::BTreeMap<String, crate::creds::TenantRole>,
     /// Managed runtimes' built images by runtime id (`[runtimes]`): the
     /// directory `silo images build` printed. Unset: that build, if any
     /// (the daemon never builds one).
@@ -217,6 +223,7 @@ impl Default for DaemonConfig {
             limits: LimitsConfig::default(),
             credentials: Vec::new(),
             pools: std::collections::BTreeMap::new(),
+            tenant_roles: std::collections::BTreeMap::new(),
             runtimes: std::collections::BTreeMap::new(),
             runtime_delivery: RuntimeDelivery::default(),
             runtime_sharing: Default::default(),
@@ -289,6 +296,9 @@ pub enum InvalidConfig {
     /// `[gateway]` settings are invalid.
     #[error("{0}")]
     Gateway(String),
+    /// A `[tenant_roles]` entry cannot work.
+    #[error("tenant_roles.{0}: {1}")]
+    TenantRole(String, String),
     /// `limits.per_tenant` is 0.
     #[error("limits.per_tenant must be at least 1")]
     PerTenant,
@@ -388,6 +398,10 @@ impl DaemonConfig {
         self.jail.check().map_err(InvalidConfig::Jail)?;
         self.network.validate().map_err(InvalidConfig::Network)?;
         self.gateway.validate().map_err(InvalidConfig::Gateway)?;
+        for (name, role) in &self.tenant_roles {
+            role.check(name)
+                .map_err(|e| InvalidConfig::TenantRole(name.clone(), e.to_string()))?;
+        }
         let l = &self.limits;
         if l.event_queue == 0 || l.event_queue_per_tenant == 0 || l.event_workers == 0 {
             return Err(InvalidConfig::EventQueue);

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod console;
+pub mod creds;
 pub mod environment_id;
 pub mod event_store;
 pub mod event_worker;

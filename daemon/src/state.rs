@@ -250,6 +250,7 @@ impl Daemon {
             timeout_s: rec.timeout_s,
             environment,
             region: self.config.region.clone(),
+            container_credentials: self.tenant_role(rec).is_some(),
             ..AgentConfig::default()
         };
         self.scheduler.backend().register(
@@ -259,7 +260,11 @@ impl Daemon {
             code,
             &rec.runtime,
             rec.logging.clone(),
-        )
+        )?;
+        self.scheduler
+            .backend()
+            .set_tenant_role(&Self::key(rec).version, self.tenant_role(rec));
+        Ok(())
     }
 
     /// A function's record.
@@ -446,6 +451,7 @@ impl Daemon {
         if let Some(net) = self.network() {
             let _ = net.set_policy(name, None);
         }
+        self.forget_credentials(name);
         let destroyed = self.scheduler.retire_function(name).await;
         if let Some(old) = old {
             self.scheduler

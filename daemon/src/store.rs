@@ -71,6 +71,10 @@ pub struct FunctionRecord {
     /// `LoggingConfig`: the log format and levels.
     #[serde(default)]
     pub logging: crate::logs::LoggingConfig,
+    /// The tenant role set through the API, if any (else the
+    /// configuration's); see [`crate::creds`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_role: Option<crate::creds::TenantRole>,
 }
 
 /// Errors of the store.
@@ -352,6 +356,7 @@ mod tests {
             network: None,
             event_invoke_config: None,
             logging: Default::default(),
+            tenant_role: None,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct FunctionImage {
     pub runtime: String,
     /// The function's log format and levels.
     pub logging: crate::logs::LoggingConfig,
+    /// The function's tenant role, if any ([`crate::creds`]).
+    pub tenant_role: Option<crate::creds::TenantRole>,
 }
 
 /// Where managed runtimes' images come from and how they reach VMs.
@@ -128,11 +130,13 @@ pub struct VmBackend {
     /// The copies of pmem images VMs map (per tenant by default).
     copies: RuntimeCopies,
     console_bytes: usize,
-    functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
+    pub(crate) functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
     /// VMs' networks (`[network]`), if enabled.
     network: Option<Arc<crate::net::Network>>,
     /// Where VMs' function logs go, if kept.
     logs: Option<crate::logs::LogSink>,
+    /// Tenants' credentials for functions with a tenant role.
+    pub(crate) broker: Arc<crate::creds::Broker>,
 }
 
 /// One invocation for a VM environment.
@@ -159,6 +163,7 @@ impl VmBackend {
             functions: Mutex::new(HashMap::new()),
             network: None,
             logs: None,
+            broker: crate::creds::Broker::new(),
         }
     }
 
@@ -295,6 +300,7 @@ impl VmBackend {
                 pmem,
                 runtime: runtime.to_string(),
                 logging,
+                tenant_role: None,
             }),
         );
         Ok(())
@@ -383,6 +389,8 @@ pub struct VmEnvironment {
     binding: Binding,
     /// The runtime image copy the VM maps, removed after its last VM.
     _runtime: Option<ImageLease>,
+    /// Its tenant's credentials, if the function has a tenant role.
+    creds: Option<crate::creds::vm::VmCredentials>,
 }
 
 impl Backend for VmBackend {
@@ -425,6 +433,8 @@ impl VmBackend {
     /// its function's when not `PER_TENANT`, its own when pooled.
     async fn boot(&self, binding: &Binding, pooled: bool) -> Result<VmEnvironment, EnvError> {
         let mut spec = self.spec_for(binding)?;
+        // The tenant's credentials are fetched while the VM boots, not after.
+        let creds = self.vm_credentials(binding);
         let runtime = match &spec.pmem {
             Some(source) => {
                 let lease = self
@@ -468,6 +478,7 @@ impl VmBackend {
             env,
             binding: binding.clone(),
             _runtime: runtime,
+            creds,
         })
     }
 }
@@ -501,6 +512,11 @@ impl Environment for VmEnvironment {
         ) = (self.env.network(), &req.message)
         {
             net.bind(t);
+        }
+        if let Some(creds) = &mut self.creds {
+            creds
+                .push(&mut self.env, &self.binding, &req.message)
+                .await?;
         }
         let first = self
             .env
@@ -606,6 +622,7 @@ mod tests {
                 pmem: None,
                 runtime: "provided.al2023".into(),
                 logging: Default::default(),
+                tenant_role: None,
             }),
         );
         for tenant in ["../x", "tenant A", "/etc/passwd", "a/../../b", "..", "x"] {

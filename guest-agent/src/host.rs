@@ -183,6 +183,7 @@ impl Agent {
                     }
                     return Ok(());
                 }
+                Message::Credentials(c) => crate::credentials::set(c),
                 Message::AwaitInit => {
                     let error = self.await_init();
                     self.send(&Message::InitDone { error })?;

@@ -7,6 +7,7 @@
 //! (`--host-mode`) it skips the PID 1 duties and talks over a Unix socket, for
 //! tests and benchmarks.
 
+mod credentials;
 mod host;
 use silo_guest_agent::http;
 mod pid1;

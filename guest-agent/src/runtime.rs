@@ -270,6 +270,10 @@ impl Runtime {
                 format!("{}/lib:/opt/lib:/lib64:/usr/lib64", root.display()),
             )
             .stdin(Stdio::null());
+        if config.container_credentials {
+            // Never AWS_ACCESS_KEY_ID: the SDKs' chains find these instead.
+            cmd.envs(crate::credentials::runtime_env(api_addr));
+        }
         if let Some(m) = managed {
             for (k, v) in &m.environment {
                 cmd.env(k, m.resolve_list(v));

@@ -205,6 +205,18 @@ impl RuntimeApi {
     }
 
     fn handle(&self, req: &Request, w: &mut TcpStream) -> std::io::Result<()> {
+        if req.path == crate::credentials::PATH {
+            if req.method != "GET" {
+                return error_response(w, 405, "MethodNotAllowed", "wrong method");
+            }
+            let (status, body) = crate::credentials::answer(req.header("authorization"));
+            return write_response(
+                w,
+                status,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+        }
         let Some(route) = req.path.strip_prefix(PREFIX) else {
             return error_response(w, 404, "NotFound", "unknown path");
         };

@@ -22,7 +22,7 @@ pub const MAGIC: [u8; 4] = *b"SILO";
 /// Major protocol version: peers must agree.
 pub const VERSION_MAJOR: u8 = 1;
 /// Minor protocol version: additions that old peers can ignore.
-pub const VERSION_MINOR: u8 = 1;
+pub const VERSION_MINOR: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 12;
 /// Largest invoke request or response payload: 6 MB, as Lambda's synchronous limit.
@@ -126,6 +126,34 @@ pub enum Message {
         /// it reported, ...); `None` when it is waiting for an invocation.
         error: Option<ErrorInfo>,
     },
+    /// Host -> agent, before an [`Message::Invoke`]: the credentials of
+    /// the VM's tenant, which the agent serves on its container-credentials
+    /// endpoint from now on (until the next ones). (Added in minor
+    /// version 2.)
+    Credentials(TenantCredentials),
+}
+
+/// Credentials the agent serves to the function (the shape of the
+/// container-credentials endpoint's answer).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCredentials {
+    /// `AccessKeyId`.
+    pub access_key_id: String,
+    /// `SecretAccessKey`.
+    pub secret_access_key: String,
+    /// `Token` (the session token).
+    pub token: String,
+    /// `Expiration`, RFC 3339 (`2026-12-07T15:28:33Z`).
+    pub expiration: String,
+}
+
+impl std::fmt::Debug for TenantCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome of one invocation.
@@ -469,6 +497,11 @@ pub struct AgentConfig {
     pub tmp_mib: u32,
     /// Directory holding the function code (`/var/task` in a VM).
     pub task_root: String,
+    /// The function has a tenant role: the agent serves the
+    /// container-credentials endpoint and points the runtime's AWS SDKs
+    /// at it (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+    #[serde(default)]
+    pub container_credentials: bool,
 }
 
 impl Default for AgentConfig {
@@ -484,6 +517,7 @@ impl Default for AgentConfig {
             host_port: AGENT_PORT,
             tmp_mib: 512,
             task_root: "/var/task".into(),
+            container_credentials: false,
         }
     }
 }

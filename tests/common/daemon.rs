@@ -397,7 +397,9 @@ impl TestDaemon {
     /// [`TestDaemon::with_vms_files`]; `netfilter` as in
     /// [`TestDaemon::with_runtime_opts`]. In the test host, the script
     /// `/work/after_stop.sh`, if the test includes one, runs once the
-    /// daemon has ended, its output in what [`TestDaemon::stop`] returns.
+    /// daemon has ended, its output in what [`TestDaemon::stop`] returns;
+    /// `/work/daemon.env`, if included, is sourced before the daemon starts
+    /// (exported variables: its environment).
     pub fn with_vms_opts(
         config_toml: &str,
         files: Vec<(PathBuf, String)>,
@@ -423,6 +425,11 @@ impl TestDaemon {
              i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do \
              if [ -f /tmp/restart ]; then kill -TERM $pid; wait $pid; echo \"DAEMON_RESTART $?\"; start; rm -f /tmp/restart; fi; \
              sleep 0.1; i=$((i+1)); done\n\
+             if [ -f /work/daemon.env ]; then . /work/daemon.env; fi\n\
+             SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
+             --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
+             pid=$!\n\
+             i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done\n\
              kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
              echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n\
              if [ -f /work/after_stop.sh ]; then echo AFTER_STOP_BEGIN; sh /work/after_stop.sh 2>&1; echo AFTER_STOP_END; fi\n"

@@ -103,6 +103,16 @@ impl ApiError {
         )
     }
 
+    /// 502 TenantCredentialsException: the function's tenant role could
+    /// not be assumed for the invoke's tenant (STS down or refusing).
+    pub fn tenant_credentials(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "TenantCredentialsException",
+            message,
+        )
+    }
+
     /// 404 for paths that are not part of the API.
     pub fn unknown_operation(method: &str, path: &str) -> Self {
         Self::new(

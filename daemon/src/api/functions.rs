@@ -319,6 +319,7 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         network: None,
         event_invoke_config: None,
         logging: Default::default(),
+        tenant_role: None,
     };
     if input.runtime.is_none() {
         return Err(ApiError::invalid_parameter(format!(

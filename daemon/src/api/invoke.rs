@@ -369,6 +369,9 @@ fn respond(
             None,
             trace_key,
         )),
+        Err(ScheduleError::Environment(EnvError::Credentials(e))) => {
+            Err(ApiError::tenant_credentials(e.to_string()))
+        }
         Err(ScheduleError::Environment(e)) => Ok(function_error(
             &ErrorInfo {
                 error_type: "Runtime.ExitError".into(),

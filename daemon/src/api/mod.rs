@@ -15,6 +15,7 @@ mod health;
 mod invoke;
 mod logs;
 mod network;
+mod tenant_role;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +66,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/2015-03-31/functions/{name}/network",
             put(network::put_network).get(network::get_network),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/tenant-role",
+            put(tenant_role::put_tenant_role)
+                .get(tenant_role::get_tenant_role)
+                .delete(tenant_role::delete_tenant_role),
         )
         .route(
             "/2017-10-31/functions/{name}/concurrency",
@@ -125,6 +132,7 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response,
 
 async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
     let mut text = d.render_metrics();
+    text.push_str(&d.scheduler.backend().broker().render_metrics());
     if let Some(net) = d.network() {
         text.push_str(&net.render_metrics());
     }

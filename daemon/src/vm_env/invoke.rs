@@ -75,6 +75,7 @@ pub(super) fn message_kind(msg: &Message) -> &'static str {
         Message::Shutdown => "Shutdown",
         Message::AwaitInit => "AwaitInit",
         Message::InitDone { .. } => "InitDone",
+        Message::Credentials(_) => "Credentials",
     }
 }
 
@@ -128,6 +129,26 @@ async fn exchange_init<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl VmEnv {
+    /// Sends `msg` (no answer expected) within 5 s; any failure leaves the
+    /// channel broken.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), EnvError> {
+        if self.broken {
+            return Err(EnvError::Protocol(
+                "the agent channel failed earlier; the environment must be destroyed".into(),
+            ));
+        }
+        let r = tokio::time::timeout(Duration::from_secs(5), write_message(&mut self.conn, msg))
+            .await
+            .map_err(|_| EnvError::TimedOut)
+            .and_then(|r| {
+                r.map_err(|e| EnvError::Protocol(format!("sending {}: {e}", message_kind(msg))))
+            });
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
     /// For a pre-booted environment (bound to no tenant yet): returns once
     /// the function's runtime has finished its init (Lambda's init phase:
     /// it asked for its first invocation), within `limit`. A runtime that

@@ -103,6 +103,10 @@ pub enum EnvError {
     /// The runtime of a pre-booted environment could not finish its init.
     #[error("the function's runtime failed its init: {0}")]
     InitFailed(String),
+    /// The VM's tenant's credentials (its function's tenant role) could not
+    /// be had; the invoke was not sent.
+    #[error(transparent)]
+    Credentials(#[from] crate::creds::BrokerError),
 }
 
 impl EnvError {
@@ -118,7 +122,10 @@ impl EnvError {
                 .into(),
             Self::Boot(_) => "the execution environment's microVM did not start".into(),
             Self::Protocol(_) => "the execution environment's guest agent failed".into(),
-            Self::FunctionCrashed(_) | Self::TimedOut | Self::InitFailed(_) => self.to_string(),
+            Self::FunctionCrashed(_)
+            | Self::TimedOut
+            | Self::InitFailed(_)
+            | Self::Credentials(_) => self.to_string(),
         }
     }
 }
