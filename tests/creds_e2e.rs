@@ -189,7 +189,7 @@ fn each_tenant_gets_its_own_role_session_in_pooled_and_cold_vms() {
          [network.functions]\n\"whoami\" = {{ allow = [\"10.0.2.2/32:{port}\"] }}\n\
          \"broken\" = {{ allow = [\"10.0.2.2/32:{port}\"] }}\n\n\
          [tenant_roles.whoami]\nrole_arn = \"{ROLE}\"\nsts_endpoint = \"{moto_url}\"\n\
-         duration_seconds = 900\nsession_policy = '{POLICY}'\n\n\
+         duration_seconds = 3600\nsession_policy = '{POLICY}'\n\n\
          [tenant_roles.broken]\nrole_arn = \"{ROLE}\"\nsts_endpoint = \"{dead_url}\"\n\
          session_policy = '{POLICY}'\n"
     ));
@@ -329,6 +329,8 @@ fn each_tenant_gets_its_own_role_session_in_pooled_and_cold_vms() {
             "silo_tenant_credentials_failures_total{function=\"broken\",reason=\"unreachable\"}",
         );
         assert!(failures.is_some_and(|n| n >= 1.0), "{m}");
+        // One per tenant: an hour's sessions are not renewed within the
+        // test (renewal starts 12 minutes before expiry).
         let assumed = common::metric(
             &m,
             "silo_tenant_credentials_assumed_total{function=\"whoami\"}",
