@@ -61,7 +61,11 @@ async fn handle(State(d): State<Arc<Daemon>>, req: Request) -> Response {
         // at most DRAIN_SLACK is read and discarded first, as the API
         // does; a larger one ends the connection, and says so.
         let timeout = Duration::from_secs(d.config.limits.body_read_timeout_s);
-        if !drain(body, crate::api::DRAIN_SLACK, timeout).await {
+        let cap = crate::api::DRAIN_SLACK;
+        let declared_over = header(&parts.headers, "content-length")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > cap as u64);
+        if declared_over || !drain(body, cap, timeout).await {
             resp.headers_mut()
                 .insert("connection", HeaderValue::from_static("close"));
         }
