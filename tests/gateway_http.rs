@@ -208,6 +208,17 @@ fn tokens_are_verified_and_every_bad_one_fails_closed() {
         expect(&call(&gw, Some(token), &[]), 403, "Forbidden", what);
     }
 
+    // Refused before their bodies are read, requests with bodies still
+    // get their answers (the body is drained, not left to reset the
+    // connection under the client), on a reused connection too.
+    let big = vec![b'x'; 900 * 1024];
+    for i in 0..10 {
+        let r = gw
+            .request("POST", "/orders/1", &[("content-type", "text/plain")], &big)
+            .unwrap_or_else(|e| panic!("refused request {i} with a body: {e:?}"));
+        expect(&r, 401, "Unauthorized", "a body without a token");
+    }
+
     // Unknown kid: refused; within the refresh interval the JWKS is
     // fetched at most once however many such tokens arrive.
     let rogue = Signer::rsa("rogue");

@@ -361,8 +361,22 @@ impl TestDaemon {
         runtime: &str,
         config_toml: &str,
         delivery: &str,
+        files: Vec<(PathBuf, String)>,
+        netfilter: bool,
+    ) -> Self {
+        Self::with_runtime_forwarding(runtime, config_toml, delivery, files, netfilter, &[])
+    }
+
+    /// [`TestDaemon::with_runtime_opts`]; in the test host, each `(host
+    /// port, test-host port)` of `forwards` is forwarded too (a second
+    /// listener of the daemon, say); with hardware KVM they are unused.
+    pub fn with_runtime_forwarding(
+        runtime: &str,
+        config_toml: &str,
+        delivery: &str,
         mut files: Vec<(PathBuf, String)>,
         netfilter: bool,
+        forwards: &[(u16, u16)],
     ) -> Self {
         let rt = silo_images::runtime::runtime_image(runtime)
             .unwrap_or_else(|e| panic!("{runtime} runtime: {e}"));
@@ -372,7 +386,7 @@ impl TestDaemon {
                 "{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"{}\"\n",
                 rt.dir.display()
             );
-            return Self::with_vms_opts(&cfg, Vec::new(), netfilter);
+            return Self::with_vms_forwarding(&cfg, Vec::new(), netfilter, forwards);
         }
         let cfg = format!("{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"/work/{runtime}\"\n");
         let file = match (delivery, rt.shared_image()) {
@@ -385,7 +399,7 @@ impl TestDaemon {
             rt.manifest(),
             format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
         ));
-        Self::with_vms_opts(&cfg, files, netfilter)
+        Self::with_vms_forwarding(&cfg, files, netfilter, forwards)
     }
 
     /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
@@ -404,6 +418,17 @@ impl TestDaemon {
         config_toml: &str,
         files: Vec<(PathBuf, String)>,
         netfilter: bool,
+    ) -> Self {
+        Self::with_vms_forwarding(config_toml, files, netfilter, &[])
+    }
+
+    /// [`TestDaemon::with_vms_opts`] with `forwards` as in
+    /// [`TestDaemon::with_runtime_forwarding`].
+    pub fn with_vms_forwarding(
+        config_toml: &str,
+        files: Vec<(PathBuf, String)>,
+        netfilter: bool,
+        forwards: &[(u16, u16)],
     ) -> Self {
         if hardware_kvm_usable() {
             let data = scratch("daemon-data");
@@ -449,6 +474,9 @@ impl TestDaemon {
             .port_forward(stop_port, 8081);
         if netfilter {
             host = host.with_netfilter().expect("nft and ip for the test host");
+        }
+        for (outside, inside) in forwards {
+            host = host.port_forward(*outside, *inside);
         }
         for (from, to) in files {
             host = host.file(from, &to, 0o644);

@@ -46,44 +46,75 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Marks a response whose request's body was read.
-#[derive(Clone, Copy)]
-struct BodyRead;
-
 /// Handles one gateway request.
 async fn handle(State(d): State<Arc<Daemon>>, req: Request) -> Response {
     let request_id = random_uuid();
-    let has_body = req.headers().contains_key("transfer-encoding")
-        || header(req.headers(), "content-length").is_some_and(|n| n != "0");
-    let mut resp = handle_inner(&d, req, &request_id).await;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut resp = handle_inner(&d, &parts, &mut body, &request_id).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("apigw-requestid", v);
     }
-    if has_body && resp.extensions().get::<BodyRead>().is_none() {
-        // Refused before its body was read: the connection cannot carry
-        // another request, and the client must know not to reuse it.
-        resp.headers_mut()
-            .insert("connection", HeaderValue::from_static("close"));
+    if let Some(body) = body {
+        // Refused before its body was read. Closing a socket with unread
+        // data resets it (the client may lose the answer), so a body of
+        // at most DRAIN_SLACK is read and discarded first, as the API
+        // does; a larger one ends the connection, and says so.
+        let timeout = Duration::from_secs(d.config.limits.body_read_timeout_s);
+        let cap = crate::api::DRAIN_SLACK;
+        let declared_over = header(&parts.headers, "content-length")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > cap as u64);
+        if declared_over || !drain(body, cap, timeout).await {
+            resp.headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+        }
     }
     resp
 }
 
-async fn handle_inner(d: &Daemon, req: Request, request_id: &str) -> Response {
+/// Reads and discards `body` within `timeout`; false if it is longer
+/// than `cap`, fails or is late.
+async fn drain(body: Body, cap: usize, timeout: Duration) -> bool {
+    use http_body_util::BodyExt;
+    let read = async move {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > cap {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or(false)
+}
+
+async fn handle_inner(
+    d: &Daemon,
+    req: &axum::http::request::Parts,
+    body: &mut Option<Body>,
+    request_id: &str,
+) -> Response {
     let gw = &d.gateway;
-    let method = req.method().as_str().to_ascii_uppercase();
-    let path = req.uri().path().to_string();
-    let origin = header(req.headers(), "origin").map(str::to_string);
+    let method = req.method.as_str().to_ascii_uppercase();
+    let path = req.uri.path().to_string();
+    let origin = header(&req.headers, "origin").map(str::to_string);
     if method == "OPTIONS" {
         if let (Some(o), Some(m)) = (
             origin.as_deref(),
-            header(req.headers(), "access-control-request-method"),
+            header(&req.headers, "access-control-request-method"),
         ) {
             if let Some(cors) = gw.preflight_cors(&m.to_ascii_uppercase(), &path) {
                 let h = super::cors::preflight(
                     &cors,
                     o,
                     m,
-                    header(req.headers(), "access-control-request-headers"),
+                    header(&req.headers, "access-control-request-headers"),
                 );
                 return (StatusCode::NO_CONTENT, h).into_response();
             }
@@ -92,7 +123,7 @@ async fn handle_inner(d: &Daemon, req: Request, request_id: &str) -> Response {
     let Some((route, path_params)) = gw.route_for(&method, &path) else {
         return answer(StatusCode::NOT_FOUND, "Not Found");
     };
-    let mut resp = serve_route(d, req, request_id, &method, &route, path_params).await;
+    let mut resp = serve_route(d, req, body, request_id, &method, &route, path_params).await;
     if let Some(cors) = &route.cors {
         super::cors::decorate(cors, origin.as_deref(), resp.headers_mut());
     }
@@ -101,7 +132,8 @@ async fn handle_inner(d: &Daemon, req: Request, request_id: &str) -> Response {
 
 async fn serve_route(
     d: &Daemon,
-    req: Request,
+    req: &axum::http::request::Parts,
+    body: &mut Option<Body>,
     request_id: &str,
     method: &str,
     route: &super::RouteRecord,
@@ -115,7 +147,7 @@ async fn serve_route(
                 tracing::error!(route = %route.route_id, authorizer = %name, "the route's authorizer is not configured");
                 return answer(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
             };
-            match a.verify(header(req.headers(), "authorization")).await {
+            match a.verify(header(&req.headers, "authorization")).await {
                 Ok(v) => Some(v),
                 Err(e) => {
                     tracing::info!(route = %route.route_id, reason = %e, "gateway request refused");
@@ -158,11 +190,14 @@ async fn serve_route(
         }
     }
     let source_ip = req
-        .extensions()
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
-    let (parts, body) = req.into_parts();
+    let parts = req;
+    let Some(body) = body.take() else {
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    };
     let body = match read_body(d, body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -187,13 +222,11 @@ async fn serve_route(
     });
     let payload = event.to_string().into_bytes();
     if payload.len() > silo_proto::MAX_PAYLOAD {
-        let mut r = answer(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
-        r.extensions_mut().insert(BodyRead);
-        return r;
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
     }
     let tenant_log = tenant.as_ref().map(|t| t.as_str().to_string());
     let span = tracing::info_span!("gateway", function = %rec.name, tenant_id = ?tenant_log.as_deref().unwrap_or("-"), request_id = %request_id);
-    let mut resp = async move {
+    async move {
         let result = d.invoke(&rec, tenant, payload, request_id).await;
         let resp = match result {
             Ok(report) => match &report.response.outcome {
@@ -228,9 +261,7 @@ async fn serve_route(
         resp
     }
     .instrument(span)
-    .await;
-    resp.extensions_mut().insert(BodyRead);
-    resp
+    .await
 }
 
 /// Reads a body up to the invoke payload limit, within the body timeout.
