@@ -64,6 +64,21 @@ fn a_tenant_key_reads_only_its_own_tenants_events_whatever_it_asks() {
     seed(&data, "printer", Some("tenant-A"), STREAM_A, 5);
     seed(&data, "printer", Some("tenant-B"), STREAM_B, 7);
     seed(&data, "plain", None, STREAM_B, 3);
+    // Usage an earlier run saved, of today (UTC day number).
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let row = |tenant: &str, n: u64| {
+        json!({"function": "counter", "tenant": tenant, "day": day, "usage": {
+            "environments": 1, "invocations": n, "gb_seconds": 0.25 * n as f64, "errors": 0, "throttles": 0}})
+    };
+    std::fs::write(
+        data.join("logs").join("usage.json"),
+        json!([row("tenant-A", 3), row("tenant-B", 4)]).to_string(),
+    )
+    .unwrap();
     let d = TestDaemon::on_host(&config(""), &data, &[]);
     let admin = d.admin();
     let tenant = d.client(TENANT_A);
@@ -177,6 +192,68 @@ fn a_tenant_key_reads_only_its_own_tenants_events_whatever_it_asks() {
         .unwrap();
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("'logs'"), "{}", r.text());
+
+    // `silo logs` with the tenant key: tenant-A's lines, escaped.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["logs", "--function", "printer", "--tenant", "tenant-B"])
+        .env("SILO_ENDPOINT", &d.endpoint)
+        .env("AWS_ACCESS_KEY_ID", TENANT_A.0)
+        .env("AWS_SECRET_ACCESS_KEY", TENANT_A.1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "tenant-B's lines");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["logs", "--function", "printer"])
+        .env("SILO_ENDPOINT", &d.endpoint)
+        .env("AWS_ACCESS_KEY_ID", TENANT_A.0)
+        .env("AWS_SECRET_ACCESS_KEY", TENANT_A.1)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains(STREAM_A) && l.contains("of tenant-A")),
+        "{text}"
+    );
+
+    // `silo usage`: the admin sees both tenants, tenant-A's key its own.
+    common::daemon::create_counter(&admin);
+    let usage = |key: (&str, &str)| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+            .args(["usage", "--function", "counter"])
+            .env("SILO_ENDPOINT", &d.endpoint)
+            .env("AWS_ACCESS_KEY_ID", key.0)
+            .env("AWS_SECRET_ACCESS_KEY", key.1)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = usage(common::daemon::ADMIN);
+    assert!(
+        all.contains("tenant-A") && all.contains("tenant-B"),
+        "{all}"
+    );
+    let own = usage(TENANT_A);
+    assert!(
+        own.contains("tenant-A") && !own.contains("tenant-B"),
+        "{own}"
+    );
+    assert!(
+        own.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["counter", "tenant-A", "1", "3", "0.750", "0", "0"]),
+        "{own}"
+    );
     drop(d);
     let _ = std::fs::remove_dir_all(&data);
 }

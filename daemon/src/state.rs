@@ -237,11 +237,7 @@ impl Daemon {
 
     fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), RegisterError> {
         let mut environment = rec.environment.clone();
-        environment.extend(rec.logging.runtime_environment());
-        environment.insert(
-            "AWS_LAMBDA_LOG_GROUP_NAME".into(),
-            format!("/aws/lambda/{}", rec.name),
-        );
+        environment.extend(rec.logging.runtime_environment(&rec.name));
         let cfg = AgentConfig {
             function_name: rec.name.clone(),
             function_arn: self.arn(&rec.name),
@@ -533,26 +529,8 @@ impl Daemon {
         };
         self.metrics
             .record(&rec.name, t, ending, cold, started.elapsed());
-        self.logs.usage().record(
-            &rec.name,
-            t,
-            match ending {
-                Ending::Ok => crate::logs::usage::Outcome::Ok,
-                Ending::Error => crate::logs::usage::Outcome::Error,
-                Ending::Throttled => crate::logs::usage::Outcome::Throttled,
-            },
-            result.as_ref().is_ok_and(|r| r.cold_start),
-            match &result {
-                Ok(r) => Some(r.response.duration),
-                Err(ScheduleError::Environment(EnvError::FunctionCrashed(r))) => Some(r.duration),
-                _ => None,
-            },
-            rec.memory_mib,
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
-        );
+        self.logs
+            .record_usage(&rec.name, t, rec.memory_mib, &result);
         result
     }
 
@@ -564,9 +542,7 @@ impl Daemon {
 
     /// The Prometheus text of the metrics.
     pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render(&self.scheduler.stats());
-        text.push_str(&self.logs.render_metrics());
-        text
+        self.metrics.render(&self.scheduler.stats()) + &self.logs.render_metrics()
     }
 
     /// Stops the event workers: each finishes the event it runs, within

@@ -100,15 +100,21 @@ impl LoggingConfig {
     /// The environment variables Lambda gives the runtime, which its
     /// runtime interface clients (awslambdaric, the Node.js client) read
     /// to write their records in the format and filter them at the level.
-    pub fn runtime_environment(&self) -> Vec<(String, String)> {
-        let mut v = vec![(
-            "AWS_LAMBDA_LOG_FORMAT".to_string(),
-            match self.format {
-                LogFormat::Text => "Text",
-                LogFormat::Json => "JSON",
-            }
-            .to_string(),
-        )];
+    pub fn runtime_environment(&self, function: &str) -> Vec<(String, String)> {
+        let mut v = vec![
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME".to_string(),
+                format!("/aws/lambda/{function}"),
+            ),
+            (
+                "AWS_LAMBDA_LOG_FORMAT".to_string(),
+                match self.format {
+                    LogFormat::Text => "Text",
+                    LogFormat::Json => "JSON",
+                }
+                .to_string(),
+            ),
+        ];
         if let Some(l) = self.app_min() {
             v.push(("AWS_LAMBDA_LOG_LEVEL".into(), l.as_str().into()));
         }

@@ -137,6 +137,41 @@ impl Logs {
         &self.usage
     }
 
+    /// Counts one invocation of `function` for `tenant` in the usage book,
+    /// from its outcome.
+    pub fn record_usage(
+        &self,
+        function: &str,
+        tenant: Option<&str>,
+        memory_mib: u32,
+        result: &crate::InvokeOutcome,
+    ) {
+        use silo_proto::Outcome as O;
+        use silo_scheduler::ScheduleError as E;
+        use usage::Outcome;
+        let (outcome, duration) = match result {
+            Ok(r) if matches!(r.response.outcome, O::Ok(_)) => {
+                (Outcome::Ok, Some(r.response.duration))
+            }
+            Ok(r) => (Outcome::Error, Some(r.response.duration)),
+            Err(E::Throttled(_)) => (Outcome::Throttled, None),
+            Err(E::Environment(crate::vm_env::EnvError::FunctionCrashed(r))) => {
+                (Outcome::Error, Some(r.duration))
+            }
+            Err(_) => (Outcome::Error, None),
+        };
+        let cold = result.as_ref().is_ok_and(|r| r.cold_start);
+        self.usage.record(
+            function,
+            tenant,
+            outcome,
+            cold,
+            duration,
+            memory_mib,
+            now_ms(),
+        );
+    }
+
     /// Saves what must outlive the daemon (the usage book).
     pub fn shutdown(&self) {
         self.usage.sweep_and_save();
