@@ -35,6 +35,8 @@ pub mod runtime_copies;
 pub mod serve;
 mod state;
 pub mod store;
+#[cfg(test)]
+mod test_logs;
 pub mod vm_backend;
 pub mod vm_env;
 

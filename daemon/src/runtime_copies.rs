@@ -541,7 +541,11 @@ mod tests {
             task.abort();
             let _ = task.await;
             let until = Instant::now() + std::time::Duration::from_secs(20);
-            while std::fs::read_dir(d.join("copies")).map_or(0, |r| r.count()) > 0 {
+            // The copying thread may not have started yet (its file not
+            // made): wait for it to let go of the copy, then for the file.
+            while copies.live_copies() > 0
+                || std::fs::read_dir(d.join("copies")).map_or(0, |r| r.count()) > 0
+            {
                 assert!(
                     Instant::now() < until,
                     "a copy was left behind (abort after {delay_ms} ms)"

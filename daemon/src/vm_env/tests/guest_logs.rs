@@ -2,26 +2,7 @@
 //! formatter.
 
 use super::*;
-
-/// A log buffer shared with a `tracing` subscriber.
-#[derive(Clone, Default)]
-struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::test_logs::{capture, LogBuf};
 
 /// The formatter `silo serve` installs (`silo_benches::init_tracing`:
 /// `tracing_subscriber::fmt()`'s default format, no colour off a
@@ -46,7 +27,8 @@ const FORGED: &str = "x\n2026-12-07T10:00:00.000000Z  INFO silo_daemon::api: inv
 #[tokio::test]
 async fn a_hostile_guest_cannot_forge_a_log_line() {
     let buf = LogBuf::default();
-    let _log = tracing::subscriber::set_default(production_formatter(buf.clone()));
+    // Sibling tests reach the same log lines on their own threads.
+    let _log = capture(production_formatter(buf.clone()));
     let (mut env, mut guest, _pid) = fake_vm().await;
     env.label = VmLabel {
         function: "f".into(),

@@ -317,6 +317,16 @@ async fn only_foreign_connections_fail_the_boot_and_say_so() {
         .spawn()
         .unwrap();
     let vmm_pid = vmm.id();
+    // The intruder's connection waits in the listener's backlog: the 3 s
+    // timeout starts once it is there, not while python3 starts.
+    let mut intruder = Peer::spawn(&socket, &dir, false);
+    let intruder_pid = intruder.pid();
+    let mut intruder = tokio::task::spawn_blocking(move || {
+        assert_eq!(intruder.line(), "connected");
+        intruder
+    })
+    .await
+    .unwrap();
     let accept = tokio::spawn(async move {
         accept_agent(
             &listener,
@@ -329,8 +339,6 @@ async fn only_foreign_connections_fail_the_boot_and_say_so() {
         )
         .await
     });
-    let mut intruder = Peer::spawn(&socket, &dir, false);
-    let intruder_pid = intruder.pid();
     let r = tokio::time::timeout(Duration::from_secs(20), accept)
         .await
         .expect("accept_agent returned")
@@ -365,7 +373,6 @@ async fn only_foreign_connections_fail_the_boot_and_say_so() {
         "{msg}"
     );
     let got = tokio::task::spawn_blocking(move || {
-        assert_eq!(intruder.line(), "connected");
         let n = intruder.line();
         let _ = intruder.child.wait();
         n
