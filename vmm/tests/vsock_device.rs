@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::logs::{capture, LogMeter};
 use common::MmioRig;
 use silo_vmm::devices::bus::BusDevice;
 use silo_vmm::devices::virtio::vsock::{op, Vsock};
@@ -508,25 +508,6 @@ fn replies_waiting_for_rx_buffers_hold_back_the_tx_queue() {
     );
 }
 
-/// Counts the bytes and lines of log output written through it.
-#[derive(Clone, Default)]
-struct LogMeter(Arc<Mutex<(usize, usize, Vec<u8>)>>);
-
-impl Write for LogMeter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut m = self.0.lock().unwrap();
-        m.0 += buf.len();
-        m.1 += buf.iter().filter(|&&b| b == b'\n').count();
-        if m.2.len() < 64 * 1024 {
-            m.2.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_million_malformed_packets_and_bad_accesses_leave_a_bounded_log_and_a_working_device() {
     const PACKETS: usize = 1_000_000;
@@ -537,7 +518,9 @@ fn a_million_malformed_packets_and_bad_accesses_leave_a_bounded_log_and_a_workin
         .with_max_level(tracing::Level::WARN)
         .finish();
     let started = std::time::Instant::now();
-    tracing::subscriber::with_default(subscriber, || {
+    {
+        // Sibling tests reach the same log lines on their own threads.
+        let _log = capture(subscriber);
         let mut rig = Rig::new("flood");
         let mut sent = 0usize;
         while sent < PACKETS {
@@ -590,12 +573,9 @@ fn a_million_malformed_packets_and_bad_accesses_leave_a_bounded_log_and_a_workin
         let mut buf = [0u8; 4];
         host.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ping");
-    });
+    }
     let elapsed = started.elapsed().as_secs() + 1;
-    let (bytes, lines, head) = {
-        let m = meter.0.lock().unwrap();
-        (m.0, m.1, String::from_utf8_lossy(&m.2).into_owned())
-    };
+    let (bytes, lines, head) = meter.read();
     // Four fault kinds (three packet kinds, one register access) each log
     // at most a burst plus one line per second, and a summary line before
     // each line that follows a suppression.

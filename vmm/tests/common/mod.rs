@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod logs;
+
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
