@@ -339,11 +339,7 @@ impl Network {
     /// default the slot was prepared with, that policy; `None` if the
     /// policy is `none`.
     fn take(self: &Arc<Self>, function: &str, link: &GuestLink) -> Result<Option<VmNet>, NetError> {
-        // Held to the end: a live policy change waits until this slot is
-        // active (and so among those it updates) with its first rules.
-        let _rules = self.rules.lock().expect("rules");
-        let policy = self.policy_for(function);
-        if !policy.has_interface() {
+        if !self.policy_for(function).has_interface() {
             return Ok(None);
         }
         let (s, prepared) = {
@@ -368,22 +364,31 @@ impl Network {
             );
             slot::create(&self.names, s, self.base_ruleset())
         };
-        let ruleset = (policy != self.cfg.egress)
-            .then(|| rules::policy_update(self.names.table(), &policy, &self.dns));
+        // The policy is read, applied and the slot made active under the
+        // rules lock: a live policy change comes wholly before (and this
+        // reads the new policy) or after (and updates this slot too).
         let attached = made
             .and_then(|()| slot::attach(&self.names, s, link))
-            .and_then(|()| ruleset.map_or(Ok(()), |r| slot::apply(&self.names, s, r)));
+            .and_then(|()| {
+                let _rules = self.rules.lock().expect("rules");
+                let policy = self.policy_for(function);
+                if policy != self.cfg.egress {
+                    let r = rules::policy_update(self.names.table(), &policy, &self.dns);
+                    slot::apply(&self.names, s, r)?;
+                }
+                self.slots
+                    .lock()
+                    .expect("slots")
+                    .active
+                    .insert(s, function.to_owned());
+                Ok(())
+            });
         if let Err(e) = attached {
             slot::destroy(&self.names, s);
             self.slots.lock().expect("slots").free.insert(s);
             self.refill();
             return Err(e);
         }
-        self.slots
-            .lock()
-            .expect("slots")
-            .active
-            .insert(s, function.to_owned());
         Ok(Some(VmNet {
             net: Arc::clone(self),
             slot: s,
