@@ -115,13 +115,13 @@ printf 'Content-Type: text/plain\r\n\r\n'
 /bin/ip netns exec world nft list table ip w | grep -o 'dport [0-9]* counter packets [0-9]*'
 "#;
 
-/// CGI `state`: silo's namespaces (with any tap in them), host veths and
-/// nft tables.
+/// CGI `state`: silo's namespaces (with a VM's tap in them: one given to a
+/// VM's uid; a prepared slot's tap has no owner), host veths and nft tables.
 const STATE: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
 for n in $(/bin/ip netns list | cut -d' ' -f1); do
   echo "netns $n"
-  /bin/ip -n "$n" -o link show tap0 2>/dev/null | grep -o 'tap0' | sed "s/^/tap in $n: /"
+  /bin/ip -n "$n" -d -o link show tap0 2>/dev/null | grep -q ' user ' && echo "tap in $n: tap0"
 done
 /bin/ip -o link show | grep -o 'silov[0-9]*' | sed 's/^/veth /'
 nft list tables | sed 's/^/nft /'
@@ -349,7 +349,7 @@ fn real_guests_reach_what_their_policy_allows_and_nothing_of_other_tenants_or_th
         let running = state(d);
         assert!(running.contains("tap in silo-"), "no VM's tap seen:\n{running}");
         // Deleting the functions ends their VMs and their networks: only the
-        // prepared slots (no tap) remain.
+        // prepared slots (their taps owned by no VM) remain.
         for f in ["fetch-a", "fetch-b", "fetch-none"] {
             let r = admin
                 .request("DELETE", &format!("/2015-03-31/functions/{f}"), &[], b"")

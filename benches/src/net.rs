@@ -52,6 +52,9 @@ pub struct NetBenchArgs {
     /// Skip the cold-start comparison.
     #[arg(long)]
     no_cold: bool,
+    /// Skip the throughput and round-trip runs.
+    #[arg(long)]
+    no_throughput: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-net.json")]
     out: PathBuf,
@@ -126,14 +129,16 @@ fn run_here(args: &NetBenchArgs, files: &GuestFiles, probe: &Path) -> Result<(),
         round_trips: args.round_trips,
         rounds: args.rounds,
     };
-    eprintln!(
-        "[bench-net] throughput and round trips, {} rounds",
-        args.rounds
-    );
-    let dir = crate::scratch_path("silo-bench-net-tp");
-    let tp = throughput::throughput_and_rtt(&plan, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    results["throughput"] = tp?;
+    if !args.no_throughput {
+        eprintln!(
+            "[bench-net] throughput and round trips, {} rounds",
+            args.rounds
+        );
+        let dir = crate::scratch_path("silo-bench-net-tp");
+        let tp = throughput::throughput_and_rtt(&plan, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        results["throughput"] = tp?;
+    }
     if !args.no_cold {
         eprintln!(
             "[bench-net] {} function VM cold starts each, with and without a network",
@@ -182,7 +187,7 @@ fn in_test_host(args: &NetBenchArgs, files: &GuestFiles, probe: &Path) -> Result
     }
     let host = files.copied_into(host, "kernel");
     let cmd = format!(
-        "SILO_LOG=warn silo bench-net --here --boots {} --rounds {} --bytes {} --round-trips {}{fc_flag}{} \
+        "SILO_LOG=warn silo bench-net --here --boots {} --rounds {} --bytes {} --round-trips {}{fc_flag}{}{} \
          --kernel kernel --agent agent --function counter --probe probe --out r.json --plot r.svg \
          && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
         args.boots,
@@ -190,6 +195,11 @@ fn in_test_host(args: &NetBenchArgs, files: &GuestFiles, probe: &Path) -> Result
         args.bytes,
         args.round_trips,
         if args.no_cold { " --no-cold" } else { "" },
+        if args.no_throughput {
+            " --no-throughput"
+        } else {
+            ""
+        },
     );
     let out = run_checked(&host, "network benchmark", &cmd).map_err(|e| e.to_string())?;
     let text = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")

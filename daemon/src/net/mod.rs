@@ -62,8 +62,8 @@ pub struct Network {
     dns: Vec<Ipv4Addr>,
     slots: Mutex<Slots>,
     refilling: AtomicBool,
-    /// Held while a slot's egress rules are computed and applied: a VM's
-    /// first rules and a live policy change never interleave.
+    /// Held while a slot is taken with its first rules and during a live
+    /// policy change: the two never interleave.
     rules: Mutex<()>,
     /// Set by [`Network::close`]: no slot is prepared any more.
     closed: AtomicBool,
@@ -312,57 +312,32 @@ impl Network {
         function: &str,
         link: &GuestLink,
     ) -> Result<Option<VmNet>, NetError> {
-        let Some(vm) = self.take(function, link)? else {
-            return Ok(None);
-        };
-        // On an error the slot goes back as `vm` drops.
-        self.apply_policy(vm.slot, function)?;
+        let vm = self.lease_for_boot(function, link)?;
         self.refill();
-        Ok(Some(vm))
+        Ok(vm)
     }
 
-    /// [`Network::lease`] off the cold path: the slot (namespace, veth, tap
-    /// and the rules denying everything, all prepared ahead) is taken and
-    /// its tap given to the VM's uid now; the function's rules are applied
-    /// on a thread of their own while the VM boots, and awaited with
-    /// [`VmNet::rules_applied`] before the VM is used. Until then the
-    /// guest's traffic is dropped (the prepared rules), never let through.
-    /// The slot taken is replaced only then, so that preparing the next
-    /// one does not compete with this VM's boot for the CPU.
-    /// Blocking: call from a blocking thread.
-    pub fn lease_while_booting(
+    /// [`Network::lease`] for a VM about to boot, off the cold path: the
+    /// slot (namespace, veth, tap, and rules with the default policy
+    /// `[network] egress`, all prepared ahead) is taken and its tap given
+    /// to the VM's uid (two ioctls); only a function whose policy is not
+    /// the default has its own applied (one `nft` run), before this
+    /// returns, so before its VMM starts. The slot is replaced in the pool
+    /// once the VM is up ([`VmNet::booted`]), so that preparing the next
+    /// one does not compete with this boot for the CPU. Blocking: call
+    /// from a blocking thread.
+    pub fn lease_for_boot(
         self: &Arc<Self>,
         function: &str,
         link: &GuestLink,
     ) -> Result<Option<VmNet>, NetError> {
-        let Some(mut vm) = self.take(function, link)? else {
-            return Ok(None);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (net, s, f) = (Arc::clone(self), vm.slot, function.to_owned());
-        let thread = std::thread::spawn(move || {
-            let _ = tx.send(net.apply_policy(s, &f));
-        });
-        vm.pending = Some(vm::PendingRules {
-            thread,
-            done: Some(rx),
-        });
-        Ok(Some(vm))
-    }
-
-    /// Slot `s`'s egress chain from `function`'s policy as it is now
-    /// (serialized with [`Network::set_policy`], so the last policy set
-    /// wins).
-    fn apply_policy(&self, s: u32, function: &str) -> Result<(), NetError> {
-        let _rules = self.rules.lock().expect("rules");
-        let ruleset =
-            rules::policy_update(self.names.table(), &self.policy_for(function), &self.dns);
-        slot::apply(&self.names, s, ruleset)
+        self.take(function, link)
     }
 
     /// Takes a slot for a VM of `function` (a prepared one, else one made
-    /// now) and gives it `link`; `None` if the policy is `none`. The slot
-    /// keeps the rules denying everything until [`Network::apply_policy`].
+    /// now), gives it `link` and, if the function's policy is not the
+    /// default the slot was prepared with, that policy; `None` if the
+    /// policy is `none`.
     fn take(self: &Arc<Self>, function: &str, link: &GuestLink) -> Result<Option<VmNet>, NetError> {
         if !self.policy_for(function).has_interface() {
             return Ok(None);
@@ -389,31 +364,46 @@ impl Network {
             );
             slot::create(&self.names, s, self.base_ruleset())
         };
-        if let Err(e) = made.and_then(|()| slot::attach(&self.names, s, link)) {
+        // The policy is read, applied and the slot made active under the
+        // rules lock: a live policy change comes wholly before (and this
+        // reads the new policy) or after (and updates this slot too).
+        let attached = made
+            .and_then(|()| slot::attach(&self.names, s, link))
+            .and_then(|()| {
+                let _rules = self.rules.lock().expect("rules");
+                let policy = self.policy_for(function);
+                if policy != self.cfg.egress {
+                    let r = rules::policy_update(self.names.table(), &policy, &self.dns);
+                    slot::apply(&self.names, s, r)?;
+                }
+                self.slots
+                    .lock()
+                    .expect("slots")
+                    .active
+                    .insert(s, function.to_owned());
+                Ok(())
+            });
+        if let Err(e) = attached {
             slot::destroy(&self.names, s);
             self.slots.lock().expect("slots").free.insert(s);
             self.refill();
             return Err(e);
         }
-        self.slots
-            .lock()
-            .expect("slots")
-            .active
-            .insert(s, function.to_owned());
         Ok(Some(VmNet {
             net: Arc::clone(self),
             slot: s,
             function: function.to_owned(),
             tenant: Arc::new(Mutex::new(None)),
             released: false,
-            pending: None,
         }))
     }
 
-    /// A prepared slot's ruleset: nothing passes until a VM's policy
-    /// replaces it.
+    /// A prepared slot's ruleset: the default policy (`[network] egress`),
+    /// which most VMs keep. A slot holds no VM until it is taken, and one
+    /// taken for a function with another policy gets that policy before
+    /// its VMM starts.
     fn base_ruleset(&self) -> String {
-        rules::vm_ruleset(self.names.table(), &EgressPolicy::None, &[])
+        rules::vm_ruleset(self.names.table(), &self.cfg.egress, &self.dns)
     }
 
     /// Prepares slots on a thread of its own until `ready_slots` are.

@@ -10,8 +10,7 @@ use super::{slot, traffic, GuestLink, NetError, Network, VMM_BASE_CMDLINE};
 /// The network of a VM of `label`'s function from `network` (`None`
 /// without networking, or when its policy is `none`). The VMM joins the
 /// namespace through its jail: an unjailed VM (`--insecure-no-jail`) gets
-/// no network. The function's rules are still being applied when it
-/// returns: await [`VmNet::rules_applied`] before using the VM.
+/// no network. Call [`VmNet::booted`] once the VM is up.
 pub async fn attach(
     network: Option<&Arc<Network>>,
     label: &crate::vm_env::VmLabel,
@@ -30,7 +29,7 @@ pub async fn attach(
     };
     let (network, function) = (Arc::clone(network), label.function.clone());
     let net = tokio::task::spawn_blocking(move || {
-        network.lease_while_booting(&function, &GuestLink::Tap { uid })
+        network.lease_for_boot(&function, &GuestLink::Tap { uid })
     })
     .await
     .map_err(|e| NetError::Command("a network thread".into(), e.to_string()))??;
@@ -50,17 +49,6 @@ pub struct VmNet {
     pub(super) tenant: Arc<Mutex<Option<String>>>,
     /// Whether the slot was given back already.
     pub(super) released: bool,
-    /// The function's rules being applied while the VM boots, if they are.
-    pub(super) pending: Option<PendingRules>,
-}
-
-/// The thread applying a VM's first rules ([`Network::lease_while_booting`]).
-pub(super) struct PendingRules {
-    /// Joined before the slot is given back, so that no rules land on a
-    /// slot after its release (and on the next VM's).
-    pub(super) thread: std::thread::JoinHandle<()>,
-    /// Its result, until awaited.
-    pub(super) done: Option<tokio::sync::oneshot::Receiver<Result<(), NetError>>>,
 }
 
 impl std::fmt::Debug for VmNet {
@@ -75,26 +63,11 @@ impl VmNet {
         self.slot
     }
 
-    /// Waits until the function's rules are in place, if they were being
-    /// applied while the VM booted, then has the slot replaced in the pool
-    /// (not earlier: preparing it would compete with the boot).
-    pub async fn rules_applied(&mut self) -> Result<(), NetError> {
-        let Some(rx) = self.pending.as_mut().and_then(|p| p.done.take()) else {
-            return Ok(());
-        };
-        let applied = rx.await.map_err(|_| {
-            NetError::Command("applying a VM's rules".into(), "the thread ended".into())
-        });
-        // The VM is up: now prepare the slot that replaces its own.
+    /// The VM is up: has the slot it took replaced in the pool of
+    /// prepared slots (not earlier: preparing one would compete with the
+    /// boot for the CPU).
+    pub fn booted(&self) {
         self.net.refill();
-        applied?
-    }
-
-    /// Joins the thread applying the first rules, if any.
-    fn join_pending(&mut self) {
-        if let Some(p) = self.pending.take() {
-            let _ = p.thread.join();
-        }
     }
 
     /// The namespace's file (what the VMM's jail enters).
@@ -174,7 +147,6 @@ impl VmNet {
     /// Gives the slot back now (blocking: namespace, veth, tap and rules
     /// are gone when it returns).
     pub fn release(mut self) {
-        self.join_pending();
         self.released = true;
         let tenant = self.tenant.lock().expect("tenant").clone();
         self.net
@@ -191,12 +163,8 @@ impl Drop for VmNet {
         let net = Arc::clone(&self.net);
         let (s, function) = (self.slot, std::mem::take(&mut self.function));
         let tenant = self.tenant.lock().expect("tenant").clone();
-        let pending = self.pending.take();
         // Blocking commands: never on an async worker.
         std::thread::spawn(move || {
-            if let Some(p) = pending {
-                let _ = p.thread.join();
-            }
             net.release(s, &function, tenant.as_deref());
             net.refill();
         });

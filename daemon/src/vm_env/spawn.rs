@@ -102,9 +102,8 @@ impl VmEnv {
                 return Err(EnvError::NoJail(why.clone()));
             }
         };
-        // Its network (prepared ahead), before the VMM that joins it; the
-        // function's rules land while the VM boots.
-        let mut net = crate::net::attach(network, label, lease.as_ref().map(JailLease::id))
+        // Its network (prepared ahead), before the VMM that joins it.
+        let net = crate::net::attach(network, label, lease.as_ref().map(JailLease::id))
             .await
             .map_err(|e| EnvError::Setup(format!("network: {e}")))?;
         // Inside a jail the VM's directory is the VMM's `/`.
@@ -228,10 +227,8 @@ impl VmEnv {
             }
         };
         let spawn_to_ready = started.elapsed();
-        if let Some(net) = &mut net {
-            net.rules_applied()
-                .await
-                .map_err(|e| EnvError::Setup(format!("network: {e}")))?;
+        if let Some(net) = &net {
+            net.booted();
         }
         let timeline = read_timeline(&dir.join("timeline.json"), spawn_ns, spawn_to_ready, &boot);
         let (child, dir, jail) = env_guard.disarm();
