@@ -462,8 +462,9 @@ impl TestHost {
     /// The QEMU command line for one run.
     fn qemu_command(&self, image: &Path, cpio: &Path) -> Command {
         let mut cmd = Command::new("qemu-system-x86_64");
+        let cpu = std::env::var("SILO_TESTHOST_CPU").unwrap_or_else(|_| "EPYC,+svm,+npt".into());
         cmd.args(["-accel", "tcg,thread=multi", "-M", "q35"])
-            .args(["-cpu", "EPYC,+svm,+npt"])
+            .args(["-cpu", &cpu])
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -484,6 +485,14 @@ impl TestHost {
             // No option ROM: the test host boots its kernel directly.
             cmd.args(["-netdev", &netdev])
                 .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
+        }
+        // For diagnosing a stalled test host from outside: QEMU's monitor
+        // (`info registers`, `info lapic`) on a Unix socket.
+        if let Some(path) = std::env::var_os("SILO_TESTHOST_MONITOR") {
+            let mut arg = std::ffi::OsString::from("unix:");
+            arg.push(path);
+            arg.push(",server=on,wait=off");
+            cmd.arg("-monitor").arg(arg);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
