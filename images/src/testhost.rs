@@ -541,9 +541,16 @@ impl TestHost {
             },
             self.timeout
         );
+        // In the run directory (removed with it), unless that path is too
+        // long for a Unix socket (108 bytes).
         let monitor = std::env::var_os("SILO_TESTHOST_MONITOR")
             .map(PathBuf::from)
             .unwrap_or_else(|| cpio.with_file_name("monitor.sock"));
+        let monitor = if monitor.as_os_str().len() < 100 {
+            monitor
+        } else {
+            std::env::temp_dir().join(format!("silo-testhost-{}.sock", std::process::id()))
+        };
         let child = self
             .qemu_command(image, cpio, &monitor)
             .spawn()
