@@ -114,7 +114,8 @@ fn a_console_flood_stays_in_its_ring_and_other_tenants_are_served() {
     .concat();
     let script = format!(
         r#"set -u
-{serve}{create}within {COLD_S} silo invoke --name counter --tenant good --payload '{{}}' > /dev/null && echo GOOD_WARM
+{serve}silo_heartbeat 30
+{create}within {COLD_S} silo invoke --name counter --tenant good --payload '{{}}' > /dev/null && echo GOOD_WARM
 listing() {{ find ./data ./data-run -type f | while read f; do echo "FILE $(wc -c < "$f") $f"; done; }}
 rss() {{ grep VmRSS /proc/$daemon/status | awk '{{print $2}}'; }}
 echo "RSS_BEFORE $(rss)"
@@ -122,7 +123,7 @@ echo FILES_BEFORE_BEGIN; listing; echo FILES_BEFORE_END
 start=$(date +%s)
 within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' > h1.json && echo "HOSTILE_FIRST_OK $(cat h1.json)"
 within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' > h2.json && echo "CHATTY_FIRST_OK $(cat h2.json)"
-[ $diagnosed = 1 ] && {{ kill -KILL $daemon; exit 1; }}
+[ $diagnosed = 1 ] && {{ kill -KILL $daemon $heartbeat; exit 1; }}
 ok=0; bad=0
 while [ $((ok + bad)) -lt {MIN_INVOKES} ] || [ $(( $(date +%s) - start )) -lt {FLOOD_S} ]; do
   if within {COLD_S} silo invoke --name counter --tenant good --payload '{{}}' 2>>invoke-err.txt | grep -q '"count"'; then ok=$((ok+1)); else bad=$((bad+1)); fi
@@ -134,6 +135,7 @@ echo FILES_AFTER_BEGIN; listing; echo FILES_AFTER_END
 within {COLD_S} silo invoke --name counter --tenant fresh --payload '{{}}' | grep -q '"count":1' && echo FRESH_TENANT_OK
 within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' | grep -q '"count":2' && echo HOSTILE_STILL_SERVED
 within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' | grep -q '"count":2' && echo CHATTY_STILL_SERVED
+kill $heartbeat
 kill -TERM $daemon; wait $daemon; echo "DAEMON_EXIT $?"
 echo DAEMON_LOG_BEGIN; grep -v 'invocation answered' daemon.log | tail -60; echo DAEMON_LOG_END
 echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"

@@ -62,6 +62,12 @@ pub struct TestHostOutput {
     pub total_time: Duration,
 }
 
+mod stall;
+
+/// Console silence after which the harness asks QEMU's monitor whether the
+/// test host stalled (see [`stall`]); asked again at this interval.
+const STALL_CHECK: Duration = Duration::from_secs(60);
+
 /// Errors running the test host.
 #[derive(Debug, thiserror::Error)]
 pub enum TestHostError {
@@ -79,6 +85,23 @@ pub enum TestHostError {
     Timeout {
         /// The limit.
         timeout: Duration,
+        /// The end of the console output.
+        tail: String,
+    },
+    /// The test host's CPU stayed halted with an interrupt pending that
+    /// QEMU never delivered (see [`stall`]): an emulator fault, not the
+    /// command's; QEMU was killed.
+    #[error(
+        "the test host stalled: its CPU stayed halted with interrupts enabled and an interrupt \
+         pending in its local APIC that QEMU never delivered (a fault of the emulator's nested \
+         SVM, not of the command); QEMU killed after {silent:?} without console output. CPU \
+         state:\n{state}\nlast console lines:\n{tail}"
+    )]
+    Stalled {
+        /// How long the console had been silent.
+        silent: Duration,
+        /// What the monitor showed.
+        state: String,
         /// The end of the console output.
         tail: String,
     },
@@ -460,10 +483,11 @@ impl TestHost {
     }
 
     /// The QEMU command line for one run.
-    fn qemu_command(&self, image: &Path, cpio: &Path) -> Command {
+    fn qemu_command(&self, image: &Path, cpio: &Path, monitor: &Path) -> Command {
         let mut cmd = Command::new("qemu-system-x86_64");
+        let cpu = std::env::var("SILO_TESTHOST_CPU").unwrap_or_else(|_| "EPYC,+svm,+npt".into());
         cmd.args(["-accel", "tcg,thread=multi", "-M", "q35"])
-            .args(["-cpu", "EPYC,+svm,+npt"])
+            .args(["-cpu", &cpu])
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -485,6 +509,13 @@ impl TestHost {
             cmd.args(["-netdev", &netdev])
                 .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
         }
+        // QEMU's monitor on a Unix socket: the harness recognises a stalled
+        // test host through it ([`stall`]), and so can a person
+        // (`info registers`, `info lapic`).
+        let mut arg = std::ffi::OsString::from("unix:");
+        arg.push(monitor);
+        arg.push(",server=on,wait=off");
+        cmd.arg("-monitor").arg(arg);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -510,8 +541,18 @@ impl TestHost {
             },
             self.timeout
         );
+        // In the run directory (removed with it), unless that path is too
+        // long for a Unix socket (108 bytes).
+        let monitor = std::env::var_os("SILO_TESTHOST_MONITOR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cpio.with_file_name("monitor.sock"));
+        let monitor = if monitor.as_os_str().len() < 100 {
+            monitor
+        } else {
+            std::env::temp_dir().join(format!("silo-testhost-{}.sock", std::process::id()))
+        };
         let child = self
-            .qemu_command(image, cpio)
+            .qemu_command(image, cpio, &monitor)
             .spawn()
             .map_err(TestHostError::Spawn)?;
         let mut child = KillOnDrop(child);
@@ -538,10 +579,13 @@ impl TestHost {
         let mut console = Vec::new();
         let mut begun_at = None;
         let mut exit_code = None;
+        let mut last_line = Instant::now();
+        let mut last_check = Instant::now();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(Duration::from_millis(500))) {
                 Ok(line) => {
+                    last_line = Instant::now();
                     let _ = writeln!(log, "{line}");
                     if line.starts_with(BEGIN) && begun_at.is_none() {
                         begun_at = Some(started.elapsed());
@@ -561,6 +605,18 @@ impl TestHost {
                     console.push(line);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if last_line.elapsed() >= STALL_CHECK && last_check.elapsed() >= STALL_CHECK {
+                        last_check = Instant::now();
+                        if let Some(state) = stall::stalled(&monitor) {
+                            drop(child);
+                            eprintln!("[testhost] stalled (QEMU did not deliver a pending interrupt); QEMU killed:\n{state}");
+                            return Err(TestHostError::Stalled {
+                                silent: last_line.elapsed(),
+                                state,
+                                tail: tail(&console),
+                            });
+                        }
+                    }
                     if Instant::now() >= deadline {
                         drop(child);
                         eprintln!("[testhost] timed out after {:?}; QEMU killed", self.timeout);

@@ -98,8 +98,13 @@ pub const DIAG_LOG_BYTES: u32 = 20 * 1024;
 ///   script's own output (fd 9, whatever the caller redirected), the last
 ///   [`DIAG_LOG_BYTES`] of the daemon's log, its `/metrics` (within 10 s:
 ///   a daemon that cannot answer that is stuck as a whole), the process
-///   list, and each daemon thread's name, state, wait channel and kernel
-///   stack;
+///   list, memory, the kernel log's end, and each daemon thread's name,
+///   state, wait channel and kernel stack;
+/// - `silo_heartbeat SECONDS`: prints a `HEARTBEAT` line (uptime, load)
+///   every so many seconds in the background (pid in `$heartbeat`): when a
+///   run hangs, heartbeats that go on mean the test host runs and something
+///   in it waits; heartbeats that stop mean the test host itself stalled
+///   (its timers, which `within` needs too);
 /// - `within SECONDS COMMAND...`: runs the command under busybox
 ///   `timeout`; if it had to be killed, prints `TIMED_OUT` and runs
 ///   `silo_diag` (and sets `diagnosed=1`). Its exit status is the
@@ -117,6 +122,10 @@ silo_diag() {{
     timeout 10 wget -qO- http://127.0.0.1:{metrics_port}/metrics | grep -v '^#' || echo "(no /metrics answer within 10 s)"
     echo "--- processes"
     ps -o pid,ppid,stat,time,args 2>/dev/null || ps
+    echo "--- memory"
+    grep -E '^(MemTotal|MemFree|MemAvailable|Shmem):' /proc/meminfo
+    echo "--- kernel log, last 30 lines"
+    dmesg | tail -n 30
     echo "--- daemon threads (name state wchan, kernel stack)"
     for t in /proc/$daemon/task/*; do
       echo "$(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan 2>/dev/null)"
@@ -124,6 +133,10 @@ silo_diag() {{
     done
   }} >&9 2>&1
   echo DIAG_END >&9
+}}
+silo_heartbeat() {{
+  ( while sleep "$1"; do echo "HEARTBEAT $(cut -d' ' -f1 /proc/uptime) s up, load $(cut -d' ' -f1-3 /proc/loadavg)" >&9; done ) &
+  heartbeat=$!
 }}
 within() {{
   w_s=$1; shift
