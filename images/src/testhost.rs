@@ -32,6 +32,8 @@ const QEMU_MICROVM_FIRMWARE: [&str; 2] = ["bios-microvm.bin", "linuxboot_dma.bin
 pub const KEEP_ENV: &str = "SILO_TESTHOST_KEEP";
 /// Set to echo the test host's whole console, boot included, to stderr.
 pub const VERBOSE_ENV: &str = "SILO_TESTHOST_VERBOSE";
+/// How many times a run that stalled in the emulator is run again (default 1).
+pub const STALL_RETRIES_ENV: &str = "SILO_TESTHOST_STALL_RETRIES";
 
 /// True when this host's `/dev/kvm` is hardware virtualization (Intel VMX or
 /// AMD SVM) that this process can open: then real guests run directly.
@@ -453,7 +455,37 @@ impl TestHost {
     /// prefixed `[testhost]`. QEMU is killed and the run directory removed on
     /// every path out, including errors and timeouts (kept when
     /// `SILO_TESTHOST_KEEP` is set).
+    ///
+    /// A run the harness recognises as an emulator stall
+    /// ([`TestHostError::Stalled`]: QEMU 7.2's TCG left the test host's CPU
+    /// halted with an interrupt pending, see `images/README.md`) is run
+    /// again from scratch, at most [`STALL_RETRIES_ENV`] times (default 1),
+    /// saying so with the stall's evidence; any other failure is returned
+    /// at once. The command runs whole each time in a fresh test host, so
+    /// it must not depend on state a stalled attempt left outside it.
     pub fn run(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
+        let retries: u32 = std::env::var(STALL_RETRIES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let mut attempt = 0;
+        loop {
+            match self.run_once(command) {
+                Err(e @ TestHostError::Stalled { .. }) if attempt < retries => {
+                    attempt += 1;
+                    eprintln!(
+                        "[testhost] EMULATOR STALL (attempt {attempt} of {}), running the \
+                         command again in a fresh test host: {e}",
+                        retries + 1
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`TestHost::run`].
+    fn run_once(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
         let image = run_script("testhost/fetch.sh", "KVM test host image")?;
         let _slot = match self.slot {
             Some(_) => None,
