@@ -91,7 +91,7 @@ fn tokens_are_verified_and_every_bad_one_fails_closed() {
     let gw_port = free_port();
     let cfg = config(&gateway_config(
         &format!("127.0.0.1:{gw_port}"),
-        &format!("jwks_url = \"{}\"", server.url),
+        &format!("jwks_url = \"{}\"\nallow_http_jwks = true", server.url),
         1000,
         1000,
         2,

@@ -76,7 +76,10 @@
 //! [gateway.authorizers.main] # JWT: issuer, audiences, jwks_url or
 //! issuer = "https://id.example.com/" # jwks_file, tenant_claim
 //! audiences = ["orders-api"]
-//! jwks_url = "http://id.internal/jwks.json"
+//! jwks_url = "https://id.example.com/.well-known/jwks.json"
+//! # jwks_ca_file = "/etc/silo/id-ca.pem" # https: trust only this CA
+//! #                       # (PEM); unset: the public web roots
+//! # allow_http_jwks = true # needed for a plain http:// jwks_url
 //! tenant_claim = "tenant_id"
 //! [tenant_roles."my-fn"]  # tenant-scoped credentials (docs/DAEMON.md)
 //! role_arn = "arn:aws:iam::123456789012:role/tenants"

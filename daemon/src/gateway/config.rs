@@ -12,7 +12,10 @@
 //! [gateway.authorizers.main]
 //! issuer = "https://id.example.com/"
 //! audiences = ["orders-api"]
-//! jwks_url = "http://id.internal/.well-known/jwks.json"  # or jwks_file
+//! jwks_url = "https://id.example.com/.well-known/jwks.json"  # or jwks_file
+//! # jwks_ca_file = "/etc/silo/id-ca.pem" # trust only this CA (PEM) for the
+//! #                         # JWKS's TLS; unset: the public web roots
+//! # allow_http_jwks = true  # only to accept a plain http:// jwks_url
 //! tenant_claim = "tenant_id"   # the claim naming the tenant
 //! leeway_s = 30                # clock skew allowed on exp/nbf
 //! ```
@@ -65,9 +68,20 @@ pub struct AuthorizerConfig {
     pub issuer: String,
     /// Tokens must carry one of these in `aud`.
     pub audiences: Vec<String>,
-    /// Where the issuer's JWKS is fetched (`http://`).
+    /// Where the issuer's JWKS is fetched: `https://` (the server's
+    /// certificate verified against the public web roots, or
+    /// `jwks_ca_file`), or `http://` only with `allow_http_jwks`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// CA certificates (PEM) that alone are trusted for the `https://`
+    /// JWKS's certificate (a private CA); unset: the public web roots.
+    /// Read again on every fetch.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Accept a plain `http://` `jwks_url`: whoever is on the network path
+    /// can then replace the keys and mint tokens for every tenant.
+    #[serde(default)]
+    pub allow_http_jwks: bool,
     /// Or a JWKS file on this host (read again on refresh).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -119,12 +133,22 @@ impl GatewayConfig {
                 (Some(u), None) if !u.starts_with("http://") && !u.starts_with("https://") => {
                     return Err(at("jwks_url must be an http:// or https:// URL"))
                 }
-                (Some(u), None) if u.starts_with("https://") => {
+                (Some(u), None) if u.starts_with("http://") && !a.allow_http_jwks => {
                     return Err(at(
-                        "jwks_url: https is not built into this daemon; serve the JWKS over http on a trusted network or copy it to jwks_file",
+                        "jwks_url is plain http://, which lets anyone on the network path replace the keys and mint tokens for any tenant: use https://, or set allow_http_jwks = true on a network you trust",
                     ))
                 }
                 _ => {}
+            }
+            if let Some(ca) = &a.jwks_ca_file {
+                if !a
+                    .jwks_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+                {
+                    return Err(at("jwks_ca_file needs an https:// jwks_url"));
+                }
+                super::jwks_tls::client_config(Some(ca)).map_err(|e| at(&e.to_string()))?;
             }
             if a.tenant_claim.as_deref() == Some("") {
                 return Err(at("tenant_claim must not be empty"));
@@ -157,11 +181,21 @@ mod tests {
             ("[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"file:///x\"\n", "http"),
             ("[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_file = \"/x\"\nleeway_s = 3600\n", "leeway_s"),
             ("tenant_rps = 5\ntenant_burst = 0\n", "tenant_burst"),
+            ("[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"http://id/jwks\"\n", "allow_http_jwks = true"),
+            ("[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_file = \"/x\"\njwks_ca_file = \"/ca.pem\"\n", "needs an https://"),
+            ("[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"https://id/jwks\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n", "/nonexistent/ca.pem"),
         ] {
             let c: GatewayConfig = toml::from_str(bad).unwrap();
             let e = c.validate().unwrap_err();
             assert!(e.contains(what), "{bad}: {e}");
         }
         assert!(toml::from_str::<GatewayConfig>("lisen = \"x\"").is_err());
+        for ok in [
+            "[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"https://id/jwks\"\n",
+            "[authorizers.main]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"http://id/jwks\"\nallow_http_jwks = true\n",
+        ] {
+            let c: GatewayConfig = toml::from_str(ok).unwrap();
+            assert_eq!(c.validate(), Ok(()), "{ok}");
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! so forged `kid`s cannot make the daemon hammer the issuer. Keys are
 //! refreshed after [`STALE_AFTER`], and dropped (every token refused) if no
 //! fetch has succeeded for [`DROP_AFTER`]: a JWKS that cannot be read fails
-//! closed.
+//! closed. An `https://` JWKS whose server certificate does not verify
+//! (see [`super::jwks_tls`]) is a JWKS that cannot be read.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -64,6 +65,17 @@ struct Keys {
     attempted: Option<Instant>,
 }
 
+impl Keys {
+    /// After a failed fetch: drops the keys if no fetch has confirmed them
+    /// for [`DROP_AFTER`].
+    fn fail_closed(&mut self, authorizer: &str) {
+        if self.fetched.is_none_or(|t| t.elapsed() >= DROP_AFTER) && !self.by_kid.is_empty() {
+            tracing::error!(authorizer = %authorizer, "JWKS keys expired: refusing every token until a fetch succeeds");
+            self.by_kid.clear();
+        }
+    }
+}
+
 /// One authorizer and its key cache.
 pub struct Authorizer {
     name: String,
@@ -83,6 +95,9 @@ pub enum JwksError {
     /// Not a JWKS.
     #[error("parsing the JWKS: {0}")]
     Parse(String),
+    /// The https server's certificate (or the TLS handshake) was refused.
+    #[error("TLS to the JWKS server refused: {0}")]
+    Tls(String),
 }
 
 impl Authorizer {
@@ -210,12 +225,13 @@ impl Authorizer {
                 k.by_kid = keys;
                 k.fetched = Some(Instant::now());
             }
+            Err(e @ JwksError::Tls(_)) => {
+                tracing::error!(authorizer = %self.name, error = %e, "JWKS refresh failed: TLS refused, the JWKS server is not trusted");
+                k.fail_closed(&self.name);
+            }
             Err(e) => {
                 tracing::warn!(authorizer = %self.name, error = %e, "JWKS refresh failed");
-                if k.fetched.is_none_or(|t| t.elapsed() >= DROP_AFTER) && !k.by_kid.is_empty() {
-                    tracing::error!(authorizer = %self.name, "JWKS keys expired: refusing every token until a fetch succeeds");
-                    k.by_kid.clear();
-                }
+                k.fail_closed(&self.name);
             }
         }
     }
@@ -224,7 +240,8 @@ impl Authorizer {
         let bytes = match (&self.cfg.jwks_url, &self.cfg.jwks_file) {
             (Some(url), _) => {
                 let url = url.clone();
-                tokio::task::spawn_blocking(move || fetch_url(&url))
+                let ca = self.cfg.jwks_ca_file.clone();
+                tokio::task::spawn_blocking(move || fetch_url(&url, ca.as_deref()))
                     .await
                     .map_err(|e| JwksError::Read(e.to_string()))??
             }
@@ -254,16 +271,23 @@ impl Authorizer {
     }
 }
 
-fn fetch_url(url: &str) -> Result<Vec<u8>, JwksError> {
+/// Reads the JWKS at `url`; over https, the server's certificate is
+/// verified against `ca_file`'s CAs if given, else the public web roots.
+fn fetch_url(url: &str, ca_file: Option<&std::path::Path>) -> Result<Vec<u8>, JwksError> {
     use std::io::Read;
+    let tls = super::jwks_tls::client_config(ca_file).map_err(|e| JwksError::Tls(e.to_string()))?;
     let agent = ureq::AgentBuilder::new()
         .timeout(FETCH_TIMEOUT)
         .redirects(0)
+        .tls_config(tls)
         .build();
     let resp = agent
         .get(url)
         .call()
-        .map_err(|e| JwksError::Read(e.to_string()))?;
+        .map_err(|e| match super::jwks_tls::tls_cause(&e) {
+            Some(cause) => JwksError::Tls(format!("{url}: {cause}")),
+            None => JwksError::Read(e.to_string()),
+        })?;
     let mut b = Vec::new();
     resp.into_reader()
         .take(MAX_JWKS_BYTES + 1)

@@ -14,6 +14,7 @@
 pub mod config;
 mod cors;
 pub mod event;
+pub mod jwks_tls;
 pub mod jwt;
 mod limit;
 pub mod routes;
