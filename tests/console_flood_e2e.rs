@@ -28,6 +28,13 @@ use common::{run_with_kvm, WorkFile};
 
 /// Bytes each of the two console writers of `hostile` writes.
 const CONSOLE_FLOOD_BYTES: u64 = 24 * 1024;
+/// The function-log bounds the daemon gets (`[logs]`): `chatty` prints far
+/// more than a tenant's share.
+const LOG_FUNCTION_BYTES: u64 = 1 << 20;
+/// A tenant's share of one function's log.
+const LOG_TENANT_BYTES: u64 = 256 << 10;
+/// The log store's segment for that share (an eighth, at least 64 KiB).
+const LOG_SEGMENT_BYTES: u64 = 64 << 10;
 /// Seconds `chatty` floods its stdout.
 const FLOOD_S: u32 = 40;
 /// Invokes of the other tenant during the flood, at least (more while the
@@ -101,9 +108,13 @@ fn field(line: &str, name: &str) -> Option<u64> {
 #[test]
 fn a_console_flood_stays_in_its_ring_and_other_tenants_are_served() {
     let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
+    // Function logs are kept (stdout is the function's log), within their
+    // bounds: a share per tenant far below what `chatty` prints.
     let config = format!(
         "console_bytes = {CONSOLE_BYTES}\n{}",
-        common::daemon::config("")
+        common::daemon::config(&format!(
+            "[logs]\nmax_function_bytes = {LOG_FUNCTION_BYTES}\nmax_tenant_bytes = {LOG_TENANT_BYTES}\n"
+        ))
     );
     let serve = script_start_daemon(9414, Some("info"));
     let create = [
@@ -175,7 +186,35 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
     let before = files(&section("FILES_BEFORE_BEGIN", "FILES_BEFORE_END"));
     let after = files(&section("FILES_AFTER_BEGIN", "FILES_AFTER_END"));
     assert!(!after.is_empty(), "{out}");
+    // Function logs (`data/logs/<function>/<tenant>/<segment>`) stay within
+    // their tenant's share and their function's bound, give or take the
+    // segment being written (whole segments are evicted, oldest first).
+    let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut per_function: std::collections::BTreeMap<String, u64> = Default::default();
     for (path, size) in &after {
+        let Some(rest) = path.strip_prefix("./data/logs/") else {
+            continue;
+        };
+        let mut parts = rest.split('/');
+        let (function, tenant) = (parts.next().unwrap(), parts.next().unwrap());
+        *per_tenant
+            .entry(format!("{function}/{tenant}"))
+            .or_default() += size;
+        *per_function.entry(function.to_string()).or_default() += size;
+    }
+    for (tenant, bytes) in &per_tenant {
+        assert!(
+            *bytes <= LOG_TENANT_BYTES + LOG_SEGMENT_BYTES,
+            "{tenant}: {bytes} bytes of function log, over its share\n{out}"
+        );
+    }
+    for (function, bytes) in &per_function {
+        assert!(
+            *bytes <= LOG_FUNCTION_BYTES + LOG_SEGMENT_BYTES,
+            "{function}: {bytes} bytes of function log, over its bound\n{out}"
+        );
+    }
+    for (path, size) in after.iter().filter(|(p, _)| !p.starts_with("./data/logs/")) {
         assert!(
             !path.ends_with(".log"),
             "a VMM writes a log file again: {path}"

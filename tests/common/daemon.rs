@@ -457,17 +457,13 @@ impl TestDaemon {
              printf '#!/bin/sh\ntouch /tmp/restart\nwhile [ -f /tmp/restart ]; do sleep 0.1; done\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nrestarted\\\\n\"\n' > /srv/cgi-bin/restart\n\
              chmod 755 /srv/cgi-bin/restart\n\
              httpd -p 8081 -h /srv\n\
+             if [ -f /work/daemon.env ]; then . /work/daemon.env; fi\n\
              start() { SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
              --kernel vmlinux --agent agent >> /tmp/daemon.log 2>&1 & pid=$!; }\n\
              start\n\
              i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do \
              if [ -f /tmp/restart ]; then kill -TERM $pid; wait $pid; echo \"DAEMON_RESTART $?\"; start; rm -f /tmp/restart; fi; \
              sleep 0.1; i=$((i+1)); done\n\
-             if [ -f /work/daemon.env ]; then . /work/daemon.env; fi\n\
-             SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
-             --kernel vmlinux --agent agent > /tmp/daemon.log 2>&1 &\n\
-             pid=$!\n\
-             i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ] && kill -0 $pid 2>/dev/null; do sleep 0.1; i=$((i+1)); done\n\
              kill -TERM $pid 2>/dev/null; wait $pid; echo \"DAEMON_EXIT $?\"\n\
              echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END\n\
              if [ -f /work/after_stop.sh ]; then echo AFTER_STOP_BEGIN; sh /work/after_stop.sh 2>&1; echo AFTER_STOP_END; fi\n"
