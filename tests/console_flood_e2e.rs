@@ -191,12 +191,15 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
     // segment being written (whole segments are evicted, oldest first).
     let mut per_tenant: std::collections::BTreeMap<String, u64> = Default::default();
     let mut per_function: std::collections::BTreeMap<String, u64> = Default::default();
+    // A log segment: `./data/logs/<function>/<tenant>/<n>.jsonl`.
+    let segment = |path: &str| -> Option<(String, String)> {
+        let parts: Vec<&str> = path.strip_prefix("./data/logs/")?.split('/').collect();
+        (parts.len() == 3).then(|| (parts[0].to_string(), parts[1].to_string()))
+    };
     for (path, size) in &after {
-        let Some(rest) = path.strip_prefix("./data/logs/") else {
+        let Some((function, tenant)) = segment(path) else {
             continue;
         };
-        let mut parts = rest.split('/');
-        let (function, tenant) = (parts.next().unwrap(), parts.next().unwrap());
         *per_tenant
             .entry(format!("{function}/{tenant}"))
             .or_default() += size;
@@ -214,7 +217,7 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
             "{function}: {bytes} bytes of function log, over its bound\n{out}"
         );
     }
-    for (path, size) in after.iter().filter(|(p, _)| !p.starts_with("./data/logs/")) {
+    for (path, size) in after.iter().filter(|(p, _)| segment(p).is_none()) {
         assert!(
             !path.ends_with(".log"),
             "a VMM writes a log file again: {path}"
