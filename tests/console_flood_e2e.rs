@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::daemon::{script_create_function, script_files, script_start_daemon};
-use common::{run_with_kvm, WorkFile};
+use common::{run_with_kvm_beating, WorkFile};
 
 /// Bytes each of the two console writers of `hostile` writes.
 const CONSOLE_FLOOD_BYTES: u64 = 24 * 1024;
@@ -163,7 +163,12 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
             WorkFile::Bytes(hostile_zip(&counter, &stdout_flood())),
         ),
     ]);
-    let run = run_with_kvm(work, &script, Duration::from_secs(900));
+    let run = run_with_kvm_beating(
+        work,
+        &script,
+        Duration::from_secs(900),
+        Some(Duration::from_secs(30)),
+    );
     let out = &run.output;
     let section = |begin: &str, end: &str| common::section(out, begin, end);
     assert!(out.contains("GOOD_WARM"), "{out}");

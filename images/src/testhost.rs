@@ -191,6 +191,7 @@ pub struct TestHost {
     port_forwards: Vec<(u16, u16)>,
     netfilter: bool,
     slot: Option<HostSlot>,
+    heartbeat: Option<Duration>,
 }
 
 impl Default for TestHost {
@@ -236,7 +237,18 @@ impl TestHost {
             port_forwards: Vec::new(),
             netfilter: false,
             slot: None,
+            heartbeat: None,
         }
+    }
+
+    /// Declares that the command prints a line at least every `every` while
+    /// it runs (a heartbeat): once it has started, console silence for four
+    /// heartbeats means the test host itself stopped (QEMU's TCG also
+    /// stalls with its CPU spinning, which [`stall`] cannot see), and the
+    /// run ends as [`TestHostError::Stalled`].
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
     }
 
     /// Includes the host file `host` at `guest` with permission bits `mode`.
@@ -642,6 +654,22 @@ impl TestHost {
                         if let Some(state) = stall::stalled(&monitor) {
                             drop(child);
                             eprintln!("[testhost] stalled (QEMU did not deliver a pending interrupt); QEMU killed:\n{state}");
+                            return Err(TestHostError::Stalled {
+                                silent: last_line.elapsed(),
+                                state,
+                                tail: tail(&console),
+                            });
+                        }
+                    }
+                    if let Some(every) = self.heartbeat {
+                        if begun_at.is_some() && last_line.elapsed() >= every * 4 {
+                            drop(child);
+                            let state = format!(
+                                "no heartbeat for {:?} from a command that prints one every {every:?}: \
+                                 the test host stopped running its timers",
+                                last_line.elapsed()
+                            );
+                            eprintln!("[testhost] stalled ({state}); QEMU killed");
                             return Err(TestHostError::Stalled {
                                 silent: last_line.elapsed(),
                                 state,

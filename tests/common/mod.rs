@@ -30,6 +30,18 @@ pub struct ScriptRun {
 
 /// Runs `script` with `files` in its working directory and `silo` on PATH.
 pub fn run_with_kvm(files: Vec<(&str, WorkFile)>, script: &str, timeout: Duration) -> ScriptRun {
+    run_with_kvm_beating(files, script, timeout, None)
+}
+
+/// [`run_with_kvm`] for a script that prints a line at least every
+/// `heartbeat` (`silo_heartbeat`): in the test host, silence for four of
+/// them ends the run as an emulator stall (run once more from scratch).
+pub fn run_with_kvm_beating(
+    files: Vec<(&str, WorkFile)>,
+    script: &str,
+    timeout: Duration,
+    heartbeat: Option<Duration>,
+) -> ScriptRun {
     let silo = PathBuf::from(env!("CARGO_BIN_EXE_silo"));
     if hardware_kvm_usable() {
         let dir = std::env::temp_dir().join(format!(
@@ -73,6 +85,9 @@ pub fn run_with_kvm(files: Vec<(&str, WorkFile)>, script: &str, timeout: Duratio
         .timeout(timeout)
         .silo_binaries(&silo)
         .expect("include silo");
+    if let Some(every) = heartbeat {
+        host = host.heartbeat(every);
+    }
     for (name, f) in files {
         let guest = format!("/work/{name}");
         host = match f {
