@@ -549,26 +549,9 @@ impl TestDaemon {
     /// admin key (`ADMIN_KEY`, `ADMIN_SECRET`) and `env` in its environment
     /// and no `AWS_PROFILE`; then stops the daemon.
     pub fn run_python_client(mut self, script: &str, env: &[(&str, &str)]) -> ClientRun {
-        let out = Command::new("python3")
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/python")
-                    .join(script),
-            )
-            .env("SILO_ENDPOINT", &self.endpoint)
-            .env("ADMIN_KEY", ADMIN.0)
-            .env("ADMIN_SECRET", ADMIN.1)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env_remove("AWS_PROFILE")
-            .output()
-            .unwrap();
-        let daemon_log = self.stop();
-        ClientRun {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-            daemon_log,
-        }
+        let mut run = self.python_client(script, env);
+        run.daemon_log = self.stop();
+        run
     }
 
     /// An admin client.
