@@ -6,7 +6,9 @@
 //! datagram socket pair standing for the tap (frames of any size, from
 //! empty to 64 KiB, written to the guest; frames from the guest read),
 //! plain or, like the tap, with a virtio-net header each way (then the
-//! device offers the TX offloads).
+//! device offers the TX offloads). The driver takes or leaves
+//! `VIRTIO_RING_F_EVENT_IDX` (then it also writes `used_event` anywhere)
+//! and `VIRTIO_NET_F_MRG_RXBUF` (then frames span RX buffers of any size).
 //!
 //! Findings: any panic; the device holding more than one host frame
 //! (`Net::buffered_bytes`); a frame reaching the host that is shorter than
@@ -101,14 +103,22 @@ impl Rig {
         self.dev.lock().unwrap().write(off, &v.to_le_bytes());
     }
 
-    /// The Linux driver's setup sequence (MAC and VERSION_1 accepted),
-    /// queues of `size` at fixed places.
-    fn driver_init(&mut self, size: u16) {
+    /// The Linux driver's setup sequence (MAC and VERSION_1 accepted, and
+    /// EVENT_IDX and MRG_RXBUF as `extra`'s low bits say), queues of `size`
+    /// at fixed places.
+    fn driver_init(&mut self, size: u16, extra: u8) {
+        let mut features = 1 << 5;
+        if extra & 1 != 0 {
+            features |= 1 << 29;
+        }
+        if extra & 2 != 0 {
+            features |= 1 << 15;
+        }
         self.w(0x70, 0);
         self.w(0x70, 1);
         self.w(0x70, 3);
         self.w(0x24, 0);
-        self.w(0x20, 1 << 5);
+        self.w(0x20, features);
         self.w(0x24, 1);
         self.w(0x20, 1);
         self.w(0x70, 11);
@@ -207,7 +217,12 @@ impl Rig {
                 let n = inp.u8() % 8 + 1;
                 for _ in 0..n {
                     let idx = u16::from(inp.u8());
-                    let len = if inp.u8() % 8 == 0 { inp.u32() } else { 1530 };
+                    let len = match inp.u8() % 8 {
+                        0 => inp.u32(),
+                        // Mergeable-sized parts, down to nothing.
+                        1 => u32::from(inp.u16() % 512),
+                        _ => 1530,
+                    };
                     let at = 0x8_0000 + u64::from(idx % 64) * 0x800;
                     self.write_desc(0, idx, at, len, 2, 0);
                     self.publish(0, idx);
@@ -235,7 +250,8 @@ impl Rig {
             9 => self.drain_host(),
             10 => {
                 let size = 1u16 << (inp.u8() % 9);
-                self.driver_init(size);
+                let extra = inp.u8();
+                self.driver_init(size, extra);
             }
             _ => {
                 // Let a rate limiter's timer fire.
@@ -295,8 +311,9 @@ fuzz_target!(|data: &[u8]| {
         _ => NetLimits::default(),
     };
     let mut rig = Rig::new(limits, select & 4 != 0);
-    if inp.u8() & 1 == 1 {
-        rig.driver_init(16);
+    let init = inp.u8();
+    if init & 1 == 1 {
+        rig.driver_init(16, init >> 1);
     }
     let mut steps = 0;
     while !inp.empty() && steps < 256 {

@@ -8,18 +8,19 @@
 //! TCP segment for the host to cut: [`MAX_GSO_FRAME_LEN`]), or with a
 //! header the guest did not negotiate ([`super::offload`]) is returned
 //! unused; an RX chain that is read-only, outside guest memory or
-//! too small for the waiting frame is returned unused and the frame waits
-//! for the next one. The device holds at most one frame from the host (in
+//! too small for the waiting frame (with mergeable buffers: for a header)
+//! is returned unused and the frame waits for the next one ([`rx`]). The
+//! device holds at most one frame from the host (in
 //! a buffer allocated once); while the guest posts no RX buffers, further
 //! frames stay in the tap's kernel queue, which drops beyond its length, so
 //! a guest that never refills RX costs nothing but its own traffic.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -30,6 +31,8 @@ use super::{
     NetBackend, NetError, DEFAULT_MAC, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, MAX_GSO_FRAME_LEN,
     NET_HDR_LEN, QUEUE_SIZE, TAP_READ_LEN,
 };
+
+mod rx;
 use crate::bandwidth::{BucketConfig, Limiter};
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
 use crate::memory::GuestMemory;
@@ -38,6 +41,13 @@ use crate::memory::GuestMemory;
 pub const VIRTIO_ID_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// `VIRTIO_NET_F_MAC`: the configuration space holds the MAC address.
 const F_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+/// `VIRTIO_NET_F_MRG_RXBUF`: a frame to the guest may span several RX
+/// chains (the header's `num_buffers`).
+pub const F_MRG_RXBUF: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+/// `VIRTIO_RING_F_EVENT_IDX`: each side says at which ring index it wants
+/// to be notified (`used_event`, `avail_event`), so the guest kicks and is
+/// interrupted only when the other side would otherwise stall.
+pub const F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
@@ -214,94 +224,26 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
-    /// Delivers frames from the host into the guest's RX buffers, as long
-    /// as there are frames, buffers and RX budget (at most
-    /// [`MAX_CHAINS_PER_EVENT`] steps, then the device re-kicks itself).
-    pub fn process_rx(&mut self) {
-        let Some(mem) = self.mem.clone() else { return };
-        let off = self.rx_hdr_len();
-        let mut used_any = false;
-        for step in 0.. {
-            if step == 2 * MAX_CHAINS_PER_EVENT {
-                let _ = self.queue_evts[RXQ].write(1);
-                break;
-            }
-            let len = match self.rx_pending {
-                Some(len) => len,
-                None => match self.backend.recv(&mut self.rx_buf) {
-                    Ok(0) => break,
-                    // A read shorter than its header: nothing to deliver.
-                    Ok(n) if n < off => continue,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        crate::guest_fault!(error = %e, "virtio-net: reading the tap failed");
-                        break;
-                    }
-                },
-            };
-            if len - off > MAX_FRAME_LEN {
-                self.stats.rx_oversized += 1;
-                crate::guest_fault!(
-                    len = len - off,
-                    max = MAX_FRAME_LEN,
-                    "virtio-net: oversized frame from the host dropped"
-                );
-                self.rx_pending = None;
-                continue;
-            }
-            self.rx_pending = Some(len);
-            if !self.rx_charged {
-                if let Err(wait) = self.rx_limit.consume((len - off) as u64, Instant::now()) {
-                    self.arm_timer(wait);
-                    break;
-                }
-                self.rx_charged = true;
-            }
-            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(&mem) else {
-                // No buffer: the frame waits here, the next ones in the tap,
-                // until the guest posts buffers and kicks RX.
-                break;
-            };
-            let head = chain.head_index();
-            let used = match write_frame(&mem, chain, &self.rx_buf[off..len]) {
-                Ok(n) => {
-                    self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += (len - off) as u64;
-                    self.rx_pending = None;
-                    self.rx_charged = false;
-                    n
-                }
-                Err(e) => {
-                    self.stats.rx_bad_chains += 1;
-                    crate::guest_fault!(error = %e, head, "virtio-net: bad RX descriptor chain returned unused");
-                    0
-                }
-            };
-            if self.queues[RXQ].add_used(&mem, head, used).is_err() {
-                crate::guest_fault!(head, "virtio-net: RX used ring update failed");
-            }
-            used_any = true;
-        }
-        if used_any {
-            self.interrupt.signal_used_queue();
-        }
-    }
-
     /// Sends the guest's TX frames to the host, as long as the TX budget
     /// allows (at most [`MAX_CHAINS_PER_EVENT`] chains, then the device
     /// re-kicks itself).
     pub fn process_tx(&mut self) {
         let Some(mem) = self.mem.clone() else { return };
         let mut used_any = false;
+        // No kicks while the device is taking chains anyway; asked for
+        // again once the ring is empty.
+        let _ = self.queues[TXQ].disable_notification(&mem);
         for served in 0.. {
             if served == MAX_CHAINS_PER_EVENT {
                 let _ = self.queue_evts[TXQ].write(1);
                 break;
             }
             let Some(chain) = self.queues[TXQ].pop_descriptor_chain(&mem) else {
-                break;
+                // Empty: ask for a kick, unless the guest posted meanwhile.
+                match self.queues[TXQ].enable_notification(&mem) {
+                    Ok(false) => break,
+                    _ => continue,
+                }
             };
             let head = chain.head_index();
             let max = if self.acked & OFFLOAD_FEATURES != 0 {
@@ -333,12 +275,25 @@ impl<B: NetBackend> Net<B> {
                     crate::guest_fault!(error = %e, head, "virtio-net: malformed TX descriptor chain dropped");
                 }
             }
-            if self.queues[TXQ].add_used(&mem, head, 0).is_err() {
-                crate::guest_fault!(head, "virtio-net: TX used ring update failed");
-            }
+            self.add_used(&mem, TXQ, head, 0);
             used_any = true;
         }
         if used_any {
+            self.notify(&mem, TXQ);
+        }
+    }
+
+    /// Returns chain `head` of queue `q` with `len` bytes written.
+    fn add_used(&mut self, mem: &GuestMemory, q: usize, head: u16, len: u32) {
+        if self.queues[q].add_used(mem, head, len).is_err() {
+            crate::guest_fault!(queue = q, head, "virtio-net: used ring update failed");
+        }
+    }
+
+    /// Interrupts the guest for the used chains of queue `q`, unless it
+    /// said (`used_event`) that it does not need to be yet.
+    fn notify(&mut self, mem: &GuestMemory, q: usize) {
+        if !matches!(self.queues[q].needs_notification(mem), Ok(false)) {
             self.interrupt.signal_used_queue();
         }
     }
@@ -435,60 +390,16 @@ fn tx_frame_len(
     Ok(total)
 }
 
-/// Why an RX chain could not take a frame.
-#[derive(Debug, thiserror::Error)]
-enum RxFault {
-    #[error("a device-readable descriptor in an RX chain")]
-    ReadOnly,
-    #[error("a chain that loops, runs past the queue or has no descriptor")]
-    Broken,
-    #[error("descriptor chain outside guest memory or malformed: {0}")]
-    Chain(virtio_queue::Error),
-    #[error("{have} bytes of buffer for a {need}-byte frame and header")]
-    TooSmall { have: usize, need: usize },
-    #[error("cannot write the frame: {0}")]
-    Access(std::io::Error),
-}
-
-/// Writes `virtio_net_hdr_v1` (no offloads, one buffer) and `frame` into
-/// an RX chain; returns the bytes written.
-fn write_frame(
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
-    frame: &[u8],
-) -> Result<u32, RxFault> {
-    if !well_formed(&chain) {
-        return Err(RxFault::Broken);
-    }
-    if chain.clone().any(|d| !d.is_write_only()) {
-        return Err(RxFault::ReadOnly);
-    }
-    let mut w = Writer::new(mem, chain).map_err(RxFault::Chain)?;
-    let need = NET_HDR_LEN + frame.len();
-    if w.available_bytes() < need {
-        return Err(RxFault::TooSmall {
-            have: w.available_bytes(),
-            need,
-        });
-    }
-    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: 0;
-    // num_buffers (le16): 1.
-    let mut hdr = [0u8; NET_HDR_LEN];
-    hdr[10] = 1;
-    w.write_all(&hdr).map_err(RxFault::Access)?;
-    w.write_all(frame).map_err(RxFault::Access)?;
-    Ok(need as u32)
-}
-
 impl<B: NetBackend> VirtioDevice for Net<B> {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
     fn avail_features(&self) -> u64 {
+        let base = F_MAC | F_MRG_RXBUF | F_EVENT_IDX;
         if self.backend.vnet_hdr() {
-            F_MAC | OFFLOAD_FEATURES
+            base | OFFLOAD_FEATURES
         } else {
-            F_MAC
+            base
         }
     }
     fn queue_max_sizes(&self) -> &[u16] {
@@ -521,6 +432,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             return Err(ActivateError::Other("no guest memory".into()));
         }
         self.queues = queues;
+        for q in &mut self.queues {
+            q.set_event_idx(features & F_EVENT_IDX != 0);
+        }
         self.mem = Some(mem);
         self.acked = features;
         Ok(())

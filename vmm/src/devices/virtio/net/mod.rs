@@ -3,15 +3,18 @@
 //! thread, with token-bucket rate limiting per direction
 //! ([`crate::bandwidth`]).
 //!
-//! The device offers `VIRTIO_NET_F_MAC` (and `VIRTIO_F_VERSION_1`) and,
-//! on a backend that carries virtio-net headers (the tap), the TX offloads
-//! of [`offload`]: checksum and TCP segmentation left to the host. Nothing
-//! towards the guest: no receive offloads, no mergeable buffers, no control
-//! queue. So every frame from the host is a plain Ethernet frame of at
-//! most [`MAX_FRAME_LEN`] bytes, every guest frame one of at most
-//! [`MAX_FRAME_LEN`] bytes or a TCP segment of at most
-//! [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`; each
-//! direction goes through one bounce buffer allocated once.
+//! The device offers `VIRTIO_NET_F_MAC` (and `VIRTIO_F_VERSION_1`),
+//! `VIRTIO_RING_F_EVENT_IDX` (the guest kicks only when the device asked,
+//! at the `avail_event` it writes once it runs out of chains, and is
+//! interrupted only past the `used_event` it wrote), `VIRTIO_NET_F_MRG_RXBUF`
+//! (a frame to the guest may span several RX chains, `num_buffers` in its
+//! header) and, on a backend that carries virtio-net headers (the tap), the
+//! TX offloads of [`offload`]: checksum and TCP segmentation left to the
+//! host. No receive offloads, no control queue. So every frame from the
+//! host is a plain Ethernet frame of at most [`MAX_FRAME_LEN`] bytes, every
+//! guest frame one of at most [`MAX_FRAME_LEN`] bytes or a TCP segment of
+//! at most [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`;
+//! each direction goes through one bounce buffer allocated once.
 
 mod device;
 pub mod offload;

@@ -1,0 +1,238 @@
+//! The receive path: frames from the host into the guest's RX buffers,
+//! one chain per frame or, with `VIRTIO_NET_F_MRG_RXBUF`, as many chains as
+//! the frame needs (the header's `num_buffers` says how many), and RX
+//! notifications asked for only while the device waits for buffers.
+//!
+//! A chain that is read-only, outside guest memory, broken, or too small
+//! (for the whole frame without mergeable buffers; for a header with them)
+//! is returned unused, and so are the chains taken for the same frame
+//! before it (the guest drops a used buffer shorter than a header); the
+//! frame waits for the next chains. Chains taken for a frame that does not
+//! fit in all the guest has posted are put back, and the device asks to be
+//! told when more come.
+
+use std::io::{ErrorKind, Write};
+use std::time::Instant;
+
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
+
+use super::{well_formed, Net, F_MRG_RXBUF, RXQ};
+use crate::devices::virtio::net::{NetBackend, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, NET_HDR_LEN};
+use crate::memory::GuestMemory;
+
+/// Why an RX chain could not take (its part of) a frame.
+#[derive(Debug, thiserror::Error)]
+enum RxFault {
+    #[error("a device-readable descriptor in an RX chain")]
+    ReadOnly,
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
+    #[error("descriptor chain outside guest memory or malformed: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("{have} bytes of buffer where at least {need} are needed")]
+    TooSmall { have: usize, need: usize },
+}
+
+/// What became of the held frame in one attempt.
+enum Delivery {
+    /// It is in the guest's buffers.
+    Delivered,
+    /// Chains were returned unused; the frame waits for the next ones.
+    Refused,
+    /// Too few buffers: the chains taken were put back and RX
+    /// notifications enabled; `more` if the guest posted buffers meanwhile.
+    NoBuffers { more: bool, partial: bool },
+}
+
+/// The writable bytes of an RX chain, or why it cannot take a frame.
+fn rx_capacity(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Result<usize, RxFault> {
+    if !well_formed(&chain) {
+        return Err(RxFault::Broken);
+    }
+    if chain.clone().any(|d| !d.is_write_only()) {
+        return Err(RxFault::ReadOnly);
+    }
+    Ok(Writer::new(mem, chain)
+        .map_err(RxFault::Chain)?
+        .available_bytes())
+}
+
+impl<B: NetBackend> Net<B> {
+    /// Delivers frames from the host into the guest's RX buffers, as long
+    /// as there are frames, buffers and RX budget (at most
+    /// [`MAX_CHAINS_PER_EVENT`] steps, then the device re-kicks itself).
+    pub fn process_rx(&mut self) {
+        let Some(mem) = self.mem.clone() else { return };
+        let off = self.rx_hdr_len();
+        // While frames flow the guest need not kick RX for each buffer it
+        // posts: notifications are asked for again once buffers run out.
+        let _ = self.queues[RXQ].disable_notification(&mem);
+        let mut used_any = false;
+        let mut chains = Vec::new();
+        for step in 0.. {
+            if step == 2 * MAX_CHAINS_PER_EVENT {
+                let _ = self.queue_evts[RXQ].write(1);
+                break;
+            }
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.backend.recv(&mut self.rx_buf) {
+                    Ok(0) => break,
+                    // A read shorter than its header: nothing to deliver.
+                    Ok(n) if n < off => continue,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        crate::guest_fault!(error = %e, "virtio-net: reading the tap failed");
+                        break;
+                    }
+                },
+            };
+            if len - off > MAX_FRAME_LEN {
+                self.stats.rx_oversized += 1;
+                crate::guest_fault!(
+                    len = len - off,
+                    max = MAX_FRAME_LEN,
+                    "virtio-net: oversized frame from the host dropped"
+                );
+                self.rx_pending = None;
+                continue;
+            }
+            self.rx_pending = Some(len);
+            if !self.rx_charged {
+                if let Err(wait) = self.rx_limit.consume((len - off) as u64, Instant::now()) {
+                    self.arm_timer(wait);
+                    break;
+                }
+                self.rx_charged = true;
+            }
+            match self.deliver(&mem, off, len, &mut chains) {
+                Delivery::Delivered => {
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += (len - off) as u64;
+                    self.rx_pending = None;
+                    self.rx_charged = false;
+                    used_any = true;
+                }
+                Delivery::Refused => used_any = true,
+                // Buffers came while the device asked for them: go on.
+                Delivery::NoBuffers {
+                    more: true,
+                    partial: false,
+                } => continue,
+                // More came, but the frame did not fit before: look again
+                // on a later turn of the loop, not now.
+                Delivery::NoBuffers {
+                    more: true,
+                    partial: true,
+                } => {
+                    let _ = self.queue_evts[RXQ].write(1);
+                    break;
+                }
+                // The frame waits here, the next ones in the tap, until the
+                // guest posts buffers and kicks RX.
+                Delivery::NoBuffers { more: false, .. } => break,
+            }
+        }
+        if used_any {
+            self.notify(&mem, RXQ);
+        }
+    }
+
+    /// Puts the held frame (`rx_buf[off..len]`) behind a header into the
+    /// guest's RX chains; `chains` is scratch space.
+    fn deliver<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+        off: usize,
+        len: usize,
+        chains: &mut Vec<(DescriptorChain<&'m GuestMemory>, usize)>,
+    ) -> Delivery {
+        let frame_len = len - off;
+        let need = NET_HDR_LEN + frame_len;
+        let mergeable = self.acked & F_MRG_RXBUF != 0;
+        chains.clear();
+        let mut have = 0;
+        while have < need {
+            let Some(chain) = self.queues[RXQ].pop_descriptor_chain(mem) else {
+                // Ask to be told of new buffers from where the guest's ring
+                // is now (so the next buffer it posts kicks), then put back
+                // what was taken for this frame.
+                let more = !matches!(self.queues[RXQ].enable_notification(mem), Ok(false));
+                for _ in 0..chains.len() {
+                    self.queues[RXQ].go_to_previous_position();
+                }
+                return Delivery::NoBuffers {
+                    more,
+                    partial: !chains.is_empty(),
+                };
+            };
+            let head = chain.head_index();
+            // Each part of a mergeable frame holds at least a header's
+            // worth (so one frame spans at most ~128 chains); without
+            // mergeable buffers one chain holds it all.
+            let min = if mergeable { NET_HDR_LEN } else { need };
+            let fault = match rx_capacity(mem, chain.clone()) {
+                Ok(cap) if cap >= min => {
+                    have += cap;
+                    chains.push((chain, cap));
+                    continue;
+                }
+                Ok(cap) => RxFault::TooSmall {
+                    have: cap,
+                    need: min,
+                },
+                Err(e) => e,
+            };
+            self.stats.rx_bad_chains += 1;
+            crate::guest_fault!(error = %fault, head, "virtio-net: bad RX descriptor chain returned unused");
+            for h in chains.drain(..).map(|(c, _)| c.head_index()).chain([head]) {
+                self.add_used(mem, RXQ, h, 0);
+            }
+            return Delivery::Refused;
+        }
+        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: 0;
+        // num_buffers (le16): the chains used.
+        let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+        let frame = &self.rx_buf[off..len];
+        let (mut hdr_left, mut frame_left): (&[u8], &[u8]) = (&hdr, frame);
+        let mut written = Vec::with_capacity(chains.len());
+        let mut failed = false;
+        for (chain, cap) in chains.drain(..) {
+            let head = chain.head_index();
+            let mut n = 0;
+            if !failed {
+                match Writer::new(mem, chain) {
+                    Ok(mut w) => {
+                        let h = hdr_left.len().min(cap);
+                        let f = frame_left.len().min(cap - h);
+                        let ok = w.write_all(&hdr_left[..h]).is_ok()
+                            && w.write_all(&frame_left[..f]).is_ok();
+                        hdr_left = &hdr_left[h..];
+                        frame_left = &frame_left[f..];
+                        n = h + f;
+                        failed = !ok;
+                    }
+                    Err(_) => failed = true,
+                }
+            }
+            written.push((head, n));
+        }
+        if failed {
+            // Validated above, so only a racing change of the guest's own
+            // descriptors gets here: every chain is returned unused.
+            self.stats.rx_bad_chains += 1;
+            crate::guest_fault!("virtio-net: an RX chain could not be written, returned unused");
+        }
+        for (head, n) in written {
+            self.add_used(mem, RXQ, head, if failed { 0 } else { n as u32 });
+        }
+        if failed {
+            Delivery::Refused
+        } else {
+            Delivery::Delivered
+        }
+    }
+}
