@@ -36,6 +36,11 @@ struct Side {
     guest_uptime_at_ready: Vec<f64>,
     /// The VMM spawned to its first KVM_RUN (jail, VM and devices set up).
     first_kvm_run: Vec<f64>,
+    /// The guest kernel's boot on the host clock: first KVM_RUN to the
+    /// agent's start (placed by the guest-measured interval to hello).
+    kernel_boot: Vec<f64>,
+    /// The agent's start to its hello, on the guest clock.
+    agent_to_ready: Vec<f64>,
 }
 
 impl Side {
@@ -47,6 +52,8 @@ impl Side {
             "guest_uptime_at_agent_start_ms": stats(self.guest_uptime_at_agent_start.clone()),
             "guest_uptime_at_agent_ready_ms": stats(self.guest_uptime_at_ready.clone()),
             "first_kvm_run_ms": stats(self.first_kvm_run.clone()),
+            "kernel_boot_host_clock_ms": stats(self.kernel_boot.clone()),
+            "agent_start_to_ready_ms": stats(self.agent_to_ready.clone()),
         })
     }
 }
@@ -98,6 +105,9 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
         tenant_id: Some("bench".into()),
     };
     let mut sides = [Side::default(), Side::default()];
+    // Every boot in order, to tell a bimodal side's modes apart (what ran
+    // before it, what its shutdown cost).
+    let mut samples: Vec<Value> = Vec::new();
     let result = async {
         for i in 0..n.max(1) {
             let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -115,17 +125,26 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
                     .await
                     .map_err(|e| e.to_string())?;
                 let s = &mut sides[side];
-                let tl = &env.boot.timeline;
+                let tl = env.boot.timeline;
                 s.boot_call.push(boot_call);
                 s.agent_ready.push(tl.agent_ready_ms);
                 s.first_answer
                     .push(tl.first_invocation_answered_ms.unwrap_or(f64::NAN));
                 s.first_kvm_run.push(tl.first_kvm_run_ms.unwrap_or(f64::NAN));
-                let g = &env.boot.guest;
+                let g = env.boot.guest;
                 s.guest_uptime_at_agent_start
                     .push(g.kernel_uptime_at_agent_start_ns as f64 / 1e6);
                 s.guest_uptime_at_ready
                     .push(g.kernel_uptime_at_ready_ns as f64 / 1e6);
+                let kvm = tl.first_kvm_run_ms.unwrap_or(f64::NAN);
+                let kernel_boot = tl.guest_init_ms.unwrap_or(f64::NAN) - kvm;
+                let agent_to_ready = g
+                    .kernel_uptime_at_ready_ns
+                    .saturating_sub(g.kernel_uptime_at_agent_start_ns)
+                    as f64
+                    / 1e6;
+                s.kernel_boot.push(kernel_boot);
+                s.agent_to_ready.push(agent_to_ready);
                 eprintln!(
                     "[bench] VM {} {} network: boot call {boot_call:.0} ms, agent ready {:.0} ms, guest uptime at agent start {:.0} ms",
                     i + 1,
@@ -133,7 +152,17 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
                     tl.agent_ready_ms,
                     g.kernel_uptime_at_agent_start_ns as f64 / 1e6
                 );
+                let t = Instant::now();
                 env.shutdown().await;
+                samples.push(json!({
+                    "network": side == 0,
+                    "boot_call_ms": boot_call,
+                    "first_kvm_run_ms": kvm,
+                    "kernel_boot_host_clock_ms": kernel_boot,
+                    "agent_start_to_ready_guest_ms": agent_to_ready,
+                    "agent_ready_ms": tl.agent_ready_ms,
+                    "shutdown_ms": t.elapsed().as_secs_f64() * 1e3,
+                }));
             }
         }
         Ok::<(), String>(())
@@ -150,6 +179,7 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
         "what": "function VMs, jailed, with a network (prepared slot, egress internet) and without, alternating; host times in ms from the VMM's spawn, boot_call_ms from VmEnv::boot_networked's call (the slot's lease included)",
         "with_network": with.json(),
         "without_network": without.json(),
+        "samples_in_order": samples,
         "ratio_with_to_without_p50": {
             "agent_ready": ratio(|s| &s.agent_ready),
             "boot_call": ratio(|s| &s.boot_call),
