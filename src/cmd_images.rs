@@ -24,10 +24,20 @@ pub enum ImagesCommand {
 pub struct ImagesArgs {
     #[command(subcommand)]
     command: ImagesCommand,
+    /// The image cache to build into and look up (default `~/.cache/silo`;
+    /// the systemd unit's is `/var/cache/silo`).
+    #[arg(long, global = true, env = "SILO_CACHE_DIR")]
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs `silo images ...`.
 pub fn run(args: ImagesArgs) -> ExitCode {
+    if let Some(d) = &args.cache_dir {
+        // Read by silo_images::cache_dir() here and by the recipes it runs.
+        // SAFETY (not unsafe in edition 2021, but as sound only
+        // single-threaded): no other thread exists yet in `silo images`.
+        std::env::set_var("SILO_CACHE_DIR", d);
+    }
     match args.command {
         ImagesCommand::Build => match build() {
             Ok(()) => ExitCode::SUCCESS,

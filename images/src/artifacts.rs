@@ -50,8 +50,9 @@ pub enum ArtifactError {
     },
     /// An installed `silo` without its guest agent.
     #[error(
-        "the guest agent {} is missing: install it with silo (the Debian package puts it \
-         there), or give it with --agent or `agent = \"...\"` in the configuration",
+        "the guest agent {} is missing: install it there with silo (the Debian package \
+         does; deploy/build-deb.sh builds it), set SILO_SOURCE_DIR to a silo checkout to \
+         build it from, or give silo serve --agent (or `agent = \"...\"`)",
         path.display()
     )]
     NoAgent {
