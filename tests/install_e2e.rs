@@ -230,3 +230,65 @@ echo DAEMON_LOG_BEGIN; cat /tmp/daemon.log; echo DAEMON_LOG_END
     );
     let _ = std::fs::remove_dir_all(&prefix);
 }
+
+/// What the Debian package installs is there and usable (no test host, no
+/// cargo-deb: CI does not build the package, deploy/build-deb.sh does):
+/// every asset `[package.metadata.deb]` names outside `target/`, the unit
+/// cargo-deb's `systemd-units` picks up (`deploy/silo.service`), a
+/// `maintainer-scripts` postinst with the `#DEBHELPER#` token cargo-deb
+/// requires, and the default configuration (`/etc/silo/silo.toml`) loads
+/// and passes the daemon's checks.
+#[test]
+fn the_debian_package_metadata_names_files_that_exist_and_a_configuration_that_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let deb = manifest
+        .split("[package.metadata.deb]")
+        .nth(1)
+        .expect("a [package.metadata.deb] table")
+        .split("\n[profile")
+        .next()
+        .unwrap();
+    let assets: Vec<&str> = deb
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    for wanted in [
+        "target/release/silo",
+        "target/release/silo-vmm",
+        "deploy/silo.toml",
+    ] {
+        assert!(
+            assets.contains(&wanted),
+            "{wanted} is not packaged: {assets:?}"
+        );
+    }
+    assert!(
+        assets.iter().any(|a| a.ends_with("/silo-guest-agent")),
+        "the guest agent is not packaged: {assets:?}"
+    );
+    for a in assets.iter().filter(|a| !a.starts_with("target/")) {
+        assert!(root.join(a).is_file(), "packaged {a} does not exist");
+    }
+    assert!(
+        deb.contains("unit-scripts = \"deploy\"") && root.join("deploy/silo.service").is_file()
+    );
+    let postinst = std::fs::read_to_string(root.join("deploy/debian/postinst")).unwrap();
+    assert!(postinst.contains("#DEBHELPER#"));
+    let unit = std::fs::read_to_string(root.join("deploy/silo.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/silo serve --config /etc/silo/silo.toml")
+            && unit.contains("Environment=SILO_CACHE_DIR=/var/cache/silo")
+            && unit.contains("CacheDirectory=silo"),
+        "the unit does not run the packaged silo with the packaged configuration and cache"
+    );
+    let cfg = silo_daemon::config::DaemonConfig::load(&root.join("deploy/silo.toml"))
+        .expect("deploy/silo.toml loads");
+    cfg.check()
+        .expect("deploy/silo.toml passes the daemon's checks");
+    assert!(
+        cfg.kernel.is_none() && cfg.agent.is_none(),
+        "the packaged configuration leaves kernel and agent to silo"
+    );
+}
