@@ -102,36 +102,27 @@ impl ServeArgs {
         Ok(cfg)
     }
 
-    /// Kernel and agent: the flags, else the configuration, else built
-    /// from the source tree this `silo` came from (when it is still there).
+    /// Kernel and agent: the flags, else the configuration, else the
+    /// kernel from the recipe this binary carries (built now if missing:
+    /// `silo images build` builds it ahead) and the agent installed with
+    /// this `silo`, or built from the checkout it runs from.
     pub fn images(&self, cfg: &DaemonConfig) -> Result<Images, String> {
-        let from_source = |what: &str| -> Result<(), String> {
-            if silo_images::artifacts::source_root()
-                .join("images/kernel/build.sh")
-                .is_file()
-            {
-                Ok(())
-            } else {
-                Err(format!(
-                    "no {what} given: pass --{what}, set `{what} = \"...\"` in the configuration, \
-                     or run `silo images build` in a silo source checkout and point at its output"
-                ))
-            }
-        };
         let kernel = match self.kernel.as_ref().or(cfg.kernel.as_ref()) {
             Some(k) => k.clone(),
             None => {
-                from_source("kernel")?;
                 silo_images::kernel::guest_kernel()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| {
+                        format!("no kernel given and the guest kernel's recipe failed: {e}")
+                    })?
                     .vmlinux
             }
         };
         let agent = match self.agent.as_ref().or(cfg.agent.as_ref()) {
             Some(a) => a.clone(),
             None => {
-                from_source("agent")?;
-                silo_images::artifacts::guest_agent().map_err(|e| e.to_string())?
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find this executable: {e}"))?;
+                silo_images::artifacts::agent_for(&exe).map_err(|e| e.to_string())?
             }
         };
         for (what, p) in [("kernel", &kernel), ("agent", &agent)] {
@@ -145,8 +136,7 @@ impl ServeArgs {
 
 /// Names in `cfg.runtimes` every managed runtime the configuration leaves
 /// out whose cache entry `silo images build` (or a test, or `silo demo`)
-/// built from this `silo`'s source tree, when that tree is still there.
-/// Builds nothing: the daemon never runs a recipe; a function on a runtime
+/// built from the recipes this `silo` carries. Builds nothing: the daemon never runs a recipe; a function on a runtime
 /// that is not built is refused at creation, saying to run `silo images
 /// build`. The daemon checks an entry's file against its manifest when it
 /// first uses it.
@@ -155,14 +145,7 @@ fn find_built_runtimes(cfg: &mut DaemonConfig) {
         if cfg.runtimes.contains_key(name) {
             continue;
         }
-        let recipe =
-            silo_images::artifacts::source_root().join(format!("images/runtime/{name}.sh"));
-        let found = if recipe.is_file() {
-            silo_images::runtime::built_runtime_image(name)
-        } else {
-            Ok(None)
-        };
-        match found {
+        match silo_images::runtime::built_runtime_image(name) {
             Ok(Some(rt)) => {
                 tracing::info!(runtime = %name, dir = %rt.dir.display(), "managed runtime found built (checked against its manifest at first use)");
                 cfg.runtimes.insert(name.to_string(), rt.dir);

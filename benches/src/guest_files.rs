@@ -58,11 +58,15 @@ pub fn kernel_or_vmlinux(given: Option<&PathBuf>) -> Result<PathBuf, String> {
     }
 }
 
-/// `given`, or the static guest agent built from this source tree.
+/// `given`, or the static guest agent of this program: built from the
+/// checkout it runs from, else the one installed with it
+/// ([`silo_images::artifacts::agent_for`]).
 pub fn agent_or_build(given: Option<&PathBuf>) -> Result<PathBuf, String> {
     match given {
         Some(a) => Ok(a.clone()),
-        None => silo_images::artifacts::guest_agent().map_err(|e| e.to_string()),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable: {e}"))
+            .and_then(|exe| silo_images::artifacts::agent_for(&exe).map_err(|e| e.to_string())),
     }
 }
 

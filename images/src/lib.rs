@@ -10,6 +10,7 @@ pub mod guest;
 pub mod kernel;
 pub mod manifest;
 pub mod placement;
+pub mod recipes;
 pub mod runtime;
 pub mod testhost;
 
@@ -58,10 +59,11 @@ pub fn cache_dir() -> PathBuf {
     Path::new(&home).join(".cache").join("silo")
 }
 
-/// Runs `images/<script>` under an exclusive lock on the cache (so parallel
+/// Runs the recipe `images/<script>` (from the copy this binary carries,
+/// [`recipes::dir`]) under an exclusive lock on the cache (so parallel
 /// tests build once); the script prints its output directory last.
 fn run_script(script: &str, what: &'static str) -> Result<PathBuf, ImageError> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let path = recipes::dir()?.join(script);
     let cache = cache_dir();
     std::fs::create_dir_all(&cache)
         .map_err(ImageError::io(format!("creating {}", cache.display())))?;

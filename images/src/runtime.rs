@@ -137,7 +137,7 @@ pub enum RuntimeError {
 
 /// Builds runtime `name` if its cache entry is missing (under a minute:
 /// downloads from Debian, PyPI and npm, progress on stderr) with its recipe
-/// `images/runtime/<name>.sh`, and its shared read-only image, checks every
+/// `images/runtime/<name>.sh` (carried in the binary, [`crate::recipes`]), and its shared read-only image, checks every
 /// file of the entry against its manifest, and returns it. An entry that
 /// does not check out (changed, truncated or unfinished) is removed and
 /// built again, once.
@@ -178,8 +178,8 @@ pub fn runtime_image(name: &str) -> Result<RuntimeImage, RuntimeError> {
     }
 }
 
-/// Runtime `name`'s cache entry for the recipe as it is in this source
-/// tree, if it has been built ([`runtime_image`], `silo images build`);
+/// Runtime `name`'s cache entry for the recipe this binary carries
+/// ([`crate::recipes`]), if it has been built ([`runtime_image`], `silo images build`);
 /// `None` if not. Builds nothing, downloads nothing and takes no lock (an
 /// entry appears whole): the recipe only computes its cache key. The
 /// entry's files are not checked here: check the one used with
@@ -190,8 +190,7 @@ pub fn built_runtime_image(name: &str) -> Result<Option<RuntimeImage>, RuntimeEr
             name: name.to_string(),
         });
     }
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("runtime/{name}.sh"));
+    let script = crate::recipes::dir()?.join(format!("runtime/{name}.sh"));
     let out = std::process::Command::new(&script)
         .arg(crate::cache_dir())
         .env("SILO_RUNTIME_LOOKUP", "1")

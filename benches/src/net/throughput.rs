@@ -189,7 +189,8 @@ fn echo(mut c: TcpStream) -> Result<Vec<f64>, String> {
 /// Builds (if needed) the static `silo-netprobe` (`benches/netprobe`) and
 /// returns its path.
 pub(crate) fn build_probe() -> Result<PathBuf, String> {
-    let root = silo_images::artifacts::source_root();
+    let root = silo_images::artifacts::source_root()
+        .ok_or("building silo-netprobe needs a silo source checkout (SILO_SOURCE_DIR)")?;
     let target_dir = std::env::var_os("SILO_STATIC_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("static"));
