@@ -132,9 +132,10 @@ echo VK_END
 silo invoke --name other --tenant x --payload '{{}}' > other.json; echo "OTHER_EXIT $?"
 # SIGTERM with an invoke in flight.
 silo invoke --name counter --tenant inflight --payload '{{"action":"sleep","ms":200}}' > /dev/null
-silo invoke --name counter --tenant inflight --payload '{{"action":"sleep","ms":4000}}' > inflight.json 2>&1 &
+silo invoke --name counter --tenant inflight --payload '{{"action":"sleep","ms":4000,"record":true}}' > inflight.json 2>&1 &
 client=$!
-sleep 1.5
+# Stopped once the function runs it (the CLI's start is slow in the test host).
+i=0; until seen | grep -q ' tenant inflight '; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done
 kill -TERM $daemon; wait $daemon; echo "SIGTERM_EXIT $?"
 wait $client; echo "INFLIGHT_EXIT $?"; cat inflight.json; echo
 echo "AFTER_STOP vmms [$(vmms)] cgroups $(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -l) run_dir $(ls data-run 2>/dev/null | wc -l)"
