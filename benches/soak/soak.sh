@@ -2,9 +2,12 @@
 # Soak: `silo serve` under mixed load for $SOAK_SECONDS (default 1800), its
 # resources sampled every $SOAK_EVERY seconds (default 10) as JSON lines in
 # soak.jsonl, then $SOAK_SETTLE seconds (default 90) without load (idle VMs
-# reaped after idle_timeout_s = 30), sampled too. Prints a summary JSON
-# (first sample after warm-up, last under load, last after settling) as
-# SOAK_SUMMARY {...}; exit 0.
+# reaped after idle_timeout_s = 30), sampled too; with
+# SOAK_SETTLE_UNTIL_BASELINE=1 the settling ends early (after 40 s at
+# least) once VM cgroups, jail uids and run directory entries are back to
+# their baseline (sampled before the load, once the pool is full). Prints a
+# summary JSON (baseline, first sample after warm-up, last under load, last
+# after settling) as SOAK_SUMMARY {...}; exit 0.
 #
 # Needs: root, /dev/kvm (hardware KVM, or run inside the KVM test host:
 # `cargo test --release --test soak -- --ignored --nocapture`), `silo` on
@@ -63,6 +66,11 @@ sample() { # $1: phase
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 
 start=$(date +%s)
+# The baseline: before any load, the pool of `pooled` full (or 120 s).
+i=0; while [ "$(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -l)" -lt 2 ] && [ $i -lt 120 ]; do i=$((i+1)); sleep 1; done
+sleep 2
+sample base
+start=$(date +%s)
 end=$((start + SECONDS_TOTAL))
 touch soak.running
 ( n=0; while [ -f soak.running ]; do t=$((n % TENANTS)); a=$(now_ms); silo invoke --name counter --tenant "warm-$t" > /dev/null 2>&1 && echo $(( $(now_ms) - a )) >> lat.txt; n=$((n+1)); done ) &
@@ -73,11 +81,21 @@ touch soak.running
 while [ $(date +%s) -lt $end ]; do sleep $EVERY; sample load; done
 rm -f soak.running
 wait_end=$(( $(date +%s) + SETTLE ))
-while [ $(date +%s) -lt $wait_end ]; do sleep $EVERY; sample settle; done
+settle_start=$(date +%s)
+base=$(grep '"phase":"base"' soak.jsonl)
+field() { echo "$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+while [ $(date +%s) -lt $wait_end ]; do
+  sleep $EVERY; sample settle
+  if [ "${SOAK_SETTLE_UNTIL_BASELINE:-0}" = 1 ] && [ $(( $(date +%s) - settle_start )) -ge 40 ]; then
+    now=$(tail -1 soak.jsonl); back=1
+    for k in vm_cgroups jail_uids run_dir_entries; do [ "$(field "$now" $k)" -le "$(field "$base" $k)" ] || back=0; done
+    [ $back = 1 ] && break
+  fi
+done
 kill -TERM $daemon; wait $daemon; echo "SOAK_DAEMON_EXIT $?"
 sample_after="{\"vm_cgroups\":$(ls -d /sys/fs/cgroup/silo/vm-* 2>/dev/null | wc -l),\"run_dir_entries\":$(ls /tmp/soak-run 2>/dev/null | wc -l)}"
 echo SOAK_JSONL_BEGIN; cat soak.jsonl; echo SOAK_JSONL_END
 first=$(grep '"phase":"load"' soak.jsonl | sed -n 3p)
 last=$(grep '"phase":"load"' soak.jsonl | tail -1)
 settled=$(tail -1 soak.jsonl)
-echo "SOAK_SUMMARY {\"after_warmup\":$first,\"end_of_load\":$last,\"settled\":$settled,\"after_stop\":$sample_after}"
+echo "SOAK_SUMMARY {\"baseline\":$base,\"after_warmup\":$first,\"end_of_load\":$last,\"settled\":$settled,\"after_stop\":$sample_after}"

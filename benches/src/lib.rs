@@ -15,6 +15,8 @@
 //!   and against a copy of the image per tenant ([`pmem_tenants`]);
 //! - [`logs_store`]: the function-log pipeline's ingest rate and queries
 //!   (`silo-bench bench-logs`).
+//! - [`events`]: an Event invoke's 202 (synced to the durable queue)
+//!   against a DryRun (`silo-bench bench-events`).
 //!
 //! - [`net`]: guest egress throughput and round trips against Firecracker
 //!   and the host, and what a network adds to a cold start.
@@ -24,6 +26,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod events;
 pub mod guest_files;
 pub mod logs_store;
 pub mod net;
@@ -93,6 +96,8 @@ pub enum BenchCommand {
     BenchNet(net::NetBenchArgs),
     /// Measure the function-log pipeline: sustained ingest, and queries over a large store.
     BenchLogs(logs_store::LogsBenchArgs),
+    /// Measure an Event invoke's 202 (synced to the durable queue) against a DryRun.
+    BenchEvents(events::EventsBenchArgs),
 }
 
 impl BenchCommand {
@@ -105,6 +110,7 @@ impl BenchCommand {
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
             BenchCommand::BenchNet(args) => net::run(args),
             BenchCommand::BenchLogs(args) => logs_store::run(args),
+            BenchCommand::BenchEvents(args) => events::run(args),
         }
     }
 }

@@ -10,6 +10,9 @@ use super::guest_text::{guest_text, guest_text_tail};
 use super::{EnvError, InvokeResult, VmEnv, LOG_TAIL, RESULT_GRACE};
 use crate::logs::{LogTap, Platform, Report};
 
+/// How long a broken exchange waits for the VMM's exit status.
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(1);
+
 /// Where an exchange's log lines go beside the tail: the environment's
 /// tap, with the tenant and request the daemon knows (never the guest's
 /// claim).
@@ -273,7 +276,7 @@ impl VmEnv {
             Ok(o) => o,
             Err(e) => {
                 self.broken = true;
-                return Err(e);
+                return Err(self.vmm_exit_or(e).await);
             }
         };
         if tail.len() > LOG_TAIL {
@@ -288,6 +291,28 @@ impl VmEnv {
             log_tail: tail,
             duration,
         })
+    }
+
+    /// Why an exchange broke: the VMM's exit when it has exited (a killed
+    /// VMM closes the agent channel on its way out, so its status follows
+    /// within moments), else `e`.
+    async fn vmm_exit_or(&mut self, e: EnvError) -> EnvError {
+        if matches!(e, EnvError::TimedOut) {
+            return e;
+        }
+        match tokio::time::timeout(VMM_EXIT_WAIT, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                tracing::warn!(
+                    function = %self.label.function,
+                    tenant_id = ?self.label.tenant_id.as_deref().unwrap_or("-"),
+                    %status,
+                    error = %e,
+                    "the VMM exited during an invocation"
+                );
+                EnvError::VmmExited(status.to_string())
+            }
+            _ => e,
+        }
     }
 
     /// END and REPORT of an invocation, with the daemon's own measures.

@@ -97,6 +97,9 @@ pub enum EnvError {
     /// The function's runtime exited or timed out; the VM is discarded.
     #[error("the function's runtime exited or timed out; its microVM is discarded")]
     FunctionCrashed(Box<InvokeResult>),
+    /// The VMM exited (killed, say) during an invocation: its exit status.
+    #[error("the microVM exited during the invocation ({0})")]
+    VmmExited(String),
     /// No result before the deadline (plus grace).
     #[error("the invocation did not return before its deadline")]
     TimedOut,
@@ -122,6 +125,8 @@ impl EnvError {
                 .into(),
             Self::Boot(_) => "the execution environment's microVM did not start".into(),
             Self::Protocol(_) => "the execution environment's guest agent failed".into(),
+            // Lambda's words for a runtime that died mid-invoke.
+            Self::VmmExited(status) => format!("Runtime exited with error: {status}"),
             Self::FunctionCrashed(_)
             | Self::TimedOut
             | Self::InitFailed(_)

@@ -9,6 +9,24 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static IN_MEMORY: AtomicU64 = AtomicU64::new(0);
+/// A random token of this runtime process, so of its execution environment
+/// (the runtime lives as long as its microVM).
+static ENVIRONMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn environment_token() -> &'static str {
+    ENVIRONMENT.get_or_init(|| {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+        if random.is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            b = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
+}
 /// The counter lives in the environment's temporary directory (`/tmp`).
 fn counter_file() -> std::path::PathBuf {
     std::env::temp_dir().join("silo-counter")
@@ -16,6 +34,17 @@ fn counter_file() -> std::path::PathBuf {
 
 async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
     let (payload, ctx) = event.into_parts();
+    // `"record": true`: the function's own record of every request it saw
+    // (in its logs), first thing, so a line is there for every invocation
+    // that ran, whatever ends it.
+    if payload.get("record").and_then(Value::as_bool) == Some(true) {
+        println!(
+            "saw request {} tenant {} environment {}",
+            ctx.request_id,
+            ctx.tenant_id.as_deref().unwrap_or("-"),
+            environment_token()
+        );
+    }
     match payload.get("action").and_then(Value::as_str) {
         Some("crash") => std::process::exit(7),
         Some("fail") => return Err("asked to fail".into()),
