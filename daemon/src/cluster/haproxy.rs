@@ -124,7 +124,8 @@ backend silo_nodes
     option httpchk
     http-check send meth GET uri /readyz
     http-check expect status 200
-    default-server check inter {inter}ms fall 2 rise 2
+    # A node whose name does not resolve yet starts down, not fatally.
+    default-server check inter {inter}ms fall 2 rise 2 init-addr libc,none
 ",
         n = o.nodes.len(),
         t = o.max_invoke_s + 10,

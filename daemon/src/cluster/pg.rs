@@ -160,8 +160,11 @@ impl PgConn {
             location,
             client: Mutex::new(None),
         };
-        let mut client = conn.open("connecting")?;
-        migrate(&mut client).map_err(|(what, message)| conn.error(what, message))?;
+        let client = off_runtime(|| {
+            let mut client = conn.open("connecting")?;
+            migrate(&mut client).map_err(|(what, message)| conn.error(what, message))?;
+            Ok::<_, PgError>(client)
+        })?;
         *conn.lock() = Some(client);
         Ok(conn)
     }
@@ -199,6 +202,14 @@ impl PgConn {
     pub fn with<T>(
         &self,
         what: &'static str,
+        call: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, PgError> {
+        off_runtime(|| self.with_here(what, call))
+    }
+
+    fn with_here<T>(
+        &self,
+        what: &'static str,
         mut call: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, PgError> {
         let mut slot = self.lock();
@@ -218,6 +229,19 @@ impl PgConn {
             }
         }
         Err(self.error(what, "the connection was lost twice"))
+    }
+}
+
+/// Runs `f`, which blocks on the synchronous client's own runtime: on a
+/// worker of a multi-threaded tokio runtime (the daemon's API handlers call
+/// the store directly) through `block_in_place`, elsewhere (blocking-pool
+/// and plain threads) as it is.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -64,11 +64,18 @@ impl PgServer {
         std::fs::create_dir_all(&dir).unwrap();
         // SAFETY: geteuid has no preconditions.
         let owner = if unsafe { libc::geteuid() } == 0 {
-            let u = nix::unistd::User::from_name("postgres")
-                .unwrap()
-                .expect("running as root needs the postgres user (Debian's postgresql package)");
-            nix::unistd::chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
-            Some((u.uid.as_raw(), u.gid.as_raw()))
+            // SAFETY: getpwnam with a NUL-terminated name; the entry is
+            // read at once, before any other passwd call.
+            let (uid, gid) = unsafe {
+                let pw = libc::getpwnam(c"postgres".as_ptr());
+                assert!(
+                    !pw.is_null(),
+                    "running as root needs the postgres user (Debian's postgresql package)"
+                );
+                ((*pw).pw_uid, (*pw).pw_gid)
+            };
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+            Some((uid, gid))
         } else {
             None
         };
