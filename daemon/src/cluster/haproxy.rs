@@ -92,7 +92,8 @@ pub fn config(o: &HaproxyOptions) -> Result<String, HaproxyError> {
 # Made by `silo cluster haproxy-config`; see docs/ARCHITECTURE.md (cluster).
 global
     log stdout format raw local0
-    maxconn 20000
+    # Two descriptors per connection: within a default hard limit of 20000.
+    maxconn 8000
 
 defaults
     mode http

@@ -72,20 +72,17 @@ pub fn node_id(config: &DaemonConfig) -> String {
     })
 }
 
+/// A node's function store, Event queue and registry.
+pub(crate) type NodeStores = (
+    Store,
+    Arc<dyn EventStore>,
+    Option<Arc<registry::PgRegistry>>,
+);
+
 /// The stores of a cluster node: the data directory as a cache of the
 /// registry in `url`, and the shared Event queue. Fails when PostgreSQL
 /// cannot be reached or its schema is not silo's.
-pub(crate) fn open_stores(
-    config: &DaemonConfig,
-    url: &str,
-) -> Result<
-    (
-        Store,
-        Arc<dyn EventStore>,
-        Option<Arc<registry::PgRegistry>>,
-    ),
-    StartError,
-> {
+pub(crate) fn open_stores(config: &DaemonConfig, url: &str) -> Result<NodeStores, StartError> {
     let db = Arc::new(pg::PgConn::connect(url)?);
     let node = node_id(config);
     let address = config
