@@ -48,6 +48,14 @@ pub struct ServeArgs {
     /// Seconds an idle environment is kept before it is destroyed.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Join a cluster: functions, code and the Event queue in this
+    /// PostgreSQL (`postgres://user:password@host:port/db`) instead of the
+    /// data directory (then a cache). See docs/ARCHITECTURE.md.
+    #[arg(long, env = "SILO_REGISTRY", hide_env_values = true)]
+    pub registry: Option<String>,
+    /// This node's id in the cluster [default: <hostname>:<listen port>].
+    #[arg(long)]
+    pub node_id: Option<String>,
     /// Log lines as text, or as JSON objects (one per line, for journald
     /// and log shippers).
     #[arg(long, value_enum, env = "SILO_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -88,6 +96,12 @@ impl ServeArgs {
         }
         if let Some(n) = self.idle_timeout {
             cfg.limits.idle_timeout_s = n;
+        }
+        if let Some(r) = &self.registry {
+            cfg.cluster.registry = Some(r.clone());
+        }
+        if let Some(n) = &self.node_id {
+            cfg.cluster.node = Some(n.clone());
         }
         cfg.allow_unauthenticated = self.allow_unauthenticated;
         cfg.insecure_no_jail = self.insecure_no_jail;

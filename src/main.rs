@@ -8,6 +8,7 @@
 //! The `cmd_*` modules parse flags and call into those crates.
 
 mod cmd_client;
+mod cmd_cluster;
 mod cmd_demo;
 mod cmd_events;
 mod cmd_images;
@@ -54,6 +55,8 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Build the guest kernel, agent, demo function and VMM ahead of time.
     Images(cmd_images::ImagesArgs),
+    /// Several nodes as one service (print HAProxy's configuration).
+    Cluster(cmd_cluster::ClusterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -93,5 +96,6 @@ fn main() -> std::process::ExitCode {
         Command::BenchApi(args) => api::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Images(args) => cmd_images::run(args),
+        Command::Cluster(args) => cmd_cluster::run(args),
     }
 }

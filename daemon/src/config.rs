@@ -171,6 +171,9 @@ pub struct DaemonConfig {
     pub gateway: crate::gateway::GatewayConfig,
     /// Function logs kept on the host (`[logs]`, see [`crate::logs`]).
     pub logs: crate::logs::LogsConfig,
+    /// Several nodes on one PostgreSQL (`[cluster]`, off unless
+    /// `registry` is set; see [`crate::cluster`]).
+    pub cluster: crate::cluster::ClusterConfig,
     /// Start VMMs unjailed (`--insecure-no-jail`; a flag, never read from
     /// the file). Logged on every boot.
     #[serde(skip)]
@@ -237,6 +240,7 @@ impl Default for DaemonConfig {
             network: crate::net::NetworkConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
             logs: crate::logs::LogsConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             insecure_no_jail: false,
         }
     }

@@ -136,6 +136,13 @@ impl Daemon {
         for u in &unreadable {
             tracing::error!(event_id = u.id, reason = %u.reason, "skipping an unreadable queued event (left in the store)");
         }
+        Ok(self.queue_stored(events))
+    }
+
+    /// Queues stored events (read back at start, or adopted from a lost
+    /// node) in their tenants' shares, whatever the limits; returns how
+    /// many were queued.
+    pub(crate) fn queue_stored(&self, events: Vec<crate::event_store::StoredEvent>) -> usize {
         let mut n = 0;
         for e in events {
             let tenant = match e.event.tenant.as_deref().map(TenantId::parse).transpose() {
@@ -160,7 +167,7 @@ impl Daemon {
             self.events.push_recovered(job);
             n += 1;
         }
-        Ok(n)
+        n
     }
 
     /// Failed events (of `function` only, if given).

@@ -18,6 +18,7 @@
 //! neither builds them nor knows about the KVM test host.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod creds;

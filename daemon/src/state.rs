@@ -39,7 +39,7 @@ pub struct Daemon {
     /// Configuration in force.
     pub config: DaemonConfig,
     images: Images,
-    store: Store,
+    pub(crate) store: Store,
     functions: Mutex<BTreeMap<String, FunctionRecord>>,
     pub(crate) scheduler: Scheduler<VmBackend>,
     /// Invocation counters.
@@ -48,7 +48,7 @@ pub struct Daemon {
     /// Where accepted events live until done ([`crate::event_worker`]).
     pub(crate) event_store: Arc<dyn EventStore>,
     /// Turns true when the event workers are to stop.
-    event_stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) event_stop: tokio::sync::watch::Sender<bool>,
     event_workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     run_dir: PathBuf,
     /// Per function name: held through each change of its code or
@@ -83,6 +83,9 @@ pub enum StartError {
     /// The log store or its export sink cannot be opened.
     #[error("function logs: {0}")]
     Logs(std::io::Error),
+    /// The cluster's PostgreSQL cannot be used (`--registry`).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::pg::PgError),
 }
 
 /// Errors changing the daemon's functions.
@@ -107,8 +110,14 @@ impl Daemon {
     /// and starts the event workers and the idle reaper. Must run inside a
     /// tokio runtime.
     pub fn start(config: DaemonConfig, images: Images) -> Result<Arc<Self>, StartError> {
-        let store = Store::open(&config.data_dir)?;
-        let event_store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&config.data_dir)?);
+        let (store, event_store, registry) = match &config.cluster.registry {
+            Some(url) => crate::cluster::open_stores(&config, url)?,
+            None => (
+                Store::open(&config.data_dir)?,
+                Arc::new(SqliteEventStore::open(&config.data_dir)?) as Arc<dyn EventStore>,
+                None,
+            ),
+        };
         let logs =
             crate::logs::Logs::start(&config.data_dir, &config.logs).map_err(StartError::Logs)?;
         let run_dir = config.run_dir();
@@ -213,10 +222,14 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = workers;
         tokio::spawn(reaper(daemon.clone()));
+        if let Some(r) = registry {
+            crate::cluster::sync::follow(&daemon, &r);
+            crate::cluster::sync::adopt_orphans(&daemon);
+        }
         Ok(daemon)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FunctionRecord>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FunctionRecord>> {
         self.functions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -228,14 +241,14 @@ impl Daemon {
         )
     }
 
-    fn key(rec: &FunctionRecord) -> FunctionKey {
+    pub(crate) fn key(rec: &FunctionRecord) -> FunctionKey {
         FunctionKey {
             name: rec.name.clone(),
             version: format!("{}@{}", rec.name, rec.revision_id),
         }
     }
 
-    fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), RegisterError> {
+    pub(crate) fn register(&self, rec: &FunctionRecord, code: &[u8]) -> Result<(), RegisterError> {
         let mut environment = rec.environment.clone();
         environment.extend(rec.logging.runtime_environment(&rec.name));
         let cfg = AgentConfig {
@@ -304,7 +317,7 @@ impl Daemon {
     }
 
     /// Keeps `rec`'s pool at its size (in the background).
-    fn apply_pool(&self, rec: &FunctionRecord) {
+    pub(crate) fn apply_pool(&self, rec: &FunctionRecord) {
         let (scheduler, key, size, limits) = (
             self.scheduler.clone(),
             Self::key(rec),

@@ -93,6 +93,18 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("encoding the record of {0}: {1}")]
     Encode(String, serde_json::Error),
+    /// The cluster's registry refused or could not be reached.
+    #[error("registry: {0}")]
+    Registry(#[from] crate::cluster::pg::PgError),
+    /// A package fetched from the registry does not have the hash it is
+    /// stored under: refused.
+    #[error("the package stored under {expected} has SHA-256 {actual}: refused")]
+    CodeHash {
+        /// The hash it is stored under.
+        expected: String,
+        /// Its actual hash.
+        actual: String,
+    },
 }
 
 /// A function record [`Store::load`] skipped.
@@ -116,12 +128,16 @@ pub enum UnreadableRecord {
     },
 }
 
-/// The data directory.
+/// The data directory; in a cluster, a cache of the shared registry,
+/// which it writes through ([`Store::with_registry`]).
 pub struct Store {
     root: PathBuf,
     /// Packages being stored for records not yet written, with how many
     /// writers each; held across a whole collection.
     pins: Mutex<HashMap<String, usize>>,
+    /// The cluster's registry: records and code are written there first,
+    /// records read from it, code fetched from it on first use.
+    registry: Option<std::sync::Arc<dyn crate::cluster::registry::Registry>>,
 }
 
 /// Keeps a package from being collected while the record naming it is
@@ -225,7 +241,38 @@ impl Store {
         Ok(Self {
             root: root.to_path_buf(),
             pins: Mutex::new(HashMap::new()),
+            registry: None,
         })
+    }
+
+    /// Makes `registry` the source of truth: records and packages are
+    /// written there first (then here), records are read from it, and a
+    /// package missing here is fetched from it, its hash checked, and kept.
+    pub fn with_registry(
+        mut self,
+        registry: std::sync::Arc<dyn crate::cluster::registry::Registry>,
+    ) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The cluster's registry, if any.
+    pub fn registry(&self) -> Option<&std::sync::Arc<dyn crate::cluster::registry::Registry>> {
+        self.registry.as_ref()
+    }
+
+    /// Writes a record here only (a change another node made, read from
+    /// the registry).
+    pub fn put_local(&self, rec: &FunctionRecord) -> Result<(), StoreError> {
+        let data =
+            serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Encode(rec.name.clone(), e))?;
+        write_atomic(&self.record_path(&rec.name), &data)
+    }
+
+    /// Removes a record here only (another node deleted the function).
+    pub fn delete_local(&self, name: &str) {
+        let _ = std::fs::remove_file(self.record_path(name));
+        self.collect_code();
     }
 
     fn lock_pins(&self) -> MutexGuard<'_, HashMap<String, usize>> {
@@ -251,6 +298,9 @@ impl Store {
             store: self,
             sha256_hex: sha256_hex.to_string(),
         };
+        if let Some(r) = &self.registry {
+            r.put_code(sha256_hex, zip)?;
+        }
         let p = self.code_path(sha256_hex);
         if !p.exists() {
             write_atomic(&p, zip)?;
@@ -258,22 +308,50 @@ impl Store {
         Ok(pin)
     }
 
-    /// Reads a package.
+    /// Reads a package (in a cluster: fetched from the registry on first
+    /// use, refused unless its SHA-256 is `sha256_hex`, then kept here).
     pub fn code(&self, sha256_hex: &str) -> Result<Vec<u8>, StoreError> {
         let p = self.code_path(sha256_hex);
-        std::fs::read(&p).map_err(io("reading", &p))
+        match (std::fs::read(&p), &self.registry) {
+            (Err(e), Some(r)) if e.kind() == std::io::ErrorKind::NotFound => {
+                let zip = r.code(sha256_hex)?.ok_or_else(|| StoreError::Io {
+                    what: "fetching from the registry",
+                    path: p.clone(),
+                    source: e,
+                })?;
+                use sha2::Digest;
+                let actual = hex::encode(sha2::Sha256::digest(&zip));
+                if actual != sha256_hex {
+                    return Err(StoreError::CodeHash {
+                        expected: sha256_hex.to_string(),
+                        actual,
+                    });
+                }
+                write_atomic(&p, &zip)?;
+                Ok(zip)
+            }
+            (r, _) => r.map_err(io("reading", &p)),
+        }
     }
 
-    /// Writes a function's record (create or replace).
+    /// Writes a function's record (create or replace); in a cluster, to
+    /// the registry first.
     pub fn put(&self, rec: &FunctionRecord) -> Result<(), StoreError> {
-        let data =
-            serde_json::to_vec_pretty(rec).map_err(|e| StoreError::Encode(rec.name.clone(), e))?;
-        write_atomic(&self.record_path(&rec.name), &data)
+        if let Some(r) = &self.registry {
+            r.put(rec)?;
+        }
+        self.put_local(rec)
     }
 
     /// Removes a function's record; its code goes if no other record uses it.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let p = self.record_path(name);
+        if let Some(r) = &self.registry {
+            r.delete(name)?;
+            if !p.exists() {
+                return Ok(());
+            }
+        }
         std::fs::remove_file(&p).map_err(io("removing", &p))?;
         let dir = self.root.join("functions");
         File::open(&dir)
@@ -286,7 +364,7 @@ impl Store {
     /// Removes packages no record names and none is pinned for.
     pub fn collect_code(&self) {
         let pins = self.lock_pins();
-        let (records, _) = self.load();
+        let (records, _) = self.load_local();
         let used: std::collections::HashSet<String> =
             records.into_iter().map(|r| r.code_sha256).collect();
         let Ok(entries) = std::fs::read_dir(self.root.join("code")) else {
@@ -302,8 +380,34 @@ impl Store {
         }
     }
 
-    /// Every readable record, and why each file that is not was skipped.
+    /// Every readable record, and why each file that is not was skipped;
+    /// in a cluster, the registry's records (each also written here).
     pub fn load(&self) -> (Vec<FunctionRecord>, Vec<UnreadableRecord>) {
+        let Some(r) = &self.registry else {
+            return self.load_local();
+        };
+        match r.load() {
+            Ok(records) => {
+                for rec in &records {
+                    let _ = self.put_local(rec);
+                }
+                (records, Vec::new())
+            }
+            Err(e) => {
+                let path = self.root.join("functions");
+                (
+                    Vec::new(),
+                    vec![UnreadableRecord::Read {
+                        path,
+                        source: std::io::Error::other(e.to_string()),
+                    }],
+                )
+            }
+        }
+    }
+
+    /// The records in the data directory.
+    fn load_local(&self) -> (Vec<FunctionRecord>, Vec<UnreadableRecord>) {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         let dir = self.root.join("functions");

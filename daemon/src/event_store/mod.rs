@@ -10,11 +10,14 @@
 //! shares, workers in turn); the store keeps only what must survive a crash.
 //!
 //! The trait is synchronous and small on purpose: the daemon calls it from
-//! blocking tasks, and another engine (a PostgreSQL queue for several hosts)
-//! implements the same eight calls.
+//! blocking tasks; [`PgEventStore`] (several hosts on one PostgreSQL)
+//! implements the same calls and [`EventStore::adopt`]s the events of a
+//! node that died.
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PgEventStore;
 pub use sqlite::SqliteEventStore;
 
 use serde::Serialize;
@@ -128,6 +131,17 @@ pub trait EventStore: Send + Sync {
     fn remove_failed(&self, id: EventId) -> Result<bool, EventStoreError>;
     /// Whether the store can be read now (for `/readyz`).
     fn check(&self) -> Result<(), EventStoreError>;
+    /// Events another node accepted and can no longer run (its claim
+    /// lapsed: it died), now this node's, oldest first. A store of one
+    /// host has none.
+    fn adopt(&self) -> Result<Vec<StoredEvent>, EventStoreError> {
+        Ok(Vec::new())
+    }
+    /// How often [`adopt`](Self::adopt) is worth calling; `None` for a
+    /// store of one host.
+    fn adopt_every(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -1,0 +1,297 @@
+//! The cluster's registry of functions and code in PostgreSQL
+//! (`silo serve --registry postgres://...`), behind the small [`Registry`]
+//! trait the [`Store`](crate::store::Store) writes through.
+//!
+//! - Records (`silo_functions`, the record as JSON) are written in a
+//!   transaction that also `NOTIFY`s `silo_functions` with the name; every
+//!   node `LISTEN`s on a connection of its own ([`PgRegistry::watch`]) and
+//!   re-reads that function. NOTIFY has no replay: after every
+//!   (re)connection of the listener the node re-reads everything
+//!   ([`Change::Reread`]).
+//! - Code (`silo_code`) is content-addressed by the SHA-256 of the package;
+//!   a node fetches it on first use, checks the hash (a blob that does not
+//!   match is refused) and caches it in its data directory.
+//! - Membership: each node upserts its heartbeat row (`silo_nodes`) every
+//!   [`HEARTBEAT`]; [`PgRegistry::members`] lists those heard from lately.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use fallible_iterator::FallibleIterator;
+
+use crate::cluster::pg::{message, PgConn, PgError};
+use crate::store::FunctionRecord;
+
+/// The notification channel of function changes.
+pub const CHANNEL: &str = "silo_functions";
+
+/// How often a node writes its heartbeat row.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// What the [`Store`](crate::store::Store) needs of a shared registry.
+pub trait Registry: Send + Sync {
+    /// Writes `rec` (and tells every node).
+    fn put(&self, rec: &FunctionRecord) -> Result<(), PgError>;
+    /// Removes function `name` (and tells every node).
+    fn delete(&self, name: &str) -> Result<(), PgError>;
+    /// Stores a package under its SHA-256 (hex).
+    fn put_code(&self, sha256_hex: &str, zip: &[u8]) -> Result<(), PgError>;
+    /// The package stored under `sha256_hex`, unchecked (the caller
+    /// checks the hash).
+    fn code(&self, sha256_hex: &str) -> Result<Option<Vec<u8>>, PgError>;
+    /// One function's record.
+    fn get(&self, name: &str) -> Result<Option<FunctionRecord>, PgError>;
+    /// Every function's record.
+    fn load(&self) -> Result<Vec<FunctionRecord>, PgError>;
+}
+
+/// A change another node (or this one) made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Function `name` was written or removed: read it again.
+    Function(String),
+    /// The listener (re)connected; notifications may have been missed:
+    /// read everything again.
+    Reread,
+}
+
+/// The registry in PostgreSQL (see the module's documentation).
+pub struct PgRegistry {
+    db: Arc<PgConn>,
+    node: String,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn decode(name: &str, v: serde_json::Value) -> Result<FunctionRecord, String> {
+    serde_json::from_value(v).map_err(|e| format!("the record of {name:?} is not readable: {e}"))
+}
+
+/// Waits `d` or until `stop`; returns whether stopped.
+fn pause(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
+    let g = stop.0.lock().unwrap_or_else(|p| p.into_inner());
+    let (g, _) = stop
+        .1
+        .wait_timeout_while(g, d, |s| !*s)
+        .unwrap_or_else(|p| p.into_inner());
+    *g
+}
+
+impl PgRegistry {
+    /// The registry in `db`, for node `node` advertised at `address`;
+    /// starts its heartbeat.
+    pub fn open(db: Arc<PgConn>, node: &str, address: &str) -> Arc<Self> {
+        let r = Arc::new(Self {
+            db,
+            node: node.to_string(),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            threads: Mutex::new(Vec::new()),
+        });
+        let (db, node, address, stop) = (
+            r.db.clone(),
+            node.to_string(),
+            address.to_string(),
+            r.stop.clone(),
+        );
+        r.spawn("silo-heartbeat", move || loop {
+            let beat = db.with("writing this node's heartbeat", |c| {
+                c.execute(
+                    "INSERT INTO silo_nodes (node, address, heartbeat) VALUES ($1, $2, now()) \
+                     ON CONFLICT (node) DO UPDATE SET address = $2, heartbeat = now()",
+                    &[&node, &address],
+                )
+            });
+            if let Err(e) = beat {
+                tracing::warn!(error = %e, "heartbeat not written");
+            }
+            if pause(&stop, HEARTBEAT) {
+                return;
+            }
+        });
+        r
+    }
+
+    fn spawn(&self, name: &str, f: impl FnOnce() + Send + 'static) {
+        if let Ok(t) = std::thread::Builder::new().name(name.into()).spawn(f) {
+            self.threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t);
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The nodes (id, address) whose heartbeat is younger than `within`,
+    /// by id.
+    pub fn members(&self, within: Duration) -> Result<Vec<(String, String)>, PgError> {
+        let rows = self.db.with("reading the cluster's members", |c| {
+            c.query(
+                "SELECT node, address FROM silo_nodes \
+                 WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY node",
+                &[&within.as_secs_f64()],
+            )
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Sends every change to `changes` from a thread of its own, on a
+    /// connection of its own, until the registry is dropped or `changes`
+    /// is closed. Starts with [`Change::Reread`], and sends one after
+    /// every reconnection.
+    pub fn watch(&self, changes: tokio::sync::mpsc::UnboundedSender<Change>) {
+        let (db, stop) = (self.db.clone(), self.stop.clone());
+        self.spawn("silo-registry-listen", move || listen(&db, &changes, &stop));
+    }
+}
+
+/// The listener's loop (see [`PgRegistry::watch`]).
+fn listen(
+    db: &PgConn,
+    changes: &tokio::sync::mpsc::UnboundedSender<Change>,
+    stop: &(Mutex<bool>, Condvar),
+) {
+    let mut lost = false;
+    loop {
+        let mut client = match db.open("listening for registry changes").and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                .map_err(|e| db.error("listening for registry changes", message(&e)))?;
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                if !lost {
+                    tracing::warn!(error = %e, "registry listener disconnected; retrying every second (this node serves from its cached functions meanwhile)");
+                    lost = true;
+                }
+                if pause(stop, Duration::from_secs(1)) {
+                    return;
+                }
+                continue;
+            }
+        };
+        if lost {
+            tracing::info!(database = %db.location(), "registry listener reconnected; re-reading every function");
+        }
+        if changes.send(Change::Reread).is_err() {
+            return;
+        }
+        loop {
+            if *stop.0.lock().unwrap_or_else(|p| p.into_inner()) {
+                return;
+            }
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_millis(500))
+                .next();
+            match next {
+                Ok(Some(n)) => {
+                    if changes
+                        .send(Change::Function(n.payload().to_string()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %message(&e), "registry listener lost its connection");
+                    lost = true;
+                    break;
+                }
+                Ok(None) if client.is_closed() => {
+                    lost = true;
+                    break;
+                }
+                Ok(None) => {}
+            }
+        }
+    }
+}
+
+impl Drop for PgRegistry {
+    fn drop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+        for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Registry for PgRegistry {
+    fn put(&self, rec: &FunctionRecord) -> Result<(), PgError> {
+        let v = serde_json::to_value(rec)
+            .map_err(|e| self.db.error("encoding a record", e.to_string()))?;
+        self.db.with("writing a function", |c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO silo_functions (name, record, changed_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (name) DO UPDATE SET record = $2, changed_at = now()",
+                &[&rec.name, &v],
+            )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rec.name])?;
+            tx.commit()
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<(), PgError> {
+        self.db.with("removing a function", |c| {
+            let mut tx = c.transaction()?;
+            tx.execute("DELETE FROM silo_functions WHERE name = $1", &[&name])?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &name])?;
+            tx.commit()
+        })
+    }
+
+    fn put_code(&self, sha256_hex: &str, zip: &[u8]) -> Result<(), PgError> {
+        self.db.with("storing a package", |c| {
+            c.execute(
+                "INSERT INTO silo_code (sha256, zip) VALUES ($1, $2) ON CONFLICT (sha256) DO NOTHING",
+                &[&sha256_hex, &zip],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn code(&self, sha256_hex: &str) -> Result<Option<Vec<u8>>, PgError> {
+        let row = self.db.with("reading a package", |c| {
+            c.query_opt(
+                "SELECT zip FROM silo_code WHERE sha256 = $1",
+                &[&sha256_hex],
+            )
+        })?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn get(&self, name: &str) -> Result<Option<FunctionRecord>, PgError> {
+        let row = self.db.with("reading a function", |c| {
+            c.query_opt(
+                "SELECT record FROM silo_functions WHERE name = $1",
+                &[&name],
+            )
+        })?;
+        row.map(|r| decode(name, r.get(0)))
+            .transpose()
+            .map_err(|m| self.db.error("reading a function", m))
+    }
+
+    fn load(&self) -> Result<Vec<FunctionRecord>, PgError> {
+        let rows = self.db.with("reading the functions", |c| {
+            c.query("SELECT name, record FROM silo_functions ORDER BY name", &[])
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let name: String = r.get(0);
+            match decode(&name, r.get(1)) {
+                Ok(rec) => out.push(rec),
+                Err(m) => {
+                    tracing::error!(function = %name, error = %m, "skipping an unreadable function record in the registry")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
