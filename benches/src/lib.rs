@@ -13,6 +13,9 @@
 //! - [`pmem_memory`]: host memory of N VMs reading the same files from one
 //!   shared virtio-pmem image against the files in each VM's initramfs,
 //!   and against a copy of the image per tenant ([`pmem_tenants`]);
+//! - [`idle_memory`]: host memory held by an idle function VM after its
+//!   first invoke and after idle periods, against today's kernel and
+//!   Firecracker with free page reporting;
 //! - [`logs_store`]: the function-log pipeline's ingest rate and queries
 //!   (`silo-bench bench-logs`).
 //!
@@ -25,6 +28,7 @@
 pub mod api;
 pub mod boot;
 pub mod guest_files;
+pub mod idle_memory;
 pub mod logs_store;
 pub mod net;
 pub mod pmem_memory;
@@ -93,6 +97,9 @@ pub enum BenchCommand {
     BenchNet(net::NetBenchArgs),
     /// Measure the function-log pipeline: sustained ingest, and queries over a large store.
     BenchLogs(logs_store::LogsBenchArgs),
+    /// Measure host memory held by an idle function VM over time (balloon,
+    /// free page reporting) against today's kernel and Firecracker.
+    BenchIdleMemory(idle_memory::IdleMemoryArgs),
 }
 
 impl BenchCommand {
@@ -105,6 +112,7 @@ impl BenchCommand {
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
             BenchCommand::BenchNet(args) => net::run(args),
             BenchCommand::BenchLogs(args) => logs_store::run(args),
+            BenchCommand::BenchIdleMemory(args) => idle_memory::run(args),
         }
     }
 }
