@@ -13,6 +13,9 @@
 //! - [`pmem_memory`]: host memory of N VMs reading the same files from one
 //!   shared virtio-pmem image against the files in each VM's initramfs,
 //!   and against a copy of the image per tenant ([`pmem_tenants`]);
+//! - [`idle_memory`]: host memory held by an idle function VM after its
+//!   first invoke and after idle periods, against today's kernel and
+//!   Firecracker with free page reporting;
 //! - [`logs_store`]: the function-log pipeline's ingest rate and queries
 //!   (`silo-bench bench-logs`).
 //! - [`events`]: an Event invoke's 202 (synced to the durable queue)
@@ -28,6 +31,7 @@ pub mod api;
 pub mod boot;
 pub mod events;
 pub mod guest_files;
+pub mod idle_memory;
 pub mod logs_store;
 pub mod net;
 pub mod pmem_memory;
@@ -98,6 +102,9 @@ pub enum BenchCommand {
     BenchLogs(logs_store::LogsBenchArgs),
     /// Measure an Event invoke's 202 (synced to the durable queue) against a DryRun.
     BenchEvents(events::EventsBenchArgs),
+    /// Measure host memory held by an idle function VM over time (balloon,
+    /// free page reporting) against today's kernel and Firecracker.
+    BenchIdleMemory(idle_memory::IdleMemoryArgs),
 }
 
 impl BenchCommand {
@@ -111,6 +118,7 @@ impl BenchCommand {
             BenchCommand::BenchNet(args) => net::run(args),
             BenchCommand::BenchLogs(args) => logs_store::run(args),
             BenchCommand::BenchEvents(args) => events::run(args),
+            BenchCommand::BenchIdleMemory(args) => idle_memory::run(args),
         }
     }
 }

@@ -63,10 +63,11 @@ pub struct PythonBenchArgs {
 }
 
 /// The launch post's handler.
-const LAUNCH_POST_PY: &str = include_str!("../../tests/python/launch_post/lambda_function.py");
+pub(crate) const LAUNCH_POST_PY: &str =
+    include_str!("../../tests/python/launch_post/lambda_function.py");
 
 /// The launch post's handler in Node.js.
-const LAUNCH_POST_JS: &str = include_str!("../../tests/nodejs/launch_post/index.js");
+pub(crate) const LAUNCH_POST_JS: &str = include_str!("../../tests/nodejs/launch_post/index.js");
 
 /// The managed function of `runtime`: (file, code, handler).
 fn managed_function(runtime: &str) -> (&'static str, &'static str, &'static str) {

@@ -68,6 +68,8 @@ pub struct Agent {
     dropped: Arc<Mutex<u64>>,
     synced: Synced,
     next_sync: u64,
+    /// Told when the VM goes busy and idle (PID 1 with a balloon only).
+    idle: Option<crate::idle::IdleReclaim>,
 }
 
 /// Sync markers the log forwarder has passed: (marker, how many streams).
@@ -125,6 +127,19 @@ impl Agent {
             dropped,
             synced,
             next_sync: 0,
+            idle: None,
+        }
+    }
+
+    /// Reclaims guest memory whenever the VM goes idle (see
+    /// [`crate::idle`]); `None` never does.
+    pub fn reclaim_when_idle(&mut self, idle: Option<crate::idle::IdleReclaim>) {
+        self.idle = idle;
+    }
+
+    fn went_idle(&self) {
+        if let Some(i) = &self.idle {
+            i.idle();
         }
     }
 
@@ -144,6 +159,7 @@ impl Agent {
                 kernel_uptime_at_ready_ns: crate::pid1::uptime_ns(),
             },
         })?;
+        self.went_idle();
         loop {
             let msg =
                 read_message(&mut self.reader).map_err(|e| format!("reading from host: {e}"))?;
@@ -171,11 +187,15 @@ impl Agent {
                         trace_id,
                         payload,
                     };
+                    if let Some(i) = &self.idle {
+                        i.busy();
+                    }
                     let outcome = self.invoke(inv);
                     self.send(&Message::Result {
                         request_id,
                         outcome,
                     })?;
+                    self.went_idle();
                 }
                 Message::Shutdown => {
                     if let Some(rt) = self.runtime.take() {
@@ -187,6 +207,7 @@ impl Agent {
                 Message::AwaitInit => {
                     let error = self.await_init();
                     self.send(&Message::InitDone { error })?;
+                    self.went_idle();
                 }
                 other => return Err(format!("unexpected message from host: {other:?}")),
             }

@@ -9,6 +9,7 @@
 
 mod credentials;
 mod host;
+mod idle;
 use silo_guest_agent::http;
 mod pid1;
 mod runtime;
@@ -171,5 +172,8 @@ fn run(args: &Args, started_ns: u64, pid1: bool) -> Result<(), String> {
     let api =
         runtime_api::RuntimeApi::start(&args.api_addr).map_err(|e| format!("runtime API: {e}"))?;
     let mut agent = host::Agent::new(stream, config, api, reaper, args.api_addr.clone(), managed);
+    if pid1 {
+        agent.reclaim_when_idle(idle::IdleReclaim::start());
+    }
     agent.serve(started_ns)
 }

@@ -98,6 +98,8 @@ pub struct VmBuilder<'a> {
     images: Vec<ImageMapping>,
     /// Whether `attach_pmem_images` ran (it attaches each image once).
     pmem_attached: bool,
+    /// Whether `attach_balloon` ran.
+    balloon_attached: bool,
     /// Next free KVM memory slot number.
     next_slot: u32,
     pio: Bus,
@@ -146,6 +148,7 @@ impl<'a> VmBuilder<'a> {
             mem,
             images,
             pmem_attached: false,
+            balloon_attached: false,
             next_slot,
             pio: Bus::new(),
             mmio: Bus::new(),
@@ -170,6 +173,7 @@ impl<'a> VmBuilder<'a> {
         self.attach_legacy_devices()?;
         self.attach_virtio_devices()?;
         self.attach_pmem_images()?;
+        self.attach_balloon()?;
         step_done("devices attached");
         self.configure_boot()?;
         self.create_vcpus()?;
@@ -260,6 +264,18 @@ impl<'a> VmBuilder<'a> {
         if let Some(net) = &self.cfg.net {
             self.virtio
                 .attach_net(&self.vm, &self.mem, &mut self.mmio, net)?;
+        }
+        Ok(self)
+    }
+
+    /// Attaches the virtio-balloon device with free page reporting, when
+    /// configured. It comes after every other virtio device, so theirs keep
+    /// their places (`virtio0`, ...) in the guest.
+    pub fn attach_balloon(&mut self) -> Result<&mut Self, VmmError> {
+        if self.cfg.balloon && !self.balloon_attached {
+            self.balloon_attached = true;
+            self.virtio
+                .attach_balloon(&self.vm, &self.mem, &mut self.mmio)?;
         }
         Ok(self)
     }

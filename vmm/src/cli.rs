@@ -42,6 +42,8 @@ Options:
                                        mapped read-only and shared: VMs mapping the same file share the host's
                                        page cache; the guest sees /dev/pmem0, /dev/pmem1, ... in flag order and
                                        can mount it with DAX). Repeatable, up to 8
+      --balloon                        Give the guest a virtio-balloon device with free page reporting: the
+                                       2 MiB blocks the guest reports free go back to the host (madvise)
       --timeline                       Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr
       --timeline-file <TIMELINE_FILE>  Write the boot timeline (JSON, phases up to the first KVM_RUN) to
                                        this file as soon as the guest starts running
@@ -83,6 +85,8 @@ pub struct VmmArgs {
     pub vsock_uds: Option<PathBuf>,
     /// Read-only images for virtio-pmem, in order.
     pub pmem: Vec<PathBuf>,
+    /// Attach a virtio-balloon device with free page reporting.
+    pub balloon: bool,
     /// The virtio-net device, if any.
     pub net: Option<crate::device_manager::NetConfig>,
     /// Print the timeline on stderr at the end.
@@ -155,6 +159,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("--vsock-cid", true),
     ("--vsock-uds", true),
     ("--pmem", true),
+    ("--balloon", false),
     ("--net-tap", true),
     ("--net-mac", true),
     ("--net-rx-rate", true),
@@ -319,6 +324,7 @@ where
             .filter(|(f, _)| *f == "--pmem")
             .map(|(_, v)| PathBuf::from(v.clone().unwrap_or_default()))
             .collect(),
+        balloon: has("--balloon"),
         net,
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),

@@ -11,6 +11,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, NetError, NetLimits};
 use crate::devices::virtio::pmem::Pmem;
@@ -212,6 +213,22 @@ impl MmioDeviceManager {
             size,
             "virtio-pmem attached"
         );
+        Ok(transport)
+    }
+
+    /// Creates the virtio-balloon device (free page reporting) and
+    /// attaches it (see [`MmioDeviceManager::attach_virtio_device`]).
+    pub fn attach_balloon(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        mmio_bus: &mut Bus,
+    ) -> Result<Arc<Mutex<MmioTransport<Balloon>>>, DeviceError> {
+        let transport = self.attach_virtio_device(vm, mem, mmio_bus, |interrupt| {
+            Balloon::new(interrupt).map_err(DeviceError::EventFd)
+        })?;
+        let slot = self.slots.last().copied().expect("slot just allocated");
+        tracing::debug!(base = slot.base, irq = slot.irq, "virtio-balloon attached");
         Ok(transport)
     }
 

@@ -95,6 +95,7 @@ fn run(args: VmmArgs) -> ExitCode {
         vsock,
         net: args.net,
         pmem: args.pmem,
+        balloon: args.balloon,
         allow_pvm: args.allow_pvm,
         timeline_file: args.timeline_file,
     };

@@ -57,6 +57,9 @@ pub struct VmConfig {
     /// Read-only images shared through virtio-pmem, in order: the guest
     /// sees them as `/dev/pmem0`, `/dev/pmem1`, ...
     pub pmem: Vec<PathBuf>,
+    /// A virtio-balloon device with free page reporting: pages the guest
+    /// frees go back to the host (see `devices::virtio::balloon`).
+    pub balloon: bool,
     /// Boot a standard kernel even on a PVM host (for experiments).
     pub allow_pvm: bool,
     /// Where to write the boot timeline (JSON) once the first KVM_RUN has
@@ -78,6 +81,7 @@ impl VmConfig {
             vsock: None,
             net: None,
             pmem: Vec::new(),
+            balloon: false,
             allow_pvm: false,
             timeline_file: None,
         }

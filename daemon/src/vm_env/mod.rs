@@ -187,6 +187,11 @@ pub struct VmLabel {
 }
 
 impl VmEnv {
+    /// The VMM process's id (the jailer's, when jailed), while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The VMM's resident memory minus the guest RAM pages it has touched,
     /// in KiB (the way Firecracker states its overhead), from /proc smaps.
     pub fn vmm_memory_overhead_kib(&self, mem_mib: u32) -> Option<u64> {

@@ -148,6 +148,8 @@ impl VmEnv {
             .arg("--timeline-file")
             .arg(inside("timeline.json"))
             .arg("--managed")
+            // Free page reporting: pages the guest frees go back to the host.
+            .arg("--balloon")
             .args(net.iter().flat_map(crate::net::VmNet::vmm_args))
             .args(
                 spec.pmem

@@ -26,6 +26,10 @@
 //!   system call (the image is mapped read-only), and a guest store to a
 //!   pmem region is an MMIO exit the vCPU thread discards (both checked
 //!   under these filters in `vmm/tests/pmem_device.rs`).
+//!   The virtio-balloon device adds nothing either: a free page report is
+//!   `madvise(MADV_DONTNEED)` (already in the common list) on guest RAM,
+//!   the used ring and the irqfd `write` (checked under the devices filter
+//!   in `vmm/tests/balloon_device.rs`).
 //! - the jailer parent (a jailed VMM's first process, see `crate::jail`):
 //!   `wait4` for the VMM and exit; nothing else.
 //! - the main thread: waits for the VM's end, kicks the vCPUs out of

@@ -177,8 +177,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn activate(&mut self) {
         let mem = &self.mem;
-        if let Some(bad) = self
-            .queues
+        // Only the queues of the negotiated features must be set up.
+        let needed = self
+            .device
+            .queue_count(self.driver_features)
+            .min(self.queues.len());
+        if let Some(bad) = self.queues[..needed]
             .iter()
             .position(|q| !q.ready() || !q.is_valid(mem))
         {
@@ -189,7 +193,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.status |= status::DEVICE_NEEDS_RESET;
             return;
         }
-        let queues = std::mem::take(&mut self.queues);
+        let mut queues = std::mem::take(&mut self.queues);
+        queues.truncate(needed);
         match self
             .device
             .activate(self.mem.clone(), queues, self.driver_features)

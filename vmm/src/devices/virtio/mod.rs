@@ -1,5 +1,6 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x).
 
+pub mod balloon;
 pub mod mmio;
 pub mod net;
 pub mod pmem;
@@ -75,12 +76,18 @@ pub enum ActivateError {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (1 for net, 19 for vsock, 27 for pmem).
+    /// Virtio device id (1 for net, 5 for the balloon, 19 for vsock, 27 for pmem).
     fn device_type(&self) -> u32;
     /// Feature bits offered.
     fn avail_features(&self) -> u64;
     /// Maximum size of each queue; the length is the queue count.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many of the queues the driver sets up with `features`
+    /// negotiated (the first ones; by default all): the balloon's
+    /// reporting queue exists only with free page reporting.
+    fn queue_count(&self, _features: u64) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// Reads device configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Starts the device with the driver's queues and negotiated features.

@@ -1,0 +1,495 @@
+//! `silo-bench bench-idle-memory`: host memory held by one idle function
+//! environment, right after its first invoke and after idle periods
+//! (`--idle-s`, default 60, 300 and 900 s: the issue asks 1, 5 and 15
+//! minutes), for each runtime (`--runtimes`) and memory size (`--mem-mib`).
+//!
+//! Variants, one VM each, all booted first and then idle together:
+//! - `silo`: silo-vmm as the daemon runs it (`--balloon`: virtio-balloon
+//!   with free page reporting), the current guest kernel, whose agent drops
+//!   caches and compacts once the VM is idle;
+//! - `silo_today` (with `--baseline-kernel`, e.g. the previous build's
+//!   vmlinux without a balloon driver): what an idle VM held before;
+//! - `firecracker` (with `--firecracker`): the same kernel, initramfs and
+//!   runtime image (virtio-pmem) under Firecracker with its balloon device
+//!   (no inflation, `free_page_reporting: true`).
+//!
+//! Memory is read from the VMM process's `/proc/PID/smaps_rollup`: `Rss`
+//! and `Pss` (guest RAM included; `Pss_File` is its share of the pmem
+//! image's page cache), `Pss_Anon`, `AnonHugePages`. Neither VMM is
+//! jailed. Without hardware KVM it runs inside the KVM test host.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use silo_daemon::vm_env::{VmEnv, VmSpec};
+use silo_images::placement::{
+    between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
+};
+use silo_images::runtime::RuntimeImage;
+use silo_proto::{AgentConfig, Message, Outcome};
+
+use crate::guest_files::{GuestFileArgs, GuestFiles};
+
+/// Flags for `silo-bench bench-idle-memory`.
+#[derive(clap::Args, Debug)]
+pub struct IdleMemoryArgs {
+    /// Runtimes: `python3.11`, `nodejs22.x`, `provided.al2023` (the Rust counter).
+    #[arg(long, value_delimiter = ',', default_value = "python3.11")]
+    runtimes: Vec<String>,
+    /// Guest memory sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    mem_mib: Vec<u32>,
+    /// Idle times to measure at, seconds since the first invoke's answer.
+    #[arg(long, value_delimiter = ',', default_value = "60,300,900")]
+    idle_s: Vec<u64>,
+    /// A baseline guest kernel (today's, without a balloon driver): adds
+    /// the `silo_today` variant.
+    #[arg(long)]
+    baseline_kernel: Option<PathBuf>,
+    /// Firecracker's binary: adds the `firecracker` variant.
+    #[arg(long)]
+    firecracker: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-idle-memory.json")]
+    out: PathBuf,
+    /// Run here even without hardware KVM.
+    #[arg(long)]
+    here: bool,
+    #[command(flatten)]
+    guest: GuestFileArgs,
+    /// Directory holding `<runtime>/rt.img` (set by the harness in the
+    /// test host).
+    #[arg(long, hide = true)]
+    runtime_root: Option<PathBuf>,
+}
+
+/// silo's default command line; Firecracker gets it too.
+const CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet pty.legacy_count=0";
+
+/// Runs the benchmark.
+pub fn run(args: IdleMemoryArgs) -> ExitCode {
+    crate::exit_code("silo bench-idle-memory", run_inner(args))
+}
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+fn managed(runtime: &str) -> bool {
+    runtime != "provided.al2023"
+}
+
+fn run_inner(args: IdleMemoryArgs) -> Result<(), String> {
+    for r in &args.runtimes {
+        if !["python3.11", "nodejs22.x", "provided.al2023"].contains(&r.as_str()) {
+            return Err(format!("unknown runtime {r}"));
+        }
+    }
+    let files = args.guest.resolve()?;
+    let images = args
+        .runtimes
+        .iter()
+        .filter(|r| managed(r))
+        .map(|r| {
+            let img = match &args.runtime_root {
+                Some(root) => RuntimeImage::at(r, root.join(r)),
+                None => silo_images::runtime::runtime_image(r).map_err(e)?,
+            };
+            Ok((r.clone(), img))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    run_here_or_in_test_host(
+        args.here,
+        || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(e)?;
+            let results = rt.block_on(measure(&args, &files, &images))?;
+            write_results(&args.out, &results)
+        },
+        || in_test_host(&args, &files, &images),
+    )
+}
+
+fn write_results(out: &Path, results: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(results).map_err(e)?;
+    std::fs::write(out, &text).map_err(|x| format!("{}: {x}", out.display()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn in_test_host(
+    args: &IdleMemoryArgs,
+    files: &GuestFiles,
+    images: &[(String, RuntimeImage)],
+) -> Result<(), String> {
+    eprintln!("[idle-memory] no hardware KVM here: running inside the KVM test host");
+    let longest = args.idle_s.iter().max().copied().unwrap_or(0);
+    let mut host = test_host_with_this_program()
+        .map_err(e)?
+        .memory_mib(3072)
+        .timeout(Duration::from_secs(1800 + longest));
+    host = files.copied_into(host, "kernel");
+    for (name, img) in images {
+        let src = img
+            .shared_image()
+            .ok_or_else(|| format!("{name}: no rt.img"))?;
+        host = host.file(src, &format!("/work/rt/{name}/rt.img"), 0o644);
+    }
+    let mut extra = String::new();
+    if let Some(b) = &args.baseline_kernel {
+        host = host.file(b, "/work/baseline-kernel", 0o644);
+        extra += " --baseline-kernel baseline-kernel";
+    }
+    if let Some(fc) = &args.firecracker {
+        host = host
+            .binary_with_libs(fc, "/bin/peer-firecracker")
+            .map_err(e)?;
+        extra += " --firecracker /bin/peer-firecracker";
+    }
+    let list = |v: &[String]| v.join(",");
+    let nums = |v: Vec<String>| v.join(",");
+    let cmd = format!(
+        "SILO_LOG=warn silo bench-idle-memory --here --kernel kernel --agent agent --function counter \
+         --runtime-root rt --runtimes {} --mem-mib {} --idle-s {}{extra} --out r.json \
+         && echo IDLE_JSON_BEGIN && cat r.json && echo IDLE_JSON_END",
+        list(&args.runtimes),
+        nums(args.mem_mib.iter().map(u32::to_string).collect()),
+        nums(args.idle_s.iter().map(u64::to_string).collect()),
+    );
+    let out = run_checked(&host, "the idle memory benchmark", &cmd).map_err(e)?;
+    let text = between_markers(&out.output, "IDLE_JSON_BEGIN", "IDLE_JSON_END")
+        .ok_or("no results in the test host output")?;
+    let mut results: Value =
+        serde_json::from_str(&text).map_err(|x| format!("results from the test host: {x}"))?;
+    results["host"] = json!(crate::boot::TEST_HOST);
+    write_results(&args.out, &results)
+}
+
+/// The initramfs of `runtime` (agent, settings, the function's zip).
+fn initramfs(
+    dir: &Path,
+    runtime: &str,
+    mem_mib: u32,
+    files: &GuestFiles,
+) -> Result<PathBuf, String> {
+    let config = AgentConfig {
+        function_name: "idle".into(),
+        handler: match runtime {
+            "python3.11" => "lambda_function.lambda_handler".into(),
+            "nodejs22.x" => "index.handler".into(),
+            _ => "bootstrap".into(),
+        },
+        memory_mib: mem_mib,
+        timeout_s: 120,
+        ..AgentConfig::default()
+    };
+    let image = match runtime {
+        "python3.11" | "nodejs22.x" => {
+            let (file, code) = if runtime == "python3.11" {
+                ("lambda_function.py", crate::python::LAUNCH_POST_PY)
+            } else {
+                ("index.js", crate::python::LAUNCH_POST_JS)
+            };
+            let zip = silo_initramfs::package::make_zip(&[(file, 0o644, code.as_bytes())]);
+            silo_initramfs::image::build_managed(&files.agent, &config, &zip)
+        }
+        _ => {
+            let code = std::fs::read(&files.function).map_err(e)?;
+            let zip = silo_initramfs::package::make_zip(&[("bootstrap", 0o755, &code)]);
+            silo_initramfs::image::build(&files.agent, &config, &zip)
+        }
+    }
+    .map_err(e)?;
+    let path = dir.join(format!("{runtime}-{mem_mib}.cpio"));
+    std::fs::write(&path, image).map_err(e)?;
+    Ok(path)
+}
+
+fn invoke_msg(n: usize) -> Message {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Message::Invoke {
+        request_id: format!("idle-{n}"),
+        tenant_id: Some("tenant-A".into()),
+        deadline_unix_ms: now + 120_000,
+        function_arn: "arn:aws:lambda:us-east-1:000000000000:function:idle".into(),
+        trace_id: "Root=1-0-0".into(),
+        payload: b"{}".to_vec(),
+    }
+}
+
+/// `Rss`, `Pss`, `Pss_Anon`, `Pss_File`, `AnonHugePages` of `pid`, KiB.
+fn smaps_rollup(pid: u32) -> Result<Value, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|x| format!("smaps_rollup of {pid}: {x}"))?;
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+            let k = k.trim_end_matches(':');
+            if ["Rss", "Pss", "Pss_Anon", "Pss_File", "AnonHugePages"].contains(&k) {
+                out.insert(
+                    format!("{}_kib", k.to_lowercase()),
+                    json!(v.parse::<u64>().ok()),
+                );
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// One idle VM of a variant (a handful per run: their size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Vm {
+    Silo(VmEnv),
+    Firecracker {
+        child: tokio::process::Child,
+        _conn: tokio::net::UnixStream,
+        dir: PathBuf,
+    },
+}
+
+impl Vm {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Vm::Silo(env) => env.vmm_pid(),
+            Vm::Firecracker { child, .. } => child.id(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Vm::Silo(env) => env.shutdown().await,
+            Vm::Firecracker { mut child, dir, .. } => {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// Boots silo-vmm (as the daemon does: `--balloon`) and answers one invoke.
+async fn boot_silo(spec: &VmSpec, dir: &Path, n: usize) -> Result<Vm, String> {
+    let mut env = VmEnv::boot(spec, dir).await.map_err(e)?;
+    let r = env
+        .invoke(invoke_msg(n), Duration::from_secs(120))
+        .await
+        .map_err(e)?;
+    if let Outcome::Err(x) = &r.outcome {
+        return Err(format!("silo VM: first invoke failed: {x:?}"));
+    }
+    Ok(Vm::Silo(env))
+}
+
+/// Boots Firecracker with the same kernel, initramfs and runtime image,
+/// its balloon with free page reporting, and answers one invoke.
+async fn boot_firecracker(fc: &Path, spec: &VmSpec, dir: &Path, n: usize) -> Result<Vm, String> {
+    use silo_proto::asynchronous::{read_message, write_message};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(e)?;
+    let uds = dir.join("vsock");
+    let listener =
+        tokio::net::UnixListener::bind(format!("{}_{}", uds.display(), silo_proto::AGENT_PORT))
+            .map_err(|x| format!("agent socket: {x}"))?;
+    let mut config = json!({
+        "boot-source": {
+            "kernel_image_path": spec.kernel,
+            "initrd_path": spec.initrd,
+            "boot_args": CMDLINE,
+        },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": spec.mem_mib },
+        "vsock": { "guest_cid": 3, "uds_path": uds },
+        "balloon": {
+            "amount_mib": 0,
+            "deflate_on_oom": false,
+            "stats_polling_interval_s": 0,
+            "free_page_reporting": true,
+        },
+    });
+    if let Some(img) = &spec.pmem {
+        config["pmem"] =
+            json!([{ "id": "rt", "path_on_host": img, "root_device": false, "read_only": true }]);
+    }
+    let path = dir.join("fc.json");
+    std::fs::write(&path, config.to_string()).map_err(e)?;
+    let mut child = tokio::process::Command::new(fc)
+        .args(["--no-api", "--config-file"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|x| format!("{}: {x}", fc.display()))?;
+    let limit = Duration::from_secs(300);
+    let (mut conn, _) = tokio::time::timeout(limit, listener.accept())
+        .await
+        .map_err(|_| "Firecracker VM: the agent never connected".to_string())?
+        .map_err(e)?;
+    loop {
+        let msg = tokio::time::timeout(limit, read_message(&mut conn))
+            .await
+            .map_err(|_| "Firecracker VM: no hello".to_string())?
+            .map_err(e)?;
+        if matches!(msg, Message::Hello { .. }) {
+            break;
+        }
+    }
+    write_message(&mut conn, &invoke_msg(n)).await.map_err(e)?;
+    loop {
+        match tokio::time::timeout(limit, read_message(&mut conn))
+            .await
+            .map_err(|_| "Firecracker VM: no answer".to_string())?
+            .map_err(e)?
+        {
+            Message::Result {
+                outcome: Outcome::Ok(_),
+                ..
+            } => break,
+            Message::Result { outcome, .. } => {
+                let _ = child.kill().await;
+                return Err(format!("Firecracker VM: first invoke failed: {outcome:?}"));
+            }
+            _ => continue,
+        }
+    }
+    Ok(Vm::Firecracker {
+        child,
+        _conn: conn,
+        dir: dir.to_path_buf(),
+    })
+}
+
+async fn measure(
+    args: &IdleMemoryArgs,
+    files: &GuestFiles,
+    images: &[(String, RuntimeImage)],
+) -> Result<Value, String> {
+    let dir = crate::scratch_path("silo-bench-idle");
+    std::fs::create_dir_all(&dir).map_err(e)?;
+    let mut idle = args.idle_s.clone();
+    idle.sort_unstable();
+    // (label, variant, VM, answered at)
+    let mut vms: Vec<(String, &'static str, Vm, Instant)> = Vec::new();
+    let mut n = 0;
+    for runtime in &args.runtimes {
+        let pmem = images
+            .iter()
+            .find(|(r, _)| r == runtime)
+            .and_then(|(_, i)| i.shared_image());
+        for &mem_mib in &args.mem_mib {
+            let initrd = initramfs(&dir, runtime, mem_mib, files)?;
+            let spec = VmSpec {
+                kernel: files.kernel.clone(),
+                initrd,
+                mem_mib,
+                vcpus: 1,
+                boot_timeout: Duration::from_secs(300),
+                pmem: pmem.clone(),
+                jail: silo_daemon::jail::JailMode::Insecure,
+                console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+            };
+            let label = format!("{runtime}/{mem_mib}");
+            n += 1;
+            let vm = boot_silo(&spec, &dir, n).await?;
+            vms.push((label.clone(), "silo", vm, Instant::now()));
+            eprintln!("[idle-memory] {label}: silo VM up");
+            if let Some(b) = &args.baseline_kernel {
+                let spec = VmSpec {
+                    kernel: b.clone(),
+                    ..spec.clone()
+                };
+                n += 1;
+                let vm = boot_silo(&spec, &dir, n).await?;
+                vms.push((label.clone(), "silo_today", vm, Instant::now()));
+                eprintln!("[idle-memory] {label}: silo VM with the baseline kernel up");
+            }
+            if let Some(fc) = &args.firecracker {
+                n += 1;
+                let vm = boot_firecracker(fc, &spec, &dir.join(format!("fc-{n}")), n).await?;
+                vms.push((label.clone(), "firecracker", vm, Instant::now()));
+                eprintln!("[idle-memory] {label}: Firecracker VM up");
+            }
+        }
+    }
+    // Right after each first invoke (measured now, all at once: each VM has
+    // been idle since its own answer, the last one for ~0 s).
+    let mut samples: Vec<Value> = Vec::new();
+    let mut sample =
+        |at: &str, vms: &[(String, &'static str, Vm, Instant)]| -> Result<(), String> {
+            for (label, variant, vm, answered) in vms {
+                let pid = vm.pid().ok_or("a VMM exited")?;
+                let mut m = smaps_rollup(pid)?;
+                m["idle_s"] = json!(answered.elapsed().as_secs_f64().round());
+                m["at"] = json!(at);
+                m["vm"] = json!(label);
+                m["variant"] = json!(variant);
+                eprintln!("[idle-memory] {at}: {m}");
+                samples.push(m);
+            }
+            Ok(())
+        };
+    sample("after_first_invoke", &vms)?;
+    let start = Instant::now();
+    for s in &idle {
+        let until = Duration::from_secs(*s);
+        if let Some(wait) = until.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        sample(&format!("idle_{s}s"), &vms)?;
+    }
+    for (_, _, vm, _) in vms {
+        vm.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "what": "host memory held by one idle function VM (VMM process, guest RAM included, smaps_rollup), KiB",
+        "runtimes": args.runtimes,
+        "mem_mib": args.mem_mib,
+        "idle_s": idle,
+        "delivery": "managed runtimes: one read-only runtime image over virtio-pmem (DAX), as the daemon does",
+        "variants": {
+            "silo": "silo-vmm --balloon (free page reporting), current kernel, agent reclaims when idle",
+            "silo_today": args.baseline_kernel.as_ref().map(|k| format!("silo-vmm, baseline kernel {} (no balloon driver)", k.display())),
+            "firecracker": args.firecracker.as_ref().map(|_| "Firecracker, balloon with free_page_reporting, same kernel, initramfs and pmem image"),
+        },
+        "summary": summary(&samples),
+        "samples": samples,
+    }))
+}
+
+/// Per VM and measuring point: each variant's Pss and Rss, and the ratios
+/// of silo to silo_today and to Firecracker.
+fn summary(samples: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for s in samples {
+        let key = format!(
+            "{} {}",
+            s["vm"].as_str().unwrap_or(""),
+            s["at"].as_str().unwrap_or("")
+        );
+        let entry = out.entry(key).or_insert_with(|| json!({}));
+        let v = s["variant"].as_str().unwrap_or("").to_string();
+        entry[format!("{v}_pss_kib")] = s["pss_kib"].clone();
+        entry[format!("{v}_rss_kib")] = s["rss_kib"].clone();
+    }
+    for entry in out.values_mut() {
+        let get = |k: &str| entry[k].as_f64();
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => json!((a / b * 100.0).round() / 100.0),
+            _ => Value::Null,
+        };
+        let r1 = ratio(get("silo_pss_kib"), get("silo_today_pss_kib"));
+        let r2 = ratio(get("silo_pss_kib"), get("firecracker_pss_kib"));
+        entry["pss_silo_over_today"] = r1;
+        entry["pss_silo_over_firecracker"] = r2;
+    }
+    Value::Object(out)
+}
