@@ -14,7 +14,8 @@
 //!   shared virtio-pmem image against the files in each VM's initramfs,
 //!   and against a copy of the image per tenant ([`pmem_tenants`]);
 //! - [`logs_store`]: the function-log pipeline's ingest rate and queries
-//!   (`silo-bench bench-logs`).
+//!   (`silo-bench bench-logs`); [`logs_invoke`]: what keeping logs costs a
+//!   warm invoke (`silo-bench bench-logs-invoke`).
 //!
 //! - [`net`]: guest egress throughput and round trips against Firecracker
 //!   and the host, and what a network adds to a cold start.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod boot;
 pub mod guest_files;
+pub mod logs_invoke;
 pub mod logs_store;
 pub mod net;
 pub mod pmem_memory;
@@ -93,6 +95,9 @@ pub enum BenchCommand {
     BenchNet(net::NetBenchArgs),
     /// Measure the function-log pipeline: sustained ingest, and queries over a large store.
     BenchLogs(logs_store::LogsBenchArgs),
+    /// Measure what keeping function logs costs a warm invoke (a handler
+    /// printing 10 lines): logs on against off, in the same run.
+    BenchLogsInvoke(logs_invoke::LogsInvokeArgs),
 }
 
 impl BenchCommand {
@@ -105,6 +110,7 @@ impl BenchCommand {
             BenchCommand::BenchPmemMemory(args) => pmem_memory::run(args),
             BenchCommand::BenchNet(args) => net::run(args),
             BenchCommand::BenchLogs(args) => logs_store::run(args),
+            BenchCommand::BenchLogsInvoke(args) => logs_invoke::run(args),
         }
     }
 }
