@@ -66,7 +66,7 @@ def handler(event, context):
 """
 
 INITFAIL = """
-raise RuntimeError("init fails on purpose")
+import silo_no_such_module
 
 def handler(event, context):
     return {}
@@ -157,11 +157,11 @@ def phase_write():
     # tenant-B (a new environment, after the format changed).
     create_function(lam, "initfail", "python3.11", "app.handler", {"app.py": INITFAIL}, TIMEOUT, 256)
     r, body, _ = invoke(lam, "initfail", "tenant-A")
-    expect_function_error(r, body, "Runtime.ImportModuleError", "init fails on purpose")
+    expect_function_error(r, body, "Runtime.ImportModuleError", "silo_no_such_module")
     lam.update_function_configuration(FunctionName="initfail", LoggingConfig={"LogFormat": "JSON"})
     lam.get_waiter("function_updated_v2").wait(FunctionName="initfail")
     r, body, _ = invoke(lam, "initfail", "tenant-B")
-    expect_function_error(r, body, "Runtime.ImportModuleError", "init fails on purpose")
+    expect_function_error(r, body, "Runtime.ImportModuleError", "silo_no_such_module")
 
     # Admin: groups, streams, the lines and the platform records.
     # tenant-A's three REPORTs and the flood's (its flood evicted tenant-B's
