@@ -60,6 +60,23 @@ pub fn init_tracing_json() {
         .init();
 }
 
+/// The daemon configuration the API benchmarks run with: loopback on any
+/// port, `data_dir`, no authentication, and no CPU share per VM (the
+/// benchmarks measure silo's own path; on the test host's emulated CPU the
+/// share would dominate every figure).
+pub(crate) fn bench_daemon_config(
+    data_dir: std::path::PathBuf,
+) -> silo_daemon::config::DaemonConfig {
+    let mut config = silo_daemon::config::DaemonConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir,
+        allow_unauthenticated: true,
+        ..silo_daemon::config::DaemonConfig::default()
+    };
+    config.jail.cpu_full_at_mib = 0;
+    config
+}
+
 /// `<temp dir>/<prefix>-<this process's id>`: a path of this run's own.
 pub(crate) fn scratch_path(prefix: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))

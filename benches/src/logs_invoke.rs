@@ -8,19 +8,15 @@
 //! goal: p50 on <= 1.05x off). Without hardware KVM the run moves into the
 //! KVM test host, where times are emulated: compare the ratio.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use silo_client::{InvokeOptions, LambdaClient};
-use silo_daemon::config::DaemonConfig;
 use silo_daemon::serve;
 use silo_daemon::Images;
-use silo_images::placement::{
-    between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
-};
+use silo_images::placement::run_here_or_in_test_host;
 
 use crate::guest_files::{GuestFileArgs, GuestFiles};
 
@@ -68,27 +64,10 @@ fn run_inner(args: LogsInvokeArgs) -> Result<(), String> {
 }
 
 fn in_test_host(args: &LogsInvokeArgs, files: &GuestFiles) -> Result<(), String> {
-    eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
-    let host = test_host_with_this_program()
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(1800))
-        .memory_mib(4096);
-    let host = files.copied_into(host, "vmlinux");
-    let out = run_checked(
-        &host,
-        "benchmark",
-        &format!(
-            "SILO_LOG=warn silo bench-logs-invoke --here --rounds {} --warm {} --kernel vmlinux --agent agent \
-             --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
-            args.rounds, args.warm,
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let json = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")
-        .ok_or("no JSON in the test host's output")?;
-    let mut results: Value = serde_json::from_str(&json).map_err(|e| format!("results: {e}"))?;
-    results["where"] =
-        json!("KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios");
+    let results = files.bench_json_in_test_host(&format!(
+        "bench-logs-invoke --rounds {} --warm {}",
+        args.rounds, args.warm
+    ))?;
     write_results(args, &results)
 }
 
@@ -128,15 +107,7 @@ fn invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
 /// its cold start and 5 warm-up invokes, then `warm` measured invokes.
 async fn round(files: &GuestFiles, on: bool, warm: usize) -> Result<(Vec<f64>, u64), String> {
     let data_dir = crate::scratch_path(&format!("silo-bench-logs-invoke-{on}"));
-    let mut config = DaemonConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data_dir.clone(),
-        allow_unauthenticated: true,
-        ..DaemonConfig::default()
-    };
-    // As bench-api: no CPU share per VM (it would dominate on the test
-    // host's emulated CPU).
-    config.jail.cpu_full_at_mib = 0;
+    let mut config = crate::bench_daemon_config(data_dir.clone());
     config.logs.enabled = on;
     let running = serve::start(
         config,
