@@ -15,7 +15,6 @@
 //! usable the whole run moves into the KVM test host, where absolute times
 //! are emulated and only the ratios mean something.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,12 +25,9 @@ use silo_scheduler::TenantId;
 
 use silo_aws::id::random_uuid;
 use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
-use silo_daemon::config::DaemonConfig;
 use silo_daemon::serve;
 use silo_daemon::{Daemon, Images};
-use silo_images::placement::{
-    between_markers, run_checked, run_here_or_in_test_host, test_host_with_this_program,
-};
+use silo_images::placement::run_here_or_in_test_host;
 
 use crate::guest_files::{GuestFileArgs, GuestFiles};
 
@@ -94,35 +90,18 @@ fn run_inner(args: BenchApiArgs) -> Result<(), String> {
 }
 
 fn in_test_host(args: &BenchApiArgs, files: &GuestFiles) -> Result<(), String> {
-    eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
-    let host = test_host_with_this_program()
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(1800))
-        .memory_mib(4096);
-    let host = files.copied_into(host, "vmlinux");
-    let out = run_checked(
-        &host,
-        "benchmark",
-        &format!(
-            "SILO_LOG=warn silo bench-api --here --cold {} --warm {} --parallel {} --pool {} {} --kernel vmlinux --agent agent \
-             --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END",
-            args.cold,
-            args.warm,
-            args.parallel,
-            args.pool,
-            args.burst
-                .iter()
-                .map(|b| format!("--burst {b}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let json = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")
-        .ok_or("no JSON in the test host's output")?;
-    let mut results: Value = serde_json::from_str(&json).map_err(|e| format!("results: {e}"))?;
-    results["where"] =
-        json!("KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios");
+    let results = files.bench_json_in_test_host(&format!(
+        "bench-api --cold {} --warm {} --parallel {} --pool {} {}",
+        args.cold,
+        args.warm,
+        args.parallel,
+        args.pool,
+        args.burst
+            .iter()
+            .map(|b| format!("--burst {b}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))?;
     write_results(args, &results)
 }
 
@@ -225,15 +204,7 @@ async fn bench(args: &BenchApiArgs, files: GuestFiles) -> Result<Value, String> 
         function,
     } = files;
     let data_dir = crate::scratch_path("silo-bench-api");
-    let mut config = DaemonConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir: data_dir.clone(),
-        allow_unauthenticated: true,
-        ..DaemonConfig::default()
-    };
-    // The benchmark measures silo's own path: no CPU share per VM, which
-    // on the test host's emulated CPU would dominate every figure.
-    config.jail.cpu_full_at_mib = 0;
+    let mut config = crate::bench_daemon_config(data_dir.clone());
     let burst_envs = args.burst.iter().map(|b| b.in_flight).max().unwrap_or(0);
     let n_envs = (args.cold * 2 + args.parallel * 2 + 4).max(burst_envs) as u32;
     config.limits.concurrency = n_envs;

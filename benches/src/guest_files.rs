@@ -88,4 +88,37 @@ impl GuestFiles {
             .file(&self.agent, "/work/agent", 0o755)
             .file(&self.function, "/work/counter", 0o755)
     }
+
+    /// Runs `silo <bench_and_flags> --here --kernel vmlinux --agent agent
+    /// --function counter --out r.json` in the KVM test host with these
+    /// files, and returns the JSON it wrote, marked as emulated times.
+    pub fn bench_json_in_test_host(
+        &self,
+        bench_and_flags: &str,
+    ) -> Result<serde_json::Value, String> {
+        use silo_images::placement::{between_markers, run_checked, test_host_with_this_program};
+        eprintln!("no hardware KVM here: the benchmark runs in the KVM test host (times are emulated; compare ratios)");
+        let host = test_host_with_this_program()
+            .map_err(|e| e.to_string())?
+            .timeout(std::time::Duration::from_secs(1800))
+            .memory_mib(4096);
+        let host = self.copied_into(host, "vmlinux");
+        let out = run_checked(
+            &host,
+            "benchmark",
+            &format!(
+                "SILO_LOG=warn silo {bench_and_flags} --here --kernel vmlinux --agent agent \
+                 --function counter --out r.json && echo BENCH_JSON_BEGIN && cat r.json && echo BENCH_JSON_END"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let json = between_markers(&out.output, "BENCH_JSON_BEGIN", "BENCH_JSON_END")
+            .ok_or("no JSON in the test host's output")?;
+        let mut results: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| format!("results: {e}"))?;
+        results["where"] = serde_json::json!(
+            "KVM test host (QEMU TCG, nested SVM): emulated times, compare ratios"
+        );
+        Ok(results)
+    }
 }

@@ -17,7 +17,8 @@
 //!   first invoke and after idle periods, against today's kernel and
 //!   Firecracker with free page reporting;
 //! - [`logs_store`]: the function-log pipeline's ingest rate and queries
-//!   (`silo-bench bench-logs`).
+//!   (`silo-bench bench-logs`); [`logs_invoke`]: what keeping logs costs a
+//!   warm invoke (`silo-bench bench-logs-invoke`).
 //! - [`events`]: an Event invoke's 202 (synced to the durable queue)
 //!   against a DryRun (`silo-bench bench-events`).
 //!
@@ -32,6 +33,7 @@ pub mod boot;
 pub mod events;
 pub mod guest_files;
 pub mod idle_memory;
+pub mod logs_invoke;
 pub mod logs_store;
 pub mod net;
 pub mod pmem_memory;
@@ -63,6 +65,23 @@ pub fn init_tracing_json() {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The daemon configuration the API benchmarks run with: loopback on any
+/// port, `data_dir`, no authentication, and no CPU share per VM (the
+/// benchmarks measure silo's own path; on the test host's emulated CPU the
+/// share would dominate every figure).
+pub(crate) fn bench_daemon_config(
+    data_dir: std::path::PathBuf,
+) -> silo_daemon::config::DaemonConfig {
+    let mut config = silo_daemon::config::DaemonConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir,
+        allow_unauthenticated: true,
+        ..silo_daemon::config::DaemonConfig::default()
+    };
+    config.jail.cpu_full_at_mib = 0;
+    config
 }
 
 /// `<temp dir>/<prefix>-<this process's id>`: a path of this run's own.
@@ -105,6 +124,9 @@ pub enum BenchCommand {
     /// Measure host memory held by an idle function VM over time (balloon,
     /// free page reporting) against today's kernel and Firecracker.
     BenchIdleMemory(idle_memory::IdleMemoryArgs),
+    /// Measure what keeping function logs costs a warm invoke (a handler
+    /// printing 10 lines): logs on against off, in the same run.
+    BenchLogsInvoke(logs_invoke::LogsInvokeArgs),
 }
 
 impl BenchCommand {
@@ -119,6 +141,7 @@ impl BenchCommand {
             BenchCommand::BenchLogs(args) => logs_store::run(args),
             BenchCommand::BenchEvents(args) => events::run(args),
             BenchCommand::BenchIdleMemory(args) => idle_memory::run(args),
+            BenchCommand::BenchLogsInvoke(args) => logs_invoke::run(args),
         }
     }
 }

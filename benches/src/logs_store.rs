@@ -7,7 +7,7 @@
 //! 2. Flat out: the same with no rate limit, to see the writer's ceiling.
 //! 3. FilterLogEvents' query over a store of `--lines` lines of one tenant
 //!    (beside as many of another): the first page of `{ $.tenantId = ...}`,
-//!    and a term that matches one line (a scan of every line).
+//!    terms and JSON patterns that look at every line of the tenant.
 //!
 //! Prints one JSON object.
 
@@ -187,74 +187,82 @@ pub fn run(args: LogsBenchArgs) -> std::process::ExitCode {
     }
     let written_s = t.elapsed().as_secs_f64();
     let stored = w.usage("bench").0;
-    let scope = Scope::All;
-    let timed = |pattern: &str, limit: usize| {
+    let all = Scope::All;
+    let narrowed = Scope::Tenants(["tenant-A".to_string()].into());
+    let mut q = json!({
+        "lines_per_tenant": args.lines,
+        "stored_bytes": stored,
+        "store_written_in_s": written_s,
+    });
+    // (name, scope, pattern): FilterLogEvents' first page (10,000 events)
+    // as the admin key (every tenant) or tenant-A's key asks it.
+    let one_line = format!("\"request {} done\"", args.lines / 2);
+    let cases: [(&str, &Scope, &str); 7] = [
+        // One tenant's events by a JSON pattern (the tenant's directory).
+        (
+            "tenant_pattern_first_page",
+            &all,
+            "{ $.tenantId = \"tenant-A\" }",
+        ),
+        // A term matching one of tenant-A's lines: every line looked at.
+        ("term_one_line", &narrowed, one_line.as_str()),
+        // JSON patterns matching none of tenant-A's lines (every line
+        // looked at): the raw-line test answers for each line.
+        (
+            "json_level_none",
+            &narrowed,
+            "{ $.level = \"ERROR\" || $.level = \"FATAL\" }",
+        ),
+        (
+            "json_tenant_and_level_none",
+            &all,
+            "{ $.tenantId = \"tenant-A\" && $.level = \"ERROR\" }",
+        ),
+        (
+            "json_missing_field_none",
+            &narrowed,
+            "{ $.latencyMs > 100 }",
+        ),
+        // A JSON pattern that must parse every line (its field is in
+        // every line and `!=` has no text to look for).
+        (
+            "json_parse_every_line_none",
+            &narrowed,
+            "{ $.level != \"INFO\" }",
+        ),
+        // Every one of tenant-A's lines, by message text: the first page.
+        (
+            "json_message_first_page",
+            &all,
+            "{ $.message = \"request *\" }",
+        ),
+    ];
+    for (name, scope, pattern) in cases {
         let p = Pattern::parse(pattern).expect("pattern");
         let t = Instant::now();
         let (found, more) = query::events(
             &root,
             &EventQuery {
                 function: "bench",
-                scope: &scope,
+                scope,
                 streams: &[],
                 stream_prefix: "",
                 start_ms: None,
                 end_ms: None,
                 pattern: &p,
-                limit,
+                limit: 10_000,
                 after: None,
             },
         );
-        (t.elapsed().as_secs_f64(), found.len(), more)
-    };
-    let (first_page_s, n1, _) = timed("{ $.tenantId = \"tenant-A\" }", 10_000);
-    let narrowed = Scope::Tenants(["tenant-A".to_string()].into());
-    let p = Pattern::parse(&format!("\"request {} done\"", args.lines / 2)).expect("pattern");
-    let t = Instant::now();
-    let (found, _) = query::events(
-        &root,
-        &EventQuery {
-            function: "bench",
-            scope: &narrowed,
-            streams: &[],
-            stream_prefix: "",
-            start_ms: None,
-            end_ms: None,
-            pattern: &p,
-            limit: 10_000,
-            after: None,
-        },
-    );
-    let scan_s = t.elapsed().as_secs_f64();
-    // A JSON pattern matching no line: every line of the tenant parsed.
-    let p = Pattern::parse("{ $.level = \"ERROR\" || $.level = \"FATAL\" }").expect("pattern");
-    let t = Instant::now();
-    let (none, _) = query::events(
-        &root,
-        &EventQuery {
-            function: "bench",
-            scope: &narrowed,
-            streams: &[],
-            stream_prefix: "",
-            start_ms: None,
-            end_ms: None,
-            pattern: &p,
-            limit: 10_000,
-            after: None,
-        },
-    );
-    let json_scan_s = t.elapsed().as_secs_f64();
-    out["query"] = json!({
-        "lines_per_tenant": args.lines,
-        "stored_bytes": stored,
-        "store_written_in_s": written_s,
-        "first_page_of_tenant_s": first_page_s,
-        "first_page_events": n1,
-        "scan_of_one_tenant_for_one_line_s": scan_s,
-        "scan_found": found.len(),
-        "json_pattern_scan_of_one_tenant_s": json_scan_s,
-        "json_scan_found": none.len(),
-    });
+        q[name] = json!({
+            "pattern": pattern,
+            "s": t.elapsed().as_secs_f64(),
+            "events": found.len(),
+            "more": more,
+        });
+        eprintln!("{name}: {}", q[name]);
+    }
+    out["query"] = q;
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     std::process::ExitCode::SUCCESS

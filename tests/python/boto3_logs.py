@@ -9,7 +9,9 @@ PHASE:
   tenant-A's key read back: lines, START/END/REPORT with the right request
   ids, REPORT's Duration equal to the invoke's own (its log tail), Init
   Duration on the cold start only, tenantId in every JSON record, the
-  DEBUG record filtered out, tenant-A's lines intact after tenant-B's
+  DEBUG record filtered out, the init phase's records (INIT_START and,
+  for a runtime failing its init, INIT_REPORT / platform.initReport),
+  tenant-A's lines intact after tenant-B's
   flood, and a tenant key seeing only its own tenant's events whatever it
   asks. Prints `COUNT_A <n>` (tenant-A's events of printer).
 - PHASE=after-restart: the same events are still there; prints `COUNT_A`.
@@ -26,7 +28,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from silo_lambda import client, create_function, invoke
+from silo_lambda import client, create_function, expect_function_error, invoke
 
 TIMEOUT = int(os.environ.get("FUNCTION_TIMEOUT", "60"))
 FLOOD_LINES = int(os.environ.get("FLOOD_LINES", "8000"))
@@ -60,6 +62,13 @@ def handler(event, context):
     logger.info("json info tenant=%s", context.tenant_id)
     logger.debug("json debug hidden tenant=%s", context.tenant_id)
     print("plain print tenant=%s" % context.tenant_id)
+    return {}
+"""
+
+INITFAIL = """
+import silo_no_such_module
+
+def handler(event, context):
     return {}
 """
 
@@ -144,6 +153,15 @@ def phase_write():
     tails["m-A3"] = tail
     for tenant in ["tenant-A", "tenant-B"]:
         invoke(lam, "jsonlog", tenant)
+    # A runtime that fails its init: as Text for tenant-A, as JSON for
+    # tenant-B (a new environment, after the format changed).
+    create_function(lam, "initfail", "python3.11", "app.handler", {"app.py": INITFAIL}, TIMEOUT, 256)
+    r, body, _ = invoke(lam, "initfail", "tenant-A")
+    expect_function_error(r, body, "Runtime.ImportModuleError", "silo_no_such_module")
+    lam.update_function_configuration(FunctionName="initfail", LoggingConfig={"LogFormat": "JSON"})
+    lam.get_waiter("function_updated_v2").wait(FunctionName="initfail")
+    r, body, _ = invoke(lam, "initfail", "tenant-B")
+    expect_function_error(r, body, "Runtime.ImportModuleError", "silo_no_such_module")
 
     # Admin: groups, streams, the lines and the platform records.
     # tenant-A's three REPORTs and the flood's (its flood evicted tenant-B's
@@ -208,6 +226,44 @@ def phase_write():
     assert any(r.get("message") == "plain print tenant=tenant-A" for r in records), records
     types = {r.get("type") for r in records}
     assert {"platform.start", "platform.runtimeDone", "platform.report"} <= types, types
+    # The init phase in JSON: each tenant's cold start has its initStart
+    # and its report's initDurationMs.
+    for tenant in ["tenant-A", "tenant-B"]:
+        mine = [r for r in records if r.get("tenantId") == tenant]
+        starts = [r for r in mine if r.get("type") == "platform.initStart"]
+        assert len(starts) == 1, mine
+        assert starts[0]["record"]["phase"] == "init", starts
+        assert starts[0]["record"]["initializationType"] == "on-demand", starts
+        assert starts[0]["record"]["functionName"] == "jsonlog", starts
+        reports = [r for r in mine if r.get("type") == "platform.report"]
+        assert len(reports) == 1 and reports[0]["record"]["metrics"]["initDurationMs"] > 0, reports
+        assert not any(r.get("type") == "platform.initReport" for r in mine), mine
+
+    # A failed init: INIT_START, then INIT_REPORT with its duration, status
+    # and error type (Text), platform.initReport (JSON), each tenant's.
+    wait_for(admin, "/aws/lambda/initfail", "REPORT", 1, "initfail's Text REPORT")
+    text_a = [e["message"] for e in
+              all_events(admin, "/aws/lambda/initfail", filterPattern='{ $.tenantId = "tenant-A" }')]
+    assert any(m.startswith("INIT_START Runtime Version: python3.11") for m in text_a), text_a
+    init_report = [m for m in text_a if m.startswith("INIT_REPORT")]
+    assert len(init_report) == 1, text_a
+    assert re.fullmatch(r"INIT_REPORT Init Duration: [0-9]+\.[0-9]{2} ms\tPhase: init\tStatus: error"
+                        r"\tError Type: Runtime\.ImportModuleError", init_report[0]), init_report
+    order = [m.split(" ")[0] for m in text_a if m.split(" ")[0] in
+             ("INIT_START", "START", "INIT_REPORT", "END", "REPORT")]
+    assert order == ["INIT_START", "START", "INIT_REPORT", "END", "REPORT"], text_a
+    assert not any(m.startswith("{") for m in text_a), text_a
+    json_b = [json.loads(e["message"]) for e in
+              wait_for(admin, "/aws/lambda/initfail", '{ $.type = "platform.initReport" }', 1, "initfail's initReport")]
+    assert len(json_b) == 1, json_b
+    rec = json_b[0]
+    assert rec["tenantId"] == "tenant-B", rec
+    assert rec["record"]["status"] == "error", rec
+    assert rec["record"]["errorType"] == "Runtime.ImportModuleError", rec
+    assert rec["record"]["phase"] == "init" and rec["record"]["metrics"]["durationMs"] > 0, rec
+    b_types = [json.loads(e["message"]).get("type") for e in
+               all_events(admin, "/aws/lambda/initfail", filterPattern='{ $.tenantId = "tenant-B" }')]
+    assert "platform.initStart" in b_types and "platform.report" in b_types, b_types
     only_b = all_events(admin, "/aws/lambda/jsonlog", filterPattern='{ $.tenantId = "tenant-B" }')
     assert only_b and all(json.loads(e["message"])["tenantId"] == "tenant-B" for e in only_b), only_b
 

@@ -89,6 +89,32 @@ fn group_function(name: Option<&str>) -> Result<String, ApiError> {
         .ok_or_else(no_group)
 }
 
+/// The function of the log group `name` names, if it has a log group
+/// (the function exists, or its logs outlive it).
+fn existing_group(d: &Daemon, name: Option<&str>) -> Result<String, ApiError> {
+    let f = group_function(name)?;
+    if d.get(&f).is_none() && !d.logs.root().join(&f).is_dir() {
+        return Err(no_group());
+    }
+    Ok(f)
+}
+
+/// A `nextToken` as a cursor (none: from the start).
+fn cursor_of(token: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+    token
+        .map(|t| Cursor::parse(t).ok_or_else(|| invalid("nextToken is not valid")))
+        .transpose()
+}
+
+/// Runs `f` (a read of the log store) off the async threads.
+async fn read_store<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::service(format!("reading the log store: {e}")))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct Input {
@@ -107,6 +133,20 @@ struct Input {
     order_by: Option<String>,
     descending: Option<bool>,
     retention_in_days: Option<u32>,
+}
+
+impl Input {
+    /// The log group named (by name or identifier).
+    fn group(&self) -> Option<&str> {
+        self.log_group_name
+            .as_deref()
+            .or(self.log_group_identifier.as_deref())
+    }
+
+    /// Events per answer asked for, within CloudWatch's bounds.
+    fn event_limit(&self) -> usize {
+        self.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS)
+    }
 }
 
 fn amz_json(v: Value) -> Response {
@@ -162,10 +202,7 @@ async fn operation(d: Arc<Daemon>, req: Request) -> Result<Response, ApiError> {
     match op.as_str() {
         "PutRetentionPolicy" | "DeleteRetentionPolicy" => {
             a.principal.require_admin(&op)?;
-            let f = group_function(input.log_group_name.as_deref())?;
-            if d.get(&f).is_none() && !root.join(&f).is_dir() {
-                return Err(no_group());
-            }
+            let f = existing_group(&d, input.log_group_name.as_deref())?;
             let days = if op == "PutRetentionPolicy" {
                 let days = input
                     .retention_in_days
@@ -187,9 +224,7 @@ async fn operation(d: Arc<Daemon>, req: Request) -> Result<Response, ApiError> {
             let prefix = input.log_group_name_prefix.unwrap_or_default();
             let limit = input.limit.unwrap_or(50).clamp(1, 50);
             let after = input.next_token.unwrap_or_default();
-            let groups = tokio::task::spawn_blocking(move || query::groups(&root, &scope))
-                .await
-                .map_err(|e| ApiError::service(format!("reading the log store: {e}")))?;
+            let groups = read_store(move || query::groups(&root, &scope)).await?;
             let mut out = Vec::new();
             let mut next = None;
             for g in groups {
@@ -225,21 +260,11 @@ async fn operation(d: Arc<Daemon>, req: Request) -> Result<Response, ApiError> {
             Ok(amz_json(v))
         }
         "DescribeLogStreams" => {
-            let f = group_function(
-                input
-                    .log_group_name
-                    .as_deref()
-                    .or(input.log_group_identifier.as_deref()),
-            )?;
-            if d.get(&f).is_none() && !root.join(&f).is_dir() {
-                return Err(no_group());
-            }
+            let f = existing_group(&d, input.group())?;
             let prefix = input.log_stream_name_prefix.clone().unwrap_or_default();
             let ff = f.clone();
             let mut streams =
-                tokio::task::spawn_blocking(move || query::streams(&root, &ff, &scope, &prefix))
-                    .await
-                    .map_err(|e| ApiError::service(format!("reading the log store: {e}")))?;
+                read_store(move || query::streams(&root, &ff, &scope, &prefix)).await?;
             if input.order_by.as_deref() == Some("LastEventTime") {
                 streams.sort_by_key(|s| s.last_ms);
             }
@@ -303,34 +328,23 @@ fn fit_answer(found: &mut Vec<query::Found>) -> bool {
 }
 
 async fn get_log_events(d: &Daemon, input: Input, scope: Scope) -> Result<Response, ApiError> {
-    let f = group_function(
-        input
-            .log_group_name
-            .as_deref()
-            .or(input.log_group_identifier.as_deref()),
-    )?;
+    let f = existing_group(d, input.group())?;
     let stream = input
         .log_stream_name
         .clone()
         .ok_or_else(|| invalid("logStreamName is required"))?;
     let root = d.logs.root().to_path_buf();
-    if d.get(&f).is_none() && !root.join(&f).is_dir() {
-        return Err(no_group());
-    }
-    let limit = input.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
+    let limit = input.event_limit();
     let token = input.next_token.clone();
     let forward = match token.as_deref() {
         Some(t) if t.starts_with("b/") => false,
         Some(_) => true,
         None => input.start_from_head == Some(true),
     };
-    let cursor = match token.as_deref() {
-        Some(t) => Some(Cursor::parse(t).ok_or_else(|| invalid("nextToken is not valid"))?),
-        None => None,
-    };
+    let cursor = cursor_of(token.as_deref())?;
     let (start, end) = (input.start_time, input.end_time);
     let c = cursor.clone();
-    let mut found = tokio::task::spawn_blocking(move || {
+    let mut found = read_store(move || {
         let streams = [stream];
         if forward {
             query::events(
@@ -357,8 +371,7 @@ async fn get_log_events(d: &Daemon, input: Input, scope: Scope) -> Result<Respon
                 .collect()
         }
     })
-    .await
-    .map_err(|e| ApiError::service(format!("reading the log store: {e}")))?;
+    .await?;
     if forward {
         fit_answer(&mut found);
     } else {
@@ -392,27 +405,16 @@ async fn get_log_events(d: &Daemon, input: Input, scope: Scope) -> Result<Respon
 }
 
 async fn filter_log_events(d: &Daemon, input: Input, scope: Scope) -> Result<Response, ApiError> {
-    let f = group_function(
-        input
-            .log_group_name
-            .as_deref()
-            .or(input.log_group_identifier.as_deref()),
-    )?;
+    let f = existing_group(d, input.group())?;
     let root = d.logs.root().to_path_buf();
-    if d.get(&f).is_none() && !root.join(&f).is_dir() {
-        return Err(no_group());
-    }
     let pattern = Pattern::parse(input.filter_pattern.as_deref().unwrap_or(""))
         .map_err(|e| invalid(e.to_string()))?;
-    let after = match input.next_token.as_deref() {
-        Some(t) => Some(Cursor::parse(t).ok_or_else(|| invalid("nextToken is not valid"))?),
-        None => None,
-    };
-    let limit = input.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
+    let after = cursor_of(input.next_token.as_deref())?;
+    let limit = input.event_limit();
     let streams = input.log_stream_names.clone().unwrap_or_default();
     let prefix = input.log_stream_name_prefix.clone().unwrap_or_default();
     let (start, end) = (input.start_time, input.end_time);
-    let (mut found, mut more) = tokio::task::spawn_blocking(move || {
+    let (mut found, mut more) = read_store(move || {
         query::events(
             &root,
             &EventQuery {
@@ -428,8 +430,7 @@ async fn filter_log_events(d: &Daemon, input: Input, scope: Scope) -> Result<Res
             },
         )
     })
-    .await
-    .map_err(|e| ApiError::service(format!("reading the log store: {e}")))?;
+    .await?;
     more |= fit_answer(&mut found);
     let next = more
         .then(|| found.last().map(|e| e.cursor.token()))

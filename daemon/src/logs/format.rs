@@ -337,6 +337,16 @@ pub enum Platform<'a> {
         /// The function's name.
         function: &'a str,
     },
+    /// The environment's init failed (Lambda's `INIT_REPORT`; a successful
+    /// init's duration is on the first REPORT instead).
+    InitReport {
+        /// From the environment's start to the failure.
+        duration: Duration,
+        /// Lambda's status word (`error`, `timeout`).
+        status: &'a str,
+        /// The runtime's error type, if it gave one.
+        error_type: Option<&'a str>,
+    },
     /// An invocation began.
     Start,
     /// An invocation ended (`status`: success, error, timeout, failure).
@@ -381,6 +391,20 @@ pub fn platform(cfg: &LoggingConfig, ctx: Ctx<'_>, p: Platform<'_>) -> Option<St
             Platform::InitStart { runtime, .. } => {
                 format!("INIT_START Runtime Version: {runtime}.silo\tRuntime Version ARN: -")
             }
+            Platform::InitReport {
+                duration,
+                status,
+                error_type,
+            } => {
+                let mut t = format!(
+                    "INIT_REPORT Init Duration: {:.2} ms\tPhase: init\tStatus: {status}",
+                    ms(duration)
+                );
+                if let Some(e) = error_type {
+                    t.push_str(&format!("\tError Type: {}", error_type_text(e)));
+                }
+                t
+            }
             Platform::Start => format!("START RequestId: {id} Version: $LATEST"),
             Platform::End { .. } => format!("END RequestId: {id}"),
             Platform::Report(r) => {
@@ -411,6 +435,18 @@ pub fn platform(cfg: &LoggingConfig, ctx: Ctx<'_>, p: Platform<'_>) -> Option<St
                            "runtimeVersion": format!("{runtime}.silo"), "functionName": function,
                            "functionVersion": "$LATEST"}),
                 ),
+                Platform::InitReport {
+                    duration,
+                    status,
+                    error_type,
+                } => {
+                    let mut record = json!({"initializationType": "on-demand", "phase": "init",
+                           "status": status, "metrics": {"durationMs": ms(duration)}});
+                    if let Some(e) = error_type {
+                        record["errorType"] = error_type_text(e).into();
+                    }
+                    ("platform.initReport", record)
+                }
                 Platform::Start => (
                     "platform.start",
                     json!({"requestId": id, "version": "$LATEST"}),
@@ -448,6 +484,12 @@ pub fn platform(cfg: &LoggingConfig, ctx: Ctx<'_>, p: Platform<'_>) -> Option<St
             Some(v.to_string())
         }
     }
+}
+
+/// A runtime's error type as a record shows it: one line, at most 128
+/// characters (it is the guest's text).
+fn error_type_text(e: &str) -> String {
+    e.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 /// Lambda's billed duration: the duration rounded up to the millisecond.
@@ -494,6 +536,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, "REPORT RequestId: r-1\tDuration: 12.35 ms\tBilled Duration: 13 ms\tMemory Size: 128 MB\tMax Memory Used: 40 MB\tInit Duration: 250.00 ms");
+    }
+
+    #[test]
+    fn a_failed_init_is_reported_as_lambda_does() {
+        let failed = Platform::InitReport {
+            duration: Duration::from_micros(262_061),
+            status: "error",
+            error_type: Some("Runtime.ImportModuleError\nforged line"),
+        };
+        assert_eq!(
+            platform(&LoggingConfig::default(), CTX, failed).unwrap(),
+            "INIT_REPORT Init Duration: 262.06 ms\tPhase: init\tStatus: error\tError Type: Runtime.ImportModuleErrorforged line"
+        );
+        let v: Value =
+            serde_json::from_str(&platform(&json_cfg(None, None), CTX, failed).unwrap()).unwrap();
+        assert_eq!(v["type"], "platform.initReport");
+        assert_eq!(v["tenantId"], "tenant-A");
+        assert_eq!(
+            v["record"],
+            json!({"initializationType": "on-demand", "phase": "init", "status": "error",
+                   "errorType": "Runtime.ImportModuleErrorforged line",
+                   "metrics": {"durationMs": 262.06}})
+        );
+        let start = Platform::InitStart {
+            runtime: "python3.11",
+            function: "f",
+        };
+        let v: Value =
+            serde_json::from_str(&platform(&json_cfg(None, None), CTX, start).unwrap()).unwrap();
+        assert_eq!(v["type"], "platform.initStart");
+        assert_eq!(v["record"]["phase"], "init");
+        assert_eq!(v["tenantId"], "tenant-A");
+        assert!(platform(&json_cfg(None, Some(Level::Warn)), CTX, failed).is_none());
     }
 
     #[test]

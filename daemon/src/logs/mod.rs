@@ -19,6 +19,7 @@
 
 pub mod format;
 pub mod pattern;
+pub mod prefilter;
 pub mod query;
 pub mod sink;
 pub mod store;

@@ -156,43 +156,6 @@ impl Pattern {
         }
     }
 
-    /// Text every match's stored line must contain as it is (terms, and
-    /// the values of `=` comparisons joined by `&&`; text JSON would
-    /// escape is left out): a cheap test before parsing.
-    pub fn raw_terms(&self) -> Vec<String> {
-        fn verbatim(t: &str) -> bool {
-            !t.is_empty() && !t.chars().any(|c| c == '"' || c == '\\' || c.is_control())
-        }
-        fn of(x: &Expr, out: &mut Vec<String>) {
-            match x {
-                Expr::And(a, b) => {
-                    of(a, out);
-                    of(b, out);
-                }
-                Expr::Cmp {
-                    path,
-                    op: Op::Eq,
-                    value: Lit::Str(s),
-                } if !(path.len() == 1 && path[0] == "tenantId") => {
-                    // The longest piece between wildcards.
-                    if let Some(p) = s.split('*').max_by_key(|p| p.len()).filter(|p| verbatim(p)) {
-                        out.push(p.to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-        match self {
-            Self::Terms { all, .. } => all.iter().filter(|t| verbatim(t)).cloned().collect(),
-            Self::Json(x) => {
-                let mut out = Vec::new();
-                of(x, &mut out);
-                out
-            }
-            Self::All => Vec::new(),
-        }
-    }
-
     /// Whether `e` matches.
     pub fn matches(&self, e: &Event<'_>) -> bool {
         match self {
@@ -202,30 +165,64 @@ impl Pattern {
                     && (any.is_empty() || any.iter().any(|t| e.message.contains(t.as_str())))
                     && !none.iter().any(|t| e.message.contains(t.as_str()))
             }
+            // The message's JSON is parsed only when a field other than
+            // `$.tenantId` is compared.
+            Self::Json(x) => eval(x, e, &mut Lazy::new(e.message)),
+        }
+    }
+
+    /// [`Pattern::matches`] with the message's JSON parsed first, whatever
+    /// the pattern needs (the reference the lazy path is tested against).
+    #[cfg(test)]
+    pub(super) fn matches_eagerly(&self, e: &Event<'_>) -> bool {
+        match self {
             Self::Json(x) => {
-                let parsed: Option<Value> = serde_json::from_str(e.message).ok();
-                eval(x, e, parsed.as_ref())
+                let mut lazy = Lazy::new(e.message);
+                lazy.get();
+                eval(x, e, &mut lazy)
             }
+            _ => self.matches(e),
         }
     }
 }
 
-fn eval(x: &Expr, e: &Event<'_>, json: Option<&Value>) -> bool {
+/// A message's JSON, parsed on first use.
+struct Lazy<'a> {
+    text: &'a str,
+    parsed: Option<Option<Value>>,
+}
+
+impl<'a> Lazy<'a> {
+    fn new(text: &'a str) -> Self {
+        Self { text, parsed: None }
+    }
+
+    fn get(&mut self) -> Option<&Value> {
+        let text = self.text;
+        self.parsed
+            .get_or_insert_with(|| serde_json::from_str(text).ok())
+            .as_ref()
+    }
+}
+
+fn eval(x: &Expr, e: &Event<'_>, json: &mut Lazy<'_>) -> bool {
     match x {
         Expr::And(a, b) => eval(a, e, json) && eval(b, e, json),
         Expr::Or(a, b) => eval(a, e, json) || eval(b, e, json),
         Expr::Cmp { path, op, value } => {
-            let found: Option<Value> = if path.len() == 1 && path[0] == "tenantId" {
-                e.tenant.map(|t| Value::String(t.to_string()))
+            let tenant;
+            let found: Option<&Value> = if path.len() == 1 && path[0] == "tenantId" {
+                tenant = e.tenant.map(|t| Value::String(t.to_string()));
+                tenant.as_ref()
             } else {
-                let mut v = json;
+                let mut v = json.get();
                 for p in path {
                     v = v.and_then(|v| v.get(p.as_str()));
                 }
-                v.cloned()
+                v
             };
             let Some(found) = found else { return false };
-            match (value, &found) {
+            match (value, found) {
                 (Lit::Num(n), Value::Number(f)) => {
                     let f = f.as_f64().unwrap_or(f64::NAN);
                     match op {
@@ -238,7 +235,7 @@ fn eval(x: &Expr, e: &Event<'_>, json: Option<&Value>) -> bool {
                     }
                 }
                 _ => {
-                    let text = match &found {
+                    let text = match found {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
@@ -484,14 +481,6 @@ mod tests {
             None
         );
         assert_eq!(p(r#"{ $.tenantId = "a*" }"#).required_tenant(), None);
-        assert_eq!(p(r#"ERROR x\y"#).raw_terms(), ["ERROR"]);
-        assert_eq!(
-            p(r#"{ $.level = "ERROR" && $.m = "ab*c" && $.tenantId = "t" }"#).raw_terms(),
-            ["ERROR", "ab"]
-        );
-        assert!(p(r#"{ $.level = "ERROR" || $.n = 1 }"#)
-            .raw_terms()
-            .is_empty());
         assert!(!m(r#"{ $.missing = "x" }"#, msg, None));
         for bad in [
             "{ $.a = }",

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::pattern::{Event, Pattern};
+use super::prefilter::RawFilter;
 use super::store::{
     read_segment_where, retention_days, segment_path, segments, tenant_key, Stored,
 };
@@ -252,15 +253,15 @@ pub fn events(root: &Path, q: &EventQuery<'_>) -> (Vec<Found>, bool) {
     let mut per_tenant = 0usize;
     let mut current = String::new();
     // A pattern naming one tenant opens only that tenant's directory (if
-    // the scope has it); terms every match must hold are looked for in
-    // the raw line before it is parsed.
+    // the scope has it); a line the pattern cannot match, as its raw text
+    // shows, is not parsed at all ([`RawFilter`]).
     let narrowed = q
         .pattern
         .required_tenant()
         .map(|t| q.scope.narrowed(Some(t)));
     let scope = narrowed.as_ref().unwrap_or(q.scope);
-    let terms = q.pattern.raw_terms();
-    let pre = |raw: &str| terms.iter().all(|t| raw.contains(t.as_str()));
+    let raw = RawFilter::new(q.pattern);
+    let pre = |line: &str| raw.could_match(line);
     scan(root, q.function, scope, &pre, |key, seq, off, s| {
         if key != current {
             current = key.to_string();

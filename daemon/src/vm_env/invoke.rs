@@ -178,6 +178,10 @@ impl VmEnv {
         if tail.len() > LOG_TAIL {
             tail.drain(..tail.len() - LOG_TAIL);
         }
+        let init_error_type = match &r {
+            Ok(Some(e)) => Some(e.error_type.clone()),
+            _ => None,
+        };
         let r = match r {
             Ok(None) => Ok(()),
             Ok(Some(e)) => Err(EnvError::InitFailed(format!(
@@ -196,6 +200,22 @@ impl VmEnv {
             Err(e) => Err(e),
         };
         self.init_tail = tail;
+        if let (Err(e), Some(t)) = (&r, &self.logs) {
+            let (status, error_type) = match e {
+                EnvError::TimedOut => ("timeout", None),
+                _ => ("error", init_error_type.as_deref()),
+            };
+            t.platform(
+                None,
+                None,
+                Duration::ZERO,
+                Platform::InitReport {
+                    duration: self.started.elapsed(),
+                    status,
+                    error_type,
+                },
+            );
+        }
         if r.is_err() {
             self.broken = true;
         }
@@ -271,6 +291,25 @@ impl VmEnv {
             Err(EnvError::TimedOut) => "timeout",
             Err(_) => "failure",
         };
+        // A cold start's runtime that reported an init error (Lambda's are
+        // all `Runtime.*`; a handler's error is its exception's name; a
+        // runtime that exited, `Runtime.ExitError`, may have exited in the
+        // handler, so it is left to REPORT): Lambda's INIT_REPORT, before
+        // END.
+        if let (Some(init), Some(t), Ok(Outcome::Err(e))) = (cold_init, &self.logs, &outcome) {
+            if e.error_type.starts_with("Runtime.") && e.error_type != "Runtime.ExitError" {
+                t.platform(
+                    tenant.as_deref(),
+                    Some(&id),
+                    Duration::ZERO,
+                    Platform::InitReport {
+                        duration: init + duration,
+                        status: "error",
+                        error_type: Some(&e.error_type),
+                    },
+                );
+            }
+        }
         self.log_end(tenant.as_deref(), &id, duration, cold_init, status);
         let outcome = match outcome {
             Ok(o) => o,
