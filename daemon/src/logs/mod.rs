@@ -173,8 +173,14 @@ impl Logs {
         );
     }
 
-    /// Saves what must outlive the daemon (the usage book).
+    /// Writes out the buffered lines (at most 2 s) and saves what must
+    /// outlive the daemon (the usage book).
     pub fn shutdown(&self) {
+        if let Some(s) = &self.sink {
+            if !s.flush(std::time::Duration::from_secs(2)) {
+                tracing::warn!("function log lines still buffered at shutdown were not written");
+            }
+        }
         self.usage.sweep_and_save();
     }
 
