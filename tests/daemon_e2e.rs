@@ -51,7 +51,7 @@ fn tenant_metric(text: &str, name: &str, tenant: &str) -> Option<f64> {
 #[test]
 fn tenants_get_their_own_microvms_through_the_http_api() {
     let d = TestDaemon::with_vms(&config("[limits]\nconcurrency = 6\nper_tenant = 2\n"));
-    let logs = d.run_scenario(scenario);
+    let logs = d.run_scenario(|d| scenario(d));
     // Every log line about an invocation carries its tenant.
     for l in logs.lines().filter(|l| l.contains("invocation answered")) {
         assert!(l.contains("tenant_id"), "{l}");

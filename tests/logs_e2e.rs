@@ -84,7 +84,7 @@ fn boto3_and_the_aws_cli_read_each_tenants_function_logs() {
     let cfg = config(&format!(
         "[logs]\nmax_function_bytes = {MAX_FUNCTION_BYTES}\nmax_tenant_bytes = {MAX_TENANT_BYTES}\n"
     ));
-    let mut d = TestDaemon::with_python(&cfg, "pmem");
+    let d = TestDaemon::with_python(&cfg, "pmem");
     let max = MAX_FUNCTION_BYTES.to_string();
     let env = |phase: &'static str| {
         vec![
@@ -94,50 +94,51 @@ fn boto3_and_the_aws_cli_read_each_tenants_function_logs() {
             ("PHASE", phase),
         ]
     };
-    let write = d.python_client("boto3_logs.py", &env("write"));
-    eprintln!("{}", write.stdout);
-    if !(write.success && write.stdout.contains("LOGS_WRITE_OK")) {
-        let logs = d.stop();
-        panic!(
-            "boto3_logs.py (write) failed:\n{}\n{}\ndaemon:\n{logs}",
-            write.stdout, write.stderr
+    // (On a panic, run_scenario prints the daemon's log.)
+    d.run_scenario(|d| {
+        let write = d.python_client("boto3_logs.py", &env("write"));
+        eprintln!("{}", write.stdout);
+        assert!(
+            write.success && write.stdout.contains("LOGS_WRITE_OK"),
+            "boto3_logs.py (write) failed:\n{}\n{}",
+            write.stdout,
+            write.stderr
         );
-    }
-    let before = count_a(&write.stdout);
+        let before = count_a(&write.stdout);
 
-    let admin = d.admin();
-    let u = usage(&admin, "printer", "");
-    assert_eq!(u["tenant-A"]["Invocations"], 3, "{u:?}");
-    assert_eq!(u["tenant-A"]["EnvironmentsCreated"], 1, "{u:?}");
-    assert_eq!(u["tenant-B"]["Invocations"], 2, "{u:?}");
-    assert!(u["tenant-A"]["GBSeconds"].as_f64().unwrap() > 0.0, "{u:?}");
-    let tenant_a = d.client(TENANT_A);
-    let own = usage(&tenant_a, "printer", "");
-    assert_eq!(own.keys().collect::<Vec<_>>(), ["tenant-A"], "{own:?}");
-    assert!(usage(&tenant_a, "printer", "?tenant=tenant-B").is_empty());
-    let metrics = admin.request("GET", "/metrics", &[], b"").unwrap().text();
-    for series in [
-        "silo_log_events_written_total",
-        "silo_log_events_dropped_total",
-        "silo_log_segments_evicted_total",
-    ] {
-        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
-    }
+        let admin = d.admin();
+        let u = usage(&admin, "printer", "");
+        assert_eq!(u["tenant-A"]["Invocations"], 3, "{u:?}");
+        assert_eq!(u["tenant-A"]["EnvironmentsCreated"], 1, "{u:?}");
+        assert_eq!(u["tenant-B"]["Invocations"], 2, "{u:?}");
+        assert!(u["tenant-A"]["GBSeconds"].as_f64().unwrap() > 0.0, "{u:?}");
+        let tenant_a = d.client(TENANT_A);
+        let own = usage(&tenant_a, "printer", "");
+        assert_eq!(own.keys().collect::<Vec<_>>(), ["tenant-A"], "{own:?}");
+        assert!(usage(&tenant_a, "printer", "?tenant=tenant-B").is_empty());
+        let metrics = admin.request("GET", "/metrics", &[], b"").unwrap().text();
+        for series in [
+            "silo_log_events_written_total",
+            "silo_log_events_dropped_total",
+            "silo_log_segments_evicted_total",
+        ] {
+            assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+        }
 
-    d.restart();
-    let after = d.python_client("boto3_logs.py", &env("after-restart"));
-    let u_after = usage(&d.admin(), "printer", "");
-    let logs = d.stop();
-    assert!(
-        after.success && after.stdout.contains("LOGS_RESTART_OK"),
-        "boto3_logs.py (after restart) failed:\n{}\n{}\ndaemon:\n{logs}",
-        after.stdout,
-        after.stderr
-    );
-    assert_eq!(
-        count_a(&after.stdout),
-        before,
-        "tenant-A's events changed over a restart"
-    );
-    assert_eq!(u_after["tenant-A"]["Invocations"], 3, "{u_after:?}");
+        d.restart();
+        let after = d.python_client("boto3_logs.py", &env("after-restart"));
+        let u_after = usage(&d.admin(), "printer", "");
+        assert!(
+            after.success && after.stdout.contains("LOGS_RESTART_OK"),
+            "boto3_logs.py (after restart) failed:\n{}\n{}",
+            after.stdout,
+            after.stderr
+        );
+        assert_eq!(
+            count_a(&after.stdout),
+            before,
+            "tenant-A's events changed over a restart"
+        );
+        assert_eq!(u_after["tenant-A"]["Invocations"], 3, "{u_after:?}");
+    });
 }

@@ -52,7 +52,8 @@ fn invoke(c: &LambdaClient, tenant: &str) -> (u64, bool, bool, String) {
 
 #[test]
 fn new_tenants_take_pre_booted_environments() {
-    let logs = TestDaemon::with_vms(&config("[pools]\ncounter = 2\n")).run_scenario(scenario);
+    let logs =
+        TestDaemon::with_vms(&config("[pools]\ncounter = 2\n")).run_scenario(|d| scenario(d));
     assert!(
         logs.contains("pre-booted environment bound to this tenant"),
         "{logs}"

@@ -496,8 +496,11 @@ impl TestHost {
         }
     }
 
-    /// One attempt of [`TestHost::run`].
-    fn run_once(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
+    /// One attempt of [`TestHost::run`], a stall returned as
+    /// [`TestHostError::Stalled`] and not retried: for a caller that must
+    /// redo more than the command when the emulator stalls (a daemon whose
+    /// clients run outside the test host).
+    pub fn run_once(&self, command: &str) -> Result<TestHostOutput, TestHostError> {
         let image = run_script("testhost/fetch.sh", "KVM test host image")?;
         let _slot = match self.slot {
             Some(_) => None,

@@ -252,6 +252,32 @@ pub struct ClientRun {
     pub daemon_log: String,
 }
 
+/// How a daemon in the test host was made: enough to make it again in a
+/// fresh test host when the emulator stalled under it.
+#[derive(Clone)]
+struct TestHostSpec {
+    config_toml: String,
+    files: Vec<(PathBuf, String)>,
+    netfilter: bool,
+    forwards: Vec<(u16, u16)>,
+}
+
+/// How many times a test-host daemon's run that ended in an emulator stall
+/// is run again from scratch (QEMU 7.2's TCG stall, see `images/README.md`):
+/// `SILO_TESTHOST_STALL_RETRIES` (default 1), the budget of
+/// [`TestHost::run`]'s own retry, which a daemon's test host cannot use (its
+/// clients here would be left talking to nobody).
+fn stall_retries() -> u32 {
+    std::env::var(silo_images::testhost::STALL_RETRIES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The interval of a daemon test host's console heartbeat; four missed ones
+/// end its run as a stall.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// A running daemon.
 pub struct TestDaemon {
     /// `http://127.0.0.1:<port>`.
@@ -262,6 +288,15 @@ pub struct TestDaemon {
     place: Option<Where>,
     /// Host mode: the configuration and extra arguments, for a restart.
     host_args: Option<(String, Vec<String>)>,
+    /// Test-host mode: how to make this daemon again after a stall.
+    spec: Option<TestHostSpec>,
+}
+
+/// Why a daemon's test host ended: the log it left, and whether the run
+/// ended in an emulator stall (so what the test saw proves nothing).
+struct Ended {
+    logs: String,
+    stalled: bool,
 }
 
 fn wait_ready(endpoint: &str, deadline: Duration, alive: impl Fn() -> bool) -> bool {
@@ -326,6 +361,7 @@ impl TestDaemon {
                 config_toml.to_string(),
                 extra_args.iter().map(|a| a.to_string()).collect(),
             )),
+            spec: None,
         };
         let ok = wait_ready(&d.endpoint, Duration::from_secs(60), || true);
         if !ok {
@@ -448,9 +484,42 @@ impl TestDaemon {
             return Self::on_host(config_toml, &data, &[]);
         }
         eprintln!("no hardware KVM here: the daemon runs in the KVM test host");
+        let spec = TestHostSpec {
+            config_toml: config_toml.to_string(),
+            files,
+            netfilter,
+            forwards: forwards.to_vec(),
+        };
+        let mut attempt = 0;
+        loop {
+            match Self::in_test_host(spec.clone()) {
+                Ok(d) => return d,
+                Err(ended) if ended.stalled && attempt < stall_retries() => {
+                    attempt += 1;
+                    eprintln!(
+                        "[testhost] EMULATOR STALL while the daemon started (attempt {attempt} of \
+                         {}): starting it again in a fresh test host",
+                        stall_retries() + 1
+                    );
+                }
+                Err(ended) => panic!(
+                    "the daemon in the test host did not come up:\n{}",
+                    ended.logs
+                ),
+            }
+        }
+    }
+
+    /// One test host running the daemon `spec` describes, once it answers;
+    /// else how that test host ended.
+    fn in_test_host(spec: TestHostSpec) -> Result<Self, Ended> {
         let (kernel, agent) = images();
         let (api_port, stop_port) = (free_port(), free_port());
-        let script = "mkdir -p /srv/cgi-bin\n\
+        // A heartbeat on the console: the harness ends a run whose
+        // heartbeats stop as an emulator stall ([`TestHost::heartbeat`]), the
+        // stall that leaves the CPU spinning rather than halted.
+        let script = "( while sleep 10; do echo TESTHOST_HEARTBEAT; done ) & echo $! > /tmp/heartbeat.pid\n\
+             mkdir -p /srv/cgi-bin\n\
              printf '#!/bin/sh\\ntouch /tmp/stop\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\nstopping\\\\n\"\\n' > /srv/cgi-bin/stop\n\
              chmod 755 /srv/cgi-bin/stop\n\
              for f in /work/cgi/*; do [ -f \"$f\" ] && cp \"$f\" /srv/cgi-bin/ && chmod 755 \"/srv/cgi-bin/${f##*/}\"; done\n\
@@ -474,23 +543,30 @@ impl TestDaemon {
             .in_slot(slot)
             .timeout(Duration::from_secs(1000))
             .memory_mib(3072)
+            .heartbeat(HEARTBEAT)
             .silo_binaries(env!("CARGO_BIN_EXE_silo"))
             .expect("include silo")
             .file(&kernel, "/work/vmlinux", 0o644)
             .file(&agent, "/work/agent", 0o755)
-            .bytes("/work/silo.toml", config_toml.as_bytes().to_vec(), 0o644)
+            .bytes(
+                "/work/silo.toml",
+                spec.config_toml.as_bytes().to_vec(),
+                0o644,
+            )
             .port_forward(api_port, 9000)
             .port_forward(stop_port, 8081);
-        if netfilter {
+        if spec.netfilter {
             host = host.with_netfilter().expect("nft and ip for the test host");
         }
-        for (outside, inside) in forwards {
+        for (outside, inside) in &spec.forwards {
             host = host.port_forward(*outside, *inside);
         }
-        for (from, to) in files {
-            host = host.file(from, &to, 0o644);
+        for (from, to) in &spec.files {
+            host = host.file(from, to, 0o644);
         }
-        let run = std::thread::spawn(move || host.run(&script));
+        // One attempt only: a stall is retried here, daemon and scenario
+        // together ([`TestDaemon::run_scenario`]).
+        let run = std::thread::spawn(move || host.run_once(&script));
         let endpoint = format!("http://127.0.0.1:{api_port}");
         let ok = wait_ready(&endpoint, Duration::from_secs(300), || !run.is_finished());
         let mut d = Self {
@@ -499,25 +575,55 @@ impl TestDaemon {
             log: PathBuf::new(),
             place: Some(Where::TestHost { run, stop_port }),
             host_args: None,
+            spec: Some(spec),
         };
         if !ok {
-            let logs = d.stop();
-            panic!("the daemon in the test host did not come up:\n{logs}");
+            return Err(d.end());
         }
-        d
+        Ok(d)
     }
 
     /// Runs `scenario` against this daemon, then stops the daemon and
     /// returns its log. If the scenario panicked, prints the daemon's (and
     /// test host's) output first and goes on panicking.
-    pub fn run_scenario(mut self, scenario: impl FnOnce(&TestDaemon)) -> String {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&self)));
-        let logs = self.stop();
-        if let Err(e) = result {
-            eprintln!("daemon and test host output:\n{logs}");
-            std::panic::resume_unwind(e);
+    ///
+    /// In the test host, a run that ended in an emulator stall proves
+    /// nothing either way (the scenario's clients lose their daemon
+    /// mid-request): the daemon is made again in a fresh test host and the
+    /// whole scenario runs again, at most [`stall_retries`] times. So a
+    /// scenario must not depend on state an earlier attempt left outside
+    /// the test host.
+    pub fn run_scenario(mut self, mut scenario: impl FnMut(&mut TestDaemon)) -> String {
+        let mut attempt = 0;
+        loop {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut self)));
+            let ended = self.end();
+            if ended.stalled && attempt < stall_retries() {
+                if let Some(spec) = self.spec.clone() {
+                    attempt += 1;
+                    eprintln!(
+                        "[testhost] EMULATOR STALL under the daemon (attempt {attempt} of {}; \
+                         the scenario {}): running the daemon and the scenario again in a fresh \
+                         test host",
+                        stall_retries() + 1,
+                        if result.is_ok() { "passed" } else { "failed" }
+                    );
+                    self = Self::with_vms_forwarding(
+                        &spec.config_toml,
+                        spec.files,
+                        spec.netfilter,
+                        &spec.forwards,
+                    );
+                    continue;
+                }
+            }
+            if let Err(e) = result {
+                eprintln!("daemon and test host output:\n{}", ended.logs);
+                std::panic::resume_unwind(e);
+            }
+            return ended.logs;
         }
-        logs
     }
 
     /// Runs the Python client script `tests/python/<script>` as
@@ -547,10 +653,13 @@ impl TestDaemon {
     /// Runs the Python client script `tests/python/<script>` (boto3: see
     /// [`ensure_boto3`]) against this daemon, with `SILO_ENDPOINT`, the
     /// admin key (`ADMIN_KEY`, `ADMIN_SECRET`) and `env` in its environment
-    /// and no `AWS_PROFILE`; then stops the daemon.
-    pub fn run_python_client(mut self, script: &str, env: &[(&str, &str)]) -> ClientRun {
-        let mut run = self.python_client(script, env);
-        run.daemon_log = self.stop();
+    /// and no `AWS_PROFILE`; then stops the daemon. An emulator stall under
+    /// the daemon runs both again, as in [`TestDaemon::run_scenario`].
+    pub fn run_python_client(self, script: &str, env: &[(&str, &str)]) -> ClientRun {
+        let mut run = None;
+        let logs = self.run_scenario(|d| run = Some(d.python_client(script, env)));
+        let mut run = run.expect("the scenario ran");
+        run.daemon_log = logs;
         run
     }
 
@@ -572,7 +681,13 @@ impl TestDaemon {
 
     /// Stops the daemon (SIGTERM) and returns its log.
     pub fn stop(&mut self) -> String {
-        match self.place.take() {
+        self.end().logs
+    }
+
+    /// Stops the daemon (SIGTERM): its log, and whether its test host had
+    /// ended in an emulator stall.
+    fn end(&mut self) -> Ended {
+        let logs = match self.place.take() {
             Some(Where::Host(mut child)) => {
                 // SAFETY: plain kill(2) on our own child's pid.
                 unsafe {
@@ -594,11 +709,21 @@ impl TestDaemon {
                 let _ = stopper.request("GET", "/cgi-bin/stop", &[], b"");
                 match run.join() {
                     Ok(Ok(out)) => format!("{}\n{}", out.output, out.console),
+                    Ok(Err(e @ TestHostError::Stalled { .. })) => {
+                        return Ended {
+                            logs: format!("test host failed: {e}"),
+                            stalled: true,
+                        }
+                    }
                     Ok(Err(e)) => format!("test host failed: {e}"),
                     Err(_) => "test host thread panicked".into(),
                 }
             }
             None => String::new(),
+        };
+        Ended {
+            logs,
+            stalled: false,
         }
     }
 
