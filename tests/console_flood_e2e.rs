@@ -7,7 +7,9 @@
 //! directories grows past its cap (the console is a ring in the daemon's
 //! memory, no file at all); the console ring kept at most `console_bytes`
 //! of what the guest wrote; and the daemon keeps serving every function,
-//! the flooders' own VMs included.
+//! the flooders' own VMs included. In the KVM test host the serial
+//! console flood is skipped (it stalls QEMU 7.2's TCG, see below) and the
+//! stdout flood runs alone.
 //!
 //! The console flood is bounded by bytes (`CONSOLE_FLOOD_BYTES` per
 //! writer), not by the guest's timers, and the hostile function's timeout
@@ -31,8 +33,10 @@ const CONSOLE_FLOOD_BYTES: u64 = 24 * 1024;
 /// The function-log bounds the daemon gets (`[logs]`): `chatty` prints far
 /// more than a tenant's share.
 const LOG_FUNCTION_BYTES: u64 = 1 << 20;
-/// A tenant's share of one function's log.
-const LOG_TENANT_BYTES: u64 = 256 << 10;
+/// A tenant's share of one function's log (`chatty` writes more than this
+/// within `FLOOD_S`, even under TCG: ~200 KiB kept in 40 s when the share
+/// was 256 KiB).
+const LOG_TENANT_BYTES: u64 = 128 << 10;
 /// The log store's segment for that share (an eighth, at least 64 KiB).
 const LOG_SEGMENT_BYTES: u64 = 64 << 10;
 /// Seconds `chatty` floods its stdout.
@@ -128,6 +132,21 @@ fn a_console_flood_stays_in_its_ring_and_other_tenants_are_served() {
         );
         return;
     }
+    flood(true);
+}
+
+/// The stdout flood alone runs everywhere, in the KVM test host too (CI):
+/// no serial port is flooded, so the emulator's stall does not come; the
+/// other tenant is served throughout, the flooder's log stays within its
+/// tenant's share and every other file keeps its size.
+#[test]
+fn a_stdout_flood_stays_within_its_tenants_log_share_and_other_tenants_are_served() {
+    flood(false);
+}
+
+/// One daemon with `counter`, `chatty` (a stdout flood) and, when
+/// `console` is set, `hostile` (a serial console flood); the checks above.
+fn flood(console: bool) {
     let counter = std::fs::read(silo_images::artifacts::counter_function().unwrap()).unwrap();
     // Function logs are kept (stdout is the function's log), within their
     // bounds: a share per tenant far below what `chatty` prints.
@@ -138,12 +157,24 @@ fn a_console_flood_stays_in_its_ring_and_other_tenants_are_served() {
         ))
     );
     let serve = script_start_daemon(9414, Some("info"));
-    let create = [
+    let mut create = [
         script_create_function("counter", "--bootstrap counter", 30, "c1.json"),
-        script_create_function("hostile", "--zip hostile.zip", 600, "c2.json"),
         script_create_function("chatty", "--zip chatty.zip", 30, "c3.json"),
     ]
     .concat();
+    // The console flooder's lines, when it takes part.
+    let (mut hostile_first, mut hostile_again) = (String::new(), String::new());
+    if console {
+        create += &script_create_function("hostile", "--zip hostile.zip", 600, "c2.json");
+        hostile_first = format!(
+            "within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' > h1.json \
+             && echo \"HOSTILE_FIRST_OK $(cat h1.json)\"\n"
+        );
+        hostile_again = format!(
+            "within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' \
+             | grep -q '\"count\":2' && echo HOSTILE_STILL_SERVED\n"
+        );
+    }
     let script = format!(
         r#"set -u
 {serve}silo_heartbeat 30
@@ -153,8 +184,7 @@ rss() {{ grep VmRSS /proc/$daemon/status | awk '{{print $2}}'; }}
 echo "RSS_BEFORE $(rss)"
 echo FILES_BEFORE_BEGIN; listing; echo FILES_BEFORE_END
 start=$(date +%s)
-within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' > h1.json && echo "HOSTILE_FIRST_OK $(cat h1.json)"
-within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' > h2.json && echo "CHATTY_FIRST_OK $(cat h2.json)"
+{hostile_first}within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' > h2.json && echo "CHATTY_FIRST_OK $(cat h2.json)"
 [ $diagnosed = 1 ] && {{ kill -KILL $daemon $heartbeat; exit 1; }}
 ok=0; bad=0
 while [ $((ok + bad)) -lt {MIN_INVOKES} ] || [ $(( $(date +%s) - start )) -lt {FLOOD_S} ]; do
@@ -163,10 +193,10 @@ done
 echo "DURING_FLOOD ok=$ok bad=$bad seconds=$(( $(date +%s) - start ))"
 cat invoke-err.txt 2>/dev/null | tail -5
 echo "RSS_AFTER $(rss)"
+echo "EVICTED $(wget -qO- http://127.0.0.1:9415/metrics | grep '^silo_log_segments_evicted_total ' | cut -d' ' -f2)"
 echo FILES_AFTER_BEGIN; listing; echo FILES_AFTER_END
 within {COLD_S} silo invoke --name counter --tenant fresh --payload '{{}}' | grep -q '"count":1' && echo FRESH_TENANT_OK
-within {HOSTILE_S} silo invoke --name hostile --tenant evil --payload '{{}}' | grep -q '"count":2' && echo HOSTILE_STILL_SERVED
-within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' | grep -q '"count":2' && echo CHATTY_STILL_SERVED
+{hostile_again}within {COLD_S} silo invoke --name chatty --tenant loud --payload '{{}}' | grep -q '"count":2' && echo CHATTY_STILL_SERVED
 kill $heartbeat
 kill -TERM $daemon; wait $daemon; echo "DAEMON_EXIT $?"
 echo DAEMON_LOG_BEGIN; grep -v 'invocation answered' daemon.log | tail -60; echo DAEMON_LOG_END
@@ -193,7 +223,8 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
     let out = &run.output;
     let section = |begin: &str, end: &str| common::section(out, begin, end);
     assert!(out.contains("GOOD_WARM"), "{out}");
-    assert!(out.contains("HOSTILE_FIRST_OK"), "{out}");
+    assert!(out.contains("CHATTY_FIRST_OK"), "{out}");
+    assert_eq!(out.contains("HOSTILE_FIRST_OK"), console, "{out}");
 
     // The other tenant was served throughout the flood.
     let during = out
@@ -231,6 +262,16 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
             .or_default() += size;
         *per_function.entry(function.to_string()).or_default() += size;
     }
+    // The flooder did write past its share: whole segments were evicted.
+    let evicted = out
+        .lines()
+        .find_map(|l| l.split("EVICTED ").nth(1))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no EVICTED count:\n{out}"));
+    assert!(
+        evicted > 0,
+        "no log segment was evicted: the flood never filled its share\n{out}"
+    );
     for (tenant, bytes) in &per_tenant {
         assert!(
             *bytes <= LOG_TENANT_BYTES + LOG_SEGMENT_BYTES,
@@ -256,15 +297,27 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
 
     // The daemon keeps serving, new tenants and the hostile one alike.
     assert!(out.contains("FRESH_TENANT_OK"), "{out}");
-    assert!(out.contains("HOSTILE_STILL_SERVED"), "{out}");
+    assert_eq!(out.contains("HOSTILE_STILL_SERVED"), console, "{out}");
     // The stdout flooder is served by the same VM: its VMM survived the
     // traffic (it once died of SIGSYS when glibc shrank the device
     // thread's heap; see `silo_vmm::keep_heaps_unshrunk`).
     assert!(out.contains("CHATTY_STILL_SERVED"), "{out}");
     assert!(out.contains("DAEMON_EXIT 0"), "{out}");
 
-    // The guest wrote more than the ring holds; the ring kept its cap.
     let logs = section("DAEMON_LOG_BEGIN", "DAEMON_LOG_END");
+    assert!(
+        !logs.contains("vmm_exited_before_shutdown=Some"),
+        "a VMM ended by itself:\n{logs}"
+    );
+    let seconds = field(during, "seconds").unwrap_or(1).max(1);
+    if !console {
+        eprintln!(
+            "stdout flood: other tenant's invokes during the flood: {ok} ok, {bad} failed \
+             in {seconds} s; function logs per tenant {per_tenant:?}, {evicted} segments evicted"
+        );
+        return;
+    }
+    // The guest wrote more than the ring holds; the ring kept its cap.
     let hostile = logs
         .lines()
         .find(|l| l.contains("microVM console at shutdown") && l.contains("hostile"))
@@ -281,11 +334,6 @@ echo "DAEMON_LOG_BYTES $(wc -c < daemon.log)"
             .find_map(|l| l.split(&format!("{name} ")).nth(1))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    assert!(
-        !logs.contains("vmm_exited_before_shutdown=Some"),
-        "a VMM ended by itself:\n{logs}"
-    );
-    let seconds = field(during, "seconds").unwrap_or(1).max(1);
     eprintln!(
         "console flood: {total} bytes in about {seconds} s ({} bytes/s), {kept} kept; \
          other tenant's invokes during the flood: {ok} ok, {bad} failed; \
