@@ -13,19 +13,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
-use silo_vmm::devices::bus::BusDevice;
 use silo_vmm::devices::virtio::balloon::{Balloon, Discard, Madvise, DISCARD_ALIGN};
-use silo_vmm::devices::virtio::mmio::MmioTransport;
-use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
-use silo_vmm::memory::{create_guest_memory, GuestMemory, GuestRam};
+use silo_vmm::devices::virtio::Interrupt;
+use silo_vmm::memory::{create_guest_memory, GuestRam};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use common::{avail_addr, desc_addr, used_addr, Input};
+use common::{Driver, Input};
 
 /// Guest RAM in MiB (the smallest the VMM maps).
 const RAM_MIB: u32 = 32;
@@ -56,11 +51,8 @@ impl Discard for Checked {
 }
 
 struct Rig {
-    dev: Arc<Mutex<MmioTransport<Balloon<Checked>>>>,
-    evts: Vec<EventFd>,
-    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    mem: GuestMemory,
-    avail_idx: [u16; 3],
+    d: Driver<Balloon<Checked>>,
+    // Dropped after the device.
     _ram: GuestRam,
 }
 
@@ -78,70 +70,16 @@ impl Rig {
             interrupt.clone(),
         )
         .expect("balloon");
-        let evts = balloon
-            .queue_events()
-            .iter()
-            .map(|e| e.try_clone().expect("eventfd clone"))
-            .collect();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(
-            balloon,
-            mem.clone(),
-            interrupt,
-        )));
-        let mut manager =
-            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().expect("epoll");
-        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         Rig {
-            dev,
-            evts,
-            manager,
-            mem,
-            avail_idx: [0; 3],
+            d: Driver::new(balloon, mem, interrupt),
             _ram: ram,
         }
     }
 
-    fn w(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
-    }
-
     /// Linux's probe: features (with reporting if `reporting`), queues.
     fn driver_init(&mut self, size: u16, reporting: bool) {
-        self.w(0x70, 0);
-        self.w(0x70, 1);
-        self.w(0x70, 3);
-        self.w(0x24, 0);
-        self.w(0x20, if reporting { 1 << 5 } else { 0 });
-        self.w(0x24, 1);
-        self.w(0x20, 1);
-        self.w(0x70, 11);
-        for q in 0..if reporting { 3 } else { 2 } {
-            self.w(0x30, q as u32);
-            self.w(0x38, u32::from(size));
-            self.w(0x80, desc_addr(q) as u32);
-            self.w(0x84, 0);
-            self.w(0x90, avail_addr(q) as u32);
-            self.w(0x94, 0);
-            self.w(0xa0, used_addr(q) as u32);
-            self.w(0xa4, 0);
-            self.w(0x44, 1);
-        }
-        self.w(0x70, 15);
-        self.avail_idx = [0; 3];
-    }
-
-    fn pump(&mut self) {
-        for _ in 0..8 {
-            match self.manager.run_with_timeout(0) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn kick(&mut self, q: usize) {
-        let _ = self.evts[q].write(1);
-        self.pump();
+        let features = 1 << 32 | if reporting { 1 << 5 } else { 0 };
+        self.d.init(features, if reporting { 3 } else { 2 }, size);
     }
 
     /// A reported range: mostly 2 MiB blocks of RAM, sometimes anything.
@@ -165,33 +103,19 @@ impl Rig {
 
     fn step(&mut self, inp: &mut Input<'_>) {
         match inp.u8() % 10 {
-            0 => {
-                let off = u64::from(inp.u8()) * 4 % 0x110;
-                let v = inp.u32();
-                self.w(off, v);
-            }
-            1 => {
-                let off = u64::from(inp.u16() % 0x1000);
-                let len = [1usize, 2, 4, 8][usize::from(inp.u8() % 4)];
-                let mut b = [0u8; 8];
-                self.dev.lock().unwrap().read(off, &mut b[..len]);
-            }
-            2 => {
-                let off = u64::from(inp.u16() % 0x1000);
-                let n = usize::from(inp.u8() % 9);
-                let data = inp.bytes(n).to_vec();
-                self.dev.lock().unwrap().write(off, &data);
-            }
+            0 => self.d.reg_write(inp),
+            1 => self.d.any_read(inp),
+            2 => self.d.any_write(inp),
             3 => {
                 let q = usize::from(inp.u8() % 3);
                 let (idx, (addr, len)) = (inp.u16(), Self::range(inp));
                 let (flags, next) = (inp.u16(), inp.u16());
-                common::write_desc(&self.mem, q, idx, addr, len, flags, next);
+                self.d.write_desc(q, idx, addr, len, flags, next);
             }
             4 => {
                 let q = usize::from(inp.u8() % 3);
                 let head = inp.u16();
-                common::publish(&self.mem, &mut self.avail_idx[q], q, head);
+                self.d.publish(q, head);
             }
             5 => {
                 // A well-formed report of up to 40 ranges, published, kicked.
@@ -201,28 +125,29 @@ impl Rig {
                     let (addr, len) = Self::range(inp);
                     let flags = if i + 1 < n { 3 } else { 2 };
                     let idx = first.wrapping_add(i);
-                    common::write_desc(&self.mem, 2, idx, addr, len, flags, idx.wrapping_add(1));
+                    self.d
+                        .write_desc(2, idx, addr, len, flags, idx.wrapping_add(1));
                 }
-                common::publish(&self.mem, &mut self.avail_idx[2], 2, first);
-                self.kick(2);
+                self.d.publish(2, first);
+                self.d.kick(2);
             }
             6 => {
                 let q = usize::from(inp.u8() % 3);
-                self.kick(q);
+                self.d.kick(q);
             }
             7 => {
                 // The guest writes into its RAM (touching pages).
                 let at = u64::from(inp.u32()) % RAM;
                 let n = usize::from(inp.u8());
                 let data = inp.bytes(n).to_vec();
-                let _ = self.mem.write_slice(&data, GuestAddress(at));
+                let _ = self.d.mem.write_slice(&data, GuestAddress(at));
             }
             8 => {
                 let size = 1u16 << (inp.u8() % 9);
                 let reporting = inp.u8() % 4 != 0;
                 self.driver_init(size, reporting);
             }
-            _ => self.pump(),
+            _ => self.d.pump(),
         }
     }
 }
@@ -238,5 +163,5 @@ fuzz_target!(|data: &[u8]| {
         rig.step(&mut inp);
         steps += 1;
     }
-    rig.pump();
+    rig.d.pump();
 });

@@ -22,24 +22,20 @@ mod common;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
 use silo_vmm::bandwidth::BucketConfig;
-use silo_vmm::devices::bus::BusDevice;
-use silo_vmm::devices::virtio::mmio::MmioTransport;
 use silo_vmm::devices::virtio::net::offload::{check_tx_header, OFFLOAD_FEATURES};
 use silo_vmm::devices::virtio::net::{
     Net, NetBackend, NetLimits, MAX_FRAME_LEN, NET_HDR_LEN, TAP_READ_LEN,
 };
-use silo_vmm::devices::virtio::{Interrupt, VirtioDevice, VirtioSubscriber};
+use silo_vmm::devices::virtio::Interrupt;
 use silo_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use common::{avail_addr, desc_addr, used_addr, Input, MEM};
+use common::{Driver, Input, MEM};
 
 /// The tap's stand-in: one end of a datagram socket pair (frame
 /// boundaries kept, non-blocking), with virtio-net headers or without.
@@ -61,12 +57,8 @@ impl NetBackend for PairBackend {
 }
 
 struct Rig {
-    dev: Arc<Mutex<MmioTransport<Net<PairBackend>>>>,
-    evts: Vec<EventFd>,
-    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    mem: GuestMemory,
+    d: Driver<Net<PairBackend>>,
     host: UnixDatagram,
-    avail_idx: [u16; 2],
     vnet: bool,
 }
 
@@ -79,115 +71,47 @@ impl Rig {
         host.set_nonblocking(true).expect("nonblocking");
         let net = Net::with_backend(PairBackend(dev_end, vnet), None, limits, interrupt.clone())
             .expect("net device");
-        let evts = net
-            .queue_events()
-            .iter()
-            .map(|e| e.try_clone().expect("eventfd clone"))
-            .collect();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(net, mem.clone(), interrupt)));
-        let mut manager =
-            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().expect("epoll");
-        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         Rig {
-            dev,
-            evts,
-            manager,
-            mem,
+            d: Driver::new(net, mem, interrupt),
             host,
-            avail_idx: [0; 2],
             vnet,
         }
-    }
-
-    fn w(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
     }
 
     /// The Linux driver's setup sequence (MAC and VERSION_1 accepted, and
     /// EVENT_IDX and MRG_RXBUF as `extra`'s low bits say), queues of `size`
     /// at fixed places.
     fn driver_init(&mut self, size: u16, extra: u8) {
-        let mut features = 1 << 5;
+        let mut features = 1 << 32 | 1 << 5;
         if extra & 1 != 0 {
             features |= 1 << 29;
         }
         if extra & 2 != 0 {
             features |= 1 << 15;
         }
-        self.w(0x70, 0);
-        self.w(0x70, 1);
-        self.w(0x70, 3);
-        self.w(0x24, 0);
-        self.w(0x20, features);
-        self.w(0x24, 1);
-        self.w(0x20, 1);
-        self.w(0x70, 11);
-        for q in 0..2 {
-            self.w(0x30, q as u32);
-            self.w(0x38, u32::from(size));
-            self.w(0x80, desc_addr(q) as u32);
-            self.w(0x84, 0);
-            self.w(0x90, avail_addr(q) as u32);
-            self.w(0x94, 0);
-            self.w(0xa0, used_addr(q) as u32);
-            self.w(0xa4, 0);
-            self.w(0x44, 1);
-        }
-        self.w(0x70, 15);
-        self.avail_idx = [0; 2];
-    }
-
-    fn pump(&mut self) {
-        for _ in 0..8 {
-            match self.manager.run_with_timeout(0) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn publish(&mut self, q: usize, head: u16) {
-        common::publish(&self.mem, &mut self.avail_idx[q], q, head);
-    }
-
-    fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        common::write_desc(&self.mem, q, idx, addr, len, flags, next);
-    }
-
-    fn kick(&mut self, q: usize) {
-        let _ = self.evts[q].write(1);
-        self.pump();
+        self.d.init(features, 2, size);
     }
 
     fn step(&mut self, inp: &mut Input<'_>) {
         match inp.u8() % 12 {
-            0 => {
-                let off = u64::from(inp.u8()) * 4 % 0x110;
-                let v = inp.u32();
-                self.w(off, v);
-            }
-            1 => {
-                let off = u64::from(inp.u16() % 0x1000);
-                let len = [1usize, 2, 4, 8][usize::from(inp.u8() % 4)];
-                let mut b = [0u8; 8];
-                self.dev.lock().unwrap().read(off, &mut b[..len]);
-            }
+            0 => self.d.reg_write(inp),
+            1 => self.d.any_read(inp),
             2 => {
                 let at = inp.addr();
                 let n = usize::from(inp.u8());
                 let data = inp.bytes(n).to_vec();
-                let _ = self.mem.write_slice(&data, GuestAddress(at));
+                let _ = self.d.mem.write_slice(&data, GuestAddress(at));
             }
             3 => {
                 let q = usize::from(inp.u8() % 2);
                 let (idx, addr, len) = (inp.u16(), inp.addr(), inp.u32());
                 let (flags, next) = (inp.u16(), inp.u16());
-                self.write_desc(q, idx, addr, len, flags, next);
+                self.d.write_desc(q, idx, addr, len, flags, next);
             }
             4 => {
                 let q = usize::from(inp.u8() % 2);
                 let head = inp.u16();
-                self.publish(q, head);
+                self.d.publish(q, head);
             }
             5 => {
                 // A TX frame: header and frame of input size (sometimes
@@ -200,17 +124,19 @@ impl Rig {
                 };
                 let fill = inp.u8();
                 let _ = self
+                    .d
                     .mem
                     .write_slice(&vec![fill; (len as usize).min(0x800)], GuestAddress(at));
                 if inp.u8() % 2 == 0 {
-                    self.write_desc(1, idx, at, len, 0, 0);
+                    self.d.write_desc(1, idx, at, len, 0, 0);
                 } else {
                     let first = len.min(NET_HDR_LEN as u32);
-                    self.write_desc(1, idx, at, first, 1, idx + 1);
-                    self.write_desc(1, idx + 1, at + u64::from(first), len - first, 0, 0);
+                    self.d.write_desc(1, idx, at, first, 1, idx + 1);
+                    self.d
+                        .write_desc(1, idx + 1, at + u64::from(first), len - first, 0, 0);
                 }
-                self.publish(1, idx);
-                self.kick(1);
+                self.d.publish(1, idx);
+                self.d.kick(1);
             }
             6 => {
                 // RX buffers: write-only descriptors of input size.
@@ -224,14 +150,14 @@ impl Rig {
                         _ => 1530,
                     };
                     let at = 0x8_0000 + u64::from(idx % 64) * 0x800;
-                    self.write_desc(0, idx, at, len, 2, 0);
-                    self.publish(0, idx);
+                    self.d.write_desc(0, idx, at, len, 2, 0);
+                    self.d.publish(0, idx);
                 }
-                self.kick(0);
+                self.d.kick(0);
             }
             7 => {
                 let q = usize::from(inp.u8() % 2);
-                self.kick(q);
+                self.d.kick(q);
             }
             8 => {
                 // The host sends frames of any size to the guest.
@@ -245,7 +171,7 @@ impl Rig {
                     let fill = inp.u8();
                     let _ = self.host.send(&vec![fill; len]);
                 }
-                self.pump();
+                self.d.pump();
             }
             9 => self.drain_host(),
             10 => {
@@ -255,8 +181,8 @@ impl Rig {
             }
             _ => {
                 // Let a rate limiter's timer fire.
-                let _ = self.manager.run_with_timeout(2);
-                self.pump();
+                self.d.run_for(2);
+                self.d.pump();
             }
         }
         self.check_bounds();
@@ -287,7 +213,7 @@ impl Rig {
 
     fn check_bounds(&mut self) {
         {
-            let dev = self.dev.lock().unwrap();
+            let dev = self.d.dev.lock().unwrap();
             let held = dev.device().buffered_bytes();
             assert!(held <= TAP_READ_LEN, "device holds {held} bytes");
         }
@@ -320,6 +246,6 @@ fuzz_target!(|data: &[u8]| {
         rig.step(&mut inp);
         steps += 1;
     }
-    rig.pump();
+    rig.d.pump();
     rig.check_bounds();
 });

@@ -17,20 +17,17 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use libfuzzer_sys::fuzz_target;
-use silo_vmm::devices::bus::BusDevice;
-use silo_vmm::devices::virtio::mmio::MmioTransport;
 use silo_vmm::devices::virtio::vsock::connection::{BUF_ALLOC, READ_CHUNK};
 use silo_vmm::devices::virtio::vsock::{Vsock, VsockMuxer, MAX_CONNECTIONS};
-use silo_vmm::devices::virtio::{Interrupt, VirtioSubscriber};
+use silo_vmm::devices::virtio::Interrupt;
 use silo_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use common::{avail_addr, desc_addr, used_addr, Input, MEM};
+use common::{Driver, Input, MEM};
 
 const GUEST_CID: u64 = 3;
 /// Ports that may get a host listener (guest connections to others are reset).
@@ -50,12 +47,8 @@ fn scratch() -> &'static Path {
 }
 
 struct Rig {
-    dev: Arc<Mutex<MmioTransport<Vsock>>>,
-    evts: Vec<EventFd>,
-    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    mem: GuestMemory,
+    d: Driver<Vsock>,
     uds: PathBuf,
-    avail_idx: [u16; 3],
     listeners: Vec<(u32, UnixListener)>,
     streams: Vec<UnixStream>,
 }
@@ -78,65 +71,21 @@ impl Rig {
             assert_eq!(n.to_string(), port, "port in canonical decimal");
         }));
         let vsock = Vsock::with_backend(GUEST_CID, muxer, interrupt.clone()).expect("vsock");
-        let evts = vsock
-            .queue_evts()
-            .iter()
-            .map(|e| e.try_clone().expect("eventfd clone"))
-            .collect();
-        let dev = Arc::new(Mutex::new(MmioTransport::new(
-            vsock,
-            mem.clone(),
-            interrupt,
-        )));
-        let mut manager =
-            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().expect("epoll");
-        manager.add_subscriber(Arc::new(Mutex::new(VirtioSubscriber(dev.clone()))));
         Rig {
-            dev,
-            evts,
-            manager,
-            mem,
+            d: Driver::new(vsock, mem, interrupt),
             uds,
-            avail_idx: [0; 3],
             listeners: Vec::new(),
             streams: Vec::new(),
         }
     }
 
-    fn w(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, &v.to_le_bytes());
-    }
-
     /// The Linux driver's setup sequence, queues of `size` at fixed places.
     fn driver_init(&mut self, size: u16) {
-        self.w(0x70, 0);
-        self.w(0x70, 1);
-        self.w(0x70, 3);
-        self.w(0x24, 1);
-        self.w(0x20, 1);
-        self.w(0x70, 11);
-        for q in 0..3 {
-            self.w(0x30, q as u32);
-            self.w(0x38, u32::from(size));
-            self.w(0x80, desc_addr(q) as u32);
-            self.w(0x84, 0);
-            self.w(0x90, avail_addr(q) as u32);
-            self.w(0x94, 0);
-            self.w(0xa0, used_addr(q) as u32);
-            self.w(0xa4, 0);
-            self.w(0x44, 1);
-        }
-        self.w(0x70, 15);
-        self.avail_idx = [0; 3];
+        self.d.init(1 << 32, 3, size);
     }
 
     fn pump(&mut self) {
-        for _ in 0..8 {
-            match self.manager.run_with_timeout(0) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        self.d.pump();
         self.accept_host();
     }
 
@@ -154,54 +103,32 @@ impl Rig {
         }
     }
 
-    fn publish(&mut self, q: usize, head: u16) {
-        common::publish(&self.mem, &mut self.avail_idx[q], q, head);
-    }
-
-    fn write_desc(&self, q: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        common::write_desc(&self.mem, q, idx, addr, len, flags, next);
-    }
-
     fn kick(&mut self, q: usize) {
-        let _ = self.evts[q].write(1);
-        self.pump();
+        self.d.kick(q);
+        self.accept_host();
     }
 
     fn step(&mut self, inp: &mut Input<'_>) {
         match inp.u8() % 14 {
-            0 => {
-                let off = u64::from(inp.u8()) * 4 % 0x110;
-                let v = inp.u32();
-                self.w(off, v);
-            }
-            1 => {
-                let off = u64::from(inp.u16() % 0x1000);
-                let len = [1usize, 2, 4, 8][usize::from(inp.u8() % 4)];
-                let mut b = [0u8; 8];
-                self.dev.lock().unwrap().read(off, &mut b[..len]);
-            }
-            2 => {
-                let off = u64::from(inp.u16() % 0x1000);
-                let n = usize::from(inp.u8() % 9);
-                let data = inp.bytes(n).to_vec();
-                self.dev.lock().unwrap().write(off, &data);
-            }
+            0 => self.d.reg_write(inp),
+            1 => self.d.any_read(inp),
+            2 => self.d.any_write(inp),
             3 => {
                 let at = inp.addr();
                 let n = usize::from(inp.u8());
                 let data = inp.bytes(n).to_vec();
-                let _ = self.mem.write_slice(&data, GuestAddress(at));
+                let _ = self.d.mem.write_slice(&data, GuestAddress(at));
             }
             4 => {
                 let q = usize::from(inp.u8() % 3);
                 let (idx, addr, len) = (inp.u16(), inp.addr(), inp.u32());
                 let (flags, next) = (inp.u16(), inp.u16());
-                self.write_desc(q, idx, addr, len, flags, next);
+                self.d.write_desc(q, idx, addr, len, flags, next);
             }
             5 => {
                 let q = usize::from(inp.u8() % 3);
                 let head = inp.u16();
-                self.publish(q, head);
+                self.d.publish(q, head);
             }
             6 => {
                 // A well-formed TX packet (header, optional data), fields
@@ -245,16 +172,17 @@ impl Rig {
                 h.extend_from_slice(&flags.to_le_bytes());
                 h.extend_from_slice(&buf_alloc.to_le_bytes());
                 h.extend_from_slice(&fwd_cnt.to_le_bytes());
-                let _ = self.mem.write_slice(&h, GuestAddress(hdr_at));
+                let _ = self.d.mem.write_slice(&h, GuestAddress(hdr_at));
                 let data = inp.bytes(data_len).to_vec();
-                let _ = self.mem.write_slice(&data, GuestAddress(hdr_at + 0x80));
+                let _ = self.d.mem.write_slice(&data, GuestAddress(hdr_at + 0x80));
                 if data_len == 0 {
-                    self.write_desc(1, idx, hdr_at, 44, 0, 0);
+                    self.d.write_desc(1, idx, hdr_at, 44, 0, 0);
                 } else {
-                    self.write_desc(1, idx, hdr_at, 44, 1, idx + 1);
-                    self.write_desc(1, idx + 1, hdr_at + 0x80, data_len as u32, 0, 0);
+                    self.d.write_desc(1, idx, hdr_at, 44, 1, idx + 1);
+                    self.d
+                        .write_desc(1, idx + 1, hdr_at + 0x80, data_len as u32, 0, 0);
                 }
-                self.publish(1, idx);
+                self.d.publish(1, idx);
                 self.kick(1);
             }
             7 => {
@@ -264,8 +192,8 @@ impl Rig {
                     let idx = u16::from(inp.u8());
                     let len = if inp.u8() % 8 == 0 { inp.u32() } else { 0x1000 };
                     let at = 0x8_0000 + u64::from(idx) * 0x400;
-                    self.write_desc(0, idx, at, len, 2, 0);
-                    self.publish(0, idx);
+                    self.d.write_desc(0, idx, at, len, 2, 0);
+                    self.d.publish(0, idx);
                 }
                 self.kick(0);
             }
@@ -342,7 +270,7 @@ impl Rig {
     }
 
     fn check_bounds(&self) {
-        let dev = self.dev.lock().unwrap();
+        let dev = self.d.dev.lock().unwrap();
         let conns = dev.device().connection_count();
         assert!(conns <= MAX_CONNECTIONS, "{conns} connections");
         let held = dev.device().backend().buffered_bytes();

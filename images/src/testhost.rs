@@ -7,18 +7,11 @@
 //! and returns the command's console output and exit code. QEMU is killed and
 //! every temporary file removed on every path out, including timeouts.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use silo_initramfs::newc::NewcWriter;
+use std::time::Duration;
 
 use crate::{cache_dir, run_script, ImageError};
-
-const BEGIN: &str = "SILO_TESTHOST_BEGIN";
-const EXIT: &str = "SILO_TESTHOST_EXIT=";
 
 /// Where [`TestHost::with_qemu`] puts QEMU inside the test host (on `PATH`).
 pub const QEMU_IN_TEST_HOST: &str = "/usr/bin/qemu-system-x86_64";
@@ -64,11 +57,13 @@ pub struct TestHostOutput {
     pub total_time: Duration,
 }
 
+mod initramfs;
+mod qemu;
+mod slot;
 mod stall;
 
-/// Console silence after which the harness asks QEMU's monitor whether the
-/// test host stalled (see [`stall`]); asked again at this interval.
-const STALL_CHECK: Duration = Duration::from_secs(60);
+use initramfs::shared_libraries;
+pub use slot::HostSlot;
 
 /// Errors running the test host.
 #[derive(Debug, thiserror::Error)]
@@ -142,46 +137,6 @@ pub fn image() -> Result<PathBuf, TestHostError> {
     Ok(run_script("testhost/fetch.sh", "KVM test host image")?)
 }
 
-/// The right to run a test host: one at a time per machine (all
-/// processes), since the test host's emulated CPU keeps a host core busy and
-/// two of them on a 2-core machine halve each other's speed and make every
-/// timeout a guess. Held as an exclusive `flock` on
-/// `$TMPDIR/silo-testhost-slot.lock`; released on drop (or when the process
-/// dies).
-pub struct HostSlot {
-    _file: std::fs::File,
-}
-
-impl HostSlot {
-    /// Waits for the slot, saying so on stderr when another run holds it.
-    pub fn acquire() -> Result<Self, TestHostError> {
-        // Machine-wide (not per cache directory): two checkouts or CI runs
-        // on one machine share its cores too.
-        let path = std::env::temp_dir().join("silo-testhost-slot.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(ImageError::io(format!("opening {}", path.display())))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let waited = Instant::now();
-            eprintln!("[testhost] waiting for another test host to finish (one at a time)");
-            // SAFETY: as above; blocks until the holder releases it.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-                return Err(ImageError::io(format!("locking {}", path.display()))(
-                    std::io::Error::last_os_error(),
-                )
-                .into());
-            }
-            eprintln!("[testhost] slot free after {:.1?}", waited.elapsed());
-        }
-        Ok(Self { _file: file })
-    }
-}
-
 /// A test host run being assembled: files to include, resources, timeout.
 pub struct TestHost {
     files: Vec<(String, Source, u32)>,
@@ -214,15 +169,6 @@ impl Drop for RunDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-/// Kills and reaps QEMU when dropped.
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -386,81 +332,6 @@ impl TestHost {
         self
     }
 
-    fn initramfs(&self, image: &Path, command: &str) -> Result<Vec<u8>, ImageError> {
-        let io = |what: String| {
-            move |e| ImageError::Io {
-                context: what,
-                source: e,
-            }
-        };
-        let mut w = NewcWriter::new(Vec::with_capacity(64 << 20));
-        for d in [
-            "/dev",
-            "/proc",
-            "/sys",
-            "/tmp",
-            "/run",
-            "/bin",
-            "/sbin",
-            "/usr/bin",
-            "/usr/sbin",
-            "/work",
-        ] {
-            w.dir(d, 0o755).map_err(io(format!("adding {d}")))?;
-        }
-        w.char_device("/dev/console", 0o600, 5, 1)
-            .map_err(io("adding /dev/console".into()))?;
-        let busybox = std::fs::read(crate::guest::BUSYBOX).map_err(ImageError::io(
-            "reading /bin/busybox (apt-get install busybox-static)",
-        ))?;
-        w.file("/bin/busybox", 0o755, &busybox)
-            .map_err(io("adding busybox".into()))?;
-        let mut modules = vec!["irqbypass".to_string(), "kvm".into(), "kvm-amd".into()];
-        if !self.port_forwards.is_empty() {
-            let order = image.join("modules").join("net.order");
-            let text = std::fs::read_to_string(&order)
-                .map_err(ImageError::io(format!("reading {}", order.display())))?;
-            modules.extend(text.split_whitespace().map(str::to_string));
-            w.file("/modules/net.order", 0o644, text.as_bytes())
-                .map_err(io("adding net.order".into()))?;
-        }
-        if self.netfilter {
-            let order = image.join("modules").join("nft.order");
-            let mut text = std::fs::read_to_string(&order)
-                .map_err(ImageError::io(format!("reading {}", order.display())))?;
-            if self.port_forwards.is_empty() {
-                // The taps' /dev/net/tun (net.order loads it otherwise).
-                text.insert_str(0, "tun\n");
-            }
-            modules.extend(text.split_whitespace().map(str::to_string));
-            w.file("/modules/nft.order", 0o644, text.as_bytes())
-                .map_err(io("adding nft.order".into()))?;
-        }
-        for m in &modules {
-            let p = image.join("modules").join(format!("{m}.ko"));
-            let data =
-                std::fs::read(&p).map_err(ImageError::io(format!("reading {}", p.display())))?;
-            w.file(&format!("/modules/{m}.ko"), 0o644, &data)
-                .map_err(io(format!("adding module {m}")))?;
-        }
-        for (guest, src, mode) in &self.files {
-            let data = match src {
-                Source::Host(p) => {
-                    std::fs::read(p).map_err(ImageError::io(format!("reading {}", p.display())))?
-                }
-                Source::Bytes(b) => b.clone(),
-            };
-            w.file(guest, *mode, &data)
-                .map_err(io(format!("adding {guest}")))?;
-        }
-        w.file("/command.sh", 0o755, command.as_bytes())
-            .map_err(io("adding the command".into()))?;
-        w.file("/init", 0o755, INIT.as_bytes())
-            .map_err(io("adding /init".into()))?;
-        w.finish()
-            .map_err(io("finishing the test host initramfs".into()))
-    }
-
     /// Boots the test host and runs `command` (a `sh` script) in `/work`.
     ///
     /// Progress lines and the command's output go to stderr as they arrive,
@@ -528,201 +399,6 @@ impl TestHost {
             .map_err(ImageError::io(format!("creating {}", log_path.display())))?;
         self.boot(&image, &cpio_path, log)
     }
-
-    /// The QEMU command line for one run.
-    fn qemu_command(&self, image: &Path, cpio: &Path, monitor: &Path) -> Command {
-        let mut cmd = Command::new("qemu-system-x86_64");
-        let cpu = std::env::var("SILO_TESTHOST_CPU").unwrap_or_else(|_| "EPYC,+svm,+npt".into());
-        cmd.args(["-accel", "tcg,thread=multi", "-M", "q35"])
-            .args(["-cpu", &cpu])
-            .args(["-m", &self.memory_mib.to_string()])
-            .args(["-smp", &self.cpus.to_string()])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", "stdio", "-no-reboot"])
-            .arg("-kernel")
-            .arg(image.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(cpio)
-            .args([
-                "-append",
-                "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init clocksource=hpet",
-            ]);
-        if !self.port_forwards.is_empty() {
-            let mut netdev = String::from("user,id=net0");
-            for (h, g) in &self.port_forwards {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
-            }
-            // No option ROM: the test host boots its kernel directly.
-            cmd.args(["-netdev", &netdev])
-                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
-        }
-        // QEMU's monitor on a Unix socket: the harness recognises a stalled
-        // test host through it ([`stall`]), and so can a person
-        // (`info registers`, `info lapic`).
-        let mut arg = std::ffi::OsString::from("unix:");
-        arg.push(monitor);
-        arg.push(",server=on,wait=off");
-        cmd.arg("-monitor").arg(arg);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    /// Runs QEMU to the end of the command, streaming and logging its console.
-    fn boot(
-        &self,
-        image: &Path,
-        cpio: &Path,
-        mut log: std::fs::File,
-    ) -> Result<TestHostOutput, TestHostError> {
-        let started = Instant::now();
-        eprintln!(
-            "[testhost] booting QEMU TCG test host (nested SVM, {} MiB, {} CPU{}); timeout {:?}",
-            self.memory_mib,
-            self.cpus,
-            if self.port_forwards.is_empty() {
-                ""
-            } else {
-                ", port forwarding"
-            },
-            self.timeout
-        );
-        // In the run directory (removed with it), unless that path is too
-        // long for a Unix socket (108 bytes).
-        let monitor = std::env::var_os("SILO_TESTHOST_MONITOR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cpio.with_file_name("monitor.sock"));
-        let monitor = if monitor.as_os_str().len() < 100 {
-            monitor
-        } else {
-            std::env::temp_dir().join(format!("silo-testhost-{}.sock", std::process::id()))
-        };
-        let child = self
-            .qemu_command(image, cpio, &monitor)
-            .spawn()
-            .map_err(TestHostError::Spawn)?;
-        let mut child = KillOnDrop(child);
-        let stdout = child.0.stdout.take().expect("piped stdout");
-        let mut stderr = child.0.stderr.take().expect("piped stderr");
-        let verbose = std::env::var_os(VERBOSE_ENV).is_some();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line).replace('\r', "");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-
-        let deadline = started + self.timeout;
-        let mut console = Vec::new();
-        let mut begun_at = None;
-        let mut exit_code = None;
-        let mut last_line = Instant::now();
-        let mut last_check = Instant::now();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(500))) {
-                Ok(line) => {
-                    last_line = Instant::now();
-                    let _ = writeln!(log, "{line}");
-                    if line.starts_with(BEGIN) && begun_at.is_none() {
-                        begun_at = Some(started.elapsed());
-                        eprintln!(
-                            "[testhost] up after {:.1?}; running the command",
-                            started.elapsed()
-                        );
-                    } else if let Some(rc) = line.strip_prefix(EXIT) {
-                        exit_code = rc.trim().parse::<i32>().ok();
-                    } else if verbose || begun_at.is_some() {
-                        eprintln!("[testhost] {line}");
-                    } else if line.starts_with("[testhost] ") {
-                        // The init's own notes (TSC calibration, a module
-                        // that failed to load) before the command starts.
-                        eprintln!("{line}");
-                    }
-                    console.push(line);
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if last_line.elapsed() >= STALL_CHECK && last_check.elapsed() >= STALL_CHECK {
-                        last_check = Instant::now();
-                        if let Some(state) = stall::stalled(&monitor) {
-                            drop(child);
-                            eprintln!("[testhost] stalled (QEMU did not deliver a pending interrupt); QEMU killed:\n{state}");
-                            return Err(TestHostError::Stalled {
-                                silent: last_line.elapsed(),
-                                state,
-                                tail: tail(&console),
-                            });
-                        }
-                    }
-                    if let Some(every) = self.heartbeat {
-                        if begun_at.is_some() && last_line.elapsed() >= every * 4 {
-                            drop(child);
-                            let state = format!(
-                                "no heartbeat for {:?} from a command that prints one every {every:?}: \
-                                 the test host stopped running its timers",
-                                last_line.elapsed()
-                            );
-                            eprintln!("[testhost] stalled ({state}); QEMU killed");
-                            return Err(TestHostError::Stalled {
-                                silent: last_line.elapsed(),
-                                state,
-                                tail: tail(&console),
-                            });
-                        }
-                    }
-                    if Instant::now() >= deadline {
-                        drop(child);
-                        eprintln!("[testhost] timed out after {:?}; QEMU killed", self.timeout);
-                        return Err(TestHostError::Timeout {
-                            timeout: self.timeout,
-                            tail: tail(&console),
-                        });
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        let _ = child.0.wait();
-        let _ = reader.join();
-        let qemu_err = err_reader.join().unwrap_or_default();
-        let _ = writeln!(log, "--- qemu stderr ---\n{qemu_err}");
-        let total_time = started.elapsed();
-        let Some(exit_code) = exit_code else {
-            let mut t = tail(&console);
-            if !qemu_err.trim().is_empty() {
-                t.push_str("\nqemu stderr: ");
-                t.push_str(qemu_err.trim());
-            }
-            return Err(TestHostError::NoExitMarker { tail: t });
-        };
-        let begin = console
-            .iter()
-            .position(|l| l.starts_with(BEGIN))
-            .map_or(0, |i| i + 1);
-        let end = console
-            .iter()
-            .rposition(|l| l.starts_with(EXIT))
-            .unwrap_or(console.len());
-        let output = console[begin..end.max(begin)].join("\n");
-        eprintln!("[testhost] command exited {exit_code} after {total_time:.1?}");
-        Ok(TestHostOutput {
-            output,
-            exit_code,
-            console: console.join("\n"),
-            boot_time: begun_at.unwrap_or_default(),
-            total_time,
-        })
-    }
 }
 
 /// Removes run directories left by test processes that were killed before
@@ -746,37 +422,3 @@ fn remove_stale_run_dirs() {
         }
     }
 }
-
-fn tail(lines: &[String]) -> String {
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// Shared libraries (and the loader) a dynamic binary needs, from `ldd`.
-fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, TestHostError> {
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .map_err(|e| TestHostError::Ldd {
-            path: bin.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        // Static binaries make ldd fail with "not a dynamic executable".
-        return Ok(Vec::new());
-    }
-    let mut libs = Vec::new();
-    for line in text.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
-    Ok(libs)
-}
-
-/// The test host's `/init` (busybox `sh`).
-const INIT: &str = include_str!("../testhost/init.sh");

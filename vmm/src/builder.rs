@@ -12,23 +12,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VmFd};
-use linux_loader::cmdline::Cmdline;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::boot::loader::{self, LoadedInitrd, LoadedKernel};
 use crate::boot::{cpuid, mptable, params, regs};
-use crate::device_manager::{DeviceError, EventLoopHandle, MmioDeviceManager};
+use crate::device_manager::{DeviceError, MmioDeviceManager};
 use crate::devices::bus::{Bus, SharedDevice};
 use crate::devices::i8042::{IgnoredPorts, I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{SerialDevice, TimedWriter, COM1_IRQ, COM1_LEN, COM1_PORT};
@@ -36,20 +31,18 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::pmem::PmemRegionGuard;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::kvm::{HostKvm, KvmError};
-use crate::memory::{
-    self, GuestMemory, GuestRam, ImageMapping, CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_MMIO_START,
-};
+use crate::memory::{self, GuestMemory, GuestRam, ImageMapping, CMDLINE_START, VIRTIO_MMIO_START};
 use crate::timeline::Timeline;
 use crate::vcpu::{Vcpu, VcpuStop};
-use crate::vm::{
-    CmdlineError, SerialOutput, VmConfig, VmExit, VmReport, VmmError, MAX_PMEM, MAX_VCPUS,
-    VIRTIO_FIRST_IRQ,
-};
+use crate::vm::{VmConfig, VmmError, MAX_PMEM, MAX_VCPUS, VIRTIO_FIRST_IRQ};
 
-/// Guest address of the TSS KVM needs on Intel (three pages below 4 GiB).
-const TSS_ADDRESS: u64 = 0xfffb_d000;
-/// Guest address of the identity-map page KVM needs on Intel.
-const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+mod running;
+mod setup;
+
+pub use running::RunningVm;
+use running::StartGate;
+use setup::{base_cmdline, create_kvm_vm, create_memory, serial_writer, write_cmdline};
+
 /// Ports the guest probes that silo answers with all ones: POST code, PCI
 /// config, COM2-COM4, the ELCR.
 const IGNORED_PORTS: [(u64, u64); 6] = [
@@ -533,318 +526,5 @@ impl<'a> VmBuilder<'a> {
                 Err(e)
             }
         }
-    }
-}
-
-/// Holds the vCPU threads before their first `KVM_RUN`: each arrives once
-/// it has filtered itself; the main thread waits for every arrival, filters
-/// itself, then opens the gate.
-#[derive(Default)]
-struct StartGate {
-    /// vCPU threads arrived, and whether the gate is open.
-    state: Mutex<(usize, bool)>,
-    changed: Condvar,
-}
-
-impl StartGate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Called by a vCPU thread: counts it in and blocks until the gate is
-    /// open.
-    fn arrive_and_wait(&self) {
-        let mut state = self.lock();
-        state.0 += 1;
-        self.changed.notify_all();
-        while !state.1 {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Blocks until `n` vCPU threads have arrived.
-    fn wait_for_arrivals(&self, n: usize) {
-        let mut state = self.lock();
-        while state.0 < n {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Lets every arrived (and later) vCPU thread through.
-    fn open(&self) {
-        self.lock().1 = true;
-        self.changed.notify_all();
-    }
-}
-
-/// A VM whose vCPUs run. [`RunningVm::wait`] returns when the guest resets
-/// or shuts down; dropping it without waiting stops the VM too.
-pub struct RunningVm {
-    timeline: Timeline,
-    kernel: std::path::PathBuf,
-    threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
-    event_loop: Option<EventLoopHandle>,
-    events: mpsc::Receiver<Event>,
-    first_run: Arc<OnceLock<Instant>>,
-    first_serial: Arc<OnceLock<Instant>>,
-    // Declared last: dropped after the vCPU threads were joined above.
-    _vm: VmFd,
-    /// Guest RAM; `None` once leaked because a vCPU thread could not be
-    /// joined (it might still touch guest memory).
-    ram: Option<GuestRam>,
-    /// The pmem images' mappings, kept (or leaked) with the RAM.
-    images: Vec<ImageMapping>,
-}
-
-impl RunningVm {
-    /// Waits for the VM's end, stops every vCPU and the device loop, and
-    /// reports how it ended with its boot timeline.
-    pub fn wait(mut self) -> Result<VmReport, VmmError> {
-        let outcome = wait_for_end(&self.events, &self.kernel);
-        let timeline = self.shut_down();
-        outcome.map(|exit| VmReport { exit, timeline })
-    }
-
-    /// The boot vCPU enters KVM_RUN microseconds after its thread is let
-    /// through: wait for it (up to 1 s) and write the phases so far to
-    /// `file`, opened at `path` before the main thread's seccomp filter.
-    fn write_early_timeline(&self, path: &std::path::Path, mut file: std::fs::File) {
-        use std::io::Write;
-        let waited = Instant::now();
-        while self.first_run.get().is_none() && waited.elapsed() < Duration::from_secs(1) {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        let mut early = self.timeline.clone();
-        early.first_kvm_run = self.first_run.get().map(|t| Timeline::since_start(*t));
-        if let Err(e) = file.write_all(early.to_json().as_bytes()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write the timeline file");
-        }
-    }
-
-    /// Stops and joins the vCPUs, stops the device loop, completes and logs
-    /// the timeline. Idempotent.
-    fn shut_down(&mut self) -> Timeline {
-        if self.timeline.vm_exit.is_none() {
-            if !stop_vcpus(&self.stop, std::mem::take(&mut self.threads)) {
-                if let Some(ram) = self.ram.take() {
-                    ram.leak();
-                }
-                for image in std::mem::take(&mut self.images) {
-                    image.leak();
-                }
-            }
-            drop(self.event_loop.take());
-            self.timeline.first_kvm_run = self.first_run.get().map(|t| Timeline::since_start(*t));
-            self.timeline.first_serial_byte =
-                self.first_serial.get().map(|t| Timeline::since_start(*t));
-            self.timeline.vm_exit = Some(Timeline::now());
-            tracing::info!(timeline = %self.timeline.to_json(), "VM ended");
-        }
-        self.timeline.clone()
-    }
-}
-
-impl Drop for RunningVm {
-    fn drop(&mut self) {
-        self.shut_down();
-    }
-}
-
-/// Creates the KVM VM: TSS and identity map pages, in-kernel irqchip
-/// (PIC, IO-APIC, LAPICs) and PIT.
-fn create_kvm_vm(kvm: &Kvm) -> Result<VmFd, VmmError> {
-    let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    vm.set_tss_address(TSS_ADDRESS as usize)
-        .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
-    vm.set_identity_map_address(IDENTITY_MAP_ADDRESS)
-        .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
-    Ok(vm)
-}
-
-/// Maps guest RAM and gives each region to KVM as a memory slot.
-fn create_memory(vm: &VmFd, mem_mib: u32) -> Result<GuestRam, VmmError> {
-    let mem = memory::create_guest_memory(mem_mib)?;
-    for (slot, region) in mem.iter().enumerate() {
-        let host = mem
-            .get_host_address(region.start_addr())
-            .map_err(VmmError::HostMapping)?;
-        let region = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().raw_value(),
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which outlives
-        // the VM: the builder and then `RunningVm` keep it until every vCPU
-        // thread has been joined.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-    }
-    Ok(mem)
-}
-
-fn serial_writer(out: &SerialOutput) -> Result<Box<dyn std::io::Write + Send>, VmmError> {
-    Ok(match out {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::Off => Box::new(std::io::sink()),
-        SerialOutput::File(path) => {
-            Box::new(
-                std::fs::File::create(path).map_err(|source| VmmError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            )
-        }
-    })
-}
-
-/// The configured command line as a linux-loader [`Cmdline`].
-fn base_cmdline(raw: &str) -> Result<Cmdline, CmdlineError> {
-    if raw.as_bytes().contains(&0) {
-        return Err(CmdlineError::Nul);
-    }
-    let raw = raw.trim();
-    if raw.len() + 1 > CMDLINE_MAX_SIZE {
-        return Err(CmdlineError::TooLong {
-            len: raw.len() + 1,
-            max: CMDLINE_MAX_SIZE,
-        });
-    }
-    Cmdline::try_from(raw, CMDLINE_MAX_SIZE).map_err(CmdlineError::Loader)
-}
-
-/// Writes `cmdline` (NUL-terminated) at [`CMDLINE_START`]; returns its
-/// length including the NUL.
-fn write_cmdline(mem: &GuestMemory, cmdline: &Cmdline) -> Result<usize, CmdlineError> {
-    let bytes = cmdline
-        .as_cstring()
-        .map_err(CmdlineError::Loader)?
-        .into_bytes_with_nul();
-    if bytes.len() > CMDLINE_MAX_SIZE {
-        return Err(CmdlineError::TooLong {
-            len: bytes.len(),
-            max: CMDLINE_MAX_SIZE,
-        });
-    }
-    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
-        .map_err(CmdlineError::Write)?;
-    Ok(bytes.len())
-}
-
-fn wait_for_end(
-    events: &mpsc::Receiver<Event>,
-    kernel: &std::path::Path,
-) -> Result<VmExit, VmmError> {
-    loop {
-        match events.recv() {
-            Ok(Event::Reset) | Ok(Event::Vcpu(_, VcpuStop::Reset)) => return Ok(VmExit::Reset),
-            Ok(Event::Vcpu(_, VcpuStop::Shutdown)) => return Ok(VmExit::Shutdown),
-            Ok(Event::Vcpu(i, VcpuStop::Error(e))) => {
-                tracing::error!(vcpu = i, error = %e, kernel = %kernel.display(), "vCPU failed");
-                return Err(VmmError::Guest(e));
-            }
-            // A halted or stopped vCPU alone does not end the VM.
-            Ok(Event::Vcpu(_, _)) => {}
-            Err(_) => return Err(VmmError::Guest("every vCPU thread ended".into())),
-        }
-    }
-}
-
-/// Stops and joins the vCPU threads; `false` if one could not be joined.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) -> bool {
-    stop.store(true, Ordering::Release);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut all = true;
-    for t in threads {
-        // Kick until the thread leaves KVM_RUN and sees the stop flag.
-        while !t.is_finished() && Instant::now() < deadline {
-            let _ = t.kill(SIGRTMIN());
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
-            tracing::warn!("a vCPU thread did not stop within 5 s");
-            all = false;
-        }
-    }
-    all
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The main thread gets past `wait_for_arrivals` only once every vCPU
-    /// thread arrived, and no vCPU thread gets past the gate before `open`.
-    #[test]
-    fn start_gate_holds_vcpus_until_opened() {
-        use std::sync::atomic::AtomicUsize;
-        let gate = Arc::new(StartGate::default());
-        let passed = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..3)
-            .map(|_| {
-                let (gate, passed) = (gate.clone(), passed.clone());
-                std::thread::spawn(move || {
-                    gate.arrive_and_wait();
-                    passed.fetch_add(1, Ordering::SeqCst);
-                })
-            })
-            .collect();
-        gate.wait_for_arrivals(3);
-        assert_eq!(gate.lock().0, 3);
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(
-            passed.load(Ordering::SeqCst),
-            0,
-            "a vCPU passed a closed gate"
-        );
-        gate.open();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(passed.load(Ordering::SeqCst), 3);
-    }
-
-    #[test]
-    fn cmdline_keeps_the_old_limits_and_messages() {
-        assert!(matches!(base_cmdline("a\0b"), Err(CmdlineError::Nul)));
-        let long = "x".repeat(CMDLINE_MAX_SIZE);
-        let e = base_cmdline(&long).unwrap_err().to_string();
-        assert!(e.contains("4097 bytes"), "{e}");
-        let c = base_cmdline("  console=ttyS0 quiet ").unwrap();
-        assert_eq!(
-            c.as_cstring().unwrap().to_str().unwrap(),
-            "console=ttyS0 quiet"
-        );
-    }
-
-    #[test]
-    fn cmdline_is_written_nul_terminated() {
-        let mem = memory::create_guest_memory(32).unwrap();
-        let mut c = base_cmdline("console=ttyS0").unwrap();
-        c.add_virtio_mmio_device(0x1000, GuestAddress(0xd000_0000), 5, None)
-            .unwrap();
-        let len = write_cmdline(&mem, &c).unwrap();
-        let want = b"console=ttyS0 virtio_mmio.device=4K@0xd0000000:5\0";
-        assert_eq!(len, want.len());
-        let mut back = vec![0u8; len];
-        mem.read_slice(&mut back, GuestAddress(CMDLINE_START))
-            .unwrap();
-        assert_eq!(&back, want);
     }
 }

@@ -51,6 +51,34 @@ pub struct StoredEvent {
     pub errors: u32,
 }
 
+impl StoredEvent {
+    /// An event from a store's row: its columns (`id, request_id, function,
+    /// tenant, payload, accepted_unix_ms, errors`) as SQL keeps them, the
+    /// integers signed. A negative acceptance time reads as 0; an error
+    /// count that is no `u32` makes the row unreadable (`Err` says so).
+    pub(crate) fn from_row(
+        id: EventId,
+        request_id: String,
+        function: String,
+        tenant: Option<String>,
+        payload: Vec<u8>,
+        accepted_unix_ms: i64,
+        errors: i64,
+    ) -> Result<Self, String> {
+        Ok(StoredEvent {
+            id,
+            event: NewEvent {
+                request_id,
+                function,
+                tenant,
+                payload,
+                accepted_unix_ms: u64::try_from(accepted_unix_ms).unwrap_or(0),
+            },
+            errors: u32::try_from(errors).map_err(|_| "errors out of range".to_string())?,
+        })
+    }
+}
+
 /// An event given up: its last error and how often it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -48,18 +48,18 @@ impl From<PgError> for EventStoreError {
 
 const COLUMNS: &str = "id, request_id, function, tenant, payload, accepted_unix_ms, errors";
 
-fn read_event(row: &Row) -> Result<StoredEvent, postgres::Error> {
-    Ok(StoredEvent {
-        id: row.try_get(0)?,
-        event: NewEvent {
-            request_id: row.try_get(1)?,
-            function: row.try_get(2)?,
-            tenant: row.try_get(3)?,
-            payload: row.try_get(4)?,
-            accepted_unix_ms: u64::try_from(row.try_get::<_, i64>(5)?).unwrap_or(0),
-        },
-        errors: u32::try_from(row.try_get::<_, i32>(6)?).unwrap_or(0),
-    })
+/// Reads one `silo_events` row; `Err` says what is wrong with it.
+fn read_event(row: &Row) -> Result<StoredEvent, String> {
+    let field = |e: postgres::Error| crate::cluster::pg::message(&e);
+    StoredEvent::from_row(
+        row.try_get(0).map_err(field)?,
+        row.try_get(1).map_err(field)?,
+        row.try_get(2).map_err(field)?,
+        row.try_get(3).map_err(field)?,
+        row.try_get(4).map_err(field)?,
+        row.try_get(5).map_err(field)?,
+        i64::from(row.try_get::<_, i32>(6).map_err(field)?),
+    )
 }
 
 fn read_failed(row: &Row) -> Result<FailedEvent, postgres::Error> {
@@ -125,7 +125,7 @@ impl PgEventStore {
             .iter()
             .map(read_event)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.db.error(what, crate::cluster::pg::message(&e)))?;
+            .map_err(|e| self.db.error(what, e))?;
         events.sort_by_key(|e| e.id);
         Ok(events)
     }

@@ -183,18 +183,15 @@ fn u64_of(v: i64) -> u64 {
 /// Reads one `events` row; `Err` says what is wrong with it.
 fn read_event(row: &Row<'_>) -> Result<StoredEvent, String> {
     let field = |e: rusqlite::Error| e.to_string();
-    Ok(StoredEvent {
-        id: row.get(0).map_err(field)?,
-        event: NewEvent {
-            request_id: row.get(1).map_err(field)?,
-            function: row.get(2).map_err(field)?,
-            tenant: row.get(3).map_err(field)?,
-            payload: row.get(4).map_err(field)?,
-            accepted_unix_ms: u64_of(row.get(5).map_err(field)?),
-        },
-        errors: u32::try_from(row.get::<_, i64>(6).map_err(field)?)
-            .map_err(|_| "errors out of range".to_string())?,
-    })
+    StoredEvent::from_row(
+        row.get(0).map_err(field)?,
+        row.get(1).map_err(field)?,
+        row.get(2).map_err(field)?,
+        row.get(3).map_err(field)?,
+        row.get(4).map_err(field)?,
+        row.get(5).map_err(field)?,
+        row.get(6).map_err(field)?,
+    )
 }
 
 fn read_failed(row: &Row<'_>) -> rusqlite::Result<FailedEvent> {

@@ -5,10 +5,14 @@
 //! every JSON record and Lambda's `ApplicationLogLevel`/`SystemLogLevel`
 //! filtering.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+
+mod config;
+mod platform;
+
+pub use config::{LoggingConfig, LoggingInput};
+pub use platform::{billed_ms, platform, Platform, Report};
 
 /// Largest event CloudWatch Logs takes (256 KiB less its 26 bytes of
 /// per-event overhead): a longer line is cut and marked.
@@ -68,133 +72,6 @@ impl Level {
             Self::Error => "ERROR",
             Self::Fatal => "FATAL",
         }
-    }
-}
-
-/// A function's `LoggingConfig`, as stored with it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct LoggingConfig {
-    /// `LogFormat`.
-    #[serde(default)]
-    pub format: LogFormat,
-    /// `ApplicationLogLevel` (JSON only; `None`: INFO).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub application_level: Option<Level>,
-    /// `SystemLogLevel` (JSON only; `None`: INFO).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_level: Option<Level>,
-}
-
-impl LoggingConfig {
-    /// The application level in force (JSON: the one set, else INFO;
-    /// Text: none, every line is kept).
-    pub fn app_min(&self) -> Option<Level> {
-        (self.format == LogFormat::Json).then(|| self.application_level.unwrap_or(Level::Info))
-    }
-
-    /// The system level in force, as [`LoggingConfig::app_min`].
-    pub fn system_min(&self) -> Option<Level> {
-        (self.format == LogFormat::Json).then(|| self.system_level.unwrap_or(Level::Info))
-    }
-
-    /// The environment variables Lambda gives the runtime, which its
-    /// runtime interface clients (awslambdaric, the Node.js client) read
-    /// to write their records in the format and filter them at the level.
-    pub fn runtime_environment(&self, function: &str) -> Vec<(String, String)> {
-        let mut v = vec![
-            (
-                "AWS_LAMBDA_LOG_GROUP_NAME".to_string(),
-                format!("/aws/lambda/{function}"),
-            ),
-            (
-                "AWS_LAMBDA_LOG_FORMAT".to_string(),
-                match self.format {
-                    LogFormat::Text => "Text",
-                    LogFormat::Json => "JSON",
-                }
-                .to_string(),
-            ),
-        ];
-        if let Some(l) = self.app_min() {
-            v.push(("AWS_LAMBDA_LOG_LEVEL".into(), l.as_str().into()));
-        }
-        v
-    }
-
-    /// The `LoggingConfig` shape of the API, for function `name`.
-    pub fn api_shape(&self, name: &str) -> Value {
-        let mut v = json!({
-            "LogFormat": match self.format { LogFormat::Text => "Text", LogFormat::Json => "JSON" },
-            "LogGroup": format!("/aws/lambda/{name}"),
-        });
-        if let (Some(a), Some(s)) = (self.app_min(), self.system_min()) {
-            v["ApplicationLogLevel"] = a.as_str().into();
-            v["SystemLogLevel"] = s.as_str().into();
-        }
-        v
-    }
-}
-
-/// The `LoggingConfig` of CreateFunction and UpdateFunctionConfiguration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct LoggingInput {
-    /// `Text` or `JSON`.
-    pub log_format: Option<String>,
-    /// `TRACE` to `FATAL` (JSON only).
-    pub application_log_level: Option<String>,
-    /// `DEBUG`, `INFO` or `WARN` (JSON only).
-    pub system_log_level: Option<String>,
-    /// Only `/aws/lambda/<function>` (silo keeps one group per function).
-    pub log_group: Option<String>,
-}
-
-impl LoggingConfig {
-    /// Applies `input` to this configuration of function `function`, as
-    /// Lambda: levels need the JSON format; switching to Text clears them.
-    pub fn apply(&mut self, input: &LoggingInput, function: &str) -> Result<(), String> {
-        let mut next = self.clone();
-        match input.log_format.as_deref() {
-            None => {}
-            Some("Text") => {
-                next = LoggingConfig::default();
-            }
-            Some("JSON") => next.format = LogFormat::Json,
-            Some(other) => return Err(format!("LogFormat {other:?} is not valid: Text or JSON")),
-        }
-        if let Some(a) = &input.application_log_level {
-            next.application_level = Some(Level::parse(a).filter(|_| a == &a.to_ascii_uppercase() && a != "WARNING" && a != "CRITICAL").ok_or_else(|| {
-                format!("ApplicationLogLevel {a:?} is not valid: TRACE, DEBUG, INFO, WARN, ERROR or FATAL")
-            })?);
-        }
-        if let Some(s) = &input.system_log_level {
-            next.system_level = Some(match s.as_str() {
-                "DEBUG" => Level::Debug,
-                "INFO" => Level::Info,
-                "WARN" => Level::Warn,
-                _ => {
-                    return Err(format!(
-                        "SystemLogLevel {s:?} is not valid: DEBUG, INFO or WARN"
-                    ))
-                }
-            });
-        }
-        if next.format == LogFormat::Text
-            && (next.application_level.is_some() || next.system_level.is_some())
-        {
-            return Err(
-                "To use ApplicationLogLevel or SystemLogLevel, set LogFormat to JSON".into(),
-            );
-        }
-        if let Some(g) = &input.log_group {
-            if *g != format!("/aws/lambda/{function}") {
-                return Err(format!(
-                    "LogGroup {g:?} is not supported: silo keeps function {function}'s log in /aws/lambda/{function}"
-                ));
-            }
-        }
-        *self = next;
-        Ok(())
     }
 }
 
@@ -326,180 +203,11 @@ fn fit_json(mut obj: Map<String, Value>) -> String {
     let text = Value::Object(obj).to_string();
     cut(&text, MAX_EVENT_BYTES).into_owned()
 }
-
-/// A platform record's kind.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Platform<'a> {
-    /// The environment's init began (cold start).
-    InitStart {
-        /// The function's runtime id.
-        runtime: &'a str,
-        /// The function's name.
-        function: &'a str,
-    },
-    /// The environment's init failed (Lambda's `INIT_REPORT`; a successful
-    /// init's duration is on the first REPORT instead).
-    InitReport {
-        /// From the environment's start to the failure.
-        duration: Duration,
-        /// Lambda's status word (`error`, `timeout`).
-        status: &'a str,
-        /// The runtime's error type, if it gave one.
-        error_type: Option<&'a str>,
-    },
-    /// An invocation began.
-    Start,
-    /// An invocation ended (`status`: success, error, timeout, failure).
-    End {
-        /// Lambda's status word.
-        status: &'a str,
-    },
-    /// The invocation's figures.
-    Report(Report<'a>),
-    /// A line of silo's guest agent (`[silo] ...`).
-    Agent(&'a str),
-}
-
-/// The figures of a REPORT record.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Report<'a> {
-    /// The daemon's measure of the invocation.
-    pub duration: Duration,
-    /// The function's memory size.
-    pub memory_mib: u32,
-    /// The VM's peak memory, if read.
-    pub max_memory_mib: Option<u64>,
-    /// The environment's init (cold starts only).
-    pub init: Option<Duration>,
-    /// Lambda's status word.
-    pub status: &'a str,
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
-}
-
-/// A platform record as stored in `cfg`'s format, or `None` when under the
-/// system level.
-pub fn platform(cfg: &LoggingConfig, ctx: Ctx<'_>, p: Platform<'_>) -> Option<String> {
-    if cfg.system_min().is_some_and(|min| min > Level::Info) {
-        return None;
-    }
-    let id = ctx.request_id.unwrap_or("-");
-    match cfg.format {
-        LogFormat::Text => Some(match p {
-            Platform::InitStart { runtime, .. } => {
-                format!("INIT_START Runtime Version: {runtime}.silo\tRuntime Version ARN: -")
-            }
-            Platform::InitReport {
-                duration,
-                status,
-                error_type,
-            } => {
-                let mut t = format!(
-                    "INIT_REPORT Init Duration: {:.2} ms\tPhase: init\tStatus: {status}",
-                    ms(duration)
-                );
-                if let Some(e) = error_type {
-                    t.push_str(&format!("\tError Type: {}", error_type_text(e)));
-                }
-                t
-            }
-            Platform::Start => format!("START RequestId: {id} Version: $LATEST"),
-            Platform::End { .. } => format!("END RequestId: {id}"),
-            Platform::Report(r) => {
-                let mut t = format!(
-                    "REPORT RequestId: {id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
-                    ms(r.duration),
-                    billed_ms(r.duration),
-                    r.memory_mib
-                );
-                if let Some(m) = r.max_memory_mib {
-                    t.push_str(&format!("\tMax Memory Used: {m} MB"));
-                }
-                if let Some(i) = r.init {
-                    t.push_str(&format!("\tInit Duration: {:.2} ms", ms(i)));
-                }
-                if r.status != "success" {
-                    t.push_str(&format!("\tStatus: {}", r.status));
-                }
-                t
-            }
-            Platform::Agent(line) => cut(line, MAX_EVENT_BYTES).into_owned(),
-        }),
-        LogFormat::Json => {
-            let (kind, record) = match p {
-                Platform::InitStart { runtime, function } => (
-                    "platform.initStart",
-                    json!({"initializationType": "on-demand", "phase": "init",
-                           "runtimeVersion": format!("{runtime}.silo"), "functionName": function,
-                           "functionVersion": "$LATEST"}),
-                ),
-                Platform::InitReport {
-                    duration,
-                    status,
-                    error_type,
-                } => {
-                    let mut record = json!({"initializationType": "on-demand", "phase": "init",
-                           "status": status, "metrics": {"durationMs": ms(duration)}});
-                    if let Some(e) = error_type {
-                        record["errorType"] = error_type_text(e).into();
-                    }
-                    ("platform.initReport", record)
-                }
-                Platform::Start => (
-                    "platform.start",
-                    json!({"requestId": id, "version": "$LATEST"}),
-                ),
-                Platform::End { status } => (
-                    "platform.runtimeDone",
-                    json!({"requestId": id, "status": status}),
-                ),
-                Platform::Report(r) => {
-                    let mut metrics = json!({
-                        "durationMs": ms(r.duration),
-                        "billedDurationMs": billed_ms(r.duration),
-                        "memorySizeMB": r.memory_mib,
-                    });
-                    if let Some(m) = r.max_memory_mib {
-                        metrics["maxMemoryUsedMB"] = m.into();
-                    }
-                    if let Some(i) = r.init {
-                        metrics["initDurationMs"] = ms(i).into();
-                    }
-                    (
-                        "platform.report",
-                        json!({"requestId": id, "metrics": metrics, "status": r.status}),
-                    )
-                }
-                Platform::Agent(line) => (
-                    "silo.agent",
-                    json!({"message": cut(line, MAX_EVENT_BYTES - 512)}),
-                ),
-            };
-            let mut v = json!({"time": iso_time(ctx.ts_ms), "type": kind, "record": record});
-            if let Some(t) = ctx.tenant {
-                v["tenantId"] = t.into();
-            }
-            Some(v.to_string())
-        }
-    }
-}
-
-/// A runtime's error type as a record shows it: one line, at most 128
-/// characters (it is the guest's text).
-fn error_type_text(e: &str) -> String {
-    e.chars().filter(|c| !c.is_control()).take(128).collect()
-}
-
-/// Lambda's billed duration: the duration rounded up to the millisecond.
-pub fn billed_ms(d: Duration) -> u64 {
-    (d.as_secs_f64() * 1000.0).ceil() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::time::Duration;
 
     fn json_cfg(app: Option<Level>, sys: Option<Level>) -> LoggingConfig {
         LoggingConfig {

@@ -1,8 +1,12 @@
-//! What both virtio-mmio fuzz targets share: the guest memory and queue
-//! layout they drive, the input reader, and writing descriptors and
-//! available-ring entries into guest memory.
+//! What the virtio-mmio fuzz targets share: the guest memory and queue
+//! layout they drive, the input reader, writing descriptors and
+//! available-ring entries into guest memory, and the [`Driver`].
 
 #![allow(dead_code)]
+
+mod driver;
+
+pub use driver::Driver;
 
 use silo_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};

@@ -40,7 +40,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
+use crate::devices::virtio::{
+    check_activation, read_config_space, ActivateError, Interrupt, VirtioDevice,
+};
 use crate::memory::GuestMemory;
 
 /// Virtio device id of the balloon.
@@ -326,14 +328,7 @@ impl<D: Discard> VirtioDevice for Balloon<D> {
         // the device never asks for pages, so both read as 0; the driver's
         // writes of `actual` are ignored by the transport.
         let cfg = [0u8; CONFIG_SIZE];
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&cfg, offset, data);
     }
     fn activate(
         &mut self,
@@ -342,15 +337,7 @@ impl<D: Discard> VirtioDevice for Balloon<D> {
         features: u64,
     ) -> Result<(), ActivateError> {
         let want = self.queue_count(features);
-        if queues.len() != want {
-            return Err(ActivateError::Other(format!(
-                "virtio-balloon needs {want} queues, got {}",
-                queues.len()
-            )));
-        }
-        if mem.num_regions() == 0 {
-            return Err(ActivateError::Other("no guest memory".into()));
-        }
+        check_activation("virtio-balloon", want, &queues, &mem)?;
         self.reporting = features & VIRTIO_BALLOON_F_FREE_PAGE_REPORTING != 0;
         self.queues = queues;
         self.mem = Some(mem);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Queue;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
@@ -72,6 +73,40 @@ pub enum ActivateError {
     /// Any other problem.
     #[error("{0}")]
     Other(String),
+}
+
+/// Reads `data.len()` bytes at `offset` of a device's configuration
+/// space `cfg`; bytes past its end read as 0.
+pub fn read_config_space(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| cfg.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// What a device checks on activation: the driver set up the `want`
+/// queues `device` (its name in the error) uses, and there is guest memory.
+pub fn check_activation(
+    device: &str,
+    want: usize,
+    queues: &[Queue],
+    mem: &GuestMemory,
+) -> Result<(), ActivateError> {
+    if queues.len() != want {
+        return Err(ActivateError::Other(format!(
+            "{device} needs {want} queue{}, got {}",
+            if want == 1 { "" } else { "s" },
+            queues.len()
+        )));
+    }
+    if mem.num_regions() == 0 {
+        return Err(ActivateError::Other("no guest memory".into()));
+    }
+    Ok(())
 }
 
 /// A virtio device behind a transport.

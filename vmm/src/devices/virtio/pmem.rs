@@ -26,11 +26,12 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
+use crate::devices::virtio::{
+    check_activation, read_config_space, ActivateError, Interrupt, VirtioDevice,
+};
 use crate::memory::GuestMemory;
 
 /// Virtio device id of pmem.
@@ -246,14 +247,7 @@ impl VirtioDevice for Pmem {
         let mut cfg = [0u8; CONFIG_SIZE];
         cfg[..8].copy_from_slice(&self.start.to_le_bytes());
         cfg[8..].copy_from_slice(&self.size.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&cfg, offset, data);
     }
     fn activate(
         &mut self,
@@ -261,15 +255,7 @@ impl VirtioDevice for Pmem {
         mut queues: Vec<Queue>,
         _features: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::Other(format!(
-                "virtio-pmem needs 1 queue, got {}",
-                queues.len()
-            )));
-        }
-        if mem.num_regions() == 0 {
-            return Err(ActivateError::Other("no guest memory".into()));
-        }
+        check_activation("virtio-pmem", 1, &queues, &mem)?;
         self.queue = queues.pop();
         self.mem = Some(mem);
         Ok(())

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader};
-use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -34,7 +33,9 @@ use super::{
 
 mod rx;
 use crate::bandwidth::{BucketConfig, Limiter};
-use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice};
+use crate::devices::virtio::{
+    check_activation, read_config_space, ActivateError, Interrupt, VirtioDevice,
+};
 use crate::memory::GuestMemory;
 
 /// Virtio device id of net.
@@ -407,14 +408,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_net_config { u8 mac[6]; ... } (only MAC offered).
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.mac.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&self.mac, offset, data);
     }
     fn activate(
         &mut self,
@@ -422,15 +416,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         queues: Vec<Queue>,
         features: u64,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_COUNT {
-            return Err(ActivateError::Other(format!(
-                "virtio-net needs 2 queues, got {}",
-                queues.len()
-            )));
-        }
-        if mem.num_regions() == 0 {
-            return Err(ActivateError::Other("no guest memory".into()));
-        }
+        check_activation("virtio-net", QUEUE_COUNT, &queues, &mem)?;
         self.queues = queues;
         for q in &mut self.queues {
             q.set_event_idx(features & F_EVENT_IDX != 0);
