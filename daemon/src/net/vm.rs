@@ -39,8 +39,8 @@ pub async fn attach(
     Ok(net)
 }
 
-/// One VM's network: its slot, given back (namespace, veth, tap and rules
-/// removed) when dropped.
+/// One VM's network: its slot, given back when dropped (reset for the next
+/// VM, or removed: [`Network`]'s `release`).
 pub struct VmNet {
     pub(super) net: Arc<Network>,
     pub(super) slot: u32,
@@ -49,6 +49,9 @@ pub struct VmNet {
     pub(super) tenant: Arc<Mutex<Option<String>>>,
     /// Whether the slot was given back already.
     pub(super) released: bool,
+    /// Whether its tap was replaced by a test's veth (made again when the
+    /// slot is recycled).
+    pub(super) relink: bool,
 }
 
 impl std::fmt::Debug for VmNet {
@@ -144,13 +147,13 @@ impl VmNet {
         });
     }
 
-    /// Gives the slot back now (blocking: namespace, veth, tap and rules
-    /// are gone when it returns).
+    /// Gives the slot back now (blocking: when it returns, the slot is reset
+    /// for another VM, or its namespace, veth, tap and rules are gone).
     pub fn release(mut self) {
         self.released = true;
         let tenant = self.tenant.lock().expect("tenant").clone();
         self.net
-            .release(self.slot, &self.function, tenant.as_deref());
+            .release(self.slot, &self.function, tenant.as_deref(), self.relink);
         self.net.refill();
     }
 }
@@ -161,11 +164,11 @@ impl Drop for VmNet {
             return;
         }
         let net = Arc::clone(&self.net);
-        let (s, function) = (self.slot, std::mem::take(&mut self.function));
+        let (s, function, relink) = (self.slot, std::mem::take(&mut self.function), self.relink);
         let tenant = self.tenant.lock().expect("tenant").clone();
         // Blocking commands: never on an async worker.
         std::thread::spawn(move || {
-            net.release(s, &function, tenant.as_deref());
+            net.release(s, &function, tenant.as_deref(), relink);
             net.refill();
         });
     }
