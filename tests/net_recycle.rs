@@ -187,7 +187,10 @@ fn a_recycled_slot_carries_nothing_of_its_previous_vm() {
     check(
         GUESTS[0],
         "the old VM's allow-list",
-        &[("its private server", private, true), ("a public address", public, false)],
+        &[
+            ("its private server", private, true),
+            ("a public address", public, false),
+        ],
     );
     // A UDP exchange, answered (an established flow)...
     let old_udp = slot::in_netns(&ns_path(GUESTS[0]), || {
@@ -221,8 +224,13 @@ fn a_recycled_slot_carries_nothing_of_its_previous_vm() {
         ns_path(&ns).exists() && net.ready_slots() == 1,
         "the slot was not recycled"
     );
-    let old_egress = metric(&net, "fn-old", "tenant-old", "silo_network_egress_bytes_total")
-        .expect("the old tenant's traffic is counted");
+    let old_egress = metric(
+        &net,
+        "fn-old",
+        "tenant-old",
+        "silo_network_egress_bytes_total",
+    )
+    .expect("the old tenant's traffic is counted");
     assert!(old_egress > 0);
 
     // The next VM, another function (default policy) and tenant, the same
@@ -267,14 +275,27 @@ fn a_recycled_slot_carries_nothing_of_its_previous_vm() {
     check(
         GUESTS[1],
         "the next VM, on the default policy",
-        &[("a public address", public, true), ("the old VM's private server", private, false)],
+        &[
+            ("a public address", public, true),
+            ("the old VM's private server", private, false),
+        ],
     );
     new.release();
-    let new_egress = metric(&net, "fn-new", "tenant-new", "silo_network_egress_bytes_total")
-        .expect("the new tenant's traffic is counted");
+    let new_egress = metric(
+        &net,
+        "fn-new",
+        "tenant-new",
+        "silo_network_egress_bytes_total",
+    )
+    .expect("the new tenant's traffic is counted");
     assert!(new_egress > 0);
     assert_eq!(
-        metric(&net, "fn-old", "tenant-old", "silo_network_egress_bytes_total"),
+        metric(
+            &net,
+            "fn-old",
+            "tenant-old",
+            "silo_network_egress_bytes_total"
+        ),
         Some(old_egress),
         "the new VM's traffic was counted for the old tenant"
     );
