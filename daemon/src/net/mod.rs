@@ -403,6 +403,7 @@ impl Network {
             tenant: Arc::new(Mutex::new(None)),
             released: false,
             relink: matches!(link, GuestLink::Veth { .. }),
+            live: Arc::new(Mutex::new(true)),
         }))
     }
 

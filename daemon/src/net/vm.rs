@@ -52,6 +52,10 @@ pub struct VmNet {
     /// Whether its tap was replaced by a test's veth (made again when the
     /// slot is recycled).
     pub(super) relink: bool,
+    /// Whether the slot still holds this VM; held while a pooled VM's
+    /// counters are read at binding, so that a read never lands on the
+    /// slot once it is recycled for another VM.
+    pub(super) live: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for VmNet {
@@ -141,9 +145,20 @@ impl VmNet {
             *t = Some(tenant.to_owned());
         }
         let (net, s, function) = (Arc::clone(&self.net), self.slot, self.function.clone());
-        std::thread::spawn(move || match traffic::read(&net.names, s, true) {
-            Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
-            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
+        let live = Arc::clone(&self.live);
+        std::thread::spawn(move || {
+            let live = live.lock().unwrap_or_else(|p| p.into_inner());
+            if !*live {
+                // Ended already: its release counted everything as the
+                // tenant's.
+                return;
+            }
+            match traffic::read(&net.names, s, true) {
+                Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
+                Err(e) => {
+                    tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters")
+                }
+            }
         });
     }
 
@@ -151,6 +166,7 @@ impl VmNet {
     /// for another VM, or its namespace, veth, tap and rules are gone).
     pub fn release(mut self) {
         self.released = true;
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
         let tenant = self.tenant.lock().expect("tenant").clone();
         self.net
             .release(self.slot, &self.function, tenant.as_deref(), self.relink);
@@ -166,8 +182,10 @@ impl Drop for VmNet {
         let net = Arc::clone(&self.net);
         let (s, function, relink) = (self.slot, std::mem::take(&mut self.function), self.relink);
         let tenant = self.tenant.lock().expect("tenant").clone();
+        let live = Arc::clone(&self.live);
         // Blocking commands: never on an async worker.
         std::thread::spawn(move || {
+            *live.lock().unwrap_or_else(|p| p.into_inner()) = false;
             net.release(s, &function, tenant.as_deref(), relink);
             net.refill();
         });
