@@ -526,6 +526,6 @@ impl Network {
     /// namespace (a VM's slot is replaced once it is up, and comes back
     /// when it ends).
     fn retained_slots(&self) -> usize {
-        2 * self.cfg.ready_slots.max(1) as usize
+        2 * self.cfg.ready_slots as usize
     }
 }
