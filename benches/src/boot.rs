@@ -151,7 +151,7 @@ fn run_here(args: &BenchArgs, files: &GuestFiles, peers: &[Peer]) -> Result<(), 
         "[bench] {} function VM cold starts each, with and without a network, interleaved",
         args.boots
     );
-    results["network_cost"] = rt.block_on(network_cost::network_cost(args.boots, files))?;
+    results["network_cost"] = rt.block_on(network_cost::network_cost(args.boots, files, true))?;
     if let Some(fc) = peers.iter().find(|p| p.kind == PeerKind::Firecracker) {
         eprintln!(
             "[bench] {} function VMs each, silo and Firecracker, interleaved: spawn to agent ready and first answer",

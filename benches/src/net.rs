@@ -55,6 +55,12 @@ pub struct NetBenchArgs {
     /// Skip the throughput and round-trip runs.
     #[arg(long)]
     no_throughput: bool,
+    /// Also measure the cold-start comparison with every ended VM's slot
+    /// removed and a new one prepared (`recycle_slots = false`, as before
+    /// slots were recycled), first, in the same run
+    /// (`network_cost_fresh_slots`).
+    #[arg(long)]
+    fresh_slots_too: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-net.json")]
     out: PathBuf,
@@ -148,8 +154,15 @@ fn run_here(args: &NetBenchArgs, files: &GuestFiles, probe: &Path) -> Result<(),
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        results["network_cost"] =
-            rt.block_on(crate::boot::network_cost::network_cost(args.boots, files))?;
+        if args.fresh_slots_too {
+            eprintln!("[bench-net] first with fresh slots (recycle_slots = false)");
+            results["network_cost_fresh_slots"] = rt.block_on(
+                crate::boot::network_cost::network_cost(args.boots, files, false),
+            )?;
+        }
+        results["network_cost"] = rt.block_on(crate::boot::network_cost::network_cost(
+            args.boots, files, true,
+        ))?;
     }
     write(args, &results)?;
     println!(
@@ -194,7 +207,13 @@ fn in_test_host(args: &NetBenchArgs, files: &GuestFiles, probe: &Path) -> Result
         args.rounds,
         args.bytes,
         args.round_trips,
-        if args.no_cold { " --no-cold" } else { "" },
+        if args.no_cold {
+            " --no-cold"
+        } else if args.fresh_slots_too {
+            " --fresh-slots-too"
+        } else {
+            ""
+        },
         if args.no_throughput {
             " --no-throughput"
         } else {

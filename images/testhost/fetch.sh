@@ -81,14 +81,15 @@ for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_
 done
 # silo's [network] (opt-in for the tests that run it): veth, and the
 # nftables pieces of its rulesets (named counters' objref, ct state,
-# masquerade in nat chains, fib),
+# masquerade in nat chains, fib, and ctnetlink: a recycled slot's
+# conntrack flush),
 # each after what modules.dep (made here with depmod: the package ships
 # none) says it needs; built-in ones are simply not listed.
 kver="$(ls root/lib/modules | head -1)"
 PATH="$PATH:/usr/sbin:/sbin" depmod -b root "$kver"
 dep="root/lib/modules/$kver/modules.dep"
 : > "$stage/modules/nft.order"
-for m in veth nf_tables nft_objref nft_ct nft_chain_nat nft_masq nft_fib_inet; do
+for m in veth nf_tables nft_objref nft_ct nft_chain_nat nft_masq nft_fib_inet nf_conntrack_netlink; do
   line="$(grep -E "/$m\.ko(\.[a-z]+)?:" "$dep" || true)"
   if [[ -z "$line" ]]; then
     grep -qE "/$m\.ko" root/lib/modules/*/modules.builtin || { log "module $m is neither in $versioned nor built in"; exit 1; }

@@ -70,8 +70,12 @@ async fn slots_ready(net: &Network, n: usize) {
 /// `n` function VMs with a network and `n` without, alternating (which goes
 /// first alternates too), all jailed (a network needs the jail), egress
 /// `internet`, no resolvers. Skipped, saying why, where the host cannot jail
-/// or has no nftables, veth or tun.
-pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, String> {
+/// or has no nftables, veth or tun. `recycle`: `[network] recycle_slots`.
+pub(crate) async fn network_cost(
+    n: usize,
+    files: &GuestFiles,
+    recycle: bool,
+) -> Result<Value, String> {
     // No CPU share: it starts only once the VM is ready and, on the test
     // host's emulated CPU, would dominate the first answer.
     let settings = JailSettings {
@@ -88,6 +92,7 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
         dns: Some(Vec::new()),
         slots: 8,
         ready_slots: READY_SLOTS,
+        recycle_slots: recycle,
         ..NetworkConfig::default()
     };
     let network = match tokio::task::spawn_blocking(move || Network::start(cfg))
@@ -177,6 +182,7 @@ pub(crate) async fn network_cost(n: usize, files: &GuestFiles) -> Result<Value, 
         |f: fn(&Side) -> &Vec<f64>| (median_ratio(f(with), f(without)) * 1000.0).round() / 1000.0;
     Ok(json!({
         "what": "function VMs, jailed, with a network (prepared slot, egress internet) and without, alternating; host times in ms from the VMM's spawn, boot_call_ms from VmEnv::boot_networked's call (the slot's lease included)",
+        "recycle_slots": recycle,
         "with_network": with.json(),
         "without_network": without.json(),
         "samples_in_order": samples,

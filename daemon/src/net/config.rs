@@ -47,6 +47,10 @@ pub struct NetworkConfig {
     pub burst_bytes: u64,
     /// Per-VM packet rate limit, each direction; 0: none.
     pub packets_per_s: u64,
+    /// Reset an ended VM's slot for the next VM (rules, counters,
+    /// conntrack, neighbours) instead of removing its namespace and
+    /// preparing another: no teardown competes with the next boot.
+    pub recycle_slots: bool,
 }
 
 impl Default for NetworkConfig {
@@ -63,6 +67,7 @@ impl Default for NetworkConfig {
             bandwidth_bytes_per_s: 0,
             burst_bytes: 0,
             packets_per_s: 0,
+            recycle_slots: true,
         }
     }
 }

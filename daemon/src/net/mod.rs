@@ -8,6 +8,7 @@
 //! docs/SECURITY.md describe the model.
 
 mod config;
+pub mod conntrack;
 mod functions;
 pub mod policy;
 pub mod rules;
@@ -119,6 +120,12 @@ pub fn preflight(prefix: &str) -> Result<(), NetError> {
                         missing.push(format!(
                             "the nftables features of silo's rules (kernel modules nf_tables, \
                              nft_objref, nft_ct, nft_chain_nat, nft_masq, nft_fib_inet) ({e})"
+                        ));
+                    }
+                    if let Err(e) = conntrack::flush() {
+                        missing.push(format!(
+                            "flushing a namespace's conntrack table (kernel module \
+                             nf_conntrack_netlink) ({e})"
                         ));
                     }
                     let veth = [
@@ -395,6 +402,8 @@ impl Network {
             function: function.to_owned(),
             tenant: Arc::new(Mutex::new(None)),
             released: false,
+            relink: matches!(link, GuestLink::Veth { .. }),
+            live: Arc::new(Mutex::new(true)),
         }))
     }
 
@@ -477,14 +486,46 @@ impl Network {
         self.traffic.render()
     }
 
-    fn release(&self, s: u32, function: &str, tenant: Option<&str>) {
+    /// Slot `s`'s VM ended: counts its traffic, then recycles the slot
+    /// ([`slot::reset`]) into the prepared ones, or (recycling off, the
+    /// pool full, or the reset failing) removes it.
+    fn release(&self, s: u32, function: &str, tenant: Option<&str>, relink: bool) {
         match traffic::read(&self.names, s, false) {
             Ok(t) => self.traffic.add(function, tenant.unwrap_or(""), &t),
             Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
         }
+        // Inactive under the rules lock: a live policy change that still
+        // saw the slot active has finished, one after it skips the slot;
+        // either way none touches it after the reset below.
+        let keep = {
+            let _rules = self.rules.lock().expect("rules");
+            let mut st = self.slots.lock().expect("slots");
+            st.active.remove(&s);
+            self.cfg.recycle_slots && st.ready.len() < self.retained_slots()
+        };
+        if keep {
+            match slot::reset(&self.names, s, self.base_ruleset(), relink) {
+                Ok(()) => {
+                    let mut st = self.slots.lock().expect("slots");
+                    if !self.closed.load(Ordering::Acquire) {
+                        st.ready.push(s);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(slot = s, error = %e, "cannot recycle a network slot: removing it");
+                }
+            }
+        }
         slot::destroy(&self.names, s);
-        let mut st = self.slots.lock().expect("slots");
-        st.active.remove(&s);
-        st.free.insert(s);
+        self.slots.lock().expect("slots").free.insert(s);
+    }
+
+    /// How many prepared slots recycling keeps: twice `ready_slots`, so
+    /// VMs ending and starting at a steady rate neither make nor remove a
+    /// namespace (a VM's slot is replaced once it is up, and comes back
+    /// when it ends).
+    fn retained_slots(&self) -> usize {
+        2 * self.cfg.ready_slots as usize
     }
 }

@@ -311,6 +311,33 @@ pub fn apply(names: &Names, s: u32, ruleset: String) -> Result<(), NetError> {
     })
 }
 
+/// Readies slot `s` for another VM after its VM ended, keeping the
+/// namespace, veth pair and tap (none of it is torn down and made again):
+/// replaces the namespace's table with `ruleset` (the default policy, fresh
+/// counters: no rule or count of the previous function survives), then
+/// deletes every conntrack entry (no flow of the previous VM is
+/// established for the next), neighbour entry and cached route, and gives
+/// the tap back to root; a tap replaced by a test's veth (`relink`) is made
+/// again. The caller has read the counters and made the slot inactive.
+pub fn reset(names: &Names, s: u32, ruleset: String, relink: bool) -> Result<(), NetError> {
+    let mut batch = String::from("neigh flush all\nroute flush cache\n");
+    if relink {
+        batch.push_str(&format!(
+            "link del {TAP}\ntuntap add dev {TAP} mode tap\naddr add {GATEWAY_ADDR}/30 dev {TAP}\n\
+             link set {TAP} up\n"
+        ));
+    }
+    in_netns(&names.netns_path(s), move || {
+        run("nft", &["-f", "-"], Some(&ruleset))?;
+        super::conntrack::flush()?;
+        run("ip", &["-b", "-"], Some(&batch))?;
+        if !relink {
+            set_tap_owner(TAP, 0)?;
+        }
+        Ok(())
+    })
+}
+
 /// Removes slot `s` (best effort: what is already gone is fine). The
 /// namespace's tap, veth end and rules go with it; deleting the host end
 /// first ends the pair even while a process still holds the namespace.

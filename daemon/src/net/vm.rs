@@ -39,8 +39,8 @@ pub async fn attach(
     Ok(net)
 }
 
-/// One VM's network: its slot, given back (namespace, veth, tap and rules
-/// removed) when dropped.
+/// One VM's network: its slot, given back when dropped (reset for the next
+/// VM, or removed: [`Network`]'s `release`).
 pub struct VmNet {
     pub(super) net: Arc<Network>,
     pub(super) slot: u32,
@@ -49,6 +49,13 @@ pub struct VmNet {
     pub(super) tenant: Arc<Mutex<Option<String>>>,
     /// Whether the slot was given back already.
     pub(super) released: bool,
+    /// Whether its tap was replaced by a test's veth (made again when the
+    /// slot is recycled).
+    pub(super) relink: bool,
+    /// Whether the slot still holds this VM; held while a pooled VM's
+    /// counters are read at binding, so that a read never lands on the
+    /// slot once it is recycled for another VM.
+    pub(super) live: Arc<Mutex<bool>>,
 }
 
 impl std::fmt::Debug for VmNet {
@@ -138,19 +145,31 @@ impl VmNet {
             *t = Some(tenant.to_owned());
         }
         let (net, s, function) = (Arc::clone(&self.net), self.slot, self.function.clone());
-        std::thread::spawn(move || match traffic::read(&net.names, s, true) {
-            Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
-            Err(e) => tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters"),
+        let live = Arc::clone(&self.live);
+        std::thread::spawn(move || {
+            let live = live.lock().unwrap_or_else(|p| p.into_inner());
+            if !*live {
+                // Ended already: its release counted everything as the
+                // tenant's.
+                return;
+            }
+            match traffic::read(&net.names, s, true) {
+                Ok(t) => net.traffic.add(&function, traffic::UNBOUND, &t),
+                Err(e) => {
+                    tracing::warn!(slot = s, error = %e, "cannot read a VM's traffic counters")
+                }
+            }
         });
     }
 
-    /// Gives the slot back now (blocking: namespace, veth, tap and rules
-    /// are gone when it returns).
+    /// Gives the slot back now (blocking: when it returns, the slot is reset
+    /// for another VM, or its namespace, veth, tap and rules are gone).
     pub fn release(mut self) {
         self.released = true;
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
         let tenant = self.tenant.lock().expect("tenant").clone();
         self.net
-            .release(self.slot, &self.function, tenant.as_deref());
+            .release(self.slot, &self.function, tenant.as_deref(), self.relink);
         self.net.refill();
     }
 }
@@ -161,11 +180,13 @@ impl Drop for VmNet {
             return;
         }
         let net = Arc::clone(&self.net);
-        let (s, function) = (self.slot, std::mem::take(&mut self.function));
+        let (s, function, relink) = (self.slot, std::mem::take(&mut self.function), self.relink);
         let tenant = self.tenant.lock().expect("tenant").clone();
+        let live = Arc::clone(&self.live);
         // Blocking commands: never on an async worker.
         std::thread::spawn(move || {
-            net.release(s, &function, tenant.as_deref());
+            *live.lock().unwrap_or_else(|p| p.into_inner()) = false;
+            net.release(s, &function, tenant.as_deref(), relink);
             net.refill();
         });
     }
