@@ -46,8 +46,8 @@ Options:
                                        2 MiB blocks the guest reports free go back to the host (madvise)
       --balloon-stats-file <PATH>      Publish the balloon's counters to this file (created, one page, read
                                        by the daemon). Needs --balloon
-      --balloon-report-order <N>       The guest reports free blocks of 2^N pages (0..=9; the kernel's default
-                                       is 9, 2 MiB). Needs --balloon
+      --balloon-report-order <N>       The guest reports free blocks of 2^N pages (0..=9; the kernel's own is
+                                       10 on silo's kernel; the agent applies it). Needs --balloon
       --small-pages                    Back guest RAM with 4 KiB host pages (MADV_NOHUGEPAGE), not huge pages:
                                        the balloon then gives back every whole free 4 KiB page reported
       --timeline                       Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr
@@ -486,6 +486,36 @@ mod tests {
             run(&["--kernel", "/k", "--serial", "off"]).unwrap().serial,
             SerialOutput::Off
         );
+    }
+
+    #[test]
+    fn balloon_flags_need_the_balloon_and_a_sane_order() {
+        let a = run(&[
+            "--kernel",
+            "/k",
+            "--balloon",
+            "--balloon-stats-file",
+            "/s",
+            "--balloon-report-order",
+            "5",
+            "--small-pages",
+        ])
+        .unwrap();
+        assert!(a.balloon && a.small_pages);
+        assert_eq!(a.balloon_stats_file, Some(PathBuf::from("/s")));
+        assert_eq!(a.balloon_report_order, Some(5));
+        assert!(run(&["--kernel", "/k", "--balloon-report-order", "5"]).is_err());
+        assert!(run(&["--kernel", "/k", "--balloon-stats-file", "/s"]).is_err());
+        let e = run(&[
+            "--kernel",
+            "/k",
+            "--balloon",
+            "--balloon-report-order",
+            "10",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most 9"), "{e}");
     }
 
     #[test]

@@ -12,8 +12,15 @@ const MAGIC: u64 = u64::from_le_bytes(*b"SILOBAL1");
 const COUNTERS: usize = 10;
 const WORDS: usize = COUNTERS + 3;
 
+/// The guest's page reporting order by default: free blocks of 32 pages
+/// (128 KiB). Linux reports a zone only while it holds 32 free blocks of
+/// the order above its low watermark: at order 5 that is 4 MiB, where the
+/// kernel's own order (10 on silo's kernel, 4 MiB blocks) needs 128 MiB
+/// and a 128 MiB guest never reported.
+pub const DEFAULT_REPORT_ORDER: u8 = 5;
+
 /// How a VM's guest memory is backed and given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestMemoryMode {
     /// Back guest RAM with 4 KiB host pages (`--small-pages`): an idle VM
     /// holds only the pages its guest touched, and every free 4 KiB page
@@ -22,8 +29,19 @@ pub struct GuestMemoryMode {
     /// blocks only.
     pub small_pages: bool,
     /// The guest's free page reporting order (`--balloon-report-order`):
-    /// free blocks of 2^N pages are reported. `None`: the kernel's (9).
+    /// free blocks of 2^N pages are reported. `None`: the kernel's (10
+    /// on silo's kernel, which has no hugetlbfs).
     pub report_order: Option<u8>,
+}
+
+impl Default for GuestMemoryMode {
+    /// Huge pages, reporting order [`DEFAULT_REPORT_ORDER`].
+    fn default() -> Self {
+        Self {
+            small_pages: false,
+            report_order: Some(DEFAULT_REPORT_ORDER),
+        }
+    }
 }
 
 impl GuestMemoryMode {
