@@ -29,7 +29,9 @@
 //!   The virtio-balloon device adds nothing either: a free page report is
 //!   `madvise(MADV_DONTNEED)` (already in the common list) on guest RAM,
 //!   the used ring and the irqfd `write` (checked under the devices filter
-//!   in `vmm/tests/balloon_device.rs`).
+//!   in `vmm/tests/balloon_device.rs`); its counters are stores into a
+//!   page of `--balloon-stats-file` mapped before the filters (checked
+//!   there too).
 //! - the jailer parent (a jailed VMM's first process, see `crate::jail`):
 //!   `wait4` for the VMM and exit; nothing else.
 //! - the main thread: waits for the VM's end, kicks the vCPUs out of
