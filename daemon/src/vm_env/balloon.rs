@@ -143,6 +143,33 @@ mod tests {
     use silo_vmm::devices::virtio::balloon::{stats_file, BalloonStats};
 
     #[test]
+    fn modes_become_the_vmm_flags_it_parses() {
+        assert_eq!(
+            GuestMemoryMode::default().vmm_args(),
+            ["--balloon-report-order", "5"]
+        );
+        let small = GuestMemoryMode {
+            small_pages: true,
+            report_order: None,
+        };
+        assert_eq!(small.vmm_args(), ["--small-pages"]);
+        let mut args = vec!["--kernel", "/k", "--balloon"];
+        let all = GuestMemoryMode {
+            small_pages: true,
+            ..Default::default()
+        }
+        .vmm_args();
+        args.extend(all.iter().map(String::as_str));
+        match silo_vmm::cli::parse(args.iter().map(std::ffi::OsString::from)) {
+            Ok(silo_vmm::cli::Command::Run(a)) => {
+                assert!(a.small_pages);
+                assert_eq!(a.balloon_report_order, Some(DEFAULT_REPORT_ORDER));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn reads_what_the_vmm_writes() {
         let dir = std::env::temp_dir().join(format!("silo-balloon-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
