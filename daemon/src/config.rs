@@ -8,8 +8,7 @@
 //! data_dir = "/var/lib/silo"
 //! run_dir = "/run/silo"   # VM run directories; default: "<data_dir>-run"
 //! console_bytes = 65536   # each VM's console ring; 0: console off
-//! small_pages = false     # guest RAM on 4 KiB host pages (less held when
-//!                         # idle, slower boots; see docs/DAEMON.md)
+//! small_pages = false     # guest RAM on 4 KiB host pages (docs/DAEMON.md)
 //! kernel = "/var/lib/silo/images/vmlinux"   # default: silo images build's
 //! agent = "/var/lib/silo/images/silo-guest-agent"
 //! region = "us-east-1"
@@ -132,10 +131,8 @@ pub struct DaemonConfig {
     /// Bytes of each VM's serial console kept in the daemon's memory (a
     /// ring: older output is overwritten); 0 turns the console off.
     pub console_bytes: usize,
-    /// Back guest RAM with 4 KiB host pages (`silo-vmm --small-pages`)
-    /// instead of transparent huge pages: an idle VM holds only the pages
-    /// its guest touched and gives back any free 4 KiB page, its boots
-    /// take more nested page faults.
+    /// Back guest RAM with 4 KiB host pages (`silo-vmm --small-pages`),
+    /// not transparent huge pages: less held when idle, slower boots.
     pub small_pages: bool,
     /// Region in ARNs.
     pub region: String,
