@@ -105,6 +105,7 @@ async fn run_async(args: RunArgs) -> Result<(), String> {
         ),
         pmem: None,
         console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+        memory: Default::default(),
     };
     let booted = VmEnv::boot(&spec, &args.work_dir).await;
     let _ = std::fs::remove_file(&initrd);

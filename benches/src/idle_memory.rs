@@ -9,6 +9,11 @@
 //!   caches and compacts once the VM is idle;
 //! - `silo_today` (with `--baseline-kernel`, e.g. the previous build's
 //!   vmlinux without a balloon driver): what an idle VM held before;
+//! - `silo_small_oN` (with `--small-pages-orders N,...`): silo-vmm with
+//!   `--small-pages` (guest RAM on 4 KiB host pages, 4 KiB discards) and
+//!   the guest reporting free blocks of 2^N pages;
+//! - `silo_huge_oN` (with `--huge-pages-orders N,...`): huge pages, the
+//!   guest reporting free blocks of 2^N pages;
 //! - `firecracker` (with `--firecracker`): the same kernel, initramfs and
 //!   runtime image (virtio-pmem) under Firecracker with its balloon device
 //!   (no inflation, `free_page_reporting: true`).
@@ -32,6 +37,9 @@ use silo_proto::{AgentConfig, Message, Outcome};
 
 use crate::guest_files::{GuestFileArgs, GuestFiles};
 
+mod summary;
+use summary::{boot_summary, summary};
+
 /// Flags for `silo-bench bench-idle-memory`.
 #[derive(clap::Args, Debug)]
 pub struct IdleMemoryArgs {
@@ -51,6 +59,16 @@ pub struct IdleMemoryArgs {
     /// Firecracker's binary: adds the `firecracker` variant.
     #[arg(long)]
     firecracker: Option<PathBuf>,
+    /// Variants on 4 KiB host pages, one per guest reporting order.
+    #[arg(long, value_delimiter = ',')]
+    small_pages_orders: Vec<u8>,
+    /// Variants on huge pages, one per guest reporting order.
+    #[arg(long, value_delimiter = ',')]
+    huge_pages_orders: Vec<u8>,
+    /// Extra boots per silo variant, timed (agent hello) and shut down,
+    /// for the boot cost of each variant in the same run.
+    #[arg(long, default_value = "0")]
+    boots: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-idle-memory.json")]
     out: PathBuf,
@@ -141,6 +159,16 @@ fn in_test_host(
         host = host.file(src, &format!("/work/rt/{name}/rt.img"), 0o644);
     }
     let mut extra = String::new();
+    let orders = |v: &[u8]| v.iter().map(u8::to_string).collect::<Vec<_>>().join(",");
+    if !args.small_pages_orders.is_empty() {
+        extra += &format!(" --small-pages-orders {}", orders(&args.small_pages_orders));
+    }
+    if !args.huge_pages_orders.is_empty() {
+        extra += &format!(" --huge-pages-orders {}", orders(&args.huge_pages_orders));
+    }
+    if args.boots > 0 {
+        extra += &format!(" --boots {}", args.boots);
+    }
     if let Some(b) = &args.baseline_kernel {
         host = host.file(b, "/work/baseline-kernel", 0o644);
         extra += " --baseline-kernel baseline-kernel";
@@ -277,6 +305,10 @@ impl Vm {
 /// Boots silo-vmm (as the daemon does: `--balloon`) and answers one invoke.
 async fn boot_silo(spec: &VmSpec, dir: &Path, n: usize) -> Result<Vm, String> {
     let mut env = VmEnv::boot(spec, dir).await.map_err(e)?;
+    eprintln!(
+        "[idle-memory] boot {n}: agent ready in {:.1} ms",
+        env.boot.timeline.agent_ready_ms
+    );
     let r = env
         .invoke(invoke_msg(n), Duration::from_secs(120))
         .await
@@ -379,6 +411,7 @@ async fn measure(
     // (label, variant, VM, answered at)
     let mut vms: Vec<(String, &'static str, Vm, Instant)> = Vec::new();
     let mut n = 0;
+    let mut boot_ms: Vec<Value> = Vec::new();
     for runtime in &args.runtimes {
         let pmem = images
             .iter()
@@ -395,6 +428,7 @@ async fn measure(
                 pmem: pmem.clone(),
                 jail: silo_daemon::jail::JailMode::Insecure,
                 console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+                memory: Default::default(),
             };
             let label = format!("{runtime}/{mem_mib}");
             n += 1;
@@ -410,6 +444,37 @@ async fn measure(
                 let vm = boot_silo(&spec, &dir, n).await?;
                 vms.push((label.clone(), "silo_today", vm, Instant::now()));
                 eprintln!("[idle-memory] {label}: silo VM with the baseline kernel up");
+            }
+            let mut variants: Vec<(&'static str, VmSpec)> = vec![("silo", spec.clone())];
+            for (small, orders) in [
+                (true, &args.small_pages_orders),
+                (false, &args.huge_pages_orders),
+            ] {
+                for &order in orders {
+                    let mut s = spec.clone();
+                    s.memory = silo_daemon::vm_env::GuestMemoryMode {
+                        small_pages: small,
+                        report_order: Some(order),
+                    };
+                    let name = format!("silo_{}_o{order}", if small { "small" } else { "huge" });
+                    // A handful of names per run, for the run's lifetime.
+                    variants.push((Box::leak(name.into_boxed_str()), s));
+                }
+            }
+            for (variant, s) in &variants[1..] {
+                n += 1;
+                let vm = boot_silo(s, &dir, n).await?;
+                vms.push((label.clone(), variant, vm, Instant::now()));
+                eprintln!("[idle-memory] {label}: {variant} VM up");
+            }
+            for i in 0..args.boots {
+                for (variant, s) in &variants {
+                    let env = VmEnv::boot(s, &dir).await.map_err(e)?;
+                    let ms = env.boot.timeline.agent_ready_ms;
+                    env.shutdown().await;
+                    eprintln!("[idle-memory] {label} {variant} boot {i}: {ms:.1} ms");
+                    boot_ms.push(json!({"vm": label, "variant": variant, "agent_ready_ms": ms}));
+                }
             }
             if let Some(fc) = &args.firecracker {
                 n += 1;
@@ -427,6 +492,9 @@ async fn measure(
             for (label, variant, vm, answered) in vms {
                 let pid = vm.pid().ok_or("a VMM exited")?;
                 let mut m = smaps_rollup(pid)?;
+                if let Vm::Silo(env) = vm {
+                    m["balloon"] = json!(env.balloon_counters());
+                }
                 m["idle_s"] = json!(answered.elapsed().as_secs_f64().round());
                 m["at"] = json!(at);
                 m["vm"] = json!(label);
@@ -461,35 +529,8 @@ async fn measure(
             "firecracker": args.firecracker.as_ref().map(|_| "Firecracker, balloon with free_page_reporting, same kernel, initramfs and pmem image"),
         },
         "summary": summary(&samples),
+        "boots": boot_summary(&boot_ms),
+        "boot_samples": boot_ms,
         "samples": samples,
     }))
-}
-
-/// Per VM and measuring point: each variant's Pss and Rss, and the ratios
-/// of silo to silo_today and to Firecracker.
-fn summary(samples: &[Value]) -> Value {
-    let mut out = serde_json::Map::new();
-    for s in samples {
-        let key = format!(
-            "{} {}",
-            s["vm"].as_str().unwrap_or(""),
-            s["at"].as_str().unwrap_or("")
-        );
-        let entry = out.entry(key).or_insert_with(|| json!({}));
-        let v = s["variant"].as_str().unwrap_or("").to_string();
-        entry[format!("{v}_pss_kib")] = s["pss_kib"].clone();
-        entry[format!("{v}_rss_kib")] = s["rss_kib"].clone();
-    }
-    for entry in out.values_mut() {
-        let get = |k: &str| entry[k].as_f64();
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => json!((a / b * 100.0).round() / 100.0),
-            _ => Value::Null,
-        };
-        let r1 = ratio(get("silo_pss_kib"), get("silo_today_pss_kib"));
-        let r2 = ratio(get("silo_pss_kib"), get("firecracker_pss_kib"));
-        entry["pss_silo_over_today"] = r1;
-        entry["pss_silo_over_firecracker"] = r2;
-    }
-    Value::Object(out)
 }

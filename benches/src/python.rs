@@ -206,6 +206,7 @@ fn spec(
         pmem,
         jail: silo_daemon::jail::JailMode::Insecure,
         console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+        memory: Default::default(),
     })
 }
 

@@ -8,6 +8,7 @@
 //! data_dir = "/var/lib/silo"
 //! run_dir = "/run/silo"   # VM run directories; default: "<data_dir>-run"
 //! console_bytes = 65536   # each VM's console ring; 0: console off
+//! small_pages = false     # guest RAM on 4 KiB host pages (docs/DAEMON.md)
 //! kernel = "/var/lib/silo/images/vmlinux"   # default: silo images build's
 //! agent = "/var/lib/silo/images/silo-guest-agent"
 //! region = "us-east-1"
@@ -130,6 +131,9 @@ pub struct DaemonConfig {
     /// Bytes of each VM's serial console kept in the daemon's memory (a
     /// ring: older output is overwritten); 0 turns the console off.
     pub console_bytes: usize,
+    /// Back guest RAM with 4 KiB host pages (`silo-vmm --small-pages`),
+    /// not transparent huge pages: less held when idle, slower boots.
+    pub small_pages: bool,
     /// Region in ARNs.
     pub region: String,
     /// Account id in ARNs.
@@ -224,6 +228,7 @@ impl Default for DaemonConfig {
             data_dir: default_data_dir(),
             run_dir_setting: None,
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
+            small_pages: false,
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             limits: LimitsConfig::default(),
@@ -588,5 +593,13 @@ mod tests {
         let cfg: DaemonConfig = toml::from_str("console_bytes = 1000000000").unwrap();
         let e = cfg.check().unwrap_err().to_string();
         assert!(e.contains("console_bytes"), "{e}");
+    }
+
+    #[test]
+    fn small_pages_is_off_unless_asked() {
+        let cfg: DaemonConfig = toml::from_str("").unwrap();
+        assert!(!cfg.small_pages);
+        let cfg: DaemonConfig = toml::from_str("small_pages = true").unwrap();
+        assert!(cfg.small_pages);
     }
 }

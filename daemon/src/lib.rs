@@ -40,6 +40,7 @@ pub mod store;
 mod test_logs;
 pub mod vm_backend;
 pub mod vm_env;
+pub mod vm_memory;
 
 pub use events::QueueFull;
 pub use state::{Daemon, FunctionError, Images, InvokeOutcome, StartError};

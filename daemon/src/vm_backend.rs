@@ -130,6 +130,10 @@ pub struct VmBackend {
     /// The copies of pmem images VMs map (per tenant by default).
     copies: RuntimeCopies,
     console_bytes: usize,
+    /// How VMs' guest memory is backed and given back.
+    guest_memory: crate::vm_env::GuestMemoryMode,
+    /// The live VMs' host memory, for `/metrics`.
+    pub(crate) memory: Arc<crate::vm_memory::MemoryRegistry>,
     pub(crate) functions: Mutex<HashMap<String, Arc<FunctionImage>>>,
     /// VMs' networks (`[network]`), if enabled.
     network: Option<Arc<crate::net::Network>>,
@@ -160,6 +164,8 @@ impl VmBackend {
             runtimes: RuntimeSettings::default(),
             runtime_images: Mutex::new(HashMap::new()),
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
+            guest_memory: Default::default(),
+            memory: Default::default(),
             functions: Mutex::new(HashMap::new()),
             network: None,
             logs: None,
@@ -225,6 +231,12 @@ impl VmBackend {
     /// Keeps `bytes` of each VM's serial console in memory (0: console off).
     pub fn with_console_bytes(mut self, bytes: usize) -> Self {
         self.console_bytes = bytes;
+        self
+    }
+
+    /// Backs and gives back VMs' guest memory as `mode` says.
+    pub fn with_guest_memory(mut self, mode: crate::vm_env::GuestMemoryMode) -> Self {
+        self.guest_memory = mode;
         self
     }
 
@@ -368,6 +380,7 @@ impl VmBackend {
             jail: self.jail.clone(),
             pmem: image.pmem.clone(),
             console_bytes: self.console_bytes,
+            memory: self.guest_memory,
         })
     }
 }
@@ -391,6 +404,8 @@ pub struct VmEnvironment {
     _runtime: Option<ImageLease>,
     /// Its tenant's credentials, if the function has a tenant role.
     creds: Option<crate::creds::vm::VmCredentials>,
+    /// Its place in the memory figures of `/metrics`.
+    held: crate::vm_memory::Registration,
 }
 
 impl Backend for VmBackend {
@@ -474,11 +489,17 @@ impl VmBackend {
             agent_ready_ms = t.agent_ready_ms,
             "microVM ready (boot timeline, ms since VMM spawn)"
         );
+        let held = self.memory.register(
+            &binding.function.name,
+            env.memory_source(),
+            env.dir().to_path_buf(),
+        );
         Ok(VmEnvironment {
             env,
             binding: binding.clone(),
             _runtime: runtime,
             creds,
+            held,
         })
     }
 }
@@ -524,7 +545,10 @@ impl Environment for VmEnvironment {
             .timeline
             .first_invocation_answered_ms
             .is_none();
-        let result = self.env.invoke(req.message, req.timeout).await?;
+        self.held.set_busy(true);
+        let result = self.env.invoke(req.message, req.timeout).await;
+        self.held.set_busy(false);
+        let result = result?;
         if first {
             tracing::info!(
                 function = %self.binding.function.name,

@@ -7,14 +7,15 @@
 //! eventfds and the real device event loop.
 //!
 //! Findings: any panic; a discard that is not whole, 2 MiB-aligned 2 MiB
-//! blocks wholly inside one guest RAM mapping (checked by the backend
-//! before it calls the real `madvise`).
+//! blocks (whole 4 KiB pages when the input picks `--small-pages` RAM)
+//! wholly inside one guest RAM mapping (checked by the backend before it
+//! calls the real `madvise`).
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use silo_vmm::devices::virtio::balloon::{Balloon, Discard, Madvise, DISCARD_ALIGN};
+use silo_vmm::devices::virtio::balloon::{Balloon, Discard, Madvise, DISCARD_ALIGN, PAGE_SIZE};
 use silo_vmm::devices::virtio::Interrupt;
 use silo_vmm::memory::{create_guest_memory, GuestRam};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -30,6 +31,8 @@ const RAM: u64 = (RAM_MIB as u64) << 20;
 struct Checked {
     /// (host start, length) of each RAM region.
     regions: Vec<(u64, u64)>,
+    /// The device's discard granule.
+    granule: u64,
     inner: Madvise,
 }
 
@@ -38,7 +41,7 @@ impl Discard for Checked {
         let (h, l) = (host as u64, len as u64);
         assert!(!shared, "guest RAM is private");
         assert!(
-            l > 0 && h % DISCARD_ALIGN == 0 && l % DISCARD_ALIGN == 0,
+            l > 0 && h % self.granule == 0 && l % self.granule == 0,
             "{h:#x}+{l:#x}"
         );
         assert!(
@@ -57,19 +60,28 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Self {
+    /// A rig on huge-page RAM, or on 4 KiB pages (`small`).
+    fn new(small: bool) -> Self {
         let ram = create_guest_memory(RAM_MIB).expect("guest RAM");
+        let granule = if small {
+            ram.use_small_pages().expect("MADV_NOHUGEPAGE");
+            PAGE_SIZE
+        } else {
+            DISCARD_ALIGN
+        };
         let mem = ram.memory().clone();
         let regions = mem.iter().map(|r| (r.as_ptr() as u64, r.len())).collect();
         let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
         let balloon = Balloon::with_discard(
             Checked {
                 regions,
+                granule,
                 inner: Madvise,
             },
             interrupt.clone(),
         )
-        .expect("balloon");
+        .expect("balloon")
+        .with_granule(granule);
         Rig {
             d: Driver::new(balloon, mem, interrupt),
             _ram: ram,
@@ -154,8 +166,9 @@ impl Rig {
 
 fuzz_target!(|data: &[u8]| {
     let mut inp = Input(data);
-    let mut rig = Rig::new();
-    if inp.u8() & 1 == 1 {
+    let first = inp.u8();
+    let mut rig = Rig::new(first & 2 == 2);
+    if first & 1 == 1 {
         rig.driver_init(128, true);
     }
     let mut steps = 0;

@@ -18,6 +18,7 @@ import os
 
 import botocore.exceptions
 import jmespath
+import silo_lambda
 
 from silo_lambda import (client, create_function, expect_function_error, invoke,
                          lam_invoke_plain, package)
@@ -73,6 +74,15 @@ def main():
         counts.append(inner["file_data"]["request_count"])
     print("counts", counts, flush=True)
     assert counts == [1, 2, 1], counts
+    # Idle, the VMs give memory back: their guests report free pages to
+    # the balloon, and /metrics shows it with the memory they hold.
+    text = silo_lambda.wait_for_balloon_reports("tenant-counter")
+    labels = 'function="tenant-counter",state="idle"'
+    for name in ["silo_balloon_discarded_bytes", "silo_memory_held_bytes"]:
+        v = silo_lambda.metric(text, name, labels)
+        print(name, v, flush=True)
+        assert v and v > 0, (name, text)
+    assert (silo_lambda.metric(text, "silo_memory_vms", labels) or 0) >= 1, text
     if os.environ.get("SCENARIO") == "launch-post":
         print("PYTHON_RUNTIME_OK", flush=True)
         return

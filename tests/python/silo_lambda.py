@@ -89,3 +89,45 @@ def lam_invoke_plain(lam, name):
     r = lam.invoke(FunctionName=name, Payload=b"{}")
     assert r["StatusCode"] == 200, r
     return r, json.loads(r["Payload"].read()), ""
+
+
+def metrics():
+    """The daemon's `GET /metrics` text, signed with the admin key."""
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = os.environ["SILO_ENDPOINT"].rstrip("/") + "/metrics"
+    req = AWSRequest(method="GET", url=url)
+    creds = Credentials(os.environ["ADMIN_KEY"], os.environ["ADMIN_SECRET"])
+    SigV4Auth(creds, "lambda", "us-east-1").add_auth(req)
+    r = urllib.request.Request(url, headers=dict(req.headers.items()))
+    with urllib.request.urlopen(r, timeout=60) as resp:
+        return resp.read().decode()
+
+
+def metric(text, name, labels):
+    """The value of `name{labels}` in a /metrics text, or None."""
+    prefix = f"{name}{{{labels}}} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+def wait_for_balloon_reports(function, limit_s=240):
+    """Polls /metrics until the function's idle VMs have reported free
+    pages to their balloons (the agent's idle reclaim, then the guest's
+    free page reporting); returns the text then, fails after `limit_s`."""
+    labels = f'function="{function}",state="idle"'
+    deadline = time.time() + limit_s
+    while True:
+        text = metrics()
+        reports = metric(text, "silo_balloon_reports", labels)
+        if reports and reports > 0:
+            return text
+        if time.time() > deadline:
+            raise AssertionError(f"no balloon report from {function}'s idle VMs:\n{text}")
+        time.sleep(2)

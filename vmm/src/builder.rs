@@ -131,6 +131,9 @@ impl<'a> VmBuilder<'a> {
         }
         let vm = create_kvm_vm(&kvm)?;
         let mem = create_memory(&vm, cfg.mem_mib)?;
+        if cfg.small_pages {
+            mem.use_small_pages().map_err(memory::MemoryError::Advise)?;
+        }
         let next_slot = mem.num_regions() as u32;
         let (events_tx, events_rx) = mpsc::channel();
         Ok(Self {
@@ -267,8 +270,14 @@ impl<'a> VmBuilder<'a> {
     pub fn attach_balloon(&mut self) -> Result<&mut Self, VmmError> {
         if self.cfg.balloon && !self.balloon_attached {
             self.balloon_attached = true;
+            let granule = if self.cfg.small_pages {
+                crate::devices::virtio::balloon::PAGE_SIZE
+            } else {
+                crate::devices::virtio::balloon::DISCARD_ALIGN
+            };
+            let stats = self.cfg.balloon_stats_file.as_deref();
             self.virtio
-                .attach_balloon(&self.vm, &self.mem, &mut self.mmio)?;
+                .attach_balloon(&self.vm, &self.mem, &mut self.mmio, granule, stats)?;
         }
         Ok(self)
     }

@@ -44,6 +44,12 @@ Options:
                                        can mount it with DAX). Repeatable, up to 8
       --balloon                        Give the guest a virtio-balloon device with free page reporting: the
                                        2 MiB blocks the guest reports free go back to the host (madvise)
+      --balloon-stats-file <PATH>      Publish the balloon's counters to this file (created, one page, read
+                                       by the daemon). Needs --balloon
+      --balloon-report-order <N>       The guest reports free blocks of 2^N pages (0..=9; the kernel's own is
+                                       10 on silo's kernel; the agent applies it). Needs --balloon
+      --small-pages                    Back guest RAM with 4 KiB host pages (MADV_NOHUGEPAGE), not huge pages:
+                                       the balloon then gives back every whole free 4 KiB page reported
       --timeline                       Print the boot timeline as one `SILO_TIMELINE {json}` line on stderr
       --timeline-file <TIMELINE_FILE>  Write the boot timeline (JSON, phases up to the first KVM_RUN) to
                                        this file as soon as the guest starts running
@@ -87,6 +93,12 @@ pub struct VmmArgs {
     pub pmem: Vec<PathBuf>,
     /// Attach a virtio-balloon device with free page reporting.
     pub balloon: bool,
+    /// Where the balloon publishes its counters.
+    pub balloon_stats_file: Option<PathBuf>,
+    /// The guest's page reporting order (added to the command line).
+    pub balloon_report_order: Option<u8>,
+    /// Back guest RAM with 4 KiB host pages.
+    pub small_pages: bool,
     /// The virtio-net device, if any.
     pub net: Option<crate::device_manager::NetConfig>,
     /// Print the timeline on stderr at the end.
@@ -160,6 +172,9 @@ const FLAGS: &[(&str, bool)] = &[
     ("--vsock-uds", true),
     ("--pmem", true),
     ("--balloon", false),
+    ("--balloon-stats-file", true),
+    ("--balloon-report-order", true),
+    ("--small-pages", false),
     ("--net-tap", true),
     ("--net-mac", true),
     ("--net-rx-rate", true),
@@ -280,6 +295,21 @@ where
         Some(v) => text("--cmdline", &v)?.to_string(),
     };
     let net = net::parse_net(&get)?;
+    for flag in ["--balloon-stats-file", "--balloon-report-order"] {
+        if has(flag) && !has("--balloon") {
+            return Err(CliError::Required("--balloon"));
+        }
+    }
+    let balloon_report_order = get("--balloon-report-order")
+        .map(|v| number::<u8>("--balloon-report-order", &v))
+        .transpose()?;
+    if let Some(n) = balloon_report_order.filter(|n| *n > 9) {
+        return Err(CliError::Invalid {
+            flag: "--balloon-report-order",
+            value: n.to_string(),
+            reason: "at most 9 (2 MiB)".into(),
+        });
+    }
     let jail = match get("--jail-root") {
         None => {
             for flag in ["--jail-uid", "--jail-gid", "--jail-cgroup", "--jail-netns"] {
@@ -325,6 +355,9 @@ where
             .map(|(_, v)| PathBuf::from(v.clone().unwrap_or_default()))
             .collect(),
         balloon: has("--balloon"),
+        balloon_stats_file: get("--balloon-stats-file").map(PathBuf::from),
+        balloon_report_order,
+        small_pages: has("--small-pages"),
         net,
         timeline: has("--timeline"),
         timeline_file: get("--timeline-file").map(PathBuf::from),
@@ -453,6 +486,36 @@ mod tests {
             run(&["--kernel", "/k", "--serial", "off"]).unwrap().serial,
             SerialOutput::Off
         );
+    }
+
+    #[test]
+    fn balloon_flags_need_the_balloon_and_a_sane_order() {
+        let a = run(&[
+            "--kernel",
+            "/k",
+            "--balloon",
+            "--balloon-stats-file",
+            "/s",
+            "--balloon-report-order",
+            "5",
+            "--small-pages",
+        ])
+        .unwrap();
+        assert!(a.balloon && a.small_pages);
+        assert_eq!(a.balloon_stats_file, Some(PathBuf::from("/s")));
+        assert_eq!(a.balloon_report_order, Some(5));
+        assert!(run(&["--kernel", "/k", "--balloon-report-order", "5"]).is_err());
+        assert!(run(&["--kernel", "/k", "--balloon-stats-file", "/s"]).is_err());
+        let e = run(&[
+            "--kernel",
+            "/k",
+            "--balloon",
+            "--balloon-report-order",
+            "10",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most 9"), "{e}");
     }
 
     #[test]

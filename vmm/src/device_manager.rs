@@ -11,6 +11,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::Bus;
+use crate::devices::virtio::balloon::stats_file::StatsFile;
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, NetError, NetLimits};
@@ -73,6 +74,14 @@ pub enum DeviceError {
     /// The device event loop thread could not be started.
     #[error("cannot start the device event loop: {0}")]
     EventLoop(#[source] std::io::Error),
+    /// The balloon's stats file could not be created or mapped.
+    #[error("balloon stats file {path}: {source}")]
+    BalloonStats {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Where one virtio-mmio device sits.
@@ -217,15 +226,33 @@ impl MmioDeviceManager {
     }
 
     /// Creates the virtio-balloon device (free page reporting) and
-    /// attaches it (see [`MmioDeviceManager::attach_virtio_device`]).
+    /// attaches it (see [`MmioDeviceManager::attach_virtio_device`]): it
+    /// discards in `granule` blocks and publishes its counters to
+    /// `stats_file` if given.
     pub fn attach_balloon(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemory,
         mmio_bus: &mut Bus,
+        granule: u64,
+        stats_file: Option<&std::path::Path>,
     ) -> Result<Arc<Mutex<MmioTransport<Balloon>>>, DeviceError> {
+        let stats = stats_file
+            .map(|path| {
+                StatsFile::create(path).map_err(|source| DeviceError::BalloonStats {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
         let transport = self.attach_virtio_device(vm, mem, mmio_bus, |interrupt| {
-            Balloon::new(interrupt).map_err(DeviceError::EventFd)
+            let b = Balloon::new(interrupt)
+                .map_err(DeviceError::EventFd)?
+                .with_granule(granule);
+            Ok(match stats {
+                Some(f) => b.with_stats_file(f),
+                None => b,
+            })
         })?;
         let slot = self.slots.last().copied().expect("slot just allocated");
         tracing::debug!(base = slot.base, irq = slot.irq, "virtio-balloon attached");

@@ -88,7 +88,11 @@ fn run(args: VmmArgs) -> ExitCode {
     let cfg = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
-        cmdline: args.cmdline,
+        cmdline: match args.balloon_report_order {
+            // The guest's page reporting order (free blocks of 2^N pages).
+            Some(n) => format!("{} page_reporting.page_reporting_order={n}", args.cmdline),
+            None => args.cmdline,
+        },
         mem_mib: args.mem_mib,
         vcpus: args.vcpus,
         serial: args.serial,
@@ -96,6 +100,8 @@ fn run(args: VmmArgs) -> ExitCode {
         net: args.net,
         pmem: args.pmem,
         balloon: args.balloon,
+        balloon_stats_file: args.balloon_stats_file,
+        small_pages: args.small_pages,
         allow_pvm: args.allow_pvm,
         timeline_file: args.timeline_file,
     };

@@ -60,6 +60,13 @@ pub struct VmConfig {
     /// A virtio-balloon device with free page reporting: pages the guest
     /// frees go back to the host (see `devices::virtio::balloon`).
     pub balloon: bool,
+    /// Where the balloon publishes its counters (see
+    /// `devices::virtio::balloon::stats_file`).
+    pub balloon_stats_file: Option<PathBuf>,
+    /// Back guest RAM with 4 KiB host pages (`MADV_NOHUGEPAGE`) instead of
+    /// transparent huge pages; the balloon then gives back any whole free
+    /// 4 KiB page the guest reports.
+    pub small_pages: bool,
     /// Boot a standard kernel even on a PVM host (for experiments).
     pub allow_pvm: bool,
     /// Where to write the boot timeline (JSON) once the first KVM_RUN has
@@ -82,6 +89,8 @@ impl VmConfig {
             net: None,
             pmem: Vec::new(),
             balloon: false,
+            balloon_stats_file: None,
+            small_pages: false,
             allow_pvm: false,
             timeline_file: None,
         }

@@ -10,8 +10,10 @@ mod common;
 use std::ops::{Deref, DerefMut};
 
 use common::MmioRig;
+use silo_vmm::devices::virtio::balloon::stats_file::{self, StatsFile};
 use silo_vmm::devices::virtio::balloon::{
-    Balloon, BalloonStats, MAX_RANGES_PER_CHAIN, VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
+    Balloon, BalloonStats, DISCARD_ALIGN, MAX_RANGES_PER_CHAIN, PAGE_SIZE,
+    VIRTIO_BALLOON_F_FREE_PAGE_REPORTING,
 };
 use silo_vmm::devices::virtio::Interrupt;
 use silo_vmm::memory::create_guest_memory;
@@ -45,9 +47,24 @@ impl Rig {
     /// A balloon on 64 MiB of guest RAM, probed as Linux probes it, with
     /// free page reporting negotiated if `reporting`.
     fn new(reporting: bool) -> Self {
+        Self::with(reporting, DISCARD_ALIGN, None)
+    }
+
+    /// A balloon discarding in `granule` blocks (guest RAM on 4 KiB host
+    /// pages, as `--small-pages` maps it, when `granule` is 4 KiB),
+    /// publishing to `stats` if given.
+    fn with(reporting: bool, granule: u64, stats: Option<StatsFile>) -> Self {
         let mem = create_guest_memory(RAM_MIB).unwrap();
+        if granule == PAGE_SIZE {
+            mem.use_small_pages().unwrap();
+        }
         let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let balloon = Balloon::new(interrupt.clone()).unwrap();
+        let mut balloon = Balloon::new(interrupt.clone())
+            .unwrap()
+            .with_granule(granule);
+        if let Some(f) = stats {
+            balloon = balloon.with_stats_file(f);
+        }
         let mut rig = Rig {
             mmio: MmioRig::new(balloon, mem, interrupt, QSIZE),
         };
@@ -199,7 +216,18 @@ fn parts_of_huge_pages_are_kept_so_no_huge_page_is_split() {
 
 #[test]
 fn hostile_reports_are_refused_and_the_device_keeps_serving() {
-    let mut rig = Rig::new(true);
+    hostile_reports(DISCARD_ALIGN);
+}
+
+#[test]
+fn hostile_reports_on_small_pages_are_refused_and_the_device_keeps_serving() {
+    hostile_reports(PAGE_SIZE);
+}
+
+/// Each hostile chain is refused without touching guest memory, and the
+/// next good report is served, with the device discarding in `granule`.
+fn hostile_reports(granule: u64) {
+    let mut rig = Rig::with(true, granule, None);
     let ram_end = u64::from(RAM_MIB) * MIB;
     rig.fill(30 * MIB, 4 * MIB);
     let cases: Vec<(&str, Vec<(u64, u32)>)> = vec![
@@ -314,4 +342,77 @@ fn reports_pass_the_devices_seccomp_filter() {
     .unwrap();
     assert_eq!(rig.stats().discarded_bytes, 4 * MIB);
     assert_eq!(rig.resident(8 * MIB, 4 * MIB), 0);
+}
+
+#[test]
+fn on_small_pages_every_reported_4k_page_leaves_host_memory() {
+    let mut rig = Rig::with(true, PAGE_SIZE, None);
+    assert_eq!(rig.dev.lock().unwrap().device().granule(), PAGE_SIZE);
+    rig.fill(20 * MIB, 4 * MIB);
+    // One 4 KiB page, 12 KiB at an odd page, and 1 MiB + 4 KiB straddling
+    // the 2 MiB boundary at 22 MiB: all of it goes, nothing else does.
+    rig.report(&[
+        (20 * MIB, 4096),
+        (20 * MIB + 5 * 4096, 3 * 4096),
+        (22 * MIB - 512 * 1024, (1 << 20) + 4096),
+    ]);
+    let s = rig.stats();
+    let given = 4096 + 3 * 4096 + MIB + 4096;
+    assert_eq!((s.ranges, s.discards, s.kept_bytes), (3, 3, 0));
+    assert_eq!(s.discarded_bytes, given);
+    assert_eq!(s.pages_reported, given / 4096);
+    assert_eq!(
+        rig.resident(20 * MIB, 4 * MIB) as u64,
+        (4 * MIB - given) / 4096
+    );
+    assert!(rig.all(20 * MIB, 4096, 0));
+    assert!(
+        rig.all(20 * MIB + 4096, 4 * 4096, 0x5a),
+        "pages between kept"
+    );
+    assert!(rig.all(20 * MIB + 5 * 4096, 3 * 4096, 0));
+    assert!(rig.all(20 * MIB + 8 * 4096, 2 * MIB - 512 * 1024 - 8 * 4096, 0x5a));
+    assert!(rig.all(22 * MIB - 512 * 1024, MIB + 4096, 0));
+    assert!(rig.all(22 * MIB + 512 * 1024 + 4096, 1536 * 1024 - 4096, 0x5a));
+}
+
+/// The counters reach the stats file after every batch, under the devices
+/// thread's seccomp filter (publishing is stores into a shared mapping,
+/// no system call), and read back as the daemon reads them.
+#[test]
+fn counters_are_published_to_the_stats_file_under_the_devices_filter() {
+    let dir = std::env::temp_dir().join(format!("silo-balloon-stats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("balloon.stats");
+    let file = StatsFile::create(&path).unwrap();
+    let read = || stats_file::decode(&std::fs::read(&path).unwrap());
+    assert_eq!(read(), Some([0; 10]), "published at creation");
+    let mut rig = Rig::with(true, DISCARD_ALIGN, Some(file));
+    rig.fill(8 * MIB, 4 * MIB);
+    let prog = filter(ThreadKind::Devices, std::process::id() as libc::pid_t).unwrap();
+    let rig = std::thread::spawn(move || {
+        seccompiler::apply_filter(&prog).unwrap();
+        rig.report(&[(8 * MIB, 2 << 20), (10 * MIB + 4096, 4096)]);
+        rig.report(&[(1 << 40, 2 << 20)]);
+        rig
+    })
+    .join()
+    .unwrap();
+    let s = rig.stats();
+    let want = [
+        s.reports,
+        s.ranges,
+        s.pages_reported,
+        s.discards,
+        s.discarded_bytes,
+        s.kept_bytes,
+        s.bad_ranges,
+        s.skipped_ranges,
+        s.discard_errors,
+        s.ignored_chains,
+    ];
+    assert_eq!(want, [2, 2, 513, 1, 2 * MIB, 4096, 1, 0, 0, 0]);
+    assert_eq!(read(), Some(want));
+    drop(rig);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -159,6 +159,7 @@ fn counter_vm_spec(dir: &Path, files: &GuestFiles, config: &AgentConfig) -> Resu
         jail: silo_daemon::jail::JailMode::Insecure,
         pmem: None,
         console_bytes: silo_daemon::console::DEFAULT_CONSOLE_BYTES,
+        memory: Default::default(),
     })
 }
 

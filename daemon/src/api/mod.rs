@@ -133,6 +133,7 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Result<Response,
 async fn metrics_text(State(d): State<Arc<Daemon>>) -> Response {
     let mut text = d.render_metrics();
     text.push_str(&d.scheduler.backend().broker().render_metrics());
+    text.push_str(&d.scheduler.backend().memory.render());
     if let Some(net) = d.network() {
         text.push_str(&net.render_metrics());
     }

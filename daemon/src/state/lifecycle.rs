@@ -51,6 +51,10 @@ impl Daemon {
             sharing: config.runtime_sharing,
         })
         .with_console_bytes(config.console_bytes)
+        .with_guest_memory(crate::vm_env::GuestMemoryMode {
+            small_pages: config.small_pages,
+            ..Default::default()
+        })
         .with_logs(logs.sink().cloned())
         .with_network(crate::net::start_for(
             &config.network,

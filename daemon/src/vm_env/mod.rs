@@ -13,12 +13,14 @@
 //!   ([`VmEnv::invoke`], [`VmEnv::await_init`]);
 //! - `shutdown`: ending the VM and giving back its jail;
 //! - `timeline`: the boot's phases in one clock domain;
+//! - [`balloon`]: how guest memory is given back, the balloon's counters;
 //! - [`guest_text`]: guest-controlled text bounded and escaped for logs
 //!   and errors.
 //!
 //! The console and VMM log rings are [`crate::console`].
 
 mod agent;
+pub mod balloon;
 mod guest_text;
 mod invoke;
 mod shutdown;
@@ -38,6 +40,7 @@ use tokio::process::Child;
 use crate::console::Console;
 
 pub use agent::{accept_agent, AcceptError, ExpectedVmm, RejectedPeer};
+pub use balloon::{BalloonCounters, GuestMemoryMode};
 pub use guest_text::{guest_text, guest_text_tail, GUEST_TEXT_MAX};
 #[cfg(test)]
 pub(crate) use spawn::new_vm_dir;
@@ -73,6 +76,8 @@ pub struct VmSpec {
     /// Bytes of the serial console kept in memory (0: console off); see
     /// [`crate::console`].
     pub console_bytes: usize,
+    /// How guest memory is backed and given back (see [`balloon`]).
+    pub memory: GuestMemoryMode,
 }
 
 /// Errors of a VM environment; any of them means the VM is gone or unusable.
@@ -187,6 +192,12 @@ pub struct VmLabel {
 }
 
 impl VmEnv {
+    /// What the VM's balloon did so far (`None` before its first
+    /// publication or if the file is unreadable).
+    pub fn balloon_counters(&self) -> Option<BalloonCounters> {
+        balloon::read_counters(&self.dir)
+    }
+
     /// The VMM process's id (the jailer's, when jailed), while it runs.
     pub fn vmm_pid(&self) -> Option<u32> {
         self.child.id()

@@ -150,6 +150,9 @@ impl VmEnv {
             .arg("--managed")
             // Free page reporting: pages the guest frees go back to the host.
             .arg("--balloon")
+            .arg("--balloon-stats-file")
+            .arg(inside(super::balloon::STATS_FILE))
+            .args(spec.memory.vmm_args())
             .args(net.iter().flat_map(crate::net::VmNet::vmm_args))
             .args(
                 spec.pmem

@@ -228,6 +228,7 @@ async fn a_vmm_that_exits_early_fails_the_boot_at_once() {
         pmem: None,
         jail: JailMode::Insecure,
         console_bytes: 4096,
+        memory: Default::default(),
     };
     let r = tokio::time::timeout(
         Duration::from_secs(300),
@@ -512,6 +513,7 @@ async fn a_boot_failure_reports_the_tail_of_a_flooded_console() {
         vcpus: 1,
         boot_timeout: Duration::from_secs(10),
         console_bytes: 4096,
+        memory: Default::default(),
         pmem: None,
         jail: JailMode::Insecure,
     };

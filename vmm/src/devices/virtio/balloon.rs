@@ -21,7 +21,15 @@
 //! discarded, so a transparent huge page backing guest memory is dropped
 //! whole or not at all, never split: what the guest still uses keeps its
 //! huge pages, and a range refaulted later gets a fresh one. The rest of an
-//! unaligned range is kept and counted.
+//! unaligned range is kept and counted. A VMM started with `--small-pages`
+//! backs guest RAM with 4 KiB host pages (`MADV_NOHUGEPAGE`, see
+//! `memory::use_small_pages`): there is no huge page to keep whole, so its
+//! balloon discards every whole 4 KiB page of a range
+//! ([`Balloon::with_granule`]).
+//!
+//! **Counters** ([`BalloonStats`]) live on the device and, with
+//! `--balloon-stats-file`, are published after every batch to a file the
+//! daemon reads ([`stats_file`]).
 //!
 //! **Hostile chains.** A range is discarded only if it is 4 KiB-aligned,
 //! non-empty, a multiple of 4 KiB and wholly inside one RAM region (never a
@@ -43,6 +51,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::{
     check_activation, read_config_space, ActivateError, Interrupt, VirtioDevice,
 };
+
+pub mod stats_file;
 use crate::memory::GuestMemory;
 
 /// Virtio device id of the balloon.
@@ -76,7 +86,13 @@ pub struct BalloonStats {
     pub reports: u64,
     /// Ranges found valid (inside one RAM region, page-aligned).
     pub ranges: u64,
-    /// Bytes given back to the host (whole 2 MiB blocks).
+    /// 4 KiB pages in the valid ranges.
+    pub pages_reported: u64,
+    /// `madvise` calls that gave something back (one per valid range with
+    /// at least one whole granule).
+    pub discards: u64,
+    /// Bytes given back to the host (whole granules: 2 MiB blocks, or
+    /// 4 KiB pages with `--small-pages`).
     pub discarded_bytes: u64,
     /// Bytes of valid ranges kept (the parts outside whole 2 MiB blocks).
     pub kept_bytes: u64,
@@ -155,6 +171,8 @@ pub struct Balloon<D: Discard = Madvise> {
     queues: Vec<Queue>,
     reporting: bool,
     stats: BalloonStats,
+    granule: u64,
+    sink: Option<stats_file::StatsFile>,
 }
 
 impl Balloon<Madvise> {
@@ -179,7 +197,30 @@ impl<D: Discard> Balloon<D> {
             queues: Vec::new(),
             reporting: false,
             stats: BalloonStats::default(),
+            granule: DISCARD_ALIGN,
+            sink: None,
         })
+    }
+
+    /// Discards in `granule`-sized, `granule`-aligned blocks: [`PAGE_SIZE`]
+    /// when guest RAM has no host huge pages, [`DISCARD_ALIGN`] (the
+    /// default) when it may. Any other value is rounded up to a power of
+    /// two between the two.
+    pub fn with_granule(mut self, granule: u64) -> Self {
+        self.granule = granule.clamp(PAGE_SIZE, DISCARD_ALIGN).next_power_of_two();
+        self
+    }
+
+    /// Publishes the counters to `file` after every batch (and now).
+    pub fn with_stats_file(mut self, file: stats_file::StatsFile) -> Self {
+        file.publish(&self.stats);
+        self.sink = Some(file);
+        self
+    }
+
+    /// The discard granule (see [`Balloon::with_granule`]).
+    pub fn granule(&self) -> u64 {
+        self.granule
     }
 
     /// What the device did so far.
@@ -216,7 +257,7 @@ impl<D: Discard> Balloon<D> {
             let head = chain.head_index();
             if reporting {
                 self.stats.reports += 1;
-                report(mem, chain, &mut self.discard, &mut self.stats);
+                report(mem, chain, self.granule, &mut self.discard, &mut self.stats);
             } else {
                 self.stats.ignored_chains += 1;
                 crate::guest_fault!(
@@ -235,6 +276,9 @@ impl<D: Discard> Balloon<D> {
         }
         if served > 0 {
             self.interrupt.signal_used_queue();
+            if let Some(sink) = &self.sink {
+                sink.publish(&self.stats);
+            }
         }
     }
 }
@@ -243,6 +287,7 @@ impl<D: Discard> Balloon<D> {
 fn report<D: Discard>(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
+    granule: u64,
     discard: &mut D,
     stats: &mut BalloonStats,
 ) {
@@ -252,9 +297,13 @@ fn report<D: Discard>(
             continue;
         }
         let (addr, len) = (desc.addr().0, u64::from(desc.len()));
-        match discard_range(mem, addr, len, discard) {
+        match discard_range(mem, addr, len, granule, discard) {
             Ok((done, kept, result)) => {
                 stats.ranges += 1;
+                stats.pages_reported += len / PAGE_SIZE;
+                if done > 0 {
+                    stats.discards += 1;
+                }
                 stats.discarded_bytes += done;
                 stats.kept_bytes += kept;
                 if let Err(e) = result {
@@ -271,12 +320,14 @@ fn report<D: Discard>(
 }
 
 /// Checks the guest range `[addr, addr + len)` and discards the whole
-/// [`DISCARD_ALIGN`] blocks inside it; returns (bytes discarded, bytes
-/// kept, the backend's result). Public for the fuzzer's own checks.
+/// `granule` blocks (a power of two, [`PAGE_SIZE`] to [`DISCARD_ALIGN`],
+/// aligned in the host) inside it; returns (bytes discarded, bytes kept,
+/// the backend's result). Public for the fuzzer's own checks.
 pub fn discard_range<D: Discard>(
     mem: &GuestMemory,
     addr: u64,
     len: u64,
+    granule: u64,
     discard: &mut D,
 ) -> Result<(u64, u64, std::io::Result<()>), BalloonError> {
     if len == 0 || !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
@@ -294,8 +345,9 @@ pub fn discard_range<D: Discard>(
     let base = region.as_ptr() as u64;
     let host = base.checked_add(offset).ok_or_else(|| outside.clone())?;
     let host_end = host.checked_add(len).ok_or(outside)?;
-    let first = host.div_ceil(DISCARD_ALIGN) * DISCARD_ALIGN;
-    let last = host_end / DISCARD_ALIGN * DISCARD_ALIGN;
+    let granule = granule.clamp(PAGE_SIZE, DISCARD_ALIGN).next_power_of_two();
+    let first = host.div_ceil(granule) * granule;
+    let last = host_end / granule * granule;
     if first >= last {
         return Ok((0, len, Ok(())));
     }

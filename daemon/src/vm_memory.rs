@@ -1,0 +1,250 @@
+//! Host memory each live VM really holds, summed per function for
+//! `/metrics` (issue 25): a jailed VM's cgroup `memory.current` (guest RAM
+//! the guest touched and the host still holds, its page tables, its share
+//! of page cache charged to it), else the VMM process's `Pss` from
+//! `/proc/<pid>/smaps_rollup`; and its balloon's counters.
+//!
+//! Each VM registers when booted and is removed when its
+//! [`Registration`] drops (the environment is destroyed); it is marked
+//! busy while it runs an invocation, so the figures split idle from busy.
+//! Reading happens only when `/metrics` is rendered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::vm_env::BalloonCounters;
+
+/// Where a VM's held memory is read.
+#[derive(Debug, Clone)]
+pub enum MemorySource {
+    /// The VM's cgroup directory (`memory.current`).
+    Cgroup(PathBuf),
+    /// The VMM process (`smaps_rollup` `Pss`), unjailed VMs.
+    Pid(u32),
+    /// Nothing to read (the VMM is gone).
+    None,
+}
+
+impl MemorySource {
+    /// Bytes held now, if readable.
+    pub fn held_bytes(&self) -> Option<u64> {
+        match self {
+            MemorySource::Cgroup(dir) => std::fs::read_to_string(dir.join("memory.current"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok(),
+            MemorySource::Pid(pid) => {
+                let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+                text.lines().find_map(|l| {
+                    let kib: u64 = l
+                        .strip_prefix("Pss:")?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    Some(kib * 1024)
+                })
+            }
+            MemorySource::None => None,
+        }
+    }
+}
+
+struct Entry {
+    function: String,
+    source: MemorySource,
+    dir: PathBuf,
+    busy: Arc<AtomicBool>,
+}
+
+/// The live VMs, for `/metrics`.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    next: AtomicU64,
+    vms: Mutex<HashMap<u64, Entry>>,
+}
+
+/// One VM's place in the registry; removes it on drop.
+pub struct Registration {
+    registry: Arc<MemoryRegistry>,
+    id: u64,
+    busy: Arc<AtomicBool>,
+}
+
+impl Registration {
+    /// Marks the VM busy (running an invocation) or idle.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Per function and state: VMs, bytes held, balloon counters summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// VMs counted.
+    pub vms: u64,
+    /// Bytes they hold.
+    pub bytes: u64,
+    /// Their balloons' counters, summed.
+    pub balloon: BalloonCounters,
+}
+
+impl MemoryRegistry {
+    /// Registers a live VM of `function`, its memory read from `source`
+    /// and its balloon's counters from its directory `dir`.
+    pub fn register(
+        self: &Arc<Self>,
+        function: &str,
+        source: MemorySource,
+        dir: PathBuf,
+    ) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let busy = Arc::new(AtomicBool::new(false));
+        self.vms.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Entry {
+                function: function.to_string(),
+                source,
+                dir,
+                busy: busy.clone(),
+            },
+        );
+        Registration {
+            registry: self.clone(),
+            id,
+            busy,
+        }
+    }
+
+    /// Reads every VM now: per (function, "idle" or "busy").
+    pub fn held(&self) -> BTreeMap<(String, &'static str), Held> {
+        let vms: Vec<(String, MemorySource, PathBuf, bool)> = self
+            .vms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|e| {
+                let busy = e.busy.load(Ordering::Relaxed);
+                (e.function.clone(), e.source.clone(), e.dir.clone(), busy)
+            })
+            .collect();
+        let mut out: BTreeMap<(String, &'static str), Held> = BTreeMap::new();
+        for (function, source, dir, busy) in vms {
+            let h = out
+                .entry((function, if busy { "busy" } else { "idle" }))
+                .or_default();
+            h.vms += 1;
+            h.bytes += source.held_bytes().unwrap_or(0);
+            if let Some(c) = crate::vm_env::balloon::read_counters(&dir) {
+                let b = &mut h.balloon;
+                b.reports += c.reports;
+                b.pages_reported += c.pages_reported;
+                b.discarded_bytes += c.discarded_bytes;
+            }
+        }
+        out
+    }
+
+    /// The Prometheus text: memory held and balloon activity per function
+    /// and state.
+    pub fn render(&self) -> String {
+        let held = self.held();
+        let mut out = String::new();
+        let esc = crate::metrics::escape;
+        for (name, kind, help, get) in [
+            (
+                "silo_memory_held_bytes",
+                "gauge",
+                "Host memory held by live VMs (cgroup memory.current, else VMM Pss), by function and state.",
+                (|h: &Held| h.bytes) as fn(&Held) -> u64,
+            ),
+            (
+                "silo_memory_vms",
+                "gauge",
+                "Live VMs counted in silo_memory_held_bytes.",
+                |h: &Held| h.vms,
+            ),
+            (
+                "silo_balloon_reports",
+                "gauge",
+                "Free page reports the live VMs' balloons served.",
+                |h: &Held| h.balloon.reports,
+            ),
+            (
+                "silo_balloon_pages_reported",
+                "gauge",
+                "4 KiB pages the live VMs' guests reported free.",
+                |h: &Held| h.balloon.pages_reported,
+            ),
+            (
+                "silo_balloon_discarded_bytes",
+                "gauge",
+                "Bytes the live VMs' balloons gave back to the host.",
+                |h: &Held| h.balloon.discarded_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((f, state), h) in &held {
+                let _ = writeln!(
+                    out,
+                    "{name}{{function=\"{}\",state=\"{state}\"}} {}",
+                    esc(f),
+                    get(h)
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_per_function_and_state_and_forgets_dropped_vms() {
+        let r = Arc::new(MemoryRegistry::default());
+        let me = std::process::id();
+        let dir = std::env::temp_dir();
+        let a = r.register("f\"1", MemorySource::Pid(me), dir.clone());
+        let b = r.register("f\"1", MemorySource::Pid(me), dir.clone());
+        let _c = r.register("g", MemorySource::None, dir.clone());
+        b.set_busy(true);
+        let held = r.held();
+        let idle = held[&("f\"1".to_string(), "idle")];
+        assert_eq!(idle.vms, 1);
+        assert!(idle.bytes > 0, "this process's Pss: {idle:?}");
+        assert_eq!(held[&("f\"1".to_string(), "busy")].vms, 1);
+        assert_eq!(
+            held[&("g".to_string(), "idle")],
+            Held {
+                vms: 1,
+                ..Held::default()
+            }
+        );
+        let text = r.render();
+        assert!(
+            text.contains("silo_memory_vms{function=\"f\\\"1\",state=\"busy\"} 1"),
+            "{text}"
+        );
+        drop(a);
+        drop(b);
+        let held = r.held();
+        assert_eq!(held.len(), 1, "{held:?}");
+    }
+}
