@@ -21,6 +21,7 @@ fn the_printed_haproxy_configuration_is_valid() {
         "balance hash var(txn.silo_key)",
         "hash-type consistent",
         "hash-balance-factor 150",
+        "timeout check 5s",
         "http-check send meth GET uri /readyz",
         "server node3 localhost:19003",
     ] {
