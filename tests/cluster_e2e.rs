@@ -467,17 +467,25 @@ fn postgres_restart_under_load(
         tenants.push("solo".into());
         std::thread::spawn(move || {
             let mut n = 0u64;
+            // Latencies (ms) with PostgreSQL up and down.
+            let (mut up_ms, mut down_ms) = (Vec::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let t = &tenants[n as usize % tenants.len()];
+                let was_down = down.load(Ordering::Relaxed);
+                let sent = Instant::now();
                 let r = invoke(&through, t).expect("an invoke through HAProxy");
                 let a = answer(&r, t);
                 assert!(!a.cold, "{t}: a cold start while PostgreSQL restarted");
-                if down.load(Ordering::Relaxed) {
+                let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                if was_down && down.load(Ordering::Relaxed) {
                     during.fetch_add(1, Ordering::Relaxed);
+                    down_ms.push(ms);
+                } else {
+                    up_ms.push(ms);
                 }
                 n += 1;
             }
-            n
+            (n, up_ms, down_ms)
         })
     };
     std::thread::sleep(Duration::from_secs(1));
@@ -502,7 +510,17 @@ fn postgres_restart_under_load(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // PostgreSQL stays down until a few invokes ran entirely meanwhile
+    // (each takes tenths of a second in the test host; seconds when the
+    // machine is loaded).
+    let waited = Instant::now();
+    while during.load(Ordering::Relaxed) < 3 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120) && !load.is_finished(),
+            "the load stopped while PostgreSQL was down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     pg.resume();
     down.store(false, Ordering::Relaxed);
     let back = Instant::now();
@@ -545,9 +563,19 @@ fn postgres_restart_under_load(
     );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let total = load.join().expect("the load thread failed (see above)");
+    let (total, mut up_ms, mut down_ms) = load.join().expect("the load thread failed (see above)");
     let during = during.load(Ordering::Relaxed);
     println!("warm invokes under load: {total}, of which {during} while PostgreSQL was down; none failed");
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    if !down_ms.is_empty() && !up_ms.is_empty() {
+        println!(
+            "  latency (ms) PostgreSQL up: p50 {:.1} max {:.1}; down: p50 {:.1} max {:.1}",
+            cluster::p50(&mut up_ms),
+            max(&up_ms),
+            cluster::p50(&mut down_ms),
+            max(&down_ms)
+        );
+    }
     assert!(during > 0, "no invoke ran while PostgreSQL was down");
 }
 
