@@ -21,6 +21,7 @@ fn the_printed_haproxy_configuration_is_valid() {
         "balance hash var(txn.silo_key)",
         "hash-type consistent",
         "hash-balance-factor 150",
+        "timeout check 5s",
         "http-check send meth GET uri /readyz",
         "server node3 localhost:19003",
     ] {
@@ -57,6 +58,7 @@ fn the_printed_haproxy_configuration_is_valid() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+mod cluster;
 mod common;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
@@ -65,7 +67,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::daemon::{config, scratch, TestDaemon};
-use silo_client::{InvokeOptions, LambdaClient};
+use silo_client::InvokeOptions;
 
 /// Real HAProxy (configured by `silo cluster haproxy-config`) in front of
 /// three `silo serve` nodes on one real PostgreSQL. Which node took a
@@ -96,29 +98,11 @@ fn haproxy_routes_tenants_to_nodes_and_only_a_dead_nodes_tenants_move() {
         .zip(["n1", "n2", "n3"])
         .map(|(d, id)| (d.endpoint.trim_start_matches("http://").to_string(), id))
         .collect();
-    let front = pg::free_port();
-    let mut args = vec!["cluster".to_string(), "haproxy-config".into()];
-    args.extend(["--listen".into(), format!("127.0.0.1:{front}")]);
-    args.extend(["--check-interval-ms".into(), "300".into()]);
-    for a in node_ids.keys() {
-        args.extend(["--node".into(), a.clone()]);
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let dir = scratch("haproxy-run");
-    std::fs::write(dir.join("haproxy.cfg"), &out.stdout).unwrap();
-    let mut haproxy = HaproxyChild(
-        std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
-            .spawn()
-            .expect("haproxy is not installed: apt-get install haproxy"),
+    let haproxy = cluster::Haproxy::start(
+        &scratch("haproxy-run"),
+        pg::free_port(),
+        &node_ids.keys().cloned().collect::<Vec<_>>(),
+        300,
     );
 
     let admin1 = nodes[0].admin();
@@ -135,13 +119,7 @@ fn haproxy_routes_tenants_to_nodes_and_only_a_dead_nodes_tenants_move() {
         )
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let through = LambdaClient::new(
-        &format!("http://127.0.0.1:{front}"),
-        Some(silo_client::Credentials {
-            access_key: common::daemon::ADMIN.0.into(),
-            secret: common::daemon::ADMIN.1.into(),
-        }),
-    );
+    let through = haproxy.admin();
     let event = |tenant: &str, n: usize| {
         through.invoke(
             "routed",
@@ -169,7 +147,7 @@ fn haproxy_routes_tenants_to_nodes_and_only_a_dead_nodes_tenants_move() {
                     start.elapsed() < Duration::from_secs(60),
                     "no 202 through HAProxy in 60 s: {:?}\n{}",
                     r.map(|r| (r.status, r.text())),
-                    std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+                    haproxy.log()
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -239,7 +217,7 @@ fn haproxy_routes_tenants_to_nodes_and_only_a_dead_nodes_tenants_move() {
         }
     }
     println!("after killing {victim}: {:?}", count(&after));
-    haproxy.0.kill().ok();
+    drop(haproxy);
     for (i, n) in nodes.iter_mut().enumerate() {
         if i != idx {
             n.stop();
@@ -259,14 +237,4 @@ fn count(m: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
 
 fn package() -> Vec<u8> {
     silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
-/// HAProxy, killed on drop.
-struct HaproxyChild(std::process::Child);
-
-impl Drop for HaproxyChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -16,6 +16,9 @@
 
 use std::fmt::Write;
 
+/// Seconds a health check's answer may take (`timeout check`).
+pub const CHECK_TIMEOUT_S: u32 = 5;
+
 /// What the configuration is made from.
 #[derive(Debug, Clone)]
 pub struct HaproxyOptions {
@@ -121,7 +124,12 @@ backend silo_nodes
     balance hash var(txn.silo_key)
     hash-type consistent
     hash-balance-factor {factor}
-    # /readyz is 503 while a node starts, stops or lost its stores.
+    # /readyz is 503 while a node starts, stops or cannot boot VMs.
+    # A check's answer may take this long: a node busy booting VMs answers
+    # late, and a check timing out at `inter` (HAProxy's default) marks it
+    # down, moving its tenants (one cold start each) for nothing. A dead
+    # node refuses the connection and fails its checks at once.
+    timeout check {check_timeout}s
     option httpchk
     http-check send meth GET uri /readyz
     http-check expect status 200
@@ -133,6 +141,7 @@ backend silo_nodes
         listen = o.listen,
         factor = o.balance_factor,
         inter = o.check_interval_ms,
+        check_timeout = CHECK_TIMEOUT_S,
     );
     for (i, node) in o.nodes.iter().enumerate() {
         let _ = writeln!(s, "    server node{} {node}", i + 1);

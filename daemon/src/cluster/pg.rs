@@ -8,6 +8,7 @@
 //! short statement or transaction.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,6 +121,9 @@ pub struct PgConn {
     config: Config,
     location: String,
     client: Mutex<Option<Client>>,
+    /// Whether the last call reached the server (a server error counts as
+    /// reached; a failed connection or a lost one does not).
+    reachable: AtomicBool,
 }
 
 /// `host:port/dbname` of `config` (no user, no password).
@@ -159,6 +163,7 @@ impl PgConn {
             config,
             location,
             client: Mutex::new(None),
+            reachable: AtomicBool::new(true),
         };
         let client = off_runtime(|| {
             let mut client = conn.open("connecting")?;
@@ -174,6 +179,13 @@ impl PgConn {
         self.config
             .connect(NoTls)
             .map_err(|e| self.error(what, message(&e)))
+    }
+
+    /// Whether the last call on the shared connection reached the server
+    /// (the node's heartbeat makes one every
+    /// [`HEARTBEAT`](super::registry::HEARTBEAT)). Never blocks.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 
     /// Where the database is (`host:port/dbname`).
@@ -213,22 +225,48 @@ impl PgConn {
         mut call: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, PgError> {
         let mut slot = self.lock();
+        let reached = |r: bool| self.reachable.store(r, Ordering::Relaxed);
         for attempt in 0..2 {
             if slot.as_ref().is_none_or(|c| c.is_closed()) {
                 *slot = None;
-                *slot = Some(self.open(what)?);
+                *slot = Some(self.open(what).inspect_err(|_| reached(false))?);
             }
             let client = slot.as_mut().expect("connected above");
             match call(client) {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    reached(true);
+                    return Ok(v);
+                }
                 Err(e) if attempt == 0 && (e.is_closed() || client.is_closed()) => {
                     tracing::warn!(database = %self.location, error = %e, "PostgreSQL connection lost; reconnecting");
                     *slot = None;
                 }
-                Err(e) => return Err(self.error(what, message(&e))),
+                Err(e) => {
+                    // The server's own refusal (a constraint, say) still
+                    // came from it; a lost connection did not.
+                    reached(!(e.is_closed() || client.is_closed()));
+                    return Err(self.error(what, message(&e)));
+                }
             }
         }
+        reached(false);
         Err(self.error(what, "the connection was lost twice"))
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The synchronous client closes its connection on its own runtime,
+        // which panics on a thread that drives an async runtime (the
+        // daemon drops its stores on one at shutdown): closed on a thread
+        // of its own.
+        let slot = self.client.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = slot.take() {
+            let _ = std::thread::Builder::new()
+                .name("silo-pg-close".into())
+                .spawn(move || drop(client))
+                .map(|t| t.join());
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! - Membership: each node upserts its heartbeat row (`silo_nodes`) every
 //!   [`HEARTBEAT`]; [`PgRegistry::members`] lists those heard from lately.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,29 @@ pub trait Registry: Send + Sync {
     fn get(&self, name: &str) -> Result<Option<FunctionRecord>, PgError>;
     /// Every function's record.
     fn load(&self) -> Result<Vec<FunctionRecord>, PgError>;
+    /// Whether this node is in touch with the registry now (never blocks).
+    fn health(&self) -> RegistryHealth;
+}
+
+/// Whether a node is in touch with the registry (`/readyz`'s `registry`
+/// check). Out of touch, the node still serves the functions it holds
+/// (degraded): it cannot take changes or Event invokes, and it may miss
+/// changes made meanwhile until its listener reconnects and re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryHealth {
+    /// The node's last statement (its heartbeat runs one every
+    /// [`HEARTBEAT`]) reached PostgreSQL.
+    pub reachable: bool,
+    /// Its listener is connected and has asked for a re-read of every
+    /// function since it (re)connected.
+    pub listening: bool,
+}
+
+impl RegistryHealth {
+    /// Both hold.
+    pub fn ok(&self) -> bool {
+        self.reachable && self.listening
+    }
 }
 
 /// A change another node (or this one) made.
@@ -59,6 +83,7 @@ pub enum Change {
 pub struct PgRegistry {
     db: Arc<PgConn>,
     node: String,
+    listening: Arc<AtomicBool>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -84,6 +109,7 @@ impl PgRegistry {
         let r = Arc::new(Self {
             db,
             node: node.to_string(),
+            listening: Arc::new(AtomicBool::new(false)),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             threads: Mutex::new(Vec::new()),
         });
@@ -143,8 +169,10 @@ impl PgRegistry {
     /// is closed. Starts with [`Change::Reread`], and sends one after
     /// every reconnection.
     pub fn watch(&self, changes: tokio::sync::mpsc::UnboundedSender<Change>) {
-        let (db, stop) = (self.db.clone(), self.stop.clone());
-        self.spawn("silo-registry-listen", move || listen(&db, &changes, &stop));
+        let (db, stop, listening) = (self.db.clone(), self.stop.clone(), self.listening.clone());
+        self.spawn("silo-registry-listen", move || {
+            listen(&db, &changes, &stop, &listening)
+        });
     }
 }
 
@@ -153,6 +181,7 @@ fn listen(
     db: &PgConn,
     changes: &tokio::sync::mpsc::UnboundedSender<Change>,
     stop: &(Mutex<bool>, Condvar),
+    listening: &AtomicBool,
 ) {
     let mut lost = false;
     loop {
@@ -179,6 +208,7 @@ fn listen(
         if changes.send(Change::Reread).is_err() {
             return;
         }
+        listening.store(true, Ordering::Relaxed);
         loop {
             if *stop.0.lock().unwrap_or_else(|p| p.into_inner()) {
                 return;
@@ -198,10 +228,12 @@ fn listen(
                 }
                 Err(e) => {
                     tracing::warn!(error = %message(&e), "registry listener lost its connection");
+                    listening.store(false, Ordering::Relaxed);
                     lost = true;
                     break;
                 }
                 Ok(None) if client.is_closed() => {
+                    listening.store(false, Ordering::Relaxed);
                     lost = true;
                     break;
                 }
@@ -222,6 +254,13 @@ impl Drop for PgRegistry {
 }
 
 impl Registry for PgRegistry {
+    fn health(&self) -> RegistryHealth {
+        RegistryHealth {
+            reachable: self.db.reachable(),
+            listening: self.listening.load(Ordering::Relaxed),
+        }
+    }
+
     fn put(&self, rec: &FunctionRecord) -> Result<(), PgError> {
         let v = serde_json::to_value(rec)
             .map_err(|e| self.db.error("encoding a record", e.to_string()))?;
