@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::daemon::{free_port, scratch, TestDaemon, ADMIN};
 use silo_client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
 use silo_images::testhost::{
-    hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput, STALL_RETRIES_ENV,
+    hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
 };
 
 /// Nodes in the cluster.
@@ -138,7 +138,8 @@ impl Nodes {
                 .port_forward(*port, 9001 + i as u16);
         }
         let script = script(pg_port);
-        let run = std::thread::spawn(move || host.run(&script));
+        // One attempt: a stall is retried by the test, scenario and all.
+        let run = std::thread::spawn(move || host.run_once(&script));
         let mut nodes = Nodes::TestHost {
             run: Some(run),
             ports,
@@ -582,9 +583,9 @@ fn postgres_restart_under_load(
 #[test]
 fn three_nodes_with_vms_behind_haproxy_keep_tenants_apart() {
     // A stalled test host (QEMU TCG) fails the scenario's requests here
-    // before the harness could retry inside; so the whole run is retried
-    // here, once, and only for a stall.
-    std::env::set_var(STALL_RETRIES_ENV, "0");
+    // before the harness could retry inside (the test host runs one attempt,
+    // `TestHost::run_once`); so the whole run is retried here, once, and
+    // only for a stall.
     for attempt in 1..=2 {
         let mut pg = pg::PgServer::start();
         let started = Instant::now();
