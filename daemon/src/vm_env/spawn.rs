@@ -261,6 +261,7 @@ impl VmEnv {
             net,
             logs: None,
             pooled: false,
+            reports: Default::default(),
         })
     }
 }

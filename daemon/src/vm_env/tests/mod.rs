@@ -409,6 +409,7 @@ impl VmEnv {
             net: None,
             logs: None,
             pooled: false,
+            reports: Default::default(),
         }
     }
 }
