@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::guest_text::{guest_text, guest_text_tail};
 use super::{EnvError, InvokeResult, VmEnv, LOG_TAIL, RESULT_GRACE};
-use crate::logs::{LogTap, Platform, Report};
+use crate::logs::{LogTap, Platform};
 
 /// How long a broken exchange waits for the VMM's exit status.
 const VMM_EXIT_WAIT: Duration = Duration::from_secs(1);
@@ -248,6 +248,8 @@ impl VmEnv {
         }
         let id = request_id.clone();
         let tenant = tenant_id.clone();
+        // The last invocation's REPORT comes before this one's records.
+        self.report_written().await;
         // A cold start's first invocation: its init is this environment's
         // life so far (the scheduler's create), as the REPORT's Init
         // Duration.
@@ -310,7 +312,7 @@ impl VmEnv {
                 );
             }
         }
-        self.log_end(tenant.as_deref(), &id, duration, cold_init, status);
+        self.log_end(tenant, id, duration, cold_init, status);
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -354,28 +356,23 @@ impl VmEnv {
         }
     }
 
-    /// END and REPORT of an invocation, with the daemon's own measures.
+    /// END and REPORT of an invocation, with the daemon's own measures:
+    /// END now, REPORT after the answer ([`VmEnv::report_later`]).
     fn log_end(
-        &self,
-        tenant: Option<&str>,
-        id: &str,
+        &mut self,
+        tenant: Option<String>,
+        id: String,
         duration: Duration,
         init: Option<Duration>,
-        status: &str,
+        status: &'static str,
     ) {
         let Some(t) = &self.logs else { return };
-        t.platform(tenant, Some(id), Duration::ZERO, Platform::End { status });
         t.platform(
-            tenant,
-            Some(id),
+            tenant.as_deref(),
+            Some(&id),
             Duration::ZERO,
-            Platform::Report(Report {
-                duration,
-                memory_mib: t.memory_mib(),
-                max_memory_mib: self.peak_memory_mib(t.memory_mib()),
-                init,
-                status,
-            }),
+            Platform::End { status },
         );
+        self.report_later(tenant, id, duration, init, status);
     }
 }

@@ -23,6 +23,7 @@ mod agent;
 pub mod balloon;
 mod guest_text;
 mod invoke;
+mod report;
 mod shutdown;
 mod spawn;
 #[cfg(test)]
@@ -179,6 +180,8 @@ pub struct VmEnv {
     /// Pre-booted (its init done before any tenant took it): its first
     /// REPORT has no Init Duration.
     pooled: bool,
+    /// The last invocation's REPORT, written after its answer.
+    reports: report::Reports,
 }
 
 /// Whom a VM serves, for its log lines only (never part of a path or an
@@ -237,27 +240,6 @@ impl VmEnv {
     /// The environment's log stream, if its log is kept.
     pub fn log_stream(&self) -> Option<&str> {
         self.logs.as_ref().map(|t| t.stream())
-    }
-
-    /// The VM's peak memory in MiB (the VMM's high-water mark of resident
-    /// memory, at most `mem_mib`), for REPORT's Max Memory Used. A jailed
-    /// VMM is the child of the process the daemon spawned.
-    pub(crate) fn peak_memory_mib(&self, mem_mib: u32) -> Option<u64> {
-        let pid = self.child.id()?;
-        let vmm = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
-            .unwrap_or(pid);
-        let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some((kb / 1024).min(u64::from(mem_mib)))
     }
 
     /// The VM's console and VMM log rings.

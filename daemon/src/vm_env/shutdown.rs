@@ -20,6 +20,8 @@ impl VmEnv {
     /// written under a short deadline, so a guest that stops reading cannot
     /// hold this either.
     pub async fn shutdown(mut self) {
+        // The last REPORT reads the VMM's memory: before the VMM goes.
+        self.report_written().await;
         // Whether the VMM ended by itself before being asked (for the
         // failure report below).
         let exited_before = self.child.try_wait().ok().flatten();

@@ -264,6 +264,7 @@ impl VmEnv {
             net,
             logs: None,
             pooled: false,
+            reports: Default::default(),
         })
     }
 }

@@ -135,10 +135,18 @@ async fn lines_and_platform_records_reach_the_store_with_the_daemons_tenant() {
         .iter()
         .map(|r| r["type"].as_str().or(r["message"].as_str()).unwrap_or("?"))
         .collect();
+    // REPORT is written after the invoke answered, yet in its place: the
+    // next invocation's START follows it.
     assert_eq!(
-        kinds[..7],
+        kinds,
         [
             "platform.initStart",
+            "platform.start",
+            "printed line",
+            "logged",
+            "silo.agent",
+            "platform.runtimeDone",
+            "platform.report",
             "platform.start",
             "printed line",
             "logged",
@@ -157,6 +165,10 @@ async fn lines_and_platform_records_reach_the_store_with_the_daemons_tenant() {
         let ms = r["record"]["metrics"]["durationMs"].as_f64().unwrap();
         let own = res.duration.as_secs_f64() * 1e3;
         assert!((ms - own).abs() < 0.01, "REPORT {ms} ms, invoke {own} ms");
+    }
+    for r in &reports {
+        // The VMM's (here the fake's) high-water mark, read from /proc.
+        assert!(r["record"]["metrics"]["maxMemoryUsedMB"].is_number(), "{r}");
     }
     assert!(reports[0]["record"]["metrics"]["initDurationMs"].is_number());
     assert!(reports[1]["record"]["metrics"]

@@ -410,6 +410,7 @@ impl VmEnv {
             net: None,
             logs: None,
             pooled: false,
+            reports: Default::default(),
         }
     }
 }
