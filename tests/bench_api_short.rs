@@ -3,35 +3,32 @@
 //! a small burst of new tenants with every invoke's outcome and its plot. No
 //! timing assertions.
 
+mod common;
+
 use serde_json::Value;
 
 #[test]
 fn short_api_bench_writes_complete_json() {
     let out_file = std::env::temp_dir().join(format!("silo-bench-api-{}.json", std::process::id()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args([
-            "bench-api",
-            "--cold",
-            "2",
-            "--warm",
-            "5",
-            "--parallel",
-            "2",
-            "--burst",
-            "3x2@4",
-            "--pool",
-            "1",
-            "--plot",
-        ])
-        .arg(out_file.with_extension("svg"))
-        .arg("--out")
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::cli::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+            .args([
+                "bench-api",
+                "--cold",
+                "2",
+                "--warm",
+                "5",
+                "--parallel",
+                "2",
+                "--burst",
+                "3x2@4",
+                "--pool",
+                "1",
+                "--plot",
+            ])
+            .arg(out_file.with_extension("svg"))
+            .arg("--out")
+            .arg(&out_file),
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     let svg = std::fs::read_to_string(out_file.with_extension("svg")).unwrap();

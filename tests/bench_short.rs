@@ -2,6 +2,8 @@
 //! column filled, and ordered values; the plot has its bars and curves. No
 //! timing assertions: only presence, order and sign.
 
+mod common;
+
 use serde_json::Value;
 
 #[test]
@@ -9,33 +11,28 @@ fn short_bench_writes_complete_json_and_a_plot() {
     let dir = std::env::temp_dir().join(format!("silo-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, svg) = (dir.join("r.json"), dir.join("r.svg"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args([
-            "bench",
-            "--boots",
-            "2",
-            "--invokes",
-            "10",
-            "--parallel",
-            "2",
-            "--concurrency",
-            // 10 invokes over 3 slots: the shares are uneven (4, 3, 3).
-            "3",
-            "--boots-at-once",
-            "1,2",
-            "--boots-at-once-rounds",
-            "1",
-            "--out",
-        ])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&svg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::cli::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+            .args([
+                "bench",
+                "--boots",
+                "2",
+                "--invokes",
+                "10",
+                "--parallel",
+                "2",
+                "--concurrency",
+                // 10 invokes over 3 slots: the shares are uneven (4, 3, 3).
+                "3",
+                "--boots-at-once",
+                "1,2",
+                "--boots-at-once-rounds",
+                "1",
+                "--out",
+            ])
+            .arg(&json)
+            .arg("--plot")
+            .arg(&svg),
     );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let check = |v: &Value, what: &str| {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use cluster::nodes::{describe, Nodes, NODES};
 use common::daemon::{free_port, scratch, ADMIN};
-use silo_client::{Credentials, HttpResponse, InvokeOptions, LambdaClient};
+use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 use silo_images::testhost::TestHostError;
 
 /// Tenants spread over the nodes (each one cold start): enough that the
@@ -33,14 +33,7 @@ use silo_images::testhost::TestHostError;
 const SPREAD_TENANTS: usize = 9;
 
 fn signed(endpoint: &str) -> LambdaClient {
-    LambdaClient::new(
-        endpoint,
-        Some(Credentials {
-            access_key: ADMIN.0.into(),
-            secret: ADMIN.1.into(),
-        }),
-    )
-    .with_timeout(Duration::from_secs(180))
+    common::cli::signed_client(endpoint, ADMIN).with_timeout(Duration::from_secs(180))
 }
 
 /// One invoke's answer, as the counter reports it.

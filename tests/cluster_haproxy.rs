@@ -5,16 +5,11 @@ use std::process::Command;
 
 #[test]
 fn the_printed_haproxy_configuration_is_valid() {
-    let out = Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(["cluster", "haproxy-config", "--listen", "127.0.0.1:19000"])
-        .args(["--node", "127.0.0.1:19001", "--node", "10.0.0.2:9000"])
-        .args(["--node", "localhost:19003"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::cli::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_silo"))
+            .args(["cluster", "haproxy-config", "--listen", "127.0.0.1:19000"])
+            .args(["--node", "127.0.0.1:19001", "--node", "10.0.0.2:9000"])
+            .args(["--node", "localhost:19003"]),
     );
     let cfg = String::from_utf8(out.stdout).unwrap();
     for line in [

@@ -98,17 +98,7 @@ fn start_moto(port: u16, record: &Path) -> Moto {
 }
 
 fn python(code: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli::run_ok(Command::new("python3").arg("-c").arg(code).args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -194,24 +194,16 @@ fn a_tenant_key_reads_only_its_own_tenants_events_whatever_it_asks() {
     assert!(r.text().contains("'logs'"), "{}", r.text());
 
     // `silo logs` with the tenant key: tenant-A's lines, escaped.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(["logs", "--function", "printer", "--tenant", "tenant-B"])
-        .env("SILO_ENDPOINT", &d.endpoint)
-        .env("AWS_ACCESS_KEY_ID", TENANT_A.0)
-        .env("AWS_SECRET_ACCESS_KEY", TENANT_A.1)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::cli::run_ok(common::cli::silo_signed(&d.endpoint, TENANT_A).args([
+        "logs",
+        "--function",
+        "printer",
+        "--tenant",
+        "tenant-B",
+    ]));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "tenant-B's lines");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+    let out = common::cli::silo_signed(&d.endpoint, TENANT_A)
         .args(["logs", "--function", "printer"])
-        .env("SILO_ENDPOINT", &d.endpoint)
-        .env("AWS_ACCESS_KEY_ID", TENANT_A.0)
-        .env("AWS_SECRET_ACCESS_KEY", TENANT_A.1)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -225,18 +217,11 @@ fn a_tenant_key_reads_only_its_own_tenants_events_whatever_it_asks() {
     // `silo usage`: the admin sees both tenants, tenant-A's key its own.
     common::daemon::create_counter(&admin);
     let usage = |key: (&str, &str)| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-            .args(["usage", "--function", "counter"])
-            .env("SILO_ENDPOINT", &d.endpoint)
-            .env("AWS_ACCESS_KEY_ID", key.0)
-            .env("AWS_SECRET_ACCESS_KEY", key.1)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::cli::run_ok(common::cli::silo_signed(&d.endpoint, key).args([
+            "usage",
+            "--function",
+            "counter",
+        ]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let all = usage(common::daemon::ADMIN);

@@ -9,7 +9,7 @@ pub mod nodes;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use silo_client::{Credentials, LambdaClient};
+use silo_client::LambdaClient;
 
 /// A running HAProxy, killed on drop.
 pub struct Haproxy {
@@ -30,15 +30,7 @@ impl Haproxy {
         for a in nodes {
             args.extend(["--node".into(), a.clone()]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_silo"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = crate::common::cli::run_ok(Command::new(env!("CARGO_BIN_EXE_silo")).args(&args));
         std::fs::write(dir.join("haproxy.cfg"), &out.stdout).unwrap();
         let child = Command::new("haproxy")
             .arg("-db")
@@ -59,13 +51,7 @@ impl Haproxy {
     /// An admin client signing for HAProxy's address (the node verifies the
     /// signature: HAProxy passes every header through).
     pub fn admin(&self) -> LambdaClient {
-        LambdaClient::new(
-            &self.endpoint,
-            Some(Credentials {
-                access_key: crate::common::daemon::ADMIN.0.into(),
-                secret: crate::common::daemon::ADMIN.1.into(),
-            }),
-        )
+        crate::common::cli::signed_client(&self.endpoint, crate::common::daemon::ADMIN)
     }
 
     /// What HAProxy logged (its requests and its health checks' verdicts).

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::WorkFile;
-use silo_client::{Credentials, LambdaClient};
+use silo_client::LambdaClient;
 use silo_images::testhost::{
     hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
 };
@@ -670,13 +670,7 @@ impl TestDaemon {
 
     /// A client signing with `key`.
     pub fn client(&self, key: (&str, &str)) -> LambdaClient {
-        LambdaClient::new(
-            &self.endpoint,
-            Some(Credentials {
-                access_key: key.0.into(),
-                secret: key.1.into(),
-            }),
-        )
+        super::cli::signed_client(&self.endpoint, key)
     }
 
     /// Stops the daemon (SIGTERM) and returns its log.

@@ -136,5 +136,6 @@ fn rand_suffix() -> u64 {
         .unwrap()
         .subsec_nanos() as u64
 }
+pub mod cli;
 pub mod daemon;
 pub mod jwt;
