@@ -103,6 +103,39 @@ pub struct FailedEvent {
     pub failed_unix_ms: u64,
 }
 
+impl FailedEvent {
+    /// A failed event from a store's row: its columns (`id, request_id,
+    /// function, tenant, payload, accepted_unix_ms, failed_unix_ms,
+    /// attempts, error`) as SQL keeps them, the times signed (a negative
+    /// one reads as 0) and the payload as bytes (read as UTF-8, lossily);
+    /// the attempts already converted (each store's column has its own
+    /// type).
+    #[allow(clippy::too_many_arguments)] // one per column, in their order
+    pub(crate) fn from_row(
+        id: EventId,
+        request_id: String,
+        function_name: String,
+        tenant_id: Option<String>,
+        payload: Vec<u8>,
+        accepted_unix_ms: i64,
+        failed_unix_ms: i64,
+        attempts: u32,
+        error: String,
+    ) -> Self {
+        FailedEvent {
+            id,
+            request_id,
+            function_name,
+            tenant_id,
+            payload: String::from_utf8_lossy(&payload).into_owned(),
+            accepted_unix_ms: u64::try_from(accepted_unix_ms).unwrap_or(0),
+            failed_unix_ms: u64::try_from(failed_unix_ms).unwrap_or(0),
+            attempts,
+            error,
+        }
+    }
+}
+
 /// A stored event that cannot be read back (skipped, left in place).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnreadableEvent {

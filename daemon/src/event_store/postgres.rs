@@ -63,18 +63,17 @@ fn read_event(row: &Row) -> Result<StoredEvent, String> {
 }
 
 fn read_failed(row: &Row) -> Result<FailedEvent, postgres::Error> {
-    let payload: Vec<u8> = row.try_get(4)?;
-    Ok(FailedEvent {
-        id: row.try_get(0)?,
-        request_id: row.try_get(1)?,
-        function_name: row.try_get(2)?,
-        tenant_id: row.try_get(3)?,
-        payload: String::from_utf8_lossy(&payload).into_owned(),
-        accepted_unix_ms: u64::try_from(row.try_get::<_, i64>(5)?).unwrap_or(0),
-        failed_unix_ms: u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0),
-        attempts: u32::try_from(row.try_get::<_, i32>(7)?).unwrap_or(0),
-        error: row.try_get(8)?,
-    })
+    Ok(FailedEvent::from_row(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+        u32::try_from(row.try_get::<_, i32>(7)?).unwrap_or(0),
+        row.try_get(8)?,
+    ))
 }
 
 /// `lease` as a PostgreSQL interval literal's seconds.

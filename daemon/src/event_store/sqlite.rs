@@ -176,10 +176,6 @@ impl SqliteEventStore {
     }
 }
 
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 /// Reads one `events` row; `Err` says what is wrong with it.
 fn read_event(row: &Row<'_>) -> Result<StoredEvent, String> {
     let field = |e: rusqlite::Error| e.to_string();
@@ -195,18 +191,17 @@ fn read_event(row: &Row<'_>) -> Result<StoredEvent, String> {
 }
 
 fn read_failed(row: &Row<'_>) -> rusqlite::Result<FailedEvent> {
-    let payload: Vec<u8> = row.get(4)?;
-    Ok(FailedEvent {
-        id: row.get(0)?,
-        request_id: row.get(1)?,
-        function_name: row.get(2)?,
-        tenant_id: row.get(3)?,
-        payload: String::from_utf8_lossy(&payload).into_owned(),
-        accepted_unix_ms: u64_of(row.get(5)?),
-        failed_unix_ms: u64_of(row.get(6)?),
-        attempts: u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
-        error: row.get(8)?,
-    })
+    Ok(FailedEvent::from_row(
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        u32::try_from(row.get::<_, i64>(7)?).unwrap_or(u32::MAX),
+        row.get(8)?,
+    ))
 }
 
 impl EventStore for SqliteEventStore {
