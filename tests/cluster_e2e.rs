@@ -17,6 +17,8 @@
 
 mod cluster;
 mod common;
+#[path = "cluster/kill_node.rs"]
+mod kill_node;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
@@ -43,10 +45,12 @@ fn node_config(i: usize) -> String {
     format!(
         "[jail]\ncpu_full_at_mib = 0\nuid_base = {}\nuid_count = 1000\ncgroup_parent = \"/sys/fs/cgroup/silo-n{i}\"\n\n\
          [limits]\nmemory_mib = 800\n\n\
+         [cluster]\nevent_lease_s = {lease}\n\n\
          [[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         1_000_000_000 + i * 100_000,
         ADMIN.0,
-        ADMIN.1
+        ADMIN.1,
+        lease = kill_node::EVENT_LEASE_S,
     )
 }
 
@@ -64,21 +68,22 @@ enum Nodes {
 fn script(pg_port: u16) -> String {
     let mut s = String::from(
         "mkdir -p /srv/cgi-bin && cp /work/stop.cgi /srv/cgi-bin/stop && chmod 755 /srv/cgi-bin/stop\n\
+         cp /work/node.cgi /srv/cgi-bin/node && chmod 755 /srv/cgi-bin/node\n\
          httpd -p 8081 -h /srv\n\
          ( while sleep 5; do echo \"HEARTBEAT $(cut -d' ' -f1 /proc/uptime) s up, load $(cut -d' ' -f1-3 /proc/loadavg)\"; done ) &\n\
          beat=$!\n",
     );
+    // Node n's start (again after a kill: same node id and data directory).
+    s.push_str(&format!(
+        "start() {{ SILO_LOG=info silo serve --config n$1.toml --listen 0.0.0.0:900$1 --data-dir /tmp/n$1 \
+         --kernel vmlinux --agent agent --registry postgres://silo@10.0.2.2:{pg_port}/postgres \
+         --node-id n$1 >> /tmp/n$1.log 2>&1 & eval pid$1=\\$!; }}\n"
+    ));
     for i in 1..=NODES {
-        s.push_str(&format!(
-            "SILO_LOG=info silo serve --config n{i}.toml --listen 0.0.0.0:900{i} --data-dir /tmp/n{i} \
-             --kernel vmlinux --agent agent --registry postgres://silo@10.0.2.2:{pg_port}/postgres \
-             --node-id n{i} > /tmp/n{i}.log 2>&1 &\npid{i}=$!\n"
-        ));
+        s.push_str(&format!("start {i}\n"));
     }
-    s.push_str(
-        "i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ]; do sleep 0.1; i=$((i+1)); done\n\
-         kill $beat\n",
-    );
+    s.push_str(&kill_node::control_loop(NODES));
+    s.push_str("kill $beat\n");
     for i in 1..=NODES {
         s.push_str(&format!(
             "kill -TERM $pid{i}; wait $pid{i}; echo \"NODE_EXIT n{i} $?\"\n\
@@ -126,6 +131,7 @@ impl Nodes {
                     .to_vec(),
                 0o755,
             )
+            .bytes("/work/node.cgi", kill_node::NODE_CGI.to_vec(), 0o755)
             .port_forward(control, 8081)
             .heartbeat(Duration::from_secs(5));
         for (i, port) in ports.iter().enumerate() {
@@ -289,7 +295,7 @@ fn node_state(admin: &LambdaClient) -> NodeState {
     }
 }
 
-fn scenario(nodes: &Nodes, pg: &mut pg::PgServer) {
+fn scenario(nodes: &mut Nodes, pg: &mut pg::PgServer) {
     let endpoints = nodes.endpoints();
     let admins: Vec<LambdaClient> = endpoints.iter().map(|e| signed(e)).collect();
     let dir = scratch("cluster-e2e-haproxy");
@@ -441,6 +447,7 @@ fn scenario(nodes: &Nodes, pg: &mut pg::PgServer) {
     );
 
     postgres_restart_under_load(pg, &endpoints, &admins, &through, &tenants);
+    kill_node::kill_one_under_load(nodes, pg.port(), &admins, &through, &states);
 }
 
 /// PostgreSQL stopped and started again while warm invokes of every tenant
@@ -590,8 +597,9 @@ fn three_nodes_with_vms_behind_haproxy_keep_tenants_apart() {
         let mut pg = pg::PgServer::start();
         let started = Instant::now();
         let mut nodes = Nodes::start(pg.port());
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&nodes, &mut pg)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scenario(&mut nodes, &mut pg)
+        }));
         let out = nodes.stop();
         match (result, &out) {
             (Ok(()), _) => {
