@@ -13,7 +13,8 @@
 //! node holds as many environments as tenants it served). Prints the warm
 //! p50 through HAProxy against direct to the node. Then PostgreSQL is
 //! restarted under load: warm invokes through HAProxy keep succeeding and a
-//! change made as it comes back reaches every node.
+//! change made as it comes back reaches every node. Last, one node is
+//! killed under load and restarted (`cluster/kill_node.rs`).
 
 mod cluster;
 mod common;
