@@ -13,18 +13,23 @@
 //! node holds as many environments as tenants it served). Prints the warm
 //! p50 through HAProxy against direct to the node. Then PostgreSQL is
 //! restarted under load: warm invokes through HAProxy keep succeeding and a
-//! change made as it comes back reaches every node.
+//! change made as it comes back reaches every node. Last, one node is
+//! killed under load and restarted (`cluster/kill_node.rs`).
 
 mod cluster;
 mod common;
+#[path = "cluster/kill_node.rs"]
+mod kill_node;
+#[path = "cluster/nodes.rs"]
+mod nodes;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cluster::nodes::{describe, Nodes, NODES};
 use common::daemon::{free_port, scratch, ADMIN};
+use nodes::{describe, Nodes, NODES};
 use silo_client::{HttpResponse, InvokeOptions, LambdaClient};
 use silo_images::testhost::TestHostError;
 
@@ -101,7 +106,7 @@ fn node_state(admin: &LambdaClient) -> NodeState {
     }
 }
 
-fn scenario(nodes: &Nodes, pg: &mut pg::PgServer) {
+fn scenario(nodes: &mut Nodes, pg: &mut pg::PgServer) {
     let endpoints = nodes.endpoints();
     let admins: Vec<LambdaClient> = endpoints.iter().map(|e| signed(e)).collect();
     let dir = scratch("cluster-e2e-haproxy");
@@ -253,6 +258,7 @@ fn scenario(nodes: &Nodes, pg: &mut pg::PgServer) {
     );
 
     postgres_restart_under_load(pg, &endpoints, &admins, &through, &tenants);
+    kill_node::kill_one_under_load(nodes, pg.port(), &admins, &through, &states);
 }
 
 /// PostgreSQL stopped and started again while warm invokes of every tenant
@@ -402,8 +408,9 @@ fn three_nodes_with_vms_behind_haproxy_keep_tenants_apart() {
         let mut pg = pg::PgServer::start();
         let started = Instant::now();
         let mut nodes = Nodes::start(pg.port());
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&nodes, &mut pg)));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scenario(&mut nodes, &mut pg)
+        }));
         let out = nodes.stop();
         match (result, &out) {
             (Ok(()), _) => {

@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod nodes;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 

@@ -18,14 +18,16 @@ pub const NODES: usize = 3;
 /// Node `i`'s configuration: its own jail uids and cgroup (nodes in one
 /// host must not reap each other's VMs at start) and a third of the test
 /// host's memory.
-fn node_config(i: usize) -> String {
+pub fn node_config(i: usize) -> String {
     format!(
         "[jail]\ncpu_full_at_mib = 0\nuid_base = {}\nuid_count = 1000\ncgroup_parent = \"/sys/fs/cgroup/silo-n{i}\"\n\n\
          [limits]\nmemory_mib = 800\n\n\
+         [cluster]\nevent_lease_s = {lease}\n\n\
          [[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         1_000_000_000 + i * 100_000,
         ADMIN.0,
-        ADMIN.1
+        ADMIN.1,
+        lease = crate::kill_node::EVENT_LEASE_S,
     )
 }
 
@@ -43,21 +45,22 @@ pub enum Nodes {
 fn script(pg_port: u16) -> String {
     let mut s = String::from(
         "mkdir -p /srv/cgi-bin && cp /work/stop.cgi /srv/cgi-bin/stop && chmod 755 /srv/cgi-bin/stop\n\
+         cp /work/node.cgi /srv/cgi-bin/node && chmod 755 /srv/cgi-bin/node\n\
          httpd -p 8081 -h /srv\n\
          ( while sleep 5; do echo \"HEARTBEAT $(cut -d' ' -f1 /proc/uptime) s up, load $(cut -d' ' -f1-3 /proc/loadavg)\"; done ) &\n\
          beat=$!\n",
     );
+    // Node n's start (again after a kill: same node id and data directory).
+    s.push_str(&format!(
+        "start() {{ SILO_LOG=info silo serve --config n$1.toml --listen 0.0.0.0:900$1 --data-dir /tmp/n$1 \
+         --kernel vmlinux --agent agent --registry postgres://silo@10.0.2.2:{pg_port}/postgres \
+         --node-id n$1 >> /tmp/n$1.log 2>&1 & eval pid$1=\\$!; }}\n"
+    ));
     for i in 1..=NODES {
-        s.push_str(&format!(
-            "SILO_LOG=info silo serve --config n{i}.toml --listen 0.0.0.0:900{i} --data-dir /tmp/n{i} \
-             --kernel vmlinux --agent agent --registry postgres://silo@10.0.2.2:{pg_port}/postgres \
-             --node-id n{i} > /tmp/n{i}.log 2>&1 &\npid{i}=$!\n"
-        ));
+        s.push_str(&format!("start {i}\n"));
     }
-    s.push_str(
-        "i=0; while [ ! -f /tmp/stop ] && [ $i -lt 9000 ]; do sleep 0.1; i=$((i+1)); done\n\
-         kill $beat\n",
-    );
+    s.push_str(&crate::kill_node::control_loop(NODES));
+    s.push_str("kill $beat\n");
     for i in 1..=NODES {
         s.push_str(&format!(
             "kill -TERM $pid{i}; wait $pid{i}; echo \"NODE_EXIT n{i} $?\"\n\
@@ -105,6 +108,7 @@ impl Nodes {
                     .to_vec(),
                 0o755,
             )
+            .bytes("/work/node.cgi", crate::kill_node::NODE_CGI.to_vec(), 0o755)
             .port_forward(control, 8081)
             .heartbeat(Duration::from_secs(5));
         for (i, port) in ports.iter().enumerate() {

@@ -108,8 +108,12 @@ defaults
     timeout http-request 30s
     timeout http-keep-alive 60s
     # A node that refuses the connection: the request goes to another
-    # (it never reached a node, so it cannot run twice).
+    # (it never reached a node, so it cannot run twice). Only then: an
+    # invoke a node received and lost (killed mid-invoke: an empty
+    # response, a reset) may have run, so it is never re-sent; the caller
+    # gets a 502 and retries if the function is idempotent.
     retries 2
+    retry-on conn-failure
     option redispatch 1
 
 frontend silo_api
@@ -175,5 +179,7 @@ mod tests {
         ));
         let c = config(&o(&["10.0.0.1:9000", "node-2.local:9000"], 0)).unwrap();
         assert!(c.contains("server node2 node-2.local:9000\n"), "{c}");
+        // Re-sent elsewhere only when it never reached a node.
+        assert!(c.contains("    retry-on conn-failure\n"), "{c}");
     }
 }
