@@ -258,6 +258,7 @@ fn signed(endpoint: &str) -> LambdaClient {
 /// A running HAProxy with one bounded-load factor, killed on drop.
 struct Haproxy {
     child: Child,
+    dir: PathBuf,
     endpoint: String,
 }
 
@@ -290,6 +291,7 @@ impl Haproxy {
             .map_err(|e| format!("haproxy (apt-get install haproxy): {e}"))?;
         Ok(Self {
             child,
+            dir,
             endpoint: format!("http://127.0.0.1:{front}"),
         })
     }
@@ -299,6 +301,7 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
