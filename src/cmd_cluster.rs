@@ -28,8 +28,9 @@ struct HaproxyArgs {
     #[arg(long, default_value = "0.0.0.0:9000")]
     listen: String,
     /// Bounded load: no node takes more than this percentage of the
-    /// average load (HAProxy's hash-balance-factor; 0: unbounded).
-    #[arg(long, default_value_t = 150)]
+    /// average load (HAProxy's hash-balance-factor; 0: unbounded, the
+    /// default, since any bound moves tenants at low concurrency).
+    #[arg(long, default_value_t = 0)]
     balance_factor: u32,
     /// Health check interval in milliseconds.
     #[arg(long, default_value_t = 1000)]

@@ -15,7 +15,7 @@ fn the_printed_haproxy_configuration_is_valid() {
     for line in [
         "balance hash var(txn.silo_key)",
         "hash-type consistent",
-        "hash-balance-factor 150",
+        "# No hash-balance-factor",
         "timeout check 5s",
         "http-check send meth GET uri /readyz",
         "server node3 localhost:19003",
@@ -232,4 +232,134 @@ fn count(m: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
 
 fn package() -> Vec<u8> {
     silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
+}
+
+/// The bounded load `silo cluster haproxy-config` prints keeps a tenant on
+/// its node while that node holds the only request in flight (as when it
+/// runs one cold start): with `hash-balance-factor 150` HAProxy counted
+/// the node as over 1.5x the average and sent the tenant's next requests
+/// to another node, where each would cold-start. The long request is a
+/// real one through HAProxy whose body is still coming; which node took
+/// each Event is read from the shared queue (reserved concurrency 0: no
+/// VM, each event stays claimed by its node).
+#[test]
+fn one_long_request_on_a_node_does_not_move_its_tenants() {
+    use std::io::{Read, Write};
+    let pg = pg::PgServer::start();
+    let cfg = config("[cluster]\nevent_lease_s = 3600\n");
+    let url = pg.url();
+    let mut nodes: Vec<TestDaemon> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|id| {
+            TestDaemon::on_host(
+                &cfg,
+                &scratch(&format!("haproxy-hold-{id}")),
+                &["--registry", &url, "--node-id", id, "--insecure-no-jail"],
+            )
+        })
+        .collect();
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|d| d.endpoint.trim_start_matches("http://").to_string())
+        .collect();
+    let front = pg::free_port();
+    let haproxy = cluster::Haproxy::start(&scratch("haproxy-hold-run"), front, &endpoints, 300);
+    let admin1 = nodes[0].admin();
+    let r = admin1
+        .create_function("routed", &package(), true, serde_json::json!({}))
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin1
+        .request(
+            "PUT",
+            "/2017-10-31/functions/routed/concurrency",
+            &[("content-type", "application/json")],
+            br#"{"ReservedConcurrentExecutions": 0}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let through = haproxy.admin();
+    let event = || {
+        through.invoke(
+            "routed",
+            b"{}",
+            &InvokeOptions {
+                tenant: Some("held".into()),
+                invocation_type: Some("Event".into()),
+                log_tail: false,
+            },
+        )
+    };
+    let claimed = || -> Vec<String> {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query(
+            "SELECT claimed_by FROM silo_events WHERE tenant = 'held' ORDER BY accepted_unix_ms",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // The tenant's node: where its first accepted event went (every node
+    // up in HAProxy and holding the function first).
+    let start = Instant::now();
+    while !event().is_ok_and(|r| r.status == 202) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no 202 through HAProxy in 60 s\n{}",
+            haproxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let home = claimed()[0].clone();
+    // One long request of the same key, its body never finished: HAProxy
+    // has passed its headers to the tenant's node and counts it in flight.
+    // Signed (the node verifies before it runs anything, after the body).
+    let path = "/2015-03-31/functions/routed/invocations";
+    let body = [b' '; 1000];
+    let given = [
+        ("x-amz-tenant-id", "held"),
+        ("content-type", "application/json"),
+    ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut head =
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{front}\r\nContent-Length: 1000\r\n");
+    for (n, v) in given {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    for (n, v) in through.signature_headers("POST", path, &given, &body, now) {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n ");
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", front)).unwrap();
+    held.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    for n in 0..10 {
+        let r = event().unwrap();
+        assert_eq!(r.status, 202, "event {n}: {}", r.text());
+    }
+    // Still in flight: no answer came back on it.
+    held.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(held.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the long request ended early: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let on = claimed();
+    assert_eq!(on.len(), 11);
+    assert!(
+        on.iter().all(|n| *n == home),
+        "the tenant's events left its node {home} while it held one request: {on:?}\n{}",
+        haproxy.log()
+    );
+    drop(held);
+    drop(haproxy);
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
 }

@@ -22,6 +22,10 @@
 //! - [`events`]: an Event invoke's 202 (synced to the durable queue)
 //!   against a DryRun (`silo-bench bench-events`).
 //!
+//! - [`cluster`]: three nodes behind HAProxy on PostgreSQL: warm invokes
+//!   through HAProxy against direct, warm-hit share per bounded-load
+//!   factor, change visibility (`silo-bench bench-cluster`).
+//!
 //! - [`net`]: guest egress throughput and round trips against Firecracker
 //!   and the host, and what a network adds to a cold start.
 //!
@@ -30,6 +34,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod cluster;
 pub mod events;
 pub mod guest_files;
 pub mod idle_memory;
@@ -127,6 +132,10 @@ pub enum BenchCommand {
     /// Measure what keeping function logs costs a warm invoke (a handler
     /// printing 10 lines): logs on against off, in the same run.
     BenchLogsInvoke(logs_invoke::LogsInvokeArgs),
+    /// Measure a cluster (3 nodes, HAProxy, PostgreSQL): warm invokes
+    /// through HAProxy against direct, warm-hit share per bounded-load
+    /// factor under a mixed load, and how fast a change reaches every node.
+    BenchCluster(cluster::ClusterBenchArgs),
 }
 
 impl BenchCommand {
@@ -142,6 +151,7 @@ impl BenchCommand {
             BenchCommand::BenchEvents(args) => events::run(args),
             BenchCommand::BenchIdleMemory(args) => idle_memory::run(args),
             BenchCommand::BenchLogsInvoke(args) => logs_invoke::run(args),
+            BenchCommand::BenchCluster(args) => cluster::run(args),
         }
     }
 }

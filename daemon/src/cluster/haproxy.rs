@@ -5,9 +5,13 @@
 //! Invoke path (`/2015-03-31/functions/<name>/...`) and the
 //! `X-Amz-Tenant-Id` header when present, so one tenant's repeat invokes
 //! reach the node holding its warm environment. `hash-type consistent`
-//! moves only a lost node's keys when membership changes, and
-//! `hash-balance-factor` bounds any node's load to that factor of the
-//! average (a hot key spills to the next node). Nodes are health-checked on
+//! moves only a lost node's keys when membership changes. Bounded load
+//! (`hash-balance-factor`) is off by default: HAProxy counts requests in
+//! flight, so at low concurrency one long request (a cold start) puts a
+//! node over any factor below 100 x the node count and its tenants' next
+//! invokes move (and cold-start) elsewhere; a hot node is bounded by its
+//! own admission limits instead (429). `--balance-factor` turns it on for
+//! clusters that prefer spreading hot keys (docs/DAEMON.md). Nodes are health-checked on
 //! `/readyz`. HAProxy adds and changes no header, so SigV4 signatures
 //! (which cover `Host` and the signed headers) verify on the node.
 //!
@@ -26,8 +30,8 @@ pub struct HaproxyOptions {
     pub nodes: Vec<String>,
     /// Where HAProxy listens (`address:port`).
     pub listen: String,
-    /// The bounded-load factor in percent (`hash-balance-factor`; 0:
-    /// unbounded).
+    /// The bounded-load factor in percent (`hash-balance-factor`; 0, the
+    /// default: unbounded, see the module's documentation).
     pub balance_factor: u32,
     /// Health check interval in milliseconds.
     pub check_interval_ms: u32,
@@ -41,7 +45,7 @@ impl Default for HaproxyOptions {
         Self {
             nodes: Vec::new(),
             listen: "0.0.0.0:9000".into(),
-            balance_factor: 150,
+            balance_factor: 0,
             check_interval_ms: 1000,
             max_invoke_s: 900,
         }
@@ -127,8 +131,7 @@ backend silo_nodes
     http-request set-var(txn.silo_key) req.hdr(x-amz-tenant-id),concat(@,txn.silo_key) if {{ req.hdr(x-amz-tenant-id) -m found }}
     balance hash var(txn.silo_key)
     hash-type consistent
-    hash-balance-factor {factor}
-    # /readyz is 503 while a node starts, stops or cannot boot VMs.
+{bound}    # /readyz is 503 while a node starts, stops or cannot boot VMs.
     # A check's answer may take this long: a node busy booting VMs answers
     # late, and a check timing out at `inter` (HAProxy's default) marks it
     # down, moving its tenants (one cold start each) for nothing. A dead
@@ -143,7 +146,15 @@ backend silo_nodes
         n = o.nodes.len(),
         t = o.max_invoke_s + 10,
         listen = o.listen,
-        factor = o.balance_factor,
+        bound = if o.balance_factor == 0 {
+            "    # No hash-balance-factor: at low concurrency one cold start on a node
+    # would exceed any bound and move its other tenants (each cold-starting
+    # elsewhere); each node bounds its own load (429 past its limits).
+"
+            .to_string()
+        } else {
+            format!("    hash-balance-factor {}\n", o.balance_factor)
+        },
         inter = o.check_interval_ms,
         check_timeout = CHECK_TIMEOUT_S,
     );
@@ -181,5 +192,8 @@ mod tests {
         assert!(c.contains("server node2 node-2.local:9000\n"), "{c}");
         // Re-sent elsewhere only when it never reached a node.
         assert!(c.contains("    retry-on conn-failure\n"), "{c}");
+        assert!(!c.contains("    hash-balance-factor"), "{c}");
+        let c = config(&o(&["10.0.0.1:9000"], 150)).unwrap();
+        assert!(c.contains("    hash-balance-factor 150\n"), "{c}");
     }
 }
