@@ -39,47 +39,7 @@ fn a_vm_reaches_its_allowed_destinations_and_nothing_else() {
     // The daemon turns IPv4 forwarding on; the test puts back what it found.
     let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     // The "internet": a namespace behind a veth from the host.
-    for ns in GUESTS.iter().chain([&INET_NS]) {
-        sh(&["ip", "netns", "add", ns]);
-    }
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        INET_HOST_VETH,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        INET_NS,
-    ]);
-    sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", INET_HOST_VETH]);
-    sh(&["ip", "link", "set", INET_HOST_VETH, "up"]);
-    slot::in_netns(&ns_path(INET_NS), || {
-        run(
-            "ip",
-            &["-b", "-"],
-            Some(
-                "link set lo up\naddr add 203.0.113.10/24 dev eth0\naddr add 192.88.99.10/32 dev eth0\n\
-                 addr add 10.99.0.10/32 dev eth0\naddr add 169.254.169.254/32 dev eth0\n\
-                 link set eth0 up\nroute add default via 203.0.113.1\n",
-            ),
-        )
-    })
-    .unwrap();
-    // Traffic arriving from the first VM's veth is routed there (rule below).
-    sh(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "203.0.113.10",
-        "table",
-        RULE_TABLE,
-    ]);
+    make_world();
 
     // The host's "API" (any free port), and the same port everywhere else.
     let host_api = TcpListener::bind(("0.0.0.0", 0)).unwrap();

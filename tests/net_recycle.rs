@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use net_world::*;
-use silo_daemon::net::slot::{self, run, Names};
+use silo_daemon::net::slot::{self, Names};
 use silo_daemon::net::traffic::{self, Traffic};
 use silo_daemon::net::{sweep, EgressPolicy, GuestLink, NetError, Network, NetworkConfig};
 
@@ -33,51 +33,6 @@ const GUEST_UDP: u16 = 40123;
 
 fn bind_err(e: std::io::Error) -> NetError {
     NetError::Command("socket".into(), e.to_string())
-}
-
-/// The "internet" namespace of `net_world`, with the route the slots' veth
-/// traffic takes to it.
-fn make_world() {
-    sh(&["ip", "netns", "add", INET_NS]);
-    for g in GUESTS {
-        sh(&["ip", "netns", "add", g]);
-    }
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        INET_HOST_VETH,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        INET_NS,
-    ]);
-    sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", INET_HOST_VETH]);
-    sh(&["ip", "link", "set", INET_HOST_VETH, "up"]);
-    slot::in_netns(&ns_path(INET_NS), || {
-        run(
-            "ip",
-            &["-b", "-"],
-            Some(
-                "link set lo up\naddr add 203.0.113.10/24 dev eth0\naddr add 192.88.99.10/32 dev eth0\n\
-                 addr add 10.99.0.10/32 dev eth0\nlink set eth0 up\nroute add default via 203.0.113.1\n",
-            ),
-        )
-    })
-    .unwrap();
-    sh(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "203.0.113.10",
-        "table",
-        RULE_TABLE,
-    ]);
 }
 
 fn free_port() -> u16 {

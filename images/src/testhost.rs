@@ -85,16 +85,19 @@ pub enum TestHostError {
         /// The end of the console output.
         tail: String,
     },
-    /// The test host's CPU stayed halted with an interrupt pending that
-    /// QEMU never delivered (see [`stall`]): an emulator fault, not the
-    /// command's; QEMU was killed.
+    /// The test host stopped making progress through a fault of the
+    /// emulator, not of the command (see [`stall`]): its CPU stayed halted
+    /// with an interrupt pending that QEMU never delivered, or a command's
+    /// console heartbeat stopped; QEMU was killed.
     #[error(
-        "the test host stalled: its CPU stayed halted with interrupts enabled and an interrupt \
-         pending in its local APIC that QEMU never delivered (a fault of the emulator's nested \
-         SVM, not of the command); QEMU killed after {silent:?} without console output. CPU \
-         state:\n{state}\nlast console lines:\n{tail}"
+        "the test host stalled: {how} (a fault of the emulator's nested SVM, not of the \
+         command); QEMU killed after {silent:?} without console output. CPU state:\n{state}\n\
+         last console lines:\n{tail}"
     )]
     Stalled {
+        /// What was seen: a halted CPU with an undelivered interrupt, or a
+        /// heartbeat that stopped.
+        how: &'static str,
         /// How long the console had been silent.
         silent: Duration,
         /// What the monitor showed.

@@ -18,6 +18,13 @@ use silo_images::testhost::{
     hardware_kvm_usable, HostSlot, TestHost, TestHostError, TestHostOutput,
 };
 
+mod constructors;
+mod scripts;
+
+// Not every test binary uses the script pieces.
+#[allow(unused_imports)]
+pub use scripts::*;
+
 /// An admin key every test daemon knows.
 pub const ADMIN: (&str, &str) = ("AKIDSILOADMIN", "admin-secret-for-tests");
 /// A key restricted to tenant-A.
@@ -85,160 +92,6 @@ pub fn create_counter(admin: &LambdaClient) -> Vec<u8> {
     zip
 }
 
-/// Bytes of the daemon's log that [`script_diagnostics`]' `silo_diag`
-/// prints (its end).
-pub const DIAG_LOG_BYTES: u32 = 20 * 1024;
-
-/// Shell functions for a script that runs `silo serve` (pid in `$daemon`,
-/// log in `daemon.log`, unauthenticated `/metrics` on 127.0.0.1:
-/// `metrics_port`), so that a failure or a hang shows what the daemon was
-/// doing rather than only that it stopped answering:
-///
-/// - `silo_diag`: prints, between `DIAG_BEGIN` and `DIAG_END` on the
-///   script's own output (fd 9, whatever the caller redirected), the last
-///   [`DIAG_LOG_BYTES`] of the daemon's log, its `/metrics` (within 10 s:
-///   a daemon that cannot answer that is stuck as a whole), the process
-///   list, memory, the kernel log's end, and each daemon thread's name,
-///   state, wait channel and kernel stack;
-/// - `silo_heartbeat SECONDS`: prints a `HEARTBEAT` line (uptime, load)
-///   every so many seconds in the background (pid in `$heartbeat`): when a
-///   run hangs, heartbeats that go on mean the test host runs and something
-///   in it waits; heartbeats that stop mean the test host itself stalled
-///   (its timers, which `within` needs too);
-/// - `within SECONDS COMMAND...`: runs the command under busybox
-///   `timeout`; if it had to be killed, prints `TIMED_OUT` and runs
-///   `silo_diag` (and sets `diagnosed=1`). Its exit status is the
-///   command's.
-pub fn script_diagnostics(metrics_port: u16) -> String {
-    format!(
-        r#"exec 9>&1
-diagnosed=0
-silo_diag() {{
-  echo DIAG_BEGIN >&9
-  {{
-    echo "--- daemon log, last {DIAG_LOG_BYTES} bytes of $(wc -c < daemon.log)"
-    tail -c {DIAG_LOG_BYTES} daemon.log
-    echo "--- /metrics"
-    timeout 10 wget -qO- http://127.0.0.1:{metrics_port}/metrics | grep -v '^#' || echo "(no /metrics answer within 10 s)"
-    echo "--- processes"
-    ps -o pid,ppid,stat,time,args 2>/dev/null || ps
-    echo "--- memory"
-    grep -E '^(MemTotal|MemFree|MemAvailable|Shmem):' /proc/meminfo
-    echo "--- kernel log, last 30 lines"
-    dmesg | tail -n 30
-    echo "--- daemon threads (name state wchan, kernel stack)"
-    for t in /proc/$daemon/task/*; do
-      echo "$(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan 2>/dev/null)"
-      head -n 6 $t/stack 2>/dev/null | sed 's/^/    /'
-    done
-  }} >&9 2>&1
-  echo DIAG_END >&9
-}}
-silo_heartbeat() {{
-  ( while sleep "$1"; do echo "HEARTBEAT $(cut -d' ' -f1 /proc/uptime) s up, load $(cut -d' ' -f1-3 /proc/loadavg)" >&9; done ) &
-  heartbeat=$!
-}}
-within() {{
-  w_s=$1; shift
-  timeout "$w_s" "$@"; w_rc=$?
-  if [ $w_rc -eq 124 ] || [ $w_rc -eq 143 ] || [ $w_rc -eq 137 ]; then
-    echo "TIMED_OUT after $w_s s (exit $w_rc): $*" >&9
-    silo_diag; diagnosed=1
-  fi
-  return $w_rc
-}}
-"#
-    )
-}
-
-/// Shell lines for a [`super::run_with_kvm`] script (its work directory
-/// holding [`script_files`]) that start `silo serve` on 127.0.0.1:`port`
-/// (unauthenticated `/metrics` on `port + 1`) with `SILO_LOG=<silo_log>` if
-/// given, its stderr in `daemon.log` and its pid in `$daemon`; export the
-/// admin key and `SILO_ENDPOINT` for the `silo` CLI; define
-/// [`script_diagnostics`]' `silo_diag` and `within`; and wait until the
-/// daemon answers (else print `NO_DAEMON` and the diagnostics, and exit 1).
-pub fn script_start_daemon(port: u16, silo_log: Option<&str>) -> String {
-    let (key, secret) = ADMIN;
-    let log = silo_log
-        .map(|l| format!("SILO_LOG={l} "))
-        .unwrap_or_default();
-    let metrics = port + 1;
-    let diag = script_diagnostics(metrics);
-    format!(
-        r#"export AWS_ACCESS_KEY_ID={key} AWS_SECRET_ACCESS_KEY={secret} SILO_ENDPOINT=http://127.0.0.1:{port}
-{diag}{log}silo serve --config silo.toml --listen 127.0.0.1:{port} --metrics-listen 127.0.0.1:{metrics} --data-dir ./data --kernel vmlinux --agent agent 2> daemon.log &
-daemon=$!
-i=0; until silo invoke --name none --payload '{{}}' 2>&1 | grep -q ResourceNotFound; do i=$((i+1)); [ $i -gt 300 ] && echo NO_DAEMON && silo_diag && exit 1; sleep 0.2; done
-"#
-    )
-}
-
-/// A shell line that creates the per-tenant function `name` with `silo
-/// create-function` from `code` (`--bootstrap <file>` or `--zip <file>`)
-/// and a timeout of `timeout_s` seconds, its answer in the file `out`; on
-/// failure (or no answer within 300 s) it prints that answer and
-/// `silo_diag`'s diagnostics, and exits 1.
-pub fn script_create_function(name: &str, code: &str, timeout_s: u32, out: &str) -> String {
-    format!(
-        "within 300 silo create-function --name {name} {code} --per-tenant --timeout {timeout_s} > {out} \
-         || {{ cat {out}; [ $diagnosed = 1 ] || silo_diag; exit 1; }}\n"
-    )
-}
-
-/// The work files of a script that starts a daemon with
-/// [`script_start_daemon`]: the guest kernel (`vmlinux`), the agent
-/// (`agent`), the counter function's bootstrap (`counter`) and `config` as
-/// `silo.toml`.
-pub fn script_files(config: String) -> Vec<(&'static str, WorkFile)> {
-    let (kernel, agent) = images();
-    let counter = silo_images::artifacts::counter_function().unwrap();
-    vec![
-        ("vmlinux", WorkFile::Host(kernel)),
-        ("agent", WorkFile::Host(agent)),
-        ("counter", WorkFile::Host(counter)),
-        ("silo.toml", WorkFile::Bytes(config.into_bytes())),
-    ]
-}
-
-enum Where {
-    Host(Child),
-    TestHost {
-        run: JoinHandle<Result<TestHostOutput, TestHostError>>,
-        stop_port: u16,
-    },
-}
-
-/// Makes sure this machine's `python3` can import boto3 (and jmespath, which
-/// boto3 installs and the scripts use): installed by `.ci/run`; on a fresh
-/// machine this installs it from PyPI with pip, so the README's test
-/// command needs no other set-up. Panics if it still cannot.
-pub fn ensure_boto3() {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", "import boto3, jmespath"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has() {
-        eprintln!("installing boto3 from PyPI");
-        let _ = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "boto3",
-            ])
-            .status();
-    }
-    assert!(
-        has(),
-        "boto3 is not installed and `python3 -m pip install boto3` failed"
-    );
-}
-
 /// What a client script run by [`TestDaemon::run_python_client`] printed,
 /// and the daemon's log.
 pub struct ClientRun {
@@ -277,6 +130,15 @@ fn stall_retries() -> u32 {
 /// The interval of a daemon test host's console heartbeat; four missed ones
 /// end its run as a stall.
 const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Where a daemon runs.
+enum Where {
+    Host(Child),
+    TestHost {
+        run: JoinHandle<Result<TestHostOutput, TestHostError>>,
+        stop_port: u16,
+    },
+}
 
 /// A running daemon.
 pub struct TestDaemon {
@@ -369,145 +231,6 @@ impl TestDaemon {
             panic!("the daemon did not come up:\n{logs}");
         }
         d
-    }
-
-    /// `silo serve` where VMs boot: here with hardware KVM, else in the
-    /// KVM test host with its API port forwarded here.
-    pub fn with_vms(config_toml: &str) -> Self {
-        Self::with_vms_files(config_toml, Vec::new())
-    }
-
-    /// [`TestDaemon::with_vms`] for functions on the `python3.11` runtime:
-    /// [`TestDaemon::with_runtime`].
-    pub fn with_python(config_toml: &str, delivery: &str) -> Self {
-        Self::with_runtime("python3.11", config_toml, delivery)
-    }
-
-    /// [`TestDaemon::with_vms`] for functions on managed runtime `runtime`
-    /// (`python3.11`, `nodejs22.x`): the runtime is built here (cached) and,
-    /// for the test host, what `delivery` (`"initramfs"` or `"pmem"`) needs
-    /// of it is copied into it and named in the configuration's
-    /// `[runtimes]`.
-    pub fn with_runtime(runtime: &str, config_toml: &str, delivery: &str) -> Self {
-        Self::with_runtime_and(runtime, config_toml, delivery, Vec::new())
-    }
-
-    /// [`TestDaemon::with_runtime`] with `files` (host path, path in the
-    /// test host) copied into the test host too.
-    pub fn with_runtime_and(
-        runtime: &str,
-        config_toml: &str,
-        delivery: &str,
-        files: Vec<(PathBuf, String)>,
-    ) -> Self {
-        Self::with_runtime_opts(runtime, config_toml, delivery, files, false)
-    }
-
-    /// [`TestDaemon::with_runtime_and`]; `netfilter`: the test host can run
-    /// the daemon's `[network]` ([`TestHost::with_netfilter`]: `nft`, `ip`,
-    /// veth and the nftables modules).
-    pub fn with_runtime_opts(
-        runtime: &str,
-        config_toml: &str,
-        delivery: &str,
-        files: Vec<(PathBuf, String)>,
-        netfilter: bool,
-    ) -> Self {
-        Self::with_runtime_forwarding(runtime, config_toml, delivery, files, netfilter, &[])
-    }
-
-    /// [`TestDaemon::with_runtime_opts`]; in the test host, each `(host
-    /// port, test-host port)` of `forwards` is forwarded too (a second
-    /// listener of the daemon, say); with hardware KVM they are unused.
-    pub fn with_runtime_forwarding(
-        runtime: &str,
-        config_toml: &str,
-        delivery: &str,
-        mut files: Vec<(PathBuf, String)>,
-        netfilter: bool,
-        forwards: &[(u16, u16)],
-    ) -> Self {
-        let rt = silo_images::runtime::runtime_image(runtime)
-            .unwrap_or_else(|e| panic!("{runtime} runtime: {e}"));
-        let head = format!("runtime_delivery = \"{delivery}\"\n");
-        if hardware_kvm_usable() {
-            let cfg = format!(
-                "{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"{}\"\n",
-                rt.dir.display()
-            );
-            return Self::with_vms_forwarding(&cfg, Vec::new(), netfilter, forwards);
-        }
-        let cfg = format!("{head}{config_toml}\n[runtimes]\n\"{runtime}\" = \"/work/{runtime}\"\n");
-        let file = match (delivery, rt.shared_image()) {
-            ("pmem", Some(img)) => (img, "rt.img"),
-            _ => (rt.cpio(), "rt.cpio"),
-        };
-        // With its manifest: the daemon checks the file against it.
-        files.push((file.0, format!("/work/{runtime}/{}", file.1)));
-        files.push((
-            rt.manifest(),
-            format!("/work/{runtime}/{}", silo_images::manifest::MANIFEST),
-        ));
-        Self::with_vms_forwarding(&cfg, files, netfilter, forwards)
-    }
-
-    /// [`TestDaemon::with_vms`] with `files` (host path, path in the test
-    /// host) copied into the test host.
-    pub fn with_vms_files(config_toml: &str, files: Vec<(PathBuf, String)>) -> Self {
-        Self::with_vms_opts(config_toml, files, false)
-    }
-
-    /// [`TestDaemon::with_vms_files`]; `netfilter` as in
-    /// [`TestDaemon::with_runtime_opts`]. In the test host, the script
-    /// `/work/after_stop.sh`, if the test includes one, runs once the
-    /// daemon has ended, its output in what [`TestDaemon::stop`] returns;
-    /// `/work/daemon.env`, if included, is sourced before the daemon starts
-    /// (exported variables: its environment).
-    pub fn with_vms_opts(
-        config_toml: &str,
-        files: Vec<(PathBuf, String)>,
-        netfilter: bool,
-    ) -> Self {
-        Self::with_vms_forwarding(config_toml, files, netfilter, &[])
-    }
-
-    /// [`TestDaemon::with_vms_opts`] with `forwards` as in
-    /// [`TestDaemon::with_runtime_forwarding`].
-    pub fn with_vms_forwarding(
-        config_toml: &str,
-        files: Vec<(PathBuf, String)>,
-        netfilter: bool,
-        forwards: &[(u16, u16)],
-    ) -> Self {
-        if hardware_kvm_usable() {
-            let data = scratch("daemon-data");
-            return Self::on_host(config_toml, &data, &[]);
-        }
-        eprintln!("no hardware KVM here: the daemon runs in the KVM test host");
-        let spec = TestHostSpec {
-            config_toml: config_toml.to_string(),
-            files,
-            netfilter,
-            forwards: forwards.to_vec(),
-        };
-        let mut attempt = 0;
-        loop {
-            match Self::in_test_host(spec.clone()) {
-                Ok(d) => return d,
-                Err(ended) if ended.stalled && attempt < stall_retries() => {
-                    attempt += 1;
-                    eprintln!(
-                        "[testhost] EMULATOR STALL while the daemon started (attempt {attempt} of \
-                         {}): starting it again in a fresh test host",
-                        stall_retries() + 1
-                    );
-                }
-                Err(ended) => panic!(
-                    "the daemon in the test host did not come up:\n{}",
-                    ended.logs
-                ),
-            }
-        }
     }
 
     /// One test host running the daemon `spec` describes, once it answers;

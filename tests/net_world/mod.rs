@@ -190,3 +190,51 @@ pub fn euid() -> u32 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(u32::MAX)
 }
+
+/// Makes the world: a namespace per guest and the "internet" namespace
+/// behind a veth from the host (203.0.113.1 here, 203.0.113.10 there),
+/// holding a public (192.88.99.10) and a private (10.99.0.10) address and
+/// the link-local metadata address (169.254.169.254), and the route the
+/// slots' veth traffic takes to it (table [`RULE_TABLE`]).
+pub fn make_world() {
+    for ns in GUESTS.iter().chain([&INET_NS]) {
+        sh(&["ip", "netns", "add", ns]);
+    }
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        INET_HOST_VETH,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        INET_NS,
+    ]);
+    sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", INET_HOST_VETH]);
+    sh(&["ip", "link", "set", INET_HOST_VETH, "up"]);
+    slot::in_netns(&ns_path(INET_NS), || {
+        run(
+            "ip",
+            &["-b", "-"],
+            Some(
+                "link set lo up\naddr add 203.0.113.10/24 dev eth0\naddr add 192.88.99.10/32 dev eth0\n\
+                 addr add 10.99.0.10/32 dev eth0\naddr add 169.254.169.254/32 dev eth0\n\
+                 link set eth0 up\nroute add default via 203.0.113.1\n",
+            ),
+        )
+    })
+    .unwrap();
+    sh(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "203.0.113.10",
+        "table",
+        RULE_TABLE,
+    ]);
+}

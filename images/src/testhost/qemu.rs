@@ -154,6 +154,9 @@ impl TestHost {
                             drop(child);
                             eprintln!("[testhost] stalled (QEMU did not deliver a pending interrupt); QEMU killed:\n{state}");
                             return Err(TestHostError::Stalled {
+                                how:
+                                    "its CPU stayed halted with interrupts enabled and an \
+                                      interrupt pending in its local APIC that QEMU never delivered",
                                 silent: last_line.elapsed(),
                                 state,
                                 tail: tail(&console),
@@ -170,6 +173,8 @@ impl TestHost {
                             );
                             eprintln!("[testhost] stalled ({state}); QEMU killed");
                             return Err(TestHostError::Stalled {
+                                how: "the command's console heartbeat stopped (its CPU ran \
+                                      without running its timers)",
                                 silent: last_line.elapsed(),
                                 state,
                                 tail: tail(&console),
