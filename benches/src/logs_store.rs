@@ -127,6 +127,7 @@ pub fn run(args: LogsBenchArgs) -> std::process::ExitCode {
             max_tenant_bytes: 64 << 20,
         },
         export: Export::Off,
+        linger: silo_daemon::logs::sink::LINGER,
     };
     let mut out = json!({});
     for (name, rate, secs) in [("sustained", args.rate, args.seconds), ("flat_out", 0, 5)] {

@@ -114,6 +114,7 @@ impl Logs {
                         max_tenant_bytes: cfg.max_tenant_bytes.min(cfg.max_function_bytes),
                     },
                     export: cfg.export_sink(),
+                    linger: sink::LINGER,
                 },
                 usage.clone(),
             )?)

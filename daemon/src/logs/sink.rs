@@ -1,15 +1,20 @@
 //! Off the invoke path: invocations hand their log events to a bounded
 //! buffer ([`LogSink::send`] never blocks); one writer thread takes them
 //! in batches and appends them to the [store](super::store) and the export
-//! sink. When the buffer is full (by events or by bytes) the event is
+//! sink. The writer lingers after a first line ([`LINGER`]) so that a
+//! steady trickle of invocations costs it one wake-up and one write per
+//! linger, not one per invocation; a buffer filling past a quarter of its
+//! bounds wakes it at once, and so does [`LogSink::flush`]. When the buffer
+//! is full (by events or by bytes) the event is
 //! dropped and counted (`silo_log_events_dropped_total` in `/metrics`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::store::{tenant_key, Bounds, StoreWriter, Stored};
@@ -62,6 +67,13 @@ pub struct LogSink {
     tx: SyncSender<Entry>,
     bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Events handed over and not yet written.
+    events: Arc<AtomicUsize>,
+    /// Waking the writer: at this many events or bytes in the buffer.
+    wake_events: usize,
+    wake_bytes: usize,
+    writer: Thread,
+    wake: Arc<AtomicBool>,
     /// The pipeline's counters.
     pub counters: Arc<LogCounters>,
 }
@@ -86,12 +98,22 @@ impl LogSink {
         match self.tx.try_send(entry) {
             Ok(()) => {
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                let events = self.events.fetch_add(1, Ordering::AcqRel) + 1;
+                if events >= self.wake_events || before + size >= self.wake_bytes {
+                    self.wake_writer();
+                }
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.bytes.fetch_sub(size, Ordering::AcqRel);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Ends the writer's linger: it writes what it holds now.
+    fn wake_writer(&self) {
+        self.wake.store(true, Ordering::Release);
+        self.writer.unpark();
     }
 
     /// Waits (at most `limit`) until every line handed over so far is
@@ -103,6 +125,7 @@ impl LogSink {
             if Instant::now() >= until {
                 return false;
             }
+            self.wake_writer();
             std::thread::sleep(Duration::from_millis(5));
         }
         true
@@ -122,18 +145,15 @@ pub struct PipelineSettings {
     pub bounds: Bounds,
     /// The export sink.
     pub export: Export,
+    /// How long the writer waits after a first line before it writes,
+    /// unless the buffer fills past a quarter first ([`LINGER`]).
+    pub linger: Duration,
 }
 
 /// Starts the writer thread; returns the sink feeding it. The thread ends
 /// once every sink is dropped.
 pub fn start(settings: PipelineSettings, usage: Arc<UsageBook>) -> std::io::Result<LogSink> {
     let (tx, rx) = sync_channel(settings.buffer_events.max(1));
-    let sink = LogSink {
-        tx,
-        bytes: Arc::new(AtomicUsize::new(0)),
-        max_bytes: settings.buffer_bytes,
-        counters: Arc::new(LogCounters::default()),
-    };
     let export: Option<Box<dyn Write + Send>> = match &settings.export {
         Export::Off => None,
         Export::Stdout => Some(Box::new(std::io::stdout())),
@@ -145,17 +165,39 @@ pub fn start(settings: PipelineSettings, usage: Arc<UsageBook>) -> std::io::Resu
         )),
     };
     let writer = StoreWriter::new(settings.root.clone(), settings.bounds);
-    let (bytes, counters) = (sink.bytes.clone(), sink.counters.clone());
-    std::thread::Builder::new()
+    let (bytes, events) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counters = Arc::new(LogCounters::default());
+    let wake = Arc::new(AtomicBool::new(false));
+    let shared = Shared {
+        bytes: bytes.clone(),
+        events: events.clone(),
+        counters: counters.clone(),
+        wake: wake.clone(),
+        linger: settings.linger,
+    };
+    let thread = std::thread::Builder::new()
         .name("silo-logs".into())
-        .spawn(move || write_loop(rx, writer, export, bytes, counters, usage))?;
-    Ok(sink)
+        .spawn(move || write_loop(rx, writer, export, shared, usage))?;
+    Ok(LogSink {
+        tx,
+        bytes,
+        max_bytes: settings.buffer_bytes,
+        events,
+        wake_events: (settings.buffer_events / 4).max(1),
+        wake_bytes: (settings.buffer_bytes / 4).max(1),
+        writer: thread.thread().clone(),
+        wake,
+        counters,
+    })
 }
 
 /// Events taken from the buffer at once, at most.
 const BATCH: usize = 4096;
-/// How long the writer waits after a first line before it takes the batch.
-const LINGER: Duration = Duration::from_millis(20);
+/// How long the writer waits after a first line before it takes the batch
+/// (the daemon's setting): logs are searchable this long after they are
+/// printed, and a function printing on every invocation wakes the writer
+/// once per this, not per invocation.
+pub const LINGER: Duration = Duration::from_millis(250);
 /// How often the usage book is saved (if it changed).
 const SAVE_USAGE_EVERY: Duration = Duration::from_secs(5);
 /// How often retention is applied.
@@ -168,12 +210,21 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// What the writer thread shares with the sinks.
+struct Shared {
+    bytes: Arc<AtomicUsize>,
+    events: Arc<AtomicUsize>,
+    counters: Arc<LogCounters>,
+    /// Set (then the writer unparked) to end its linger now.
+    wake: Arc<AtomicBool>,
+    linger: Duration,
+}
+
 fn write_loop(
     rx: Receiver<Entry>,
     mut store: StoreWriter,
     mut export: Option<Box<dyn Write + Send>>,
-    bytes: Arc<AtomicUsize>,
-    counters: Arc<LogCounters>,
+    shared: Shared,
     usage: Arc<UsageBook>,
 ) {
     store.sweep_retention(SystemTime::now());
@@ -184,11 +235,18 @@ fn write_loop(
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(e) => {
                 batch.push(e);
-                // Let the rest of this invocation's lines arrive before
-                // writing: a sleeping writer is not woken by each line the
-                // invoke path sends, so an invocation costs one wake-up and
-                // one write per (function, tenant), not one per line.
-                std::thread::sleep(LINGER);
+                // Let more lines arrive before writing: a parked writer is
+                // not woken by the lines the invoke path sends, only by a
+                // buffer a quarter full or a flush (or a spurious wake-up:
+                // then it parks again until the linger is over).
+                let until = Instant::now() + shared.linger;
+                loop {
+                    let now = Instant::now();
+                    if shared.wake.swap(false, Ordering::AcqRel) || now >= until {
+                        break;
+                    }
+                    std::thread::park_timeout(until - now);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -204,8 +262,10 @@ fn write_loop(
         }
         if !batch.is_empty() {
             let size: usize = batch.iter().map(|e| e.message.len() + 64).sum();
-            write_batch(&mut batch, &mut store, &mut export, &counters);
-            bytes.fetch_sub(size, Ordering::AcqRel);
+            let n = batch.len();
+            write_batch(&mut batch, &mut store, &mut export, &shared.counters);
+            shared.bytes.fetch_sub(size, Ordering::AcqRel);
+            shared.events.fetch_sub(n, Ordering::AcqRel);
         }
         if last_save.elapsed() >= SAVE_USAGE_EVERY {
             usage.sweep_and_save();
@@ -293,6 +353,7 @@ mod tests {
                 max_tenant_bytes: 1 << 20,
             },
             export: Export::File(export.clone()),
+            linger: LINGER,
         };
         let usage = Arc::new(UsageBook::open(dir.clone()));
         let sink = start(settings(1 << 20), usage.clone()).unwrap();
@@ -333,6 +394,64 @@ mod tests {
             tight.send(entry(i));
         }
         assert!(tight.counters.dropped.load(Ordering::Relaxed) > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A writer lingering (here for an hour) is woken by a buffer a
+    /// quarter full, and by a flush: neither waits out the linger, so a
+    /// long linger never turns a burst into drops.
+    #[test]
+    fn a_filling_buffer_and_a_flush_end_the_linger() {
+        let dir = std::env::temp_dir().join(format!("silo-logs-linger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let export = dir.join("export.jsonl");
+        let usage = Arc::new(UsageBook::open(dir.clone()));
+        let sink = start(
+            PipelineSettings {
+                root: dir.join("store"),
+                buffer_events: 64,
+                buffer_bytes: 1 << 20,
+                bounds: Bounds {
+                    max_function_bytes: 1 << 20,
+                    max_tenant_bytes: 1 << 20,
+                },
+                export: Export::File(export.clone()),
+                linger: Duration::from_secs(3600),
+            },
+            usage,
+        )
+        .unwrap();
+        let entry = |i: usize| Entry {
+            function: "f".into(),
+            stream: "s".into(),
+            tenant: Some("A".into()),
+            ts_ms: i as u64,
+            message: format!("line {i}"),
+        };
+        let written = || sink.counters.written.load(Ordering::Relaxed);
+        let wait_written = |n: u64| {
+            let until = Instant::now() + Duration::from_secs(60);
+            while written() < n && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            written()
+        };
+        // Rounds of 40 (the buffer holds 64, a quarter is 16): each round
+        // is written long before the hour, none dropped.
+        for round in 0..5u64 {
+            for i in 0..40 {
+                sink.send(entry(round as usize * 40 + i));
+            }
+            assert_eq!(wait_written((round + 1) * 40), (round + 1) * 40);
+        }
+        assert_eq!(sink.counters.dropped.load(Ordering::Relaxed), 0);
+        // One line lingers; a flush writes it.
+        sink.send(entry(1000));
+        assert!(sink.flush(Duration::from_secs(60)), "flushed");
+        assert_eq!(written(), 201);
+        let text = std::fs::read_to_string(&export).unwrap();
+        assert!(text.contains("line 1000"), "{text}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

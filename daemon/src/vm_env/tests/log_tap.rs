@@ -49,6 +49,7 @@ async fn lines_and_platform_records_reach_the_store_with_the_daemons_tenant() {
                 max_tenant_bytes: 1 << 20,
             },
             export: Export::Off,
+            linger: crate::logs::sink::LINGER,
         },
         Arc::new(UsageBook::open(root.clone())),
     )
