@@ -1,7 +1,8 @@
 //! `silo-bench bench-logs-invoke`: what keeping function logs costs a warm
 //! invoke. The counter function prints 10 lines per invoke (`{"action":
 //! "flood", "lines": 9}` and its own line); the daemon runs with `[logs]`
-//! on (the default) and with `enabled = false`, in alternating rounds of
+//! on (the default, or with each `--write-delays-ms` given: the log
+//! writer's batching) and with `enabled = false`, in alternating rounds of
 //! the same run (each round a fresh daemon, a cold start, warm-up, then
 //! `--warm` invokes of one tenant through the HTTP API), so drift of the
 //! machine falls on both. Reports p50/p95 of each and their ratio (the
@@ -29,6 +30,10 @@ pub struct LogsInvokeArgs {
     /// Measured warm invokes per round.
     #[arg(long, default_value_t = 60)]
     warm: usize,
+    /// Logs on with each of these `[logs] write_delay_ms` (the first is
+    /// reported as `logs_on_ms`); logs off beside them.
+    #[arg(long, value_delimiter = ',', default_value = "250")]
+    write_delays_ms: Vec<u64>,
     /// JSON results file.
     #[arg(long, default_value = "bench-logs-invoke.json")]
     out: PathBuf,
@@ -48,8 +53,8 @@ pub fn run(args: LogsInvokeArgs) -> ExitCode {
 }
 
 fn run_inner(args: LogsInvokeArgs) -> Result<(), String> {
-    if args.rounds == 0 || args.warm == 0 {
-        return Err("--rounds and --warm must be at least 1".into());
+    if args.rounds == 0 || args.warm == 0 || args.write_delays_ms.is_empty() {
+        return Err("--rounds, --warm and --write-delays-ms must be at least 1".into());
     }
     let files = args.guest.resolve()?;
     run_here_or_in_test_host(
@@ -65,8 +70,14 @@ fn run_inner(args: LogsInvokeArgs) -> Result<(), String> {
 
 fn in_test_host(args: &LogsInvokeArgs, files: &GuestFiles) -> Result<(), String> {
     let results = files.bench_json_in_test_host(&format!(
-        "bench-logs-invoke --rounds {} --warm {}",
-        args.rounds, args.warm
+        "bench-logs-invoke --rounds {} --warm {} --write-delays-ms {}",
+        args.rounds,
+        args.warm,
+        args.write_delays_ms
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     ))?;
     write_results(args, &results)
 }
@@ -103,12 +114,20 @@ fn invoke(c: &LambdaClient, tenant: &str) -> Result<(f64, bool), String> {
     Ok((took, r.header("x-silo-cold-start") == Some("true")))
 }
 
-/// One round: a fresh daemon with logs `on` or off, the counter created,
-/// its cold start and 5 warm-up invokes, then `warm` measured invokes.
-async fn round(files: &GuestFiles, on: bool, warm: usize) -> Result<(Vec<f64>, u64), String> {
-    let data_dir = crate::scratch_path(&format!("silo-bench-logs-invoke-{on}"));
+/// One round: a fresh daemon with logs on with this write delay (`None`:
+/// off), the counter created, its cold start and 5 warm-up invokes, then
+/// `warm` measured invokes.
+async fn round(
+    files: &GuestFiles,
+    delay_ms: Option<u64>,
+    warm: usize,
+) -> Result<(Vec<f64>, u64), String> {
+    let data_dir = crate::scratch_path(&format!("silo-bench-logs-invoke-{delay_ms:?}"));
     let mut config = crate::bench_daemon_config(data_dir.clone());
-    config.logs.enabled = on;
+    config.logs.enabled = delay_ms.is_some();
+    if let Some(ms) = delay_ms {
+        config.logs.write_delay_ms = ms;
+    }
     let running = serve::start(
         config,
         Images {
@@ -155,29 +174,32 @@ async fn round(files: &GuestFiles, on: bool, warm: usize) -> Result<(Vec<f64>, u
 }
 
 async fn bench(args: &LogsInvokeArgs, files: &GuestFiles) -> Result<Value, String> {
-    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let settings: Vec<Option<u64>> = std::iter::once(None)
+        .chain(args.write_delays_ms.iter().copied().map(Some))
+        .collect();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
     let mut written = 0;
     for r in 0..args.rounds {
-        // Alternate which goes first, so neither always follows a stop.
-        for logs_on in [r % 2 == 0, r % 2 != 0] {
-            let (v, w) = round(files, logs_on, args.warm).await?;
+        // Rotate which goes first, so none always follows a stop.
+        for k in 0..settings.len() {
+            let i = (k + r) % settings.len();
+            let (v, w) = round(files, settings[i], args.warm).await?;
             eprintln!(
                 "[bench-logs-invoke] round {}/{} logs {}: p50 {:.1} ms",
                 r + 1,
                 args.rounds,
-                if logs_on { "on" } else { "off" },
+                settings[i].map_or("off".to_string(), |ms| format!("on ({ms} ms)")),
                 summary(v.clone())["p50"]
             );
-            if logs_on {
-                on.extend(v);
+            if i == 1 {
                 written += w;
-            } else {
-                off.extend(v);
             }
+            times[i].extend(v);
         }
     }
-    let (on, off) = (summary(on), summary(off));
-    let ratio = |k: &str| {
+    let summaries: Vec<Value> = times.into_iter().map(summary).collect();
+    let off = &summaries[0];
+    let ratio = |on: &Value, k: &str| {
         let (a, b) = (
             on[k].as_f64().unwrap_or(0.0),
             off[k].as_f64().unwrap_or(0.0),
@@ -188,14 +210,32 @@ async fn bench(args: &LogsInvokeArgs, files: &GuestFiles) -> Result<Value, Strin
             0.0
         })
     };
+    let by_delay: serde_json::Map<String, Value> = args
+        .write_delays_ms
+        .iter()
+        .zip(&summaries[1..])
+        .map(|(ms, on)| {
+            (
+                ms.to_string(),
+                json!({
+                    "logs_on_ms": on,
+                    "p50_ratio_on_over_off": ratio(on, "p50"),
+                    "p95_ratio_on_over_off": ratio(on, "p95"),
+                }),
+            )
+        })
+        .collect();
+    let on = &summaries[1];
     Ok(json!({
         "lines_per_invoke": 10,
         "rounds_per_setting": args.rounds,
         "warm_invokes_per_round": args.warm,
+        "write_delay_ms": args.write_delays_ms[0],
         "logs_on_ms": on,
         "logs_off_ms": off,
-        "p50_ratio_on_over_off": ratio("p50"),
-        "p95_ratio_on_over_off": ratio("p95"),
+        "p50_ratio_on_over_off": ratio(on, "p50"),
+        "p95_ratio_on_over_off": ratio(on, "p95"),
+        "by_write_delay_ms": by_delay,
         "log_events_written_with_logs_on": written,
     }))
 }

@@ -64,6 +64,9 @@ pub enum InvalidConfig {
     /// `console_bytes` is too large.
     #[error("console_bytes must be at most {max} (0 turns the console off)", max = crate::console::MAX_CONSOLE_BYTES)]
     ConsoleBytes,
+    /// `[logs] write_delay_ms` out of its range.
+    #[error("[logs] write_delay_ms must be 1 to 10000 (ms the log writer waits to batch lines)")]
+    LogWriteDelay,
     /// The run directory and the data directory overlap.
     #[error(
         "run_dir {run} and data_dir {data} must not be the same directory or inside one another"
@@ -158,6 +161,9 @@ impl DaemonConfig {
         }
         if self.console_bytes > crate::console::MAX_CONSOLE_BYTES {
             return Err(InvalidConfig::ConsoleBytes);
+        }
+        if !(1..=10_000).contains(&self.logs.write_delay_ms) {
+            return Err(InvalidConfig::LogWriteDelay);
         }
         let (run, data) = (absolute(&self.run_dir()), absolute(&self.data_dir));
         if run.starts_with(&data) || data.starts_with(&run) {

@@ -103,6 +103,17 @@ fn the_run_dir_is_beside_the_store_and_never_overlaps_it() {
 }
 
 #[test]
+fn log_write_delay_out_of_range_is_refused_by_name() {
+    let cfg: DaemonConfig = toml::from_str("[logs]\nwrite_delay_ms = 1000").unwrap();
+    assert_eq!(cfg.logs.write_delay_ms, 1000);
+    for bad in ["0", "10001"] {
+        let cfg: DaemonConfig = toml::from_str(&format!("[logs]\nwrite_delay_ms = {bad}")).unwrap();
+        let e = cfg.check().unwrap_err().to_string();
+        assert!(e.contains("write_delay_ms"), "{e}");
+    }
+}
+
+#[test]
 fn console_bytes_zero_is_off_and_huge_is_refused() {
     let cfg: DaemonConfig = toml::from_str("console_bytes = 0").unwrap();
     assert_eq!(cfg.check(), Ok(()));

@@ -55,6 +55,10 @@ pub struct LogsConfig {
     /// Every record also as one JSON line: `""` (off), `"stdout"`, or a
     /// file path to append to.
     pub export: String,
+    /// How long the writer waits after a first line to take the lines
+    /// that follow in one write (1 to 10,000 ms): lines are searchable
+    /// this long after they are printed.
+    pub write_delay_ms: u64,
 }
 
 impl Default for LogsConfig {
@@ -66,6 +70,7 @@ impl Default for LogsConfig {
             buffer_events: 65_536,
             buffer_bytes: 32 << 20,
             export: String::new(),
+            write_delay_ms: sink::LINGER.as_millis() as u64,
         }
     }
 }
@@ -114,7 +119,7 @@ impl Logs {
                         max_tenant_bytes: cfg.max_tenant_bytes.min(cfg.max_function_bytes),
                     },
                     export: cfg.export_sink(),
-                    linger: sink::LINGER,
+                    linger: Duration::from_millis(cfg.write_delay_ms),
                 },
                 usage.clone(),
             )?)
