@@ -11,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::daemon::{config, ensure_boto3, TestDaemon, TENANT_A};
+use common::daemon::{config, ensure_boto3, ensure_from_pypi, TestDaemon, TENANT_A};
 use serde_json::Value;
 
 /// The log store's bounds in this test: tenant-B's flood (8,000 lines of
@@ -21,29 +21,12 @@ const MAX_TENANT_BYTES: u64 = 256 << 10;
 
 /// The AWS CLI (`.ci/run` installs it from PyPI; else this does).
 fn ensure_awscli() {
-    let has = || {
+    ensure_from_pypi("the AWS CLI", "awscli", || {
         Command::new("aws")
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
-    };
-    if !has() {
-        eprintln!("installing the AWS CLI from PyPI");
-        let _ = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["awscli"])
-            .status();
-    }
-    assert!(
-        has(),
-        "the AWS CLI is not installed and pip could not install it"
-    );
+    });
 }
 
 fn count_a(stdout: &str) -> u64 {

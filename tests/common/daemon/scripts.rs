@@ -119,19 +119,13 @@ pub fn script_files(config: String) -> Vec<(&'static str, WorkFile)> {
     ]
 }
 
-/// Makes sure this machine's `python3` can import boto3 (and jmespath, which
-/// boto3 installs and the scripts use): installed by `.ci/run`; on a fresh
-/// machine this installs it from PyPI with pip, so the README's test
-/// command needs no other set-up. Panics if it still cannot.
-pub fn ensure_boto3() {
-    let has = || {
-        Command::new("python3")
-            .args(["-c", "import boto3, jmespath"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+/// Makes sure `has` holds, installing `package` from PyPI with pip if it
+/// does not (`.ci/run` installs the test tools; on a fresh machine this
+/// does, so the README's test command needs no other set-up). Panics,
+/// naming `what`, if it still does not.
+pub fn ensure_from_pypi(what: &str, package: &str, has: impl Fn() -> bool) {
     if !has() {
-        eprintln!("installing boto3 from PyPI");
+        eprintln!("installing {what} from PyPI");
         let _ = Command::new("python3")
             .args([
                 "-m",
@@ -139,12 +133,23 @@ pub fn ensure_boto3() {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "boto3",
+                package,
             ])
             .status();
     }
     assert!(
         has(),
-        "boto3 is not installed and `python3 -m pip install boto3` failed"
+        "{what} is not installed and `python3 -m pip install {package}` failed"
     );
+}
+
+/// Makes sure this machine's `python3` can import boto3 (and jmespath, which
+/// boto3 installs and the scripts use).
+pub fn ensure_boto3() {
+    ensure_from_pypi("boto3", "boto3", || {
+        Command::new("python3")
+            .args(["-c", "import boto3, jmespath"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
 }
