@@ -385,7 +385,7 @@ fn counters_are_published_to_the_stats_file_under_the_devices_filter() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("balloon.stats");
     let file = StatsFile::create(&path).unwrap();
-    let read = || stats_file::decode(&std::fs::read(&path).unwrap());
+    let read = || stats_file::decode(&std::fs::read(&path).unwrap()).map(|c| c.to_words());
     assert_eq!(read(), Some([0; 10]), "published at creation");
     let mut rig = Rig::with(true, DISCARD_ALIGN, Some(file));
     rig.fill(8 * MIB, 4 * MIB);

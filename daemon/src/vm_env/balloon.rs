@@ -1,16 +1,14 @@
 //! The VM's balloon: how its guest memory is given back (the VMM's flags)
 //! and the device's counters, read from the file the VMM publishes them to
-//! (`balloon.stats` in the VM's directory; the layout is the VMM's
-//! `devices::virtio::balloon::stats_file`, checked against it by a test).
+//! (`balloon.stats` in the VM's directory; the layout is
+//! `silo_vmm_abi::balloon_stats`, the VMM's writer's too).
 
 use std::path::Path;
 
 /// File name of the counters in the VM's directory.
 pub const STATS_FILE: &str = "balloon.stats";
 
-const MAGIC: u64 = u64::from_le_bytes(*b"SILOBAL1");
-const COUNTERS: usize = 10;
-const WORDS: usize = COUNTERS + 3;
+pub use silo_vmm_abi::balloon_stats::{decode, BalloonCounters};
 
 /// The guest's page reporting order by default: free blocks of 32 pages
 /// (128 KiB). Linux reports a zone only while it holds 32 free blocks of
@@ -57,57 +55,6 @@ impl GuestMemoryMode {
         }
         v
     }
-}
-
-/// What a VM's balloon did so far (numbers the VMM wrote: as trustworthy
-/// as that VM's VMM, used only for metrics and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct BalloonCounters {
-    /// Reporting chains served.
-    pub reports: u64,
-    /// Valid ranges reported.
-    pub ranges: u64,
-    /// 4 KiB pages in the valid ranges.
-    pub pages_reported: u64,
-    /// Ranges of which something was given back.
-    pub discards: u64,
-    /// Bytes given back to the host.
-    pub discarded_bytes: u64,
-    /// Bytes of valid ranges kept (not whole granules).
-    pub kept_bytes: u64,
-    /// Ranges refused (unaligned, outside RAM).
-    pub bad_ranges: u64,
-    /// Descriptors past the per-chain limit.
-    pub skipped_ranges: u64,
-    /// `madvise` calls that failed.
-    pub discard_errors: u64,
-    /// Chains on the inflate and deflate queues.
-    pub ignored_chains: u64,
-}
-
-/// Decodes the file's bytes: `None` if it is not a whole, consistent
-/// update.
-pub fn decode(bytes: &[u8]) -> Option<BalloonCounters> {
-    let word = |i: usize| {
-        let b: [u8; 8] = bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?;
-        Some(u64::from_le_bytes(b))
-    };
-    if word(0)? != MAGIC || word(1)? != word(WORDS - 1)? {
-        return None;
-    }
-    let c = |i: usize| word(2 + i);
-    Some(BalloonCounters {
-        reports: c(0)?,
-        ranges: c(1)?,
-        pages_reported: c(2)?,
-        discards: c(3)?,
-        discarded_bytes: c(4)?,
-        kept_bytes: c(5)?,
-        bad_ranges: c(6)?,
-        skipped_ranges: c(7)?,
-        discard_errors: c(8)?,
-        ignored_chains: c(9)?,
-    })
 }
 
 impl super::VmEnv {
@@ -174,40 +121,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("silo-balloon-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = stats_file::StatsFile::create(&dir.join(STATS_FILE)).unwrap();
-        assert_eq!(stats_file::COUNTERS.len(), COUNTERS);
         f.publish(&BalloonStats::default());
         assert_eq!(
             read_counters(dir.as_path()),
             Some(BalloonCounters::default())
         );
-        let s = BalloonStats {
-            reports: 1,
-            ranges: 2,
-            pages_reported: 3,
-            discards: 4,
-            discarded_bytes: 5,
-            kept_bytes: 6,
-            bad_ranges: 7,
-            skipped_ranges: 8,
-            discard_errors: 9,
-            ignored_chains: 10,
-        };
+        let s = BalloonStats::from_words([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         f.publish(&s);
-        let want = BalloonCounters {
-            reports: 1,
-            ranges: 2,
-            pages_reported: 3,
-            discards: 4,
-            discarded_bytes: 5,
-            kept_bytes: 6,
-            bad_ranges: 7,
-            skipped_ranges: 8,
-            discard_errors: 9,
-            ignored_chains: 10,
-        };
-        assert_eq!(read_counters(dir.as_path()), Some(want));
+        assert_eq!(read_counters(dir.as_path()), Some(s));
         let bytes = std::fs::read(dir.as_path().join(STATS_FILE)).unwrap();
-        assert_eq!(stats_file::decode(&bytes).map(|a| a[9]), Some(10));
+        assert_eq!(
+            stats_file::decode(&bytes).map(|c| c.ignored_chains),
+            Some(10)
+        );
         // A half-written update, a short file and a wrong magic are refused.
         let mut torn = bytes.clone();
         torn[8] ^= 1;

@@ -79,32 +79,8 @@ pub const DEFLATE_QUEUE: usize = 1;
 /// Queue index of reporting (when negotiated).
 pub const REPORTING_QUEUE: usize = 2;
 
-/// What the device did, for its counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BalloonStats {
-    /// Reporting chains served.
-    pub reports: u64,
-    /// Ranges found valid (inside one RAM region, page-aligned).
-    pub ranges: u64,
-    /// 4 KiB pages in the valid ranges.
-    pub pages_reported: u64,
-    /// `madvise` calls that gave something back (one per valid range with
-    /// at least one whole granule).
-    pub discards: u64,
-    /// Bytes given back to the host (whole granules: 2 MiB blocks, or
-    /// 4 KiB pages with `--small-pages`).
-    pub discarded_bytes: u64,
-    /// Bytes of valid ranges kept (the parts outside whole 2 MiB blocks).
-    pub kept_bytes: u64,
-    /// Ranges refused: unaligned, empty, overflowing or outside RAM.
-    pub bad_ranges: u64,
-    /// Descriptors past [`MAX_RANGES_PER_CHAIN`] in a chain, skipped.
-    pub skipped_ranges: u64,
-    /// `madvise` calls that failed.
-    pub discard_errors: u64,
-    /// Chains on the inflate and deflate queues (returned unused).
-    pub ignored_chains: u64,
-}
+/// What the device did, for its counters (the layout the daemon reads).
+pub use silo_vmm_abi::balloon_stats::BalloonCounters as BalloonStats;
 
 /// Why a reported range was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

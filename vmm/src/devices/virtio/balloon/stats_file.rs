@@ -5,11 +5,8 @@
 //! system call on the devices thread. The daemon (which never links the
 //! VMM) reads the file with plain `read` (`daemon/src/vm_env/balloon.rs`).
 //!
-//! Layout, little-endian `u64`s: [`MAGIC`], the version `done`, the
-//! [`COUNTERS`] counters in that order, the version `started`. The writer
-//! stores `started = v`, then the counters, then `done = v`; a reader that
-//! copies the bytes in address order and finds `done == started` has seen
-//! one whole update (`done` is read before the counters, `started` after).
+//! The layout is `silo_vmm_abi::balloon_stats` (one definition for this
+//! writer and the daemon's reader).
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -19,40 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::BalloonStats;
 
-/// First word of the file: `SILOBAL1`.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SILOBAL1");
-/// The counters, in file order (names as the daemon reports them).
-pub const COUNTERS: [&str; 10] = [
-    "reports",
-    "ranges",
-    "pages_reported",
-    "discards",
-    "discarded_bytes",
-    "kept_bytes",
-    "bad_ranges",
-    "skipped_ranges",
-    "discard_errors",
-    "ignored_chains",
-];
-/// Words in the file: magic, done, counters, started.
-pub const WORDS: usize = COUNTERS.len() + 3;
-/// Size of the file (one page).
-pub const FILE_SIZE: usize = 4096;
-
-fn values(s: &BalloonStats) -> [u64; COUNTERS.len()] {
-    [
-        s.reports,
-        s.ranges,
-        s.pages_reported,
-        s.discards,
-        s.discarded_bytes,
-        s.kept_bytes,
-        s.bad_ranges,
-        s.skipped_ranges,
-        s.discard_errors,
-        s.ignored_chains,
-    ]
-}
+pub use silo_vmm_abi::balloon_stats::{decode, COUNTERS, FILE_SIZE, MAGIC, WORDS};
 
 /// One shared page of the stats file, mapped read-write.
 pub struct StatsFile {
@@ -112,7 +76,7 @@ impl StatsFile {
         // changes it.
         let v = self.word(WORDS - 1).load(Ordering::SeqCst).wrapping_add(1);
         self.word(WORDS - 1).store(v, Ordering::SeqCst);
-        for (i, x) in values(stats).into_iter().enumerate() {
+        for (i, x) in stats.to_words().into_iter().enumerate() {
             self.word(2 + i).store(x, Ordering::SeqCst);
         }
         self.word(1).store(v, Ordering::SeqCst);
@@ -126,23 +90,4 @@ impl Drop for StatsFile {
             libc::munmap(self.words as *mut libc::c_void, FILE_SIZE);
         }
     }
-}
-
-/// Reads the counters back from the file's bytes (as the daemon does):
-/// `None` if the magic is wrong, the file is short or an update was half
-/// written.
-pub fn decode(bytes: &[u8]) -> Option<[u64; COUNTERS.len()]> {
-    let word = |i: usize| {
-        bytes
-            .get(i * 8..i * 8 + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-    };
-    if word(0)? != MAGIC || word(1)? != word(WORDS - 1)? {
-        return None;
-    }
-    let mut out = [0; COUNTERS.len()];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = word(2 + i)?;
-    }
-    Some(out)
 }
