@@ -16,12 +16,19 @@
 //!   guest reporting free blocks of 2^N pages;
 //! - `firecracker` (with `--firecracker`): the same kernel, initramfs and
 //!   runtime image (virtio-pmem) under Firecracker with its balloon device
-//!   (no inflation, `free_page_reporting: true`).
+//!   (no inflation, `free_page_reporting: true`);
+//! - `silo_reclaim` (with `--reclaim-after-s N`): `silo` jailed as the
+//!   daemon runs it with idle reclaim, paged out to the host's swap (zram
+//!   in the test host) once idle N s; its `held_kib` counts the compressed
+//!   pool. Then the wake-up cost (`wake`): warm invoke p50 of a reclaimed
+//!   environment against a normal warm invoke and a cold start
+//!   ([`reclaim`]).
 //!
 //! Memory is read from the VMM process's `/proc/PID/smaps_rollup`: `Rss`
 //! and `Pss` (guest RAM included; `Pss_File` is its share of the pmem
-//! image's page cache), `Pss_Anon`, `AnonHugePages`. Neither VMM is
-//! jailed. Without hardware KVM it runs inside the KVM test host.
+//! image's page cache), `Pss_Anon`, `AnonHugePages`; `held_kib` is `Pss`
+//! plus, for `silo_reclaim`, zram's compressed pool. Only `silo_reclaim`
+//! is jailed. Without hardware KVM it runs inside the KVM test host.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -37,6 +44,7 @@ use silo_proto::{AgentConfig, Message, Outcome};
 
 use crate::guest_files::{GuestFileArgs, GuestFiles};
 
+mod reclaim;
 mod summary;
 use summary::{boot_summary, summary};
 
@@ -65,6 +73,13 @@ pub struct IdleMemoryArgs {
     /// Variants on huge pages, one per guest reporting order.
     #[arg(long, value_delimiter = ',')]
     huge_pages_orders: Vec<u8>,
+    /// Adds `silo_reclaim`: paged out once idle this many seconds.
+    #[arg(long)]
+    reclaim_after_s: Option<u64>,
+    /// With `--reclaim-after-s`: invokes per kind for the wake-up cost
+    /// (warm, reclaimed); cold starts: a third as many, at least 3.
+    #[arg(long, default_value = "10")]
+    wake_rounds: usize,
     /// Extra boots per silo variant, timed (agent hello) and shut down,
     /// for the boot cost of each variant in the same run.
     #[arg(long, default_value = "0")]
@@ -92,7 +107,7 @@ pub fn run(args: IdleMemoryArgs) -> ExitCode {
     crate::exit_code("silo bench-idle-memory", run_inner(args))
 }
 
-fn e(x: impl std::fmt::Display) -> String {
+pub(crate) fn e(x: impl std::fmt::Display) -> String {
     x.to_string()
 }
 
@@ -169,6 +184,17 @@ fn in_test_host(
     if args.boots > 0 {
         extra += &format!(" --boots {}", args.boots);
     }
+    let mut setup = String::new();
+    if let Some(after) = args.reclaim_after_s {
+        for (path, name) in silo_images::testhost::swap_files().map_err(e)? {
+            host = host.file(path, &format!("/work/swap/{name}"), 0o644);
+        }
+        setup = silo_images::testhost::zram_swap_script("/work/swap");
+        extra += &format!(
+            " --reclaim-after-s {after} --wake-rounds {}",
+            args.wake_rounds
+        );
+    }
     if let Some(b) = &args.baseline_kernel {
         host = host.file(b, "/work/baseline-kernel", 0o644);
         extra += " --baseline-kernel baseline-kernel";
@@ -182,7 +208,7 @@ fn in_test_host(
     let list = |v: &[String]| v.join(",");
     let nums = |v: Vec<String>| v.join(",");
     let cmd = format!(
-        "SILO_LOG=warn silo bench-idle-memory --here --kernel kernel --agent agent --function counter \
+        "{setup}SILO_LOG=warn silo bench-idle-memory --here --kernel kernel --agent agent --function counter \
          --runtime-root rt --runtimes {} --mem-mib {} --idle-s {}{extra} --out r.json \
          && echo IDLE_JSON_BEGIN && cat r.json && echo IDLE_JSON_END",
         list(&args.runtimes),
@@ -238,7 +264,7 @@ fn initramfs(
     Ok(path)
 }
 
-fn invoke_msg(n: usize) -> Message {
+pub(crate) fn invoke_msg(n: usize) -> Message {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -274,7 +300,7 @@ fn smaps_rollup(pid: u32) -> Result<Value, String> {
 
 /// One idle VM of a variant (a handful per run: their size does not matter).
 #[allow(clippy::large_enum_variant)]
-enum Vm {
+pub(crate) enum Vm {
     Silo(VmEnv),
     Firecracker {
         child: tokio::process::Child,
@@ -412,6 +438,7 @@ async fn measure(
     let mut vms: Vec<(String, &'static str, Vm, Instant)> = Vec::new();
     let mut n = 0;
     let mut boot_ms: Vec<Value> = Vec::new();
+    let mut cold_specs: Vec<(String, VmSpec)> = Vec::new();
     for runtime in &args.runtimes {
         let pmem = images
             .iter()
@@ -435,6 +462,14 @@ async fn measure(
             let vm = boot_silo(&spec, &dir, n).await?;
             vms.push((label.clone(), "silo", vm, Instant::now()));
             eprintln!("[idle-memory] {label}: silo VM up");
+            if let Some(after) = args.reclaim_after_s {
+                let s = reclaim::reclaim_spec(&spec, after)?;
+                n += 1;
+                let vm = boot_silo(&s, &dir, n).await?;
+                vms.push((label.clone(), "silo_reclaim", vm, Instant::now()));
+                cold_specs.push((label.clone(), s));
+                eprintln!("[idle-memory] {label}: silo_reclaim VM up (jailed, swap allowed)");
+            }
             if let Some(b) = &args.baseline_kernel {
                 let spec = VmSpec {
                     kernel: b.clone(),
@@ -495,6 +530,22 @@ async fn measure(
                 if let Vm::Silo(env) = vm {
                     m["balloon"] = json!(env.balloon_counters());
                 }
+                m["held_kib"] = m["pss_kib"].clone();
+                if *variant == "silo_reclaim" {
+                    let pool = reclaim::zram_pool_bytes().unwrap_or(0) / 1024;
+                    m["zram_pool_kib"] = json!(pool);
+                    m["held_kib"] = json!(m["pss_kib"].as_u64().unwrap_or(0) + pool);
+                    if let Some(cg) = reclaim::cgroup(vm) {
+                        let read = |f: &str| {
+                            std::fs::read_to_string(cg.join(f))
+                                .ok()
+                                .and_then(|t| t.trim().parse::<u64>().ok())
+                                .map(|b| b / 1024)
+                        };
+                        m["memory_current_kib"] = json!(read("memory.current"));
+                        m["swap_current_kib"] = json!(read("memory.swap.current"));
+                    }
+                }
                 m["idle_s"] = json!(answered.elapsed().as_secs_f64().round());
                 m["at"] = json!(at);
                 m["vm"] = json!(label);
@@ -506,12 +557,48 @@ async fn measure(
         };
     sample("after_first_invoke", &vms)?;
     let start = Instant::now();
+    let mut reclaims: Vec<Value> = Vec::new();
+    let mut pending = args.reclaim_after_s;
     for s in &idle {
+        if let Some(after) = pending.filter(|a| a <= s) {
+            if let Some(wait) = Duration::from_secs(after).checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            for (label, variant, vm, _) in &vms {
+                if *variant == "silo_reclaim" {
+                    let mut r = reclaim::page_out(vm)?;
+                    r["vm"] = json!(label);
+                    eprintln!("[idle-memory] paged out at {after} s idle: {r}");
+                    reclaims.push(r);
+                }
+            }
+            pending = None;
+        }
         let until = Duration::from_secs(*s);
         if let Some(wait) = until.checked_sub(start.elapsed()) {
             tokio::time::sleep(wait).await;
         }
         sample(&format!("idle_{s}s"), &vms)?;
+    }
+    let mut wake = serde_json::Map::new();
+    for (label, cold) in &cold_specs {
+        let at = |v: &str| vms.iter().position(|(l, x, _, _)| l == label && *x == v);
+        let (Some(w), Some(r)) = (at("silo"), at("silo_reclaim")) else {
+            continue;
+        };
+        let (lo, hi) = (w.min(r), w.max(r));
+        let (a, b) = vms.split_at_mut(hi);
+        let (first, second) = (&mut a[lo].2, &mut b[0].2);
+        let (warm, reclaimed) = if w < r {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let rounds = args.wake_rounds.max(1);
+        let costs =
+            reclaim::wake_costs(warm, reclaimed, cold, &dir, rounds, (rounds / 3).max(3)).await?;
+        eprintln!("[idle-memory] {label} wake-up cost: {costs}");
+        wake.insert(label.clone(), costs);
     }
     for (_, _, vm, _) in vms {
         vm.stop().await;
@@ -527,7 +614,10 @@ async fn measure(
             "silo": "silo-vmm --balloon (free page reporting), current kernel, agent reclaims when idle",
             "silo_today": args.baseline_kernel.as_ref().map(|k| format!("silo-vmm, baseline kernel {} (no balloon driver)", k.display())),
             "firecracker": args.firecracker.as_ref().map(|_| "Firecracker, balloon with free_page_reporting, same kernel, initramfs and pmem image"),
+            "silo_reclaim": args.reclaim_after_s.map(|a| format!("silo, jailed, paged out to the host's swap (zram) at {a} s idle; held_kib = Pss + zram's compressed pool")),
         },
+        "reclaims": reclaims,
+        "wake": wake,
         "summary": summary(&samples),
         "boots": boot_summary(&boot_ms),
         "boot_samples": boot_ms,

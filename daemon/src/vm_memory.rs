@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::vm_env::BalloonCounters;
 
@@ -60,6 +61,14 @@ struct Entry {
     source: MemorySource,
     dir: PathBuf,
     busy: Arc<AtomicBool>,
+    idle: Arc<Mutex<IdleSince>>,
+}
+
+/// Since when a VM is idle, and whether idle reclaim (`crate::vm_reclaim`)
+/// already paged it out in this idle period.
+struct IdleSince {
+    since: Instant,
+    reclaimed: bool,
 }
 
 /// The live VMs, for `/metrics`.
@@ -74,12 +83,19 @@ pub struct Registration {
     registry: Arc<MemoryRegistry>,
     id: u64,
     busy: Arc<AtomicBool>,
+    idle: Arc<Mutex<IdleSince>>,
 }
 
 impl Registration {
-    /// Marks the VM busy (running an invocation) or idle.
+    /// Marks the VM busy (running an invocation) or idle; idle from now.
     pub fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Relaxed);
+        if !busy {
+            *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = IdleSince {
+                since: Instant::now(),
+                reclaimed: false,
+            };
+        }
     }
 }
 
@@ -115,6 +131,10 @@ impl MemoryRegistry {
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let busy = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(Mutex::new(IdleSince {
+            since: Instant::now(),
+            reclaimed: false,
+        }));
         self.vms.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Entry {
@@ -122,13 +142,36 @@ impl MemoryRegistry {
                 source,
                 dir,
                 busy: busy.clone(),
+                idle: idle.clone(),
             },
         );
         Registration {
             registry: self.clone(),
             id,
             busy,
+            idle,
         }
+    }
+
+    /// The jailed VMs idle for at least `after` and not reclaimed since
+    /// they went idle: (function, cgroup), each marked reclaimed.
+    pub fn due_for_reclaim(&self, after: Duration) -> Vec<(String, PathBuf)> {
+        let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for e in vms.values() {
+            let MemorySource::Cgroup(cgroup) = &e.source else {
+                continue;
+            };
+            if e.busy.load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut idle = e.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if !idle.reclaimed && idle.since.elapsed() >= after {
+                idle.reclaimed = true;
+                due.push((e.function.clone(), cgroup.clone()));
+            }
+        }
+        due
     }
 
     /// Reads every VM now: per (function, "idle" or "busy").
@@ -246,5 +289,29 @@ mod tests {
         drop(b);
         let held = r.held();
         assert_eq!(held.len(), 1, "{held:?}");
+    }
+
+    #[test]
+    fn only_jailed_vms_idle_past_the_threshold_are_due_once_per_idle_period() {
+        let r = Arc::new(MemoryRegistry::default());
+        let dir = std::env::temp_dir();
+        let jailed = r.register("f", MemorySource::Cgroup("/cg/a".into()), dir.clone());
+        let _unjailed = r.register("f", MemorySource::Pid(1), dir.clone());
+        let busy = r.register("g", MemorySource::Cgroup("/cg/b".into()), dir.clone());
+        busy.set_busy(true);
+        assert!(r.due_for_reclaim(Duration::from_secs(3600)).is_empty());
+        let due = r.due_for_reclaim(Duration::ZERO);
+        assert_eq!(due, vec![("f".to_string(), PathBuf::from("/cg/a"))]);
+        assert!(
+            r.due_for_reclaim(Duration::ZERO).is_empty(),
+            "once per idle period"
+        );
+        jailed.set_busy(true);
+        jailed.set_busy(false);
+        assert_eq!(
+            r.due_for_reclaim(Duration::ZERO).len(),
+            1,
+            "idle again after an invoke"
+        );
     }
 }
