@@ -29,7 +29,7 @@ silo create-function --name counter --bootstrap counter --per-tenant --timeout 6
   || { cat /tmp/daemon.log; exit 1; }
 echo "FACT invoke1 $(silo invoke --name counter --tenant tenant-A | tr -d '\n')"
 cg=$(ls -d /sys/fs/cgroup/silo/vm-* | head -1)
-held() { echo "$(cat $cg/memory.current),$(cat $cg/memory.swap.current),$(cut -d' ' -f3 /sys/block/zram0/mm_stat | tr -d ' ')"; }
+held() { echo "$(cat $cg/memory.current),$(cat $cg/memory.swap.current),$(awk '{ print $3 }' /sys/block/zram0/mm_stat)"; }
 echo "FACT cgroups_before $(ls -d /sys/fs/cgroup/silo/vm-* | tr '\n' ',')"
 echo "FACT held_after_invoke $(held)"
 start=$(cut -d. -f1 /proc/uptime)
