@@ -54,6 +54,18 @@ impl MemorySource {
             MemorySource::None => None,
         }
     }
+
+    /// Bytes of the VM in the host's swap (its cgroup's
+    /// `memory.swap.current`: idle reclaim), 0 when not jailed.
+    pub fn swapped_bytes(&self) -> u64 {
+        match self {
+            MemorySource::Cgroup(dir) => std::fs::read_to_string(dir.join("memory.swap.current"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
 }
 
 struct Entry {
@@ -116,6 +128,8 @@ pub struct Held {
     pub vms: u64,
     /// Bytes they hold.
     pub bytes: u64,
+    /// Bytes of theirs in the host's swap (idle reclaim).
+    pub swapped: u64,
     /// Their balloons' counters, summed.
     pub balloon: BalloonCounters,
 }
@@ -193,6 +207,7 @@ impl MemoryRegistry {
                 .or_default();
             h.vms += 1;
             h.bytes += source.held_bytes().unwrap_or(0);
+            h.swapped += source.swapped_bytes();
             if let Some(c) = crate::vm_env::balloon::read_counters(&dir) {
                 let b = &mut h.balloon;
                 b.reports += c.reports;
@@ -215,6 +230,12 @@ impl MemoryRegistry {
                 "gauge",
                 "Host memory held by live VMs (cgroup memory.current, else VMM Pss), by function and state.",
                 (|h: &Held| h.bytes) as fn(&Held) -> u64,
+            ),
+            (
+                "silo_memory_swapped_bytes",
+                "gauge",
+                "Bytes of live VMs in the host's swap (cgroup memory.swap.current: idle reclaim), by function and state.",
+                |h: &Held| h.swapped,
             ),
             (
                 "silo_memory_vms",
@@ -289,6 +310,25 @@ mod tests {
         drop(b);
         let held = r.held();
         assert_eq!(held.len(), 1, "{held:?}");
+    }
+
+    #[test]
+    fn a_cgroups_swap_is_counted() {
+        let dir = std::env::temp_dir().join(format!("silo-swapped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.current"), "1048576\n").unwrap();
+        std::fs::write(dir.join("memory.swap.current"), "4194304\n").unwrap();
+        let r = Arc::new(MemoryRegistry::default());
+        let _a = r.register("f", MemorySource::Cgroup(dir.clone()), dir.clone());
+        let h = r.held()[&("f".to_string(), "idle")];
+        assert_eq!((h.bytes, h.swapped), (1 << 20, 4 << 20));
+        assert!(
+            r.render()
+                .contains("silo_memory_swapped_bytes{function=\"f\",state=\"idle\"} 4194304"),
+            "{}",
+            r.render()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
