@@ -28,7 +28,7 @@
 //! and `Pss` (guest RAM included; `Pss_File` is its share of the pmem
 //! image's page cache), `Pss_Anon`, `AnonHugePages`; `held_kib` is `Pss`
 //! plus, for `silo_reclaim`, zram's compressed pool. Only `silo_reclaim`
-//! is jailed. Without hardware KVM it runs inside the KVM test host.
+//! is jailed (its figures: the jailer's and the VMM's, summed). Without hardware KVM it runs inside the KVM test host.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -526,7 +526,14 @@ async fn measure(
         |at: &str, vms: &[(String, &'static str, Vm, Instant)]| -> Result<(), String> {
             for (label, variant, vm, answered) in vms {
                 let pid = vm.pid().ok_or("a VMM exited")?;
-                let mut m = smaps_rollup(pid)?;
+                // A jailed VM's pid is its jailer's: the VMM is below it.
+                let mut m = json!({});
+                for p in reclaim::process_tree(pid) {
+                    let one = smaps_rollup(p)?;
+                    for (k, v) in one.as_object().into_iter().flatten() {
+                        m[k] = json!(m[k].as_u64().unwrap_or(0) + v.as_u64().unwrap_or(0));
+                    }
+                }
                 if let Vm::Silo(env) = vm {
                     m["balloon"] = json!(env.balloon_counters());
                 }

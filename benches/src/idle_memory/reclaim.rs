@@ -50,6 +50,40 @@ pub(super) fn zram_pool_bytes() -> Option<u64> {
     total
 }
 
+/// `pid` and every process below it (a jailed VM: its jailer and VMM).
+pub(super) fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for d in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = d.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(d.path().join("stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, then the ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parents.push((p, pp));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
 /// The cgroup of a jailed silo VM.
 pub(super) fn cgroup(vm: &Vm) -> Option<PathBuf> {
     match vm {
