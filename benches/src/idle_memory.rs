@@ -16,15 +16,22 @@
 //!   guest reporting free blocks of 2^N pages;
 //! - `firecracker` (with `--firecracker`): the same kernel, initramfs and
 //!   runtime image (virtio-pmem) under Firecracker with its balloon device
-//!   (no inflation, `free_page_reporting: true`).
+//!   (no inflation, `free_page_reporting: true`);
+//! - `silo_reclaim` (with `--reclaim-after-s N`): `silo` jailed as the
+//!   daemon runs it with idle reclaim, paged out to the host's swap (zram
+//!   in the test host) once idle N s; its `held_kib` counts the compressed
+//!   pool. Then the wake-up cost (`wake`): warm invoke p50 of a reclaimed
+//!   environment against a normal warm invoke and a cold start
+//!   ([`reclaim`]).
 //!
 //! Memory is read from the VMM process's `/proc/PID/smaps_rollup`: `Rss`
 //! and `Pss` (guest RAM included; `Pss_File` is its share of the pmem
-//! image's page cache), `Pss_Anon`, `AnonHugePages`. Neither VMM is
-//! jailed. Without hardware KVM it runs inside the KVM test host.
+//! image's page cache), `Pss_Anon`, `AnonHugePages`; `held_kib` is `Pss`
+//! plus, for `silo_reclaim`, zram's compressed pool. Only `silo_reclaim`
+//! is jailed (its figures: the jailer's and the VMM's, summed). Without hardware KVM it runs inside the KVM test host.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -37,7 +44,10 @@ use silo_proto::{AgentConfig, Message, Outcome};
 
 use crate::guest_files::{GuestFileArgs, GuestFiles};
 
+mod firecracker;
+mod reclaim;
 mod summary;
+use firecracker::boot_firecracker;
 use summary::{boot_summary, summary};
 
 /// Flags for `silo-bench bench-idle-memory`.
@@ -65,6 +75,13 @@ pub struct IdleMemoryArgs {
     /// Variants on huge pages, one per guest reporting order.
     #[arg(long, value_delimiter = ',')]
     huge_pages_orders: Vec<u8>,
+    /// Adds `silo_reclaim`: paged out once idle this many seconds.
+    #[arg(long)]
+    reclaim_after_s: Option<u64>,
+    /// With `--reclaim-after-s`: invokes per kind for the wake-up cost
+    /// (warm, reclaimed); cold starts: a third as many, at least 3.
+    #[arg(long, default_value = "10")]
+    wake_rounds: usize,
     /// Extra boots per silo variant, timed (agent hello) and shut down,
     /// for the boot cost of each variant in the same run.
     #[arg(long, default_value = "0")]
@@ -83,16 +100,12 @@ pub struct IdleMemoryArgs {
     runtime_root: Option<PathBuf>,
 }
 
-/// silo's default command line; Firecracker gets it too.
-const CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check quiet pty.legacy_count=0";
-
 /// Runs the benchmark.
 pub fn run(args: IdleMemoryArgs) -> ExitCode {
     crate::exit_code("silo bench-idle-memory", run_inner(args))
 }
 
-fn e(x: impl std::fmt::Display) -> String {
+pub(crate) fn e(x: impl std::fmt::Display) -> String {
     x.to_string()
 }
 
@@ -169,6 +182,17 @@ fn in_test_host(
     if args.boots > 0 {
         extra += &format!(" --boots {}", args.boots);
     }
+    let mut setup = String::new();
+    if let Some(after) = args.reclaim_after_s {
+        for (path, name) in silo_images::testhost::swap_files().map_err(e)? {
+            host = host.file(path, &format!("/work/swap/{name}"), 0o644);
+        }
+        setup = silo_images::testhost::zram_swap_script("/work/swap");
+        extra += &format!(
+            " --reclaim-after-s {after} --wake-rounds {}",
+            args.wake_rounds
+        );
+    }
     if let Some(b) = &args.baseline_kernel {
         host = host.file(b, "/work/baseline-kernel", 0o644);
         extra += " --baseline-kernel baseline-kernel";
@@ -182,7 +206,7 @@ fn in_test_host(
     let list = |v: &[String]| v.join(",");
     let nums = |v: Vec<String>| v.join(",");
     let cmd = format!(
-        "SILO_LOG=warn silo bench-idle-memory --here --kernel kernel --agent agent --function counter \
+        "{setup}SILO_LOG=warn silo bench-idle-memory --here --kernel kernel --agent agent --function counter \
          --runtime-root rt --runtimes {} --mem-mib {} --idle-s {}{extra} --out r.json \
          && echo IDLE_JSON_BEGIN && cat r.json && echo IDLE_JSON_END",
         list(&args.runtimes),
@@ -238,7 +262,7 @@ fn initramfs(
     Ok(path)
 }
 
-fn invoke_msg(n: usize) -> Message {
+pub(crate) fn invoke_msg(n: usize) -> Message {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -274,7 +298,7 @@ fn smaps_rollup(pid: u32) -> Result<Value, String> {
 
 /// One idle VM of a variant (a handful per run: their size does not matter).
 #[allow(clippy::large_enum_variant)]
-enum Vm {
+pub(crate) enum Vm {
     Silo(VmEnv),
     Firecracker {
         child: tokio::process::Child,
@@ -319,86 +343,6 @@ async fn boot_silo(spec: &VmSpec, dir: &Path, n: usize) -> Result<Vm, String> {
     Ok(Vm::Silo(env))
 }
 
-/// Boots Firecracker with the same kernel, initramfs and runtime image,
-/// its balloon with free page reporting, and answers one invoke.
-async fn boot_firecracker(fc: &Path, spec: &VmSpec, dir: &Path, n: usize) -> Result<Vm, String> {
-    use silo_proto::asynchronous::{read_message, write_message};
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(e)?;
-    let uds = dir.join("vsock");
-    let listener =
-        tokio::net::UnixListener::bind(format!("{}_{}", uds.display(), silo_proto::AGENT_PORT))
-            .map_err(|x| format!("agent socket: {x}"))?;
-    let mut config = json!({
-        "boot-source": {
-            "kernel_image_path": spec.kernel,
-            "initrd_path": spec.initrd,
-            "boot_args": CMDLINE,
-        },
-        "drives": [],
-        "machine-config": { "vcpu_count": 1, "mem_size_mib": spec.mem_mib },
-        "vsock": { "guest_cid": 3, "uds_path": uds },
-        "balloon": {
-            "amount_mib": 0,
-            "deflate_on_oom": false,
-            "stats_polling_interval_s": 0,
-            "free_page_reporting": true,
-        },
-    });
-    if let Some(img) = &spec.pmem {
-        config["pmem"] =
-            json!([{ "id": "rt", "path_on_host": img, "root_device": false, "read_only": true }]);
-    }
-    let path = dir.join("fc.json");
-    std::fs::write(&path, config.to_string()).map_err(e)?;
-    let mut child = tokio::process::Command::new(fc)
-        .args(["--no-api", "--config-file"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|x| format!("{}: {x}", fc.display()))?;
-    let limit = Duration::from_secs(300);
-    let (mut conn, _) = tokio::time::timeout(limit, listener.accept())
-        .await
-        .map_err(|_| "Firecracker VM: the agent never connected".to_string())?
-        .map_err(e)?;
-    loop {
-        let msg = tokio::time::timeout(limit, read_message(&mut conn))
-            .await
-            .map_err(|_| "Firecracker VM: no hello".to_string())?
-            .map_err(e)?;
-        if matches!(msg, Message::Hello { .. }) {
-            break;
-        }
-    }
-    write_message(&mut conn, &invoke_msg(n)).await.map_err(e)?;
-    loop {
-        match tokio::time::timeout(limit, read_message(&mut conn))
-            .await
-            .map_err(|_| "Firecracker VM: no answer".to_string())?
-            .map_err(e)?
-        {
-            Message::Result {
-                outcome: Outcome::Ok(_),
-                ..
-            } => break,
-            Message::Result { outcome, .. } => {
-                let _ = child.kill().await;
-                return Err(format!("Firecracker VM: first invoke failed: {outcome:?}"));
-            }
-            _ => continue,
-        }
-    }
-    Ok(Vm::Firecracker {
-        child,
-        _conn: conn,
-        dir: dir.to_path_buf(),
-    })
-}
-
 async fn measure(
     args: &IdleMemoryArgs,
     files: &GuestFiles,
@@ -412,6 +356,7 @@ async fn measure(
     let mut vms: Vec<(String, &'static str, Vm, Instant)> = Vec::new();
     let mut n = 0;
     let mut boot_ms: Vec<Value> = Vec::new();
+    let mut cold_specs: Vec<(String, VmSpec)> = Vec::new();
     for runtime in &args.runtimes {
         let pmem = images
             .iter()
@@ -435,6 +380,14 @@ async fn measure(
             let vm = boot_silo(&spec, &dir, n).await?;
             vms.push((label.clone(), "silo", vm, Instant::now()));
             eprintln!("[idle-memory] {label}: silo VM up");
+            if let Some(after) = args.reclaim_after_s {
+                let s = reclaim::reclaim_spec(&spec, after)?;
+                n += 1;
+                let vm = boot_silo(&s, &dir, n).await?;
+                vms.push((label.clone(), "silo_reclaim", vm, Instant::now()));
+                cold_specs.push((label.clone(), s));
+                eprintln!("[idle-memory] {label}: silo_reclaim VM up (jailed, swap allowed)");
+            }
             if let Some(b) = &args.baseline_kernel {
                 let spec = VmSpec {
                     kernel: b.clone(),
@@ -491,9 +444,32 @@ async fn measure(
         |at: &str, vms: &[(String, &'static str, Vm, Instant)]| -> Result<(), String> {
             for (label, variant, vm, answered) in vms {
                 let pid = vm.pid().ok_or("a VMM exited")?;
-                let mut m = smaps_rollup(pid)?;
+                // A jailed VM's pid is its jailer's: the VMM is below it.
+                let mut m = json!({});
+                for p in reclaim::process_tree(pid) {
+                    let one = smaps_rollup(p)?;
+                    for (k, v) in one.as_object().into_iter().flatten() {
+                        m[k] = json!(m[k].as_u64().unwrap_or(0) + v.as_u64().unwrap_or(0));
+                    }
+                }
                 if let Vm::Silo(env) = vm {
                     m["balloon"] = json!(env.balloon_counters());
+                }
+                m["held_kib"] = m["pss_kib"].clone();
+                if *variant == "silo_reclaim" {
+                    let pool = reclaim::zram_pool_bytes().unwrap_or(0) / 1024;
+                    m["zram_pool_kib"] = json!(pool);
+                    m["held_kib"] = json!(m["pss_kib"].as_u64().unwrap_or(0) + pool);
+                    if let Some(cg) = reclaim::cgroup(vm) {
+                        let read = |f: &str| {
+                            std::fs::read_to_string(cg.join(f))
+                                .ok()
+                                .and_then(|t| t.trim().parse::<u64>().ok())
+                                .map(|b| b / 1024)
+                        };
+                        m["memory_current_kib"] = json!(read("memory.current"));
+                        m["swap_current_kib"] = json!(read("memory.swap.current"));
+                    }
                 }
                 m["idle_s"] = json!(answered.elapsed().as_secs_f64().round());
                 m["at"] = json!(at);
@@ -506,12 +482,48 @@ async fn measure(
         };
     sample("after_first_invoke", &vms)?;
     let start = Instant::now();
+    let mut reclaims: Vec<Value> = Vec::new();
+    let mut pending = args.reclaim_after_s;
     for s in &idle {
+        if let Some(after) = pending.filter(|a| a <= s) {
+            if let Some(wait) = Duration::from_secs(after).checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            for (label, variant, vm, _) in &vms {
+                if *variant == "silo_reclaim" {
+                    let mut r = reclaim::page_out(vm)?;
+                    r["vm"] = json!(label);
+                    eprintln!("[idle-memory] paged out at {after} s idle: {r}");
+                    reclaims.push(r);
+                }
+            }
+            pending = None;
+        }
         let until = Duration::from_secs(*s);
         if let Some(wait) = until.checked_sub(start.elapsed()) {
             tokio::time::sleep(wait).await;
         }
         sample(&format!("idle_{s}s"), &vms)?;
+    }
+    let mut wake = serde_json::Map::new();
+    for (label, cold) in &cold_specs {
+        let at = |v: &str| vms.iter().position(|(l, x, _, _)| l == label && *x == v);
+        let (Some(w), Some(r)) = (at("silo"), at("silo_reclaim")) else {
+            continue;
+        };
+        let (lo, hi) = (w.min(r), w.max(r));
+        let (a, b) = vms.split_at_mut(hi);
+        let (first, second) = (&mut a[lo].2, &mut b[0].2);
+        let (warm, reclaimed) = if w < r {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let rounds = args.wake_rounds.max(1);
+        let costs =
+            reclaim::wake_costs(warm, reclaimed, cold, &dir, rounds, (rounds / 3).max(3)).await?;
+        eprintln!("[idle-memory] {label} wake-up cost: {costs}");
+        wake.insert(label.clone(), costs);
     }
     for (_, _, vm, _) in vms {
         vm.stop().await;
@@ -527,7 +539,10 @@ async fn measure(
             "silo": "silo-vmm --balloon (free page reporting), current kernel, agent reclaims when idle",
             "silo_today": args.baseline_kernel.as_ref().map(|k| format!("silo-vmm, baseline kernel {} (no balloon driver)", k.display())),
             "firecracker": args.firecracker.as_ref().map(|_| "Firecracker, balloon with free_page_reporting, same kernel, initramfs and pmem image"),
+            "silo_reclaim": args.reclaim_after_s.map(|a| format!("silo, jailed, paged out to the host's swap (zram) at {a} s idle; held_kib = Pss + zram's compressed pool")),
         },
+        "reclaims": reclaims,
+        "wake": wake,
         "summary": summary(&samples),
         "boots": boot_summary(&boot_ms),
         "boot_samples": boot_ms,

@@ -34,6 +34,10 @@ pub struct JailSettings {
     pub cpu_min_percent: u32,
     /// `pids.max`: processes and threads in the VM's cgroup.
     pub pids_max: u32,
+    /// Idle reclaim (issue 25): a VM idle this many seconds is paged out
+    /// to the host's swap (`memory.reclaim` on its cgroup, which then may
+    /// swap); 0: off, VMs never swap (`memory.swap.max` 0).
+    pub idle_reclaim_after_s: u64,
 }
 
 impl Default for JailSettings {
@@ -46,6 +50,7 @@ impl Default for JailSettings {
             cpu_full_at_mib: 1769,
             cpu_min_percent: 5,
             pids_max: 32,
+            idle_reclaim_after_s: 0,
         }
     }
 }
@@ -92,6 +97,12 @@ impl JailMode {
                 "--insecure-no-jail: microVM processes will run UNJAILED as the daemon's user, \
                  in the host's namespaces; a guest escape would own this host"
             );
+            if settings.idle_reclaim_after_s > 0 {
+                tracing::warn!(
+                    "jail.idle_reclaim_after_s is set but idle reclaim works on the jail's \
+                     per-VM cgroups: unjailed VMs are never paged out"
+                );
+            }
             return Self::Insecure;
         }
         match Jailer::probe(settings) {
@@ -207,15 +218,24 @@ impl Jailer {
         enable(above)?;
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         enable(parent)?;
+        if settings.idle_reclaim_after_s > 0 {
+            crate::vm_reclaim::check_host(parent).map_err(|e| e.to_string())?;
+        }
         Ok(Self {
             settings: settings.clone(),
             used: Mutex::new(BTreeSet::new()),
         })
     }
 
+    /// The settings this jailer was probed with.
+    pub fn settings(&self) -> &JailSettings {
+        &self.settings
+    }
+
     /// Prepares the jail of one VM: a free id, `root` (the VM's directory,
     /// which must exist) owned by it, and a cgroup named after `root` with
-    /// `memory.max`, `pids.max`, `cpu.weight` and no swap.
+    /// `memory.max`, `pids.max`, `cpu.weight` and no swap (swap up to
+    /// `memory.max` with idle reclaim on).
     pub fn lease(
         self: &Arc<Self>,
         root: &Path,
@@ -259,7 +279,13 @@ impl Jailer {
         std::fs::create_dir(&lease.cgroup).map_err(io(&lease.cgroup))?;
         let memory = (u64::from(mem_mib) + u64::from(s.memory_overhead_mib)) << 20;
         lease.write("memory.max", &memory.to_string())?;
-        lease.write("memory.swap.max", "0").or_else(|e| match e {
+        // Swap only for idle reclaim; up to what the VM may hold in RAM.
+        let swap = if s.idle_reclaim_after_s > 0 {
+            memory.to_string()
+        } else {
+            "0".to_string()
+        };
+        lease.write("memory.swap.max", &swap).or_else(|e| match e {
             // No swap accounting on this host: nothing to forbid.
             JailSetupError::Io { ref source, .. }
                 if source.kind() == std::io::ErrorKind::NotFound =>

@@ -41,6 +41,7 @@ mod test_logs;
 pub mod vm_backend;
 pub mod vm_env;
 pub mod vm_memory;
+pub mod vm_reclaim;
 
 pub use events::QueueFull;
 pub use state::{Daemon, FunctionError, Images, InvokeOutcome, StartError};

@@ -155,6 +155,13 @@ impl VmBackend {
     /// A backend booting `kernel`, keeping per-VM sockets under `run_dir`,
     /// starting VMMs as `jail` says.
     pub fn new(kernel: PathBuf, run_dir: PathBuf, boot_timeout: Duration, jail: JailMode) -> Self {
+        let memory: Arc<crate::vm_memory::MemoryRegistry> = Default::default();
+        if let JailMode::Jailed(j) = &jail {
+            let after = j.settings().idle_reclaim_after_s;
+            if after > 0 {
+                crate::vm_reclaim::spawn(&memory, Duration::from_secs(after));
+            }
+        }
         Self {
             kernel,
             copies: RuntimeCopies::new(run_dir.join("runtime-copies"), RuntimeSharing::default()),
@@ -165,7 +172,7 @@ impl VmBackend {
             runtime_images: Mutex::new(HashMap::new()),
             console_bytes: crate::console::DEFAULT_CONSOLE_BYTES,
             guest_memory: Default::default(),
-            memory: Default::default(),
+            memory,
             functions: Mutex::new(HashMap::new()),
             network: None,
             logs: None,

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::vm_env::BalloonCounters;
 
@@ -53,6 +54,18 @@ impl MemorySource {
             MemorySource::None => None,
         }
     }
+
+    /// Bytes of the VM in the host's swap (its cgroup's
+    /// `memory.swap.current`: idle reclaim), 0 when not jailed.
+    pub fn swapped_bytes(&self) -> u64 {
+        match self {
+            MemorySource::Cgroup(dir) => std::fs::read_to_string(dir.join("memory.swap.current"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
 }
 
 struct Entry {
@@ -60,6 +73,14 @@ struct Entry {
     source: MemorySource,
     dir: PathBuf,
     busy: Arc<AtomicBool>,
+    idle: Arc<Mutex<IdleSince>>,
+}
+
+/// Since when a VM is idle, and whether idle reclaim (`crate::vm_reclaim`)
+/// already paged it out in this idle period.
+struct IdleSince {
+    since: Instant,
+    reclaimed: bool,
 }
 
 /// The live VMs, for `/metrics`.
@@ -74,12 +95,19 @@ pub struct Registration {
     registry: Arc<MemoryRegistry>,
     id: u64,
     busy: Arc<AtomicBool>,
+    idle: Arc<Mutex<IdleSince>>,
 }
 
 impl Registration {
-    /// Marks the VM busy (running an invocation) or idle.
+    /// Marks the VM busy (running an invocation) or idle; idle from now.
     pub fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Relaxed);
+        if !busy {
+            *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = IdleSince {
+                since: Instant::now(),
+                reclaimed: false,
+            };
+        }
     }
 }
 
@@ -100,6 +128,8 @@ pub struct Held {
     pub vms: u64,
     /// Bytes they hold.
     pub bytes: u64,
+    /// Bytes of theirs in the host's swap (idle reclaim).
+    pub swapped: u64,
     /// Their balloons' counters, summed.
     pub balloon: BalloonCounters,
 }
@@ -115,6 +145,10 @@ impl MemoryRegistry {
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let busy = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(Mutex::new(IdleSince {
+            since: Instant::now(),
+            reclaimed: false,
+        }));
         self.vms.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Entry {
@@ -122,13 +156,36 @@ impl MemoryRegistry {
                 source,
                 dir,
                 busy: busy.clone(),
+                idle: idle.clone(),
             },
         );
         Registration {
             registry: self.clone(),
             id,
             busy,
+            idle,
         }
+    }
+
+    /// The jailed VMs idle for at least `after` and not reclaimed since
+    /// they went idle: (function, cgroup), each marked reclaimed.
+    pub fn due_for_reclaim(&self, after: Duration) -> Vec<(String, PathBuf)> {
+        let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for e in vms.values() {
+            let MemorySource::Cgroup(cgroup) = &e.source else {
+                continue;
+            };
+            if e.busy.load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut idle = e.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if !idle.reclaimed && idle.since.elapsed() >= after {
+                idle.reclaimed = true;
+                due.push((e.function.clone(), cgroup.clone()));
+            }
+        }
+        due
     }
 
     /// Reads every VM now: per (function, "idle" or "busy").
@@ -150,6 +207,7 @@ impl MemoryRegistry {
                 .or_default();
             h.vms += 1;
             h.bytes += source.held_bytes().unwrap_or(0);
+            h.swapped += source.swapped_bytes();
             if let Some(c) = crate::vm_env::balloon::read_counters(&dir) {
                 let b = &mut h.balloon;
                 b.reports += c.reports;
@@ -172,6 +230,12 @@ impl MemoryRegistry {
                 "gauge",
                 "Host memory held by live VMs (cgroup memory.current, else VMM Pss), by function and state.",
                 (|h: &Held| h.bytes) as fn(&Held) -> u64,
+            ),
+            (
+                "silo_memory_swapped_bytes",
+                "gauge",
+                "Bytes of live VMs in the host's swap (cgroup memory.swap.current: idle reclaim), by function and state.",
+                |h: &Held| h.swapped,
             ),
             (
                 "silo_memory_vms",
@@ -246,5 +310,48 @@ mod tests {
         drop(b);
         let held = r.held();
         assert_eq!(held.len(), 1, "{held:?}");
+    }
+
+    #[test]
+    fn a_cgroups_swap_is_counted() {
+        let dir = std::env::temp_dir().join(format!("silo-swapped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.current"), "1048576\n").unwrap();
+        std::fs::write(dir.join("memory.swap.current"), "4194304\n").unwrap();
+        let r = Arc::new(MemoryRegistry::default());
+        let _a = r.register("f", MemorySource::Cgroup(dir.clone()), dir.clone());
+        let h = r.held()[&("f".to_string(), "idle")];
+        assert_eq!((h.bytes, h.swapped), (1 << 20, 4 << 20));
+        assert!(
+            r.render()
+                .contains("silo_memory_swapped_bytes{function=\"f\",state=\"idle\"} 4194304"),
+            "{}",
+            r.render()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_jailed_vms_idle_past_the_threshold_are_due_once_per_idle_period() {
+        let r = Arc::new(MemoryRegistry::default());
+        let dir = std::env::temp_dir();
+        let jailed = r.register("f", MemorySource::Cgroup("/cg/a".into()), dir.clone());
+        let _unjailed = r.register("f", MemorySource::Pid(1), dir.clone());
+        let busy = r.register("g", MemorySource::Cgroup("/cg/b".into()), dir.clone());
+        busy.set_busy(true);
+        assert!(r.due_for_reclaim(Duration::from_secs(3600)).is_empty());
+        let due = r.due_for_reclaim(Duration::ZERO);
+        assert_eq!(due, vec![("f".to_string(), PathBuf::from("/cg/a"))]);
+        assert!(
+            r.due_for_reclaim(Duration::ZERO).is_empty(),
+            "once per idle period"
+        );
+        jailed.set_busy(true);
+        jailed.set_busy(false);
+        assert_eq!(
+            r.due_for_reclaim(Duration::ZERO).len(),
+            1,
+            "idle again after an invoke"
+        );
     }
 }

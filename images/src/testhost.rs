@@ -61,6 +61,8 @@ mod initramfs;
 mod qemu;
 mod slot;
 mod stall;
+mod swap;
+pub use swap::{swap_files, zram_swap_script, ZRAM_DISKSIZE};
 
 use initramfs::shared_libraries;
 pub use slot::HostSlot;

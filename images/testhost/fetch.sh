@@ -5,8 +5,9 @@
 # Prints the directory holding `vmlinuz`, `modules/*.ko` (KVM, virtio-net, tun,
 # veth, nftables), `modules/net.order` (networking modules in load order) and
 # `modules/nft.order` (what silo's `[network]` needs: veth and the nftables
-# modules its rulesets use, with their dependencies, in load order) on its
-# last line.
+# modules its rulesets use, with their dependencies, in load order) and
+# `modules/swap.order` (zram with its allocator and compressor, in load
+# order: the swap that idle reclaim pages VMs out to) on its last line.
 # Installs qemu-system-x86, busybox-static and cpio when missing. Cached by
 # the hash of this script.
 set -euo pipefail
@@ -31,7 +32,7 @@ if ((${#need[@]})); then
 fi
 
 if [[ -f "$out/vmlinuz" && -f "$out/modules/kvm-amd.ko" && -f "$out/modules/net.order" \
-      && -f "$out/modules/nft.order" ]]; then
+      && -f "$out/modules/nft.order" && -f "$out/modules/swap.order" ]]; then
   echo "$out"
   exit 0
 fi
@@ -104,6 +105,17 @@ for m in veth nf_tables nft_objref nft_ct nft_chain_nat nft_masq nft_fib_inet nf
     extract "$rel" || { log "module $rel not found in $versioned"; exit 1; }
     echo "$name" >> "$stage/modules/nft.order"
   done
+done
+# Idle reclaim's swap (tests and benchmarks that page idle VMs out): zram,
+# its allocator, and its default compressor (requested by name at run
+# time: the test host has no modprobe, so it is loaded first).
+: > "$stage/modules/swap.order"
+for m in mm/zsmalloc crypto/lzo-rle drivers/block/zram/zram; do
+  if extract "$m"; then
+    basename "$m" >> "$stage/modules/swap.order"
+  elif ! grep -q "/$m.ko" root/lib/modules/*/modules.builtin 2>/dev/null; then
+    log "module $m is neither in $versioned nor built in"; exit 1
+  fi
 done
 echo "$versioned" > "$stage/PACKAGE"
 rm -rf "$out"

@@ -52,6 +52,7 @@ pub(super) fn summary(samples: &[Value]) -> Value {
         let v = s["variant"].as_str().unwrap_or("").to_string();
         entry[format!("{v}_pss_kib")] = s["pss_kib"].clone();
         entry[format!("{v}_rss_kib")] = s["rss_kib"].clone();
+        entry[format!("{v}_held_kib")] = s["held_kib"].clone();
     }
     for entry in out.values_mut() {
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -86,6 +87,13 @@ pub(super) fn summary(samples: &[Value]) -> Value {
             for base in ["silo", "silo_today", "firecracker"] {
                 ratios.push((format!("pss_{v}_over_{base}"), ratio(Some(*p), get(base))));
             }
+        }
+        let held = |k: &str| entry[format!("{k}_held_kib")].as_f64();
+        for base in ["silo", "firecracker"] {
+            ratios.push((
+                format!("held_silo_reclaim_over_{base}"),
+                ratio(held("silo_reclaim"), held(base)),
+            ));
         }
         for (k, r) in ratios {
             entry[k] = r;
