@@ -17,6 +17,9 @@ use std::time::Instant;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
 
 use super::{well_formed, Net, F_MRG_RXBUF, RXQ};
+use crate::devices::virtio::net::offload::{
+    check_rx_header, complete_checksum, HeaderFault, RxHeader,
+};
 use crate::devices::virtio::net::{NetBackend, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, NET_HDR_LEN};
 use crate::memory::GuestMemory;
 
@@ -89,15 +92,16 @@ impl<B: NetBackend> Net<B> {
                     }
                 },
             };
-            if len - off > MAX_FRAME_LEN {
-                self.stats.rx_oversized += 1;
-                crate::guest_fault!(
-                    len = len - off,
-                    max = MAX_FRAME_LEN,
-                    "virtio-net: oversized frame from the host dropped"
-                );
-                self.rx_pending = None;
-                continue;
+            if self.rx_pending.is_none() {
+                if let Err(e) = self.check_rx_frame(off, len) {
+                    if matches!(e, HeaderFault::Oversized { .. }) {
+                        self.stats.rx_oversized += 1;
+                    } else {
+                        self.stats.rx_bad_headers += 1;
+                    }
+                    crate::guest_fault!(error = %e, "virtio-net: frame from the host dropped");
+                    continue;
+                }
             }
             self.rx_pending = Some(len);
             if !self.rx_charged {
@@ -138,6 +142,39 @@ impl<B: NetBackend> Net<B> {
         if used_any {
             self.notify(&mem, RXQ);
         }
+    }
+
+    /// Checks a frame just read from the host (`rx_buf[..len]`, its frame
+    /// at `off`) and sets the header the guest gets for it; completes its
+    /// checksum for a driver that did not take `VIRTIO_NET_F_GUEST_CSUM`.
+    fn check_rx_frame(&mut self, off: usize, len: usize) -> Result<(), HeaderFault> {
+        if len > self.rx_buf.len() {
+            // Truncated by the read: larger than anything the device takes.
+            return Err(HeaderFault::Oversized {
+                len: len - off,
+                max: self.rx_buf.len() - off,
+            });
+        }
+        let frame_len = len - off;
+        if off == 0 {
+            self.rx_hdr = [0; NET_HDR_LEN];
+            return if frame_len > MAX_FRAME_LEN {
+                Err(HeaderFault::Oversized {
+                    len: frame_len,
+                    max: MAX_FRAME_LEN,
+                })
+            } else {
+                Ok(())
+            };
+        }
+        self.rx_hdr = match check_rx_header(&self.rx_buf[..off], frame_len, self.acked)? {
+            RxHeader::Pass(hdr) => hdr,
+            RxHeader::Complete { start, offset } => {
+                complete_checksum(&mut self.rx_buf[off..len], start, offset);
+                [0; NET_HDR_LEN]
+            }
+        };
+        Ok(())
     }
 
     /// Puts the held frame (`rx_buf[off..len]`) behind a header into the
@@ -192,9 +229,9 @@ impl<B: NetBackend> Net<B> {
             }
             return Delivery::Refused;
         }
-        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: 0;
-        // num_buffers (le16): the chains used.
-        let mut hdr = [0u8; NET_HDR_LEN];
+        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: as
+        // checked; num_buffers (le16): the chains used.
+        let mut hdr = self.rx_hdr;
         hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         let frame = &self.rx_buf[off..len];
         let (mut hdr_left, mut frame_left): (&[u8], &[u8]) = (&hdr, frame);
