@@ -86,11 +86,13 @@ pub fn gather<'m>(
             let mut slice = slice?;
             if hdr_have < NET_HDR_LEN {
                 let n = (NET_HDR_LEN - hdr_have).min(slice.len());
-                slice.subslice(0, n)?.copy_to(&mut hdr[hdr_have..hdr_have + n]);
+                slice
+                    .subslice(0, n)?
+                    .copy_to(&mut hdr[hdr_have..hdr_have + n]);
                 hdr_have += n;
                 slice = slice.offset(n)?;
             }
-            if slice.len() == 0 {
+            if slice.is_empty() {
                 continue;
             }
             if parts.len() == MAX_PARTS {

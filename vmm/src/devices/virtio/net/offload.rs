@@ -174,11 +174,7 @@ pub enum RxHeader {
 /// frames without segmentation no larger than [`MAX_FRAME_LEN`]. Flags the
 /// driver did not negotiate are dropped or done by the device
 /// ([`RxHeader::Complete`]).
-pub fn check_rx_header(
-    hdr: &[u8],
-    frame_len: usize,
-    acked: u64,
-) -> Result<RxHeader, HeaderFault> {
+pub fn check_rx_header(hdr: &[u8], frame_len: usize, acked: u64) -> Result<RxHeader, HeaderFault> {
     let le = |i: usize| u16::from_le_bytes([hdr[i], hdr[i + 1]]);
     let (flags, gso_type, hdr_len, gso_size) = (hdr[0], hdr[1], le(2), le(4));
     let (start, offset) = (le(6), le(8));
@@ -328,5 +324,94 @@ mod tests {
                 Err(HeaderFault::GsoType(t))
             );
         }
+    }
+
+    #[test]
+    fn rx_headers_pass_only_what_the_driver_took() {
+        let all = RX_OFFLOAD_FEATURES;
+        let plain = [0u8; NET_HDR_LEN];
+        // Partial checksum to a driver that took GUEST_CSUM: passed on.
+        let h = hdr(1, 0, 0, 34, 6);
+        let mut want = h;
+        want[10] = 0;
+        assert_eq!(check_rx_header(&h, 60, all), Ok(RxHeader::Pass(want)));
+        // To one that did not: the device completes it.
+        assert_eq!(
+            check_rx_header(&h, 60, 0),
+            Ok(RxHeader::Complete {
+                start: 34,
+                offset: 6
+            })
+        );
+        // DATA_VALID alone: a hint, dropped for a driver without it.
+        assert_eq!(
+            check_rx_header(&hdr(2, 0, 0, 0, 0), 60, 0),
+            Ok(RxHeader::Pass(plain))
+        );
+        // Checksum field past the frame, unknown flags, hdr_len past it.
+        assert!(matches!(
+            check_rx_header(&hdr(1, 0, 0, 58, 6), 60, all),
+            Err(HeaderFault::Checksum { .. })
+        ));
+        assert_eq!(
+            check_rx_header(&hdr(4, 0, 0, 0, 0), 60, all),
+            Err(HeaderFault::Flags(4))
+        );
+        let mut long = hdr(0, 0, 0, 0, 0);
+        long[2..4].copy_from_slice(&61u16.to_le_bytes());
+        assert!(matches!(
+            check_rx_header(&long, 60, all),
+            Err(HeaderFault::HdrLen { .. })
+        ));
+        // Segments: only to a driver that took them, with a size and a
+        // checksum; never UDP; no plain frame past MAX_FRAME_LEN.
+        let seg = hdr(1, GSO_TCPV4, 1448, 34, 16);
+        assert!(check_rx_header(&seg, 65_000, all).is_ok());
+        assert_eq!(
+            check_rx_header(&seg, 65_000, F_GUEST_CSUM | F_GUEST_TSO6),
+            Err(HeaderFault::GsoType(GSO_TCPV4))
+        );
+        assert_eq!(
+            check_rx_header(&seg, 65_000, F_GUEST_TSO4 | F_GUEST_TSO6),
+            Err(HeaderFault::GsoType(GSO_TCPV4))
+        );
+        assert!(check_rx_header(&hdr(1, GSO_TCPV6, 1428, 54, 16), 9000, all).is_ok());
+        assert_eq!(
+            check_rx_header(&hdr(0, GSO_TCPV4, 1448, 0, 0), 9000, all),
+            Err(HeaderFault::GsoSize(1448))
+        );
+        assert_eq!(
+            check_rx_header(&hdr(1, 3, 1448, 34, 6), 9000, all),
+            Err(HeaderFault::GsoType(3))
+        );
+        assert!(matches!(
+            check_rx_header(&plain, MAX_FRAME_LEN + 1, all),
+            Err(HeaderFault::Oversized { .. })
+        ));
+        assert!(matches!(
+            check_rx_header(&seg, MAX_GSO_FRAME_LEN + 1, all),
+            Err(HeaderFault::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn a_completed_checksum_verifies() {
+        // An odd-length datagram: the sum pads its last byte with zero.
+        let mut f = vec![0u8; 34];
+        f.extend_from_slice(&[
+            0x13, 0x88, 0x17, 0x70, 0, 13, 0x12, 0x34, b'a', b'b', b'c', b'd', b'e',
+        ]);
+        complete_checksum(&mut f, 34, 6);
+        // The receiver's check: the datagram (with the new field) plus the
+        // pseudo-header (whose sum, 0x1234, the field held) sums to all ones.
+        let mut sum: u32 = f[34..]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+            .sum();
+        sum += 0x1234;
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
     }
 }
