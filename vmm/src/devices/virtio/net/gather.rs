@@ -31,6 +31,10 @@ pub const MAX_PARTS: usize = 1023;
 /// Why a TX chain could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum GatherError {
+    /// A chain that loops, runs past the queue or has no descriptor
+    /// (virtio-queue's iterator stops silently there).
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
     /// A descriptor the device may write: not a TX buffer.
     #[error("a device-writable descriptor in a TX chain")]
     Writable,
@@ -67,9 +71,10 @@ pub struct Gathered<'m> {
     pub frame_len: usize,
 }
 
-/// Takes a TX chain apart: every descriptor must be device-readable and
-/// inside guest RAM; the first [`NET_HDR_LEN`] bytes (in however many
-/// descriptors) are copied out as the header, the rest stays where it is.
+/// Takes a TX chain apart in one walk: it must end where it says it ends,
+/// every descriptor must be device-readable and inside guest RAM; the
+/// first [`NET_HDR_LEN`] bytes (in however many descriptors) are copied
+/// out as the header, the rest stays where it is.
 pub fn gather<'m>(
     mem: &'m GuestMemory,
     chain: DescriptorChain<&'m GuestMemory>,
@@ -78,7 +83,9 @@ pub fn gather<'m>(
     let mut hdr_have = 0;
     let mut parts = Vec::new();
     let mut frame_len = 0usize;
+    let mut ended = false;
     for desc in chain {
+        ended = !desc.has_next();
         if desc.is_write_only() {
             return Err(GatherError::Writable);
         }
@@ -101,6 +108,9 @@ pub fn gather<'m>(
             frame_len += slice.len();
             parts.push(slice);
         }
+    }
+    if !ended {
+        return Err(GatherError::Broken);
     }
     if hdr_have < NET_HDR_LEN {
         return Err(GatherError::Short(hdr_have));
