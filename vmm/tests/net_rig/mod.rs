@@ -299,7 +299,7 @@ impl Rig {
     /// The RX frames (without the virtio-net header) delivered since the
     /// last call, as Linux reassembles them: each header checked to carry
     /// no offload the driver did not take (with GUEST_CSUM: only the
-    /// checksum flags, no segmentation for these small frames) and
+    /// checksum flags and the TCP segmentation it took) and
     /// `num_buffers` (1 without mergeable buffers), that many used chains
     /// making up the frame. Chains returned unused (length 0) are skipped,
     /// as Linux drops them.
@@ -326,7 +326,13 @@ impl Rig {
             let mut b = self.rx_bytes(head, len);
             if self.accepted & GUEST_CSUM != 0 {
                 assert_eq!(b[0] & !3, 0, "only NEEDS_CSUM and DATA_VALID");
-                assert_eq!(b[1], 0, "no segmentation of a small frame");
+                let tso = match b[1] {
+                    0 => 0,
+                    1 => 1 << 7,
+                    4 => 1 << 8,
+                    other => panic!("segmentation type {other}"),
+                };
+                assert_eq!(self.accepted & tso, tso, "segmentation not taken");
             } else {
                 assert_eq!(&b[..10], &[0; 10], "no offload the driver did not take");
             }
