@@ -335,13 +335,6 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
-/// Whether a chain ends where it says it ends: virtio-queue's iterator
-/// stops silently after as many descriptors as the queue has (a loop) or
-/// at an index beyond the table, and yields nothing for a head beyond it.
-fn well_formed(chain: &DescriptorChain<&GuestMemory>) -> bool {
-    matches!(chain.clone().last(), Some(d) if !d.has_next())
-}
-
 /// Why a TX chain was not sent.
 #[derive(Debug, thiserror::Error)]
 enum TxFault {

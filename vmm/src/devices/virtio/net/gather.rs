@@ -122,6 +122,80 @@ pub fn gather<'m>(
     })
 }
 
+/// Why an RX chain cannot take a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ScatterError {
+    /// A chain that loops, runs past the queue or has no descriptor.
+    #[error("a chain that loops, runs past the queue or has no descriptor")]
+    Broken,
+    /// A descriptor the device may only read: not an RX buffer.
+    #[error("a device-readable descriptor in an RX chain")]
+    ReadOnly,
+    /// A descriptor outside guest RAM.
+    #[error("a descriptor outside guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Maps an RX chain in one walk: it must end where it says it ends and
+/// every descriptor must be device-writable and inside guest RAM. Appends
+/// its pieces of guest memory to `out` (nothing on error) and returns its
+/// capacity in bytes.
+pub fn scatter<'m>(
+    mem: &'m GuestMemory,
+    chain: DescriptorChain<&'m GuestMemory>,
+    out: &mut Vec<VolatileSlice<'m>>,
+) -> Result<usize, ScatterError> {
+    let start = out.len();
+    let mut cap = 0usize;
+    let mut ended = false;
+    let walk = (|| {
+        for desc in chain {
+            ended = !desc.has_next();
+            if !desc.is_write_only() {
+                return Err(ScatterError::ReadOnly);
+            }
+            for slice in mem.get_slices(GuestAddress(desc.addr().0), desc.len() as usize) {
+                let slice = slice?;
+                cap += slice.len();
+                out.push(slice);
+            }
+        }
+        if ended {
+            Ok(cap)
+        } else {
+            Err(ScatterError::Broken)
+        }
+    })();
+    if walk.is_err() {
+        out.truncate(start);
+    }
+    walk
+}
+
+/// Copies `src` (its parts in order) into `dst` from its start, as far as
+/// `dst` holds; advances each part past what was copied. Returns the bytes
+/// copied.
+pub fn fill(dst: &[VolatileSlice<'_>], src: &mut [&[u8]]) -> usize {
+    let mut copied = 0;
+    for d in dst {
+        let mut at = 0;
+        for part in src.iter_mut() {
+            let n = part.len().min(d.len() - at);
+            if n == 0 {
+                continue;
+            }
+            // In range by construction: `at + n <= d.len()`.
+            if let Ok(piece) = d.subslice(at, n) {
+                piece.copy_from(&part[..n]);
+            }
+            *part = &part[n..];
+            at += n;
+        }
+        copied += at;
+    }
+    copied
+}
+
 impl<'m> TxFrame<'m> {
     /// A frame of `parts` behind `hdr` (`None`: a backend without
     /// virtio-net headers gets the frame alone).
