@@ -6,15 +6,22 @@
 //! datagram socket pair standing for the tap (frames of any size, from
 //! empty to 64 KiB, written to the guest; frames from the guest read),
 //! plain or, like the tap, with a virtio-net header each way (then the
-//! device offers the TX offloads). The driver takes or leaves
-//! `VIRTIO_RING_F_EVENT_IDX` (then it also writes `used_event` anywhere)
-//! and `VIRTIO_NET_F_MRG_RXBUF` (then frames span RX buffers of any size).
+//! device offers the TX and RX offloads; headers both ways are built from
+//! the input: any flags, segmentation type, `hdr_len`, checksum position).
+//! The driver takes or leaves `VIRTIO_RING_F_EVENT_IDX` (then it also
+//! writes `used_event` anywhere), `VIRTIO_NET_F_MRG_RXBUF` (then frames
+//! span RX buffers of any size), the TX offloads and the RX offloads
+//! (`GUEST_CSUM`, `GUEST_TSO4/6`: without them the device completes
+//! checksums itself and drops segments).
 //!
 //! Findings: any panic; the device holding more than one host frame
 //! (`Net::buffered_bytes`); a frame reaching the host that is shorter than
 //! an Ethernet header or longer than `MAX_FRAME_LEN` (with headers: a
 //! header that `check_tx_header` refuses for all offloads, or a TCP
-//! segment longer than `MAX_GSO_FRAME_LEN`).
+//! segment longer than `MAX_GSO_FRAME_LEN`). (That RX headers carry only
+//! what the driver took is checked by `offload.rs`'s unit tests and
+//! `vmm/tests/net_offload.rs`: here the fuzzer's own memory writes would
+//! make such a check report its own bytes.)
 #![no_main]
 
 mod common;
@@ -26,7 +33,10 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use silo_vmm::bandwidth::BucketConfig;
-use silo_vmm::devices::virtio::net::offload::{check_tx_header, OFFLOAD_FEATURES};
+use silo_vmm::devices::virtio::net::offload::{
+    check_tx_header, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, OFFLOAD_FEATURES,
+    RX_OFFLOAD_FEATURES,
+};
 use silo_vmm::devices::virtio::net::{
     Net, NetBackend, NetLimits, MAX_FRAME_LEN, NET_HDR_LEN, TAP_READ_LEN,
 };
@@ -44,9 +54,6 @@ struct PairBackend(UnixDatagram, bool);
 impl NetBackend for PairBackend {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.recv(buf)
-    }
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-        self.0.send(frame)
     }
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -79,8 +86,8 @@ impl Rig {
     }
 
     /// The Linux driver's setup sequence (MAC and VERSION_1 accepted, and
-    /// EVENT_IDX and MRG_RXBUF as `extra`'s low bits say), queues of `size`
-    /// at fixed places.
+    /// EVENT_IDX, MRG_RXBUF, the TX offloads, GUEST_CSUM and GUEST_TSO4/6
+    /// as `extra`'s low bits say), queues of `size` at fixed places.
     fn driver_init(&mut self, size: u16, extra: u8) {
         let mut features = 1 << 32 | 1 << 5;
         if extra & 1 != 0 {
@@ -89,7 +96,43 @@ impl Rig {
         if extra & 2 != 0 {
             features |= 1 << 15;
         }
+        if extra & 4 != 0 {
+            features |= OFFLOAD_FEATURES;
+        }
+        if extra & 8 != 0 {
+            features |= F_GUEST_CSUM;
+        }
+        if extra & 16 != 0 {
+            features |= F_GUEST_TSO4 | F_GUEST_TSO6;
+        }
         self.d.init(features, 2, size);
+    }
+
+    /// A virtio-net header from the input: flags, segmentation type,
+    /// `hdr_len`, segment size, checksum start and offset, each sometimes
+    /// plausible and sometimes anything.
+    fn any_hdr(inp: &mut Input<'_>) -> [u8; NET_HDR_LEN] {
+        let mut h = [0u8; NET_HDR_LEN];
+        let pick = inp.u8();
+        h[0] = if pick & 1 == 0 {
+            inp.u8() % 4
+        } else {
+            inp.u8()
+        };
+        h[1] = if pick & 2 == 0 {
+            [0, 1, 3, 4, 0x81][usize::from(inp.u8() % 5)]
+        } else {
+            inp.u8()
+        };
+        for at in [2, 4, 6, 8] {
+            let v = if pick & 4 == 0 {
+                inp.u16() % 128
+            } else {
+                inp.u16()
+            };
+            h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        h
     }
 
     fn step(&mut self, inp: &mut Input<'_>) {
@@ -127,6 +170,12 @@ impl Rig {
                     .d
                     .mem
                     .write_slice(&vec![fill; (len as usize).min(0x800)], GuestAddress(at));
+                if inp.u8().is_multiple_of(2) {
+                    let _ = self
+                        .d
+                        .mem
+                        .write_slice(&Self::any_hdr(inp), GuestAddress(at));
+                }
                 if inp.u8() % 2 == 0 {
                     self.d.write_desc(1, idx, at, len, 0, 0);
                 } else {
@@ -169,7 +218,11 @@ impl Rig {
                         _ => usize::from(inp.u16() % 1600),
                     };
                     let fill = inp.u8();
-                    let _ = self.host.send(&vec![fill; len]);
+                    let mut frame = vec![fill; len];
+                    if self.vnet && len >= NET_HDR_LEN && inp.u8().is_multiple_of(2) {
+                        frame[..NET_HDR_LEN].copy_from_slice(&Self::any_hdr(inp));
+                    }
+                    let _ = self.host.send(&frame);
                 }
                 self.d.pump();
             }
@@ -197,7 +250,12 @@ impl Rig {
                     assert!(n >= NET_HDR_LEN + 14, "a {n}-byte frame reached the host");
                     let hdr = &b[..NET_HDR_LEN];
                     assert!(
-                        check_tx_header(hdr, n - NET_HDR_LEN, OFFLOAD_FEATURES).is_ok(),
+                        check_tx_header(
+                            hdr,
+                            n - NET_HDR_LEN,
+                            OFFLOAD_FEATURES | RX_OFFLOAD_FEATURES
+                        )
+                        .is_ok(),
                         "a refused header reached the host: {hdr:?} ({n} bytes)"
                     );
                 }

@@ -41,9 +41,13 @@ pub const EVENT_IDX: u32 = 1 << 29;
 /// suppression and mergeable buffers: CSUM (0), MAC (5), HOST_TSO4 (11),
 /// HOST_TSO6 (12). A driver may still take only these.
 pub const BASIC: u32 = 1 | 1 << 5 | 1 << 11 | 1 << 12;
-/// Features 0-31 the device offers on a tap: [`BASIC`], MRG_RXBUF (15)
-/// and EVENT_IDX (29); Linux takes them all.
-pub const OFFERED: u32 = BASIC | MRG_RXBUF | EVENT_IDX;
+/// The receive offloads: GUEST_CSUM (1), GUEST_TSO4 (7), GUEST_TSO6 (8).
+pub const RX_OFFLOADS: u32 = 1 << 1 | 1 << 7 | 1 << 8;
+/// `VIRTIO_NET_F_GUEST_CSUM`.
+pub const GUEST_CSUM: u32 = 1 << 1;
+/// Features 0-31 the device offers on a tap: [`BASIC`], [`RX_OFFLOADS`],
+/// MRG_RXBUF (15) and EVENT_IDX (29); Linux takes them all.
+pub const OFFERED: u32 = BASIC | RX_OFFLOADS | MRG_RXBUF | EVENT_IDX;
 /// Generous: the machine is shared and slow.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -217,7 +221,7 @@ impl Rig {
         assert_eq!(
             self.r(reg::DEVICE_FEATURES),
             OFFERED,
-            "MAC, the TX offloads, MRG_RXBUF and EVENT_IDX in bits 0-31, no RX offloads"
+            "MAC, the TX and RX offloads, MRG_RXBUF and EVENT_IDX in bits 0-31"
         );
         self.w(reg::DEVICE_FEATURES_SEL, 1);
         assert_eq!(self.r(reg::DEVICE_FEATURES), 1, "VERSION_1");
@@ -294,9 +298,11 @@ impl Rig {
 
     /// The RX frames (without the virtio-net header) delivered since the
     /// last call, as Linux reassembles them: each header checked to carry
-    /// no offload and `num_buffers` (1 without mergeable buffers), that
-    /// many used chains making up the frame. Chains returned unused (length
-    /// 0) are skipped, as Linux drops them.
+    /// no offload the driver did not take (with GUEST_CSUM: only the
+    /// checksum flags and the TCP segmentation it took) and
+    /// `num_buffers` (1 without mergeable buffers), that many used chains
+    /// making up the frame. Chains returned unused (length 0) are skipped,
+    /// as Linux drops them.
     pub fn rx_frames(&mut self) -> Vec<Vec<u8>> {
         self.rx_frames_counted()
             .into_iter()
@@ -306,11 +312,31 @@ impl Rig {
 
     /// [`Rig::rx_frames`] with each frame's `num_buffers`.
     pub fn rx_frames_counted(&mut self) -> Vec<(Vec<u8>, u16)> {
+        self.rx_frames_with_hdr()
+            .into_iter()
+            .map(|(_, f, n)| (f, n))
+            .collect()
+    }
+
+    /// [`Rig::rx_frames_counted`] with each frame's header.
+    pub fn rx_frames_with_hdr(&mut self) -> Vec<([u8; NET_HDR_LEN], Vec<u8>, u16)> {
         let mut used = self.used(RX).into_iter().filter(|&(_, len)| len > 0);
         let mut out = Vec::new();
         while let Some((head, len)) = used.next() {
             let mut b = self.rx_bytes(head, len);
-            assert_eq!(&b[..10], &[0; 10], "no offload in an RX header");
+            if self.accepted & GUEST_CSUM != 0 {
+                assert_eq!(b[0] & !3, 0, "only NEEDS_CSUM and DATA_VALID");
+                let tso = match b[1] {
+                    0 => 0,
+                    1 => 1 << 7,
+                    4 => 1 << 8,
+                    other => panic!("segmentation type {other}"),
+                };
+                assert_eq!(self.accepted & tso, tso, "segmentation not taken");
+            } else {
+                assert_eq!(&b[..10], &[0; 10], "no offload the driver did not take");
+            }
+            let hdr: [u8; NET_HDR_LEN] = b[..NET_HDR_LEN].try_into().unwrap();
             let n = u16::from_le_bytes([b[10], b[11]]);
             if self.accepted & MRG_RXBUF == 0 {
                 assert_eq!(n, 1, "one buffer without MRG_RXBUF");
@@ -320,7 +346,7 @@ impl Rig {
                 let (h, l) = used.next().expect("num_buffers chains used");
                 frame.extend(self.rx_bytes(h, l));
             }
-            out.push((frame, n));
+            out.push((hdr, frame, n));
         }
         out
     }

@@ -15,16 +15,16 @@
 //! frames stay in the tap's kernel queue, which drops beyond its length, so
 //! a guest that never refills RX costs nothing but its own traffic.
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::offload::{check_tx_header, HeaderFault, OFFLOAD_FEATURES};
+use super::gather::{gather, GatherError, Gathered, TxFrame};
+use super::offload::{check_tx_header, HeaderFault, OFFLOAD_FEATURES, RX_OFFLOAD_FEATURES};
 use super::tap::{self, Tap};
 use super::{
     NetBackend, NetError, DEFAULT_MAC, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, MAX_GSO_FRAME_LEN,
@@ -87,8 +87,13 @@ pub struct NetStats {
     pub rx_bad_chains: u64,
     /// TX chains returned unused (writable, outside memory, too short).
     pub tx_bad_chains: u64,
-    /// Frames from the host larger than [`MAX_FRAME_LEN`], dropped.
+    /// Frames from the host larger than [`MAX_FRAME_LEN`] (a segment: than
+    /// [`MAX_GSO_FRAME_LEN`]), dropped.
     pub rx_oversized: u64,
+    /// Frames from the host whose virtio-net header was refused (an
+    /// offload the driver did not take, a checksum or `hdr_len` outside
+    /// the frame), dropped.
+    pub rx_bad_headers: u64,
     /// Guest frames larger than [`MAX_FRAME_LEN`], dropped.
     pub tx_oversized: u64,
     /// Guest frames the host refused (tap queue full or interface down).
@@ -114,9 +119,10 @@ pub struct Net<B: NetBackend = Tap> {
     /// The one frame from the host the device may hold, and its length.
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
+    /// The header the guest gets with the held frame (checked).
+    rx_hdr: [u8; NET_HDR_LEN],
     /// Whether the held frame was already charged to the RX limiter.
     rx_charged: bool,
-    tx_buf: Vec<u8>,
     rx_limit: Limiter,
     tx_limit: Limiter,
     stats: NetStats,
@@ -168,8 +174,8 @@ impl<B: NetBackend> Net<B> {
             acked: 0,
             rx_buf: vec![0; TAP_READ_LEN],
             rx_pending: None,
+            rx_hdr: [0; NET_HDR_LEN],
             rx_charged: false,
-            tx_buf: vec![0; NET_HDR_LEN + MAX_GSO_FRAME_LEN],
             rx_limit: Limiter::new(limits.rx_bytes, limits.packets),
             tx_limit: Limiter::new(limits.tx_bytes, limits.packets),
             stats: NetStats::default(),
@@ -252,16 +258,15 @@ impl<B: NetBackend> Net<B> {
             } else {
                 MAX_FRAME_LEN
             };
-            match tx_frame_len(&mem, chain.clone(), max) {
-                Ok(total) => {
-                    let frame = (total - NET_HDR_LEN) as u64;
-                    if let Err(wait) = self.tx_limit.consume(frame, Instant::now()) {
+            match tx_frame(&mem, chain, max) {
+                Ok(g) => {
+                    if let Err(wait) = self.tx_limit.consume(g.frame_len as u64, Instant::now()) {
                         // Served when the timer fires.
                         self.queues[TXQ].go_to_previous_position();
                         self.arm_timer(wait);
                         break;
                     }
-                    self.send_tx(&mem, chain, total);
+                    self.send_tx(g);
                 }
                 Err(TxFault::Oversized(len)) => {
                     self.stats.tx_oversized += 1;
@@ -299,20 +304,11 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
-    /// Copies a checked TX chain of `total` bytes out of guest memory and
-    /// sends its frame (without the virtio-net header).
-    fn send_tx(&mut self, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>, total: usize) {
-        let copied = Reader::new(mem, chain)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|mut r| r.read_exact(&mut self.tx_buf[..total]));
-        if let Err(e) = copied {
-            self.stats.tx_bad_chains += 1;
-            crate::guest_fault!(error = %e, "virtio-net: TX chain unreadable");
-            return;
-        }
-        let frame_len = total - NET_HDR_LEN;
-        match check_tx_header(&self.tx_buf[..NET_HDR_LEN], frame_len, self.acked) {
-            Ok(hdr) => self.tx_buf[..NET_HDR_LEN].copy_from_slice(&hdr),
+    /// Sends a gathered TX frame behind its checked header, straight from
+    /// guest memory ([`gather`](super::gather)).
+    fn send_tx(&mut self, g: Gathered<'_>) {
+        let hdr = match check_tx_header(&g.hdr, g.frame_len, self.acked) {
+            Ok(hdr) => hdr,
             Err(e) => {
                 if matches!(e, HeaderFault::Oversized { .. }) {
                     self.stats.tx_oversized += 1;
@@ -322,16 +318,12 @@ impl<B: NetBackend> Net<B> {
                 crate::guest_fault!(error = %e, "virtio-net: TX frame's header refused");
                 return;
             }
-        }
-        let start = if self.backend.vnet_hdr() {
-            0
-        } else {
-            NET_HDR_LEN
         };
-        match self.backend.send(&self.tx_buf[start..total]) {
+        let frame = TxFrame::new(self.backend.vnet_hdr().then_some(hdr), g.parts);
+        match self.backend.send_gathered(&frame) {
             Ok(_) => {
                 self.stats.tx_frames += 1;
-                self.stats.tx_bytes += (total - NET_HDR_LEN) as u64;
+                self.stats.tx_bytes += g.frame_len as u64;
             }
             Err(e) => {
                 // A full tap queue or a down interface: the frame is lost,
@@ -343,52 +335,33 @@ impl<B: NetBackend> Net<B> {
     }
 }
 
-/// Whether a chain ends where it says it ends: virtio-queue's iterator
-/// stops silently after as many descriptors as the queue has (a loop) or
-/// at an index beyond the table, and yields nothing for a head beyond it.
-fn well_formed(chain: &DescriptorChain<&GuestMemory>) -> bool {
-    matches!(chain.clone().last(), Some(d) if !d.has_next())
-}
-
 /// Why a TX chain was not sent.
 #[derive(Debug, thiserror::Error)]
 enum TxFault {
-    #[error("a device-writable descriptor in a TX chain")]
-    Writable,
-    #[error("a chain that loops, runs past the queue or has no descriptor")]
-    Broken,
-    #[error("descriptor chain outside guest memory or malformed: {0}")]
-    Chain(virtio_queue::Error),
+    #[error("{0}")]
+    Gather(#[from] GatherError),
     #[error("{0} bytes: shorter than a virtio-net and an Ethernet header")]
     Short(usize),
     #[error("{0} bytes: larger than the negotiated frame size")]
     Oversized(usize),
 }
 
-/// Checks a TX chain: readable descriptors only, all inside guest memory,
-/// header plus an Ethernet frame of at most `max` bytes. Returns its
-/// length with the header.
-fn tx_frame_len(
-    mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
+/// Takes a TX chain apart ([`gather`](super::gather)): a chain that ends
+/// where it says, readable descriptors only, all inside guest memory, a
+/// header and an Ethernet frame of at most `max` bytes.
+fn tx_frame<'m>(
+    mem: &'m GuestMemory,
+    chain: DescriptorChain<&'m GuestMemory>,
     max: usize,
-) -> Result<usize, TxFault> {
-    if !well_formed(&chain) {
-        return Err(TxFault::Broken);
+) -> Result<Gathered<'m>, TxFault> {
+    let g = gather(mem, chain)?;
+    if g.frame_len < ETH_HLEN {
+        return Err(TxFault::Short(NET_HDR_LEN + g.frame_len));
     }
-    if chain.clone().any(|d| d.is_write_only()) {
-        return Err(TxFault::Writable);
+    if g.frame_len > max {
+        return Err(TxFault::Oversized(NET_HDR_LEN + g.frame_len));
     }
-    let total = Reader::new(mem, chain)
-        .map_err(TxFault::Chain)?
-        .available_bytes();
-    if total < NET_HDR_LEN + ETH_HLEN {
-        return Err(TxFault::Short(total));
-    }
-    if total > NET_HDR_LEN + max {
-        return Err(TxFault::Oversized(total));
-    }
-    Ok(total)
+    Ok(g)
 }
 
 impl<B: NetBackend> VirtioDevice for Net<B> {
@@ -398,7 +371,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn avail_features(&self) -> u64 {
         let base = F_MAC | F_MRG_RXBUF | F_EVENT_IDX;
         if self.backend.vnet_hdr() {
-            base | OFFLOAD_FEATURES
+            base | OFFLOAD_FEATURES | RX_OFFLOAD_FEATURES
         } else {
             base
         }

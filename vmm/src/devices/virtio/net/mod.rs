@@ -9,14 +9,17 @@
 //! interrupted only past the `used_event` it wrote), `VIRTIO_NET_F_MRG_RXBUF`
 //! (a frame to the guest may span several RX chains, `num_buffers` in its
 //! header) and, on a backend that carries virtio-net headers (the tap), the
-//! TX offloads of [`offload`]: checksum and TCP segmentation left to the
-//! host. No receive offloads, no control queue. So every frame from the
-//! host is a plain Ethernet frame of at most [`MAX_FRAME_LEN`] bytes, every
-//! guest frame one of at most [`MAX_FRAME_LEN`] bytes or a TCP segment of
-//! at most [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`;
-//! each direction goes through one bounce buffer allocated once.
+//! offloads of [`offload`] both ways: checksum and TCP segmentation left to
+//! the host (TX) and to the guest (RX). No control queue. So every frame is
+//! an Ethernet frame of at most [`MAX_FRAME_LEN`] bytes or a TCP segment of
+//! at most [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`.
+//! Frames from the host go through one bounce buffer allocated once (the
+//! tap's header is checked there before the guest sees it); frames from
+//! the guest go to the tap in one `writev` straight from guest memory
+//! behind the device's checked copy of their header ([`gather`]).
 
 mod device;
+pub mod gather;
 pub mod offload;
 pub mod tap;
 
@@ -29,18 +32,19 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Length of `virtio_net_hdr_v1` (with `num_buffers`), which a virtio 1.x
 /// driver puts before every frame in both directions.
 pub const NET_HDR_LEN: usize = 12;
-/// The largest frame the device passes: an Ethernet frame with a 1500-byte
-/// payload and one VLAN tag (1514 + 4), the most a guest can send without
-/// segmentation offloads, which are not offered. Larger frames from either
-/// side are dropped and counted.
+/// The largest frame the device passes without segmentation offload: an
+/// Ethernet frame with a 1500-byte payload and one VLAN tag (1514 + 4).
+/// Larger frames from either side without a segmentation header are
+/// dropped and counted.
 pub const MAX_FRAME_LEN: usize = 1518;
-/// The largest TCP segment a guest may hand over for the host to cut
+/// The largest TCP segment either side may hand over for the other to cut
 /// (segmentation offload): Linux's 64 KiB limit on a GSO packet plus an
 /// Ethernet header and a VLAN tag.
 pub const MAX_GSO_FRAME_LEN: usize = 65_536 + 18;
-/// Size of the bounce buffer reads from the tap go into: a frame larger
-/// than [`MAX_FRAME_LEN`] is read whole (then dropped), never split.
-pub const TAP_READ_LEN: usize = 65_535;
+/// Size of the bounce buffer reads from the tap go into: a header and the
+/// largest segment, plus one byte, so that a larger frame is seen as one
+/// (and dropped), never split.
+pub const TAP_READ_LEN: usize = NET_HDR_LEN + MAX_GSO_FRAME_LEN + 1;
 /// Chains served per queue per event before the device yields the thread
 /// to other devices (it re-kicks itself for the rest).
 pub const MAX_CHAINS_PER_EVENT: usize = 256;
@@ -52,13 +56,17 @@ pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xa9, 0xfe, 0x00, 0x02];
 pub trait NetBackend: Send {
     /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
-    /// Sends one frame.
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize>;
+    /// Sends one frame from guest memory, in one `writev` on
+    /// [`NetBackend::raw_fd`] (a tap, or a datagram socket in tests).
+    fn send_gathered(&mut self, frame: &gather::TxFrame<'_>) -> std::io::Result<usize> {
+        frame.writev(self.raw_fd())
+    }
     /// The descriptor the device loop waits on for frames.
     fn raw_fd(&self) -> RawFd;
     /// Whether every frame both ways carries a [`NET_HDR_LEN`]-byte
-    /// virtio-net header (a tap with `IFF_VNET_HDR`): then the device
-    /// offers the guest the TX offloads ([`offload`]).
+    /// virtio-net header (a tap with `IFF_VNET_HDR` and `TUNSETOFFLOAD`
+    /// [`offload::TUN_OFFLOADS`]): then the device offers the guest the
+    /// offloads of [`offload`].
     fn vnet_hdr(&self) -> bool {
         false
     }

@@ -4,17 +4,22 @@
 //! `TUNSETIFF` (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`: Ethernet frames
 //! behind a 12-byte virtio-net header, `TUNSETVNETHDRSZ`, so that the
 //! guest's checksum and segmentation offloads reach the host's stack;
-//! `TUNSETOFFLOAD` 0: frames towards the guest come complete and
-//! checksummed) while it can still open files, before the jail's root
-//! change and the seccomp filters; the file keeps the namespace it was
-//! opened in. Each frame moves in exactly one `read` or `write`.
+//! `TUNSETOFFLOAD` [`TUN_OFFLOADS`]: frames towards the guest may come with
+//! their checksum left undone and as TCP segments of up to 64 KiB, which
+//! the device checks and, for a driver that did not take them, completes
+//! or drops, see [`super::offload`]) while it can still open files, before
+//! the jail's root change and the seccomp filters (so no ioctl is needed
+//! after start, whatever the driver negotiates); the file keeps the
+//! namespace it was opened in. Each frame moves in exactly one `read` or
+//! `writev`.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 
+use super::offload::TUN_OFFLOADS;
 use super::{NetBackend, NetError};
 
 /// Longest interface name the kernel takes (`IFNAMSIZ` less the NUL).
@@ -87,7 +92,7 @@ impl Tap {
             if libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr_len) < 0 {
                 return Err(attach_err());
             }
-            if libc::ioctl(fd, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) < 0 {
+            if libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(TUN_OFFLOADS)) < 0 {
                 return Err(attach_err());
             }
         }
@@ -127,9 +132,6 @@ pub fn take_preopened(name: &str) -> Option<Tap> {
 impl NetBackend for Tap {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.file.read(buf)
-    }
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-        self.file.write(frame)
     }
     fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

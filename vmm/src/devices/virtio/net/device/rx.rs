@@ -11,24 +11,27 @@
 //! fit in all the guest has posted are put back, and the device asks to be
 //! told when more come.
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::time::Instant;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
+use std::ops::Range;
 
-use super::{well_formed, Net, F_MRG_RXBUF, RXQ};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::VolatileSlice;
+
+use super::{Net, F_MRG_RXBUF, RXQ};
+use crate::devices::virtio::net::gather::{fill, scatter, ScatterError};
+use crate::devices::virtio::net::offload::{
+    check_rx_header, complete_checksum, HeaderFault, RxHeader,
+};
 use crate::devices::virtio::net::{NetBackend, MAX_CHAINS_PER_EVENT, MAX_FRAME_LEN, NET_HDR_LEN};
 use crate::memory::GuestMemory;
 
 /// Why an RX chain could not take (its part of) a frame.
 #[derive(Debug, thiserror::Error)]
 enum RxFault {
-    #[error("a device-readable descriptor in an RX chain")]
-    ReadOnly,
-    #[error("a chain that loops, runs past the queue or has no descriptor")]
-    Broken,
-    #[error("descriptor chain outside guest memory or malformed: {0}")]
-    Chain(virtio_queue::Error),
+    #[error("{0}")]
+    Chain(#[from] ScatterError),
     #[error("{have} bytes of buffer where at least {need} are needed")]
     TooSmall { have: usize, need: usize },
 }
@@ -44,19 +47,6 @@ enum Delivery {
     NoBuffers { more: bool, partial: bool },
 }
 
-/// The writable bytes of an RX chain, or why it cannot take a frame.
-fn rx_capacity(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> Result<usize, RxFault> {
-    if !well_formed(&chain) {
-        return Err(RxFault::Broken);
-    }
-    if chain.clone().any(|d| !d.is_write_only()) {
-        return Err(RxFault::ReadOnly);
-    }
-    Ok(Writer::new(mem, chain)
-        .map_err(RxFault::Chain)?
-        .available_bytes())
-}
-
 impl<B: NetBackend> Net<B> {
     /// Delivers frames from the host into the guest's RX buffers, as long
     /// as there are frames, buffers and RX budget (at most
@@ -69,6 +59,7 @@ impl<B: NetBackend> Net<B> {
         let _ = self.queues[RXQ].disable_notification(&mem);
         let mut used_any = false;
         let mut chains = Vec::new();
+        let mut slices = Vec::new();
         for step in 0.. {
             if step == 2 * MAX_CHAINS_PER_EVENT {
                 let _ = self.queue_evts[RXQ].write(1);
@@ -89,15 +80,16 @@ impl<B: NetBackend> Net<B> {
                     }
                 },
             };
-            if len - off > MAX_FRAME_LEN {
-                self.stats.rx_oversized += 1;
-                crate::guest_fault!(
-                    len = len - off,
-                    max = MAX_FRAME_LEN,
-                    "virtio-net: oversized frame from the host dropped"
-                );
-                self.rx_pending = None;
-                continue;
+            if self.rx_pending.is_none() {
+                if let Err(e) = self.check_rx_frame(off, len) {
+                    if matches!(e, HeaderFault::Oversized { .. }) {
+                        self.stats.rx_oversized += 1;
+                    } else {
+                        self.stats.rx_bad_headers += 1;
+                    }
+                    crate::guest_fault!(error = %e, "virtio-net: frame from the host dropped");
+                    continue;
+                }
             }
             self.rx_pending = Some(len);
             if !self.rx_charged {
@@ -107,7 +99,7 @@ impl<B: NetBackend> Net<B> {
                 }
                 self.rx_charged = true;
             }
-            match self.deliver(&mem, off, len, &mut chains) {
+            match self.deliver(&mem, off, len, &mut chains, &mut slices) {
                 Delivery::Delivered => {
                     self.stats.rx_frames += 1;
                     self.stats.rx_bytes += (len - off) as u64;
@@ -140,19 +132,55 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
+    /// Checks a frame just read from the host (`rx_buf[..len]`, its frame
+    /// at `off`) and sets the header the guest gets for it; completes its
+    /// checksum for a driver that did not take `VIRTIO_NET_F_GUEST_CSUM`.
+    fn check_rx_frame(&mut self, off: usize, len: usize) -> Result<(), HeaderFault> {
+        if len > self.rx_buf.len() {
+            // Truncated by the read: larger than anything the device takes.
+            return Err(HeaderFault::Oversized {
+                len: len - off,
+                max: self.rx_buf.len() - off,
+            });
+        }
+        let frame_len = len - off;
+        if off == 0 {
+            self.rx_hdr = [0; NET_HDR_LEN];
+            return if frame_len > MAX_FRAME_LEN {
+                Err(HeaderFault::Oversized {
+                    len: frame_len,
+                    max: MAX_FRAME_LEN,
+                })
+            } else {
+                Ok(())
+            };
+        }
+        self.rx_hdr = match check_rx_header(&self.rx_buf[..off], frame_len, self.acked)? {
+            RxHeader::Pass(hdr) => hdr,
+            RxHeader::Complete { start, offset } => {
+                complete_checksum(&mut self.rx_buf[off..len], start, offset);
+                [0; NET_HDR_LEN]
+            }
+        };
+        Ok(())
+    }
+
     /// Puts the held frame (`rx_buf[off..len]`) behind a header into the
-    /// guest's RX chains; `chains` is scratch space.
+    /// guest's RX chains, each mapped once ([`scatter`]); `chains` (head,
+    /// its pieces in `slices`, capacity) and `slices` are scratch space.
     fn deliver<'m>(
         &mut self,
         mem: &'m GuestMemory,
         off: usize,
         len: usize,
-        chains: &mut Vec<(DescriptorChain<&'m GuestMemory>, usize)>,
+        chains: &mut Vec<(u16, Range<usize>)>,
+        slices: &mut Vec<VolatileSlice<'m>>,
     ) -> Delivery {
         let frame_len = len - off;
         let need = NET_HDR_LEN + frame_len;
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         chains.clear();
+        slices.clear();
         let mut have = 0;
         while have < need {
             let Some(chain) = self.queues[RXQ].pop_descriptor_chain(mem) else {
@@ -173,66 +201,39 @@ impl<B: NetBackend> Net<B> {
             // worth (so one frame spans at most ~128 chains); without
             // mergeable buffers one chain holds it all.
             let min = if mergeable { NET_HDR_LEN } else { need };
-            let fault = match rx_capacity(mem, chain.clone()) {
+            let first = slices.len();
+            let fault = match scatter(mem, chain, slices) {
                 Ok(cap) if cap >= min => {
                     have += cap;
-                    chains.push((chain, cap));
+                    chains.push((head, first..slices.len()));
                     continue;
                 }
                 Ok(cap) => RxFault::TooSmall {
                     have: cap,
                     need: min,
                 },
-                Err(e) => e,
+                Err(e) => RxFault::from(e),
             };
             self.stats.rx_bad_chains += 1;
             crate::guest_fault!(error = %fault, head, "virtio-net: bad RX descriptor chain returned unused");
-            for h in chains.drain(..).map(|(c, _)| c.head_index()).chain([head]) {
+            for h in chains.drain(..).map(|(h, _)| h).chain([head]) {
                 self.add_used(mem, RXQ, h, 0);
             }
             return Delivery::Refused;
         }
-        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: 0;
-        // num_buffers (le16): the chains used.
-        let mut hdr = [0u8; NET_HDR_LEN];
+        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset: as
+        // checked; num_buffers (le16): the chains used.
+        let mut hdr = self.rx_hdr;
         hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
-        let frame = &self.rx_buf[off..len];
-        let (mut hdr_left, mut frame_left): (&[u8], &[u8]) = (&hdr, frame);
-        let mut written = Vec::with_capacity(chains.len());
-        let mut failed = false;
-        for (chain, cap) in chains.drain(..) {
-            let head = chain.head_index();
-            let mut n = 0;
-            if !failed {
-                match Writer::new(mem, chain) {
-                    Ok(mut w) => {
-                        let h = hdr_left.len().min(cap);
-                        let f = frame_left.len().min(cap - h);
-                        let ok = w.write_all(&hdr_left[..h]).is_ok()
-                            && w.write_all(&frame_left[..f]).is_ok();
-                        hdr_left = &hdr_left[h..];
-                        frame_left = &frame_left[f..];
-                        n = h + f;
-                        failed = !ok;
-                    }
-                    Err(_) => failed = true,
-                }
-            }
-            written.push((head, n));
+        let mut src: [&[u8]; 2] = [&hdr, &self.rx_buf[off..len]];
+        for (head, range) in chains.drain(..) {
+            let n = fill(&slices[range], &mut src);
+            self.queues[RXQ]
+                .add_used(mem, head, n as u32)
+                .unwrap_or_else(|_| {
+                    crate::guest_fault!(head, "virtio-net: used ring update failed");
+                });
         }
-        if failed {
-            // Validated above, so only a racing change of the guest's own
-            // descriptors gets here: every chain is returned unused.
-            self.stats.rx_bad_chains += 1;
-            crate::guest_fault!("virtio-net: an RX chain could not be written, returned unused");
-        }
-        for (head, n) in written {
-            self.add_used(mem, RXQ, head, if failed { 0 } else { n as u32 });
-        }
-        if failed {
-            Delivery::Refused
-        } else {
-            Delivery::Delivered
-        }
+        Delivery::Delivered
     }
 }
