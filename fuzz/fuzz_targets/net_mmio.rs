@@ -55,6 +55,9 @@ impl NetBackend for PairBackend {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.recv(buf)
     }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        self.0.send(frame)
+    }
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }

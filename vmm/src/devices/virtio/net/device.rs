@@ -23,7 +23,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::gather::{gather, GatherError, Gathered, TxFrame};
+use super::gather::{copy_frame, gather, GatherError, Gathered};
 use super::offload::{check_tx_header, HeaderFault, OFFLOAD_FEATURES, RX_OFFLOAD_FEATURES};
 use super::tap::{self, Tap};
 use super::{
@@ -116,6 +116,8 @@ pub struct Net<B: NetBackend = Tap> {
     queues: Vec<Queue>,
     /// The features the driver acknowledged (at activation).
     acked: u64,
+    /// A guest frame on its way to the tap, behind its checked header.
+    tx_buf: Vec<u8>,
     /// The one frame from the host the device may hold, and its length.
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
@@ -172,6 +174,7 @@ impl<B: NetBackend> Net<B> {
             mem: None,
             queues: Vec::new(),
             acked: 0,
+            tx_buf: vec![0; NET_HDR_LEN + MAX_GSO_FRAME_LEN],
             rx_buf: vec![0; TAP_READ_LEN],
             rx_pending: None,
             rx_hdr: [0; NET_HDR_LEN],
@@ -304,8 +307,8 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
-    /// Sends a gathered TX frame behind its checked header, straight from
-    /// guest memory ([`gather`](super::gather)).
+    /// Sends a gathered TX frame behind its checked header, copied into the
+    /// bounce buffer ([`gather`](super::gather)).
     fn send_tx(&mut self, g: Gathered<'_>) {
         let hdr = match check_tx_header(&g.hdr, g.frame_len, self.acked) {
             Ok(hdr) => hdr,
@@ -319,8 +322,10 @@ impl<B: NetBackend> Net<B> {
                 return;
             }
         };
-        let frame = TxFrame::new(self.backend.vnet_hdr().then_some(hdr), g.parts);
-        match self.backend.send_gathered(&frame) {
+        let hdr = self.backend.vnet_hdr().then_some(&hdr);
+        // The header check bounded the frame to the buffer's size.
+        let n = copy_frame(hdr, &g.parts, &mut self.tx_buf);
+        match self.backend.send(&self.tx_buf[..n]) {
             Ok(_) => {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += g.frame_len as u64;

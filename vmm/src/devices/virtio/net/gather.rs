@@ -1,21 +1,9 @@
-//! Frames from the guest to the host without a bounce buffer: a TX chain's
-//! bytes are handed to one `writev` where they lie in guest memory, behind
-//! the device's own copy of the chain's virtio-net header.
-//!
-//! Why this is safe (see also `docs/SECURITY.md`): the header, the only
-//! part the host's tap driver interprets before copying (offload type,
-//! checksum position, `hdr_len`), is copied out of guest memory once,
-//! checked ([`super::offload::check_tx_header`]) and passed from the
-//! device's stack; the frame's length is fixed by the iovecs the device
-//! built from the chain it checked. The guest may change the frame's bytes
-//! while the system call copies them, but those are only its own frame's
-//! bytes, which it could have written that way to begin with: the kernel
-//! copies them once into its packet and checks the packet as it would any
-//! other from the tap. The iovecs point only into guest RAM (vm-memory
-//! maps every descriptor; one outside RAM fails the chain), which stays
-//! mapped for the VMM's whole life, and are only read.
-
-use std::os::fd::RawFd;
+//! A TX chain taken apart in one walk ([`gather`]): the guest's
+//! virtio-net header copied out and checked by the device, the frame's
+//! pieces then copied into the device's bounce buffer ([`copy_frame`]),
+//! which is what reaches the tap: no system call points into guest memory
+//! (`../shared/DEVICE-GUIDE.md`: `unsafe` stays in the tap's ioctls). And
+//! an RX chain mapped once ([`scatter`]) and filled ([`fill`]).
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
@@ -23,9 +11,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 use super::NET_HDR_LEN;
 use crate::memory::GuestMemory;
 
-/// The most pieces of guest memory one frame may come in: `IOV_MAX`
-/// (1024) less the header's iovec. A chain has at most [`super::QUEUE_SIZE`]
-/// descriptors, each split at most at the boundaries of guest RAM regions.
+/// The most pieces of guest memory one frame may come in. A chain has at
+/// most [`super::QUEUE_SIZE`] descriptors, each split at most at the
+/// boundaries of guest RAM regions.
 pub const MAX_PARTS: usize = 1023;
 
 /// Why a TX chain could not be gathered.
@@ -48,16 +36,9 @@ pub enum GatherError {
     /// Shorter than a virtio-net header.
     #[error("{0} bytes: shorter than a virtio-net header")]
     Short(usize),
-    /// More pieces than one `writev` takes.
+    /// More pieces than a frame may come in.
     #[error("a frame in more than {MAX_PARTS} pieces of guest memory")]
     TooManyParts,
-}
-
-/// One guest frame ready for `writev`: an optional header (the device's
-/// checked copy) and the frame's bytes in guest memory.
-pub struct TxFrame<'m> {
-    hdr: Option<[u8; NET_HDR_LEN]>,
-    parts: Vec<VolatileSlice<'m>>,
 }
 
 /// A TX chain taken apart: the guest's header (copied), the frame's
@@ -196,42 +177,30 @@ pub fn fill(dst: &[VolatileSlice<'_>], src: &mut [&[u8]]) -> usize {
     copied
 }
 
-impl<'m> TxFrame<'m> {
-    /// A frame of `parts` behind `hdr` (`None`: a backend without
-    /// virtio-net headers gets the frame alone).
-    pub fn new(hdr: Option<[u8; NET_HDR_LEN]>, parts: Vec<VolatileSlice<'m>>) -> Self {
-        Self { hdr, parts }
+/// Copies a gathered frame into `buf`: `hdr` first if given (the device's
+/// checked copy), then the frame's pieces in order, as far as `buf` holds.
+/// Returns the bytes copied.
+pub fn copy_frame(
+    hdr: Option<&[u8; NET_HDR_LEN]>,
+    parts: &[VolatileSlice<'_>],
+    buf: &mut [u8],
+) -> usize {
+    let mut at = 0;
+    if let Some(h) = hdr {
+        let n = h.len().min(buf.len());
+        buf[..n].copy_from_slice(&h[..n]);
+        at = n;
     }
-
-    /// Writes the header and the frame to `fd` in one `writev` (one frame
-    /// on a tap or a datagram socket). Returns the bytes written.
-    pub fn writev(&self, fd: RawFd) -> std::io::Result<usize> {
-        let guards: Vec<_> = self.parts.iter().map(|p| p.ptr_guard()).collect();
-        let mut iov = Vec::with_capacity(guards.len() + 1);
-        if let Some(h) = &self.hdr {
-            iov.push(libc::iovec {
-                iov_base: h.as_ptr() as *mut libc::c_void,
-                iov_len: h.len(),
-            });
+    for p in parts {
+        let n = p.len().min(buf.len() - at);
+        if n == 0 {
+            break;
         }
-        for g in &guards {
-            iov.push(libc::iovec {
-                iov_base: g.as_ptr() as *mut libc::c_void,
-                iov_len: g.len(),
-            });
+        // In range by construction: `n <= p.len()`.
+        if let Ok(piece) = p.subslice(0, n) {
+            piece.copy_to(&mut buf[at..at + n]);
         }
-        // SAFETY: every iovec points either at `self.hdr` (borrowed for
-        // the call) or into guest RAM as vm-memory mapped it for a checked
-        // descriptor (`guards` keep each mapping alive for the call; guest
-        // RAM stays mapped for the VMM's life). writev only reads them;
-        // the guest may change those bytes meanwhile, which changes only
-        // its own frame (see the module's comment). At most 1 + MAX_PARTS
-        // entries, within IOV_MAX.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        at += n;
     }
+    at
 }

@@ -13,10 +13,11 @@
 //! the host (TX) and to the guest (RX). No control queue. So every frame is
 //! an Ethernet frame of at most [`MAX_FRAME_LEN`] bytes or a TCP segment of
 //! at most [`MAX_GSO_FRAME_LEN`], behind a 12-byte `virtio_net_hdr_v1`.
-//! Frames from the host go through one bounce buffer allocated once (the
-//! tap's header is checked there before the guest sees it); frames from
-//! the guest go to the tap in one `writev` straight from guest memory
-//! behind the device's checked copy of their header ([`gather`]).
+//! Each direction goes through one bounce buffer allocated once: the tap's
+//! header is checked there before the guest sees it, and a guest frame is
+//! copied there from the chain [`gather`] took apart in one walk, behind
+//! the device's checked copy of its header, so no system call ever points
+//! into guest memory.
 
 mod device;
 pub mod gather;
@@ -56,11 +57,9 @@ pub const DEFAULT_MAC: [u8; 6] = [0x06, 0x00, 0xa9, 0xfe, 0x00, 0x02];
 pub trait NetBackend: Send {
     /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
-    /// Sends one frame from guest memory, in one `writev` on
-    /// [`NetBackend::raw_fd`] (a tap, or a datagram socket in tests).
-    fn send_gathered(&mut self, frame: &gather::TxFrame<'_>) -> std::io::Result<usize> {
-        frame.writev(self.raw_fd())
-    }
+    /// Sends one frame (its virtio-net header first when
+    /// [`NetBackend::vnet_hdr`]).
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize>;
     /// The descriptor the device loop waits on for frames.
     fn raw_fd(&self) -> RawFd;
     /// Whether every frame both ways carries a [`NET_HDR_LEN`]-byte

@@ -11,10 +11,10 @@
 //! the jail's root change and the seccomp filters (so no ioctl is needed
 //! after start, whatever the driver negotiates); the file keeps the
 //! namespace it was opened in. Each frame moves in exactly one `read` or
-//! `writev`.
+//! `write`.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
@@ -132,6 +132,9 @@ pub fn take_preopened(name: &str) -> Option<Tap> {
 impl NetBackend for Tap {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.file.read(buf)
+    }
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+        self.file.write(frame)
     }
     fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
