@@ -5,6 +5,8 @@
 //! - [`registry`]: functions and code in PostgreSQL, changes pushed with
 //!   LISTEN/NOTIFY, membership by heartbeat rows; the
 //!   [`Store`](crate::store::Store) writes through it and caches on disk;
+//! - [`shares`]: each function's reserved concurrency split across the
+//!   live nodes;
 //! - [`PgEventStore`](crate::event_store::PgEventStore): the Event queue
 //!   all nodes share, claimed with leases;
 //! - [`sync`]: a node applying the others' changes and adopting a lost
@@ -19,6 +21,7 @@
 pub mod haproxy;
 pub mod pg;
 pub mod registry;
+pub mod shares;
 pub(crate) mod sync;
 
 use std::sync::Arc;

@@ -12,7 +12,9 @@
 //!   a node fetches it on first use, checks the hash (a blob that does not
 //!   match is refused) and caches it in its data directory.
 //! - Membership: each node upserts its heartbeat row (`silo_nodes`) every
-//!   [`HEARTBEAT`]; [`PgRegistry::members`] lists those heard from lately.
+//!   [`HEARTBEAT`] and then reads who else is live (younger than
+//!   [`MEMBER_EXPIRY`]): reserved concurrency is split across them
+//!   ([`super::shares`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,6 +23,7 @@ use std::time::Duration;
 use fallible_iterator::FallibleIterator;
 
 use crate::cluster::pg::{message, PgConn, PgError};
+use crate::cluster::shares::{Membership, Placement, MEMBER_EXPIRY};
 use crate::store::FunctionRecord;
 
 /// The notification channel of function changes.
@@ -46,6 +49,11 @@ pub trait Registry: Send + Sync {
     fn load(&self) -> Result<Vec<FunctionRecord>, PgError>;
     /// Whether this node is in touch with the registry now (never blocks).
     fn health(&self) -> RegistryHealth;
+    /// Where this node stands among the live nodes, as last read (never
+    /// blocks); `None` before the first read. See [`super::shares`].
+    fn placement(&self) -> Option<Placement> {
+        None
+    }
 }
 
 /// Whether a node is in touch with the registry (`/readyz`'s `registry`
@@ -84,6 +92,9 @@ pub struct PgRegistry {
     db: Arc<PgConn>,
     node: String,
     listening: Arc<AtomicBool>,
+    /// The live nodes as last read after a heartbeat (reserved
+    /// concurrency shares).
+    membership: Arc<Membership>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -104,35 +115,31 @@ fn pause(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
 
 impl PgRegistry {
     /// The registry in `db`, for node `node` advertised at `address`;
-    /// starts its heartbeat.
+    /// writes its first heartbeat and reads the membership, then starts
+    /// the heartbeat thread (a beat, then a membership read, every
+    /// [`HEARTBEAT`]).
     pub fn open(db: Arc<PgConn>, node: &str, address: &str) -> Arc<Self> {
         let r = Arc::new(Self {
             db,
             node: node.to_string(),
             listening: Arc::new(AtomicBool::new(false)),
+            membership: Arc::new(Membership::default()),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             threads: Mutex::new(Vec::new()),
         });
-        let (db, node, address, stop) = (
+        let (db, node, address, membership, stop) = (
             r.db.clone(),
             node.to_string(),
             address.to_string(),
+            r.membership.clone(),
             r.stop.clone(),
         );
+        beat(&db, &node, &address, &membership);
         r.spawn("silo-heartbeat", move || loop {
-            let beat = db.with("writing this node's heartbeat", |c| {
-                c.execute(
-                    "INSERT INTO silo_nodes (node, address, heartbeat) VALUES ($1, $2, now()) \
-                     ON CONFLICT (node) DO UPDATE SET address = $2, heartbeat = now()",
-                    &[&node, &address],
-                )
-            });
-            if let Err(e) = beat {
-                tracing::warn!(error = %e, "heartbeat not written");
-            }
             if pause(&stop, HEARTBEAT) {
                 return;
             }
+            beat(&db, &node, &address, &membership);
         });
         r
     }
@@ -154,14 +161,7 @@ impl PgRegistry {
     /// The nodes (id, address) whose heartbeat is younger than `within`,
     /// by id.
     pub fn members(&self, within: Duration) -> Result<Vec<(String, String)>, PgError> {
-        let rows = self.db.with("reading the cluster's members", |c| {
-            c.query(
-                "SELECT node, address FROM silo_nodes \
-                 WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY node",
-                &[&within.as_secs_f64()],
-            )
-        })?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        members(&self.db, within)
     }
 
     /// Sends every change to `changes` from a thread of its own, on a
@@ -173,6 +173,46 @@ impl PgRegistry {
         self.spawn("silo-registry-listen", move || {
             listen(&db, &changes, &stop, &listening)
         });
+    }
+}
+
+/// The nodes (id, address) of `db` whose heartbeat is younger than
+/// `within`, by id.
+fn members(db: &PgConn, within: Duration) -> Result<Vec<(String, String)>, PgError> {
+    let rows = db.with("reading the cluster's members", |c| {
+        c.query(
+            "SELECT node, address FROM silo_nodes \
+             WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY node",
+            &[&within.as_secs_f64()],
+        )
+    })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Writes `node`'s heartbeat, then reads the live nodes into `membership`.
+/// Either failing leaves the last membership in force.
+fn beat(db: &PgConn, node: &str, address: &str, membership: &Membership) {
+    let written = db.with("writing this node's heartbeat", |c| {
+        c.execute(
+            "INSERT INTO silo_nodes (node, address, heartbeat) VALUES ($1, $2, now()) \
+             ON CONFLICT (node) DO UPDATE SET address = $2, heartbeat = now()",
+            &[&node, &address],
+        )
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "heartbeat not written");
+        return;
+    }
+    match members(db, MEMBER_EXPIRY) {
+        Ok(live) => {
+            let ids: Vec<String> = live.into_iter().map(|(n, _)| n).collect();
+            if membership.update(node, &ids) {
+                tracing::info!(live_nodes = ?ids, "cluster membership changed; reserved concurrency re-split");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "membership not read; the last reserved concurrency shares stay")
+        }
     }
 }
 
@@ -254,6 +294,10 @@ impl Drop for PgRegistry {
 }
 
 impl Registry for PgRegistry {
+    fn placement(&self) -> Option<Placement> {
+        self.membership.placement()
+    }
+
     fn health(&self) -> RegistryHealth {
         RegistryHealth {
             reachable: self.db.reachable(),
