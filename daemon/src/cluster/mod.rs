@@ -5,6 +5,7 @@
 //! - [`registry`]: functions and code in PostgreSQL, changes pushed with
 //!   LISTEN/NOTIFY, membership by heartbeat rows; the
 //!   [`Store`](crate::store::Store) writes through it and caches on disk;
+//! - [`keys`]: API access keys created and revoked through any node;
 //! - [`shares`]: each function's reserved concurrency split across the
 //!   live nodes;
 //! - [`PgEventStore`](crate::event_store::PgEventStore): the Event queue
@@ -19,6 +20,7 @@
 //! before.
 
 pub mod haproxy;
+pub mod keys;
 pub mod pg;
 pub mod registry;
 pub mod shares;

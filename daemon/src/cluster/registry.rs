@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
 
+use crate::cluster::keys::{KeyRegistry, KEYS_CHANNEL};
 use crate::cluster::pg::{message, PgConn, PgError};
 use crate::cluster::shares::{Membership, Placement, MEMBER_EXPIRY};
 use crate::store::FunctionRecord;
@@ -54,6 +55,11 @@ pub trait Registry: Send + Sync {
     fn placement(&self) -> Option<Placement> {
         None
     }
+    /// The access keys kept in the registry, if it keeps any (see
+    /// [`super::keys`]).
+    fn keys(&self) -> Option<&KeyRegistry> {
+        None
+    }
 }
 
 /// Whether a node is in touch with the registry (`/readyz`'s `registry`
@@ -82,8 +88,10 @@ impl RegistryHealth {
 pub enum Change {
     /// Function `name` was written or removed: read it again.
     Function(String),
+    /// An access key was created or revoked: read the keys again.
+    Keys,
     /// The listener (re)connected; notifications may have been missed:
-    /// read everything again.
+    /// read everything (functions and keys) again.
     Reread,
 }
 
@@ -95,6 +103,8 @@ pub struct PgRegistry {
     /// The live nodes as last read after a heartbeat (reserved
     /// concurrency shares).
     membership: Arc<Membership>,
+    /// The access keys and this node's copy of them.
+    keys: KeyRegistry,
     stop: Arc<(Mutex<bool>, Condvar)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -120,6 +130,7 @@ impl PgRegistry {
     /// [`HEARTBEAT`]).
     pub fn open(db: Arc<PgConn>, node: &str, address: &str) -> Arc<Self> {
         let r = Arc::new(Self {
+            keys: KeyRegistry::open(db.clone()),
             db,
             node: node.to_string(),
             listening: Arc::new(AtomicBool::new(false)),
@@ -226,7 +237,7 @@ fn listen(
     let mut lost = false;
     loop {
         let mut client = match db.open("listening for registry changes").and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN {CHANNEL}"))
+            c.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {KEYS_CHANNEL}"))
                 .map_err(|e| db.error("listening for registry changes", message(&e)))?;
             Ok(c)
         }) {
@@ -259,10 +270,12 @@ fn listen(
                 .next();
             match next {
                 Ok(Some(n)) => {
-                    if changes
-                        .send(Change::Function(n.payload().to_string()))
-                        .is_err()
-                    {
+                    let change = if n.channel() == KEYS_CHANNEL {
+                        Change::Keys
+                    } else {
+                        Change::Function(n.payload().to_string())
+                    };
+                    if changes.send(change).is_err() {
                         return;
                     }
                 }
@@ -296,6 +309,10 @@ impl Drop for PgRegistry {
 impl Registry for PgRegistry {
     fn placement(&self) -> Option<Placement> {
         self.membership.placement()
+    }
+
+    fn keys(&self) -> Option<&KeyRegistry> {
+        Some(&self.keys)
     }
 
     fn health(&self) -> RegistryHealth {
