@@ -79,7 +79,7 @@ impl KeyRegistry {
                 Some(Ok(t)) => Some(t),
                 Some(Err(e)) => {
                     // Never read as an administrator key by mistake.
-                    tracing::error!(access_key = %id, error = %e, "skipping an access key whose tenants are unreadable");
+                    tracing::error!(access_key = ?id, error = %e, "skipping an access key whose tenants are unreadable");
                     continue;
                 }
             };

@@ -88,10 +88,8 @@ impl RegistryHealth {
 pub enum Change {
     /// Function `name` was written or removed: read it again.
     Function(String),
-    /// An access key was created or revoked: read the keys again.
-    Keys,
     /// The listener (re)connected; notifications may have been missed:
-    /// read everything (functions and keys) again.
+    /// read every function again (the listener has re-read the keys).
     Reread,
 }
 
@@ -104,7 +102,7 @@ pub struct PgRegistry {
     /// concurrency shares).
     membership: Arc<Membership>,
     /// The access keys and this node's copy of them.
-    keys: KeyRegistry,
+    keys: Arc<KeyRegistry>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -130,7 +128,7 @@ impl PgRegistry {
     /// [`HEARTBEAT`]).
     pub fn open(db: Arc<PgConn>, node: &str, address: &str) -> Arc<Self> {
         let r = Arc::new(Self {
-            keys: KeyRegistry::open(db.clone()),
+            keys: Arc::new(KeyRegistry::open(db.clone())),
             db,
             node: node.to_string(),
             listening: Arc::new(AtomicBool::new(false)),
@@ -175,14 +173,16 @@ impl PgRegistry {
         members(&self.db, within)
     }
 
-    /// Sends every change to `changes` from a thread of its own, on a
-    /// connection of its own, until the registry is dropped or `changes`
-    /// is closed. Starts with [`Change::Reread`], and sends one after
+    /// Sends every function change to `changes` from a thread of its own,
+    /// on a connection of its own, until the registry is dropped or
+    /// `changes` is closed; re-reads the access keys itself on their
+    /// notifications and on every (re)connection. Starts with [`Change::Reread`], and sends one after
     /// every reconnection.
     pub fn watch(&self, changes: tokio::sync::mpsc::UnboundedSender<Change>) {
         let (db, stop, listening) = (self.db.clone(), self.stop.clone(), self.listening.clone());
+        let keys = self.keys.clone();
         self.spawn("silo-registry-listen", move || {
-            listen(&db, &changes, &stop, &listening)
+            listen(&db, &keys, &changes, &stop, &listening)
         });
     }
 }
@@ -227,9 +227,18 @@ fn beat(db: &PgConn, node: &str, address: &str, membership: &Membership) {
     }
 }
 
+/// Re-reads the access keys (on the listener's thread: a revocation never
+/// waits behind function changes being applied).
+fn reload_keys(keys: &KeyRegistry) {
+    if let Err(e) = keys.reload() {
+        tracing::warn!(error = %e, "re-reading the access keys failed; the last ones stay until the next change or reconnect");
+    }
+}
+
 /// The listener's loop (see [`PgRegistry::watch`]).
 fn listen(
     db: &PgConn,
+    keys: &KeyRegistry,
     changes: &tokio::sync::mpsc::UnboundedSender<Change>,
     stop: &(Mutex<bool>, Condvar),
     listening: &AtomicBool,
@@ -256,6 +265,7 @@ fn listen(
         if lost {
             tracing::info!(database = %db.location(), "registry listener reconnected; re-reading every function");
         }
+        reload_keys(keys);
         if changes.send(Change::Reread).is_err() {
             return;
         }
@@ -269,13 +279,12 @@ fn listen(
                 .timeout_iter(Duration::from_millis(500))
                 .next();
             match next {
+                Ok(Some(n)) if n.channel() == KEYS_CHANNEL => reload_keys(keys),
                 Ok(Some(n)) => {
-                    let change = if n.channel() == KEYS_CHANNEL {
-                        Change::Keys
-                    } else {
-                        Change::Function(n.payload().to_string())
-                    };
-                    if changes.send(change).is_err() {
+                    if changes
+                        .send(Change::Function(n.payload().to_string()))
+                        .is_err()
+                    {
                         return;
                     }
                 }

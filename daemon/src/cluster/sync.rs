@@ -1,5 +1,5 @@
 //! A cluster node keeping up with the others: applies the registry's
-//! changes ([`Change`]) to this daemon's functions and access keys, and adopts the Event
+//! changes ([`Change`]) to this daemon's functions, and adopts the Event
 //! queue's orphans (events of a node that died) into its own queue.
 //!
 //! A change is applied from the registry's current state, never from the
@@ -21,11 +21,7 @@ pub(crate) fn follow(daemon: &Arc<Daemon>, registry: &PgRegistry) {
     let daemon = daemon.clone();
     tokio::spawn(async move {
         while let Some(change) = rx.recv().await {
-            if matches!(change, Change::Keys | Change::Reread) {
-                reload_keys(&daemon).await;
-            }
             let names = match change {
-                Change::Keys => continue,
                 Change::Function(name) => vec![name],
                 Change::Reread => {
                     let d = daemon.clone();
@@ -48,21 +44,6 @@ pub(crate) fn follow(daemon: &Arc<Daemon>, registry: &PgRegistry) {
             }
         }
     });
-}
-
-/// Re-reads the registry's access keys into this node's copy.
-async fn reload_keys(daemon: &Arc<Daemon>) {
-    let d = daemon.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        d.store
-            .registry()
-            .and_then(|r| r.keys())
-            .map(|k| k.reload())
-    })
-    .await;
-    if let Ok(Some(Err(e))) = read {
-        tracing::warn!(error = %e, "re-reading the access keys failed; the last ones stay");
-    }
 }
 
 /// Brings function `name` on this node to the registry's state.
