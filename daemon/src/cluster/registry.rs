@@ -312,6 +312,22 @@ impl Drop for PgRegistry {
         for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
             let _ = t.join();
         }
+        // A node that stops leaves the membership at once (the others
+        // re-split reserved concurrency at their next heartbeat, not after
+        // the expiry); on a thread of its own, as the client must not block
+        // on a thread that drives an async runtime.
+        let (db, node) = (self.db.clone(), self.node.clone());
+        let _ = std::thread::Builder::new()
+            .name("silo-leave".into())
+            .spawn(move || {
+                let left = db.with("leaving the cluster's membership", |c| {
+                    c.execute("DELETE FROM silo_nodes WHERE node = $1", &[&node])
+                });
+                if let Err(e) = left {
+                    tracing::warn!(error = %e, "membership row not removed; the others count this node out after its heartbeat expires");
+                }
+            })
+            .map(|t| t.join());
     }
 }
 
