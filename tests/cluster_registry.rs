@@ -3,7 +3,8 @@
 //! configuration change and a delete reach the other; while PostgreSQL is
 //! down nodes serve their cached functions, and after it restarts a change
 //! made then reaches every node; a node refuses a package whose hash does
-//! not match; an unreachable database stops `silo serve` at start. None of
+//! not match; an unreachable database, or one whose schema is not this
+//! silo's, stops `silo serve` at start. None of
 //! this needs a VM (function images are built, not booted).
 
 mod common;
@@ -145,7 +146,8 @@ fn functions_reach_every_node_through_postgres() {
     // Node 1 cached it when it was created: it still serves it.
     assert_eq!(status(&a1, "after"), 200);
 
-    // Membership: both nodes' heartbeats are there.
+    // Membership: the running nodes' heartbeats are there; n3, stopped,
+    // left it.
     let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
     let nodes: Vec<String> = c
         .query("SELECT node FROM silo_nodes ORDER BY node", &[])
@@ -153,9 +155,59 @@ fn functions_reach_every_node_through_postgres() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(nodes, ["n1", "n2", "n3"]);
+    assert_eq!(nodes, ["n1", "n2"]);
     n1.stop();
     n2.stop();
+}
+
+/// Runs `sql` in the database at `url`.
+fn execute_in(url: &str, sql: &str) {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    c.batch_execute(sql).unwrap();
+}
+
+/// `silo serve --registry url`, expected to stop at start: its stderr.
+fn serve_refused(url: &str) -> String {
+    // Never booted: the registry is reached before any VM.
+    let dummy = scratch("cluster-refused-images").join("file");
+    std::fs::write(&dummy, b"").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["serve", "--allow-unauthenticated", "--insecure-no-jail"])
+        .arg("--data-dir")
+        .arg(scratch("cluster-refused"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--kernel")
+        .arg(&dummy)
+        .arg("--agent")
+        .arg(&dummy)
+        .args(["--registry", url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "silo serve started: {err}");
+    err
+}
+
+/// `silo serve --registry` on a database whose schema is not this silo's
+/// (newer, or someone else's tables under silo's names) stops at start,
+/// saying why.
+#[test]
+fn a_wrong_schema_stops_the_node_at_start() {
+    let pg = pg::PgServer::start();
+    let newer = pg.create_database("newer");
+    execute_in(&newer, "CREATE TABLE silo_schema (version INTEGER PRIMARY KEY); INSERT INTO silo_schema VALUES (999)");
+    let err = serve_refused(&newer);
+    assert!(
+        err.contains("schema is version 999, newer than this silo's"),
+        "{err}"
+    );
+    let foreign = pg.create_database("not_silos");
+    execute_in(&foreign, "CREATE TABLE silo_functions (id INTEGER)");
+    let err = serve_refused(&foreign);
+    assert!(
+        err.contains("applying a schema migration") && err.contains("silo_functions"),
+        "{err}"
+    );
 }
 
 /// `silo serve --registry` with nothing listening there stops at start,
@@ -163,26 +215,7 @@ fn functions_reach_every_node_through_postgres() {
 #[test]
 fn an_unreachable_registry_stops_the_node_at_start() {
     let port = pg::free_port();
-    // Never booted: the registry is reached before any VM.
-    let dummy = scratch("cluster-unreachable-images").join("file");
-    std::fs::write(&dummy, b"").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
-        .args(["serve", "--allow-unauthenticated", "--insecure-no-jail"])
-        .arg("--data-dir")
-        .arg(scratch("cluster-unreachable"))
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--kernel")
-        .arg(&dummy)
-        .arg("--agent")
-        .arg(&dummy)
-        .args([
-            "--registry",
-            &format!("postgres://silo:secret@127.0.0.1:{port}/silo"),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = serve_refused(&format!("postgres://silo:secret@127.0.0.1:{port}/silo"));
     assert!(
         err.contains(&format!("connecting (PostgreSQL 127.0.0.1:{port}/silo)")),
         "{err}"

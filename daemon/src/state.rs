@@ -133,16 +133,30 @@ impl Daemon {
         crate::environment_id::environment_token(&self.env_token_key, function, tenant, env_id)
     }
 
+    /// The reserved concurrency this node enforces for `rec`: all of it on
+    /// one host; in a cluster, this node's share of it among the live nodes
+    /// ([`crate::cluster::shares`]), with the placement it was split by.
+    pub(crate) fn reserved_here(
+        &self,
+        rec: &FunctionRecord,
+    ) -> Option<(u32, Option<crate::cluster::shares::Placement>)> {
+        let n = rec.reserved_concurrency?;
+        let placement = self.store.registry().and_then(|r| r.placement());
+        Some((
+            placement.map_or(n, |p| crate::cluster::shares::share(n, p)),
+            placement,
+        ))
+    }
+
     fn limits(&self, rec: &FunctionRecord) -> Limits {
         let l = &self.config.limits;
         // Unreserved functions share the host's pool; their environment cap
         // is based on it.
-        let concurrency = rec
-            .reserved_concurrency
-            .unwrap_or(self.scheduler.admission().host_concurrency);
+        let reserved = self.reserved_here(rec).map(|(n, _)| n);
+        let concurrency = reserved.unwrap_or(self.scheduler.admission().host_concurrency);
         Limits {
             concurrency,
-            reserved: rec.reserved_concurrency.is_some(),
+            reserved: reserved.is_some(),
             per_tenant: l.per_tenant.min(concurrency.max(1)),
             env_cap_factor: 2.5,
             idle_timeout: Duration::from_secs(l.idle_timeout_s),

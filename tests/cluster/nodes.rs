@@ -16,12 +16,13 @@ use silo_images::testhost::{
 pub const NODES: usize = 3;
 
 /// Node `i`'s configuration: its own jail uids and cgroup (nodes in one
-/// host must not reap each other's VMs at start) and a third of the test
-/// host's memory.
+/// host must not reap each other's VMs at start) and room for 10 guests of
+/// 128 MiB (admission counts guest memory in full; an idle guest touches a
+/// few tens of MiB of the test host's 3072).
 pub fn node_config(i: usize) -> String {
     format!(
         "[jail]\ncpu_full_at_mib = 0\nuid_base = {}\nuid_count = 1000\ncgroup_parent = \"/sys/fs/cgroup/silo-n{i}\"\n\n\
-         [limits]\nmemory_mib = 800\n\n\
+         [limits]\nmemory_mib = 1400\n\n\
          [cluster]\nevent_lease_s = {lease}\n\n\
          [[credentials]]\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         1_000_000_000 + i * 100_000,

@@ -86,7 +86,8 @@ pub fn authenticate(daemon: &Daemon, parts: &Parts, body: &[u8]) -> Result<Princ
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
-    authenticate_at(&daemon.config, parts, body, now)
+    let keys = daemon.store.registry().and_then(|r| r.keys());
+    authenticate_with(&daemon.config, keys, parts, body, now)
 }
 
 /// Verifies the request's signature against `config`'s keys at server time
@@ -97,12 +98,27 @@ pub fn authenticate_at(
     body: &[u8],
     now_unix: i64,
 ) -> Result<Principal, ApiError> {
+    authenticate_with(config, None, parts, body, now_unix)
+}
+
+/// [`authenticate_at`] with the cluster's registry `keys` beside the
+/// configuration's (a configured key wins over a registry key of the same
+/// id).
+pub fn authenticate_with(
+    config: &DaemonConfig,
+    keys: Option<&crate::cluster::keys::KeyRegistry>,
+    parts: &Parts,
+    body: &[u8],
+    now_unix: i64,
+) -> Result<Principal, ApiError> {
     let header = parts
         .headers
         .get("authorization")
         .map(|v| v.to_str().unwrap_or(""));
     // The flag admits anonymous callers only to a daemon without any key.
-    let allow_anonymous = config.allow_unauthenticated && config.credentials.is_empty();
+    let allow_anonymous = config.allow_unauthenticated
+        && config.credentials.is_empty()
+        && !keys.is_some_and(|k| k.any());
     let flag_ignored = if config.allow_unauthenticated && !allow_anonymous {
         " (--allow-unauthenticated has no effect while access keys are configured)"
     } else {
@@ -124,6 +140,8 @@ pub fn authenticate_at(
         .credentials
         .iter()
         .find(|c| c.access_key_id == auth.access_key)
+        .cloned()
+        .or_else(|| keys.and_then(|k| k.get(&auth.access_key)))
     else {
         return if allow_anonymous {
             Ok(Principal::Admin { access_key: None })

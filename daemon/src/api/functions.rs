@@ -377,6 +377,12 @@ pub async fn get(
     });
     if let Some(n) = r.reserved_concurrency {
         v["Concurrency"] = json!({ "ReservedConcurrentExecutions": n });
+        // In a cluster: the part of it this node enforces, and among how
+        // many live nodes (see `cluster::shares`).
+        if let Some((share, Some(p))) = d.reserved_here(&r) {
+            v["Concurrency"]["SiloNodeShare"] = json!(share);
+            v["Concurrency"]["SiloLiveNodes"] = json!(p.live);
+        }
     }
     let pool = d.pool_size(&r);
     if pool > 0 {

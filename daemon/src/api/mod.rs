@@ -5,6 +5,7 @@
 //! and is served without authentication only by [`metrics_router`], on the
 //! separate `metrics_listen` address when the operator configures one.
 
+mod access_keys;
 pub mod auth;
 pub mod error;
 mod event_config;
@@ -102,6 +103,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/silo/failed-events/{id}",
             axum::routing::delete(event_config::delete_failed),
+        )
+        .route(
+            "/silo/access-keys",
+            post(access_keys::create).get(access_keys::list),
+        )
+        .route(
+            "/silo/access-keys/{id}",
+            axum::routing::delete(access_keys::delete),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -259,6 +268,11 @@ fn authenticate_headers(daemon: &Daemon, parts: &Parts) -> Result<(), ApiError> 
                 .credentials
                 .iter()
                 .any(|c| c.access_key_id == a.access_key)
+                || daemon
+                    .store
+                    .registry()
+                    .and_then(|r| r.keys())
+                    .is_some_and(|k| k.get(&a.access_key).is_some())
         });
     if !known_key {
         auth::authenticate(daemon, parts, b"")?;

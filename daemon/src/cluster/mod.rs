@@ -5,6 +5,9 @@
 //! - [`registry`]: functions and code in PostgreSQL, changes pushed with
 //!   LISTEN/NOTIFY, membership by heartbeat rows; the
 //!   [`Store`](crate::store::Store) writes through it and caches on disk;
+//! - [`keys`]: API access keys created and revoked through any node;
+//! - [`shares`]: each function's reserved concurrency split across the
+//!   live nodes;
 //! - [`PgEventStore`](crate::event_store::PgEventStore): the Event queue
 //!   all nodes share, claimed with leases;
 //! - [`sync`]: a node applying the others' changes and adopting a lost
@@ -17,8 +20,10 @@
 //! before.
 
 pub mod haproxy;
+pub mod keys;
 pub mod pg;
 pub mod registry;
+pub mod shares;
 pub(crate) mod sync;
 
 use std::sync::Arc;

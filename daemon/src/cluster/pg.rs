@@ -98,6 +98,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
             heartbeat TIMESTAMPTZ NOT NULL
         );",
     ),
+    (
+        3,
+        "CREATE TABLE silo_keys (
+            access_key_id TEXT PRIMARY KEY,
+            secret_access_key TEXT NOT NULL,
+            tenants JSONB,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );",
+    ),
 ];
 
 /// The newest schema version this build knows.
@@ -114,6 +123,7 @@ const EXPECTED: &[&str] = &[
     "SELECT name, record, changed_at FROM silo_functions LIMIT 0",
     "SELECT sha256, zip FROM silo_code LIMIT 0",
     "SELECT node, address, heartbeat FROM silo_nodes LIMIT 0",
+    "SELECT access_key_id, secret_access_key, tenants FROM silo_keys LIMIT 0",
 ];
 
 /// A reconnecting connection to the cluster's database.

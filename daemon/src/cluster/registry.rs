@@ -12,7 +12,9 @@
 //!   a node fetches it on first use, checks the hash (a blob that does not
 //!   match is refused) and caches it in its data directory.
 //! - Membership: each node upserts its heartbeat row (`silo_nodes`) every
-//!   [`HEARTBEAT`]; [`PgRegistry::members`] lists those heard from lately.
+//!   [`HEARTBEAT`] and then reads who else is live (younger than
+//!   [`MEMBER_EXPIRY`]): reserved concurrency is split across them
+//!   ([`super::shares`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,7 +22,9 @@ use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
 
+use crate::cluster::keys::{KeyRegistry, KEYS_CHANNEL};
 use crate::cluster::pg::{message, PgConn, PgError};
+use crate::cluster::shares::{Membership, Placement, MEMBER_EXPIRY};
 use crate::store::FunctionRecord;
 
 /// The notification channel of function changes.
@@ -46,6 +50,16 @@ pub trait Registry: Send + Sync {
     fn load(&self) -> Result<Vec<FunctionRecord>, PgError>;
     /// Whether this node is in touch with the registry now (never blocks).
     fn health(&self) -> RegistryHealth;
+    /// Where this node stands among the live nodes, as last read (never
+    /// blocks); `None` before the first read. See [`super::shares`].
+    fn placement(&self) -> Option<Placement> {
+        None
+    }
+    /// The access keys kept in the registry, if it keeps any (see
+    /// [`super::keys`]).
+    fn keys(&self) -> Option<&KeyRegistry> {
+        None
+    }
 }
 
 /// Whether a node is in touch with the registry (`/readyz`'s `registry`
@@ -75,7 +89,7 @@ pub enum Change {
     /// Function `name` was written or removed: read it again.
     Function(String),
     /// The listener (re)connected; notifications may have been missed:
-    /// read everything again.
+    /// read every function again (the listener has re-read the keys).
     Reread,
 }
 
@@ -84,6 +98,11 @@ pub struct PgRegistry {
     db: Arc<PgConn>,
     node: String,
     listening: Arc<AtomicBool>,
+    /// The live nodes as last read after a heartbeat (reserved
+    /// concurrency shares).
+    membership: Arc<Membership>,
+    /// The access keys and this node's copy of them.
+    keys: Arc<KeyRegistry>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -104,35 +123,32 @@ fn pause(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
 
 impl PgRegistry {
     /// The registry in `db`, for node `node` advertised at `address`;
-    /// starts its heartbeat.
+    /// writes its first heartbeat and reads the membership, then starts
+    /// the heartbeat thread (a beat, then a membership read, every
+    /// [`HEARTBEAT`]).
     pub fn open(db: Arc<PgConn>, node: &str, address: &str) -> Arc<Self> {
         let r = Arc::new(Self {
+            keys: Arc::new(KeyRegistry::open(db.clone())),
             db,
             node: node.to_string(),
             listening: Arc::new(AtomicBool::new(false)),
+            membership: Arc::new(Membership::default()),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             threads: Mutex::new(Vec::new()),
         });
-        let (db, node, address, stop) = (
+        let (db, node, address, membership, stop) = (
             r.db.clone(),
             node.to_string(),
             address.to_string(),
+            r.membership.clone(),
             r.stop.clone(),
         );
+        beat(&db, &node, &address, &membership);
         r.spawn("silo-heartbeat", move || loop {
-            let beat = db.with("writing this node's heartbeat", |c| {
-                c.execute(
-                    "INSERT INTO silo_nodes (node, address, heartbeat) VALUES ($1, $2, now()) \
-                     ON CONFLICT (node) DO UPDATE SET address = $2, heartbeat = now()",
-                    &[&node, &address],
-                )
-            });
-            if let Err(e) = beat {
-                tracing::warn!(error = %e, "heartbeat not written");
-            }
             if pause(&stop, HEARTBEAT) {
                 return;
             }
+            beat(&db, &node, &address, &membership);
         });
         r
     }
@@ -154,31 +170,75 @@ impl PgRegistry {
     /// The nodes (id, address) whose heartbeat is younger than `within`,
     /// by id.
     pub fn members(&self, within: Duration) -> Result<Vec<(String, String)>, PgError> {
-        let rows = self.db.with("reading the cluster's members", |c| {
-            c.query(
-                "SELECT node, address FROM silo_nodes \
-                 WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY node",
-                &[&within.as_secs_f64()],
-            )
-        })?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        members(&self.db, within)
     }
 
-    /// Sends every change to `changes` from a thread of its own, on a
-    /// connection of its own, until the registry is dropped or `changes`
-    /// is closed. Starts with [`Change::Reread`], and sends one after
+    /// Sends every function change to `changes` from a thread of its own,
+    /// on a connection of its own, until the registry is dropped or
+    /// `changes` is closed; re-reads the access keys itself on their
+    /// notifications and on every (re)connection. Starts with [`Change::Reread`], and sends one after
     /// every reconnection.
     pub fn watch(&self, changes: tokio::sync::mpsc::UnboundedSender<Change>) {
         let (db, stop, listening) = (self.db.clone(), self.stop.clone(), self.listening.clone());
+        let keys = self.keys.clone();
         self.spawn("silo-registry-listen", move || {
-            listen(&db, &changes, &stop, &listening)
+            listen(&db, &keys, &changes, &stop, &listening)
         });
+    }
+}
+
+/// The nodes (id, address) of `db` whose heartbeat is younger than
+/// `within`, by id.
+fn members(db: &PgConn, within: Duration) -> Result<Vec<(String, String)>, PgError> {
+    let rows = db.with("reading the cluster's members", |c| {
+        c.query(
+            "SELECT node, address FROM silo_nodes \
+             WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY node",
+            &[&within.as_secs_f64()],
+        )
+    })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Writes `node`'s heartbeat, then reads the live nodes into `membership`.
+/// Either failing leaves the last membership in force.
+fn beat(db: &PgConn, node: &str, address: &str, membership: &Membership) {
+    let written = db.with("writing this node's heartbeat", |c| {
+        c.execute(
+            "INSERT INTO silo_nodes (node, address, heartbeat) VALUES ($1, $2, now()) \
+             ON CONFLICT (node) DO UPDATE SET address = $2, heartbeat = now()",
+            &[&node, &address],
+        )
+    });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "heartbeat not written");
+        return;
+    }
+    match members(db, MEMBER_EXPIRY) {
+        Ok(live) => {
+            let ids: Vec<String> = live.into_iter().map(|(n, _)| n).collect();
+            if membership.update(node, &ids) {
+                tracing::info!(live_nodes = ?ids, "cluster membership changed; reserved concurrency re-split");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "membership not read; the last reserved concurrency shares stay")
+        }
+    }
+}
+
+/// Re-reads the access keys (on the listener's thread: a revocation never
+/// waits behind function changes being applied).
+fn reload_keys(keys: &KeyRegistry) {
+    if let Err(e) = keys.reload() {
+        tracing::warn!(error = %e, "re-reading the access keys failed; the last ones stay until the next change or reconnect");
     }
 }
 
 /// The listener's loop (see [`PgRegistry::watch`]).
 fn listen(
     db: &PgConn,
+    keys: &KeyRegistry,
     changes: &tokio::sync::mpsc::UnboundedSender<Change>,
     stop: &(Mutex<bool>, Condvar),
     listening: &AtomicBool,
@@ -186,7 +246,7 @@ fn listen(
     let mut lost = false;
     loop {
         let mut client = match db.open("listening for registry changes").and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN {CHANNEL}"))
+            c.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {KEYS_CHANNEL}"))
                 .map_err(|e| db.error("listening for registry changes", message(&e)))?;
             Ok(c)
         }) {
@@ -205,6 +265,7 @@ fn listen(
         if lost {
             tracing::info!(database = %db.location(), "registry listener reconnected; re-reading every function");
         }
+        reload_keys(keys);
         if changes.send(Change::Reread).is_err() {
             return;
         }
@@ -218,6 +279,7 @@ fn listen(
                 .timeout_iter(Duration::from_millis(500))
                 .next();
             match next {
+                Ok(Some(n)) if n.channel() == KEYS_CHANNEL => reload_keys(keys),
                 Ok(Some(n)) => {
                     if changes
                         .send(Change::Function(n.payload().to_string()))
@@ -250,10 +312,34 @@ impl Drop for PgRegistry {
         for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
             let _ = t.join();
         }
+        // A node that stops leaves the membership at once (the others
+        // re-split reserved concurrency at their next heartbeat, not after
+        // the expiry); on a thread of its own, as the client must not block
+        // on a thread that drives an async runtime.
+        let (db, node) = (self.db.clone(), self.node.clone());
+        let _ = std::thread::Builder::new()
+            .name("silo-leave".into())
+            .spawn(move || {
+                let left = db.with("leaving the cluster's membership", |c| {
+                    c.execute("DELETE FROM silo_nodes WHERE node = $1", &[&node])
+                });
+                if let Err(e) = left {
+                    tracing::warn!(error = %e, "membership row not removed; the others count this node out after its heartbeat expires");
+                }
+            })
+            .map(|t| t.join());
     }
 }
 
 impl Registry for PgRegistry {
+    fn placement(&self) -> Option<Placement> {
+        self.membership.placement()
+    }
+
+    fn keys(&self) -> Option<&KeyRegistry> {
+        Some(&self.keys)
+    }
+
     fn health(&self) -> RegistryHealth {
         RegistryHealth {
             reachable: self.db.reachable(),
