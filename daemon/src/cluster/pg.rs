@@ -1,18 +1,27 @@
-//! One PostgreSQL connection shared by a node's cluster stores: connected
-//! (with a timeout) and migrated at start, reconnected when the server
-//! went away, and the versioned schema ([`MIGRATIONS`]).
+//! A node's pool of PostgreSQL connections, shared by its cluster stores:
+//! connected (with a timeout) and migrated at start, a connection the
+//! server dropped replaced, and the versioned schema ([`MIGRATIONS`]).
 //!
-//! The client is the synchronous `postgres` crate: the stores' traits are
-//! synchronous and called from blocking tasks (as SQLite is), so one
-//! connection behind a mutex per store is the whole "pool"; each call is a
-//! short statement or transaction.
+//! The client is the synchronous `postgres` crate (tokio-postgres
+//! underneath): the stores' traits are synchronous and called from blocking
+//! tasks (as SQLite is). Its pool is r2d2 ([`POOL_SIZE`] connections), so
+//! concurrent accepts, heartbeats and reads run side by side; each call is
+//! a short statement or transaction.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+
+/// Connections a node keeps open to the database at most.
+pub const POOL_SIZE: u32 = 4;
+/// How long a call waits for a connection once the database was found
+/// unreachable: it fails at once rather than wait out [`CONNECT_TIMEOUT`]
+/// again (a node serves degraded meanwhile); the pool goes on connecting
+/// in the background.
+const UNREACHABLE_WAIT: Duration = Duration::from_millis(100);
 
 /// Errors of the cluster's PostgreSQL: the operation, the database (host,
 /// port, name: never the password) and the cause.
@@ -126,11 +135,12 @@ const EXPECTED: &[&str] = &[
     "SELECT access_key_id, secret_access_key, tenants FROM silo_keys LIMIT 0",
 ];
 
-/// A reconnecting connection to the cluster's database.
+/// A reconnecting pool of connections to the cluster's database.
 pub struct PgConn {
     config: Config,
     location: String,
-    client: Mutex<Option<Client>>,
+    /// `None` only while dropping.
+    pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
     /// Whether the last call reached the server (a server error counts as
     /// reached; a failed connection or a lost one does not).
     reachable: AtomicBool,
@@ -169,18 +179,26 @@ impl PgConn {
         }
         config.application_name("silo");
         let location = location_of(&config);
+        // Connections are made on demand (none idle kept open for their
+        // own sake), checked by the calls themselves (a closed one is
+        // replaced, see `with`), not by a query on every checkout.
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build_unchecked(PostgresConnectionManager::new(config.clone(), NoTls));
         let conn = Self {
             config,
             location,
-            client: Mutex::new(None),
+            pool: Some(pool),
             reachable: AtomicBool::new(true),
         };
-        let client = off_runtime(|| {
+        off_runtime(|| {
             let mut client = conn.open("connecting")?;
             migrate(&mut client).map_err(|(what, message)| conn.error(what, message))?;
-            Ok::<_, PgError>(client)
+            Ok::<_, PgError>(())
         })?;
-        *conn.lock() = Some(client);
         Ok(conn)
     }
 
@@ -203,10 +221,6 @@ impl PgConn {
         &self.location
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// An error of this database.
     pub fn error(&self, what: &'static str, message: impl Into<String>) -> PgError {
         PgError {
@@ -216,11 +230,11 @@ impl PgConn {
         }
     }
 
-    /// Runs `call` on the connection, connecting first if there is none.
-    /// When the connection turns out closed (the server restarted), it
-    /// reconnects and runs `call` once more: a statement whose commit was
-    /// lost with the connection may so run twice (callers are idempotent or
-    /// at least once).
+    /// Runs `call` on a connection of the pool (connecting one if none is
+    /// idle). When the connection turns out closed (the server restarted),
+    /// it is dropped and `call` runs once more on another: a statement
+    /// whose commit was lost with the connection may so run twice (callers
+    /// are idempotent or at least once).
     pub fn with<T>(
         &self,
         what: &'static str,
@@ -234,22 +248,26 @@ impl PgConn {
         what: &'static str,
         mut call: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, PgError> {
-        let mut slot = self.lock();
+        let pool = self.pool.as_ref().expect("only None while dropping");
         let reached = |r: bool| self.reachable.store(r, Ordering::Relaxed);
         for attempt in 0..2 {
-            if slot.as_ref().is_none_or(|c| c.is_closed()) {
-                *slot = None;
-                *slot = Some(self.open(what).inspect_err(|_| reached(false))?);
-            }
-            let client = slot.as_mut().expect("connected above");
-            match call(client) {
+            let wait = if self.reachable() {
+                CONNECT_TIMEOUT
+            } else {
+                UNREACHABLE_WAIT
+            };
+            let mut client = pool.get_timeout(wait).map_err(|e| {
+                reached(false);
+                self.error(what, e.to_string())
+            })?;
+            match call(&mut client) {
                 Ok(v) => {
                     reached(true);
                     return Ok(v);
                 }
                 Err(e) if attempt == 0 && (e.is_closed() || client.is_closed()) => {
+                    // Dropped closed: the pool discards it.
                     tracing::warn!(database = %self.location, error = %e, "PostgreSQL connection lost; reconnecting");
-                    *slot = None;
                 }
                 Err(e) => {
                     // The server's own refusal (a constraint, say) still
@@ -270,11 +288,10 @@ impl Drop for PgConn {
         // which panics on a thread that drives an async runtime (the
         // daemon drops its stores on one at shutdown): closed on a thread
         // of its own.
-        let slot = self.client.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = slot.take() {
+        if let Some(pool) = self.pool.take() {
             let _ = std::thread::Builder::new()
                 .name("silo-pg-close".into())
-                .spawn(move || drop(client))
+                .spawn(move || drop(pool))
                 .map(|t| t.join());
         }
     }
