@@ -11,28 +11,15 @@ mod common;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{config, scratch, TestDaemon};
 use serde_json::{json, Value};
 use silo_client::LambdaClient;
 
-fn package() -> Vec<u8> {
-    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
-/// Polls `ok` until it holds, for at most 30 s (nodes notice within a
-/// heartbeat, 2 s; the rest is for slow machines).
+/// [`cluster::until`] within 30 s, polling every 50 ms.
 fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not within 30 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
+    cluster::until(what, Duration::from_secs(30), Duration::from_millis(50), ok)
 }
 
 /// `/readyz`: status and body.
@@ -76,7 +63,7 @@ fn nodes_stay_routable_and_degraded_while_postgres_is_down() {
     let through = haproxy.admin();
     let r = nodes[0]
         .admin()
-        .create_function("held", &package(), true, json!({}))
+        .create_function("held", &cluster::package(), true, json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     until("the function reaches node 2", || {
@@ -128,7 +115,7 @@ fn nodes_stay_routable_and_degraded_while_postgres_is_down() {
     }
     // A change needs PostgreSQL: refused, naming it.
     let r = through
-        .create_function("refused", &package(), false, json!({}))
+        .create_function("refused", &cluster::package(), false, json!({}))
         .unwrap();
     assert!(r.status >= 500, "{} {}", r.status, r.text());
     assert!(r.text().contains("PostgreSQL"), "{}", r.text());
@@ -143,7 +130,7 @@ fn nodes_stay_routable_and_degraded_while_postgres_is_down() {
     }
     let r = nodes[1]
         .admin()
-        .create_function("after", &package(), false, json!({}))
+        .create_function("after", &cluster::package(), false, json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     until("a change made after the restart reaches node 1", || {

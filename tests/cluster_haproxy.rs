@@ -102,7 +102,7 @@ fn haproxy_routes_tenants_to_nodes_and_only_a_dead_nodes_tenants_move() {
 
     let admin1 = nodes[0].admin();
     let r = admin1
-        .create_function("routed", &package(), true, serde_json::json!({}))
+        .create_function("routed", &cluster::package(), true, serde_json::json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let r = admin1
@@ -230,10 +230,6 @@ fn count(m: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
     c
 }
 
-fn package() -> Vec<u8> {
-    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
 /// The bounded load `silo cluster haproxy-config` prints keeps a tenant on
 /// its node while that node holds the only request in flight (as when it
 /// runs one cold start): with `hash-balance-factor 150` HAProxy counted
@@ -266,7 +262,7 @@ fn one_long_request_on_a_node_does_not_move_its_tenants() {
     let haproxy = cluster::Haproxy::start(&scratch("haproxy-hold-run"), front, &endpoints, 300);
     let admin1 = nodes[0].admin();
     let r = admin1
-        .create_function("routed", &package(), true, serde_json::json!({}))
+        .create_function("routed", &cluster::package(), true, serde_json::json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let r = admin1

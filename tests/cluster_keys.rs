@@ -8,41 +8,26 @@
 //! pool size set on node 1 are node 2's; a single host refuses the key API
 //! (its keys are its configuration's).
 
+mod cluster;
 mod common;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cli::signed_client;
 use common::daemon::{config, scratch, TestDaemon};
 use serde_json::{json, Value};
 use silo_client::LambdaClient;
 
-fn package() -> Vec<u8> {
-    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
 fn node(pg: &pg::PgServer, id: &str) -> TestDaemon {
-    TestDaemon::on_host(
-        &config(""),
-        &scratch(&format!("keys-{id}")),
-        &["--registry", &pg.url(), "--node-id", id],
-    )
+    let data = scratch(&format!("keys-{id}"));
+    cluster::registry_node(&config(""), &pg.url(), id, &data, &[])
 }
 
-/// Polls `ok` until it holds, for at most 30 s (a NOTIFY reaches a node in
-/// milliseconds; the rest is for slow machines); returns how long it took.
+/// [`cluster::until`] within 30 s, polling every 10 ms.
 fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not within 30 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
+    cluster::until(what, Duration::from_secs(30), Duration::from_millis(10), ok)
 }
 
 fn call(c: &LambdaClient, method: &str, path: &str, body: &Value) -> (u16, Value) {
@@ -92,7 +77,7 @@ fn keys_egress_and_pools_set_on_one_node_hold_on_the_other() {
         call(&admin_on1, "GET", "/silo/access-keys", &Value::Null).0 == 200
     });
     let r = admin_on1
-        .create_function("shared", &package(), true, json!({}))
+        .create_function("shared", &cluster::package(), true, json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let (_, listed) = call(&a1, "GET", "/silo/access-keys", &Value::Null);

@@ -7,41 +7,25 @@
 //! silo's, stops `silo serve` at start. None of
 //! this needs a VM (function images are built, not booted).
 
+mod cluster;
 mod common;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{config, scratch, TestDaemon};
 use serde_json::json;
 use silo_client::LambdaClient;
 
-fn package() -> Vec<u8> {
-    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
 fn node(pg: &pg::PgServer, id: &str) -> TestDaemon {
-    let url = pg.url();
-    TestDaemon::on_host(
-        &config(""),
-        &scratch(&format!("cluster-{id}")),
-        &["--registry", &url, "--node-id", id],
-    )
+    let data = scratch(&format!("cluster-{id}"));
+    cluster::registry_node(&config(""), &pg.url(), id, &data, &[])
 }
 
-/// Polls `ok` until it holds (generous: nodes apply changes in well under
-/// a second, the deadline is for slow machines); returns how long it took.
+/// [`cluster::until`] within 30 s, polling every 20 ms.
 fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not within 30 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
+    cluster::until(what, Duration::from_secs(30), Duration::from_millis(20), ok)
 }
 
 fn status(c: &LambdaClient, name: &str) -> u16 {
@@ -58,7 +42,7 @@ fn functions_reach_every_node_through_postgres() {
     let (a1, a2) = (n1.admin(), n2.admin());
 
     let r = a1
-        .create_function("shared", &package(), true, json!({}))
+        .create_function("shared", &cluster::package(), true, json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let t = until("the function reaches node 2", || {
@@ -98,7 +82,7 @@ fn functions_reach_every_node_through_postgres() {
     // A change made once it is back reaches the other node (its
     // listener reconnected, or re-read everything when it did).
     until("node 1 writes again after the restart", || {
-        a1.create_function("after", &package(), false, json!({}))
+        a1.create_function("after", &cluster::package(), false, json!({}))
             .map(|r| r.status == 201)
             .unwrap_or(false)
     });

@@ -8,41 +8,29 @@
 //! node one; zero throttles on every node; a node cut off from PostgreSQL
 //! keeps its last share.
 
+mod cluster;
 mod common;
 #[path = "../daemon/tests/pg/mod.rs"]
 mod pg;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::daemon::{config, scratch, TestDaemon};
 use serde_json::json;
 use silo_client::LambdaClient;
 
-fn package() -> Vec<u8> {
-    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
-}
-
-fn node_at(pg: &pg::PgServer, id: &str, data: &std::path::Path) -> TestDaemon {
-    TestDaemon::on_host(
-        &config(""),
-        data,
-        &["--registry", &pg.url(), "--node-id", id],
+/// [`cluster::until`] within 60 s, polling every 100 ms.
+fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
+    cluster::until(
+        what,
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        ok,
     )
 }
 
-/// Polls `ok` until it holds, for at most 60 s (a dead node's heartbeat
-/// expires after 6 s and nodes re-read membership every 2 s; the rest is
-/// for slow machines); returns how long it took.
-fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "not within 60 s: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
+fn node_at(pg: &pg::PgServer, id: &str, data: &std::path::Path) -> TestDaemon {
+    cluster::registry_node(&config(""), &pg.url(), id, data, &[])
 }
 
 /// (reservation, this node's share, live nodes) as node `c` shows them.
@@ -99,7 +87,7 @@ fn reserved_concurrency_is_split_across_live_nodes_and_re_split_on_membership_ch
     let (a1, a2, a3) = (n1.admin(), n2.admin(), n3.admin());
 
     let r = a1
-        .create_function("capped", &package(), true, json!({}))
+        .create_function("capped", &cluster::package(), true, json!({}))
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     reserve(&a1, 5);

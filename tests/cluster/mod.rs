@@ -1,13 +1,49 @@
 //! What the cluster tests share: HAProxy configured by `silo cluster
 //! haproxy-config` (Debian's package, started by the test) and a signed
-//! client of it.
+//! client of it; `silo serve --registry` nodes without VMs, a package for
+//! them, and polling.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use silo_client::LambdaClient;
+
+use crate::common::daemon::TestDaemon;
+
+/// A function package whose bootstrap exits at once (these nodes run no
+/// VM: the tests read what the registry and the API make of it).
+pub fn package() -> Vec<u8> {
+    silo_initramfs::package::make_zip(&[("bootstrap", 0o755, b"#!/bin/sh\nexit 0\n")])
+}
+
+/// `silo serve --registry <pg_url> --node-id <id>` on this host (no VM),
+/// its data in `data`, with `config_toml` and `extra` arguments.
+pub fn registry_node(
+    config_toml: &str,
+    pg_url: &str,
+    id: &str,
+    data: &Path,
+    extra: &[&str],
+) -> TestDaemon {
+    let mut args = vec!["--registry", pg_url, "--node-id", id];
+    args.extend_from_slice(extra);
+    TestDaemon::on_host(config_toml, data, &args)
+}
+
+/// Polls `ok` every `every` until it holds, for at most `limit` (a change
+/// reaches a node in milliseconds; the limit is for slow machines);
+/// returns how long it took.
+pub fn until(what: &str, limit: Duration, every: Duration, ok: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(every);
+    }
+    start.elapsed()
+}
 
 /// A running HAProxy, killed on drop.
 pub struct Haproxy {
