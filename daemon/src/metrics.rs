@@ -304,6 +304,11 @@ impl Metrics {
                 c.evictions,
             ),
             (
+                "silo_memory_over_budget_total",
+                "Paged-out idle environments taken back with no idle one left to evict: the host went over its memory budget.",
+                c.memory_over_budget,
+            ),
+            (
                 "silo_environments_reaped_total",
                 "Idle environments reaped after the idle timeout.",
                 c.reaped,

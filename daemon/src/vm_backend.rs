@@ -578,6 +578,12 @@ impl Environment for VmEnvironment {
     async fn destroy(self) {
         self.env.shutdown().await;
     }
+
+    /// What idle reclaim left it holding (its charge in the host's budget
+    /// while idle).
+    fn held_mib(&self) -> Option<u64> {
+        self.held.held_mib()
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,22 @@ struct Entry {
 struct IdleSince {
     since: Instant,
     reclaimed: bool,
+    /// What the VM held once paged out (bytes), until it is busy again.
+    held_after_reclaim: Option<u64>,
+}
+
+/// A VM idle reclaim paged out: where to record what it holds since.
+pub struct Reclaimed(Arc<Mutex<IdleSince>>);
+
+impl Reclaimed {
+    /// Records that the VM holds `bytes` of host memory now (unless an
+    /// invocation took it meanwhile).
+    pub fn record(&self, bytes: u64) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.reclaimed {
+            idle.held_after_reclaim = Some(bytes);
+        }
+    }
 }
 
 /// The live VMs, for `/metrics`.
@@ -102,12 +118,18 @@ impl Registration {
     /// Marks the VM busy (running an invocation) or idle; idle from now.
     pub fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Relaxed);
-        if !busy {
-            *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = IdleSince {
-                since: Instant::now(),
-                reclaimed: false,
-            };
-        }
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = IdleSince {
+            since: Instant::now(),
+            reclaimed: false,
+            held_after_reclaim: None,
+        };
+    }
+
+    /// Host memory (MiB, rounded up) the VM holds since idle reclaim paged
+    /// it out; `None` if it was not paged out since it last ran.
+    pub fn held_mib(&self) -> Option<u64> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.held_after_reclaim.map(|b| b.div_ceil(1 << 20))
     }
 }
 
@@ -148,6 +170,7 @@ impl MemoryRegistry {
         let idle = Arc::new(Mutex::new(IdleSince {
             since: Instant::now(),
             reclaimed: false,
+            held_after_reclaim: None,
         }));
         self.vms.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
@@ -168,8 +191,9 @@ impl MemoryRegistry {
     }
 
     /// The jailed VMs idle for at least `after` and not reclaimed since
-    /// they went idle: (function, cgroup), each marked reclaimed.
-    pub fn due_for_reclaim(&self, after: Duration) -> Vec<(String, PathBuf)> {
+    /// they went idle: (function, cgroup, where to record what it holds
+    /// afterwards), each marked reclaimed.
+    pub fn due_for_reclaim(&self, after: Duration) -> Vec<(String, PathBuf, Reclaimed)> {
         let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         let mut due = Vec::new();
         for e in vms.values() {
@@ -182,7 +206,11 @@ impl MemoryRegistry {
             let mut idle = e.idle.lock().unwrap_or_else(|p| p.into_inner());
             if !idle.reclaimed && idle.since.elapsed() >= after {
                 idle.reclaimed = true;
-                due.push((e.function.clone(), cgroup.clone()));
+                due.push((
+                    e.function.clone(),
+                    cgroup.clone(),
+                    Reclaimed(e.idle.clone()),
+                ));
             }
         }
         due
@@ -341,12 +369,23 @@ mod tests {
         busy.set_busy(true);
         assert!(r.due_for_reclaim(Duration::from_secs(3600)).is_empty());
         let due = r.due_for_reclaim(Duration::ZERO);
-        assert_eq!(due, vec![("f".to_string(), PathBuf::from("/cg/a"))]);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].0.as_str(), &due[0].1),
+            ("f", &PathBuf::from("/cg/a"))
+        );
+        // What it holds once paged out is its charge until it runs again.
+        assert_eq!(jailed.held_mib(), None);
+        due[0].2.record(10 << 20 | 1);
+        assert_eq!(jailed.held_mib(), Some(11), "MiB, rounded up");
         assert!(
             r.due_for_reclaim(Duration::ZERO).is_empty(),
             "once per idle period"
         );
         jailed.set_busy(true);
+        assert_eq!(jailed.held_mib(), None, "taken: its whole memory");
+        due[0].2.record(1 << 20);
+        assert_eq!(jailed.held_mib(), None, "a late record is ignored");
         jailed.set_busy(false);
         assert_eq!(
             r.due_for_reclaim(Duration::ZERO).len(),

@@ -72,6 +72,46 @@ pub fn reclaim(cgroup: &Path) -> std::io::Result<(u64, u64)> {
     Ok((read("memory.current")?, read("memory.swap.current")?))
 }
 
+/// Host memory per byte swapped out: for a zram swap, its pool's size over
+/// the data it holds (every zram device `/proc/swaps` lists); 0 for swap on
+/// a disk (swapped pages then cost no memory).
+pub fn zram_ratio() -> f64 {
+    let Ok(swaps) = std::fs::read_to_string("/proc/swaps") else {
+        return 0.0;
+    };
+    let (mut orig, mut used) = (0u64, 0u64);
+    for dev in swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        let Some(name) = dev.strip_prefix("/dev/").filter(|n| n.starts_with("zram")) else {
+            continue;
+        };
+        // mm_stat: orig_data_size compr_data_size mem_used_total ...
+        let stat =
+            std::fs::read_to_string(format!("/sys/block/{name}/mm_stat")).unwrap_or_default();
+        let f: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let (Some(o), Some(u)) = (f.first(), f.get(2)) {
+            orig += o;
+            used += u;
+        }
+    }
+    if orig == 0 {
+        // Nothing compressed yet: count swapped bytes in full (safe side)
+        // if a zram device exists, else as on a disk.
+        return if swaps.contains("/dev/zram") {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    used as f64 / orig as f64
+}
+
 /// How often idle VMs are looked at: a quarter of the threshold, between
 /// 1 and 30 s.
 fn period(after: Duration) -> Duration {
@@ -89,16 +129,24 @@ pub fn spawn(registry: &Arc<MemoryRegistry>, after: Duration) {
             let Some(registry) = weak.upgrade() else {
                 return;
             };
-            for (function, cgroup) in registry.due_for_reclaim(after) {
+            let ratio = zram_ratio();
+            for (function, cgroup, reclaimed) in registry.due_for_reclaim(after) {
                 let started = std::time::Instant::now();
                 match reclaim(&cgroup) {
-                    Ok((held, swapped)) => tracing::info!(
-                        function = %function,
-                        held_bytes = held,
-                        swapped_bytes = swapped,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "idle VM reclaimed"
-                    ),
+                    Ok((held, swapped)) => {
+                        // Its charge in the host's memory budget: what it
+                        // holds in RAM, and its share of a compressed swap.
+                        let charged = held + (swapped as f64 * ratio) as u64;
+                        reclaimed.record(charged);
+                        tracing::info!(
+                            function = %function,
+                            held_bytes = held,
+                            swapped_bytes = swapped,
+                            charged_bytes = charged,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "idle VM reclaimed"
+                        )
+                    }
                     Err(e) => tracing::warn!(
                         function = %function,
                         cgroup = %cgroup.display(),

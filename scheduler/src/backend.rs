@@ -51,4 +51,12 @@ pub trait Environment: Send + 'static {
     ) -> impl Future<Output = Result<Self::Response, Self::Error>> + Send;
     /// Releases the environment (its VM and memory).
     fn destroy(self) -> impl Future<Output = ()> + Send;
+    /// Host memory (MiB) this environment holds while idle, when its
+    /// backend knows it to be less than its guest memory (paged out while
+    /// idle); `None`: its guest memory. An idle environment is charged
+    /// this against the host's budget ([`crate::Scheduler::recharge_idle`])
+    /// and its full guest memory again once an invocation takes it.
+    fn held_mib(&self) -> Option<u64> {
+        None
+    }
 }

@@ -20,6 +20,14 @@
 //!   least recently used idle environment host-wide (pooled ones after
 //!   idle ones) and waits for its destruction; with none to evict it waits
 //!   in the queue until memory is freed (or its deadline passes).
+//!   An idle environment its backend paged out is charged what it holds
+//!   ([`crate::Environment::held_mib`], [`Scheduler::recharge_idle`]), so
+//!   reclaim makes room for more environments; taken by an invocation it is
+//!   charged its whole guest memory again, evicting least recently used
+//!   idle environments if that goes over the budget (the invocation is
+//!   never refused for it: with none idle left, as when many paged-out
+//!   environments wake at once, the host stays over its budget until they
+//!   end, counted in [`crate::Counters::memory_over_budget`]).
 //! - **Concurrency**: functions without reserved concurrency draw on one
 //!   host-wide pool of [`Admission::host_concurrency`] in-flight
 //!   invocations ([`ThrottleReason::HostConcurrency`]); a reserved function
@@ -101,6 +109,29 @@ impl<E> State<E> {
         self.env_leaving(&key.name, None, idle.mem);
         self.counters.evictions += 1;
         Some(idle)
+    }
+
+    /// Charges `idle`, taken by an invocation, its whole guest memory again.
+    pub(crate) fn charge_in_full(&mut self, idle: &mut Idle<E>) {
+        self.memory_used += idle.full.saturating_sub(idle.mem);
+        idle.mem = idle.full;
+    }
+
+    /// Evicts least recently used idle (then pooled) environments while
+    /// the memory charged, less what destructions under way free, is over
+    /// `budget`; returns them for destruction.
+    pub(crate) fn evict_over_budget(&mut self, budget: u64) -> Vec<Idle<E>> {
+        let mut evicted = Vec::new();
+        while self.memory_used.saturating_sub(self.memory_leaving) > budget {
+            match self.evict_for_memory() {
+                Some(idle) => evicted.push(idle),
+                None => {
+                    self.counters.memory_over_budget += 1;
+                    break;
+                }
+            }
+        }
+        evicted
     }
 
     /// Boots one party has in progress.
@@ -235,6 +266,44 @@ where
         for idle in evicted {
             self.destroy_later(idle.env, idle.mem);
         }
+    }
+
+    /// Destroys idle environments while the host is over its memory budget
+    /// (an environment taken back from a paged-out charge).
+    pub(crate) fn trim_to_budget(&self) {
+        let evicted = self.lock().evict_over_budget(self.admission.memory_mib);
+        for idle in evicted {
+            self.destroy_later(idle.env, idle.mem);
+        }
+    }
+
+    /// Charges every idle and pooled environment what its backend says it
+    /// holds ([`Environment::held_mib`]: less than its guest memory once
+    /// paged out), at least 1 MiB and at most its guest memory, then lets
+    /// waiting cold starts use what that freed. Returns the MiB charged to
+    /// idle environments now.
+    pub fn recharge_idle(&self) -> u64 {
+        let total = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let mut total = 0;
+            let mut used = st.memory_used;
+            let envs = st
+                .idle
+                .values_mut()
+                .flat_map(|v| v.iter_mut())
+                .chain(st.pools.values_mut().flat_map(|p| p.ready.iter_mut()));
+            for e in envs {
+                let want = e.env.held_mib().map_or(e.full, |h| h.clamp(1, e.full));
+                used = (used + want).saturating_sub(e.mem);
+                e.mem = want;
+                total += want;
+            }
+            st.memory_used = used;
+            total
+        };
+        self.dispatch();
+        total
     }
 
     /// Destroys `env` (already out of the counts, its `mem` leaving) in a

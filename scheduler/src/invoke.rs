@@ -71,6 +71,10 @@ where
         if matches!(slot, Slot::Cold { .. }) {
             self.refill(&binding.function);
         }
+        if matches!(slot, Slot::Warm(_) | Slot::Pooled(_)) {
+            // Its full charge may have put the host over budget.
+            self.trim_to_budget();
+        }
         let (mut env, id, cold, init, mem) = match slot {
             Slot::Warm(idle) => (idle.env, idle.id, false, None, idle.mem),
             Slot::Pooled(idle) => {
@@ -176,8 +180,9 @@ where
             return throttle(st, ThrottleReason::TenantConcurrency);
         }
         // Warm: the most recently used idle environment of this binding.
-        if let Some(idle) = st.idle.get_mut(binding).and_then(Vec::pop) {
+        if let Some(mut idle) = st.idle.get_mut(binding).and_then(Vec::pop) {
             begin(st, binding, limits);
+            st.charge_in_full(&mut idle);
             return Ok(Slot::Warm(idle));
         }
         // The tenant's share across functions (see `crate::fair`).
@@ -187,13 +192,14 @@ where
         // A pre-booted environment of this function version, bound to no
         // tenant yet: it becomes this binding's for life (and counts in
         // its tenant's share, so not for a tenant at its share).
-        if let Some(idle) = st
+        if let Some(mut idle) = st
             .pools
             .get_mut(&binding.function)
             .filter(|_| !at_share)
             .and_then(|p| p.ready.pop())
         {
             begin(st, binding, limits);
+            st.charge_in_full(&mut idle);
             if let Some(t) = &binding.tenant {
                 *st.tenant_envs.entry(t.clone()).or_default() += 1;
             }
@@ -277,12 +283,7 @@ where
             let tenant = binding.tenant.as_ref();
             match what {
                 Release::Idle { env, id, mem } if !retired => {
-                    let idle = Idle {
-                        env,
-                        id,
-                        last_used: Instant::now(),
-                        mem,
-                    };
+                    let idle = Idle::new(env, id, mem);
                     // A cold start of this binding waiting for a boot slot
                     // takes it instead, and gives back its reservation.
                     match hand_to_waiter(&mut st.queue, |b| b == binding, idle) {

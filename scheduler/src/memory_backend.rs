@@ -2,6 +2,7 @@
 //! plain values that record which binding they were created for and every
 //! request they served, so tests can check isolation after the fact.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct MemoryBackend {
     pub creating: Arc<AtomicU64>,
     /// Most creations ever in progress at once.
     pub creating_max: Arc<AtomicU64>,
+    /// What an environment (by id) says it holds while idle, MiB
+    /// ([`Environment::held_mib`]); absent: its guest memory.
+    pub held: Arc<Mutex<HashMap<u64, u64>>>,
 }
 
 /// An in-memory environment.
@@ -56,6 +60,7 @@ pub struct MemEnv {
     binding: Binding,
     served: u64,
     journal: Arc<Mutex<Journal>>,
+    held: Arc<Mutex<HashMap<u64, u64>>>,
 }
 
 /// Errors of the in-memory backend.
@@ -118,6 +123,7 @@ impl MemoryBackend {
             binding: binding.clone(),
             served: 0,
             journal: self.journal.clone(),
+            held: self.held.clone(),
         })
     }
 }
@@ -146,5 +152,9 @@ impl Environment for MemEnv {
 
     async fn destroy(self) {
         self.journal.lock().unwrap().destroyed.push(self.id);
+    }
+
+    fn held_mib(&self) -> Option<u64> {
+        self.held.lock().unwrap().get(&self.id).copied()
     }
 }

@@ -200,12 +200,7 @@ where
                 (Some(env), Some(pool)) if current && pool.ready.len() < pool.target => {
                     pool.filling -= 1;
                     st.counters.pool_boots += 1;
-                    let idle = Idle {
-                        env,
-                        id,
-                        last_used: Instant::now(),
-                        mem,
-                    };
+                    let idle = Idle::new(env, id, mem);
                     // An invoke of this function waiting for a boot slot
                     // takes it at once, and gives back its reservation.
                     match hand_to_waiter(&mut st.queue, |b| b.function == key, idle) {

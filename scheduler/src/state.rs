@@ -16,8 +16,24 @@ pub(crate) struct Idle<E> {
     pub(crate) env: E,
     pub(crate) id: u64,
     pub(crate) last_used: Instant,
-    /// Guest memory (MiB) it holds, counted in the host's budget.
+    /// Memory (MiB) it is charged in the host's budget: its guest memory,
+    /// or less while idle and paged out ([`crate::Environment::held_mib`]).
     pub(crate) mem: u64,
+    /// Its guest memory (MiB): its charge again once it is taken.
+    pub(crate) full: u64,
+}
+
+impl<E> Idle<E> {
+    /// An idle environment charged its whole guest memory `mem`.
+    pub(crate) fn new(env: E, id: u64, mem: u64) -> Self {
+        Self {
+            env,
+            id,
+            last_used: std::time::Instant::now(),
+            mem,
+            full: mem,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +81,9 @@ pub struct Counters {
     pub pool_boots: u64,
     /// Pooled environments taken by a new tenant's invoke.
     pub pool_takes: u64,
+    /// Paged-out environments taken back while no idle environment was
+    /// left to evict: the host went over its memory budget until they end.
+    pub memory_over_budget: u64,
 }
 
 /// A point-in-time view for metrics.

@@ -185,5 +185,8 @@ async fn reaper(daemon: Arc<Daemon>) {
         if n > 0 {
             tracing::info!(reaped = n, "idle environments reaped");
         }
+        // Idle VMs paged out are charged what they hold (room for more
+        // environments: admission by memory actually held).
+        daemon.scheduler.recharge_idle();
     }
 }
