@@ -4,7 +4,12 @@
 //! `memory.reclaim`), so it holds clearly less host memory, the
 //! compressed pool counted; and its next invoke is answered by the same
 //! environment, state kept (the counter in its guest's `/tmp` goes on to
-//! 2: a cold start would answer 1).
+//! 2: a cold start would answer 1). And admission by memory actually held
+//! (item 4): on a host budget of two guests (`memory_mib = 256`), two
+//! tenants' VMs paged out leave room for a third tenant's cold start
+//! without evicting either; the first tenant's VM taken back is charged in
+//! full again and the least recently used idle one (the second tenant's)
+//! makes room.
 
 mod common;
 
@@ -13,11 +18,12 @@ use std::time::Duration;
 
 use common::{run_with_kvm, WorkFile};
 
-/// After the zram swap is on: the daemon with idle reclaim after 15 s, one
-/// tenant's counter invoked, then `FACT <key> <value>` lines.
+/// After the zram swap is on: the daemon with idle reclaim after 15 s and
+/// room for two guests, tenants A and B invoked, C once both are paged
+/// out, then A again; `FACT <key> <value>` lines.
 const SCRIPT: &str = r#"
-printf '[jail]\ncpu_full_at_mib = 0\nidle_reclaim_after_s = 15\n' > silo.toml
-SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --data-dir /tmp/silo-data \
+printf '[jail]\ncpu_full_at_mib = 0\nidle_reclaim_after_s = 15\n[limits]\nmemory_mib = 256\n' > silo.toml
+SILO_LOG=info silo serve --config silo.toml --listen 0.0.0.0:9000 --metrics-listen 127.0.0.1:9001 --data-dir /tmp/silo-data \
   --kernel vmlinux --agent agent --allow-unauthenticated > /tmp/daemon.log 2>&1 &
 daemon=$!
 i=0
@@ -29,16 +35,30 @@ silo create-function --name counter --bootstrap counter --per-tenant --timeout 6
   || { cat /tmp/daemon.log; exit 1; }
 echo "FACT invoke1 $(silo invoke --name counter --tenant tenant-A | tr -d '\n')"
 cg=$(ls -d /sys/fs/cgroup/silo/vm-* | head -1)
-held() { echo "$(cat $cg/memory.current),$(cat $cg/memory.swap.current),$(awk '{ print $3 }' /sys/block/zram0/mm_stat)"; }
+# memory.current, memory.swap.current, and this VM's share of zram's pool
+# (the pool's size times its swapped bytes over the data zram holds).
+held() {
+  sw=$(cat $cg/memory.swap.current)
+  echo "$(cat $cg/memory.current),$sw,$(awk -v sw=$sw '{ if ($1 > 0) printf "%d", $3 * sw / $1; else print 0 }' /sys/block/zram0/mm_stat)"
+}
 echo "FACT cgroups_before $(ls -d /sys/fs/cgroup/silo/vm-* | tr '\n' ',')"
 echo "FACT held_after_invoke $(held)"
 start=$(cut -d. -f1 /proc/uptime)
+echo "FACT invokeB $(silo invoke --name counter --tenant tenant-B | tr -d '\n')"
+evictions() { wget -q -O - http://127.0.0.1:9001/metrics | awk '/^silo_environments_evicted_total/ { print $2 }'; }
 i=0
-until grep -q 'idle VM reclaimed' /tmp/daemon.log || [ $i -ge 360 ]; do sleep 0.5; i=$((i+1)); done
+until [ "$(grep -c 'idle VM reclaimed' /tmp/daemon.log)" -ge 2 ] || [ $i -ge 360 ]; do sleep 0.5; i=$((i+1)); done
 echo "FACT reclaimed_after_s $(( $(cut -d. -f1 /proc/uptime) - start ))"
 echo "FACT held_reclaimed $(held)"
+sleep 6  # a reaper tick (every 3.75 s here) charges them what they hold
+echo "FACT evictions_before_c $(evictions)"
+echo "FACT invokeC $(silo invoke --name counter --tenant tenant-C | tr -d '\n')"
+echo "FACT evictions_after_c $(evictions)"
+echo "FACT vms_after_c $(ls -d /sys/fs/cgroup/silo/vm-* | wc -l)"
 echo "FACT invoke2 $(silo invoke --name counter --tenant tenant-A | tr -d '\n')"
 echo "FACT held_after_wake $(held)"
+sleep 1
+echo "FACT evictions_after_wake $(evictions)"
 echo "FACT cgroups_after $(ls -d /sys/fs/cgroup/silo/vm-* | tr '\n' ',')"
 grep -E 'idle (VM reclaimed|reclaim failed)' /tmp/daemon.log | head -5
 kill -TERM $daemon; wait $daemon; echo "FACT daemon_exit $?"
@@ -52,7 +72,7 @@ fn facts(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// (memory.current, memory.swap.current, zram's compressed pool), bytes.
+/// (memory.current, memory.swap.current, its share of zram's pool), bytes.
 fn held(facts: &BTreeMap<String, String>, key: &str, out: &str) -> (u64, u64, u64) {
     let v: Vec<u64> = facts
         .get(key)
@@ -128,10 +148,29 @@ fn an_idle_vm_is_paged_out_and_its_next_invoke_is_warm() {
         get("invoke2").contains("count 2") || get("invoke2").contains("\"count\":2"),
         "the reclaimed environment answered its next invoke with its state kept:\n{out}"
     );
+    let a_cgroup = get("cgroups_before");
+    assert!(
+        get("cgroups_after").contains(a_cgroup.trim_end_matches(',')),
+        "tenant A's own VM answered (its cgroup still there):\n{out}"
+    );
+    // Admission by memory held: C booted beside the two paged-out VMs.
+    assert!(
+        get("invokeC").contains("count 1") || get("invokeC").contains("\"count\":1"),
+        "{out}"
+    );
     assert_eq!(
-        get("cgroups_before"),
-        get("cgroups_after"),
-        "the same VM answered (no new one booted):\n{out}"
+        (
+            get("evictions_before_c"),
+            get("evictions_after_c"),
+            get("vms_after_c")
+        ),
+        ("0".to_string(), "0".to_string(), "3".to_string()),
+        "two paged-out VMs leave room for a third on a budget of two, evicting neither:\n{out}"
+    );
+    assert_eq!(
+        get("evictions_after_wake"),
+        "1",
+        "A's VM, charged in full again, made the least recently used idle one go:\n{out}"
     );
     assert_eq!(get("daemon_exit"), "0", "{out}");
 }

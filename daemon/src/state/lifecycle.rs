@@ -175,10 +175,15 @@ async fn futures_join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Reaps idle environments past the idle timeout.
+/// Reaps idle environments past the idle timeout, and charges idle VMs
+/// what they hold once paged out (as often as idle reclaim looks at them).
 async fn reaper(daemon: Arc<Daemon>) {
     let timeout = Duration::from_secs(daemon.config.limits.idle_timeout_s);
-    let period = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let mut period = timeout / 4;
+    if daemon.config.jail.idle_reclaim_after_s > 0 {
+        period = period.min(Duration::from_secs(daemon.config.jail.idle_reclaim_after_s) / 4);
+    }
+    let period = period.clamp(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         tokio::time::sleep(period).await;
         let n = daemon.scheduler.reap_idle(timeout).await;
