@@ -73,7 +73,8 @@ pub fn reclaim(cgroup: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 /// Host memory per byte swapped out: for a zram swap, its pool's size over
-/// the data it holds (every zram device `/proc/swaps` lists); 0 for swap on
+/// the data it holds (every zram device `/proc/swaps` lists), at most 1
+/// (a pool holding little data is mostly its own overhead); 0 for swap on
 /// a disk (swapped pages then cost no memory).
 pub fn zram_ratio() -> f64 {
     let Ok(swaps) = std::fs::read_to_string("/proc/swaps") else {
@@ -109,7 +110,7 @@ pub fn zram_ratio() -> f64 {
             0.0
         };
     }
-    used as f64 / orig as f64
+    (used as f64 / orig as f64).min(1.0)
 }
 
 /// How often idle VMs are looked at: a quarter of the threshold, between
@@ -129,14 +130,14 @@ pub fn spawn(registry: &Arc<MemoryRegistry>, after: Duration) {
             let Some(registry) = weak.upgrade() else {
                 return;
             };
-            let ratio = zram_ratio();
             for (function, cgroup, reclaimed) in registry.due_for_reclaim(after) {
                 let started = std::time::Instant::now();
                 match reclaim(&cgroup) {
                     Ok((held, swapped)) => {
                         // Its charge in the host's memory budget: what it
-                        // holds in RAM, and its share of a compressed swap.
-                        let charged = held + (swapped as f64 * ratio) as u64;
+                        // holds in RAM, and its share of a compressed swap
+                        // (the pool's ratio read now that its pages are in).
+                        let charged = held + (swapped as f64 * zram_ratio()) as u64;
                         reclaimed.record(charged);
                         tracing::info!(
                             function = %function,

@@ -141,6 +141,16 @@ pub fn set_retention_days(root: &Path, function: &str, days: Option<u32>) -> std
     }
 }
 
+/// The length of the longest prefix of `buf` that ends at a line end and
+/// is at most `room` bytes; `None` if its first line is longer.
+fn whole_lines_within(buf: &[u8], room: u64) -> Option<usize> {
+    let limit = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+    buf[..limit]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+}
+
 /// The store's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -218,17 +228,68 @@ impl StoreWriter {
     }
 
     /// Appends `lines` (already serialized, each ending in a newline) to
-    /// `function`'s log of tenant `key`, then keeps the bounds.
+    /// `function`'s log of tenant `key`, keeping the bounds: the lines are
+    /// cut at line ends into the segments they fill (however many lines
+    /// one write brings), so no segment grows past the segment size but by
+    /// a single line longer than it, and older segments are evicted as new
+    /// ones fill.
     pub fn append(&mut self, function: &str, key: &str, lines: &[u8]) -> std::io::Result<()> {
         if !valid_function(function) || lines.is_empty() {
             return Ok(());
         }
         let segment = self.bounds.segment_bytes();
+        let mut rest = lines;
+        while !rest.is_empty() {
+            let used = self
+                .group(function)
+                .tenants
+                .get(key)
+                .and_then(|t| t.segments.back())
+                .map_or(segment, |&(_, bytes)| bytes);
+            // Room in the segment written to; a full one (or none) rolls.
+            let (room, roll) = if used < segment {
+                (segment - used, false)
+            } else {
+                (segment, true)
+            };
+            let cut = whole_lines_within(rest, room)
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| {
+                    if roll || used == 0 {
+                        // A line longer than a segment goes alone.
+                        rest.iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(rest.len(), |i| i + 1)
+                    } else {
+                        0
+                    }
+                });
+            if cut == 0 {
+                // The next line does not fit what is left: a new segment.
+                self.write_chunk(function, key, &[], true)?;
+                continue;
+            }
+            self.write_chunk(function, key, &rest[..cut], roll)?;
+            rest = &rest[cut..];
+        }
+        Ok(())
+    }
+
+    /// Writes `chunk` to the tenant's last segment (a new one if `roll` or
+    /// none yet; an empty chunk with `roll` only starts one), then keeps
+    /// the bounds.
+    fn write_chunk(
+        &mut self,
+        function: &str,
+        key: &str,
+        chunk: &[u8],
+        roll: bool,
+    ) -> std::io::Result<()> {
         let dir = self.root.join(function).join(key);
         let g = self.group(function);
         let t = g.tenants.entry(key.to_string()).or_default();
         let seq = match t.segments.back() {
-            Some(&(seq, bytes)) if bytes < segment => seq,
+            Some(&(seq, _)) if !roll => seq,
             Some(&(seq, _)) => {
                 t.segments.push_back((seq + 1, 0));
                 seq + 1
@@ -239,12 +300,15 @@ impl StoreWriter {
                 1
             }
         };
+        if chunk.is_empty() {
+            return Ok(());
+        }
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(segment_path(&dir, seq))?;
-        f.write_all(lines)?;
-        let n = lines.len() as u64;
+        f.write_all(chunk)?;
+        let n = chunk.len() as u64;
         if let Some(last) = t.segments.back_mut() {
             last.1 += n;
         }
@@ -381,6 +445,54 @@ mod tests {
         assert_eq!(quiet, 100);
         let mut again = StoreWriter::new(dir.clone(), bounds);
         assert_eq!(again.usage("f").0, total);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// One write of many segments' worth of lines (the writer's batch of a
+    /// flood) is cut at line ends into segments of at most the segment
+    /// size, so the tenant stays within its share plus the segment being
+    /// written, and every line is whole; a line longer than a segment goes
+    /// alone.
+    #[test]
+    fn a_large_batch_fills_segments_and_keeps_the_share() {
+        let dir = std::env::temp_dir().join(format!("silo-logs-batch-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let bounds = Bounds {
+            max_function_bytes: 1 << 20,
+            max_tenant_bytes: 128 << 10,
+        };
+        let seg = bounds.segment_bytes();
+        let mut w = StoreWriter::new(dir.clone(), bounds);
+        let k = tenant_key(Some("flood"));
+        let batch: Vec<u8> = (0..2_000).flat_map(|i| line("flood", i)).collect();
+        assert!(batch.len() as u64 > 4 * bounds.max_tenant_bytes);
+        w.append("f", &k, &batch).unwrap();
+        let tdir = dir.join("f").join(&k);
+        let mut total = 0;
+        let mut last_i = None;
+        for (seq, bytes, _) in segments(&tdir) {
+            assert!(bytes <= seg, "segment {seq}: {bytes} bytes over {seg}");
+            total += bytes;
+            read_segment(&segment_path(&tdir, seq), |_, s| last_i = Some(s.t));
+        }
+        assert!(total <= bounds.max_tenant_bytes + seg, "{total}");
+        assert_eq!(last_i, Some(1_999), "the newest lines kept, whole");
+        // A line longer than a segment is written whole, alone.
+        let mut long = serde_json::to_vec(&Stored {
+            t: 5_000,
+            i: 5_000,
+            s: "stream".into(),
+            n: Some("flood".into()),
+            m: "y".repeat(seg as usize + 10),
+        })
+        .unwrap();
+        long.push(b'\n');
+        w.append("f", &k, &[line("flood", 4_999), long].concat())
+            .unwrap();
+        let (seq, _, _) = segments(&tdir).into_iter().last().unwrap();
+        let mut in_last = Vec::new();
+        read_segment(&segment_path(&tdir, seq), |_, s| in_last.push(s.t));
+        assert_eq!(in_last, vec![5_000], "the long line alone in its segment");
         let _ = fs::remove_dir_all(&dir);
     }
 
