@@ -69,6 +69,17 @@ fn keys_egress_and_pools_set_on_one_node_hold_on_the_other() {
     // It is a tenant key there too: no key management, no changes.
     let (s, v) = call(&on2, "POST", "/silo/access-keys", &json!({}));
     assert_eq!(s, 403, "{v}");
+    // Tenant ids follow Lambda's rule, as in the configuration: a bad one
+    // is refused by name, and no key is made.
+    for bad in [
+        json!({ "Tenants": [] }),
+        json!({ "Tenants": ["a#b"] }),
+        json!({ "Tenants": [""] }),
+    ] {
+        let (s, v) = call(&a1, "POST", "/silo/access-keys", &bad);
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v.to_string().contains("Tenants"), "{v}");
+    }
 
     // An administrator key made on node 2 works on node 1.
     let (admin_id, admin_secret) = new_key(&a2, json!({}));

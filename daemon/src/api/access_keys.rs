@@ -49,10 +49,16 @@ pub async fn create(State(d): State<Arc<Daemon>>, req: Request) -> Result<Respon
         parse_json(&a.body)?
     };
     if let Some(t) = &input.tenants {
-        if t.is_empty() || t.iter().any(|t| t.is_empty() || t.len() > 256) {
+        if t.is_empty() {
             return Err(ApiError::invalid_parameter(
-                "Tenants must name one tenant or more (1 to 256 characters each); omit it for an administrator key",
+                "Tenants must name one tenant or more; omit it for an administrator key",
             ));
+        }
+        // Lambda's rule for tenant ids, as for keys in the configuration.
+        for id in t {
+            silo_scheduler::TenantId::parse(id).map_err(|reason| {
+                ApiError::invalid_parameter(format!("Tenants: {id:?} is not a tenant id: {reason}"))
+            })?;
         }
     }
     let d2 = d.clone();
