@@ -347,7 +347,7 @@ impl TestHost {
     /// A run the harness recognises as an emulator stall
     /// ([`TestHostError::Stalled`]: QEMU 7.2's TCG left the test host's CPU
     /// halted with an interrupt pending, see `images/README.md`) is run
-    /// again from scratch, at most [`STALL_RETRIES_ENV`] times (default 1),
+    /// again from scratch, at most [`STALL_RETRIES_ENV`] times (default 2: a 7-minute run in CI met two stalls in a row),
     /// saying so with the stall's evidence; any other failure is returned
     /// at once. The command runs whole each time in a fresh test host, so
     /// it must not depend on state a stalled attempt left outside it.
@@ -355,7 +355,7 @@ impl TestHost {
         let retries: u32 = std::env::var(STALL_RETRIES_ENV)
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+            .unwrap_or(2);
         let mut attempt = 0;
         loop {
             match self.run_once(command) {

@@ -117,14 +117,14 @@ struct TestHostSpec {
 
 /// How many times a test-host daemon's run that ended in an emulator stall
 /// is run again from scratch (QEMU 7.2's TCG stall, see `images/README.md`):
-/// `SILO_TESTHOST_STALL_RETRIES` (default 1), the budget of
+/// `SILO_TESTHOST_STALL_RETRIES` (default 2), the budget of
 /// [`TestHost::run`]'s own retry, which a daemon's test host cannot use (its
 /// clients here would be left talking to nobody).
 fn stall_retries() -> u32 {
     std::env::var(silo_images::testhost::STALL_RETRIES_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(2)
 }
 
 /// The interval of a daemon test host's console heartbeat; four missed ones
